@@ -1,0 +1,167 @@
+"""The allocator: decides, per image and question, how many patches to keep and which ones.
+
+It reads SAM patch features and the question's token embeddings, and never imports the model.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .configuration_arrcoc import ArrCocConfig
+
+
+@dataclass
+class AllocatorOutput:
+    patch_scores: torch.Tensor  # [B, N]: hotspot + relevance, higher = keep
+    hotspot_scores: torch.Tensor  # [B, N]: query-independent saliency
+    relevance_scores: torch.Tensor  # [B, N]: question-to-patch relevance
+    budget_logits: torch.Tensor  # [B, n_tiers]
+
+
+@dataclass
+class Selection:
+    tokens: torch.Tensor  # [B, K_max, C] SAM-space features of the kept (or pooled) tokens
+    position_weights: torch.Tensor  # [B, K_max, N]: each token's mix of grid positions (one-hot for top-K)
+    token_mask: torch.Tensor  # [B, K_max] bool, False on padding
+    kept_patch_mask: torch.Tensor  # [B, N] bool: patches whose own position is kept
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self.token_mask.sum(-1)
+
+
+class ArrCocCrossAttention(nn.Module):
+    """Patches attend over question tokens; the attended question context scores each patch."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(hidden_size, num_heads, batch_first=True)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.score = nn.Linear(hidden_size, 1)
+
+    def forward(self, patches, question, question_mask):
+        # A sample with no question tokens would make attention NaN; give it one masked-in zero token instead.
+        empty = ~question_mask.any(-1)
+        if empty.any():
+            question_mask = question_mask.clone()
+            question_mask[empty, 0] = True
+            question = question.masked_fill(empty[:, None, None], 0.0)
+        context, _ = self.attention(patches, question, question, key_padding_mask=~question_mask, need_weights=False)
+        contextual = self.norm(patches + context)
+        return self.score(contextual * patches).squeeze(-1), contextual
+
+
+class ArrCocHotspotDetector(nn.Module):
+    """Query-independent saliency: where is there anything on the page at all."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, hidden_size), nn.GELU())
+        self.score = nn.Linear(hidden_size, 1)
+
+    def forward(self, patches):
+        return self.score(self.mlp(patches)).squeeze(-1)
+
+
+class ArrCocBudgetPredictor(nn.Module):
+    """Tier logits from the question-conditioned page summary."""
+
+    def __init__(self, hidden_size: int, num_tiers: int):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(2 * hidden_size), nn.Linear(2 * hidden_size, hidden_size), nn.GELU(),
+            nn.Linear(hidden_size, num_tiers),
+        )
+
+    def forward(self, contextual, question, question_mask):
+        weights = question_mask.float().unsqueeze(-1)
+        question_summary = (question * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return self.mlp(torch.cat([contextual.mean(1), question_summary], dim=-1))
+
+
+class ArrCocCompressionHeads(nn.Module):
+    """Keep the top-K patches in raster order and fold each dropped patch into its most similar kept one.
+
+    Scores get gradients from the answer loss by a straight-through gate: kept tokens are multiplied by
+    `1 + s - s.detach()` with `s = sigmoid(score)`, which is exactly 1 in the forward pass (outputs are
+    unchanged) while d(token)/d(score) = token * s * (1 - s) in the backward pass.
+    """
+
+    def __init__(self, channels: int, hidden_size: int, fold_dropped: bool):
+        super().__init__()
+        self.fold_dropped = fold_dropped
+        self.fold_key = nn.Linear(channels, hidden_size)
+        self.fold_proj = nn.Linear(channels, channels)
+        # Zero-init: at the start, folding is the identity, so a pretrained CLIP sees plain SAM features.
+        nn.init.zeros_(self.fold_proj.weight)
+        nn.init.zeros_(self.fold_proj.bias)
+
+    def forward(self, features, scores, counts):
+        kept_index, token_mask = top_k_raster(scores, counts)
+        batch = torch.arange(features.shape[0], device=features.device)[:, None]
+        tokens = features[batch, kept_index]
+        if self.fold_dropped:
+            tokens = tokens + self.fold_proj(self._fold(features, tokens, kept_index, token_mask))
+        gate = torch.sigmoid(scores[batch, kept_index]).unsqueeze(-1)
+        tokens = tokens * (1 + gate - gate.detach()) * token_mask.unsqueeze(-1)
+        weights = F.one_hot(kept_index, features.shape[1]).to(features.dtype) * token_mask.unsqueeze(-1)
+        return Selection(tokens, weights, token_mask, weights.sum(1) > 0)
+
+    def _fold(self, features, tokens, kept_index, token_mask):
+        keys = F.normalize(self.fold_key(features), dim=-1)
+        kept_keys = F.normalize(self.fold_key(tokens), dim=-1)
+        similarity = (keys @ kept_keys.transpose(1, 2)).masked_fill(~token_mask[:, None, :], float("-inf"))
+        assign = F.one_hot(similarity.argmax(-1), tokens.shape[1]).to(features.dtype)  # [B, N, K]
+        is_kept = torch.zeros_like(assign[..., 0]).scatter(1, kept_index, token_mask.to(assign.dtype))
+        assign = assign * (1 - is_kept).unsqueeze(-1)
+        folded = assign.transpose(1, 2) @ features
+        return folded / assign.sum(1).clamp(min=1.0).unsqueeze(-1)
+
+
+def top_k_raster(scores: torch.Tensor, counts: torch.Tensor):
+    """Indices of each row's top-`counts[b]` scores in raster order, padded to the largest count."""
+    num_patches = scores.shape[1]
+    k_max = int(counts.max())
+    order = scores.topk(k_max, dim=-1).indices
+    valid = torch.arange(k_max, device=scores.device)[None] < counts[:, None]
+    # Padding gets a sentinel past every real index, so an ascending sort puts it last.
+    kept_index = order.masked_fill(~valid, num_patches).sort(-1).values
+    token_mask = kept_index < num_patches
+    return kept_index.clamp(max=num_patches - 1), token_mask
+
+
+class ArrCocAllocator(nn.Module):
+    """Hotspot detector + question cross-attention -> patch scores; budget predictor -> tier logits."""
+
+    def __init__(self, config: ArrCocConfig):
+        super().__init__()
+        hidden = config.allocator_hidden_size
+        channels = config.vision_config.output_channels
+        self.patch_proj = nn.Linear(channels, hidden)
+        self.question_proj = nn.Linear(config.text_config.hidden_size, hidden)
+        self.hotspot_detector = ArrCocHotspotDetector(hidden)
+        self.cross_attention = ArrCocCrossAttention(hidden, config.allocator_num_heads)
+        self.budget_predictor = ArrCocBudgetPredictor(hidden, len(config.budgets))
+        self.compression_heads = ArrCocCompressionHeads(channels, hidden, config.fold_dropped)
+
+    def forward(self, patch_features, question_embeds, question_mask) -> AllocatorOutput:
+        patches = self.patch_proj(patch_features)
+        question = self.question_proj(question_embeds)
+        hotspot = self.hotspot_detector(patches)
+        relevance, contextual = self.cross_attention(patches, question, question_mask)
+        budget_logits = self.budget_predictor(contextual, question, question_mask)
+        return AllocatorOutput(hotspot + relevance, hotspot, relevance, budget_logits)
+
+
+__all__ = [
+    "AllocatorOutput",
+    "ArrCocAllocator",
+    "ArrCocBudgetPredictor",
+    "ArrCocCompressionHeads",
+    "ArrCocCrossAttention",
+    "ArrCocHotspotDetector",
+    "Selection",
+    "top_k_raster",
+]

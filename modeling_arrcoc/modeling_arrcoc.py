@@ -1,0 +1,549 @@
+"""ArrCoc: SAM -> allocator -> CLIP -> quality adapter -> Qwen3/Ovis LLM, with a per-sample number of visual tokens."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.models.clip.modeling_clip import CLIPEncoder
+from transformers.utils import ModelOutput
+
+from .adapter_arrcoc import ArrCocBudgetAwareNorm, ArrCocQualityAdapter
+from .allocator_arrcoc import ArrCocAllocator, ArrCocCompressionHeads, Selection
+from .configuration_arrcoc import ArrCocConfig
+
+SELECTIONS = ("learned", "uniform", "hotspot", "random")
+LOSS_COMPONENTS = ("answer", "efficiency", "alignment", "vet_kl")
+
+
+@dataclass
+class ArrCocCausalLMOutputWithPast(ModelOutput):
+    """
+    loss: weighted total of the components below (weights from `loss_weights`), None without labels.
+    answer_loss / efficiency_loss / alignment_loss / vet_kl_loss: each component, None without labels.
+    visual_token_counts: [B] tokens actually fed to the LLM per sample (0 for text-only decoding steps).
+    budget_logits: [B, n_tiers]; budget_tiers: [B] tier index used per sample.
+    patch_scores: [B, N] allocator scores; kept_patch_mask: [B, N] patches whose own position was kept.
+    visual_probs: [B, K_max, V] the adapter's distribution over the visual vocabulary (padded rows are 0).
+    """
+
+    loss: torch.FloatTensor | None = None
+    answer_loss: torch.FloatTensor | None = None
+    efficiency_loss: torch.FloatTensor | None = None
+    alignment_loss: torch.FloatTensor | None = None
+    vet_kl_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    visual_token_counts: torch.LongTensor | None = None
+    budget_logits: torch.FloatTensor | None = None
+    budget_tiers: torch.LongTensor | None = None
+    patch_scores: torch.FloatTensor | None = None
+    kept_patch_mask: torch.BoolTensor | None = None
+    visual_probs: torch.FloatTensor | None = None
+
+
+@dataclass
+class ArrCocMultimodalInputs:
+    """What the LLM receives after splicing, plus what the allocator decided."""
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor | None
+    visual_token_counts: torch.Tensor
+    budget_logits: torch.Tensor
+    budget_tiers: torch.Tensor
+    patch_scores: torch.Tensor
+    kept_patch_mask: torch.Tensor
+    visual_probs: torch.Tensor
+    visual_mask: torch.Tensor
+
+
+class ArrCocClipEncoder(nn.Module):
+    """A CLIP vision transformer fed projected SAM features instead of pixels.
+
+    Its position table keeps CLIP's layout ([CLS] row + square grid) so a pretrained CLIP's table loads as is;
+    the grid part is resampled to the SAM grid and each token gets the position(s) it was selected from.
+    """
+
+    def __init__(self, config: ArrCocConfig):
+        super().__init__()
+        clip = config.clip_config
+        if clip._attn_implementation is None:
+            # The encoder is a bare module, so no PreTrainedModel resolves its attention for it.
+            clip._attn_implementation = "sdpa"
+        self.config = clip
+        self.grid_size = config.grid_size
+        self.clip_grid = clip.image_size // clip.patch_size
+        self.input_projection = nn.Linear(config.vision_config.output_channels, clip.hidden_size)
+        self.position_embedding = nn.Embedding(self.clip_grid**2 + 1, clip.hidden_size)
+        self.pre_layrnorm = nn.LayerNorm(clip.hidden_size, eps=clip.layer_norm_eps)
+        self.encoder = CLIPEncoder(clip)
+        self.post_layernorm = nn.LayerNorm(clip.hidden_size, eps=clip.layer_norm_eps)
+
+    def position_table(self) -> torch.Tensor:
+        """[N, D] position embeddings on the SAM grid."""
+        grid = self.position_embedding.weight[1:]
+        if (self.clip_grid, self.clip_grid) == tuple(self.grid_size):
+            return grid
+        grid = grid.reshape(1, self.clip_grid, self.clip_grid, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid.float(), size=self.grid_size, mode="bicubic", align_corners=False)
+        return grid.to(self.position_embedding.weight.dtype).flatten(2)[0].T
+
+    def forward(self, selection: Selection) -> torch.Tensor:
+        positions = selection.position_weights.to(self.position_embedding.weight.dtype) @ self.position_table()
+        hidden_states = self.pre_layrnorm(self.input_projection(selection.tokens) + positions)
+        mask = self._attention_mask(selection.token_mask, hidden_states.dtype)
+        hidden_states = self.encoder(inputs_embeds=hidden_states, attention_mask=mask).last_hidden_state
+        return self.post_layernorm(hidden_states)
+
+    def _attention_mask(self, token_mask, dtype):
+        if self.config._attn_implementation == "flash_attention_2":
+            return token_mask.long()  # flash attention takes the 2D padding mask and unpads
+        # Only keys are masked: padded queries compute garbage that the splice never reads.
+        additive = torch.zeros(token_mask.shape, dtype=dtype, device=token_mask.device)
+        additive = additive.masked_fill(~token_mask, torch.finfo(dtype).min)
+        return additive[:, None, None, :]
+
+
+class ArrCocPreTrainedModel(PreTrainedModel):
+    config: ArrCocConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _no_split_modules = ["SamVisionLayer", "CLIPEncoderLayer", "Qwen3DecoderLayer"]
+    _skip_keys_device_placement = "cache"
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, ArrCocCompressionHeads):
+            init.zeros_(module.fold_proj.weight)
+            init.zeros_(module.fold_proj.bias)
+        elif isinstance(module, ArrCocBudgetAwareNorm):
+            init.zeros_(module.tier_scale.weight)
+            init.zeros_(module.tier_shift.weight)
+        elif isinstance(module, ArrCocQualityAdapter):
+            init.normal_(module.prototypes, std=self.config.initializer_range)
+
+
+def _resolve_tier(budget, budgets: list[int]) -> int:
+    """An integer budget is a tier value when it is in `budgets`, else a tier index."""
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        raise ValueError(_budget_error(budget, budgets))
+    if budget in budgets:
+        return budgets.index(budget)
+    if 0 <= budget < len(budgets):
+        return budget
+    raise ValueError(_budget_error(budget, budgets))
+
+
+def _budget_error(budget, budgets):
+    return (
+        f"Unknown budget {budget!r}: expected 'auto', 'full', a tier value in {budgets}, a tier index in "
+        f"0..{len(budgets) - 1}, or one of those per sample."
+    )
+
+
+def _pool_shape(count: int, grid: tuple[int, int]) -> tuple[int, int]:
+    """The factor pair (rows, cols) of `count` that fits the grid with the closest aspect ratio."""
+    pairs = [(r, count // r) for r in range(1, count + 1) if count % r == 0]
+    pairs = [(r, c) for r, c in pairs if r <= grid[0] and c <= grid[1]]
+    if not pairs:
+        raise ValueError(f"Uniform pooling cannot make {count} tokens on a {grid[0]}x{grid[1]} grid.")
+    return min(pairs, key=lambda rc: abs(math.log(rc[0] / rc[1]) - math.log(grid[0] / grid[1])))
+
+
+class ArrCocModel(ArrCocPreTrainedModel):
+    def __init__(self, config: ArrCocConfig):
+        super().__init__(config)
+        if config.vision_config._attn_implementation == "flash_attention_2":
+            raise ValueError("The SAM vision tower cannot use flash_attention_2; use 'sdpa' or 'eager' for it.")
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.allocator = ArrCocAllocator(config)
+        self.clip_encoder = ArrCocClipEncoder(config)
+        self.quality_adapter = ArrCocQualityAdapter(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """SAM neck features as a raster-ordered patch sequence [B, N, C]. Cache these when SAM is frozen."""
+        _check_pixels(pixel_values)
+        features = self.vision_tower(pixel_values=pixel_values).last_hidden_state
+        return features.flatten(2).transpose(1, 2)
+
+    def question_inputs(self, input_ids, attention_mask, labels=None):
+        """Prompt-token embeddings for the allocator. Answer tokens (labels != -100) never reach it."""
+        mask = attention_mask.bool() & (input_ids != self.config.image_token_id)
+        if labels is not None:
+            mask = mask & (labels == -100)
+        return self.get_input_embeddings()(input_ids), mask
+
+    def select(self, features, scores, counts, selection: str, generator=None) -> Selection:
+        heads = self.allocator.compression_heads
+        if selection == "uniform":
+            return self._uniform_selection(features, counts)
+        if selection == "random":
+            scores = torch.rand(scores.shape, generator=generator, device="cpu").to(scores.device)
+        return heads(features, scores, counts)
+
+    def _uniform_selection(self, features, counts):
+        """DeepSeek-OCR-style fixed compression: average-pool the grid to K cells, whatever the question."""
+        if counts.unique().numel() != 1:
+            raise ValueError("Uniform pooling takes one budget per batch; group the batch by tier.")
+        count, grid = int(counts[0]), self.config.grid_size
+        rows, cols = _pool_shape(count, grid)
+        eye = torch.eye(features.shape[1], dtype=features.dtype, device=features.device).view(-1, 1, *grid)
+        weights = F.adaptive_avg_pool2d(eye, (rows, cols)).flatten(1).T.unsqueeze(0)  # [1, K, N]
+        weights = weights.expand(features.shape[0], -1, -1)
+        mask = torch.ones(weights.shape[:2], dtype=torch.bool, device=features.device)
+        return Selection(weights @ features, weights, mask, weights.sum(1) > 0)
+
+    def resolve_budget(self, budget, budget_logits, num_patches):
+        """Per-sample (token counts, tier indices) for `budget`; see `forward`."""
+        budgets = self.config.budgets
+        batch = budget_logits.shape[0]
+        if isinstance(budget, str) and budget == "auto":
+            tiers = budget_logits.argmax(-1)
+        elif isinstance(budget, str) and budget == "full":
+            tiers = torch.full((batch,), len(budgets) - 1, device=budget_logits.device)
+            return torch.full((batch,), num_patches, device=budget_logits.device), tiers
+        elif isinstance(budget, (list, tuple, torch.Tensor)):
+            values = budget.tolist() if isinstance(budget, torch.Tensor) else list(budget)
+            if len(values) != batch:
+                raise ValueError(f"A per-sample budget needs {batch} entries, got {len(values)}.")
+            tiers = torch.tensor([_resolve_tier(v, budgets) for v in values], device=budget_logits.device)
+        elif isinstance(budget, str):
+            raise ValueError(_budget_error(budget, budgets))
+        else:
+            tiers = torch.full((batch,), _resolve_tier(budget, budgets), device=budget_logits.device)
+        counts = torch.tensor(budgets, device=tiers.device)[tiers].clamp(max=num_patches)
+        return counts, tiers
+
+    def get_image_features(
+        self, pixel_values, input_ids, attention_mask, labels=None, budget="auto", selection="learned",
+        patch_features=None, generator=None,
+    ):
+        """Visual embeddings per image for its question: (embeds [B, K_max, D], token mask, probs, decisions)."""
+        if selection not in SELECTIONS:
+            raise ValueError(f"Unknown selection {selection!r}; expected one of {SELECTIONS}.")
+        features = self.get_patch_features(pixel_values) if patch_features is None else patch_features
+        question, question_mask = self.question_inputs(input_ids, attention_mask, labels)
+        decision = self.allocator(features, question, question_mask)
+        counts, tiers = self.resolve_budget(budget, decision.budget_logits, features.shape[1])
+        scores = decision.hotspot_scores if selection == "hotspot" else decision.patch_scores
+        chosen = self.select(features, scores, counts, selection, generator)
+        hidden = self.clip_encoder(chosen)
+        embeds, probs = self.quality_adapter(hidden, tiers)
+        probs = probs * chosen.token_mask.unsqueeze(-1)
+        return embeds, chosen, probs, decision, tiers
+
+    def prepare_multimodal_inputs(
+        self, input_ids, pixel_values, attention_mask=None, labels=None, budget="auto", selection="learned",
+        patch_features=None, generator=None,
+    ) -> ArrCocMultimodalInputs:
+        """Select visual tokens and splice each sample's K_i embeddings at its `<image>` token, left-padded."""
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        _check_image_tokens(input_ids, attention_mask, self.config.image_token_id, pixel_values, patch_features)
+        embeds, chosen, probs, decision, tiers = self.get_image_features(
+            pixel_values, input_ids, attention_mask, labels, budget, selection, patch_features, generator
+        )
+        text_embeds = self.get_input_embeddings()(input_ids)
+        spliced = _splice(input_ids, attention_mask, labels, text_embeds, embeds, chosen.token_mask,
+                          self.config.image_token_id)
+        return ArrCocMultimodalInputs(
+            *spliced, visual_token_counts=chosen.counts, budget_logits=decision.budget_logits, budget_tiers=tiers,
+            patch_scores=decision.patch_scores, kept_patch_mask=chosen.kept_patch_mask, visual_probs=probs,
+            visual_mask=chosen.token_mask,
+        )
+
+
+def _check_pixels(pixel_values):
+    if pixel_values.ndim != 4:
+        raise ValueError(f"pixel_values must be [batch, channels, height, width], got shape {tuple(pixel_values.shape)}.")
+    if not torch.isfinite(pixel_values).all():
+        raise ValueError("pixel_values contain NaN or infinite values.")
+
+
+def _check_image_tokens(input_ids, attention_mask, image_token_id, pixel_values, patch_features):
+    per_sample = ((input_ids == image_token_id) & attention_mask.bool()).sum(-1)
+    if (per_sample != 1).any():
+        raise ValueError(
+            f"Each sample needs exactly one <image> token (id {image_token_id}); found {per_sample.tolist()}. "
+            "Several images per sample are not supported."
+        )
+    images = pixel_values if pixel_values is not None else patch_features
+    if images is None:
+        raise ValueError("input_ids contain <image> tokens but no pixel_values were given.")
+    if images.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"Got {images.shape[0]} images for {input_ids.shape[0]} samples with one <image> each.")
+
+
+def _splice(input_ids, attention_mask, labels, text_embeds, visual_embeds, visual_mask, image_token_id):
+    """Per sample: text before <image>, its K_i visual embeddings, text after; then left-pad to the longest."""
+    rows = []
+    for b in range(input_ids.shape[0]):
+        keep = attention_mask[b].bool()
+        ids, embeds = input_ids[b][keep], text_embeds[b][keep]
+        at = int((ids == image_token_id).nonzero()[0])
+        visual = visual_embeds[b][visual_mask[b]]
+        row_embeds = torch.cat([embeds[:at], visual.to(embeds.dtype), embeds[at + 1:]])
+        row_labels = None
+        if labels is not None:
+            lab = labels[b][keep]
+            ignore = torch.full((visual.shape[0],), -100, dtype=lab.dtype, device=lab.device)
+            row_labels = torch.cat([lab[:at], ignore, lab[at + 1:]])
+        rows.append((row_embeds, row_labels))
+    return _left_pad(rows)
+
+
+def _left_pad(rows):
+    length = max(r[0].shape[0] for r in rows)
+    first = rows[0][0]
+    embeds = first.new_zeros(len(rows), length, first.shape[-1])
+    mask = torch.zeros(len(rows), length, dtype=torch.long, device=first.device)
+    labels = None if rows[0][1] is None else torch.full((len(rows), length), -100, device=first.device)
+    for b, (row_embeds, row_labels) in enumerate(rows):
+        embeds[b, length - row_embeds.shape[0]:] = row_embeds
+        mask[b, length - row_embeds.shape[0]:] = 1
+        if labels is not None:
+            labels[b, length - row_labels.shape[0]:] = row_labels
+    return embeds, mask, _position_ids(mask), labels
+
+
+def _position_ids(attention_mask):
+    # Left padding must not shift positions: the first real token is position 0 in every row.
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: ArrCocConfig):
+        super().__init__(config)
+        self.model = ArrCocModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    @property
+    def vision_tower(self):
+        return self.model.vision_tower
+
+    @property
+    def allocator(self):
+        return self.model.allocator
+
+    @property
+    def clip_encoder(self):
+        return self.model.clip_encoder
+
+    @property
+    def quality_adapter(self):
+        return self.model.quality_adapter
+
+    @property
+    def language_model(self):
+        return self.model.language_model
+
+    def get_image_features(self, pixel_values, input_ids, attention_mask, **kwargs):
+        return self.model.get_image_features(pixel_values, input_ids, attention_mask, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        budget: str | int | list | torch.Tensor = "auto",
+        selection: str = "learned",
+        patch_features: torch.FloatTensor | None = None,
+        patch_targets: torch.FloatTensor | None = None,
+        loss_weights: dict[str, float] | None = None,
+        logits_on_labels_only: bool = False,
+        use_cache: bool | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ) -> ArrCocCausalLMOutputWithPast:
+        r"""
+        budget: "auto" (the allocator's tier), "full" (every patch), a tier value in `config.budgets`, a tier
+            index, or a list/tensor of those per sample. Anything else raises a ValueError.
+        selection: "learned" (allocator scores), "uniform" (fixed pooling), "hotspot" (query-agnostic
+            saliency top-K) or "random": baselines run through the same model at the same budgets.
+        patch_features: precomputed SAM features [B, N, C] (cache them when SAM is frozen).
+        patch_targets: [B, N] answer-region coverage per patch, for the alignment loss.
+        loss_weights: weights of `LOSS_COMPONENTS` in `loss`; default {"answer": 1.0} (others 0).
+        logits_on_labels_only: compute `logits` only at positions that predict a label (training speed);
+            `logits` is then [n_label_tokens, vocab].
+        """
+        multimodal = None
+        if pixel_values is not None or patch_features is not None:
+            multimodal = self.model.prepare_multimodal_inputs(
+                input_ids, pixel_values, attention_mask, labels, budget, selection, patch_features, generator
+            )
+            inputs_embeds, attention_mask = multimodal.inputs_embeds, multimodal.attention_mask
+            position_ids, labels = multimodal.position_ids, multimodal.labels
+        elif inputs_embeds is None:
+            if input_ids is not None and (input_ids == self.config.image_token_id).any() and cache is None:
+                raise ValueError("input_ids contain <image> tokens but no pixel_values were given.")
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        outputs = self.model.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            use_cache=use_cache, **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        if logits_on_labels_only and labels is not None:
+            logits, answer_loss = self._answer_loss_on_labels(hidden_states, labels)
+        else:
+            logits = self.lm_head(hidden_states)
+            answer_loss = _shifted_ce(logits, labels) if labels is not None else None
+        losses = self._auxiliary_losses(multimodal, patch_targets) if labels is not None else {}
+        losses["answer"] = answer_loss
+        return ArrCocCausalLMOutputWithPast(
+            loss=_weighted_total(losses, loss_weights) if labels is not None else None,
+            answer_loss=answer_loss,
+            efficiency_loss=losses.get("efficiency"),
+            alignment_loss=losses.get("alignment"),
+            vet_kl_loss=losses.get("vet_kl"),
+            logits=logits,
+            cache=outputs.cache if use_cache is not False else None,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **_decision_fields(multimodal, inputs_embeds.shape[0], inputs_embeds.device),
+        )
+
+    def _answer_loss_on_labels(self, hidden_states, labels):
+        targets = labels[:, 1:]
+        where = targets != -100
+        logits = self.lm_head(hidden_states[:, :-1][where])
+        return logits, F.cross_entropy(logits.float(), targets[where])
+
+    def _auxiliary_losses(self, multimodal, patch_targets):
+        if multimodal is None:
+            return {}
+        return {
+            "efficiency": efficiency_loss(multimodal.budget_logits, self.config.budgets),
+            "alignment": alignment_loss(multimodal.patch_scores, patch_targets),
+            "vet_kl": vet_kl_loss(multimodal.visual_probs, multimodal.visual_mask),
+        }
+
+    @torch.no_grad()
+    def generate(self, input_ids=None, pixel_values=None, attention_mask=None, budget="auto",
+                 selection="learned", patch_features=None, **kwargs):
+        """Generate with K_i visual tokens per sample. Returns `input_ids` (as given) followed by new tokens,
+        so callers strip the prompt by its own length, as with any HF model."""
+        if pixel_values is None and patch_features is None:
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        multimodal = self.model.prepare_multimodal_inputs(
+            input_ids, pixel_values, attention_mask, None, budget, selection, patch_features, kwargs.pop("generator", None)
+        )
+        # Image inputs are consumed here, once; generate's prefill then only sees the spliced embeddings.
+        outputs = super().generate(
+            inputs_embeds=multimodal.inputs_embeds, attention_mask=multimodal.attention_mask,
+            position_ids=multimodal.position_ids, **kwargs,
+        )
+        sequences = outputs if isinstance(outputs, torch.Tensor) else outputs.sequences
+        sequences = torch.cat([input_ids, sequences.to(input_ids.device)], dim=-1)
+        if isinstance(outputs, torch.Tensor):
+            return sequences
+        outputs.sequences = sequences
+        return outputs
+
+    @classmethod
+    def from_components(cls, vision, clip, text, dtype=None, **config_kwargs):
+        """Assemble ArrCoc from pretrained SAM, CLIP and Qwen3 or Ovis2 checkpoints (Hub names or local dirs)."""
+        from .components import assemble_from_components
+
+        return assemble_from_components(cls, vision, clip, text, dtype=dtype, **config_kwargs)
+
+
+def _shifted_ce(logits, labels):
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def efficiency_loss(budget_logits, budgets):
+    """Expected visual tokens under the predicted tier distribution, as a fraction of the largest tier."""
+    values = torch.tensor(budgets, dtype=budget_logits.dtype, device=budget_logits.device)
+    return (budget_logits.softmax(-1) @ values).mean() / values.max()
+
+
+def alignment_loss(patch_scores, patch_targets=None):
+    """Cross-entropy of the patch-score distribution against the answer region where boxes exist; otherwise
+    an anti-collapse term: KL of the batch-mean selection distribution from uniform, so the allocator cannot
+    settle on one fixed set of patches for every question."""
+    log_probs = patch_scores.float().log_softmax(-1)
+    if patch_targets is not None:
+        mass = patch_targets.float().sum(-1)
+        has_box = mass > 0
+        if has_box.any():
+            target = patch_targets.float()[has_box] / mass[has_box, None]
+            return -(target * log_probs[has_box]).sum(-1).mean()
+    mean_probs = log_probs.exp().mean(0)
+    return (mean_probs * (mean_probs.clamp(min=1e-12).log() + math.log(mean_probs.numel()))).sum()
+
+
+def vet_kl_loss(visual_probs, visual_mask):
+    """KL(visual-vocabulary usage || uniform): keeps the adapter from collapsing onto a few VET rows."""
+    usage = visual_probs[visual_mask].float().mean(0)
+    return (usage * (usage.clamp(min=1e-12).log() + math.log(usage.numel()))).sum()
+
+
+def _weighted_total(losses, loss_weights):
+    weights = {"answer": 1.0} if loss_weights is None else loss_weights
+    unknown = set(weights) - set(LOSS_COMPONENTS)
+    if unknown:
+        raise ValueError(f"Unknown loss components {sorted(unknown)}; expected some of {LOSS_COMPONENTS}.")
+    terms = [w * losses[name] for name, w in weights.items() if w and losses.get(name) is not None]
+    return torch.stack(terms).sum() if terms else losses["answer"]
+
+
+def _decision_fields(multimodal, batch, device):
+    if multimodal is None:
+        return {"visual_token_counts": torch.zeros(batch, dtype=torch.long, device=device)}
+    return {
+        "visual_token_counts": multimodal.visual_token_counts,
+        "budget_logits": multimodal.budget_logits,
+        "budget_tiers": multimodal.budget_tiers,
+        "patch_scores": multimodal.patch_scores,
+        "kept_patch_mask": multimodal.kept_patch_mask,
+        "visual_probs": multimodal.visual_probs,
+    }
+
+
+__all__ = [
+    "ArrCocCausalLMOutputWithPast",
+    "ArrCocClipEncoder",
+    "ArrCocForConditionalGeneration",
+    "ArrCocModel",
+    "ArrCocPreTrainedModel",
+    "LOSS_COMPONENTS",
+    "SELECTIONS",
+    "alignment_loss",
+    "efficiency_loss",
+    "vet_kl_loss",
+]

@@ -1,0 +1,83 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_PRESET = ROOT / "configs" / "model" / "tiny"
+
+
+class ArrCocModelTester:
+    """Tiny configs (hidden 32, 2 layers) and inputs, in the transformers test style."""
+
+    def __init__(self, batch_size=3, image_size=64, patch_size=8, vocab_size=99, image_token_id=5, budgets=(4, 16, 100)):
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.vocab_size = vocab_size
+        self.image_token_id = image_token_id
+        self.budgets = list(budgets)
+        self.pad_token_id = 0
+
+    @property
+    def num_patches(self):
+        return (self.image_size // self.patch_size) ** 2
+
+    def get_config(self, **overrides):
+        from modeling_arrcoc import ArrCocConfig
+
+        kwargs = dict(
+            vision_config=dict(
+                hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=self.image_size,
+                patch_size=self.patch_size, output_channels=16, window_size=4, global_attn_indexes=[1], mlp_dim=64,
+                initializer_range=0.02,
+            ),
+            clip_config=dict(
+                hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                image_size=self.image_size, patch_size=self.patch_size,
+            ),
+            text_config=dict(
+                hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                intermediate_size=64, vocab_size=self.vocab_size, pad_token_id=self.pad_token_id, eos_token_id=2,
+                max_position_embeddings=512,
+            ),
+            budgets=self.budgets, image_token_id=self.image_token_id, allocator_hidden_size=32,
+            allocator_num_heads=2, adapter_num_layers=1, adapter_num_heads=2, num_vet_prototypes=8,
+            visual_vocab_size=64,
+        )
+        kwargs.update(overrides)
+        return ArrCocConfig(**kwargs)
+
+    def get_model(self, seed=0, **overrides):
+        from modeling_arrcoc import ArrCocForConditionalGeneration
+
+        torch.manual_seed(seed)
+        return ArrCocForConditionalGeneration(self.get_config(**overrides)).eval()
+
+    def prepare_inputs(self, seed=0, prompt_lengths=(3, 5, 4), answer_length=2):
+        """Left-padded prompts with one <image> each, answers after them, labels -100 on prompt and padding."""
+        generator = torch.Generator().manual_seed(seed)
+        lengths = [p + 1 + answer_length for p in prompt_lengths[: self.batch_size]]
+        width = max(lengths)
+        input_ids = torch.full((self.batch_size, width), self.pad_token_id)
+        labels = torch.full((self.batch_size, width), -100)
+        for b, (prompt, length) in enumerate(zip(prompt_lengths, lengths)):
+            tokens = torch.randint(6, self.vocab_size, (length,), generator=generator)
+            tokens[1] = self.image_token_id
+            input_ids[b, width - length:] = tokens
+            labels[b, width - answer_length:] = tokens[-answer_length:]
+        attention_mask = (input_ids != self.pad_token_id).long()
+        pixel_values = torch.randn(self.batch_size, 3, self.image_size, self.image_size, generator=generator)
+        return dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, labels=labels)
+
+
+@pytest.fixture
+def tester():
+    return ArrCocModelTester()

@@ -1,0 +1,258 @@
+"""Model core: outputs, losses, budgets, batch invariance, generation, answer isolation."""
+
+import pytest
+import torch
+
+from modeling_arrcoc.modeling_arrcoc import LOSS_COMPONENTS
+
+OUTPUT_FIELDS = ("loss", "answer_loss", "efficiency_loss", "alignment_loss", "vet_kl_loss")
+
+
+def unpadded(inputs, b):
+    keep = inputs["attention_mask"][b].bool()
+    return {
+        "input_ids": inputs["input_ids"][b:b + 1, keep], "attention_mask": inputs["attention_mask"][b:b + 1, keep],
+        "pixel_values": inputs["pixel_values"][b:b + 1],
+    }
+
+
+def test_forward_output_fields(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    out = model(**inputs, budget=[4, 16, 100])
+    for name in OUTPUT_FIELDS:
+        assert getattr(out, name).ndim == 0 and torch.isfinite(getattr(out, name)), name
+    assert out.visual_token_counts.dtype == torch.long
+    assert out.visual_token_counts.tolist() == [4, 16, tester.num_patches]
+    assert out.budget_logits.shape == (tester.batch_size, len(tester.budgets))
+    assert out.patch_scores.shape == (tester.batch_size, tester.num_patches)
+    assert out.kept_patch_mask.sum(-1).tolist() == [4, 16, tester.num_patches]
+    lengths = inputs["attention_mask"].sum(-1) - 1 + out.visual_token_counts
+    longest = int(lengths.max())
+    assert out.logits.shape == (tester.batch_size, longest, tester.vocab_size)
+
+
+def test_loss_fields_none_without_labels(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    inputs.pop("labels")
+    out = model(**inputs)
+    assert all(getattr(out, name) is None for name in OUTPUT_FIELDS)
+    assert out.visual_token_counts is not None
+
+
+def test_loss_is_weighted_sum_of_components(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    weights = {"answer": 1.0, "efficiency": 0.5, "alignment": 0.25, "vet_kl": 2.0}
+    out = model(**inputs, loss_weights=weights)
+    expected = sum(w * getattr(out, f"{name}_loss") for name, w in weights.items())
+    torch.testing.assert_close(out.loss, expected)
+    default = model(**inputs)
+    torch.testing.assert_close(default.loss, default.answer_loss)
+    with pytest.raises(ValueError, match="Unknown loss components"):
+        model(**inputs, loss_weights={"answr": 1.0})
+
+
+def test_alignment_loss_uses_patch_targets(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    targets = torch.zeros(tester.batch_size, tester.num_patches)
+    targets[:, 0] = 1.0
+    out = model(**inputs, patch_targets=targets)
+    expected = -out.patch_scores.log_softmax(-1)[:, 0].mean()
+    torch.testing.assert_close(out.alignment_loss, expected)
+
+
+def test_backward_reaches_every_component(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    model.train()
+    out = model(**inputs, budget=4, loss_weights={"answer": 1.0, "efficiency": 1.0, "vet_kl": 1.0})
+    out.loss.backward()
+    for name in ("vision_tower", "clip_encoder", "quality_adapter", "language_model"):
+        grads = [p.grad for p in getattr(model.model, name).parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads), name
+    # The answer loss alone reaches the scorer through the straight-through gate on kept tokens.
+    model.zero_grad()
+    model(**inputs, budget=4).loss.backward()
+    assert model.model.allocator.cross_attention.score.weight.grad.abs().sum() > 0
+    assert model.model.allocator.hotspot_detector.score.weight.grad.abs().sum() > 0
+
+
+def test_straight_through_gate_leaves_forward_values_unchanged(tester):
+    from modeling_arrcoc.allocator_arrcoc import ArrCocCompressionHeads
+
+    heads = ArrCocCompressionHeads(channels=4, hidden_size=8, fold_dropped=False)
+    features = torch.randn(1, 6, 4)
+    scores = torch.randn(1, 6, requires_grad=True)
+    chosen = heads(features, scores, torch.tensor([3]))
+    kept = scores.detach().topk(3).indices.sort().values[0]
+    torch.testing.assert_close(chosen.tokens[0], features[0, kept])
+    chosen.tokens.sum().backward()
+    assert scores.grad[0, kept].abs().min() > 0
+
+
+def test_fold_summarizes_dropped_patches(tester):
+    from modeling_arrcoc.allocator_arrcoc import ArrCocCompressionHeads
+
+    heads = ArrCocCompressionHeads(channels=4, hidden_size=8, fold_dropped=True)
+    torch.nn.init.eye_(heads.fold_proj.weight)
+    features = torch.randn(1, 6, 4)
+    scores = torch.arange(6.0)[None]  # keeps patches 3, 4, 5
+    changed_drop = features.clone()
+    changed_drop[0, 0] += 5.0
+    a = heads(features, scores, torch.tensor([3])).tokens
+    b = heads(changed_drop, scores, torch.tensor([3])).tokens
+    assert not torch.allclose(a, b), "a dropped patch's content must reach the kept tokens"
+
+
+def test_budget_resolution_and_validation(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    inputs.pop("labels")
+    with torch.no_grad():
+        assert model(**inputs, budget=16).visual_token_counts.tolist() == [16] * 3  # a tier value
+        assert model(**inputs, budget=0).visual_token_counts.tolist() == [4] * 3  # a tier index
+        assert model(**inputs, budget="full").visual_token_counts.tolist() == [tester.num_patches] * 3
+        # 100 > 64 patches: every patch is kept, and the count says so.
+        out = model(**inputs, budget=100)
+        assert out.visual_token_counts.tolist() == [tester.num_patches] * 3 and out.kept_patch_mask.all()
+        auto = model(**inputs, budget="auto")
+        expected = torch.tensor(tester.budgets)[auto.budget_logits.argmax(-1)].clamp(max=tester.num_patches)
+        assert auto.visual_token_counts.tolist() == expected.tolist()
+        for bad in (7, -1, "big", True, 3.5, [4, 16]):
+            with pytest.raises(ValueError, match="budget"):
+                model(**inputs, budget=bad)
+
+
+def test_batch_invariance_mixed_tiers(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    inputs.pop("labels")
+    tiers = [4, 16, 100]
+    with torch.no_grad():
+        batch = model(**inputs, budget=tiers)
+        worst = 0.0
+        for b in range(tester.batch_size):
+            alone = model(**unpadded(inputs, b), budget=[tiers[b]])
+            length = alone.logits.shape[1]
+            worst = max(worst, (batch.logits[b, -length:] - alone.logits[0]).abs().max().item())
+            assert torch.equal(batch.kept_patch_mask[b], alone.kept_patch_mask[0])
+    assert worst < 1e-5, worst
+
+
+def test_generate_batch_matches_single(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    inputs.pop("labels")
+    tiers = [100, 4, 16]
+    batch = model.generate(**inputs, budget=tiers, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(batch[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
+    for b in range(tester.batch_size):
+        alone = model.generate(**unpadded(inputs, b), budget=[tiers[b]], max_new_tokens=6, do_sample=False,
+                               pad_token_id=0)
+        new_alone = alone[0, alone.shape[1] - 6:]
+        new_batch = batch[b, batch.shape[1] - 6:]
+        assert torch.equal(new_alone, new_batch), (b, new_alone, new_batch)
+
+
+def test_generate_uses_kv_cache_and_not_images_after_prefill(tester, monkeypatch):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    inputs.pop("labels")
+    calls = []
+    original = model.model.get_patch_features
+    monkeypatch.setattr(model.model, "get_patch_features", lambda px: calls.append(1) or original(px))
+    seen = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    model.generate(**inputs, budget=4, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    hook.remove()
+    assert len(calls) == 1, "the vision tower runs once, before prefill"
+    assert seen[1:] == [1, 1, 1], "decoding steps feed one new token each (KV cache)"
+
+
+def test_allocator_never_sees_answer_tokens(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    other = {k: v.clone() for k, v in inputs.items()}
+    answer = inputs["labels"] != -100
+    other["input_ids"][answer] = (other["input_ids"][answer] + 7) % tester.vocab_size + 6
+    other["labels"][answer] = other["input_ids"][answer]
+    with torch.no_grad():
+        a, b = model(**inputs), model(**other)
+    assert not torch.equal(a.logits, b.logits), "the answers differ, so the LLM sees a difference"
+    assert torch.equal(a.patch_scores, b.patch_scores)
+    assert torch.equal(a.budget_logits, b.budget_logits)
+    assert torch.equal(a.kept_patch_mask, b.kept_patch_mask)
+    assert torch.equal(a.visual_token_counts, b.visual_token_counts)
+
+
+def test_baseline_selections_share_the_model(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    inputs.pop("labels")
+    with torch.no_grad():
+        for selection in ("uniform", "hotspot", "random"):
+            out = model(**inputs, budget=16, selection=selection)
+            assert out.visual_token_counts.tolist() == [16] * 3, selection
+        uniform = model(**inputs, budget=16, selection="uniform")
+        assert uniform.kept_patch_mask.all(), "pooling covers the whole page"
+        with pytest.raises(ValueError, match="selection"):
+            model(**inputs, selection="oracle")
+        with pytest.raises(ValueError, match="one budget per batch"):
+            model(**inputs, budget=[4, 16, 16], selection="uniform")
+
+
+def test_image_token_errors(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    inputs.pop("labels")
+    two = inputs["input_ids"].clone()
+    two[0, -1] = tester.image_token_id
+    with pytest.raises(ValueError, match="exactly one <image>"):
+        model(**{**inputs, "input_ids": two})
+    none = inputs["input_ids"].clone()
+    none[none == tester.image_token_id] = 7
+    with pytest.raises(ValueError, match="exactly one <image>"):
+        model(**{**inputs, "input_ids": none})
+    with pytest.raises(ValueError, match="images for"):
+        model(**{**inputs, "pixel_values": inputs["pixel_values"][:2]})
+    with pytest.raises(ValueError, match="no pixel_values"):
+        model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    bad = inputs["pixel_values"].clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model(**{**inputs, "pixel_values": bad})
+
+
+def test_cached_patch_features_give_same_outputs(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    with torch.no_grad():
+        features = model.model.get_patch_features(inputs["pixel_values"])
+        direct = model(**inputs)
+        cached = model(**{k: v for k, v in inputs.items() if k != "pixel_values"}, patch_features=features)
+    torch.testing.assert_close(direct.logits, cached.logits, rtol=0, atol=0)
+
+
+def test_logits_on_labels_only_gives_same_loss(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    full = model(**inputs)
+    sparse = model(**inputs, logits_on_labels_only=True)
+    torch.testing.assert_close(full.answer_loss, sparse.answer_loss)
+    assert sparse.logits.shape[0] == (inputs["labels"] != -100).sum()
+
+
+def test_gradient_checkpointing_matches(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    model.train()
+    reference = model(**inputs, budget=16).loss
+    reference.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert model.model.language_model.gradient_checkpointing or any(
+        getattr(m, "gradient_checkpointing", False) for m in model.modules()
+    )
+    loss = model(**inputs, budget=16).loss
+    loss.backward()
+    torch.testing.assert_close(loss, reference)
+    for name, grad in grads.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)
+
+
+def test_loss_components_constant_matches_fields():
+    from modeling_arrcoc.modeling_arrcoc import ArrCocCausalLMOutputWithPast
+
+    fields = ArrCocCausalLMOutputWithPast.__dataclass_fields__
+    assert all(f"{name}_loss" in fields for name in LOSS_COMPONENTS)

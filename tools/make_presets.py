@@ -1,0 +1,122 @@
+"""Write the model presets under configs/model/: tiny (tests), demo (the embedded CPU default), base (real
+checkpoints). Run `python tools/make_presets.py`; the output is committed, so tests and the demo load it offline.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from modeling_arrcoc import ArrCocConfig, ArrCocImageProcessor, ArrCocProcessor
+from modeling_arrcoc.tokenization_arrcoc import build_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent / "configs" / "model"
+
+# Hub checkpoints the base preset is assembled from (ArrCocForConditionalGeneration.from_components).
+BASE_COMPONENTS = {
+    "vision": "facebook/sam-vit-base",
+    "clip": "openai/clip-vit-large-patch14",
+    "text": "Qwen/Qwen3-0.6B",
+}
+
+
+def tokenizer_corpus() -> list[str]:
+    """Every question template and answer of the synthetic suite, in chat format."""
+    from modeling_arrcoc.data.synthetic import corpus_text
+
+    lines = corpus_text().splitlines()
+    return [f"<|im_start|>user\n<image>\n{line}<|im_end|>\n<|im_start|>assistant\n" for line in lines] + lines
+
+
+def sam(hidden, layers, heads, image_size, patch_size, channels, window, global_layers):
+    return dict(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, image_size=image_size,
+        patch_size=patch_size, output_channels=channels, window_size=window, global_attn_indexes=global_layers,
+        mlp_dim=4 * hidden, initializer_range=0.02,
+    )
+
+
+def clip(hidden, layers, heads, image_size, patch_size):
+    return dict(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * hidden,
+        image_size=image_size, patch_size=patch_size,
+    )
+
+
+def qwen3(hidden, layers, heads, kv_heads, vocab, max_positions):
+    return dict(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        head_dim=hidden // heads, intermediate_size=3 * hidden, vocab_size=vocab, max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+    )
+
+
+PRESETS = {
+    # Tests: 64 px pages, 8x8 = 64 patches; the 100 tier is larger than the grid on purpose (keeps all patches).
+    "tiny": dict(
+        image_size=64, vocab=512,
+        config=dict(
+            vision_config=sam(32, 2, 2, 64, 8, 16, 4, [1]), clip_config=clip(32, 2, 2, 64, 8),
+            budgets=[4, 16, 100], allocator_hidden_size=32, allocator_num_heads=2, adapter_num_layers=1,
+            adapter_num_heads=2, num_vet_prototypes=8, visual_vocab_size=64,
+        ),
+        text=(32, 2, 2, 1, 512),
+    ),
+    # The embedded default: 256 px pages, 16 px glyph cells aligned to a 16x16 = 256 patch grid. Sized from
+    # DESIGN.md's measured costs so a training step at full tokens stays around a second on 2 cores.
+    "demo": dict(
+        image_size=256, vocab=512,
+        config=dict(
+            vision_config=sam(128, 4, 4, 256, 16, 128, 8, [1, 3]), clip_config=clip(128, 2, 4, 256, 16),
+            budgets=[8, 16, 32, 64, 256], allocator_hidden_size=128, allocator_num_heads=4, adapter_num_layers=1,
+            adapter_num_heads=4, num_vet_prototypes=64, visual_vocab_size=1024,
+        ),
+        text=(256, 4, 4, 2, 512),
+    ),
+}
+
+
+def write_embedded(name: str, spec: dict, corpus: list[str]):
+    out = ROOT / name
+    tokenizer = build_tokenizer(corpus, vocab_size=spec["vocab"])
+    hidden, layers, heads, kv, vocab = spec["text"]
+    text_config = qwen3(hidden, layers, heads, kv, len(tokenizer), 2048)
+    text_config.update(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    config = ArrCocConfig(text_config=text_config, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                          **spec["config"])
+    config.save_pretrained(out)
+    processor = ArrCocProcessor(ArrCocImageProcessor(size=spec["image_size"]), tokenizer)
+    processor.save_pretrained(out)
+
+
+def write_base():
+    out = ROOT / "base"
+    out.mkdir(parents=True, exist_ok=True)
+    config = ArrCocConfig(
+        vision_config=sam(768, 12, 12, 1024, 16, 256, 14, [2, 5, 8, 11]),
+        clip_config=clip(1024, 24, 16, 224, 14) | {"intermediate_size": 4096, "hidden_act": "quick_gelu"},
+        text_config=dict(
+            hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+            intermediate_size=3072, vocab_size=151936, max_position_embeddings=40960, rms_norm_eps=1e-6,
+            tie_word_embeddings=True, eos_token_id=151645, pad_token_id=151643,
+        ),
+        image_token_id=151655,  # Qwen's <|image_pad|>: the processor uses it as its image token
+        tie_word_embeddings=True,
+    )
+    config.save_pretrained(out)
+    (out / "components.json").write_text(json.dumps(BASE_COMPONENTS, indent=2) + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", choices=["tiny", "demo", "base"], nargs="*")
+    args = parser.parse_args()
+    corpus = tokenizer_corpus()
+    for name, spec in PRESETS.items():
+        if not args.only or name in args.only:
+            write_embedded(name, spec, corpus)
+    if not args.only or "base" in args.only:
+        write_base()
+
+
+if __name__ == "__main__":
+    main()
