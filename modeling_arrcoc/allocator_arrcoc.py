@@ -76,7 +76,7 @@ class ArrCocBudgetPredictor(nn.Module):
         )
 
     def forward(self, contextual, question, question_mask):
-        weights = question_mask.float().unsqueeze(-1)
+        weights = question_mask.to(question.dtype).unsqueeze(-1)
         question_summary = (question * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         return self.mlp(torch.cat([contextual.mean(1), question_summary], dim=-1))
 
