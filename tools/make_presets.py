@@ -6,6 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from modeling_arrcoc import ArrCocConfig, ArrCocImageProcessor, ArrCocProcessor
 from modeling_arrcoc.tokenization_arrcoc import build_tokenizer
 
@@ -106,6 +110,24 @@ def write_base():
     (out / "components.json").write_text(json.dumps(BASE_COMPONENTS, indent=2) + "\n")
 
 
+def strip_remote_code(out: Path):
+    """Presets are read with the package imported: copies of its source beside them would only go stale."""
+    for source in out.glob("*.py"):
+        source.unlink()
+    for path in out.glob("*.json"):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and _drop_auto_map(data):
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _drop_auto_map(data: dict) -> bool:
+    changed = data.pop("auto_map", None) is not None
+    for value in data.values():
+        if isinstance(value, dict):
+            changed = _drop_auto_map(value) or changed
+    return changed
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", choices=["tiny", "demo", "base"], nargs="*")
@@ -114,8 +136,10 @@ def main():
     for name, spec in PRESETS.items():
         if not args.only or name in args.only:
             write_embedded(name, spec, corpus)
+            strip_remote_code(ROOT / name)
     if not args.only or "base" in args.only:
         write_base()
+        strip_remote_code(ROOT / "base")
 
 
 if __name__ == "__main__":
