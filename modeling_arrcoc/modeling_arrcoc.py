@@ -63,6 +63,7 @@ class ArrCocMultimodalInputs:
     kept_patch_mask: torch.Tensor
     visual_probs: torch.Tensor
     visual_mask: torch.Tensor
+    token_sources: torch.Tensor  # [B, K_max] the grid index each token mostly comes from
 
 
 class ArrCocClipEncoder(nn.Module):
@@ -268,7 +269,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
         return ArrCocMultimodalInputs(
             *spliced, visual_token_counts=chosen.counts, budget_logits=decision.budget_logits, budget_tiers=tiers,
             patch_scores=decision.patch_scores, kept_patch_mask=chosen.kept_patch_mask, visual_probs=probs,
-            visual_mask=chosen.token_mask,
+            visual_mask=chosen.token_mask, token_sources=chosen.position_weights.argmax(-1),
         )
 
 
@@ -384,6 +385,7 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         selection: str = "learned",
         patch_features: torch.FloatTensor | None = None,
         patch_targets: torch.FloatTensor | None = None,
+        visual_targets: torch.LongTensor | None = None,
         loss_weights: dict[str, float] | None = None,
         logits_on_labels_only: bool = False,
         use_cache: bool | None = None,
@@ -397,6 +399,9 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
             saliency top-K) or "random": baselines run through the same model at the same budgets.
         patch_features: precomputed SAM features [B, N, C] (cache them when SAM is frozen).
         patch_targets: [B, N] answer-region coverage per patch, for the alignment loss.
+        visual_targets: [B, N] a teacher's visual-vocabulary id per patch (-100: none). With it, `vet_kl_loss`
+            is the cross-entropy of the adapter's distribution against the teacher (KL up to the teacher's
+            entropy, 0 for one-hot targets); without it, the KL of vocabulary usage from uniform.
         loss_weights: weights of `LOSS_COMPONENTS` in `loss`; default {"answer": 1.0} (others 0).
         logits_on_labels_only: compute `logits` only at positions that predict a label (training speed);
             `logits` is then [n_label_tokens, vocab].
@@ -422,7 +427,7 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         else:
             logits = self.lm_head(hidden_states)
             answer_loss = _shifted_ce(logits, labels) if labels is not None else None
-        losses = self._auxiliary_losses(multimodal, patch_targets) if labels is not None else {}
+        losses = self._auxiliary_losses(multimodal, patch_targets, visual_targets) if labels is not None else {}
         losses["answer"] = answer_loss
         return ArrCocCausalLMOutputWithPast(
             loss=_weighted_total(losses, loss_weights) if labels is not None else None,
@@ -443,13 +448,14 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden_states[:, :-1][where])
         return logits, F.cross_entropy(logits.float(), targets[where])
 
-    def _auxiliary_losses(self, multimodal, patch_targets):
+    def _auxiliary_losses(self, multimodal, patch_targets, visual_targets):
         if multimodal is None:
             return {}
         return {
             "efficiency": efficiency_loss(multimodal.budget_logits, self.config.budgets),
             "alignment": alignment_loss(multimodal.patch_scores, patch_targets),
-            "vet_kl": vet_kl_loss(multimodal.visual_probs, multimodal.visual_mask),
+            "vet_kl": vet_kl_loss(multimodal.visual_probs, multimodal.visual_mask,
+                                  _token_targets(visual_targets, multimodal.token_sources)),
         }
 
     @torch.no_grad()
@@ -507,10 +513,22 @@ def alignment_loss(patch_scores, patch_targets=None):
     return (mean_probs * (mean_probs.clamp(min=1e-12).log() + math.log(mean_probs.numel()))).sum()
 
 
-def vet_kl_loss(visual_probs, visual_mask):
-    """KL(visual-vocabulary usage || uniform): keeps the adapter from collapsing onto a few VET rows."""
+def vet_kl_loss(visual_probs, visual_mask, token_targets=None):
+    """Against a teacher: cross-entropy of each kept token's distribution with its patch's visual word.
+    Without one: KL(visual-vocabulary usage || uniform), so the adapter cannot collapse onto a few VET rows."""
+    if token_targets is not None:
+        valid = visual_mask & (token_targets != -100)
+        if valid.any():
+            return -visual_probs[valid].float().clamp(min=1e-12).log().gather(1, token_targets[valid, None]).mean()
     usage = visual_probs[visual_mask].float().mean(0)
     return (usage * (usage.clamp(min=1e-12).log() + math.log(usage.numel()))).sum()
+
+
+def _token_targets(visual_targets, token_sources):
+    """Each visual token's teacher id: that of the patch it was selected from (the dominant one if pooled)."""
+    if visual_targets is None:
+        return None
+    return visual_targets.gather(1, token_sources)
 
 
 def _weighted_total(losses, loss_weights):

@@ -256,3 +256,20 @@ def test_loss_components_constant_matches_fields():
 
     fields = ArrCocCausalLMOutputWithPast.__dataclass_fields__
     assert all(f"{name}_loss" in fields for name in LOSS_COMPONENTS)
+
+
+def test_vet_loss_against_teacher_targets(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    targets = torch.randint(0, 64, (tester.batch_size, tester.num_patches))
+    targets[:, :8] = -100  # patches without a teacher label are ignored
+    out = model(**inputs, budget=16, visual_targets=targets)
+    kept = out.kept_patch_mask
+    expected = []
+    for b in range(tester.batch_size):
+        token_targets = targets[b][kept[b]]  # kept tokens are in raster order
+        probs = out.visual_probs[b, : kept[b].sum()]
+        valid = token_targets != -100
+        expected.append(-probs[valid].log().gather(1, token_targets[valid, None]).squeeze(1))
+    torch.testing.assert_close(out.vet_kl_loss, torch.cat(expected).mean())
+    prior = model(**inputs, budget=16)
+    assert not torch.allclose(prior.vet_kl_loss, out.vet_kl_loss)
