@@ -1,0 +1,50 @@
+"""ARR-COC data: the synthetic suite, Hub dataset adapters and answer-region targets (no model imports)."""
+
+from .hub import COMMON_FEATURES, HUB_DATASETS, HubSpec, adapt_row, adapt_rows, load_hub_dataset, resolve_name
+from .synthetic import (
+    BAR_LABELS,
+    COLOR_NAMES,
+    FAMILIES,
+    FEATURES,
+    KEY_COLORS,
+    QUESTION_TEMPLATES,
+    STYLES,
+    VARIANTS,
+    SyntheticConfig,
+    corpus_text,
+    glyph_templates,
+    make_synthetic_suite,
+    pooled_view,
+    render_sample,
+    sample_rng,
+    token_pooled_view,
+)
+from .targets import answer_patch_targets, scale_boxes
+
+__all__ = [
+    "BAR_LABELS",
+    "COLOR_NAMES",
+    "COMMON_FEATURES",
+    "FAMILIES",
+    "FEATURES",
+    "HUB_DATASETS",
+    "HubSpec",
+    "KEY_COLORS",
+    "QUESTION_TEMPLATES",
+    "STYLES",
+    "SyntheticConfig",
+    "VARIANTS",
+    "adapt_row",
+    "adapt_rows",
+    "answer_patch_targets",
+    "corpus_text",
+    "glyph_templates",
+    "load_hub_dataset",
+    "make_synthetic_suite",
+    "pooled_view",
+    "render_sample",
+    "resolve_name",
+    "sample_rng",
+    "scale_boxes",
+    "token_pooled_view",
+]

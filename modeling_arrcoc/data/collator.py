@@ -1,0 +1,75 @@
+"""Rows of the common schema -> model inputs: chat prompt with one <image>, answer labels, answer-region targets."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .targets import answer_patch_targets
+
+
+def chat_prompt(processor, question: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+@dataclass
+class ArrCocCollator:
+    """Builds `input_ids`, `attention_mask`, `labels` (-100 on the prompt, the <image> placeholder and padding),
+    `pixel_values` and, where rows have boxes, `patch_targets` on the SAM grid.
+
+    Args:
+        processor: an `ArrCocProcessor`.
+        patch_size: SAM patch size, for the answer-region targets.
+        with_answers: False for evaluation/generation: prompts only, no labels.
+    """
+
+    processor: object
+    patch_size: int = 16
+    with_answers: bool = True
+
+    def __call__(self, rows: list[dict]) -> dict:
+        tokenizer = self.processor.tokenizer
+        prompts = [tokenizer(chat_prompt(self.processor, row["question"]), add_special_tokens=False).input_ids
+                   for row in rows]
+        answers = [self._answer_ids(row) for row in rows] if self.with_answers else [[] for _ in rows]
+        batch = _left_pad(prompts, answers, tokenizer.pad_token_id)
+        images = [row["image"] for row in rows]
+        batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        if self.with_answers and all("boxes" in row for row in rows):
+            batch["patch_targets"] = self._targets(rows)
+        return batch
+
+    def _answer_ids(self, row) -> list[int]:
+        tokenizer = self.processor.tokenizer
+        return tokenizer(row["answers"][0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+
+    def _targets(self, rows) -> torch.Tensor:
+        size = self.processor.image_processor.size
+        targets = []
+        for row in rows:
+            width, height = row["image"].size
+            scale = size / max(width, height)  # the processor resizes the longest side to `size`
+            boxes = [[coordinate * scale for coordinate in box] for box in row["boxes"]]
+            targets.append(answer_patch_targets(boxes, size, self.patch_size))
+        return torch.from_numpy(np.stack(targets)).float()
+
+
+def _left_pad(prompts, answers, pad_id) -> dict:
+    width = max(len(p) + len(a) for p, a in zip(prompts, answers))
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(prompts), width), -100, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, (prompt, answer) in enumerate(zip(prompts, answers)):
+        row = prompt + answer
+        input_ids[b, width - len(row):] = torch.tensor(row)
+        attention_mask[b, width - len(row):] = 1
+        if answer:
+            labels[b, width - len(answer):] = torch.tensor(answer)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if any(answers):
+        batch["labels"] = labels
+    return batch
+
+
+__all__ = ["ArrCocCollator", "chat_prompt"]

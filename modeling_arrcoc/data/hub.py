@@ -1,0 +1,280 @@
+"""Hub VQA datasets mapped onto the common row schema of the synthetic suite.
+
+Common row: ``image`` (PIL), ``question`` (str), ``answers`` (list[str], first is canonical; for VQAv2 and
+TextVQA the list keeps all 10 human answers with duplicates, canonical first, as VQA accuracy counts them),
+``boxes`` (list of [x0, y0, x1, y1]; empty where the source has no answer boxes), ``task`` (short dataset
+name), ``source`` (Hub repo id), ``variant`` ("standard", so Hub and synthetic rows concatenate).
+
+Where each schema comes from (checked against the dataset cards / public loaders, not by downloading):
+- lmms-lab/DocVQA, configs "DocVQA" and "InfographicVQA": questionId, question, answers (list[str]; the
+  test split has no public answers), image. Card's dataset_info; splits validation / test.
+- HuggingFaceM4/ChartQA: image, query, label (list[str]), human_or_machine. Card; splits train / val / test.
+- lmms-lab/VQAv2: question, multiple_choice_answer, answers (list of {answer, answer_confidence,
+  answer_id}), image, ... Card; splits validation / testdev / test (no train split in this repo).
+- lmms-lab/textvqa: question, answers (list[str], 10 per question), image, ocr_tokens, ... Card (as mirrored
+  by a duplicate of the repo); splits train / validation / test.
+- lmms-lab/GQA: questions live in "<split>_balanced_instructions" (id, imageId, question, answer,
+  fullAnswer, ...), images in "<split>_balanced_images" (id, image); joined on imageId == id. Card lists
+  the configs and the image/instruction split; the "answer" column and the join follow lmms-eval's GQA task.
+- lmms-lab/ST-VQA: one split "test" with question, question_id, image and NO answers (the ST-VQA test set
+  is scored on the RRC server); adapters also accept an "answers" column if a mirror has one.
+  question_id / question / image follow lmms-eval's ST-VQA task; the absence of answers is reported by
+  third-party loaders, not verified here.
+- PlotQA: the only parquet QA copy found is the "plotqa" config of HuggingFaceM4/the_cauldron (train
+  split): images (list of images) and texts (list of {user, assistant, source}), several QA turns per image;
+  each turn becomes one row. The images/texts layout is verified on the card of another config of the
+  same repo (ai2d); that the plotqa config shares it is an inference. achang/plot_qa (image, text) looked
+  like a table-extraction set, not QA, and is not used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+from unittest import mock
+
+import datasets
+
+from .synthetic import FEATURES
+
+# The same columns and types as the synthetic suite, so the two concatenate.
+COMMON_FEATURES = FEATURES
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """Where a Hub dataset lives and how its rows map onto the common schema."""
+
+    repo_id: str
+    config: str | None
+    split: str  # default split
+    adapter: Callable[[dict], list]  # one Hub row -> one or more (question, answers) pairs, see _adapt
+    metric: str  # "anls", "relaxed_accuracy", "vqa_accuracy" or "exact_match"
+    image_config: str | None = None  # separate image table keyed by id (GQA), same split names
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-dataset adapters: each returns a list of (image, question, answers) triples.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _strings(values) -> list:
+    return [str(v) for v in (values or []) if v is not None]
+
+
+def _canonical_first(answers: list, canonical: str | None = None) -> list:
+    """Move one occurrence of the canonical (default: most frequent) answer to the front, keep the rest."""
+    if not answers:
+        return [canonical] if canonical else []
+    canonical = canonical if canonical is not None else Counter(answers).most_common(1)[0][0]
+    rest = list(answers)
+    if canonical in rest:
+        rest.remove(canonical)
+    return [canonical] + rest
+
+
+def _adapt_docvqa(row: dict) -> list:
+    # DocVQA and InfographicVQA share question / answers; test rows carry answers=None.
+    return [(row["image"], row["question"], _strings(row.get("answers")))]
+
+
+def _adapt_chartqa(row: dict) -> list:
+    label = row["label"]
+    return [(row["image"], row["query"], _strings([label] if isinstance(label, str) else label))]
+
+
+def _adapt_vqav2(row: dict) -> list:
+    human = [a["answer"] if isinstance(a, dict) else a for a in row.get("answers") or []]
+    answers = _canonical_first(_strings(human), row.get("multiple_choice_answer"))
+    return [(row["image"], row["question"], answers)]
+
+
+def _adapt_textvqa(row: dict) -> list:
+    return [(row["image"], row["question"], _canonical_first(_strings(row.get("answers"))))]
+
+
+def _adapt_gqa(row: dict) -> list:
+    # The instruction table has no pixels; load_hub_dataset joins "image" in from the image table first.
+    return [(row.get("image"), row["question"], _strings([row.get("answer")]))]
+
+
+def _adapt_stvqa(row: dict) -> list:
+    answers = row.get("answers") or row.get("answer")
+    answers = [answers] if isinstance(answers, str) else answers
+    return [(row["image"], row["question"], _canonical_first(_strings(answers)))]
+
+
+def _adapt_cauldron(row: dict) -> list:
+    images = row.get("images") or [None]
+    return [(images[0], turn["user"], _strings([turn["assistant"]])) for turn in row["texts"]]
+
+
+HUB_DATASETS: dict = {
+    "docvqa": HubSpec("lmms-lab/DocVQA", "DocVQA", "validation", _adapt_docvqa, "anls"),
+    "infovqa": HubSpec("lmms-lab/DocVQA", "InfographicVQA", "validation", _adapt_docvqa, "anls"),
+    "chartqa": HubSpec("HuggingFaceM4/ChartQA", None, "test", _adapt_chartqa, "relaxed_accuracy"),
+    "plotqa": HubSpec("HuggingFaceM4/the_cauldron", "plotqa", "train", _adapt_cauldron, "relaxed_accuracy"),
+    "vqav2": HubSpec("lmms-lab/VQAv2", None, "validation", _adapt_vqav2, "vqa_accuracy"),
+    "gqa": HubSpec(
+        "lmms-lab/GQA", "testdev_balanced_instructions", "testdev", _adapt_gqa, "exact_match",
+        image_config="testdev_balanced_images",
+    ),
+    "textvqa": HubSpec("lmms-lab/textvqa", None, "validation", _adapt_textvqa, "vqa_accuracy"),
+    "stvqa": HubSpec("lmms-lab/ST-VQA", None, "test", _adapt_stvqa, "anls"),
+}
+
+_ALIASES = {"infographicvqa": "infovqa", "infographicsvqa": "infovqa", "vqa": "vqav2", "stvqatask3": "stvqa"}
+
+
+def resolve_name(name: str) -> str:
+    """Short dataset name for any common spelling ("ST-VQA", "InfographicVQA", "docvqa")."""
+    key = re.sub(r"[^a-z0-9]", "", str(name).lower())
+    key = _ALIASES.get(key, key)
+    if key not in HUB_DATASETS:
+        raise ValueError(f"unknown Hub dataset {name!r}; known names: {', '.join(sorted(HUB_DATASETS))}")
+    return key
+
+
+def adapt_rows(name: str, row: dict) -> list:
+    """Every common-schema row one Hub row yields (several for multi-turn sources like the_cauldron)."""
+    key = resolve_name(name)
+    spec = HUB_DATASETS[key]
+    return [
+        {
+            "image": image,
+            "question": str(question),
+            "answers": answers,
+            "boxes": [],
+            "task": key,
+            "source": spec.repo_id,
+            "variant": "standard",
+        }
+        for image, question, answers in spec.adapter(row)
+    ]
+
+
+def adapt_row(name: str, row: dict) -> dict:
+    """One Hub row -> one common-schema row (the first QA turn where a source has several)."""
+    return adapt_rows(name, row)[0]
+
+
+def _adapt_batch(batch: dict, name: str) -> dict:
+    size = len(next(iter(batch.values())))
+    rows = [row for i in range(size) for row in adapt_rows(name, {k: v[i] for k, v in batch.items()})]
+    return {column: [row[column] for row in rows] for column in COMMON_FEATURES}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------
+
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def _offline_requested() -> bool:
+    return any(os.environ.get(v, "").upper() in {"1", "ON", "YES", "TRUE"} for v in _OFFLINE_VARIABLES)
+
+
+@contextlib.contextmanager
+def _honour_offline_env():
+    """datasets / huggingface_hub read HF_HUB_OFFLINE once at import; honour a value set later, too.
+
+    Without this, setting the variable after import still sends requests, which hang without a network.
+    """
+    if not _offline_requested():
+        yield
+        return
+    import huggingface_hub.constants
+
+    with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True), mock.patch.object(
+        huggingface_hub.constants, "HF_HUB_OFFLINE", True
+    ):
+        yield
+
+
+def _is_saved_dataset(path: str) -> bool:
+    return os.path.isdir(path) and (
+        os.path.exists(os.path.join(path, "state.json")) or os.path.exists(os.path.join(path, "dataset_dict.json"))
+    )
+
+
+def _load_local(path: str, split: str, streaming: bool, **kw):
+    if _is_saved_dataset(path):
+        loaded = datasets.load_from_disk(path)
+        loaded = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        return loaded.to_iterable_dataset() if streaming else loaded
+    return datasets.load_dataset(path, split=split, streaming=streaming, **kw)
+
+
+def _fetch(key: str, config: str | None, split: str, streaming: bool, path: str | None, **kw):
+    repo_id = HUB_DATASETS[key].repo_id
+    try:
+        with _honour_offline_env():
+            if path is not None:
+                return _load_local(path, split, streaming, **kw)
+            return datasets.load_dataset(repo_id, config, split=split, streaming=streaming, **kw)
+    except OSError as exc:  # ConnectionError, HTTP errors, "not in the local cache" all derive from OSError
+        where = f"local path {path!r}" if path is not None else f"Hub repo {repo_id!r}"
+        raise ConnectionError(
+            f"Cannot fetch dataset {key!r} ({where}, config {config!r}, split {split!r}): {exc}. "
+            "The Hugging Face Hub is not reachable (offline: HF_HUB_OFFLINE=1, or no network) and no cached copy "
+            "was found. Download it once on a machine with network access (it is then read from the datasets "
+            "cache, also under HF_HUB_OFFLINE=1), or pass path= a local copy (a save_to_disk folder or a folder "
+            "of the repo's parquet files)."
+        ) from exc
+
+
+def _attach_images(questions, images) -> datasets.Dataset:
+    """GQA: add each question's image from the image table (joined on imageId == id)."""
+    index = {image_id: i for i, image_id in enumerate(images["id"])}
+
+    def attach(batch):
+        return {"image": [images[index[image_id]]["image"] for image_id in batch["imageId"]]}
+
+    return questions.map(attach, batched=True, batch_size=64)
+
+
+def load_hub_dataset(
+    name: str,
+    split: str | None = None,
+    streaming: bool = False,
+    path: str | None = None,
+    image_path: str | None = None,
+    **kw,
+):
+    """Load a Hub VQA dataset and map it onto the common schema.
+
+    ``name``: a key of HUB_DATASETS (common spellings accepted). ``split``: defaults to the spec's split.
+    ``path``: read a local copy instead of the Hub (``image_path`` likewise for GQA's image table).
+    Other keyword arguments go to ``datasets.load_dataset``. Raises ConnectionError naming the dataset when
+    it can be neither downloaded nor found in the cache, e.g. offline.
+    """
+    key = resolve_name(name)
+    spec = HUB_DATASETS[key]
+    split = split or spec.split
+    raw = _fetch(key, spec.config, split, streaming, path, **kw)
+    if spec.image_config is not None:
+        raw = _attach_images(raw, _fetch(key, spec.image_config, split, False, image_path, **kw))
+    columns = list(raw.column_names or [])
+    return raw.map(
+        _adapt_batch,
+        batched=True,
+        fn_kwargs={"name": key},
+        remove_columns=columns,
+        features=COMMON_FEATURES,
+    )
+
+
+__all__ = [
+    "COMMON_FEATURES",
+    "HUB_DATASETS",
+    "HubSpec",
+    "adapt_row",
+    "adapt_rows",
+    "load_hub_dataset",
+    "resolve_name",
+]

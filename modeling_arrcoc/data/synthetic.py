@@ -1,0 +1,693 @@
+"""Synthetic page-QA suite for the embedded ARR-COC demo.
+
+Every glyph is drawn inside exactly one patch cell (``patch_size`` px, aligned to the patch grid), because a
+small ViT trained from scratch on CPU only learns to read glyphs that line up with its patches (see
+DESIGN.md, "What learns here"). Five task families need different visual budgets:
+
+- ``local_color``: one digit drawn in a key colour among dense dark distractor digits (one cell, full detail)
+- ``local_key``: the digit right of a coloured square (two neighbouring cells)
+- ``region_row``: the three digits after a coloured square (four cells in a row)
+- ``global_count``: how many squares of a colour are on the page (coverage, little detail)
+- ``chart``: a matplotlib bar chart, value of a bar or the tallest bar
+
+Rows follow the common schema shared with the Hub adapters: image, question, answers (first is canonical),
+boxes ([x0, y0, x1, y1] pixel boxes of the answer region), task, source, variant. The ``heldout`` variant
+changes layout, glyph size and offset, ink and key-colour shades, background tint and chart styling, so that
+the test split measures generalisation rather than memorised pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import datasets
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+FAMILIES = ("local_color", "local_key", "region_row", "global_count", "chart")
+VARIANTS = ("standard", "heldout")
+SPLITS = ("train", "validation", "test")
+COLOR_NAMES = ("red", "green", "blue", "orange", "purple")
+BAR_LABELS = tuple("ABCDEF")
+DIGITS = tuple(str(d) for d in range(10))
+REGION_LENGTH = 3
+
+QUESTION_TEMPLATES = {
+    "local_color": ("What is the {color} digit?",),
+    "local_key": ("Which digit is right of the {color} square?",),
+    "region_row": ("Read the 3 digits after the {color} square.",),
+    "global_count": ("How many {color} squares are there?",),
+    "chart": ("What is the value of bar {bar}?", "Which bar is the tallest?"),
+}
+
+# Held-out shades stay clearly inside their colour name, so the question remains answerable.
+KEY_COLORS = {
+    "standard": {
+        "red": (220, 30, 30),
+        "green": (30, 150, 40),
+        "blue": (30, 70, 220),
+        "orange": (245, 140, 0),
+        "purple": (140, 40, 170),
+    },
+    "heldout": {
+        "red": (190, 20, 60),
+        "green": (60, 175, 80),
+        "blue": (50, 115, 240),
+        "orange": (225, 110, 25),
+        "purple": (170, 75, 205),
+    },
+}
+
+
+@dataclass(frozen=True)
+class _Style:
+    """What a variant draws: glyph sizes and offsets, ink, background, layout, chart look."""
+
+    font_scales: tuple  # font size as a multiple of patch_size
+    glyph_dx: tuple  # horizontal glyph offsets inside the cell, in 1/16 of a cell
+    glyph_dy: tuple
+    square_margin: float  # gap between marker square and cell edge, in 1/16 of a cell
+    square_jitter: tuple
+    ink_range: tuple  # grey level of distractor ink
+    background: tuple  # candidate page colours
+    layout: str  # "uniform" or "lines"
+    density: tuple  # fraction of cells holding a distractor digit
+    bar_colors: tuple
+    bar_widths: tuple
+    chart_face: tuple
+
+
+STYLES = {
+    "standard": _Style(
+        font_scales=(1.125, 1.25),
+        glyph_dx=(-1, 0, 1),
+        glyph_dy=(-1, 0, 1),
+        square_margin=1.5,
+        square_jitter=(0,),
+        ink_range=(0, 60),
+        background=((250, 250, 250), (244, 244, 244), (255, 255, 255)),
+        layout="uniform",
+        density=(0.62, 0.75),
+        bar_colors=("#1f77b4", "#4a6fa5", "#2b5d8a"),
+        bar_widths=(0.6,),
+        chart_face=("#ffffff",),
+    ),
+    "heldout": _Style(
+        font_scales=(1.1875,),
+        glyph_dx=(-2, -1, 0, 1, 2),
+        glyph_dy=(-1, 0, 1),
+        square_margin=3.0,
+        square_jitter=(-1, 0, 1),
+        ink_range=(60, 100),
+        background=((250, 243, 225), (232, 240, 250), (236, 247, 236)),
+        layout="lines",
+        density=(0.62, 0.75),
+        bar_colors=("#d62728", "#2ca02c", "#8c564b", "#9467bd"),
+        bar_widths=(0.45, 0.8),
+        chart_face=("#f4f1e8", "#eef3f8"),
+    ),
+}
+
+
+@dataclass
+class SyntheticConfig:
+    """Sizes, seed and mixture of the synthetic suite (``make_synthetic_suite``)."""
+
+    image_size: int = 256
+    patch_size: int = 16
+    num_train: int = 8000
+    num_validation: int = 500
+    num_test: int = 500
+    seed: int = 0
+    families: tuple = FAMILIES
+    family_weights: tuple | None = None  # None: uniform over families
+    test_variant: str = "heldout"
+
+    def __post_init__(self):
+        self.families = tuple(self.families)
+        if self.family_weights is not None:
+            self.family_weights = tuple(float(w) for w in self.family_weights)
+        _check_config(self)
+
+
+def _check_geometry(image_size: int, patch_size: int) -> None:
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    if image_size // patch_size < REGION_LENGTH + 2:
+        raise ValueError("the patch grid must be at least 5 cells wide")
+
+
+def _check_config(config: SyntheticConfig) -> None:
+    _check_geometry(config.image_size, config.patch_size)
+    unknown = set(config.families) - set(FAMILIES)
+    if unknown or not config.families:
+        raise ValueError(f"families must be a non-empty subset of {FAMILIES}, got {config.families}")
+    if config.family_weights is not None and len(config.family_weights) != len(config.families):
+        raise ValueError("family_weights needs one weight per family")
+    if config.test_variant not in VARIANTS:
+        raise ValueError(f"test_variant must be one of {VARIANTS}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Glyph bank: every (glyph, size, offset) mask is rendered once; pages are composed from these arrays.
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Bank:
+    masks: np.ndarray  # [N, P, P] float32 coverage in [0, 1]; index 0 is the empty cell
+    digits: tuple  # digits[d] = bank indices of every style of digit d
+    squares: np.ndarray  # bank indices of every square style
+
+
+def _digit_mask(digit: int, font_size: int, dx: int, dy: int, patch: int) -> np.ndarray:
+    canvas = Image.new("L", (patch, patch), 0)
+    font = ImageFont.load_default(size=font_size)
+    ImageDraw.Draw(canvas).text((patch / 2 + dx, patch / 2 + dy), str(digit), fill=255, font=font, anchor="mm")
+    return np.asarray(canvas, np.float32) / 255.0
+
+
+def _square_mask(margin: int, dx: int, dy: int, patch: int) -> np.ndarray:
+    mask = np.zeros((patch, patch), np.float32)
+    lo, hi = margin, patch - margin
+    mask[max(lo + dy, 0) : min(hi + dy, patch), max(lo + dx, 0) : min(hi + dx, patch)] = 1.0
+    return mask
+
+
+def _cell_units(values: Sequence[float], patch: int) -> list:
+    # Offsets are written for a 16 px cell; scale them so other patch sizes keep the same look.
+    return sorted({int(round(v * patch / 16)) for v in values})
+
+
+@functools.lru_cache(maxsize=None)
+def _glyph_bank(patch: int, variant: str) -> _Bank:
+    style = STYLES[variant]
+    masks = [np.zeros((patch, patch), np.float32)]
+    digits = []
+    for digit in range(10):
+        start = len(masks)
+        for scale in style.font_scales:
+            for dx in _cell_units(style.glyph_dx, patch):
+                for dy in _cell_units(style.glyph_dy, patch):
+                    masks.append(_digit_mask(digit, round(scale * patch), dx, dy, patch))
+        digits.append(np.arange(start, len(masks)))
+    start = len(masks)
+    margin = int(round(style.square_margin * patch / 16))
+    for dx in _cell_units(style.square_jitter, patch):
+        for dy in _cell_units(style.square_jitter, patch):
+            masks.append(_square_mask(margin, dx, dy, patch))
+    return _Bank(np.stack(masks), tuple(digits), np.arange(start, len(masks)))
+
+
+def glyph_templates(patch_size: int = 16, variant: str = "standard") -> np.ndarray:
+    """Coverage masks [10, styles, P, P] of every digit style a variant draws (for readers and probes)."""
+    bank = _glyph_bank(patch_size, variant)
+    return np.stack([bank.masks[idx] for idx in bank.digits])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pages: a grid of cells, each empty, a digit or a square, with its own ink colour.
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Page:
+    rng: np.random.Generator
+    variant: str
+    patch: int
+    grid: int
+    bank: _Bank
+    glyph: np.ndarray  # [G, G] bank index per cell, 0 = empty
+    ink: np.ndarray  # [G, G, 3] ink colour per cell
+    background: np.ndarray  # [3]
+    reserved: np.ndarray  # [G, G] cells holding answer-relevant content; later items must not overwrite them
+
+    @property
+    def style(self) -> _Style:
+        return STYLES[self.variant]
+
+    def colour(self, name: str) -> np.ndarray:
+        return np.array(KEY_COLORS[self.variant][name], np.float32)
+
+
+def _new_page(rng: np.random.Generator, image_size: int, patch: int, variant: str) -> _Page:
+    grid = image_size // patch
+    style = STYLES[variant]
+    background = np.array(style.background[rng.integers(len(style.background))], np.float32)
+    page = _Page(
+        rng=rng,
+        variant=variant,
+        patch=patch,
+        grid=grid,
+        bank=_glyph_bank(patch, variant),
+        glyph=np.zeros((grid, grid), np.int64),
+        ink=np.zeros((grid, grid, 3), np.float32),
+        background=background,
+        reserved=np.zeros((grid, grid), bool),
+    )
+    _fill_distractors(page)
+    return page
+
+
+def _uniform_layout(rng: np.random.Generator, grid: int, density: float) -> np.ndarray:
+    return rng.random((grid, grid)) < density
+
+
+def _lines_layout(rng: np.random.Generator, grid: int, density: float) -> np.ndarray:
+    """Text-like rows: runs of 2-6 glyphs ("words") split by single gaps, a few blank rows."""
+    occupied = np.zeros((grid, grid), bool)
+    for row in range(grid):
+        if rng.random() < 0.08:
+            continue
+        col = int(rng.integers(0, 2))
+        while col < grid:
+            run = int(rng.integers(2, 7))
+            occupied[row, col : col + run] = True
+            col += run + 1
+    # Thin the runs to the target density so both variants pack glyphs equally densely.
+    keep = rng.random((grid, grid)) < density / max(occupied.mean(), 1e-6)
+    return occupied & keep
+
+
+def _fill_distractors(page: _Page) -> None:
+    style, rng = page.style, page.rng
+    density = rng.uniform(*style.density)
+    layout = _uniform_layout if style.layout == "uniform" else _lines_layout
+    occupied = layout(rng, page.grid, density)
+    count = int(occupied.sum())
+    # Vectorised: every digit has the same number of styles, so styles of digit d are d's row of the table.
+    styles = np.stack(page.bank.digits)
+    digits = rng.integers(10, size=count)
+    page.glyph[occupied] = styles[digits, rng.integers(styles.shape[1], size=count)]
+    page.ink[occupied] = rng.uniform(*style.ink_range, size=count)[:, None]
+
+
+def _put_digit(page: _Page, cell: tuple, digit: int, colour: np.ndarray) -> None:
+    styles = page.bank.digits[digit]
+    page.glyph[cell] = styles[page.rng.integers(len(styles))]
+    page.ink[cell] = colour
+    page.reserved[cell] = True
+
+
+def _put_square(page: _Page, cell: tuple, colour: np.ndarray) -> None:
+    styles = page.bank.squares
+    page.glyph[cell] = styles[page.rng.integers(len(styles))]
+    page.ink[cell] = colour
+    page.reserved[cell] = True
+
+
+def _dark_ink(page: _Page) -> np.ndarray:
+    return np.full(3, page.rng.uniform(*page.style.ink_range), np.float32)
+
+
+def _free_run(page: _Page, length: int) -> tuple:
+    """A random row run of `length` unreserved cells; returns its first cell."""
+    for _ in range(1000):
+        row = int(page.rng.integers(page.grid))
+        col = int(page.rng.integers(page.grid - length + 1))
+        if not page.reserved[row, col : col + length].any():
+            return row, col
+    raise RuntimeError("page too crowded to place a run of cells")
+
+
+def _render_page(page: _Page) -> np.ndarray:
+    """Compose all cells at once: page = background * (1 - coverage) + ink * coverage."""
+    grid, patch = page.grid, page.patch
+    coverage = page.bank.masks[page.glyph]  # [G, G, P, P]
+    coverage = coverage.transpose(0, 2, 1, 3).reshape(grid * patch, grid * patch)[..., None]
+    ink = np.repeat(np.repeat(page.ink, patch, axis=0), patch, axis=1)
+    pixels = page.background * (1.0 - coverage) + ink * coverage
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def _cell_box(page: _Page, row: int, col: int) -> list:
+    p = page.patch
+    return [float(col * p), float(row * p), float((col + 1) * p), float((row + 1) * p)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Task families. Each edits a page (or draws a chart) and returns question, answers, boxes.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _pick_colours(rng: np.random.Generator, low: int, high: int) -> list:
+    count = int(rng.integers(low, high + 1))
+    return [COLOR_NAMES[i] for i in rng.permutation(len(COLOR_NAMES))[:count]]
+
+
+def _local_color(page: _Page) -> tuple:
+    # 3-5 key colours, each exactly one digit, so the colour name alone picks the answer cell.
+    rng = page.rng
+    colours = _pick_colours(rng, 3, len(COLOR_NAMES))
+    cells = {}
+    for name in colours:
+        row, col = _free_run(page, 1)
+        digit = int(rng.integers(10))
+        _put_digit(page, (row, col), digit, page.colour(name))
+        cells[name] = (row, col, digit)
+    asked = colours[0]
+    row, col, digit = cells[asked]
+    question = QUESTION_TEMPLATES["local_color"][0].format(color=asked)
+    return question, [str(digit)], [_cell_box(page, row, col)]
+
+
+def _marker_with_digits(page: _Page, name: str, length: int) -> tuple:
+    row, col = _free_run(page, length + 1)
+    _put_square(page, (row, col), page.colour(name))
+    digits = [int(page.rng.integers(10)) for _ in range(length)]
+    for offset, digit in enumerate(digits, start=1):
+        _put_digit(page, (row, col + offset), digit, _dark_ink(page))
+    return row, col, digits
+
+
+def _marker_family(page: _Page, length: int) -> tuple:
+    # Other-colour markers followed by digits too, so the colour name is needed to find the run.
+    colours = _pick_colours(page.rng, 2, 4)
+    runs = {name: _marker_with_digits(page, name, length) for name in colours}
+    asked = colours[0]
+    row, col, digits = runs[asked]
+    boxes = [_cell_box(page, row, col + offset) for offset in range(1, length + 1)]
+    return asked, "".join(map(str, digits)), boxes
+
+
+def _local_key(page: _Page) -> tuple:
+    asked, answer, boxes = _marker_family(page, 1)
+    return QUESTION_TEMPLATES["local_key"][0].format(color=asked), [answer], boxes
+
+
+def _region_row(page: _Page) -> tuple:
+    asked, answer, boxes = _marker_family(page, REGION_LENGTH)
+    return QUESTION_TEMPLATES["region_row"][0].format(color=asked), [answer], boxes
+
+
+def _global_count(page: _Page) -> tuple:
+    rng = page.rng
+    colours = _pick_colours(rng, 1, 3)
+    counts = [int(rng.integers(1, 10))] + [int(rng.integers(1, 5)) for _ in colours[1:]]
+    boxes = []
+    for name, count in zip(colours, counts):
+        for _ in range(count):
+            row, col = _free_run(page, 1)
+            _put_square(page, (row, col), page.colour(name))
+            if name == colours[0]:
+                boxes.append(_cell_box(page, row, col))
+    question = QUESTION_TEMPLATES["global_count"][0].format(color=colours[0])
+    return question, [str(counts[0])], boxes
+
+
+_PAGE_FAMILIES: dict[str, Callable[[_Page], tuple]] = {
+    "local_color": _local_color,
+    "local_key": _local_key,
+    "region_row": _region_row,
+    "global_count": _global_count,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Charts (matplotlib, Agg, one reused figure per process and size).
+# ----------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _chart_axes(image_size: int):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # Figure + Agg canvas directly (no pyplot): no global state, no GUI backend, nothing to close.
+    figure = Figure(figsize=(image_size / 100, image_size / 100), dpi=100)
+    FigureCanvasAgg(figure)
+    ax = figure.add_axes((0.14, 0.12, 0.82, 0.82))
+    # Fixed once: clearing the axes per chart rebuilds every tick and costs more than drawing.
+    ax.set_ylim(0, 10)
+    ax.set_yticks(range(0, 11, 2))
+    ax.tick_params(labelsize=8, length=2, pad=1)
+    return figure, ax
+
+
+def _draw_bars(ax, values: list, colour: str, width: float, face: str) -> None:
+    for patch in list(ax.patches):
+        patch.remove()
+    positions = np.arange(len(values))
+    ax.bar(positions, values, width=width, color=colour)
+    ax.set_facecolor(face)
+    ax.set_xlim(-0.6, len(values) - 0.4)
+    ax.set_ylim(0, 10)
+    ax.set_xticks(positions, BAR_LABELS[: len(values)])
+
+
+def _bar_box(ax, image_size: int, index: int, value: int, width: float) -> list:
+    # Data -> display (origin bottom-left, in pixels) -> image (origin top-left).
+    (x0, y0), (x1, y1) = ax.transData.transform([(index - width / 2, 0.0), (index + width / 2, value)])
+    return [float(min(x0, x1)), float(image_size - max(y0, y1)), float(max(x0, x1)), float(image_size - min(y0, y1))]
+
+
+def _render_chart(rng: np.random.Generator, image_size: int, variant: str) -> tuple:
+    style = STYLES[variant]
+    count = int(rng.integers(3, len(BAR_LABELS) + 1))
+    values = [int(v) for v in rng.permutation(np.arange(1, 10))[:count]]  # distinct, so "tallest" is unique
+    colour = style.bar_colors[rng.integers(len(style.bar_colors))]
+    width = style.bar_widths[rng.integers(len(style.bar_widths))]
+    face = style.chart_face[rng.integers(len(style.chart_face))]
+    figure, ax = _chart_axes(image_size)
+    _draw_bars(ax, values, colour, width, face)
+    figure.canvas.draw()
+    pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    if rng.random() < 0.5:
+        index = int(rng.integers(count))
+        question = QUESTION_TEMPLATES["chart"][0].format(bar=BAR_LABELS[index])
+        answer = str(values[index])
+    else:
+        index = int(np.argmax(values))
+        question, answer = QUESTION_TEMPLATES["chart"][1], BAR_LABELS[index]
+    return pixels, question, [answer], [_bar_box(ax, image_size, index, values[index], width)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public sample API
+# ----------------------------------------------------------------------------------------------------------
+
+
+def render_sample(
+    family: str,
+    rng: np.random.Generator,
+    image_size: int = 256,
+    patch_size: int = 16,
+    variant: str = "standard",
+) -> dict:
+    """One synthetic row in the common schema; ``image`` is an RGB PIL image of image_size x image_size."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if family == "chart":
+        pixels, question, answers, boxes = _render_chart(rng, image_size, variant)
+    elif family in _PAGE_FAMILIES:
+        _check_geometry(image_size, patch_size)
+        page = _new_page(rng, image_size, patch_size, variant)
+        question, answers, boxes = _PAGE_FAMILIES[family](page)
+        pixels = _render_page(page)
+    else:
+        raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
+    return {
+        "image": Image.fromarray(pixels, "RGB"),
+        "question": question,
+        "answers": answers,
+        "boxes": boxes,
+        "task": family,
+        "source": "synthetic",
+        "variant": variant,
+    }
+
+
+def corpus_text() -> str:
+    """Text covering every question template, colour name, bar label and answer string (tokenizer training).
+
+    Region answers are 3-digit strings; a tokenizer for this demo should split digits individually so the
+    model reads them digit by digit rather than as 1000 separate tokens.
+    """
+    lines = []
+    for template in QUESTION_TEMPLATES["local_color"] + QUESTION_TEMPLATES["local_key"]:
+        lines += [f"{template.format(color=c)} {d}" for c in COLOR_NAMES for d in DIGITS]
+    region = QUESTION_TEMPLATES["region_row"][0]
+    lines += [f"{region.format(color=c)} {n:03d}" for n, c in zip(range(1000), COLOR_NAMES * 200)]
+    count = QUESTION_TEMPLATES["global_count"][0]
+    lines += [f"{count.format(color=c)} {n}" for c in COLOR_NAMES for n in range(1, 10)]
+    value, tallest = QUESTION_TEMPLATES["chart"]
+    lines += [f"{value.format(bar=b)} {n}" for b in BAR_LABELS for n in range(1, 10)]
+    lines += [f"{tallest} {b}" for b in BAR_LABELS]
+    return "\n".join(lines) + "\n"
+
+
+def pooled_view(image, factor: int) -> Image.Image:
+    """Box-average the image in factor x factor pixel blocks (uniform pixel downsampling).
+
+    Blocks never straddle two cells when factor divides patch_size, so each glyph keeps its own
+    (patch_size / factor)^2 pixels: a template reader that knows the font still reads digits at 4x4 px.
+    Neighbouring glyphs only mix under token pooling, see ``token_pooled_view``.
+    """
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, np.float32)
+    h, w = (pixels.shape[0] // factor) * factor, (pixels.shape[1] // factor) * factor
+    blocks = pixels[:h, :w].reshape(h // factor, factor, w // factor, factor, -1).mean(axis=(1, 3))
+    return Image.fromarray(np.clip(np.rint(blocks), 0, 255).astype(np.uint8), "RGB")
+
+
+def token_pooled_view(image, patch_size: int, factor: int) -> Image.Image:
+    """Average each factor x factor group of patch cells into one patch-sized cell.
+
+    This is what uniform token pooling (DeepSeek-OCR-style fixed compression, 256 -> 256 / factor**2 tokens)
+    hands a linear patch embedding: the superposition of the grouped cells, not a smaller picture of them.
+    """
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, np.float32)
+    grid_h, grid_w = pixels.shape[0] // patch_size, pixels.shape[1] // patch_size
+    cells = pixels[: grid_h * patch_size, : grid_w * patch_size].reshape(grid_h, patch_size, grid_w, patch_size, -1)
+    cells = cells.reshape(grid_h // factor, factor, patch_size, grid_w // factor, factor, patch_size, -1)
+    pooled = cells.mean(axis=(1, 4)).reshape((grid_h // factor) * patch_size, (grid_w // factor) * patch_size, -1)
+    return Image.fromarray(np.clip(np.rint(pooled), 0, 255).astype(np.uint8), "RGB")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Suite generation (datasets.Dataset.from_generator, cached by an explicit fingerprint)
+# ----------------------------------------------------------------------------------------------------------
+
+FEATURES = datasets.Features(
+    {
+        "image": datasets.Image(),
+        "question": datasets.Value("string"),
+        "answers": datasets.List(datasets.Value("string")),
+        "boxes": datasets.List(datasets.List(datasets.Value("float32"))),
+        "task": datasets.Value("string"),
+        "source": datasets.Value("string"),
+        "variant": datasets.Value("string"),
+    }
+)
+
+_SPLIT_STREAMS = {"train": 0, "validation": 1, "test": 2}
+
+
+def _source_version() -> str:
+    # The cache key includes this file's text, so any change to the generator regenerates the data.
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator of one row: independent of every other row, so rows can be made in any order."""
+    return np.random.default_rng([seed, _SPLIT_STREAMS[split], index])
+
+
+def _family_of(rng: np.random.Generator, families: Sequence[str], weights) -> str:
+    probs = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
+    return families[int(rng.choice(len(families), p=probs))]
+
+
+def _png(image: Image.Image) -> dict:
+    # Low zlib effort: PNG stays lossless, encoding is ~3x faster than the default level.
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def _generate_rows(config: dict, split: str, variant: str, indices: list) -> Iterator[dict]:
+    for chunk in indices:
+        for index in range(*chunk):
+            rng = sample_rng(config["seed"], split, index)
+            family = _family_of(rng, config["families"], config["family_weights"])
+            row = render_sample(family, rng, config["image_size"], config["patch_size"], variant)
+            yield {**row, "image": _png(row["image"])}
+
+
+def _split_plan(config: SyntheticConfig) -> dict:
+    sizes = {"train": config.num_train, "validation": config.num_validation, "test": config.num_test}
+    variants = {"train": "standard", "validation": "standard", "test": config.test_variant}
+    return {split: (sizes[split], variants[split]) for split in SPLITS}
+
+
+def _chunks(count: int, num_chunks: int) -> list:
+    edges = np.linspace(0, count, num_chunks + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _fingerprint(config_dict: dict, split: str, variant: str, count: int, version: str) -> str:
+    key = json.dumps([config_dict, split, variant, count, version], sort_keys=True)
+    return "arrcoc-synthetic-" + hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def _build_split(config: SyntheticConfig, split: str, cache_dir, num_proc) -> datasets.Dataset:
+    count, variant = _split_plan(config)[split]
+    config_dict = dataclasses.asdict(config)
+    version = _source_version()
+    shards = max(1, num_proc or 1)
+    return datasets.Dataset.from_generator(
+        _generate_rows,
+        features=FEATURES,
+        cache_dir=cache_dir,
+        gen_kwargs={
+            "config": config_dict,
+            "split": split,
+            "variant": variant,
+            "indices": _chunks(count, shards),  # a list, so datasets can shard it over num_proc processes
+        },
+        num_proc=num_proc if shards > 1 else None,
+        split=datasets.Split(split),
+        fingerprint=_fingerprint(config_dict, split, variant, count, version),
+    )
+
+
+def make_synthetic_suite(
+    config: SyntheticConfig | None = None,
+    cache_dir: str | None = None,
+    num_proc: int | None = None,
+    **overrides,
+) -> datasets.DatasetDict:
+    """Build (or load from cache) the train / validation / test splits of the synthetic suite.
+
+    Rows are a pure function of (config, split, index): the same config gives identical data, and a second
+    call is read back from the datasets cache (``cache_dir``, else the datasets default cache).
+    ``num_proc`` > 1 renders shards in parallel processes with identical results.
+    """
+    config = dataclasses.replace(config or SyntheticConfig(), **overrides)
+    return datasets.DatasetDict({split: _build_split(config, split, cache_dir, num_proc) for split in SPLITS})
+
+
+def _main() -> None:
+    """`python -m modeling_arrcoc.data.synthetic [cache_dir] [num_proc]`: time a cold and a cached demo build."""
+    import sys
+    import tempfile
+
+    cache_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="arrcoc-synthetic-")
+    num_proc = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    for attempt in ("cold", "cached"):
+        start = time.perf_counter()
+        suite = make_synthetic_suite(cache_dir=cache_dir, num_proc=num_proc)
+        elapsed = time.perf_counter() - start
+        sizes = {split: len(ds) for split, ds in suite.items()}
+        print(f"{attempt}: {sizes} in {elapsed:.2f} s (num_proc={num_proc}, cache_dir={cache_dir})")
+
+
+if __name__ == "__main__":
+    _main()
+
+
+__all__ = [
+    "BAR_LABELS",
+    "COLOR_NAMES",
+    "FAMILIES",
+    "FEATURES",
+    "KEY_COLORS",
+    "QUESTION_TEMPLATES",
+    "STYLES",
+    "SyntheticConfig",
+    "VARIANTS",
+    "corpus_text",
+    "glyph_templates",
+    "make_synthetic_suite",
+    "pooled_view",
+    "render_sample",
+    "sample_rng",
+    "token_pooled_view",
+]

@@ -1,0 +1,402 @@
+"""Synthetic suite: schema, determinism, caching, answers that match the pixels, and what pooling destroys."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from modeling_arrcoc.data import synthetic
+from modeling_arrcoc.data.synthetic import (
+    BAR_LABELS,
+    FAMILIES,
+    FEATURES,
+    KEY_COLORS,
+    QUESTION_TEMPLATES,
+    STYLES,
+    SyntheticConfig,
+    corpus_text,
+    glyph_templates,
+    make_synthetic_suite,
+    pooled_view,
+    render_sample,
+    token_pooled_view,
+)
+
+SMALL = dict(num_train=40, num_validation=20, num_test=20)
+PATCH = 16
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    return make_synthetic_suite(SyntheticConfig(**SMALL), cache_dir=str(tmp_path_factory.mktemp("cache")))
+
+
+def _rows(dataset):
+    return [dict(row, image=np.asarray(row["image"])) for row in dataset]
+
+
+def _sample(family, seed, variant="standard", **kw):
+    return render_sample(family, np.random.default_rng([seed, 99]), variant=variant, **kw)
+
+
+# ------------------------------------------------------------------ readers used to check rendered answers
+
+
+def _shift(templates, dy, dx):
+    out = np.zeros_like(templates)
+    h, w = templates.shape[-2:]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = templates[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+def _template_bank(patch=PATCH):
+    # Every style of both variants, each also shifted by one pixel: a reader that knows the font, not the page.
+    styles = np.concatenate([glyph_templates(patch, v) for v in synthetic.VARIANTS], axis=1)
+    return np.concatenate([_shift(styles, dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=1)
+
+
+def _read_digit(coverage, templates):
+    """Nearest template by normalised correlation (scale-free, so ink darkness does not matter)."""
+    x = coverage.ravel() - coverage.mean()
+    t = templates.reshape(10, templates.shape[1], -1)
+    t = t - t.mean(-1, keepdims=True)
+    score = (t @ x) / (np.linalg.norm(t, axis=-1) * np.linalg.norm(x) + 1e-9)
+    return int(np.argmax(score.max(axis=1)))
+
+
+def _background(pixels):
+    return np.median(pixels.reshape(-1, 3), axis=0)
+
+
+def _ink(pixels, background):
+    # Colour-blind ink map: distance from the page colour, whatever the ink's hue.
+    return np.linalg.norm(pixels.astype(np.float32) - background, axis=-1)
+
+
+def _cell(pixels, box):
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    return pixels[y0:y1, x0:x1]
+
+
+def _colour_fraction(pixels, colour, tol=40.0):
+    return float((np.linalg.norm(pixels.astype(np.float32) - np.asarray(colour, np.float32), axis=-1) < tol).mean())
+
+
+def _asked_colour(question):
+    return re.search(r"\b({})\b".format("|".join(KEY_COLORS["standard"])), question).group(1)
+
+
+# ------------------------------------------------------------------------------------------- schema
+
+
+def test_schema_sizes_and_variants(suite):
+    assert list(suite) == ["train", "validation", "test"]
+    assert {split: len(ds) for split, ds in suite.items()} == {"train": 40, "validation": 20, "test": 20}
+    expected_variant = {"train": "standard", "validation": "standard", "test": "heldout"}
+    for split, ds in suite.items():
+        assert ds.features == FEATURES
+        for row in ds:
+            assert isinstance(row["image"], Image.Image) and row["image"].mode == "RGB"
+            assert row["image"].size == (256, 256)
+            assert row["question"] and row["answers"] and all(isinstance(a, str) and a for a in row["answers"])
+            assert row["task"] in FAMILIES and row["source"] == "synthetic"
+            assert row["variant"] == expected_variant[split]
+            assert row["boxes"] and all(len(b) == 4 for b in row["boxes"])
+            for x0, y0, x1, y1 in row["boxes"]:
+                assert 0 <= x0 < x1 <= 256 and 0 <= y0 < y1 <= 256
+
+
+def test_every_family_present(suite):
+    for split in ("train", "test"):
+        assert set(suite[split]["task"]) == set(FAMILIES)
+
+
+def test_page_boxes_are_single_aligned_cells(suite):
+    for row in suite["train"]:
+        if row["task"] == "chart":
+            continue
+        for x0, y0, x1, y1 in row["boxes"]:
+            assert (x1 - x0, y1 - y0) == (PATCH, PATCH)
+            assert x0 % PATCH == 0 and y0 % PATCH == 0
+
+
+def test_family_weights_and_subset(tmp_path):
+    only = make_synthetic_suite(
+        cache_dir=str(tmp_path), num_train=12, num_validation=2, num_test=2,
+        families=("chart", "local_key"), family_weights=(0.0, 1.0),
+    )
+    assert set(only["train"]["task"]) == {"local_key"}
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        SyntheticConfig(families=("nope",))
+    with pytest.raises(ValueError):
+        SyntheticConfig(image_size=250)
+    with pytest.raises(ValueError):
+        SyntheticConfig(families=("chart",), family_weights=(1.0, 2.0))
+    with pytest.raises(ValueError):
+        render_sample("nope", np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        render_sample("local_color", np.random.default_rng(0), variant="weird")
+
+
+# ---------------------------------------------------------------------------- determinism and cache
+
+
+def test_same_seed_identical_different_seed_differs(tmp_path):
+    a = make_synthetic_suite(cache_dir=str(tmp_path / "a"), **SMALL)
+    b = make_synthetic_suite(cache_dir=str(tmp_path / "b"), **SMALL)  # separate cache: really regenerated
+    c = make_synthetic_suite(cache_dir=str(tmp_path / "c"), seed=1, **SMALL)
+    for split in a:
+        rows_a, rows_b, rows_c = _rows(a[split]), _rows(b[split]), _rows(c[split])
+        for ra, rb in zip(rows_a, rows_b):
+            assert np.array_equal(ra["image"], rb["image"])
+            assert {k: v for k, v in ra.items() if k != "image"} == {k: v for k, v in rb.items() if k != "image"}
+        same = sum(np.array_equal(ra["image"], rc["image"]) for ra, rc in zip(rows_a, rows_c))
+        assert same == 0
+
+
+def test_splits_are_different_streams(suite):
+    train, validation = _rows(suite["train"]), _rows(suite["validation"])
+    assert not any(np.array_equal(t["image"], v["image"]) for t in train for v in validation)
+
+
+def test_second_call_reads_the_cache(tmp_path, monkeypatch):
+    first = make_synthetic_suite(cache_dir=str(tmp_path), **SMALL)
+
+    def must_not_render(*args, **kwargs):
+        raise AssertionError("the cached suite was regenerated")
+
+    monkeypatch.setattr(synthetic, "render_sample", must_not_render)
+    start = time.perf_counter()
+    second = make_synthetic_suite(cache_dir=str(tmp_path), **SMALL)
+    assert time.perf_counter() - start < 5.0
+    for split in first:
+        assert second[split]._fingerprint == first[split]._fingerprint
+        for ra, rb in zip(_rows(first[split]), _rows(second[split])):
+            assert np.array_equal(ra["image"], rb["image"]) and ra["answers"] == rb["answers"]
+
+
+def test_parallel_generation_is_identical(tmp_path):
+    serial = make_synthetic_suite(cache_dir=str(tmp_path / "serial"), num_train=10, num_validation=2, num_test=2)
+    parallel = make_synthetic_suite(
+        cache_dir=str(tmp_path / "parallel"), num_proc=2, num_train=10, num_validation=2, num_test=2
+    )
+    for ra, rb in zip(_rows(serial["train"]), _rows(parallel["train"])):
+        assert np.array_equal(ra["image"], rb["image"]) and ra["question"] == rb["question"]
+
+
+def test_chart_rendering_does_not_depend_on_the_previous_chart():
+    first = np.asarray(_sample("chart", 1)["image"])
+    _sample("chart", 2, variant="heldout")
+    assert np.array_equal(np.asarray(_sample("chart", 1)["image"]), first)
+
+
+# ------------------------------------------------------------------ answers agree with what is drawn
+
+
+def test_local_color_box_holds_the_one_digit_of_that_colour():
+    templates = _template_bank()
+    for seed in range(30):
+        for variant in synthetic.VARIANTS:
+            row = _sample("local_color", seed, variant)
+            pixels = np.asarray(row["image"])
+            colour = KEY_COLORS[variant][_asked_colour(row["question"])]
+            cell = _cell(pixels, row["boxes"][0])
+            assert _colour_fraction(cell, colour) > 0.05  # the cell is inked in the asked colour
+            assert _colour_fraction(pixels, colour) * 256 * 256 < 1.2 * PATCH * PATCH  # and nowhere else
+            assert str(_read_digit(_ink(cell, _background(pixels)), templates)) == row["answers"][0]
+
+
+@pytest.mark.parametrize("family", ["local_key", "region_row"])
+def test_marker_families_read_the_cells_right_of_the_square(family):
+    templates = _template_bank()
+    for seed in range(25):
+        for variant in synthetic.VARIANTS:
+            row = _sample(family, seed, variant)
+            pixels = np.asarray(row["image"])
+            background = _background(pixels)
+            boxes = row["boxes"]
+            assert len(boxes) == len(row["answers"][0]) == (1 if family == "local_key" else 3)
+            x0, y0, x1, y1 = boxes[0]
+            marker = _cell(pixels, [x0 - PATCH, y0, x0, y1])
+            assert _colour_fraction(marker, KEY_COLORS[variant][_asked_colour(row["question"])]) > 0.3
+            assert all(b[0] == x0 + i * PATCH and b[1] == y0 for i, b in enumerate(boxes))  # one row, in order
+            for box in boxes:  # answer digits wear distractor grey: only the relation to the square marks them
+                cell = _cell(pixels, box).astype(np.float32)
+                inked = cell[_ink(cell, background) > 60]
+                assert len(inked) and (inked.max(-1) - inked.min(-1)).max() < 30
+            read = "".join(str(_read_digit(_ink(_cell(pixels, b), background), templates)) for b in boxes)
+            assert read == row["answers"][0]
+
+
+def test_global_count_boxes_are_every_square_of_that_colour():
+    for seed in range(30):
+        for variant in synthetic.VARIANTS:
+            row = _sample("global_count", seed, variant)
+            pixels = np.asarray(row["image"]).astype(np.float32)
+            colour = KEY_COLORS[variant][_asked_colour(row["question"])]
+            cells = pixels.reshape(16, PATCH, 16, PATCH, 3).transpose(0, 2, 1, 3, 4)
+            hits = np.linalg.norm(cells - np.asarray(colour, np.float32), axis=-1) < 40
+            squares = {(int(r) * PATCH, int(c) * PATCH) for r, c in zip(*np.nonzero(hits.mean((2, 3)) > 0.3))}
+            assert len(squares) == int(row["answers"][0]) == len(row["boxes"])
+            assert squares == {(int(b[1]), int(b[0])) for b in row["boxes"]}
+
+
+def _bar_runs(pixels, colours):
+    """Columns of bar-coloured pixels grouped into bars: (first column, last column, height in pixels)."""
+    near = np.zeros(pixels.shape[:2], bool)
+    for colour in colours:
+        rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)], np.float32)
+        near |= np.linalg.norm(pixels.astype(np.float32) - rgb, axis=-1) < 30
+    columns = near.sum(axis=0)
+    runs, start = [], None
+    for x, count in enumerate(np.append(columns, 0)):
+        if count and start is None:
+            start = x
+        elif not count and start is not None:
+            runs.append((start, x - 1, int(columns[start:x].max())))
+            start = None
+    return runs, near
+
+
+def test_chart_box_is_the_asked_bar():
+    for seed in range(30):
+        for variant in synthetic.VARIANTS:
+            row = _sample("chart", seed, variant)
+            pixels = np.asarray(row["image"])
+            runs, near = _bar_runs(pixels, STYLES[variant].bar_colors)
+            x0, y0, x1, y1 = row["boxes"][0]
+            inner = near[int(np.ceil(y0)) + 1 : int(y1) - 1, int(np.ceil(x0)) + 1 : int(x1) - 1]
+            assert inner.mean() > 0.97  # the box lies on the bar
+            assert not near[: int(y0) - 2, int(x0) : int(x1)].any()  # and nothing of it sticks out above
+            index = [i for i, (a, b, _) in enumerate(runs) if a <= (x0 + x1) / 2 <= b]
+            assert len(index) == 1
+            first, last, height = runs[index[0]]
+            assert abs((x1 - x0) - (last - first + 1)) <= 2 and abs((y1 - y0) - height) <= 2  # and covers all of it
+            if row["question"] == QUESTION_TEMPLATES["chart"][1]:
+                assert height == max(h for _, _, h in runs)
+                assert row["answers"][0] == BAR_LABELS[index[0]]
+            else:
+                assert row["question"].endswith(f"bar {BAR_LABELS[index[0]]}?")
+                pixels_per_unit = 0.82 * 256 / 10  # axes height over the 0..10 range
+                assert abs(height / pixels_per_unit - int(row["answers"][0])) < 0.1
+
+
+# --------------------------------------------------------------------- what uniform pooling destroys
+
+
+def _pooled_reading(samples, factor):
+    templates = _template_bank()
+    full = pooled = 0
+    for row in samples:
+        pixels = np.asarray(row["image"])
+        background = _background(pixels)
+        x0, y0, _, _ = (int(v) for v in row["boxes"][0])
+        answer = int(row["answers"][0])
+        full += _read_digit(_ink(_cell(pixels, row["boxes"][0]), background), templates) == answer
+        # The pooled token holding the answer: factor x factor cells averaged into one cell.
+        tokens = np.asarray(token_pooled_view(row["image"], PATCH, factor))
+        r, c = (y0 // PATCH) // factor, (x0 // PATCH) // factor
+        token = tokens[r * PATCH : (r + 1) * PATCH, c * PATCH : (c + 1) * PATCH]
+        pooled += _read_digit(_ink(token, background), templates) == answer
+    return full / len(samples), pooled / len(samples)
+
+
+def test_uniform_pooling_to_16_tokens_destroys_the_digit():
+    """Read the local_color answer from its cell, then from the token left after 4x4 token pooling.
+
+    Dense distractor digits are superposed on the answer when 16 cells are averaged, so the shape reader falls
+    to near chance (10 classes). The colour cue itself survives any linear pooling (a colour-aware reader
+    still finds it), so this checks shape detail, the thing fixed compression must lose.
+    """
+    samples = [_sample("local_color", seed) for seed in range(150)]
+    full, pooled = _pooled_reading(samples, factor=4)
+    assert full >= 0.97
+    assert pooled <= 0.35
+
+
+def test_pooling_check_depends_on_dense_distractors(monkeypatch):
+    # Control: without distractors the same reader reads the pooled token, so the check above is not vacuous.
+    sparse = dataclasses.replace(STYLES["standard"], density=(0.0, 0.0))
+    monkeypatch.setitem(synthetic.STYLES, "standard", sparse)
+    samples = [_sample("local_color", seed) for seed in range(150)]
+    full, pooled = _pooled_reading(samples, factor=4)
+    assert full >= 0.97
+    assert pooled >= 0.6
+
+
+def test_pooled_views_average_blocks():
+    image = _sample("local_key", 3)["image"]
+    pixels = np.asarray(image, np.float32)
+    small = np.asarray(pooled_view(image, 4), np.float32)
+    assert small.shape == (64, 64, 3)
+    assert np.allclose(small[5, 7], pixels[20:24, 28:32].mean((0, 1)), atol=0.5)
+    tokens = np.asarray(token_pooled_view(image, PATCH, 4), np.float32)
+    assert tokens.shape == (64, 64, 3)
+    cells = pixels.reshape(16, PATCH, 16, PATCH, 3)
+    assert np.allclose(tokens[:PATCH, :PATCH], cells[:4, :, :4].mean((0, 2)), atol=0.5)
+
+
+# ------------------------------------------------------------------------------- held-out variant
+
+
+def test_heldout_differs_from_standard():
+    for family in FAMILIES:
+        for seed in range(5):
+            standard = np.asarray(_sample(family, seed, "standard")["image"])
+            heldout = np.asarray(_sample(family, seed, "heldout")["image"])
+            assert not np.array_equal(standard, heldout)
+    standard_bg = {tuple(_background(np.asarray(_sample("local_color", s)["image"]))) for s in range(20)}
+    heldout_bg = {tuple(_background(np.asarray(_sample("local_color", s, "heldout")["image"]))) for s in range(20)}
+    assert not standard_bg & heldout_bg  # tinted page colours never seen in training
+    assert all(max(bg) - min(bg) >= 10 for bg in heldout_bg)
+    for name in KEY_COLORS["standard"]:
+        assert KEY_COLORS["standard"][name] != KEY_COLORS["heldout"][name]
+    assert not set(STYLES["standard"].bar_colors) & set(STYLES["heldout"].bar_colors)
+    assert glyph_templates(PATCH, "standard").shape[1] != glyph_templates(PATCH, "heldout").shape[1]
+
+
+# ------------------------------------------------------------------------------ geometry and text
+
+
+def test_other_geometry_keeps_glyphs_on_the_grid():
+    for family in FAMILIES:
+        row = render_sample(family, np.random.default_rng(4), image_size=128, patch_size=8)
+        assert row["image"].size == (128, 128)
+        if family != "chart":
+            assert all(b[0] % 8 == 0 and b[1] % 8 == 0 and b[2] - b[0] == 8 for b in row["boxes"])
+
+
+def test_corpus_covers_every_question_and_answer(suite):
+    corpus = corpus_text()
+    words = set(corpus.split())
+    for split in suite:
+        for question, answers in zip(suite[split]["question"], suite[split]["answers"]):
+            assert question in corpus
+            assert all(answer in words for answer in answers)
+    for name in KEY_COLORS["standard"]:
+        assert name in words
+    assert all(f"{n:03d}" in words for n in range(1000))
+
+
+def test_data_modules_do_not_import_the_model():
+    package = Path(synthetic.__file__).parent
+    for path in (package / name for name in ("__init__.py", "synthetic.py", "hub.py", "targets.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                assert not node.module.startswith("modeling_arrcoc"), f"{path.name} imports {node.module}"
+            if isinstance(node, ast.ImportFrom) and node.level > 1:
+                raise AssertionError(f"{path.name} imports from outside the data package")
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("modeling_arrcoc") for a in node.names)
