@@ -103,7 +103,7 @@ def test_schema_sizes_and_variants(suite):
     assert {split: len(ds) for split, ds in suite.items()} == {"train": 40, "validation": 20, "test": 20}
     expected_variant = {"train": "standard", "validation": "standard", "test": "heldout"}
     for split, ds in suite.items():
-        assert ds.features == FEATURES
+        assert ds.features == synthetic.SYNTHETIC_FEATURES
         for row in ds:
             assert isinstance(row["image"], Image.Image) and row["image"].mode == "RGB"
             assert row["image"].size == (256, 256)
@@ -400,3 +400,18 @@ def test_data_modules_do_not_import_the_model():
                 raise AssertionError(f"{path.name} imports from outside the data package")
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("modeling_arrcoc") for a in node.names)
+
+
+def test_visual_words_describe_the_answer_cell():
+    from modeling_arrcoc.data.synthetic import COLOR_NAMES, NUM_VISUAL_WORDS, render_sample
+
+    for seed in range(5):
+        row = render_sample("local_color", np.random.default_rng(seed))
+        words = np.array(row["visual_targets"])
+        assert words.shape == (256,) and words.min() >= 0 and words.max() < NUM_VISUAL_WORDS
+        x0, y0, _, _ = row["boxes"][0]
+        cell = int(y0 // 16) * 16 + int(x0 // 16)
+        colour = COLOR_NAMES.index(row["question"].split()[3])
+        assert words[cell] == 11 + 10 * colour + int(row["answers"][0])
+    chart = render_sample("chart", np.random.default_rng(0))
+    assert set(chart["visual_targets"]) == {-100}

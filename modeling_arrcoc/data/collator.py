@@ -16,7 +16,8 @@ def chat_prompt(processor, question: str) -> str:
 @dataclass
 class ArrCocCollator:
     """Builds `input_ids`, `attention_mask`, `labels` (-100 on the prompt, the <image> placeholder and padding),
-    `pixel_values` and, where rows have boxes, `patch_targets` on the SAM grid.
+    `pixel_values` and, where rows have them, `patch_targets` on the SAM grid (from boxes) and `visual_targets`
+    (the synthetic suite's per-patch reading teacher).
 
     Args:
         processor: an `ArrCocProcessor`.
@@ -38,6 +39,8 @@ class ArrCocCollator:
         batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         if self.with_answers and all("boxes" in row for row in rows):
             batch["patch_targets"] = self._targets(rows)
+        if self.with_answers and all("visual_targets" in row for row in rows):
+            batch["visual_targets"] = torch.tensor([row["visual_targets"] for row in rows], dtype=torch.long)
         return batch
 
     def _answer_ids(self, row) -> list[int]:

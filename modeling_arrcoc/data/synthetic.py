@@ -487,11 +487,13 @@ def render_sample(
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if family == "chart":
         pixels, question, answers, boxes = _render_chart(rng, image_size, variant)
+        words = [-100] * (image_size // patch_size) ** 2  # charts have no per-cell reading labels
     elif family in _PAGE_FAMILIES:
         _check_geometry(image_size, patch_size)
         page = _new_page(rng, image_size, patch_size, variant)
         question, answers, boxes = _PAGE_FAMILIES[family](page)
         pixels = _render_page(page)
+        words = visual_words(page).tolist()
     else:
         raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
     return {
@@ -502,7 +504,31 @@ def render_sample(
         "task": family,
         "source": "synthetic",
         "variant": variant,
+        "visual_targets": words,
     }
+
+
+# Visual words: what each cell shows, a reading teacher for the adapter's visual vocabulary (VET loss).
+# 0 empty; 1 + d a dark digit d; 11 + 10 c + d digit d in key colour c; 61 + c a square of key colour c;
+# 66 any other square. Shades of a key colour (held-out variant) map to the same word.
+NUM_VISUAL_WORDS = 67
+
+
+def visual_words(page: _Page) -> np.ndarray:
+    """[G * G] visual-word id of every cell, in raster order."""
+    names = KEY_COLORS[page.variant]
+    palette = np.array([names[name] for name in COLOR_NAMES], np.float32)
+    is_key = np.abs(page.ink[:, :, None, :] - palette).sum(-1) < 1e-3  # [G, G, colours]
+    colour = np.where(is_key.any(-1), is_key.argmax(-1), -1)
+    digit = np.full(page.glyph.shape, -1)
+    for d, styles in enumerate(page.bank.digits):
+        digit[np.isin(page.glyph, styles)] = d
+    square = np.isin(page.glyph, page.bank.squares)
+    words = np.zeros(page.glyph.shape, np.int64)
+    words[(digit >= 0) & (colour < 0)] = 1 + digit[(digit >= 0) & (colour < 0)]
+    words[(digit >= 0) & (colour >= 0)] = 11 + 10 * colour[(digit >= 0) & (colour >= 0)] + digit[(digit >= 0) & (colour >= 0)]
+    words[square] = np.where(colour[square] >= 0, 61 + colour[square], 66)
+    return words.reshape(-1)
 
 
 def corpus_text() -> str:
@@ -566,6 +592,8 @@ FEATURES = datasets.Features(
         "variant": datasets.Value("string"),
     }
 )
+# The synthetic suite adds a reading teacher per patch; the common schema (Hub adapters) does not have one.
+SYNTHETIC_FEATURES = datasets.Features({**FEATURES, "visual_targets": datasets.List(datasets.Value("int64"))})
 
 _SPLIT_STREAMS = {"train": 0, "validation": 1, "test": 2}
 
@@ -624,7 +652,7 @@ def _build_split(config: SyntheticConfig, split: str, cache_dir, num_proc) -> da
     shards = max(1, num_proc or 1)
     return datasets.Dataset.from_generator(
         _generate_rows,
-        features=FEATURES,
+        features=SYNTHETIC_FEATURES,
         cache_dir=cache_dir,
         gen_kwargs={
             "config": config_dict,
@@ -679,8 +707,10 @@ __all__ = [
     "FAMILIES",
     "FEATURES",
     "KEY_COLORS",
+    "NUM_VISUAL_WORDS",
     "QUESTION_TEMPLATES",
     "STYLES",
+    "SYNTHETIC_FEATURES",
     "SyntheticConfig",
     "VARIANTS",
     "corpus_text",
@@ -690,4 +720,5 @@ __all__ = [
     "render_sample",
     "sample_rng",
     "token_pooled_view",
+    "visual_words",
 ]
