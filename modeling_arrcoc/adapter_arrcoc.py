@@ -6,6 +6,13 @@ from torch import nn
 from .configuration_arrcoc import ArrCocConfig
 
 
+class ArrCocZeroInitEmbedding(nn.Embedding):
+    """An embedding that starts at zero (a per-tier offset that must start as no offset)."""
+
+    def reset_parameters(self):
+        nn.init.zeros_(self.weight)
+
+
 class ArrCocBudgetAwareNorm(nn.Module):
     """LayerNorm whose scale and shift depend on the tier, since 64 tokens carry differently pooled content
     than 400. Zero-initialised tier embeddings make it a plain LayerNorm at the start."""
@@ -13,10 +20,8 @@ class ArrCocBudgetAwareNorm(nn.Module):
     def __init__(self, hidden_size: int, num_tiers: int, eps: float = 1e-5):
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.tier_scale = nn.Embedding(num_tiers, hidden_size)
-        self.tier_shift = nn.Embedding(num_tiers, hidden_size)
-        nn.init.zeros_(self.tier_scale.weight)
-        nn.init.zeros_(self.tier_shift.weight)
+        self.tier_scale = ArrCocZeroInitEmbedding(num_tiers, hidden_size)
+        self.tier_shift = ArrCocZeroInitEmbedding(num_tiers, hidden_size)
 
     def forward(self, hidden_states, tier_index):
         scale = self.tier_scale(tier_index).unsqueeze(1)
@@ -82,4 +87,5 @@ __all__ = [
     "ArrCocPrototypeLayer",
     "ArrCocQualityAdapter",
     "ArrCocVisualEmbeddingTable",
+    "ArrCocZeroInitEmbedding",
 ]

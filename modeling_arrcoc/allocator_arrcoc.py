@@ -32,6 +32,16 @@ class Selection:
         return self.token_mask.sum(-1)
 
 
+class ArrCocZeroInitLinear(nn.Linear):
+    """A linear layer that starts at zero: its output is added to something that must start unchanged.
+    Its own class, so the model's `_init_weights` keeps it at zero instead of drawing it like any Linear."""
+
+    def reset_parameters(self):
+        nn.init.zeros_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
 class ArrCocCrossAttention(nn.Module):
     """Patches attend over question tokens; the attended question context scores each patch."""
 
@@ -84,7 +94,8 @@ class ArrCocBudgetPredictor(nn.Module):
 class ArrCocCompressionHeads(nn.Module):
     """Keep the top-K patches in raster order and fold each dropped patch into its most similar kept one.
 
-    Scores get gradients from the answer loss by a straight-through gate: kept tokens are multiplied by
+    Each kept token also carries its standardized score through `relevance_embedding`. Scores get gradients
+    from the answer loss through that embedding and through a straight-through gate: kept tokens are multiplied by
     `1 + s - s.detach()` with `s = sigmoid(score)`, which is exactly 1 in the forward pass (outputs are
     unchanged) while d(token)/d(score) = token * s * (1 - s) in the backward pass.
     """
@@ -93,10 +104,11 @@ class ArrCocCompressionHeads(nn.Module):
         super().__init__()
         self.fold_dropped = fold_dropped
         self.fold_key = nn.Linear(channels, hidden_size)
-        self.fold_proj = nn.Linear(channels, channels)
-        # Zero-init: at the start, folding is the identity, so a pretrained CLIP sees plain SAM features.
-        nn.init.zeros_(self.fold_proj.weight)
-        nn.init.zeros_(self.fold_proj.bias)
+        # Zero-init: at the start a pretrained CLIP sees plain SAM features.
+        self.fold_proj = ArrCocZeroInitLinear(channels, channels)
+        # The allocator already matched the question to every patch; carrying that match on each kept token
+        # spares the LLM from recomputing it (one attention hop instead of two).
+        self.relevance_embedding = ArrCocZeroInitLinear(1, channels, bias=False)
 
     def forward(self, features, scores, counts):
         kept_index, token_mask = top_k_raster(scores, counts)
@@ -104,6 +116,7 @@ class ArrCocCompressionHeads(nn.Module):
         tokens = features[batch, kept_index]
         if self.fold_dropped:
             tokens = tokens + self.fold_proj(self._fold(features, tokens, kept_index, token_mask))
+        tokens = tokens + self.relevance_embedding(standardize(scores)[batch, kept_index].unsqueeze(-1))
         gate = torch.sigmoid(scores[batch, kept_index]).unsqueeze(-1)
         tokens = tokens * (1 + gate - gate.detach()) * token_mask.unsqueeze(-1)
         weights = F.one_hot(kept_index, features.shape[1]).to(features.dtype) * token_mask.unsqueeze(-1)
@@ -114,10 +127,19 @@ class ArrCocCompressionHeads(nn.Module):
         kept_keys = F.normalize(self.fold_key(tokens), dim=-1)
         similarity = (keys @ kept_keys.transpose(1, 2)).masked_fill(~token_mask[:, None, :], float("-inf"))
         assign = F.one_hot(similarity.argmax(-1), tokens.shape[1]).to(features.dtype)  # [B, N, K]
-        is_kept = torch.zeros_like(assign[..., 0]).scatter(1, kept_index, token_mask.to(assign.dtype))
+        # Padding points at a sentinel column past the grid: scattering it onto a real index would race with
+        # that patch's own entry and could mark a kept patch as dropped.
+        num_patches = features.shape[1]
+        index = kept_index.masked_fill(~token_mask, num_patches)
+        is_kept = assign.new_zeros(assign.shape[0], num_patches + 1).scatter(1, index, 1.0)[:, :num_patches]
         assign = assign * (1 - is_kept).unsqueeze(-1)
         folded = assign.transpose(1, 2) @ features
         return folded / assign.sum(1).clamp(min=1.0).unsqueeze(-1)
+
+
+def standardize(scores: torch.Tensor) -> torch.Tensor:
+    """Per-sample z-scores over the patches, so a token's relevance reads the same whatever the batch."""
+    return (scores - scores.mean(-1, keepdim=True)) / (scores.std(-1, keepdim=True) + 1e-6)
 
 
 def top_k_raster(scores: torch.Tensor, counts: torch.Tensor):
@@ -162,6 +184,8 @@ __all__ = [
     "ArrCocCompressionHeads",
     "ArrCocCrossAttention",
     "ArrCocHotspotDetector",
+    "ArrCocZeroInitLinear",
     "Selection",
+    "standardize",
     "top_k_raster",
 ]

@@ -12,8 +12,8 @@ from transformers.cache_utils import Cache
 from transformers.models.clip.modeling_clip import CLIPEncoder
 from transformers.utils import ModelOutput
 
-from .adapter_arrcoc import ArrCocBudgetAwareNorm, ArrCocQualityAdapter
-from .allocator_arrcoc import ArrCocAllocator, ArrCocCompressionHeads, Selection
+from .adapter_arrcoc import ArrCocQualityAdapter, ArrCocZeroInitEmbedding
+from .allocator_arrcoc import ArrCocAllocator, ArrCocZeroInitLinear, Selection
 from .configuration_arrcoc import ArrCocConfig
 
 SELECTIONS = ("learned", "uniform", "hotspot", "random")
@@ -126,12 +126,9 @@ class ArrCocPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, ArrCocCompressionHeads):
-            init.zeros_(module.fold_proj.weight)
-            init.zeros_(module.fold_proj.bias)
-        elif isinstance(module, ArrCocBudgetAwareNorm):
-            init.zeros_(module.tier_scale.weight)
-            init.zeros_(module.tier_shift.weight)
+        if isinstance(module, (ArrCocZeroInitLinear, ArrCocZeroInitEmbedding)):
+            for parameter in module.parameters(recurse=False):
+                init.zeros_(parameter)
         elif isinstance(module, ArrCocQualityAdapter):
             init.normal_(module.prototypes, std=self.config.initializer_range)
 
@@ -417,6 +414,8 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
             if input_ids is not None and (input_ids == self.config.image_token_id).any() and cache is None:
                 raise ValueError("input_ids contain <image> tokens but no pixel_values were given.")
             inputs_embeds = self.get_input_embeddings()(input_ids)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        _check_context_length(past_length + inputs_embeds.shape[1], self.config.text_config)
         outputs = self.model.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             use_cache=use_cache, **kwargs,
@@ -460,25 +459,76 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def generate(self, input_ids=None, pixel_values=None, attention_mask=None, budget="auto",
-                 selection="learned", patch_features=None, **kwargs):
+                 selection="learned", patch_features=None, group_by_tier=True, **kwargs):
         """Generate with K_i visual tokens per sample. Returns `input_ids` (as given) followed by new tokens,
-        so callers strip the prompt by its own length, as with any HF model."""
+        so callers strip the prompt by its own length, as with any HF model.
+
+        budget / selection / patch_features: as in `forward`.
+        group_by_tier: when the samples of a batch get different tiers (e.g. `budget="auto"`), generate each
+            tier's samples as their own batch, so a 64-token sample is not padded to a 400-token one. The tiers
+            are decided first, on the whole batch; the new tokens are put back in input order and right-padded
+            with `pad_token_id`, as generate pads finished rows. Per-sample results do not change. With
+            `return_dict_in_generate=True` the batch is always generated in one piece (per-step scores are
+            batch-shaped).
+        """
         if pixel_values is None and patch_features is None:
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        _check_image_tokens(input_ids, attention_mask, self.config.image_token_id, pixel_values, patch_features)
+        generator = kwargs.pop("generator", None)
+        groups = None
+        if group_by_tier and not kwargs.get("return_dict_in_generate", False) and input_ids.shape[0] > 1:
+            if patch_features is None:
+                # SAM runs once for the whole batch; the groups reuse its features.
+                patch_features, pixel_values = self.model.get_patch_features(pixel_values), None
+            groups = self._tier_groups(input_ids, attention_mask, budget, patch_features)
+        if groups is None or len(groups) == 1:
+            outputs = self._generate_spliced(input_ids, attention_mask, pixel_values, patch_features, budget,
+                                             selection, generator, kwargs)
+            return _prepend_prompt(input_ids, outputs)
+        pieces = []
+        for tier, index in groups.items():
+            # The tier value (always in `budgets`) reproduces exactly what the whole-batch decision chose.
+            tier_value = self.config.budgets[tier]
+            new_tokens = self._generate_spliced(input_ids[index], attention_mask[index], None, patch_features[index],
+                                                tier_value, selection, generator, kwargs)
+            pieces.append((index, new_tokens))
+        return _prepend_prompt(input_ids, _reassemble(pieces, input_ids.shape[0], self._pad_token_id(kwargs)))
+
+    def _tier_groups(self, input_ids, attention_mask, budget, patch_features):
+        """{tier index: sample indices}. Only `budget="auto"` needs the allocator to decide."""
+        if isinstance(budget, str) and budget == "auto":
+            question, question_mask = self.model.question_inputs(input_ids, attention_mask)
+            budget_logits = self.model.allocator(patch_features, question, question_mask).budget_logits
+        else:
+            budget_logits = patch_features.new_zeros(input_ids.shape[0], len(self.config.budgets))
+        _, tiers = self.model.resolve_budget(budget, budget_logits, patch_features.shape[1])
+        return {tier: (tiers == tier).nonzero().flatten() for tier in tiers.unique().tolist()}
+
+    def _generate_spliced(self, input_ids, attention_mask, pixel_values, patch_features, budget, selection,
+                          generator, kwargs):
+        """Generate's own output (new tokens only) from the spliced embeddings of one batch."""
         multimodal = self.model.prepare_multimodal_inputs(
-            input_ids, pixel_values, attention_mask, None, budget, selection, patch_features, kwargs.pop("generator", None)
+            input_ids, pixel_values, attention_mask, None, budget, selection, patch_features, generator
         )
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        max_new_tokens = kwargs.get("max_new_tokens", generation_config.max_new_tokens) or 0
+        _check_context_length(multimodal.inputs_embeds.shape[1] + max_new_tokens, self.config.text_config,
+                              max_new_tokens)
         # Image inputs are consumed here, once; generate's prefill then only sees the spliced embeddings.
-        outputs = super().generate(
+        return super().generate(
             inputs_embeds=multimodal.inputs_embeds, attention_mask=multimodal.attention_mask,
             position_ids=multimodal.position_ids, **kwargs,
         )
-        sequences = outputs if isinstance(outputs, torch.Tensor) else outputs.sequences
-        sequences = torch.cat([input_ids, sequences.to(input_ids.device)], dim=-1)
-        if isinstance(outputs, torch.Tensor):
-            return sequences
-        outputs.sequences = sequences
-        return outputs
+
+    def _pad_token_id(self, kwargs):
+        """The id generate itself pads finished rows with: pad_token_id, else the (first) eos_token_id."""
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        for value in (kwargs.get("pad_token_id"), generation_config.pad_token_id, kwargs.get("eos_token_id"),
+                      generation_config.eos_token_id, self.config.text_config.pad_token_id):
+            if value is not None:
+                return value[0] if isinstance(value, (list, tuple)) else int(value)
+        return 0
 
     @classmethod
     def from_components(cls, vision, clip, text, dtype=None, **config_kwargs):
@@ -486,6 +536,41 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         from .components import assemble_from_components
 
         return assemble_from_components(cls, vision, clip, text, dtype=dtype, **config_kwargs)
+
+
+def _prepend_prompt(input_ids, outputs):
+    """generate from embeddings returns only the new tokens; put the prompt back in front of each row."""
+    sequences = outputs if isinstance(outputs, torch.Tensor) else outputs.sequences
+    prompts = input_ids.repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
+    sequences = torch.cat([prompts, sequences.to(input_ids.device)], dim=-1)
+    if isinstance(outputs, torch.Tensor):
+        return sequences
+    outputs.sequences = sequences
+    return outputs
+
+
+def _reassemble(pieces, batch_size, pad_token_id):
+    """New tokens of each tier group back in input order; groups that stopped early are right-padded."""
+    first = pieces[0][1]
+    per_sample = first.shape[0] // pieces[0][0].numel()  # num_return_sequences
+    length = max(tokens.shape[1] for _, tokens in pieces)
+    out = first.new_full((batch_size, per_sample, length), pad_token_id)
+    for index, tokens in pieces:
+        tokens = tokens.view(index.numel(), per_sample, -1)
+        out[index.to(out.device), :, : tokens.shape[-1]] = tokens
+    return out.flatten(0, 1)
+
+
+def _check_context_length(length, text_config, max_new_tokens=0):
+    """RoPE language models run past max_position_embeddings without an error and answer garbage; refuse."""
+    limit = text_config.max_position_embeddings
+    if limit is not None and length > limit:
+        extra = f" + max_new_tokens {max_new_tokens}" if max_new_tokens else ""
+        raise ValueError(
+            f"The input needs {length} positions (question and visual tokens{extra}) but the language model's "
+            f"context is {limit} (text_config.max_position_embeddings). Shorten the question, use a smaller budget "
+            "or generate fewer tokens."
+        )
 
 
 def _shifted_ce(logits, labels):

@@ -273,3 +273,27 @@ def test_vet_loss_against_teacher_targets(tester):
     torch.testing.assert_close(out.vet_kl_loss, torch.cat(expected).mean())
     prior = model(**inputs, budget=16)
     assert not torch.allclose(prior.vet_kl_loss, out.vet_kl_loss)
+
+
+def test_zero_initialised_layers_start_at_zero(tester):
+    model = tester.get_model()
+    heads, norm = model.model.allocator.compression_heads, model.model.quality_adapter.budget_norm
+    for parameter in (heads.fold_proj.weight, heads.fold_proj.bias, heads.relevance_embedding.weight,
+                      norm.tier_scale.weight, norm.tier_shift.weight):
+        assert torch.count_nonzero(parameter) == 0
+
+
+def test_batch_invariance_with_trained_heads(tester):
+    """Non-zero fold and relevance layers (as after training) must keep samples independent of their batch."""
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    inputs.pop("labels")
+    heads = model.model.allocator.compression_heads
+    with torch.no_grad():
+        for parameter in (heads.fold_proj.weight, heads.relevance_embedding.weight):
+            parameter.normal_(std=0.5)
+        tiers = [4, 16, 100]
+        batch = model(**inputs, budget=tiers)
+        for b in range(tester.batch_size):
+            alone = model(**unpadded(inputs, b), budget=[tiers[b]])
+            length = alone.logits.shape[1]
+            assert (batch.logits[b, -length:] - alone.logits[0]).abs().max() < 1e-5

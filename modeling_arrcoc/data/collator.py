@@ -23,11 +23,14 @@ class ArrCocCollator:
         processor: an `ArrCocProcessor`.
         patch_size: SAM patch size, for the answer-region targets.
         with_answers: False for evaluation/generation: prompts only, no labels.
+        keep_columns: row columns passed through as lists (e.g. "task" for per-family scoring); the model
+            does not take them, so leave it empty for a Trainer.
     """
 
     processor: object
     patch_size: int = 16
     with_answers: bool = True
+    keep_columns: tuple = ()
 
     def __call__(self, rows: list[dict]) -> dict:
         tokenizer = self.processor.tokenizer
@@ -41,6 +44,8 @@ class ArrCocCollator:
             batch["patch_targets"] = self._targets(rows)
         if self.with_answers and all("visual_targets" in row for row in rows):
             batch["visual_targets"] = torch.tensor([row["visual_targets"] for row in rows], dtype=torch.long)
+        for column in self.keep_columns:
+            batch[column] = [row[column] for row in rows]
         return batch
 
     def _answer_ids(self, row) -> list[int]:
