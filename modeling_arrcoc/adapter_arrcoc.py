@@ -4,13 +4,7 @@ import torch
 from torch import nn
 
 from .configuration_arrcoc import ArrCocConfig
-
-
-class ArrCocZeroInitEmbedding(nn.Embedding):
-    """An embedding that starts at zero (a per-tier offset that must start as no offset)."""
-
-    def reset_parameters(self):
-        nn.init.zeros_(self.weight)
+from .layers_arrcoc import ArrCocZeroInitEmbedding, ArrCocZeroInitLinear
 
 
 class ArrCocBudgetAwareNorm(nn.Module):
@@ -72,14 +66,21 @@ class ArrCocQualityAdapter(nn.Module):
         self.visual_embedding_table = ArrCocVisualEmbeddingTable(
             config.visual_vocab_size, config.text_config.hidden_size
         )
+        # The allocator already matched the question to every patch. Its score rides along in LLM space, after
+        # the VET mix (a distribution over visual words has no room for it), so the LLM can find the relevant
+        # token in one attention hop instead of re-matching the question itself. Zero-init: off at the start.
+        self.relevance_embedding = ArrCocZeroInitLinear(1, config.text_config.hidden_size, bias=False)
 
-    def forward(self, hidden_states, tier_index):
+    def forward(self, hidden_states, tier_index, token_scores=None):
         """Returns (LLM-space embeddings [B, K, D_text], visual-token distribution [B, K, V])."""
         hidden_states = self.budget_norm(hidden_states, tier_index)
         for layer in self.layers:
             hidden_states = layer(hidden_states, self.prototypes)
         probs = self.visual_head_norm(self.visual_head(hidden_states)).softmax(-1)
-        return self.visual_embedding_table(probs), probs
+        embeds = self.visual_embedding_table(probs)
+        if token_scores is not None:
+            embeds = embeds + self.relevance_embedding(token_scores.unsqueeze(-1).to(embeds.dtype))
+        return embeds, probs
 
 
 __all__ = [
@@ -87,5 +88,4 @@ __all__ = [
     "ArrCocPrototypeLayer",
     "ArrCocQualityAdapter",
     "ArrCocVisualEmbeddingTable",
-    "ArrCocZeroInitEmbedding",
 ]

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .configuration_arrcoc import ArrCocConfig
+from .layers_arrcoc import ArrCocZeroInitLinear
 
 
 @dataclass
@@ -26,20 +27,11 @@ class Selection:
     position_weights: torch.Tensor  # [B, K_max, N]: each token's mix of grid positions (one-hot for top-K)
     token_mask: torch.Tensor  # [B, K_max] bool, False on padding
     kept_patch_mask: torch.Tensor  # [B, N] bool: patches whose own position is kept
+    token_scores: torch.Tensor  # [B, K_max] each token's standardized allocator score (0 where pooled)
 
     @property
     def counts(self) -> torch.Tensor:
         return self.token_mask.sum(-1)
-
-
-class ArrCocZeroInitLinear(nn.Linear):
-    """A linear layer that starts at zero: its output is added to something that must start unchanged.
-    Its own class, so the model's `_init_weights` keeps it at zero instead of drawing it like any Linear."""
-
-    def reset_parameters(self):
-        nn.init.zeros_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
 
 
 class ArrCocCrossAttention(nn.Module):
@@ -94,8 +86,8 @@ class ArrCocBudgetPredictor(nn.Module):
 class ArrCocCompressionHeads(nn.Module):
     """Keep the top-K patches in raster order and fold each dropped patch into its most similar kept one.
 
-    Each kept token also carries its standardized score through `relevance_embedding`. Scores get gradients
-    from the answer loss through that embedding and through a straight-through gate: kept tokens are multiplied by
+    Each kept token's standardized score goes along (`Selection.token_scores`) for the quality adapter.
+    Scores get gradients from the answer loss through it and through a straight-through gate: kept tokens are multiplied by
     `1 + s - s.detach()` with `s = sigmoid(score)`, which is exactly 1 in the forward pass (outputs are
     unchanged) while d(token)/d(score) = token * s * (1 - s) in the backward pass.
     """
@@ -106,9 +98,6 @@ class ArrCocCompressionHeads(nn.Module):
         self.fold_key = nn.Linear(channels, hidden_size)
         # Zero-init: at the start a pretrained CLIP sees plain SAM features.
         self.fold_proj = ArrCocZeroInitLinear(channels, channels)
-        # The allocator already matched the question to every patch; carrying that match on each kept token
-        # spares the LLM from recomputing it (one attention hop instead of two).
-        self.relevance_embedding = ArrCocZeroInitLinear(1, channels, bias=False)
 
     def forward(self, features, scores, counts):
         kept_index, token_mask = top_k_raster(scores, counts)
@@ -116,11 +105,11 @@ class ArrCocCompressionHeads(nn.Module):
         tokens = features[batch, kept_index]
         if self.fold_dropped:
             tokens = tokens + self.fold_proj(self._fold(features, tokens, kept_index, token_mask))
-        tokens = tokens + self.relevance_embedding(standardize(scores)[batch, kept_index].unsqueeze(-1))
         gate = torch.sigmoid(scores[batch, kept_index]).unsqueeze(-1)
         tokens = tokens * (1 + gate - gate.detach()) * token_mask.unsqueeze(-1)
         weights = F.one_hot(kept_index, features.shape[1]).to(features.dtype) * token_mask.unsqueeze(-1)
-        return Selection(tokens, weights, token_mask, weights.sum(1) > 0)
+        token_scores = standardize(scores)[batch, kept_index] * token_mask
+        return Selection(tokens, weights, token_mask, weights.sum(1) > 0, token_scores)
 
     def _fold(self, features, tokens, kept_index, token_mask):
         keys = F.normalize(self.fold_key(features), dim=-1)
@@ -184,7 +173,6 @@ __all__ = [
     "ArrCocCompressionHeads",
     "ArrCocCrossAttention",
     "ArrCocHotspotDetector",
-    "ArrCocZeroInitLinear",
     "Selection",
     "standardize",
     "top_k_raster",

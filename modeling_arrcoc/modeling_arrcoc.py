@@ -12,9 +12,10 @@ from transformers.cache_utils import Cache
 from transformers.models.clip.modeling_clip import CLIPEncoder
 from transformers.utils import ModelOutput
 
-from .adapter_arrcoc import ArrCocQualityAdapter, ArrCocZeroInitEmbedding
-from .allocator_arrcoc import ArrCocAllocator, ArrCocZeroInitLinear, Selection
+from .adapter_arrcoc import ArrCocQualityAdapter
+from .allocator_arrcoc import ArrCocAllocator, Selection
 from .configuration_arrcoc import ArrCocConfig
+from .layers_arrcoc import ArrCocZeroInitEmbedding, ArrCocZeroInitLinear
 
 SELECTIONS = ("learned", "uniform", "hotspot", "random")
 LOSS_COMPONENTS = ("answer", "efficiency", "alignment", "vet_kl")
@@ -209,7 +210,8 @@ class ArrCocModel(ArrCocPreTrainedModel):
         weights = F.adaptive_avg_pool2d(eye, (rows, cols)).flatten(1).T.unsqueeze(0)  # [1, K, N]
         weights = weights.expand(features.shape[0], -1, -1)
         mask = torch.ones(weights.shape[:2], dtype=torch.bool, device=features.device)
-        return Selection(weights @ features, weights, mask, weights.sum(1) > 0)
+        # Pooling ignores the question, so its tokens carry no relevance score.
+        return Selection(weights @ features, weights, mask, weights.sum(1) > 0, torch.zeros_like(mask, dtype=features.dtype))
 
     def resolve_budget(self, budget, budget_logits, num_patches):
         """Per-sample (token counts, tier indices) for `budget`; see `forward`."""
@@ -246,7 +248,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
         scores = decision.hotspot_scores if selection == "hotspot" else decision.patch_scores
         chosen = self.select(features, scores, counts, selection, generator)
         hidden = self.clip_encoder(chosen)
-        embeds, probs = self.quality_adapter(hidden, tiers)
+        embeds, probs = self.quality_adapter(hidden, tiers, chosen.token_scores)
         probs = probs * chosen.token_mask.unsqueeze(-1)
         return embeds, chosen, probs, decision, tiers
 
@@ -473,6 +475,8 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         """
         if pixel_values is None and patch_features is None:
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if input_ids is None:
+            raise ValueError("generate with images needs input_ids, with one <image> token per sample.")
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         _check_image_tokens(input_ids, attention_mask, self.config.image_token_id, pixel_values, patch_features)
         generator = kwargs.pop("generator", None)

@@ -277,9 +277,9 @@ def test_vet_loss_against_teacher_targets(tester):
 
 def test_zero_initialised_layers_start_at_zero(tester):
     model = tester.get_model()
-    heads, norm = model.model.allocator.compression_heads, model.model.quality_adapter.budget_norm
-    for parameter in (heads.fold_proj.weight, heads.fold_proj.bias, heads.relevance_embedding.weight,
-                      norm.tier_scale.weight, norm.tier_shift.weight):
+    heads, adapter = model.model.allocator.compression_heads, model.model.quality_adapter
+    for parameter in (heads.fold_proj.weight, heads.fold_proj.bias, adapter.relevance_embedding.weight,
+                      adapter.budget_norm.tier_scale.weight, adapter.budget_norm.tier_shift.weight):
         assert torch.count_nonzero(parameter) == 0
 
 
@@ -287,9 +287,9 @@ def test_batch_invariance_with_trained_heads(tester):
     """Non-zero fold and relevance layers (as after training) must keep samples independent of their batch."""
     model, inputs = tester.get_model(), tester.prepare_inputs()
     inputs.pop("labels")
-    heads = model.model.allocator.compression_heads
+    heads, adapter = model.model.allocator.compression_heads, model.model.quality_adapter
     with torch.no_grad():
-        for parameter in (heads.fold_proj.weight, heads.relevance_embedding.weight):
+        for parameter in (heads.fold_proj.weight, adapter.relevance_embedding.weight):
             parameter.normal_(std=0.5)
         tiers = [4, 16, 100]
         batch = model(**inputs, budget=tiers)
