@@ -1,0 +1,381 @@
+"""Evaluation: methods, measured tokens, scoring, calibration, the JSON report, figures, eval.py and the model card."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch.nn import functional as F
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+import eval as eval_script
+from conftest import TINY_PRESET
+from modeling_arrcoc import evaluation as E
+from modeling_arrcoc.explanation import prompt_batch
+from modeling_arrcoc.model_card import write_model_card
+
+BUDGETS = [4, 16, 100]  # the tiny preset's tiers on its 8x8 grid: tier 100 keeps all 64 patches
+NUM_SAMPLES = 6
+ALL_METHODS = ["auto", "tier_4", "tier_16", "tier_100", "full"] + [
+    f"{b}@{k}" for b in ("uniform_pool", "saliency_topk", "random", "query_sim") for k in BUDGETS
+]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(TINY_PRESET)).eval()
+    return model, AutoProcessor.from_pretrained(TINY_PRESET)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-checkpoint")
+    model, processor = tiny
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("synthetic-cache"))
+
+
+@pytest.fixture(scope="module")
+def rows(cache_dir):
+    data = E.load_eval_dataset("synthetic", num_samples=NUM_SAMPLES, image_size=64, patch_size=8, cache_dir=cache_dir)
+    return [data.dataset[i] for i in range(NUM_SAMPLES)]
+
+
+@pytest.fixture(scope="module")
+def cli_run(checkpoint, cache_dir, tmp_path_factory):
+    """eval.py's main, end to end on the saved tiny checkpoint, once for the module."""
+    out = tmp_path_factory.mktemp("eval-out")
+    argv = [str(checkpoint), "--dataset", "synthetic", "--num-samples", str(NUM_SAMPLES), "--batch-size", "4",
+            "--max-new-tokens", "3", "--output-dir", str(out), "--cache-dir", cache_dir, "--quiet",
+            "--model-card", str(out / "model_card.md"), "--training-config", "configs/phase1.yaml"]
+    return eval_script.main(argv), out
+
+
+def batch_of(processor, rows):
+    return prompt_batch(processor, [r["image"] for r in rows], [r["question"] for r in rows], 8)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Methods
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_method_names_cover_every_tier_and_baseline():
+    assert E.method_names(BUDGETS) == ALL_METHODS
+    assert E.method_names(BUDGETS, "auto", ("query_sim",)) == ["auto"] + [f"query_sim@{k}" for k in BUDGETS]
+    assert E.method_names(BUDGETS, 1, ("random",)) == ["tier_16", "random@16"], "an index is a tier index"
+    assert E.method_names(BUDGETS, 100, ()) == ["tier_100"], "a value in budgets is a tier value"
+    assert E.method_names(BUDGETS, "full") == ["full"]
+    with pytest.raises(ValueError, match="Unknown baselines"):
+        E.method_names(BUDGETS, "all", ("fastv",))
+
+
+def test_parse_method_swaps_the_selection():
+    assert E.parse_method("uniform_pool@16", BUDGETS) == E.Method("uniform_pool@16", 16, "uniform", "uniform_pool")
+    assert E.parse_method("saliency_topk@4", BUDGETS).selection == "hotspot"
+    assert E.parse_method("tier_100", BUDGETS) == E.Method("tier_100", 100, "learned", "tier")
+    for bad in ("tier_5", "random@", "pool@4", "tier_x"):
+        with pytest.raises(ValueError):
+            E.parse_method(bad, BUDGETS)
+
+
+def test_uniform_pooling_is_skipped_where_the_grid_cannot_make_k_cells(tiny):
+    config = tiny[0].config  # 8x8 grid
+    assert E.unsupported_reason(E.Method("uniform_pool@11", 11, "uniform", "uniform_pool"), config) is not None
+    assert E.unsupported_reason(E.Method("uniform_pool@16", 16, "uniform", "uniform_pool"), config) is None
+    assert E.unsupported_reason(E.Method("random@11", 11, "random", "random"), config) is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scoring, aggregation and calibration from hand-set runs
+# ----------------------------------------------------------------------------------------------------------
+
+
+def hand_run(name, budgets, predictions, counts, tiers, seconds=1.0):
+    return E.MethodRun(E.parse_method(name, budgets), list(predictions), list(counts), list(tiers), seconds)
+
+
+def test_summaries_aggregate_scores_tokens_and_latency(tiny):
+    config = tiny[0].config
+    references = [["7"], ["12"], ["A"], ["3"]]
+    tasks = ["local_color", "region_row", "chart", "chart"]
+    run = hand_run("auto", BUDGETS, ["7", "13", " a ", "3"], [4, 16, 16, 64], [0, 1, 1, 2], seconds=2.0)
+    report = E.build_report({"auto": run}, references, tasks, "exact_match", config)
+    auto = report["methods"]["auto"]
+    assert auto["accuracy"] == 0.75
+    assert auto["per_task"] == {"chart": 1.0, "local_color": 1.0, "region_row": 0.0}
+    assert auto["mean_visual_tokens"] == 25.0 and auto["p50_visual_tokens"] == 16.0
+    assert auto["p95_visual_tokens"] == pytest.approx(np.percentile([4, 16, 16, 64], 95))
+    assert auto["token_histogram"] == {"4": 1, "16": 2, "64": 1}
+    assert auto["tier_histogram"] == {"4": 1, "16": 2, "100": 1}
+    assert auto["compression_ratio"] == 64 / 25.0
+    assert auto["latency_ms_per_query"] == 500.0
+    assert report["calibration"] is None, "no forced tiers were run"
+    assert report["per_tier"]["16"] == {"tier": 1, "n_predicted": 2, "accuracy": 0.5, "mean_visual_tokens": 16.0,
+                                        "n_oracle": None, "forced_accuracy": None}
+
+
+def test_hub_metrics_score_with_their_own_rules(tiny):
+    config = tiny[0].config
+    run = hand_run("full", BUDGETS, ["invoice 12", "10%"], [64, 64], [2, 2])
+    anls = E.build_report({"full": run}, [["invoice 13"], ["10"]], ["docvqa"] * 2, "anls", config)
+    # "invoice 12" vs "invoice 13": one edit in 10; "10%" vs "10": one edit in 3.
+    assert anls["methods"]["full"]["accuracy"] == pytest.approx(((1 - 1 / 10) + (1 - 1 / 3)) / 2)
+    relaxed = E.build_report({"full": run}, [["x"], ["10.4"]], ["chartqa"] * 2, "relaxed_accuracy", config)
+    assert relaxed["methods"]["full"]["accuracy"] == 0.5
+
+
+def test_oracle_tier_is_the_smallest_correct_one():
+    correct_by_tier = [[True, False, False, False], [True, False, False, True], [False, True, False, True]]
+    assert E.oracle_tiers(correct_by_tier) == [0, 2, None, 1]
+
+
+def test_calibration_from_hand_set_oracle_tiers(tiny):
+    config = tiny[0].config
+    references = [["1"], ["2"], ["3"], ["4"], ["5"]]
+    # Which forced tier answers which sample: oracles are [0, 2, None, 1, 0].
+    forced = {
+        "tier_4": ["1", "x", "x", "x", "5"],
+        "tier_16": ["1", "x", "x", "4", "5"],
+        "tier_100": ["x", "2", "x", "4", "5"],
+    }
+    runs = {name: hand_run(name, BUDGETS, preds, [min(int(name[5:]), 64)] * 5, [i] * 5)
+            for i, (name, preds) in enumerate(forced.items())}
+    # auto vs oracle: exact on sample 0, under on 1 (1 < 2), no oracle on 2, over on 3 (2 > 1), over by two on 4.
+    runs["auto"] = hand_run("auto", BUDGETS, ["1", "x", "x", "4", "5"], [4, 16, 64, 64, 64], [0, 1, 2, 2, 2])
+    report = E.build_report(runs, references, ["t"] * 5, "exact_match", config)
+    assert report["calibration"] == {"n": 5, "n_no_oracle": 1, "exact": 0.25, "within_one": 0.75, "over": 0.5,
+                                     "under": 0.25}
+    assert [report["per_tier"][k]["n_oracle"] for k in ("4", "16", "100")] == [2, 1, 1]
+    assert [report["per_tier"][k]["n_predicted"] for k in ("4", "16", "100")] == [1, 1, 3]
+    assert report["per_tier"]["4"]["forced_accuracy"] == 0.4
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Running methods through the tiny model
+# ----------------------------------------------------------------------------------------------------------
+
+
+def mixed_tiers(model):
+    """A per-sample (batch-independent) tier that differs across samples, as a trained allocator's does."""
+    n = len(model.config.budgets)
+    return model.model.allocator.budget_predictor.register_forward_hook(
+        lambda module, args, output: output + 100.0 * F.one_hot((args[2].sum(-1) + 1) % n, n)
+    )
+
+
+def test_auto_matches_model_generate_with_mixed_tiers(tiny, rows):
+    model, processor = tiny
+    hook = mixed_tiers(model)
+    try:
+        runs = E.run_methods(model, processor, rows, [E.parse_method("auto", BUDGETS)], batch_size=NUM_SAMPLES,
+                             max_new_tokens=3, progress=False)
+        batch = batch_of(processor, rows)
+        with torch.no_grad():
+            outputs = model(**batch, budget="auto")
+            generated = model.generate(**batch, budget="auto", max_new_tokens=3, do_sample=False,
+                                       pad_token_id=processor.tokenizer.pad_token_id,
+                                       eos_token_id=processor.tokenizer.eos_token_id)
+    finally:
+        hook.remove()
+    auto = runs["auto"]
+    assert len(set(auto.budget_tiers)) > 1, "the hook should give several tiers in one batch"
+    assert auto.budget_tiers == outputs.budget_tiers.tolist()
+    assert auto.visual_token_counts == outputs.visual_token_counts.tolist()
+    answers = processor.tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert auto.predictions == [a.strip() for a in answers]
+
+
+@pytest.mark.parametrize("name, selection, budget", [("uniform_pool@16", "uniform", 16), ("tier_100", "learned", 100),
+                                                     ("saliency_topk@4", "hotspot", 4), ("full", "learned", "full")])
+def test_token_counts_are_the_models_visual_token_counts(tiny, rows, name, selection, budget):
+    model, processor = tiny
+    runs = E.run_methods(model, processor, rows[:3], [E.parse_method(name, BUDGETS)], batch_size=3, max_new_tokens=1,
+                         progress=False)
+    with torch.no_grad():
+        outputs = model(**batch_of(processor, rows[:3]), budget=budget, selection=selection)
+    assert runs[name].visual_token_counts == outputs.visual_token_counts.tolist()
+    assert runs[name].budget_tiers == outputs.budget_tiers.tolist()
+
+
+def test_random_baseline_is_seeded(tiny, rows):
+    model, processor = tiny
+    method = E.parse_method("random@4", BUDGETS)
+    batch, _ = E._batch(model, processor, rows[:3])
+    with torch.no_grad():
+        first, again, other = (E._prepare(model, batch, method, 4, torch.Generator().manual_seed(s)).inputs_embeds
+                               for s in (0, 0, 1))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other), "another seed draws other patches"
+    runs = [E.run_methods(model, processor, rows[:3], [method], batch_size=3, max_new_tokens=2, seed=0,
+                          progress=False)["random@4"].predictions for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_query_similarity_scores_compare_patch_embeddings_with_the_question(tiny, rows):
+    model, processor = tiny
+    batch, _ = E._batch(model, processor, rows[:2])
+    with torch.no_grad():
+        scores = E.query_similarity_scores(model, batch.features, batch.question_ids, batch.question_mask)
+        full = model.model.prepare_multimodal_inputs(batch.input_ids, None, batch.attention_mask, budget="full",
+                                                     patch_features=batch.features)
+        words = model.get_input_embeddings()(batch.question_ids)
+    for b in range(2):
+        prompt = batch.input_ids[b][batch.attention_mask[b].bool()].tolist()
+        start = full.attention_mask[b].tolist().index(1) + prompt.index(model.config.image_token_id)
+        patches = full.inputs_embeds[b, start:start + 64]  # the 64 visual embeddings, raster order
+        query = words[b][batch.question_mask[b].bool()].mean(0)
+        expected = F.cosine_similarity(patches, query[None], dim=-1)
+        torch.testing.assert_close(scores[b], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_query_sim_inputs_go_through_the_models_own_selection_path(tiny, rows):
+    """Fed the allocator's own scores, the query-sim path reproduces the model's learned inputs exactly."""
+    model, processor = tiny
+    batch, _ = E._batch(model, processor, rows[:3])
+    with torch.no_grad():
+        learned = model.model.prepare_multimodal_inputs(batch.input_ids, None, batch.attention_mask, budget=16,
+                                                        patch_features=batch.features)
+        ours = E.query_similarity_inputs(model, batch.input_ids, batch.attention_mask, batch.features,
+                                         learned.patch_scores, 16)
+    assert torch.equal(ours.inputs_embeds, learned.inputs_embeds)
+    assert torch.equal(ours.visual_token_counts, learned.visual_token_counts)
+
+
+def test_accuracy_counts_answers_the_model_really_gives(tiny, rows):
+    model, processor = tiny
+    methods = [E.parse_method(n, BUDGETS) for n in ("tier_4",)]
+    first = E.run_methods(model, processor, rows, methods, batch_size=4, max_new_tokens=3, progress=False)
+    # References for half the rows are what tier 4 answers: exactly those count as correct.
+    relabelled = [dict(r, answers=[first["tier_4"].predictions[i]]) if i < 3 else r for i, r in enumerate(rows)]
+    assert all(first["tier_4"].predictions[i] not in rows[i]["answers"] for i in range(3, NUM_SAMPLES))
+    report = E.evaluate(model, processor, relabelled, methods=["tier_4"], batch_size=4, max_new_tokens=3,
+                        calibration=False, progress=False)
+    assert report["methods"]["tier_4"]["accuracy"] == 0.5
+    assert report["calibration"] is None and report["per_tier"] is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# eval.py end to end: report, figures, model card
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_cli_report_has_every_method_and_field(cli_run):
+    report, out = cli_run
+    assert list(report["methods"]) == ALL_METHODS
+    fields = {"accuracy", "mean_visual_tokens", "p95_visual_tokens", "per_task", "token_histogram",
+              "latency_ms_per_query", "compression_ratio"}
+    for name, method in report["methods"].items():
+        assert fields <= set(method), name
+        assert 0.0 <= method["accuracy"] <= 1.0 and method["latency_ms_per_query"] > 0
+        assert sum(method["token_histogram"].values()) == NUM_SAMPLES
+    assert set(report["calibration"]) == {"exact", "within_one", "over", "under", "n", "n_no_oracle"}
+    assert report["calibration"]["n"] == NUM_SAMPLES
+    assert set(report["per_tier"]) == {"4", "16", "100"}
+    meta = report["meta"]
+    assert {k: meta[k] for k in ("dataset", "split", "num_samples", "metric")} == {
+        "dataset": "synthetic", "split": "test", "num_samples": NUM_SAMPLES, "metric": "exact_match"}
+    assert meta["checkpoint"].endswith("tiny-checkpoint0") and meta["created"]
+    assert meta["commit"] is None or len(meta["commit"]) == 40
+    assert json.loads((out / "eval.json").read_text()) == report
+
+
+def test_cli_token_counts_are_measured_not_the_tier_values(cli_run):
+    methods = cli_run[0]["methods"]
+    # Tier 100 is larger than the 64-patch grid: every patch, and the report says 64, not 100.
+    for name in ("tier_100", "full", "uniform_pool@100", "random@100", "query_sim@100"):
+        assert methods[name]["token_histogram"] == {"64": NUM_SAMPLES}, name
+        assert methods[name]["compression_ratio"] == 1.0
+    for k in (4, 16):
+        assert methods[f"tier_{k}"]["mean_visual_tokens"] == k
+        assert methods[f"query_sim@{k}"]["p95_visual_tokens"] == k
+
+
+def test_cli_writes_figures_and_predictions(cli_run):
+    _, out = cli_run
+    for name in ("pareto.png", "heatmaps.png"):
+        with Image.open(out / name) as image:
+            image.verify()
+        with Image.open(out / name) as image:
+            assert image.width > 200 and image.height > 200
+            assert len(set(np.asarray(image.convert("L")).reshape(-1).tolist())) > 10, "not a blank canvas"
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == NUM_SAMPLES
+    assert set(json.loads(lines[0])["predictions"]) == set(ALL_METHODS)
+
+
+def test_cli_prints_the_table(checkpoint, cache_dir, tmp_path, capsys):
+    eval_script.main([str(checkpoint), "--num-samples", "2", "--budget", "16", "--baselines", "none",
+                      "--no-calibration", "--max-new-tokens", "1", "--output-dir", str(tmp_path), "--cache-dir",
+                      cache_dir, "--quiet", "--heatmaps-per-task", "1"])
+    printed = capsys.readouterr().out
+    first_words = [line.split()[0] for line in printed.splitlines() if line.strip()]
+    table_rows = [word for word in first_words if word in ALL_METHODS]
+    assert table_rows == ["tier_16"]
+    assert list(json.loads((tmp_path / "eval.json").read_text())["methods"]) == ["tier_16"]
+
+
+def front_matter(text):
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_model_card_carries_the_reports_numbers(cli_run):
+    report, out = cli_run
+    card = (out / "model_card.md").read_text()
+    metadata = front_matter(card)
+    assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-text-to-text"
+    assert metadata["license"] and metadata["tags"] and metadata["metrics"] == ["exact_match"]
+    results = metadata["model-index"][0]["results"][0]
+    accuracies = [m for m in results["metrics"] if m["type"] == "exact_match"]
+    values = {m["name"].split("(")[1].split(",")[0]: m["value"] for m in accuracies}
+    assert values == {n: report["methods"][n]["accuracy"] for n in ("auto", "tier_4", "tier_16", "tier_100", "full")}
+    for name, method in report["methods"].items():
+        row = next(line for line in card.splitlines() if line.startswith(f"| {name} |") or f"**{name}**" in line)
+        assert f"{method['accuracy']:.3f}" in row and f"{method['mean_visual_tokens']:.1f}" in row
+    assert "phase1.yaml" in card, "the training config passed in extra"
+
+
+def test_model_card_from_a_hand_made_report(tmp_path, tiny):
+    config = tiny[0].config
+    runs = {"auto": hand_run("auto", BUDGETS, ["1", "2", "x"], [4, 16, 16], [0, 1, 1])}
+    report = E.build_report(runs, [["1"], ["2"], ["3"]], ["a", "b", "b"], "anls", config,
+                            meta={"checkpoint": "ckpt/arrcoc-demo", "dataset": "docvqa", "split": "validation",
+                                  "dataset_source": "lmms-lab/DocVQA"})
+    path = write_model_card(report, tmp_path / "card.md", {"license": "mit", "training": "phase 1: allocator"})
+    card = path.read_text()
+    metadata = front_matter(card)
+    assert metadata["license"] == "mit" and metadata["datasets"] == ["lmms-lab/DocVQA"]
+    assert metadata["model-index"][0]["name"] == "arrcoc-demo"
+    assert "0.667" in card and "12.0" in card and "phase 1: allocator" in card
+
+
+def test_cli_on_a_local_copy_of_a_hub_dataset_uses_its_metric(checkpoint, tmp_path):
+    import datasets
+
+    pages = [Image.new("RGB", (80, 50), (255, 255, 255)) for _ in range(3)]
+    raw = datasets.Dataset.from_dict(
+        {"questionId": [1, 2, 3], "question": ["What is the total?", "Who signed?", "What is the date?"],
+         "answers": [["12"], None, ["May 3"]], "image": pages},
+        features=datasets.Features({"questionId": datasets.Value("int64"), "question": datasets.Value("string"),
+                                    "answers": datasets.List(datasets.Value("string")), "image": datasets.Image()}),
+    )
+    raw.save_to_disk(tmp_path / "docvqa")
+    report = eval_script.main([str(checkpoint), "--dataset", "docvqa", "--dataset-path", str(tmp_path / "docvqa"),
+                               "--budget", "4", "--baselines", "uniform_pool", "--no-calibration",
+                               "--max-new-tokens", "2", "--output-dir", str(tmp_path / "out"), "--quiet"])
+    meta = report["meta"]
+    assert (meta["metric"], meta["dataset_source"], meta["split"]) == ("anls", "lmms-lab/DocVQA", "validation")
+    assert meta["num_samples"] == 2, "the question without reference answers is dropped"
+    assert list(report["methods"]) == ["tier_4", "uniform_pool@4"]
+    assert list(report["methods"]["tier_4"]["per_task"]) == ["docvqa"]
+    assert (tmp_path / "out" / "heatmaps.png").stat().st_size > 0
