@@ -61,7 +61,7 @@ PRESETS = {
         config=dict(
             vision_config=sam(32, 2, 2, 64, 8, 16, 4, [1]), clip_config=clip(32, 2, 2, 64, 8),
             budgets=[4, 16, 100], allocator_hidden_size=32, allocator_num_heads=2, adapter_num_layers=1,
-            adapter_num_heads=2, num_vet_prototypes=8, visual_vocab_size=64,
+            adapter_num_heads=2, num_vet_prototypes=8, visual_vocab_size=128,
         ),
         text=(32, 2, 2, 1, 512),
     ),

@@ -1,0 +1,140 @@
+"""Learning curves: held-out accuracy per method and answer-box coverage against training steps.
+
+Accuracy here is teacher-forced exact match (every answer token is the argmax), one forward per batch, so a
+curve point costs seconds; eval.py measures the same methods by generation at the end.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+# (name, budget, selection) triples evaluated at every curve point.
+Method = tuple[str, object, str]
+
+
+def methods_for(budgets, include_full=True) -> list[Method]:
+    """ARR-COC at auto and at each forced tier, next to uniform pooling at the same tiers."""
+    methods = [("auto", "auto", "learned")]
+    methods += [(f"tier_{k}", k, "learned") for k in budgets]
+    methods += [(f"uniform_pool@{k}", k, "uniform") for k in budgets]
+    return methods + ([("full", "full", "learned")] if include_full else [])
+
+
+@torch.no_grad()
+def score_batches(model, batches, budget, selection) -> dict:
+    """Teacher-forced exact match, per task and overall; coverage of the answer boxes; mean visual tokens."""
+    was_training = model.training
+    model.eval()
+    hits, covered, tokens, tasks = [], [], [], []
+    for batch in batches:
+        inputs = {k: v for k, v in batch.items() if k in _MODEL_KEYS}
+        out = model(**inputs, budget=budget, selection=selection, logits_on_labels_only=True)
+        hits += _exact_matches(out.logits.argmax(-1), batch["labels"])
+        covered += _coverage(out.kept_patch_mask, batch.get("patch_targets"))
+        tokens += out.visual_token_counts.tolist()
+        tasks += batch["task"]
+    model.train(was_training)
+    return _summarize(hits, covered, tokens, tasks)
+
+
+_MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "labels", "patch_features")
+
+
+def _exact_matches(predictions, labels) -> list[bool]:
+    """Split the flat label-position predictions back into samples."""
+    targets = labels[:, 1:]
+    lengths = (targets != -100).sum(-1).tolist()
+    flat_targets = targets[targets != -100]
+    matches, start = [], 0
+    for length in lengths:
+        matches.append(bool(torch.equal(predictions[start:start + length], flat_targets[start:start + length])))
+        start += length
+    return matches
+
+
+def _coverage(kept, targets) -> list[float | None]:
+    """Whether every patch touched by the answer box was kept (None where a sample has no box)."""
+    if targets is None:
+        return [None] * kept.shape[0]
+    inside = targets > 0
+    full = ((kept & inside).sum(-1) == inside.sum(-1)).tolist()
+    return [f if n else None for f, n in zip(full, inside.sum(-1).tolist())]
+
+
+def _summarize(hits, covered, tokens, tasks) -> dict:
+    per_task = {}
+    for task in sorted(set(tasks)):
+        per_task[task] = sum(h for h, t in zip(hits, tasks) if t == task) / tasks.count(task)
+    boxed = [c for c in covered if c is not None]
+    return {
+        "accuracy": sum(hits) / len(hits),
+        "per_task": per_task,
+        "coverage": sum(boxed) / len(boxed) if boxed else None,
+        "mean_visual_tokens": sum(tokens) / len(tokens),
+    }
+
+
+@dataclass
+class LearningCurve:
+    """Points {step, methods: {name: summary}} appended to a JSON file, rewritten whole at each point."""
+
+    path: Path
+    points: list = field(default_factory=list)
+
+    def add(self, step: int, model, batches, methods: list[Method]):
+        summaries = {name: score_batches(model, batches, budget, selection) for name, budget, selection in methods}
+        self.points.append({"step": step, "methods": summaries})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"points": self.points}, indent=1))
+        temporary.replace(self.path)  # atomic: a reader never sees half a file
+        return summaries
+
+
+class LearningCurveCallback(TrainerCallback):
+    """Adds a curve point every `every` steps and at the end of training."""
+
+    def __init__(self, curve: LearningCurve, batches, methods: list[Method], every: int):
+        self.curve, self.batches, self.methods, self.every = curve, batches, methods, every
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and state.global_step % self.every == 0:
+            self.curve.add(state.global_step, model, self.batches, self.methods)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if not self.curve.points or self.curve.points[-1]["step"] != state.global_step:
+            self.curve.add(state.global_step, model, self.batches, self.methods)
+
+
+def plot_learning_curve(points: list, path, title: str = "held-out accuracy"):
+    """Accuracy per method against steps (solid), answer-box coverage of `auto` (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    steps = [p["step"] for p in points]
+    for name in points[-1]["methods"]:
+        axis.plot(steps, [p["methods"][name]["accuracy"] for p in points], marker=".", label=name,
+                  linestyle="-" if not name.startswith("uniform") else ":")
+    coverage = [p["methods"].get("auto", {}).get("coverage") for p in points]
+    if any(c is not None for c in coverage):
+        axis.plot(steps, coverage, "k--", label="answer-box coverage (auto)")
+    axis.set(xlabel="training step", ylabel="accuracy / coverage", ylim=(0, 1.02), title=title)
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+__all__ = [
+    "LearningCurve",
+    "LearningCurveCallback",
+    "methods_for",
+    "plot_learning_curve",
+    "score_batches",
+]

@@ -1,0 +1,165 @@
+"""The training curriculum as one table: which components each phase trains, and how its forward picks a tier.
+
+`apply_phase(model, phase, **options)` is the only place that sets `requires_grad`: it freezes everything, then
+unfreezes what the phase's row names, then applies the phase's optional extras (the last N SAM blocks, the last
+N LLM layers, LoRA on the LLM). Frozen parameters get `requires_grad=False`, so the trainer never puts them in an
+optimizer group and they get no optimizer state.
+
+Components are module attributes of `ArrCocForConditionalGeneration`, never parameter-name patterns.
+"""
+
+from dataclasses import dataclass
+
+from torch import nn
+
+COMPONENTS = ("vision_tower", "allocator", "clip_encoder", "quality_adapter", "language_model", "lm_head")
+BUDGET_MODES = ("auto", "random", "heuristic", "full")
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """One row of the curriculum.
+
+    trains: components trained in full; every other component is frozen.
+    budget: how the training forward picks each sample's tier: "auto" (the allocator's prediction, which the
+        trainer calibrates), "random" (one tier drawn per optimizer step, DeepSeek-style multi-budget training
+        of the parts downstream of the allocator), "heuristic" (short question -> smallest tier, else largest).
+    options: the extras this phase accepts (see `apply_phase`); any other non-default option is an error.
+    """
+
+    trains: tuple[str, ...]
+    budget: str
+    options: tuple[str, ...] = ()
+    description: str = ""
+
+
+PHASES = {
+    "pretrain": PhaseSpec(COMPONENTS, "random", (), "everything from random init; a random tier per step"),
+    "phase0": PhaseSpec(("quality_adapter",), "heuristic", (), "adapter only; does variable compression help?"),
+    "phase1": PhaseSpec(("allocator", "quality_adapter"), "auto", ("sam_unfreeze_last_n",), "learn to allocate"),
+    "phase2": PhaseSpec(
+        ("clip_encoder", "quality_adapter"), "random", ("llm_unfreeze_last_n", "lora_rank"),
+        "teach CLIP and the adapter every tier",
+    ),
+    "phase3": PhaseSpec(COMPONENTS, "auto", (), "everything, per-component learning rates"),
+}
+
+
+def component_modules(model) -> dict[str, nn.Module]:
+    """The six trainable components of an `ArrCocForConditionalGeneration`, by attribute."""
+    return {
+        "vision_tower": model.model.vision_tower,
+        "allocator": model.model.allocator,
+        "clip_encoder": model.model.clip_encoder,
+        "quality_adapter": model.model.quality_adapter,
+        "language_model": model.model.language_model,
+        "lm_head": model.lm_head,
+    }
+
+
+def component_parameters(model) -> dict[str, list[nn.Parameter]]:
+    """Parameters per component, each parameter once: a weight tied across components (lm_head tied to the
+    input embeddings) belongs to the first component that holds it."""
+    seen, owned = set(), {}
+    for name, module in component_modules(model).items():
+        owned[name] = [p for p in module.parameters() if id(p) not in seen]
+        seen.update(id(p) for p in owned[name])
+    return owned
+
+
+def apply_phase(model, phase: str, *, sam_unfreeze_last_n: int = 0, llm_unfreeze_last_n: int = 0,
+                lora_rank: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
+                lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")) -> PhaseSpec:
+    """Freeze / unfreeze `model` in place for `phase` (a key of `PHASES`) and return its spec.
+
+    sam_unfreeze_last_n (phase1): also train the last N SAM blocks and the SAM neck that follows them.
+    llm_unfreeze_last_n (phase2): also train the last N decoder layers and the final norm of the LLM.
+    lora_rank (phase2): inject LoRA adapters (PEFT) of this rank into the LLM's `lora_target_modules`; merge
+        them with `merge_lora` before saving a plain checkpoint.
+    """
+    spec = check_phase(phase, sam_unfreeze_last_n=sam_unfreeze_last_n, llm_unfreeze_last_n=llm_unfreeze_last_n,
+                        lora_rank=lora_rank)
+    model.requires_grad_(False)
+    modules = component_modules(model)
+    for name in spec.trains:
+        modules[name].requires_grad_(True)
+    if sam_unfreeze_last_n:
+        _unfreeze_last(modules["vision_tower"].vision_encoder.layers, sam_unfreeze_last_n, "SAM blocks")
+        modules["vision_tower"].vision_encoder.neck.requires_grad_(True)
+    if llm_unfreeze_last_n:
+        _unfreeze_last(modules["language_model"].layers, llm_unfreeze_last_n, "LLM layers")
+        modules["language_model"].norm.requires_grad_(True)
+    if lora_rank:
+        _inject_lora(modules["language_model"], lora_rank, lora_alpha, lora_dropout, lora_target_modules)
+    return spec
+
+
+def check_phase(phase: str, **options) -> PhaseSpec:
+    """The spec of `phase`, after checking that each non-zero option is one the phase accepts."""
+    if phase not in PHASES:
+        raise ValueError(f"Unknown phase {phase!r}; expected one of {sorted(PHASES)}.")
+    spec = PHASES[phase]
+    for name, value in options.items():
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}.")
+        if value and name not in spec.options:
+            raise ValueError(f"{name}={value} is not an option of {phase} (its options: {list(spec.options)}).")
+    return spec
+
+
+def _unfreeze_last(layers: nn.ModuleList, count: int, what: str):
+    if count > len(layers):
+        raise ValueError(f"Cannot unfreeze the last {count} {what}: the model has {len(layers)}.")
+    for layer in layers[len(layers) - count:]:
+        layer.requires_grad_(True)
+
+
+def _inject_lora(language_model, rank, alpha, dropout, target_modules):
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
+    inject_adapter_in_model(config, language_model)
+    # PEFT marks only the adapters of the module it was given as trainable; the rest of the LLM stays frozen.
+
+
+def merge_lora(model) -> int:
+    """Fold LoRA adapters into the LLM's base weights and put the plain layers back, so the checkpoint loads
+    with `from_pretrained`. Returns the number of layers merged (0 when no LoRA was injected)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    merged = 0
+    language_model = model.model.language_model
+    for name, module in list(language_model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(language_model.get_submodule(parent_name), child, module.get_base_layer())
+            merged += 1
+    return merged
+
+
+def trainable_parameter_counts(model) -> dict[str, tuple[int, int]]:
+    """(trainable, total) parameter counts per component."""
+    counts = {}
+    for name, params in component_parameters(model).items():
+        counts[name] = (sum(_numel(p) for p in params if p.requires_grad), sum(_numel(p) for p in params))
+    return counts
+
+
+def _numel(param) -> int:
+    # Under DeepSpeed ZeRO-3 a parameter is partitioned (numel 0 here); ds_numel is its full size.
+    return param.ds_numel if hasattr(param, "ds_numel") else param.numel()
+
+
+__all__ = [
+    "BUDGET_MODES",
+    "COMPONENTS",
+    "PHASES",
+    "PhaseSpec",
+    "apply_phase",
+    "check_phase",
+    "component_modules",
+    "component_parameters",
+    "merge_lora",
+    "trainable_parameter_counts",
+]

@@ -1,0 +1,506 @@
+"""Training: phases, optimizer groups, loss weights, calibration, exact resume, non-finite steps, YAML, train.py,
+tier-grouped batches, cached SAM features, 2-process DDP. Tiny preset (64 px, 8 px patches), a few steps each."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, HfArgumentParser, TrainerCallback
+
+from conftest import ROOT, TINY_PRESET
+
+import modeling_arrcoc  # noqa: F401
+from modeling_arrcoc.data.collator import ArrCocCollator
+from modeling_arrcoc.data.sampler import TierGroupedBatchSampler, measure_padding_share, question_tiers
+from modeling_arrcoc.data.synthetic import NUM_VISUAL_WORDS
+from modeling_arrcoc.phases import PHASES, apply_phase, component_parameters, merge_lora, trainable_parameter_counts
+from modeling_arrcoc.trainer_arrcoc import (
+    ArrCocTrainer,
+    ArrCocTrainingArguments,
+    NonFiniteLossError,
+    SamFeatureCache,
+    check_param_groups,
+    smallest_sufficient_tier,
+)
+
+sys.path.insert(0, str(ROOT))
+import train  # noqa: E402
+
+# The compression heads assign dropped patches to kept ones by argmax, so fold_key never receives a gradient.
+NO_GRADIENT = {"model.allocator.compression_heads.fold_key.weight", "model.allocator.compression_heads.fold_key.bias"}
+SEED_LRS = dict(learning_rate_vision_tower=1e-7, learning_rate_allocator=5e-6, learning_rate_clip_encoder=1e-5,
+                learning_rate_quality_adapter=5e-5, learning_rate_language_model=3e-7)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # On a shared 2-core machine, two intra-op threads make these tiny ops ~100x slower under load.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_args(tmp_path_factory):
+    return train.DataArguments(synthetic_num_train=24, synthetic_num_validation=8,
+                               synthetic_cache_dir=str(tmp_path_factory.mktemp("synthetic")))
+
+
+@pytest.fixture(scope="module")
+def datasets(data_args):
+    config = AutoConfig.from_pretrained(TINY_PRESET, **TINY_OVERRIDES)
+    return train.build_datasets(data_args, config)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return AutoProcessor.from_pretrained(TINY_PRESET)
+
+
+# The tiny preset's visual vocabulary (64) is smaller than the synthetic suite's visual words (67).
+TINY_OVERRIDES = {"visual_vocab_size": max(NUM_VISUAL_WORDS, 64)}
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(TINY_PRESET, **TINY_OVERRIDES))
+
+
+def make_args(tmp_path, phase="phase1", **overrides):
+    values = dict(output_dir=str(tmp_path), phase=phase, max_steps=2, per_device_train_batch_size=4,
+                  learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+                  dataloader_pin_memory=False, seed=0, calibration_every=1)
+    return ArrCocTrainingArguments(**{**values, **overrides})
+
+
+def make_trainer(tmp_path, datasets, processor, phase="phase1", model=None, callbacks=None, **overrides):
+    model = tiny_model() if model is None else model
+    args = make_args(tmp_path, phase, **overrides)
+    apply_phase(model, phase, sam_unfreeze_last_n=args.sam_unfreeze_last_n, lora_rank=args.lora_rank)
+    return ArrCocTrainer(model=model, args=args, data_collator=ArrCocCollator(processor, patch_size=8),
+                         train_dataset=datasets[0], eval_dataset=datasets[1], processing_class=processor,
+                         callbacks=callbacks)
+
+
+def snapshot(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+# --- phases -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_phase_table_sets_requires_grad(phase):
+    model = tiny_model()
+    apply_phase(model, phase)
+    for name, (trainable, total) in trainable_parameter_counts(model).items():
+        assert trainable == (total if name in PHASES[phase].trains else 0), name
+
+
+def test_phase_options():
+    model = tiny_model()
+    apply_phase(model, "phase1", sam_unfreeze_last_n=1)
+    blocks = model.model.vision_tower.vision_encoder.layers
+    assert all(p.requires_grad for p in blocks[-1].parameters())
+    assert not any(p.requires_grad for p in blocks[0].parameters())
+    apply_phase(model, "phase2", llm_unfreeze_last_n=1)
+    layers = model.model.language_model.layers
+    assert all(p.requires_grad for p in layers[-1].parameters())
+    assert not any(p.requires_grad for p in layers[0].parameters())
+    assert not model.model.allocator.patch_proj.weight.requires_grad
+    with pytest.raises(ValueError, match="not an option of phase1"):
+        apply_phase(model, "phase1", llm_unfreeze_last_n=1)
+    with pytest.raises(ValueError, match="Unknown phase"):
+        apply_phase(model, "phase9")
+
+
+def test_lora_trains_adapters_only_and_merges_exactly(tester):
+    model = tester.get_model()
+    apply_phase(model, "phase2", lora_rank=2)
+    lora = [n for n, p in model.model.language_model.named_parameters() if p.requires_grad]
+    assert lora and all(".lora_" in n for n in lora)
+    with torch.no_grad():
+        for name, p in model.model.language_model.named_parameters():
+            if ".lora_B." in name:
+                p.normal_()  # LoRA starts as the identity; make it count
+    inputs = tester.prepare_inputs()
+    before = model(**inputs, budget=16).logits
+    assert merge_lora(model) == 2 * 4  # 2 layers x q, k, v, o
+    torch.testing.assert_close(model(**inputs, budget=16).logits, before, atol=1e-5, rtol=1e-5)
+    assert not any("lora" in key or "base_layer" in key for key in model.state_dict())
+
+
+# --- training a few steps ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_phase_training_changes_exactly_the_trainable_parameters(phase, tmp_path, datasets, processor):
+    trainer = make_trainer(tmp_path, datasets, processor, phase)
+    before = snapshot(trainer.model)
+    trainer.train()
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    for name, p in trainer.model.named_parameters():
+        changed = not torch.equal(p, before[name])
+        assert changed == (name in trainable and name not in NO_GRADIENT), name
+    stateful = {id(p) for p in trainer.optimizer.state}
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    assert {names[i] for i in stateful} == trainable - NO_GRADIENT  # frozen params have no optimizer state
+    logged = trainer.state.log_history[0]
+    assert {"answer_loss", "efficiency_loss", "alignment_loss", "vet_kl_loss", "visual_tokens_mean"} <= set(logged)
+    assert all(f"grad_norm/{c}" in logged for c in PHASES[phase].trains)
+
+
+def test_param_group_coverage_assertion(tmp_path, datasets, processor):
+    trainer = make_trainer(tmp_path, datasets, processor, "phase3", **SEED_LRS)
+    optimizer = trainer.create_optimizer()
+    lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert lrs["vision_tower"] == 1e-7 and lrs["allocator"] == 5e-6 and lrs["clip_encoder"] == 1e-5
+    assert lrs["quality_adapter"] == 5e-5 and lrs["language_model"] == 3e-7 and lrs["lm_head"] == 3e-7
+    groups = [dict(g, params=list(g["params"])) for g in optimizer.param_groups]
+    check_param_groups(trainer.model, groups)
+    dropped = [dict(g, params=g["params"][1:]) if i == 0 else g for i, g in enumerate(groups)]
+    with pytest.raises(AssertionError, match="in no group"):
+        check_param_groups(trainer.model, dropped)
+    with pytest.raises(AssertionError, match="in several groups"):
+        check_param_groups(trainer.model, groups + [groups[0]])
+    apply_phase(trainer.model, "phase1")
+    with pytest.raises(AssertionError, match="frozen or foreign"):
+        check_param_groups(trainer.model, groups)
+
+
+def test_trainer_refuses_a_model_the_phase_was_not_applied_to(tmp_path, processor):
+    with pytest.raises(ValueError, match="call apply_phase"):
+        ArrCocTrainer(model=tiny_model(), args=make_args(tmp_path, "phase1"),
+                      data_collator=ArrCocCollator(processor, patch_size=8))
+
+
+def test_tied_lm_head_is_grouped_once(tester):
+    model = tester.get_model(tie_word_embeddings=True)
+    apply_phase(model, "phase3")
+    owned = component_parameters(model)
+    assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
+    assert owned["lm_head"] == []
+
+
+def test_loss_weights_applied_as_configured(tmp_path, datasets, processor):
+    weights = dict(loss_weight_answer=1.0, loss_weight_efficiency=0.5, efficiency_weight_start=0.001,
+                   efficiency_warmup_steps=10, loss_weight_alignment=0.25, loss_weight_vet_kl=2.0,
+                   loss_weight_budget=0.7)
+    trainer = make_trainer(tmp_path, datasets, processor, "phase1", **weights)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    for step, efficiency in ((0, 0.001), (5, 0.001 + 0.5 * (0.5 - 0.001)), (20, 0.5)):
+        trainer.state.global_step = step
+        loss, out = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True)
+        budget_loss = trainer._metrics["train"]["budget_loss"][-1]
+        expected = (out.answer_loss + efficiency * out.efficiency_loss + 0.25 * out.alignment_loss
+                    + 2.0 * out.vet_kl_loss + 0.7 * budget_loss)
+        torch.testing.assert_close(loss, expected.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_visual_token_grad_normalization(tmp_path, datasets, processor):
+    plain = make_trainer(tmp_path, datasets, processor, "phase2", calibration_every=0)
+    scaled = make_trainer(tmp_path, datasets, processor, "phase2", calibration_every=0,
+                          grad_normalization="visual_tokens")
+    batch = plain._prepare_inputs(next(iter(plain.get_train_dataloader())))
+    loss, out = plain.compute_loss(plain.model.train(), dict(batch), return_outputs=True)
+    mean_tier = (4 + 16 + 64) / 3  # tiers 4, 16, 100 on a 64-patch grid
+    expected = loss * mean_tier / out.visual_token_counts.float().mean()
+    torch.testing.assert_close(scaled.compute_loss(scaled.model.train(), dict(batch)), expected)
+
+
+def test_curriculum_starts_with_easy_families(tmp_path, datasets, processor):
+    trainer = make_trainer(tmp_path, datasets, processor, "phase1", curriculum_easy_families=["local_color"],
+                           curriculum_easy_steps=2)
+    assert trainer.args.train_sampling_strategy == "sequential"
+    tasks = list(trainer.train_dataset["task"])
+    assert set(tasks[:8]) == {"local_color"} and len(tasks) == 8 + len(datasets[0])
+
+
+def test_reduce_lr_on_plateau_scales_every_component(tmp_path, datasets, processor):
+    trainer = make_trainer(tmp_path, datasets, processor, "phase1", max_steps=4, eval_strategy="steps", eval_steps=1,
+                           lr_scheduler_type="reduce_lr_on_plateau", metric_for_best_model="answer_loss",
+                           lr_scheduler_kwargs={"patience": 0, "factor": 0.5, "threshold": 1.0},
+                           learning_rate_allocator=1e-2, learning_rate_quality_adapter=1e-3)
+    trainer.train()
+    lrs = {group["name"]: group["lr"] for group in trainer.optimizer.param_groups}
+    assert lrs["allocator"] < 1e-2 and lrs["allocator"] / lrs["quality_adapter"] == pytest.approx(10)
+
+
+def test_smallest_sufficient_tier():
+    losses = torch.tensor([[2.0, 1.0, 0.98], [0.5, 0.5, 0.5], [3.0, 2.0, 1.0], [float("nan")] * 3])
+    assert smallest_sufficient_tier(losses, 0.05).tolist() == [1, 0, 2, 0]
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True  # an interruption right after the checkpoint is written
+
+
+@pytest.mark.parametrize("phase, extra", [("pretrain", {}), ("phase0", {"group_by_tier": True})])
+def test_resume_is_exact(phase, extra, tmp_path, datasets, processor):
+    # 24 rows / batch 8 = 3 steps an epoch: the resumed run crosses an epoch boundary. Pretrain draws a tier per
+    # step and calibrates the budget every step; phase0 reads tier-grouped batches from its own sampler.
+    settings = dict(max_steps=5, per_device_train_batch_size=8, save_strategy="steps", save_steps=2,
+                    learning_rate=3e-3, **extra)
+    full = make_trainer(tmp_path / "full", datasets, processor, phase, **settings)
+    full.train()
+    cut = make_trainer(tmp_path / "cut", datasets, processor, phase, callbacks=[StopAt(2)], **settings)
+    cut.train()
+    assert cut.state.global_step == 2
+    resumed = make_trainer(tmp_path / "cut", datasets, processor, phase, **settings)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-2"))
+    expected = dict(full.model.named_parameters())
+    for name, p in resumed.model.named_parameters():
+        torch.testing.assert_close(p, expected[name], rtol=0, atol=1e-6, msg=name)
+    assert [h["loss"] for h in resumed.state.log_history if "loss" in h][-3:] == \
+        [h["loss"] for h in full.state.log_history if "loss" in h][-3:]
+
+
+def nan_on_calls(model, calls):
+    """Make the model's answer loss NaN on the given (1-based) training forward calls."""
+    forward, count = model.forward, {"n": 0}
+
+    def patched(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if torch.is_grad_enabled():
+            count["n"] += 1
+            if count["n"] in calls:
+                out.answer_loss = out.answer_loss * float("nan")
+        return out
+
+    model.forward = patched
+
+
+class Snapshots(TrainerCallback):
+    def __init__(self):
+        self.weights = {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.weights[state.global_step] = model.model.quality_adapter.visual_head.weight.detach().clone()
+
+
+def test_nonfinite_step_is_skipped(tmp_path, datasets, processor):
+    model, snaps = tiny_model(), Snapshots()
+    nan_on_calls(model, {2})
+    trainer = make_trainer(tmp_path, datasets, processor, "phase0", model=model, callbacks=[snaps], max_steps=3)
+    trainer.train()
+    assert torch.equal(snaps.weights[1], snaps.weights[2]) and not torch.equal(snaps.weights[2], snaps.weights[3])
+    weight = trainer.model.model.quality_adapter.visual_head.weight
+    assert trainer.optimizer.state[weight]["step"] == 2  # one of three steps skipped: no optimizer update
+    assert trainer.state.log_history[-2]["nonfinite_steps"] == 1
+
+
+def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, datasets, processor):
+    model = tiny_model()
+    nan_on_calls(model, set(range(2, 100)))
+    trainer = make_trainer(tmp_path, datasets, processor, "phase0", model=model, max_steps=6, save_strategy="steps",
+                           save_steps=1, max_nonfinite_steps=2)
+    with pytest.raises(NonFiniteLossError, match="2 consecutive optimizer steps"):
+        trainer.train()
+    saved = sorted(os.listdir(tmp_path))
+    assert saved == ["checkpoint-1", "checkpoint-2"]  # the run stops inside step 3, before its checkpoint
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "checkpoint-1")
+    after_step_1 = reloaded.model.quality_adapter.visual_head.weight
+    torch.testing.assert_close(trainer.model.model.quality_adapter.visual_head.weight, after_step_1, rtol=0, atol=0)
+
+
+# --- arguments and YAML -------------------------------------------------------------------------------------------
+
+
+def test_yaml_unknown_keys_are_rejected(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("output_dir: out\nphase: phase1\nlearning_rte: 1.0e-3\n")
+    with pytest.raises(ValueError, match="not used by the HfArgumentParser"):
+        HfArgumentParser(ArrCocTrainingArguments).parse_yaml_file(str(path), allow_extra_keys=False)
+    with pytest.raises(ValueError, match="did you mean 'learning_rate'"):
+        train.parse_config([str(path)])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(phase="phase9"), "Unknown phase"),
+    (dict(loss_weight_efficiency=-1.0), "loss weight efficiency"),
+    (dict(phase="phase3", cache_sam_features=True), "needs a frozen SAM"),
+    (dict(phase="phase1", lora_rank=4), "not an option of phase1"),
+    (dict(train_budget="sometimes"), "train_budget must be one of"),
+    (dict(phase="phase1", group_by_tier=True), "group_by_tier needs"),
+    (dict(grad_norm_ranges={"sam": [0, 1]}), "unknown component 'sam'"),
+    (dict(early_stopping_patience=2), "needs load_best_model_at_end"),
+])
+def test_arguments_are_validated_early(bad, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        ArrCocTrainingArguments(output_dir=str(tmp_path), **bad)
+
+
+def test_shipped_yamls_parse():
+    phases = {}
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        if "accelerate" not in path.parts:  # bf16 (base preset YAMLs) needs a GPU: this machine has none
+            model_args, _, args = train.parse_config([str(path), "output_dir=/tmp/unused", "bf16=false"])
+            phases[path.relative_to(ROOT / "configs").as_posix()] = args.phase
+    assert phases == {"demo/phase1.yaml": "phase1", "demo/phase2.yaml": "phase2", "demo/phase3.yaml": "phase3",
+                      "demo/pretrain.yaml": "pretrain", "phase0.yaml": "phase0", "phase1.yaml": "phase1",
+                      "phase2.yaml": "phase2", "phase3.yaml": "phase3"}
+
+
+# --- data: grouped batches, cached SAM features -------------------------------------------------------------------
+
+
+def test_tier_grouped_batches(datasets):
+    tiers = question_tiers(list(datasets[0]["question"]), 3) * 4  # 96 rows
+    sampler = TierGroupedBatchSampler(tiers, batch_size=4, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    assert all(len({tiers[i] for i in batch}) == 1 for batch in batches)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(tiers)))
+    half = len(batches) // 2
+    for stretch in (batches[:half], batches[half:]):  # every stretch of the epoch sees every tier
+        assert {tiers[b[0]] for b in stretch} == set(tiers)
+    assert list(sampler) == batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    share = measure_padding_share(tiers, [4, 16, 100], batch_size=4, num_patches=64)
+    assert share["grouped"] == 0.0 < share["random"]
+
+
+def test_group_by_tier_trainer_batches_are_single_tier(tmp_path, datasets, processor):
+    trainer = make_trainer(tmp_path, datasets, processor, "phase0", group_by_tier=True)
+    for batch in trainer.get_train_dataloader():
+        assert batch["budget_tier"].unique().numel() == 1
+
+
+def test_sam_feature_cache(tmp_path, datasets, processor):
+    trainer = make_trainer(tmp_path, datasets, processor, "phase1", cache_sam_features=True, calibration_every=0)
+    model, batch = trainer.model, next(iter(trainer.get_train_dataloader()))
+    assert "sample_index" in batch
+    cache = trainer.feature_cache
+    first = cache.lookup(model, batch["pixel_values"], batch["sample_index"])
+    again = cache.lookup(model, batch["pixel_values"], batch["sample_index"])
+    torch.testing.assert_close(first, model.model.get_patch_features(batch["pixel_values"]), rtol=0, atol=1e-6)
+    assert torch.equal(first, again) and (cache.hits, cache.misses) == (4, 4)
+    half = SamFeatureCache(torch.bfloat16).lookup(model, batch["pixel_values"], batch["sample_index"])
+    torch.testing.assert_close(half, first, rtol=1e-2, atol=1e-2)  # half the memory, bf16 precision
+    model.train()
+    cached = trainer.compute_loss(model, dict(batch))
+    batch.pop("sample_index")
+    torch.testing.assert_close(cached, trainer.compute_loss(model, dict(batch)), rtol=1e-5, atol=1e-6)
+
+
+# --- train.py -----------------------------------------------------------------------------------------------------
+
+
+def tiny_yaml(path, data_args, **values):
+    config = dict(model_preset="configs/model/tiny", config_overrides=TINY_OVERRIDES,
+                  synthetic_num_train=data_args.synthetic_num_train,
+                  synthetic_num_validation=data_args.synthetic_num_validation,
+                  synthetic_cache_dir=data_args.synthetic_cache_dir, phase="phase1", max_steps=4,
+                  per_device_train_batch_size=4, learning_rate=1e-2, logging_steps=1, report_to="none",
+                  disable_tqdm=True, dataloader_pin_memory=False, output_dir=str(path.parent / "out"))
+    config.update(values)
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_train_main_smoke(tmp_path, data_args, datasets):
+    # 8 steps x 4 rows > 24 rows: the second epoch reads SAM features from the cache.
+    config = tiny_yaml(tmp_path / "phase1.yaml", data_args, cache_sam_features=True, max_steps=8,
+                       eval_strategy="steps", eval_steps=4, save_strategy="steps", save_steps=4, save_total_limit=1,
+                       load_best_model_at_end=True, metric_for_best_model="answer_loss", early_stopping_patience=3)
+    trainer = train.main([config, "calibration_every=2", "learning_curve_every=4", "learning_curve_samples=8"])
+    final = tmp_path / "out" / "checkpoint"
+    assert (final / "model.safetensors").exists() and (final / "training_args.json").exists()
+    assert not list(final.glob("*.bin")) and not list(final.glob("*.pt"))
+    model = AutoModelForImageTextToText.from_pretrained(final)
+    processor = AutoProcessor.from_pretrained(final)
+    assert processor.image_processor.size == 64 and model.config.budgets == [4, 16, 100]
+    history = trainer.state.log_history
+    assert any("eval_answer_loss" in h for h in history) and any("budget_loss" in h for h in history)
+    assert trainer.feature_cache.hits > 0
+    curve = json.loads((tmp_path / "out" / "learning_curve.json").read_text())
+    assert [point["step"] for point in curve["points"]] == [4, 8] and "uniform_pool@16" in curve["points"][0]["methods"]
+
+
+# 2 processes x batch 2 against 1 process x batch 2 x 2 accumulation: the same samples per step, and both average
+# two half-batch losses, so the logged losses and final weights agree up to float rounding.
+DISTRIBUTED = dict(max_steps=3, per_device_train_batch_size=2, calibration_every=2, learning_rate=3e-3,
+                   save_strategy="steps", save_steps=3)
+
+
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory, data_args, datasets):
+    path = tmp_path_factory.mktemp("single")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    trainer = train.main([tiny_yaml(path / "single.yaml", data_args, gradient_accumulation_steps=2, **DISTRIBUTED),
+                          f"output_dir={path / 'out'}"])
+    torch.set_num_threads(threads)
+    return trainer
+
+
+def launch_two_processes(tmp_path, data_args, launcher_args):
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train.py"),
+               tiny_yaml(tmp_path / "run.yaml", data_args, **DISTRIBUTED), f"output_dir={tmp_path / 'out'}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "x 2 processes" in result.stdout  # really two ranks, not two independent runs
+    state = json.loads((tmp_path / "out" / "checkpoint-3" / "trainer_state.json").read_text())
+    return [h["loss"] for h in state["log_history"] if "loss" in h], tmp_path / "out" / "checkpoint"
+
+
+def assert_same_run(single, losses, checkpoint, atol):
+    expected_losses = [h["loss"] for h in single.state.log_history if "loss" in h]
+    assert len(losses) == len(expected_losses) == 3
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(expected_losses), rtol=0, atol=atol)
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint)
+    expected = dict(single.model.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, expected[name], rtol=0, atol=atol, msg=name)
+
+
+def test_train_main_from_components(tmp_path, data_args, datasets):
+    """The base preset's path (components.json: SAM, CLIP and Qwen3 checkpoints) on tiny local checkpoints."""
+    from transformers import AutoTokenizer, CLIPVisionModel, Qwen3ForCausalLM, SamVisionModel
+
+    tiny = AutoConfig.from_pretrained(TINY_PRESET, **TINY_OVERRIDES)
+    tokenizer = AutoTokenizer.from_pretrained(TINY_PRESET)
+    tokenizer.add_special_tokens({"additional_special_tokens": [train.BASE_IMAGE_TOKEN]})
+    tiny.text_config.vocab_size = len(tokenizer)
+    for name, component in (("sam", SamVisionModel(tiny.vision_config)), ("clip", CLIPVisionModel(tiny.clip_config)),
+                            ("text", Qwen3ForCausalLM(tiny.text_config))):
+        component.save_pretrained(tmp_path / name)
+    tokenizer.save_pretrained(tmp_path / "text")
+    preset = tmp_path / "preset"
+    preset.mkdir()
+    (preset / "components.json").write_text(json.dumps({k: str(tmp_path / k) for k in ("sam", "clip", "text")})
+                                            .replace('"sam"', '"vision"'))
+    (preset / "config.json").write_text(tiny.to_json_string())
+    trainer = train.main([tiny_yaml(tmp_path / "base.yaml", data_args, model_preset=str(preset), max_steps=1)])
+    config = trainer.model.config
+    assert config.budgets == [4, 16, 100] and config.visual_vocab_size == NUM_VISUAL_WORDS
+    assert config.image_token_id == tokenizer.convert_tokens_to_ids(train.BASE_IMAGE_TOKEN)
+    assert AutoProcessor.from_pretrained(tmp_path / "out" / "checkpoint").image_token == train.BASE_IMAGE_TOKEN
+
+
+def test_ddp_two_processes_match_one_process(tmp_path, data_args, single_process_run):
+    # --multi_gpu on a CPU-only machine: ArrCocTrainingArguments switches to gloo DDP (use_cpu) by itself.
+    losses, checkpoint = launch_two_processes(tmp_path, data_args, ["--multi_gpu"])
+    assert_same_run(single_process_run, losses, checkpoint, atol=1e-5)
+
+
+def test_deepspeed_zero2_two_processes_match_one_process(tmp_path, data_args, single_process_run):
+    pytest.importorskip("deepspeed")
+    config = yaml.safe_load((ROOT / "configs" / "accelerate" / "deepspeed_zero2.yaml").read_text())
+    (tmp_path / "zero2.yaml").write_text(yaml.safe_dump({**config, "use_cpu": True}))
+    losses, checkpoint = launch_two_processes(tmp_path, data_args, ["--config_file", str(tmp_path / "zero2.yaml")])
+    assert_same_run(single_process_run, losses, checkpoint, atol=1e-5)
