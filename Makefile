@@ -19,6 +19,24 @@ venv: $(VENV)/.installed
 test: venv
 	$(PY) -m pytest -q tests
 
+# The shipped base the demo starts from (reproduced by `make pretrain`, which takes longer than the demo).
+BASE := pretrained/demo-base
+
+pretrain: venv
+	$(PY) train.py configs/demo/pretrain.yaml
+	$(PY) tools/export_base.py outputs/demo/pretrain/checkpoint $(BASE) --config configs/demo/pretrain.yaml \
+		--curve outputs/demo/pretrain/learning_curve.json
+
+demo: venv
+	$(PY) train.py configs/demo/phase1.yaml
+	$(PY) train.py configs/demo/phase2.yaml
+	$(PY) train.py configs/demo/phase3.yaml
+	$(PY) eval.py outputs/demo/checkpoint --dataset synthetic --split test --budget all \
+		--output-dir outputs/demo --model-card model_card.md
+
+bench: venv
+	$(PY) bench/run_all.py
+
 presets: venv
 	$(PY) tools/make_presets.py
 

@@ -1,0 +1,74 @@
+"""Export a pretrained demo checkpoint as the shipped base: half-precision safetensors, processor, provenance.
+
+    python tools/export_base.py outputs/pretrain/checkpoint pretrained/demo-base --config configs/demo/pretrain.yaml
+
+The base is stored in float16 to keep the repository small (~12 MB for the demo preset); `from_pretrained(...,
+dtype=torch.float32)` widens it again for training. PROVENANCE.json records the command, the commit, the
+training YAML and the held-out learning curve that produced it.
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def provenance(source: Path, config: Path | None, curve: Path | None) -> dict:
+    record = {
+        "command": "make pretrain",
+        "source_checkpoint": str(source),
+        "commit": git_commit(),
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "storage_dtype": "float16",
+    }
+    if config is not None:
+        record["training_config"] = config.read_text()
+    if curve is not None and curve.exists():
+        record["learning_curve"] = json.loads(curve.read_text())
+    return record
+
+
+def export(source: Path, target: Path, config: Path | None, curve: Path | None):
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(source)
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.to(torch.float16).save_pretrained(staging)
+    processor.save_pretrained(staging)
+    for code in staging.glob("*.py"):
+        code.unlink()  # the base is read with the package imported; no stale copies of its source
+    (staging / "PROVENANCE.json").write_text(json.dumps(provenance(source, config, curve), indent=2) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)  # the shipped base is replaced whole or not at all
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path)
+    parser.add_argument("target", type=Path)
+    parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--curve", type=Path, default=None)
+    args = parser.parse_args(argv)
+    export(args.source, args.target, args.config, args.curve)
+    print(f"exported {args.source} -> {args.target}")
+
+
+if __name__ == "__main__":
+    main()
