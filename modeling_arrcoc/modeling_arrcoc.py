@@ -166,6 +166,9 @@ class ArrCocModel(ArrCocPreTrainedModel):
         super().__init__(config)
         if config.vision_config._attn_implementation == "flash_attention_2":
             raise ValueError("The SAM vision tower cannot use flash_attention_2; use 'sdpa' or 'eager' for it.")
+        if config.clip_config._attn_implementation == "flash_attention_2":
+            # The CLIP encoder is a bare module that from_pretrained never checks: check it here, at load.
+            self.get_correct_attn_implementation("flash_attention_2", is_init_check=True)
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.allocator = ArrCocAllocator(config)
         self.clip_encoder = ArrCocClipEncoder(config)

@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: on a shared 2-core machine, small ops with two threads ran 10-100x slower under load.
+torch.set_num_threads(1)
 
 TINY_PRESET = ROOT / "configs" / "model" / "tiny"
 

@@ -152,12 +152,6 @@ def test_flash_attention_for_the_llm_without_flash_attn_is_refused_at_load(tmp_p
         ArrCocForConditionalGeneration.from_pretrained(tmp_path, attn_implementation={"text_config": "flash_attention_2"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ArrCocClipEncoder is a bare nn.Module, so from_pretrained never checks clip_config's attention: the load "
-    "succeeds and the first forward fails inside transformers' flash-attention dispatch (an ImportError about "
-    "`kernels`). Fix: check it in ArrCocModel.__init__ (see docs/inference.md); then remove this marker.",
-)
 @pytest.mark.skipif(is_flash_attn_2_available(), reason="flash-attn is installed: the refusal cannot be observed")
 def test_flash_attention_for_clip_without_flash_attn_is_refused_at_load(tmp_path):
     ArrCocModelTester().get_model().save_pretrained(tmp_path)
