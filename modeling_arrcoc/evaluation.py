@@ -86,7 +86,6 @@ from tqdm.auto import tqdm
 from .data import HUB_DATASETS, SyntheticConfig, load_hub_dataset, make_synthetic_suite, resolve_name
 from .explanation import explain, prompt_batch, render_heatmap
 from .metrics import METRICS, calibration_stats, token_stats
-from .modeling_arrcoc import _splice
 
 SYNTHETIC = "synthetic"
 SYNTHETIC_METRIC = "exact_match"
@@ -218,16 +217,12 @@ def query_similarity_scores(model, patch_features, question_ids, question_mask) 
 @torch.no_grad()
 def query_similarity_inputs(model, input_ids, attention_mask, patch_features, scores, budget) -> PreparedInputs:
     """Spliced LLM inputs keeping the top-`budget` patches by `scores`, through the checkpoint's own compression
-    heads, CLIP encoder and quality adapter (at the tier of `budget`)."""
-    inner = model.model
-    no_logits = patch_features.new_zeros(patch_features.shape[0], len(model.config.budgets))
-    counts, tiers = inner.resolve_budget(budget, no_logits, patch_features.shape[1])
-    chosen = inner.select(patch_features, scores, counts, "learned")
-    embeds, _ = inner.quality_adapter(inner.clip_encoder(chosen), tiers)
-    text = inner.get_input_embeddings()(input_ids)
-    # TODO(model hook): a `patch_scores` override in prepare_multimodal_inputs would make this private import go.
-    spliced = _splice(input_ids, attention_mask, None, text, embeds, chosen.token_mask, model.config.image_token_id)
-    return PreparedInputs(*spliced[:3], visual_token_counts=chosen.counts, budget_tiers=tiers)
+    heads, CLIP encoder and quality adapter (at the tier of `budget`): only the selection rule is swapped."""
+    prepared = model.model.prepare_multimodal_inputs(
+        input_ids, None, attention_mask, budget=budget, patch_features=patch_features, selection_scores=scores
+    )
+    return PreparedInputs(prepared.inputs_embeds, prepared.attention_mask, prepared.position_ids,
+                          visual_token_counts=prepared.visual_token_counts, budget_tiers=prepared.budget_tiers)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -239,9 +239,12 @@ class ArrCocModel(ArrCocPreTrainedModel):
 
     def get_image_features(
         self, pixel_values, input_ids, attention_mask, labels=None, budget="auto", selection="learned",
-        patch_features=None, generator=None,
+        patch_features=None, generator=None, selection_scores=None,
     ):
-        """Visual embeddings per image for its question: (embeds [B, K_max, D], token mask, probs, decisions)."""
+        """Visual embeddings per image for its question: (embeds [B, K_max, D], token mask, probs, decisions).
+
+        `selection_scores` [B, N] replace the allocator's scores in the top-K rule, so an external selection
+        rule (e.g. a training-free query-similarity baseline) runs through everything else unchanged."""
         if selection not in SELECTIONS:
             raise ValueError(f"Unknown selection {selection!r}; expected one of {SELECTIONS}.")
         features = self.get_patch_features(pixel_values) if patch_features is None else patch_features
@@ -249,6 +252,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
         decision = self.allocator(features, question, question_mask)
         counts, tiers = self.resolve_budget(budget, decision.budget_logits, features.shape[1])
         scores = decision.hotspot_scores if selection == "hotspot" else decision.patch_scores
+        scores = scores if selection_scores is None else selection_scores
         chosen = self.select(features, scores, counts, selection, generator)
         hidden = self.clip_encoder(chosen)
         embeds, probs = self.quality_adapter(hidden, tiers, chosen.token_scores)
@@ -257,13 +261,14 @@ class ArrCocModel(ArrCocPreTrainedModel):
 
     def prepare_multimodal_inputs(
         self, input_ids, pixel_values, attention_mask=None, labels=None, budget="auto", selection="learned",
-        patch_features=None, generator=None,
+        patch_features=None, generator=None, selection_scores=None,
     ) -> ArrCocMultimodalInputs:
         """Select visual tokens and splice each sample's K_i embeddings at its `<image>` token, left-padded."""
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         _check_image_tokens(input_ids, attention_mask, self.config.image_token_id, pixel_values, patch_features)
         embeds, chosen, probs, decision, tiers = self.get_image_features(
-            pixel_values, input_ids, attention_mask, labels, budget, selection, patch_features, generator
+            pixel_values, input_ids, attention_mask, labels, budget, selection, patch_features, generator,
+            selection_scores,
         )
         text_embeds = self.get_input_embeddings()(input_ids)
         spliced = _splice(input_ids, attention_mask, labels, text_embeds, embeds, chosen.token_mask,
