@@ -82,3 +82,15 @@ class ArrCocModelTester:
 @pytest.fixture
 def tester():
     return ArrCocModelTester()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A random-weight model of the shipped tiny preset, with its processor."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
+
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(TINY_PRESET)).eval()
+    return model, AutoProcessor.from_pretrained(TINY_PRESET)

@@ -8,10 +8,8 @@ import torch
 import yaml
 from PIL import Image
 from torch.nn import functional as F
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 import eval as eval_script
-from conftest import TINY_PRESET
 from modeling_arrcoc import evaluation as E
 from modeling_arrcoc.explanation import prompt_batch
 from modeling_arrcoc.model_card import write_model_card
@@ -21,13 +19,6 @@ NUM_SAMPLES = 6
 ALL_METHODS = ["auto", "tier_4", "tier_16", "tier_100", "full"] + [
     f"{b}@{k}" for b in ("uniform_pool", "saliency_topk", "random", "query_sim") for k in BUDGETS
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(TINY_PRESET)).eval()
-    return model, AutoProcessor.from_pretrained(TINY_PRESET)
 
 
 @pytest.fixture(scope="module")

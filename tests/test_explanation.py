@@ -4,20 +4,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-from conftest import TINY_PRESET
 from modeling_arrcoc.data import render_sample, sample_rng
 from modeling_arrcoc.explanation import OUTLINE_COLOR, Explanation, explain, prompt_batch, render_heatmap
 
 IMAGE_SIZE, PATCH = 64, 8  # the tiny preset's geometry: an 8x8 grid, budgets 4 / 16 / 100
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(TINY_PRESET)).eval()
-    return model, AutoProcessor.from_pretrained(TINY_PRESET)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from modeling_arrcoc.data import synthetic
 from modeling_arrcoc.data.synthetic import (
     BAR_LABELS,
     FAMILIES,
-    FEATURES,
     KEY_COLORS,
     QUESTION_TEMPLATES,
     STYLES,
