@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch lies on this machine's disk; pinning it keeps pip from pulling a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test demo pretrain presets bench clean
+.PHONY: venv test demo pretrain presets bench readme clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ demo: venv
 
 bench: venv
 	$(PY) bench/run_all.py
+
+# Fills README.md's generated blocks from outputs/ and pretrained/ (never hand-typed numbers).
+readme: venv
+	$(PY) tools/render_readme.py
 
 presets: venv
 	$(PY) tools/make_presets.py

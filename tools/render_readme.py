@@ -1,0 +1,91 @@
+"""Fill README.md's generated blocks from what the repo's own commands wrote (`make readme`).
+
+    demo      <- outputs/demo/eval.json                 (make demo)
+    heatmap   <- outputs/demo/heatmaps.png -> docs/heatmaps.png
+    pretrain  <- pretrained/demo-base/PROVENANCE.json   (make pretrain)
+    bench     <- outputs/bench/summary.md               (make bench)
+
+A block whose source is missing is left as it is, so no number in the README is ever typed by hand.
+"""
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- BEGIN generated:{name}[^>]*-->\n).*?(<!-- END generated:{name} -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"README.md has no generated block named {name!r}")
+    return pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
+
+
+def demo_block(report: dict) -> str:
+    rows = ["| method | accuracy | mean visual tokens | p95 tokens | latency ms/query |", "|---|---|---|---|---|"]
+    for name, method in report["methods"].items():
+        rows.append(f"| {name} | {method['accuracy']:.3f} | {method['mean_visual_tokens']:.1f} | "
+                    f"{method['p95_visual_tokens']:.0f} | {method['latency_ms_per_query']:.1f} |")
+    tasks = sorted(report["methods"]["auto"]["per_task"])
+    task_rows = ["| method | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    for name in ("auto", "full", *[n for n in report["methods"] if n.startswith("tier_")]):
+        if name in report["methods"]:
+            per_task = report["methods"][name]["per_task"]
+            task_rows.append(f"| {name} | " + " | ".join(f"{per_task.get(t, float('nan')):.2f}" for t in tasks) + " |")
+    meta = report["meta"]
+    lines = [f"Held-out test split ({meta['split']}, {meta['num_samples']} samples, {meta['metric']}), "
+             f"checkpoint `{meta['checkpoint']}`, commit `{str(meta.get('commit'))[:10]}`:", "", *rows, "",
+             "Per task family:", "", *task_rows]
+    calibration = report.get("calibration")
+    if calibration and calibration.get("exact") is not None:
+        lines += ["", f"Budget calibration vs the oracle-minimal tier ({calibration['n'] - calibration['n_no_oracle']} "
+                      f"samples with an oracle): exact {calibration['exact']:.2f}, within one tier "
+                      f"{calibration['within_one']:.2f}, over {calibration['over']:.2f}, under {calibration['under']:.2f}."]
+    return "\n".join(lines + ["", "![accuracy vs visual tokens](docs/pareto.png)"])
+
+
+def pretrain_block(provenance: dict) -> str:
+    points = provenance.get("learning_curve", {}).get("points", [])
+    if not points:
+        return "*(the base was exported without a learning curve)*"
+    names = [n for n in points[-1]["methods"] if n != "full"]
+    rows = ["| step | " + " | ".join(names) + " | coverage (auto) |", "|---" * (len(names) + 2) + "|"]
+    for point in points:
+        methods = point["methods"]
+        coverage = methods.get("auto", {}).get("coverage")
+        rows.append(f"| {point['step']} | " + " | ".join(f"{methods[n]['accuracy']:.2f}" for n in names)
+                    + f" | {coverage if coverage is None else round(coverage, 2)} |")
+    header = (f"Held-out accuracy (teacher-forced exact match) during `make pretrain`, commit "
+              f"`{str(provenance.get('commit'))[:10]}`:")
+    return "\n".join([header, "", *rows])
+
+
+def main():
+    text = README.read_text()
+    sources = {
+        "demo": ROOT / "outputs/demo/eval.json",
+        "pretrain": ROOT / "pretrained/demo-base/PROVENANCE.json",
+        "bench": ROOT / "outputs/bench/summary.md",
+        "heatmap": ROOT / "outputs/demo/heatmaps.png",
+    }
+    if sources["demo"].exists():
+        text = replace_block(text, "demo", demo_block(json.loads(sources["demo"].read_text())))
+        shutil.copyfile(ROOT / "outputs/demo/pareto.png", ROOT / "docs/pareto.png")
+    if sources["heatmap"].exists():
+        shutil.copyfile(sources["heatmap"], ROOT / "docs/heatmaps.png")
+        text = replace_block(text, "heatmap", "![where each question pulled its tokens from](docs/heatmaps.png)")
+    if sources["pretrain"].exists():
+        text = replace_block(text, "pretrain", pretrain_block(json.loads(sources["pretrain"].read_text())))
+    if sources["bench"].exists():
+        text = replace_block(text, "bench", sources["bench"].read_text())
+    README.write_text(text)
+    missing = [name for name, path in sources.items() if not path.exists()]
+    print("rendered README.md" + (f"; not yet produced: {', '.join(missing)}" if missing else ""), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
