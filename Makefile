@@ -31,8 +31,10 @@ demo: venv
 	$(PY) train.py configs/demo/phase1.yaml
 	$(PY) train.py configs/demo/phase2.yaml
 	$(PY) train.py configs/demo/phase3.yaml
-	$(PY) eval.py outputs/demo/checkpoint --dataset synthetic --split test --budget all \
-		--output-dir outputs/demo --model-card model_card.md
+	$(PY) eval.py outputs/demo/checkpoint --dataset synthetic --split test --budget all --num-samples 200 \
+		--output-dir outputs/demo --model-card model_card.md --model-name arrcoc-demo \
+		--training-config configs/demo/phase1.yaml --training-config configs/demo/phase2.yaml \
+		--training-config configs/demo/phase3.yaml
 
 bench: venv
 	$(PY) bench/run_all.py

@@ -406,9 +406,10 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
             saliency top-K) or "random": baselines run through the same model at the same budgets.
         patch_features: precomputed SAM features [B, N, C] (cache them when SAM is frozen).
         patch_targets: [B, N] answer-region coverage per patch, for the alignment loss.
-        visual_targets: [B, N] a teacher's visual-vocabulary id per patch (-100: none). With it, `vet_kl_loss`
-            is the cross-entropy of the adapter's distribution against the teacher (KL up to the teacher's
-            entropy, 0 for one-hot targets); without it, the KL of vocabulary usage from uniform.
+        visual_targets: [B, N] or [B, N, M] a teacher's visual-vocabulary ids per patch (-100: none); M ids
+            mean a uniform M-hot teacher distribution. With it, `vet_kl_loss` is the cross-entropy of the
+            adapter's distribution against the teacher (the KL plus the teacher's entropy); without it, the KL
+            of vocabulary usage from uniform.
         loss_weights: weights of `LOSS_COMPONENTS` in `loss`; default {"answer": 1.0} (others 0).
         logits_on_labels_only: compute `logits` only at positions that predict a label (training speed);
             `logits` is then [n_label_tokens, vocab].
@@ -611,12 +612,15 @@ def alignment_loss(patch_scores, patch_targets=None):
 
 
 def vet_kl_loss(visual_probs, visual_mask, token_targets=None):
-    """Against a teacher: cross-entropy of each kept token's distribution with its patch's visual word.
-    Without one: KL(visual-vocabulary usage || uniform), so the adapter cannot collapse onto a few VET rows."""
+    """Against a teacher: cross-entropy of each kept token's distribution with its patch's visual words
+    ([B, K, M] ids, a uniform M-hot target). Without one: KL(visual-vocabulary usage || uniform), so the adapter
+    cannot collapse onto a few VET rows."""
     if token_targets is not None:
-        valid = visual_mask & (token_targets != -100)
+        valid = visual_mask.unsqueeze(-1) & (token_targets != -100)
         if valid.any():
-            return -visual_probs[valid].float().clamp(min=1e-12).log().gather(1, token_targets[valid, None]).mean()
+            log_probs = visual_probs.float().clamp(min=1e-12).log()
+            picked = log_probs.gather(2, token_targets.clamp(min=0))
+            return -picked[valid].mean()
     usage = visual_probs[visual_mask].float().mean(0)
     return (usage * (usage.clamp(min=1e-12).log() + math.log(usage.numel()))).sum()
 
@@ -625,7 +629,9 @@ def _token_targets(visual_targets, token_sources):
     """Each visual token's teacher id: that of the patch it was selected from (the dominant one if pooled)."""
     if visual_targets is None:
         return None
-    return visual_targets.gather(1, token_sources)
+    targets = visual_targets if visual_targets.ndim == 3 else visual_targets.unsqueeze(-1)
+    index = token_sources.unsqueeze(-1).expand(-1, -1, targets.shape[-1])
+    return targets.gather(1, index)  # [B, K, M]
 
 
 def _weighted_total(losses, loss_weights):

@@ -275,6 +275,17 @@ def test_vet_loss_against_teacher_targets(tester):
     assert not torch.allclose(prior.vet_kl_loss, out.vet_kl_loss)
 
 
+def test_vet_loss_with_two_hot_teacher(tester):
+    """[B, N, M] targets: a uniform M-hot teacher; the loss averages -log p over every valid (token, word)."""
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    targets = torch.randint(0, 64, (tester.batch_size, tester.num_patches, 2))
+    targets[:, :8, 1] = -100
+    out = model(**inputs, budget="full", visual_targets=targets)
+    log_probs = out.visual_probs.log()  # budget "full": token i is patch i
+    picked = log_probs.gather(2, targets.clamp(min=0))
+    torch.testing.assert_close(out.vet_kl_loss, -picked[targets != -100].mean())
+
+
 def test_zero_initialised_layers_start_at_zero(tester):
     model = tester.get_model()
     heads, adapter = model.model.allocator.compression_heads, model.model.quality_adapter

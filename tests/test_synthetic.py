@@ -402,15 +402,19 @@ def test_data_modules_do_not_import_the_model():
 
 
 def test_visual_words_describe_the_answer_cell():
-    from modeling_arrcoc.data.synthetic import COLOR_NAMES, NUM_VISUAL_WORDS, render_sample
+    from modeling_arrcoc.data.synthetic import COLOR_NAMES, DARK_WORD, NUM_VISUAL_WORDS, render_sample
 
     for seed in range(5):
         row = render_sample("local_color", np.random.default_rng(seed))
         words = np.array(row["visual_targets"])
-        assert words.shape == (256,) and words.min() >= 0 and words.max() < NUM_VISUAL_WORDS
+        assert words.shape == (256, 2) and words.min() >= 0 and words.max() < NUM_VISUAL_WORDS
         x0, y0, _, _ = row["boxes"][0]
         cell = int(y0 // 16) * 16 + int(x0 // 16)
         colour = COLOR_NAMES.index(row["question"].split()[3])
-        assert words[cell] == 11 + 10 * colour + int(row["answers"][0])
+        assert words[cell].tolist() == [1 + int(row["answers"][0]), 12 + colour]
+        glyph, ink = words[:, 0], words[:, 1]
+        assert ((glyph == 0) == (ink == 0)).all(), "empty cells, and only they, have the empty ink word"
+        assert (ink[(glyph > 0) & (ink != 12 + colour)] >= 12).all()
+        assert (ink == DARK_WORD).sum() > 100, "most glyphs are dark distractors"
     chart = render_sample("chart", np.random.default_rng(0))
-    assert set(chart["visual_targets"]) == {-100}
+    assert {tuple(w) for w in chart["visual_targets"]} == {(-100, -100)}

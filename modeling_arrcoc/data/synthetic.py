@@ -487,7 +487,7 @@ def render_sample(
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if family == "chart":
         pixels, question, answers, boxes = _render_chart(rng, image_size, variant)
-        words = [-100] * (image_size // patch_size) ** 2  # charts have no per-cell reading labels
+        words = [[-100, -100]] * (image_size // patch_size) ** 2  # charts have no per-cell reading labels
     elif family in _PAGE_FAMILIES:
         _check_geometry(image_size, patch_size)
         page = _new_page(rng, image_size, patch_size, variant)
@@ -508,27 +508,27 @@ def render_sample(
     }
 
 
-# Visual words: what each cell shows, a reading teacher for the adapter's visual vocabulary (VET loss).
-# 0 empty; 1 + d a dark digit d; 11 + 10 c + d digit d in key colour c; 61 + c a square of key colour c;
-# 66 any other square. Shades of a key colour (held-out variant) map to the same word.
-NUM_VISUAL_WORDS = 67
+# Visual words: what each cell shows, a reading teacher for the adapter's visual vocabulary (VET loss). Each cell
+# has two words, its glyph and its ink, so the teacher distribution is two-hot and a cell's embedding mixes two
+# shared VET rows: "red 4" and "red 7" share the "red" row, and the language model learns "red" once.
+# Glyph words: 0 empty, 1 + d digit d, 11 square. Ink words: 12 + c key colour c, 17 dark ink; an empty cell has
+# the empty word twice. Shades of a key colour (held-out variant) map to the same word.
+NUM_VISUAL_WORDS = 18
+SQUARE_WORD, DARK_WORD = 11, 17
 
 
 def visual_words(page: _Page) -> np.ndarray:
-    """[G * G] visual-word id of every cell, in raster order."""
+    """[G * G, 2] (glyph word, ink word) of every cell, in raster order."""
     names = KEY_COLORS[page.variant]
     palette = np.array([names[name] for name in COLOR_NAMES], np.float32)
     is_key = np.abs(page.ink[:, :, None, :] - palette).sum(-1) < 1e-3  # [G, G, colours]
-    colour = np.where(is_key.any(-1), is_key.argmax(-1), -1)
-    digit = np.full(page.glyph.shape, -1)
+    glyph = np.zeros(page.glyph.shape, np.int64)
     for d, styles in enumerate(page.bank.digits):
-        digit[np.isin(page.glyph, styles)] = d
-    square = np.isin(page.glyph, page.bank.squares)
-    words = np.zeros(page.glyph.shape, np.int64)
-    words[(digit >= 0) & (colour < 0)] = 1 + digit[(digit >= 0) & (colour < 0)]
-    words[(digit >= 0) & (colour >= 0)] = 11 + 10 * colour[(digit >= 0) & (colour >= 0)] + digit[(digit >= 0) & (colour >= 0)]
-    words[square] = np.where(colour[square] >= 0, 61 + colour[square], 66)
-    return words.reshape(-1)
+        glyph[np.isin(page.glyph, styles)] = 1 + d
+    glyph[np.isin(page.glyph, page.bank.squares)] = SQUARE_WORD
+    ink = np.where(is_key.any(-1), 12 + is_key.argmax(-1), DARK_WORD)
+    ink = np.where(glyph == 0, 0, ink)
+    return np.stack([glyph, ink], axis=-1).reshape(-1, 2)
 
 
 def corpus_text() -> str:
@@ -593,7 +593,9 @@ FEATURES = datasets.Features(
     }
 )
 # The synthetic suite adds a reading teacher per patch; the common schema (Hub adapters) does not have one.
-SYNTHETIC_FEATURES = datasets.Features({**FEATURES, "visual_targets": datasets.List(datasets.Value("int64"))})
+SYNTHETIC_FEATURES = datasets.Features(
+    {**FEATURES, "visual_targets": datasets.List(datasets.List(datasets.Value("int64")))}
+)
 
 _SPLIT_STREAMS = {"train": 0, "validation": 1, "test": 2}
 
