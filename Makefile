@@ -12,6 +12,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test,tensorboard]"
+	# DeepSpeed ships as source: building it against the torch already installed (no isolated build env)
+	# keeps pip from fetching a CUDA torch for the build. The ZeRO-2 CPU test uses it.
+	$(PY) -m pip install -q --no-build-isolation "deepspeed>=0.16,<0.20"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -40,7 +40,7 @@ class ModelArguments:
                 "CLIP, Qwen3 checkpoints) assembled with from_components."})
     init_from: str | None = field(default=None, metadata={"help": "Checkpoint directory to start from instead."})
     config_overrides: dict | None = field(default=None, metadata={
-        "help": "Preset config fields to change before the model is built, e.g. {visual_vocab_size: 67}."})
+        "help": "Preset config fields to change before the model is built, e.g. {visual_vocab_size: 128}."})
     dtype: str = field(default="float32", metadata={
         "help": "Weights dtype for training (the shipped demo base is stored in float16; mixed precision is bf16)."})
 

@@ -487,7 +487,7 @@ def test_train_main_from_components(tmp_path, data_args, datasets):
     (preset / "config.json").write_text(tiny.to_json_string())
     trainer = train.main([tiny_yaml(tmp_path / "base.yaml", data_args, model_preset=str(preset), max_steps=1)])
     config = trainer.model.config
-    assert config.budgets == [4, 16, 100] and config.visual_vocab_size == NUM_VISUAL_WORDS
+    assert config.budgets == [4, 16, 100] and config.visual_vocab_size == TINY_OVERRIDES["visual_vocab_size"]
     assert config.image_token_id == tokenizer.convert_tokens_to_ids(train.BASE_IMAGE_TOKEN)
     assert AutoProcessor.from_pretrained(tmp_path / "out" / "checkpoint").image_token == train.BASE_IMAGE_TOKEN
 
