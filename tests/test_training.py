@@ -504,3 +504,15 @@ def test_deepspeed_zero2_two_processes_match_one_process(tmp_path, data_args, si
     (tmp_path / "zero2.yaml").write_text(yaml.safe_dump({**config, "use_cpu": True}))
     losses, checkpoint = launch_two_processes(tmp_path, data_args, ["--config_file", str(tmp_path / "zero2.yaml")])
     assert_same_run(single_process_run, losses, checkpoint, atol=1e-5)
+
+
+def test_step_tier_weights_shape_the_multi_budget_draw():
+    from modeling_arrcoc.trainer_arrcoc import step_tier
+
+    draws = [step_tier(0, step, 3, [0.8, 0.2, 0.0]) for step in range(2000)]
+    assert draws.count(2) == 0, "a zero-weight tier is never drawn"
+    assert 0.75 < draws.count(0) / len(draws) < 0.85
+    assert draws == [step_tier(0, step, 3, [0.8, 0.2, 0.0]) for step in range(2000)], "a pure function of the step"
+    assert {step_tier(0, step, 3) for step in range(200)} == {0, 1, 2}
+    with pytest.raises(ValueError, match="3 tiers"):
+        step_tier(0, 0, 3, [1.0, 1.0])
