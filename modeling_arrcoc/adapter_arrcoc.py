@@ -79,7 +79,10 @@ class ArrCocQualityAdapter(nn.Module):
         probs = self.visual_head_norm(self.visual_head(hidden_states)).softmax(-1)
         embeds = self.visual_embedding_table(probs)
         if token_scores is not None:
-            embeds = embeds + self.relevance_embedding(token_scores.unsqueeze(-1).to(embeds.dtype))
+            # Bounded: a z-score of 10+ on the answer cell would otherwise drown that token's own content (the
+            # one token the question needs), and the LLM then never learned to read it (measured).
+            tag = torch.tanh(token_scores / 4).unsqueeze(-1).to(embeds.dtype)
+            embeds = embeds + self.relevance_embedding(tag)
         return embeds, probs
 
 

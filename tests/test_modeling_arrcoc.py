@@ -308,3 +308,17 @@ def test_batch_invariance_with_trained_heads(tester):
             alone = model(**unpadded(inputs, b), budget=[tiers[b]])
             length = alone.logits.shape[1]
             assert (batch.logits[b, -length:] - alone.logits[0]).abs().max() < 1e-5
+
+
+def test_relevance_tag_is_bounded(tester):
+    """However peaked the allocator's scores, the tag added to a token is at most the embedding's own norm."""
+    model = tester.get_model()
+    adapter = model.model.quality_adapter
+    with torch.no_grad():
+        adapter.relevance_embedding.weight.fill_(1.0)
+        hidden = torch.zeros(1, 2, model.config.clip_config.hidden_size)
+        tiers = torch.zeros(1, dtype=torch.long)
+        plain, _ = adapter(hidden, tiers)
+        tagged, _ = adapter(hidden, tiers, torch.tensor([[0.0, 1e4]]))
+    shift = (tagged - plain).norm(dim=-1)
+    assert shift[0, 0] == 0 and 0 < shift[0, 1] <= adapter.relevance_embedding.weight.norm() + 1e-5
