@@ -8,35 +8,26 @@ where grouping changes the largest share of the work.
 
     python bench/prefill_grouping.py [--repeats 9] [--tiers 8 8 16 16 32 32 64 256] [--threads 1]
 
-One thread by default: on this shared 2-core machine, two torch threads spin-wait for each other whenever another
-process holds a core, and timings then swing by 10x between repeats; one thread stays within ~10%. The speed-up is
-a property of the work (positions, tokens), which the thread count does not change.
-
-Prints min/median/max per mode, in wall time and in process CPU time (steadier on a shared machine), and the
-speed-up (padded / grouped, of medians and of minimums); writes outputs/bench/prefill_grouping.json.
+One thread by default (see bench/common.py). Prints min/median/max per mode, in wall time and in process CPU
+time (steadier on a shared machine), and the speed-up (padded / grouped) per round as min/median/max; writes
+outputs/bench/prefill_grouping.json.
 """
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench import common  # noqa: E402  (first: it pins the thread count before torch starts its pool)
 
-from transformers import AutoConfig, AutoProcessor  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from modeling_arrcoc import ArrCocForConditionalGeneration  # noqa: E402
-
-PRESET = ROOT / "configs" / "model" / "demo"
+NAME = "prefill_grouping"
+DEFAULT_TIERS = (8, 8, 16, 16, 32, 32, 64, 256)
+MODES = ("grouped", "padded")
 QUESTIONS = (
     "What is the digit in row 2, column 5?",
     "What colour is the square at the top left?",
@@ -49,47 +40,29 @@ QUESTIONS = (
 )
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiers", type=int, nargs="+", default=[8, 8, 16, 16, 32, 32, 64, 256],
+    common.add_common_args(parser, repeats=9)
+    parser.add_argument("--tiers", type=int, nargs="+", default=list(DEFAULT_TIERS),
                         help="one tier per sample (the batch size is their number)")
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--output", type=Path, default=ROOT / "outputs" / "bench" / "prefill_grouping.json")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def build(tiers):
-    torch.manual_seed(0)
-    model = ArrCocForConditionalGeneration(AutoConfig.from_pretrained(PRESET)).eval()
-    processor = AutoProcessor.from_pretrained(PRESET)
+def build(preset, tiers):
+    model, processor = common.load_model(preset)
+    size = model.config.vision_config.image_size
     rng = np.random.default_rng(0)
-    pages = [Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)) for _ in tiers]
+    pages = [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in tiers]
     chats = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTIONS[i % len(QUESTIONS)]}]}]
              for i in range(len(tiers))]
     texts = processor.apply_chat_template(chats, add_generation_prompt=True)
     return model, processor(images=pages, text=texts)
 
 
-def time_modes(model, inputs, tiers, repeats):
-    """Wall and process-CPU seconds per call, the two modes interleaved so that load on the machine hits both
-    alike. CPU time is the steadier of the two on a shared machine: waiting for a core does not count."""
-    times = {(mode, clock): [] for mode in ("grouped", "padded") for clock in ("wall", "cpu")}
-    for step in range(repeats + 1):  # the first round warms up
-        for mode in ("grouped", "padded") if step % 2 == 0 else ("padded", "grouped"):
-            wall, cpu = time.perf_counter(), time.process_time()
-            model.generate(**inputs, budget=tiers, max_new_tokens=1, do_sample=False,
-                           group_by_tier=mode == "grouped")
-            if step:
-                times[mode, "wall"].append(time.perf_counter() - wall)
-                times[mode, "cpu"].append(time.process_time() - cpu)
-    return times
-
-
-def llm_positions(model, inputs, tiers):
+def llm_positions(model, inputs, tiers) -> dict:
     """(batch x length) positions each mode feeds the LLM in its prefill(s)."""
     positions = {}
-    for mode in ("grouped", "padded"):
+    for mode in MODES:
         shapes = []
         hook = model.model.language_model.register_forward_pre_hook(
             lambda module, args, kwargs: shapes.append(kwargs["inputs_embeds"].shape[:2]), with_kwargs=True
@@ -100,58 +73,65 @@ def llm_positions(model, inputs, tiers):
     return positions
 
 
-def summary(seconds):
-    return {"min_ms": 1e3 * min(seconds), "median_ms": 1e3 * statistics.median(seconds), "max_ms": 1e3 * max(seconds),
-            "runs": len(seconds)}
-
-
-def measure(model, inputs, tiers, repeats):
-    times = time_modes(model, inputs, tiers, repeats)
-    result = {}
-    for clock in ("wall", "cpu"):
-        part = {mode: summary(times[mode, clock]) for mode in ("grouped", "padded")}
-        part["speedup_of_medians"] = part["padded"]["median_ms"] / part["grouped"]["median_ms"]
-        part["speedup_of_minimums"] = part["padded"]["min_ms"] / part["grouped"]["min_ms"]  # least disturbed
-        result[clock] = part
+def measure(model, inputs, tiers, repeats) -> dict:
+    """Both modes interleaved in the same rounds; speed-up = padded / grouped per round."""
+    calls = {mode: lambda mode=mode: model.generate(**inputs, budget=tiers, max_new_tokens=1, do_sample=False,
+                                                    group_by_tier=mode == "grouped")
+             for mode in MODES}
+    times = common.interleaved(calls, repeats)
+    result = {mode: common.clock_stats(times[mode]) for mode in MODES}
+    result["speedup"] = common.clock_ratios(times["padded"], times["grouped"])
     return result
 
 
-def main():
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    model, inputs = build(args.tiers)
+def run(preset="demo", tiers=DEFAULT_TIERS, repeats=9, threads=1) -> dict:
+    common.use_threads(threads)
+    tiers = list(tiers)
+    model, inputs = build(preset, tiers)
     with torch.no_grad():
-        grouped = model.generate(**inputs, budget=args.tiers, max_new_tokens=4, do_sample=False)
-        padded = model.generate(**inputs, budget=args.tiers, max_new_tokens=4, do_sample=False, group_by_tier=False)
-        assert torch.equal(grouped, padded), "grouping must not change any sample's tokens"
+        grouped = model.generate(**inputs, budget=tiers, max_new_tokens=4, do_sample=False)
+        padded = model.generate(**inputs, budget=tiers, max_new_tokens=4, do_sample=False, group_by_tier=False)
+        if not torch.equal(grouped, padded):
+            raise RuntimeError("grouping must not change any sample's tokens")
         features = model.model.get_patch_features(inputs["pixel_values"])
-        cached = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "patch_features": features}
-        report = {
-            "preset": "demo", "batch_size": len(args.tiers), "tiers": args.tiers,
+        cached = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"],
+                  "patch_features": features}
+        return {
+            "preset": str(preset), "batch_size": len(tiers), "tiers": tiers, "repeats": repeats,
             "prompt_tokens": inputs["attention_mask"].sum(-1).tolist(),
-            "llm_prefill_positions": llm_positions(model, inputs, args.tiers),
-            "time_to_first_token": measure(model, inputs, args.tiers, args.repeats),
-            "after_cached_sam_features": measure(model, cached, args.tiers, args.repeats),
-            "machine": {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                        "processor": platform.processor() or platform.machine(), "torch": torch.__version__},
+            "llm_prefill_positions": llm_positions(model, inputs, tiers),
+            "time_to_first_token": measure(model, inputs, tiers, repeats),
+            "after_cached_sam_features": measure(model, cached, tiers, repeats),
         }
-    for name in ("time_to_first_token", "after_cached_sam_features"):
-        for clock in ("wall", "cpu"):
-            part = report[name][clock]
-            for mode in ("grouped", "padded"):
-                t = part[mode]
-                print(f"{name:26s} {clock:4s} {mode:8s} min {t['min_ms']:7.1f} ms  median {t['median_ms']:7.1f} ms  "
-                      f"max {t['max_ms']:7.1f} ms  ({t['runs']} runs)")
-            print(f"{name:26s} {clock:4s} speed-up (padded / grouped): medians {part['speedup_of_medians']:.2f}x, "
-                  f"minimums {part['speedup_of_minimums']:.2f}x")
-    print(f"LLM prefill positions: {report['llm_prefill_positions']}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.output}")
+
+
+def markdown(result: dict) -> str:
+    rows = []
+    for name, label in (("time_to_first_token", "time to first token (SAM included)"),
+                        ("after_cached_sam_features", "from cached SAM features")):
+        part = result[name]
+        rows.append([label, common.fmt_range(part["grouped"]["wall"]), common.fmt_range(part["padded"]["wall"]),
+                     common.fmt_range(part["speedup"]["wall"], 2, "x"), f"{part['speedup']['cpu']['median']:.2f}x"])
+    headers = ["", "grouped ms median [min-max]", "padded ms", "speed-up (wall)", "(CPU time)"]
+    positions = result["llm_prefill_positions"]
+    return "\n".join([
+        f"**Prefill grouping** (`bench/prefill_grouping.py`, {result['preset']} preset, batch {result['batch_size']}, "
+        f"tiers {'/'.join(map(str, result['tiers']))}, generate(max_new_tokens=1), {result['repeats']} interleaved "
+        f"rounds; {common.machine_line(result)}):", "", common.markdown_table(headers, rows), "",
+        f"LLM prefill positions: {positions['grouped']} grouped, {positions['padded']} padded.",
+    ])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    result = run(args.preset, args.tiers, args.repeats, args.threads)
+    path = common.write_result(NAME, result, args.output_dir)
+    print(markdown(common.read_result(NAME, args.output_dir)))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
     main()
 
 
-__all__ = ["main", "measure"]
+__all__ = ["markdown", "measure", "run"]

@@ -1,0 +1,293 @@
+"""Run every benchmark, one at a time, and write the README's performance section (`make bench`).
+
+Each benchmark runs as its own subprocess (a fresh process: no benchmark inherits another's memory peak or
+allocator state), prints its full tables and writes outputs/bench/<name>.json. Then this script reads the JSONs
+and writes
+- outputs/bench/summary.json: the headline figures of every benchmark, the machine, the commit, and how long
+  each benchmark and the whole run took;
+- outputs/bench/summary.md: a short markdown section generated from summary.json (`make readme` puts it in the
+  README's Performance section).
+The repeats below keep `make bench` under 15 minutes on the 2-core machine with one thread (about 5 minutes
+measured, with another process on the other core); --quick runs one round of each (a smoke run, not a
+measurement).
+
+    python bench/run_all.py [--preset demo] [--quick] [--only token_cost memory ...]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import common  # noqa: E402
+
+from modeling_arrcoc.phases import COMPONENTS  # noqa: E402
+
+FROM_TOKEN_COST = ["--from-json", "{output_dir}/token_cost.json"]
+# (name, extra arguments, --quick arguments). token_cost runs before allocator_cost, which reuses its timings.
+BENCHES = (
+    ("token_cost", ["--repeats", "15"], ["--repeats", "1", "--new-tokens", "2"]),
+    ("allocator_cost", FROM_TOKEN_COST, FROM_TOKEN_COST),
+    ("prefill_grouping", ["--repeats", "11"], ["--repeats", "1"]),
+    ("training_throughput", ["--repeats", "7"], ["--repeats", "1", "--rows", "16"]),
+    ("memory", ["--repeats", "3"], ["--repeats", "1"]),
+    ("gpu_token_cost", ["--repeats", "10"], ["--repeats", "1", "--new-tokens", "2"]),
+)
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--output-dir", type=Path, default=common.OUTPUT_DIR)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="one round of each: checks that everything runs")
+    parser.add_argument("--only", nargs="+", default=None, help="run these benchmarks only (then summarize all)")
+    return parser.parse_args(argv)
+
+
+def run_bench(name, extra, preset, output_dir, threads) -> float:
+    """Run bench/<name>.py in a fresh process; its output streams through. Returns its wall seconds."""
+    args = [a.format(output_dir=output_dir) for a in extra]
+    # The tiers of prefill_grouping's default mix are the demo preset's; other presets use their own budgets.
+    if name == "prefill_grouping" and preset != "demo":
+        args += ["--tiers", *_mixed_tiers(preset)]
+    command = [sys.executable, str(BENCH_DIR / f"{name}.py"), "--preset", str(preset), "--output-dir",
+               str(output_dir), "--threads", str(threads), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, cwd=common.ROOT)
+    return time.perf_counter() - start
+
+
+def _mixed_tiers(preset) -> list:
+    from transformers import AutoConfig
+
+    import modeling_arrcoc  # noqa: F401
+
+    budgets = AutoConfig.from_pretrained(common.preset_path(preset)).budgets
+    return [str(b) for b in budgets[:-1] for _ in range(2)] + [str(budgets[-1])]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Headline figures (summary.json) and the README section (summary.md)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def headline_tokens(token_cost, allocator) -> dict:
+    out = {}
+    for batch, part in token_cost["batch_sizes"].items():
+        out[batch] = {}
+        for tier, r in part["tiers"].items():
+            shares = allocator["batch_sizes"][batch][tier] if allocator else {}
+            out[batch][tier] = {
+                "visual_tokens": r["visual_tokens"], "per_query_ms": r["per_query_ms"]["wall"],
+                "speedup_vs_full": r["speedup_vs_full"]["wall"],
+                "speedup_vs_full_cpu_time": r["speedup_vs_full"]["cpu"],
+                "ideal_speedup": r["ideal_speedup"], "share_of_ideal": r["share_of_ideal"],
+                "allocator_time_share": shares.get("time_share"), "allocator_flop_share": shares.get("flop_share"),
+            }
+    return out
+
+
+def headline_training(result) -> dict:
+    return {name: {"samples_per_s": v["samples_per_s"]["wall"], "time_over_baseline": v["time_over_baseline"]["wall"],
+                   "time_over_baseline_cpu_time": v["time_over_baseline"]["cpu"],
+                   "padding_share": result["padding_share"][v["batches"]]}
+            for name, v in result["variants"].items()}
+
+
+def headline_memory(result) -> dict:
+    keys = ("trainable_parameters", "optimizer_moment_bytes", "expected_moment_bytes", "moments_over_expected",
+            "components_with_state", "trainable_without_gradient", "peak_rss_mib", "peak_over_baseline_mib")
+    return {phase: {key: p[key] for key in keys} for phase, p in result["phases"].items()}
+
+
+def summarize(output_dir, seconds: dict, total_seconds: float | None) -> dict:
+    results = {name: common.read_result(name, output_dir) for name, _, _ in BENCHES}
+    token_cost, allocator = results["token_cost"], results["allocator_cost"]
+    gpu = results["gpu_token_cost"]
+    summary = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": common.machine_info(),
+        "total_seconds": total_seconds,
+        "bench_seconds": seconds,
+        "preset": token_cost["preset"] if token_cost else None,
+        "new_tokens": token_cost["new_tokens"] if token_cost else None,
+        "repeats": {name: r.get("repeats") for name, r in results.items() if r},
+        "tokens": headline_tokens(token_cost, allocator) if token_cost else None,
+        "flop_model_check": token_cost.get("flop_model_check") if token_cost else None,
+        "allocator_target_share": allocator["target_share"] if allocator else None,
+        "allocator_scorer_calls": allocator["scorer_calls_per_generate"] if allocator else None,
+        "training": headline_training(results["training_throughput"]) if results["training_throughput"] else None,
+        "training_setup": _training_setup(results["training_throughput"]),
+        "memory": headline_memory(results["memory"]) if results["memory"] else None,
+        "prefill_grouping": _prefill(results["prefill_grouping"]),
+        "gpu": _gpu(gpu),
+    }
+    return summary
+
+
+def _training_setup(result):
+    if not result:
+        return None
+    keys = ("phase", "batch_size", "rows", "tier_mix", "batches_per_epoch", "lm_head_share_of_llm_forward_flops")
+    return {key: result[key] for key in keys}
+
+
+def _prefill(result):
+    if not result:
+        return None
+    return {"tiers": result["tiers"], "speedup": result["time_to_first_token"]["speedup"]["wall"],
+            "speedup_cached_sam": result["after_cached_sam_features"]["speedup"]["wall"],
+            "llm_prefill_positions": result["llm_prefill_positions"]}
+
+
+def _gpu(result):
+    if not result:
+        return None
+    if result.get("skipped"):
+        return {"skipped": result["skipped"]}
+    largest = max(result["batch_sizes"], key=int)
+    tiers = result["batch_sizes"][largest]["tiers"]
+    return {"device": result["machine"].get("gpu"), "attention": result["attention"], "batch": int(largest),
+            "tiers": {t: {"per_query_ms": r["per_query_ms"]["wall"], "speedup_vs_full": r["speedup_vs_full"]["wall"],
+                          "ideal_speedup": r["ideal_speedup"]} for t, r in tiers.items()}}
+
+
+def markdown(summary: dict) -> str:
+    lines = [_intro(summary)]
+    if summary["tokens"]:
+        lines += ["", *_token_section(summary)]
+    if summary["training"]:
+        lines += ["", *_training_section(summary)]
+    if summary["memory"]:
+        lines += ["", *_memory_section(summary)]
+    if summary["prefill_grouping"]:
+        p = summary["prefill_grouping"]
+        lines += ["", f"**Generate grouped by tier** (a batch of tiers {'/'.join(map(str, p['tiers']))}): speed-up "
+                      f"of grouping over one batch padded to the largest tier, time to first token "
+                      f"{common.fmt_range(p['speedup'], 2, 'x')}, from cached SAM features "
+                      f"{common.fmt_range(p['speedup_cached_sam'], 2, 'x')} (LLM prefill positions "
+                      f"{p['llm_prefill_positions']['grouped']} vs {p['llm_prefill_positions']['padded']})."]
+    if summary["gpu"]:
+        lines += ["", *_gpu_section(summary["gpu"])]
+    lines += ["", "Full tables: `python bench/<name>.py` prints each; numbers in `outputs/bench/*.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def _intro(summary) -> str:
+    m = summary["machine"]
+    commit = (m.get("commit") or "unknown")[:10] + ("+dirty" if m.get("dirty") else "")
+    took = f" in {summary['total_seconds'] / 60:.1f} min" if summary["total_seconds"] else ""
+    return (f"Measured by `make bench`{took} on {m['cpu_count']} CPU cores, {m['torch_threads']} torch thread, "
+            f"float32, torch {m['torch']}, commit `{commit}`; {summary['preset']} preset with random weights (cost "
+            "does not depend on them). Each figure is median [min-max] over interleaved rounds; ratios are taken "
+            "per round, variants side by side in one process, because absolute times on this shared machine "
+            "vary by +-30% between runs.")
+
+
+def _token_section(summary) -> list:
+    batches = sorted(summary["tokens"], key=int)
+    largest = batches[-1]
+    rows = []
+    for tier, r in summary["tokens"][largest].items():
+        cells = [tier, r["visual_tokens"], common.fmt_range(r["per_query_ms"]),
+                 common.fmt_range(r["speedup_vs_full"], 2, "x"), f"{r['ideal_speedup']:.2f}x",
+                 f"{100 * r['share_of_ideal']:.0f}%"]
+        cells += [f"{summary['tokens'][b][tier]['speedup_vs_full']['median']:.2f}x "
+                  f"(ideal {summary['tokens'][b][tier]['ideal_speedup']:.2f}x)" for b in batches[:-1]]
+        if r["allocator_time_share"]:
+            cells.append(f"{100 * r['allocator_time_share']['median']:.1f}% / {100 * r['allocator_flop_share']:.1f}%")
+        rows.append(cells)
+    headers = ["tier", "visual tokens", f"ms/query (batch {largest})", "speed-up vs full", "ideal (FLOPs)",
+               "of ideal", *[f"speed-up, batch {b}" for b in batches[:-1]], "allocator: time / FLOPs"]
+    check = summary["flop_model_check"]
+    calls = summary["allocator_scorer_calls"]
+    matches = f", which matches torch's FLOP counter on the real code to {check['modelled_over_counted']:.4f}"
+    notes = [f"**Visual tokens vs time** (processor + `generate` of {summary['new_tokens']} new tokens at a forced "
+             f"tier; ideal = FLOPs at full / FLOPs at the tier from `bench/flops.py`{matches if check else ''}; "
+             f"allocator target <= {100 * summary['allocator_target_share']:.0f}%):", "",
+             common.markdown_table(headers, rows)]
+    if calls and calls["auto"] > calls["forced"]:
+        notes += ["", f"With `budget=\"auto\"` on a batch, `generate` runs the allocator's scorer {calls['auto']} "
+                      f"times (once to group by tier, once per group) against {calls['forced']} at a forced tier."]
+    return notes
+
+
+def _training_section(summary) -> list:
+    setup = summary["training_setup"]
+    rows = []
+    for name, v in summary["training"].items():
+        rows.append([name, common.fmt_range(v["samples_per_s"], 2), common.fmt_range(v["time_over_baseline"], 2, "x"),
+                     f"{100 * v['padding_share']['visual_tokens']:.0f}%"])
+    mix = ", ".join(f"K={k}: {n}" for k, n in setup["tier_mix"].items())
+    head = setup["lm_head_share_of_llm_forward_flops"]
+    return [f"**Training throughput** ({setup['phase']} trainable set, SAM frozen, batch {setup['batch_size']}, "
+            f"forward + backward + AdamW; {setup['rows']} rows with phase 0's heuristic tiers, {mix}; baseline = "
+            "tier-grouped batches, cached SAM features, logits on labelled positions only; each other row changes "
+            "one of the three):", "",
+            common.markdown_table(["variant", "samples/s", "step time / baseline", "visual-token padding"], rows), "",
+            f"The LM head is {100 * head['all']:.1f}% of the LLM forward FLOPs on every position and "
+            f"{100 * head['labels_only']:.2f}% on labelled positions only: what `logits_on_labels_only` can save "
+            "grows with the vocabulary."]
+
+
+def _memory_section(summary) -> list:
+    rows = []
+    for phase, p in summary["memory"].items():
+        ratio = "-" if p["moments_over_expected"] is None else f"{p['moments_over_expected']:.3f}"
+        held = "all" if set(p["components_with_state"]) == set(COMPONENTS) else ", ".join(p["components_with_state"])
+        rows.append([phase, f"{p['trainable_parameters'] / 1e6:.2f}M", held,
+                     f"{p['optimizer_moment_bytes'] / 2**20:.1f}", f"{p['expected_moment_bytes'] / 2**20:.1f}", ratio,
+                     common.fmt_range(p["peak_rss_mib"], 0)])
+    missing = sorted({n for p in summary["memory"].values() for n in p["trainable_without_gradient"]})
+    note = ([f"A ratio below 1: {', '.join(missing)} never get a gradient, so AdamW keeps no state for them."]
+            if missing else [])
+    headers = ["phase", "trainable", "optimizer state in", "AdamW state MiB", "2 x params x 4 B MiB", "ratio",
+               "peak RSS MiB"]
+    return ["**Memory per phase** (a fresh process per phase, AdamW steps at batch 8 at the largest tier; peak RSS "
+            "from the end of the imports, whose own transient peak is reset):", "",
+            common.markdown_table(headers, rows), *([""] + note if note else [])]
+
+
+def _gpu_section(gpu) -> list:
+    if gpu.get("skipped"):
+        return [f"**GPU** (`bench/gpu_token_cost.py`, bf16, flash-attn where installed): skipped, {gpu['skipped']} "
+                "on the machine that ran `make bench`."]
+    rows = [[t, common.fmt_range(r["per_query_ms"], 2), common.fmt_range(r["speedup_vs_full"], 2, "x"),
+             f"{r['ideal_speedup']:.2f}x"] for t, r in gpu["tiers"].items()]
+    attention = ", ".join(f"{k.split('_')[0]} {v}" for k, v in gpu["attention"].items())
+    return [f"**GPU** ({gpu['device']}, bf16, {attention}, batch {gpu['batch']}):", "",
+            common.markdown_table(["tier", "ms/query", "speed-up vs full", "ideal (FLOPs)"], rows)]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    start, seconds = time.perf_counter(), {}
+    for name, extra, quick in BENCHES:
+        if args.only is None or name in args.only:
+            seconds[name] = run_bench(name, quick if args.quick else extra, args.preset, args.output_dir, args.threads)
+    total = time.perf_counter() - start
+    summary = summarize(args.output_dir, seconds, total if args.only is None else None)
+    (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    text = markdown(summary)
+    (args.output_dir / "summary.md").write_text(text)
+    print("\n=== summary (outputs/bench/summary.md)\n")
+    print(text)
+    print("bench seconds: " + ", ".join(f"{name} {s:.0f}" for name, s in seconds.items()) + f"; total {total:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["BENCHES", "markdown", "summarize"]

@@ -1,0 +1,187 @@
+"""Smoke tests of the benchmarks on the tiny preset, one round each: the JSON fields exist and ratios are
+positive. No timing assertions: times on this machine swing by +-30% (DESIGN.md)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bench import allocator_cost, common, flops, gpu_token_cost, memory, prefill_grouping, run_all, token_cost
+from bench import training_throughput
+
+from conftest import ROOT
+
+TINY = "tiny"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Every benchmark run once on the tiny preset, written where run_all's summary reads them."""
+    out = tmp_path_factory.mktemp("bench")
+    tokens = token_cost.run(TINY, repeats=1, batch_sizes=(1, 2), new_tokens=2)
+    produced = {
+        "token_cost": tokens,
+        "allocator_cost": allocator_cost.run(TINY, token_cost_result={**tokens, "created": "test"}),
+        "prefill_grouping": prefill_grouping.run(TINY, tiers=[4, 16, 100, 4], repeats=1),
+        "training_throughput": training_throughput.run(TINY, repeats=1, rows=8, batch_size=4),
+        "memory": memory.run(TINY, repeats=1, phases=("phase1",), steps=1, batch_size=2),
+        "gpu_token_cost": {"skipped": "no CUDA device"},
+    }
+    for name, result in produced.items():
+        common.write_result(name, result, out)
+    return out, produced
+
+
+def _positive_ratio(r):
+    assert 0 < r["min"] <= r["median"] <= r["max"]
+    assert r["of_medians"] > 0 and r["runs"] >= 1
+
+
+def test_common_ratio_is_per_round():
+    r = common.ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0])
+    assert (r["min"], r["median"], r["max"], r["runs"]) == (2.0, 3.0, 4.0, 3)
+    assert r["of_medians"] == 4.0
+
+
+def test_common_interleaved_alternates_order():
+    order = []
+    times = common.interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=2, warmup=1)
+    assert order == ["a", "b", "b", "a", "a", "b"]
+    assert all(len(times[name][clock]) == 2 for name in "ab" for clock in common.CLOCKS)
+
+
+def test_machine_info_names_cores_threads_commit():
+    info = common.machine_info()
+    assert info["cpu_count"] >= 1 and info["torch_threads"] >= 1
+    assert "commit" in info and "dirty" in info
+
+
+def test_flop_model_matches_torch_counter():
+    """The ideal speed-ups are only as good as the FLOP model: it must count what the code computes."""
+    model, processor = common.load_model(TINY)
+    rows = common.synthetic_rows(model.config, 3)
+    query = token_cost.Query(model, processor, rows)
+    for tier in token_cost.bench_tiers(model.config):
+        check = token_cost.check_flop_model(query, tier, new_tokens=3)
+        assert check["modelled_over_counted"] == pytest.approx(1.0, rel=0.01), (tier, check)
+
+
+def test_flop_model_clamps_tiers_and_grows_with_k():
+    model, _ = common.load_model(TINY)
+    config = model.config
+    assert flops.visual_tokens(config, 100) == config.num_patches == flops.visual_tokens(config, "full")
+    small, full = (sum(flops.query_flops(config, t, 20, 4, 2).values()) for t in (4, "full"))
+    assert 0 < small < full
+    assert flops.query_flops(config, 4, 20, 4)["sam"] == flops.query_flops(config, "full", 20, 4)["sam"]
+
+
+def test_token_cost_fields(results):
+    _, produced = results
+    result = produced["token_cost"]
+    assert result["decode_matches_generate"] is True
+    for batch in ("1", "2"):
+        part = result["batch_sizes"][batch]
+        assert set(part["tiers"]) == {"4", "16", "full"}
+        assert {"fixed_ms", "ms_per_gflop", "fixed_share_at_smallest_tier"} <= set(part["fit"])
+        for tier, r in part["tiers"].items():
+            for clock in common.CLOCKS:
+                _positive_ratio(r["speedup_vs_full"][clock])
+                assert r["end_to_end_ms"][clock]["median"] > 0
+            assert r["ideal_speedup"] >= 1.0 and r["share_of_ideal"] > 0
+            assert set(r["stages_ms"]) == set(token_cost.TIMED_STAGES)
+            assert set(r["flops"]) == set(flops.STAGES)
+        assert part["tiers"]["full"]["ideal_speedup"] == 1.0
+
+
+def test_allocator_cost_fields(results):
+    _, produced = results
+    result = produced["allocator_cost"]
+    assert result["target_share"] == allocator_cost.TARGET_SHARE
+    for tiers in result["batch_sizes"].values():
+        for entry in tiers.values():
+            assert 0 < entry["time_share"]["median"] < 1 and 0 < entry["flop_share"] < 1
+            assert isinstance(entry["within_target"], bool)
+    calls = result["scorer_calls_per_generate"]
+    assert calls["forced"] == 1 and calls["auto"] >= 1
+
+
+def test_training_throughput_fields(results):
+    _, produced = results
+    result = produced["training_throughput"]
+    assert set(result["variants"]) == set(training_throughput.VARIANTS)
+    for variant in result["variants"].values():
+        assert variant["samples_per_s"]["wall"]["median"] > 0
+        _positive_ratio(variant["time_over_baseline"]["wall"])
+    padding = result["padding_share"]
+    assert padding["grouped"]["visual_tokens"] == 0.0  # a tier-grouped batch pads no visual token
+    assert padding["random"]["visual_tokens"] >= padding["grouped"]["visual_tokens"]
+    share = result["lm_head_share_of_llm_forward_flops"]
+    assert 0 <= share["labels_only"] < share["all"] < 1
+
+
+def test_memory_phase1_keeps_state_for_allocator_and_adapter_only(results):
+    _, produced = results
+    phase = produced["memory"]["phases"]["phase1"]
+    assert phase["components_with_state"] == ["allocator", "quality_adapter"]
+    assert phase["peak_rss_mib"]["median"] >= phase["baseline_rss_mib"]["median"] > 0
+    assert phase["peak_over_baseline_mib"]["median"] >= 0
+    assert phase["moments_over_expected"] > 0
+    assert phase["moments_over_expected_with_gradient"] == pytest.approx(1.0)
+
+
+def test_memory_in_process_matches_two_moments_per_parameter():
+    """Each phase: AdamW moments = 2 x 4 B x every trainable parameter that gets a gradient; frozen ones none."""
+    for phase, trained in (("phase0", ["quality_adapter"]), ("phase2", ["clip_encoder", "quality_adapter"])):
+        result = memory.phase_memory(TINY, phase, steps=1, batch_size=2)
+        state = result["optimizer_state_by_component"]
+        assert sorted(state) == trained
+        with_gradient = result["trainable_parameters"] - result["trainable_without_gradient_numel"]
+        assert sum(s["moments"] for s in state.values()) == 8 * with_gradient
+
+
+def test_prefill_grouping_fields(results):
+    _, produced = results
+    result = produced["prefill_grouping"]
+    for name in ("time_to_first_token", "after_cached_sam_features"):
+        _positive_ratio(result[name]["speedup"]["wall"])
+    positions = result["llm_prefill_positions"]
+    assert positions["grouped"] <= positions["padded"]
+
+
+def test_gpu_token_cost_runs_its_code_path_on_cpu():
+    result = gpu_token_cost.run(TINY, repeats=1, batch_sizes=(2,), new_tokens=2, device="cpu")
+    assert result["dtype"] == "bfloat16"
+    assert result["attention"] == {"vision_config": "sdpa", "clip_config": "sdpa", "text_config": "sdpa"}
+    for r in result["batch_sizes"]["2"]["tiers"].values():
+        _positive_ratio(r["speedup_vs_full"]["wall"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+def test_gpu_token_cost_skips_cleanly_without_cuda(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_token_cost.py"), "--output-dir", str(tmp_path)],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert gpu_token_cost.SKIPPED in done.stdout
+    assert json.loads((tmp_path / "gpu_token_cost.json").read_text())["skipped"] == "no CUDA device"
+
+
+def test_run_all_summary_and_markdown(results):
+    out, _ = results
+    summary = run_all.summarize(out, {"token_cost": 1.0}, 1.0)
+    assert {"commit", "cpu_count", "torch_threads"} <= set(summary["machine"])
+    assert set(summary["tokens"]) == {"1", "2"}
+    assert summary["tokens"]["2"]["4"]["speedup_vs_full"]["median"] > 0
+    assert summary["training"]["random_batches"]["time_over_baseline"]["median"] > 0
+    assert summary["memory"]["phase1"]["components_with_state"] == ["allocator", "quality_adapter"]
+    assert summary["gpu"] == {"skipped": "no CUDA device"}
+    text = run_all.markdown(summary)
+    for heading in ("Visual tokens vs time", "Training throughput", "Memory per phase", "Generate grouped by tier",
+                    "GPU"):
+        assert heading in text
+    # Every benchmark's own report renders from its JSON too.
+    for module in (token_cost, allocator_cost, training_throughput, memory, prefill_grouping, gpu_token_cost):
+        assert module.markdown(common.read_result(module.NAME, out))
