@@ -150,9 +150,7 @@ def main(argv=None):
     args = parse_args(argv)
     source = json.loads(args.from_json.read_text()) if args.from_json else None
     result = run(args.preset, args.repeats, args.batch_sizes, args.threads, source)
-    path = common.write_result(NAME, result, args.output_dir)
-    print(markdown(common.read_result(NAME, args.output_dir)))
-    print(f"wrote {path}")
+    common.publish(NAME, result, args.output_dir, markdown)
 
 
 if __name__ == "__main__":

@@ -212,6 +212,14 @@ def read_result(name: str, output_dir=OUTPUT_DIR) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def publish(name: str, result: dict, output_dir, markdown) -> Path:
+    """Write a script's JSON, then print its table as read back from disk (what run_all and README use)."""
+    path = write_result(name, result, output_dir)
+    print(markdown(read_result(name, output_dir)))
+    print(f"wrote {path}")
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Formatting
 # ---------------------------------------------------------------------------------------------------------------
@@ -249,6 +257,7 @@ __all__ = [
     "load_model",
     "machine_info",
     "machine_line",
+    "publish",
     "markdown_table",
     "ms",
     "no_sync",

@@ -258,9 +258,7 @@ def main(argv=None):
         print(json.dumps(phase_memory(args.preset, args.child, args.steps, args.batch_size)))
         return
     result = run(args.preset, args.repeats, args.phases, args.steps, args.batch_size, args.threads)
-    path = common.write_result(NAME, result, args.output_dir)
-    print(markdown(common.read_result(NAME, args.output_dir)))
-    print(f"wrote {path}")
+    common.publish(NAME, result, args.output_dir, markdown)
 
 
 if __name__ == "__main__":

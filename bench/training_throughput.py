@@ -198,9 +198,7 @@ def markdown(result: dict) -> str:
 def main(argv=None):
     args = parse_args(argv)
     result = run(args.preset, args.repeats, args.rows, args.batch_size, args.phase, args.threads)
-    path = common.write_result(NAME, result, args.output_dir)
-    print(markdown(common.read_result(NAME, args.output_dir)))
-    print(f"wrote {path}")
+    common.publish(NAME, result, args.output_dir, markdown)
 
 
 if __name__ == "__main__":
