@@ -107,6 +107,8 @@ class LearningCurveCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if not self.curve.points or self.curve.points[-1]["step"] != state.global_step:
             self.curve.add(state.global_step, model, self.batches, self.methods)
+        if state.is_world_process_zero:
+            plot_learning_curve(self.curve.points, self.curve.path.with_suffix(".png"))
 
 
 def plot_learning_curve(points: list, path, title: str = "held-out accuracy"):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+sys.path.insert(0, str(ROOT))
 
 
 def replace_block(text: str, name: str, body: str) -> str:
@@ -64,6 +65,23 @@ def pretrain_block(provenance: dict) -> str:
     return "\n".join([header, "", *rows])
 
 
+def curve_figures(provenance: dict) -> str:
+    """PNGs of the pretrain curve (from the base's provenance) and of phase 1's (from make demo's outputs)."""
+    from modeling_arrcoc.curves import plot_learning_curve
+
+    figures = []
+    points = provenance.get("learning_curve", {}).get("points", [])
+    if points:
+        plot_learning_curve(points, ROOT / "docs/pretrain_curve.png", "make pretrain: held-out accuracy")
+        figures.append("![pretrain learning curve](docs/pretrain_curve.png)")
+    phase1 = ROOT / "outputs/demo/phase1/learning_curve.json"
+    if phase1.exists():
+        plot_learning_curve(json.loads(phase1.read_text())["points"], ROOT / "docs/phase1_curve.png",
+                            "make demo, phase 1: held-out accuracy")
+        figures.append("![phase 1 learning curve](docs/phase1_curve.png)")
+    return "\n\n" + "\n".join(figures) if figures else ""
+
+
 def main():
     text = README.read_text()
     sources = {
@@ -79,7 +97,8 @@ def main():
         shutil.copyfile(sources["heatmap"], ROOT / "docs/heatmaps.png")
         text = replace_block(text, "heatmap", "![where each question pulled its tokens from](docs/heatmaps.png)")
     if sources["pretrain"].exists():
-        text = replace_block(text, "pretrain", pretrain_block(json.loads(sources["pretrain"].read_text())))
+        provenance = json.loads(sources["pretrain"].read_text())
+        text = replace_block(text, "pretrain", pretrain_block(provenance) + curve_figures(provenance))
     if sources["bench"].exists():
         text = replace_block(text, "bench", sources["bench"].read_text())
     README.write_text(text)
