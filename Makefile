@@ -37,7 +37,8 @@ demo: venv
 	$(PY) eval.py outputs/demo/checkpoint --dataset synthetic --split test --budget all --num-samples 200 \
 		--output-dir outputs/demo --model-card model_card.md --model-name arrcoc-demo \
 		--training-config configs/demo/phase1.yaml --training-config configs/demo/phase2.yaml \
-		--training-config configs/demo/phase3.yaml
+		--training-config configs/demo/phase3.yaml \
+		--limitation "The shipped demo base reads glyphs and its allocator finds the answer cells, but its language model has not learned to answer from them: accuracy is at chance for every method, so these numbers compare nothing yet."
 
 bench: venv
 	$(PY) bench/run_all.py

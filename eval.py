@@ -57,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model-name", default=None, help="Name in the model card (default: checkpoint folder).")
     parser.add_argument("--training-config", action="append", default=[],
                         help="Phase YAML used to train the checkpoint, quoted in the model card (repeatable).")
+    parser.add_argument("--limitation", action="append", default=[],
+                        help="A known limitation to state in the model card (repeatable).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random@K baseline.")
     parser.add_argument("--synthetic-seed", type=int, default=0, help="Seed of the synthetic pages.")
     parser.add_argument("--cache-dir", default=None, help="datasets cache for the synthetic suite.")
@@ -87,7 +89,9 @@ def budget_from(text: str):
 
 def model_card_extra(args) -> dict:
     configs = [f"`{path}`:\n\n```yaml\n{Path(path).read_text().rstrip()}\n```" for path in args.training_config]
-    return {"name": args.model_name or Path(args.checkpoint).resolve().name, "training": "\n\n".join(configs) or None}
+    limitations = "\n".join(f"- {text}" for text in args.limitation) or None
+    return {"name": args.model_name or Path(args.checkpoint).resolve().name, "training": "\n\n".join(configs) or None,
+            "limitations": limitations}
 
 
 def main(argv=None) -> dict:
