@@ -38,7 +38,7 @@ demo: venv
 		--output-dir outputs/demo --model-card model_card.md --model-name arrcoc-demo \
 		--training-config configs/demo/phase1.yaml --training-config configs/demo/phase2.yaml \
 		--training-config configs/demo/phase3.yaml \
-		--limitation "The shipped demo base reads glyphs and its allocator finds the answer cells, but its language model has not learned to answer from them: accuracy is at chance for every method, so these numbers compare nothing yet."
+		--limitation "The demo model answers the local-reading families above chance at small tiers, but global counting, region rows and charts stay at chance, and its budget predictor has collapsed to the smallest tier (auto uses one tier)."
 
 bench: venv
 	$(PY) bench/run_all.py
