@@ -278,14 +278,10 @@ def _batch(model, processor, rows, with_query_scores=False) -> tuple:
 
 def _tier_groups(model, batch: _Batch, method: Method) -> list:
     """[(sample indices, budget)]: `auto` batches split by the allocator's tier, other methods in one piece."""
-    everyone = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
     if method.budget != "auto":
-        return [(everyone, method.budget)]
-    question, question_mask = model.model.question_inputs(batch.input_ids, batch.attention_mask)
-    logits = model.model.allocator(batch.features, question, question_mask).budget_logits
-    _, tiers = model.model.resolve_budget("auto", logits, batch.features.shape[1])
-    # The tier value reproduces exactly the decision taken on the whole batch (samples are batch-independent).
-    return [(everyone[tiers == t], model.config.budgets[t]) for t in tiers.unique().tolist()]
+        return [(torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device), method.budget)]
+    groups = model.model.tier_groups(batch.input_ids, batch.attention_mask, "auto", batch.features)
+    return [(index, model.config.budgets[tier]) for tier, index in groups.items()]
 
 
 def _prepare(model, batch: _Batch, method: Method, budget, generator) -> PreparedInputs:

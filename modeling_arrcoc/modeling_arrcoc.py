@@ -237,6 +237,18 @@ class ArrCocModel(ArrCocPreTrainedModel):
         counts = torch.tensor(budgets, device=tiers.device)[tiers].clamp(max=num_patches)
         return counts, tiers
 
+    def tier_groups(self, input_ids, attention_mask, budget, patch_features) -> dict:
+        """{tier index: sample indices} for `budget`, decided on the whole batch (samples are independent of
+        their batch, so each group run at its tier value reproduces this decision). Only "auto" runs the
+        allocator."""
+        if isinstance(budget, str) and budget == "auto":
+            question, question_mask = self.question_inputs(input_ids, attention_mask)
+            budget_logits = self.allocator(patch_features, question, question_mask).budget_logits
+        else:
+            budget_logits = patch_features.new_zeros(input_ids.shape[0], len(self.config.budgets))
+        _, tiers = self.resolve_budget(budget, budget_logits, patch_features.shape[1])
+        return {tier: (tiers == tier).nonzero().flatten() for tier in tiers.unique().tolist()}
+
     def get_image_features(
         self, pixel_values, input_ids, attention_mask, labels=None, budget="auto", selection="learned",
         patch_features=None, generator=None, selection_scores=None,
@@ -494,7 +506,7 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
             if patch_features is None:
                 # SAM runs once for the whole batch; the groups reuse its features.
                 patch_features, pixel_values = self.model.get_patch_features(pixel_values), None
-            groups = self._tier_groups(input_ids, attention_mask, budget, patch_features)
+            groups = self.model.tier_groups(input_ids, attention_mask, budget, patch_features)
         if groups is None or len(groups) == 1:
             outputs = self._generate_spliced(input_ids, attention_mask, pixel_values, patch_features, budget,
                                              selection, generator, kwargs)
@@ -507,16 +519,6 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
                                                 tier_value, selection, generator, kwargs)
             pieces.append((index, new_tokens))
         return _prepend_prompt(input_ids, _reassemble(pieces, input_ids.shape[0], self._pad_token_id(kwargs)))
-
-    def _tier_groups(self, input_ids, attention_mask, budget, patch_features):
-        """{tier index: sample indices}. Only `budget="auto"` needs the allocator to decide."""
-        if isinstance(budget, str) and budget == "auto":
-            question, question_mask = self.model.question_inputs(input_ids, attention_mask)
-            budget_logits = self.model.allocator(patch_features, question, question_mask).budget_logits
-        else:
-            budget_logits = patch_features.new_zeros(input_ids.shape[0], len(self.config.budgets))
-        _, tiers = self.model.resolve_budget(budget, budget_logits, patch_features.shape[1])
-        return {tier: (tiers == tier).nonzero().flatten() for tier in tiers.unique().tolist()}
 
     def _generate_spliced(self, input_ids, attention_mask, pixel_values, patch_features, budget, selection,
                           generator, kwargs):
