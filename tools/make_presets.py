@@ -67,11 +67,14 @@ PRESETS = {
     ),
     # The embedded default: 256 px pages, 16 px glyph cells aligned to a 16x16 = 256 patch grid. Sized from
     # DESIGN.md's measured costs so a training step at full tokens stays around a second on 2 cores.
+    # Tiers from 4: a local question needs 1-2 cells, counting up to 9 squares needs 8-16, so the calibrated
+    # predictor has a real reason to differ by question (with 8 as the smallest tier, 8 sufficed for everything
+    # the demo model could answer and the predictor rightly used one tier: measured, see the training issue).
     "demo": dict(
         image_size=256, vocab=512,
         config=dict(
             vision_config=sam(128, 4, 4, 256, 16, 128, 8, [1, 3]), clip_config=clip(128, 2, 4, 256, 16),
-            budgets=[8, 16, 32, 64, 256], allocator_hidden_size=128, allocator_num_heads=4, adapter_num_layers=1,
+            budgets=[4, 8, 16, 64, 256], allocator_hidden_size=128, allocator_num_heads=4, adapter_num_layers=1,
             adapter_num_heads=4, num_vet_prototypes=64, visual_vocab_size=1024,
         ),
         text=(256, 4, 4, 2, 512),
