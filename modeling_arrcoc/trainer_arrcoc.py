@@ -8,7 +8,10 @@ steps, on the first `calibration_samples` rows of the batch, the trainer runs th
 `torch.no_grad()` (SAM features computed once), takes each sample's answer loss per tier, picks the smallest tier
 whose loss is within `calibration_tolerance` (nats per answer token) of that sample's best, and adds a
 cross-entropy of the batch forward's budget logits toward that tier (`budget_loss`, weight `loss_weight_budget`).
-Calibration runs only in phases that train the budget predictor (the allocator).
+Calibration runs only in phases that train the budget predictor (the allocator). With `calibration_max_loss`
+set, a sample that no tier answers (every tier's loss above it) targets the smallest tier: spending more tokens
+buys nothing there, and the near-equal losses of a question the model cannot answer would otherwise pick a
+tier at random (measured: families at chance then spread the predictor over every tier for no reason).
 
 Multi-budget training. Where the budget is not predicted (pretrain, phase2), one tier is drawn per optimizer
 step from (seed, step), the same on every process and every micro-batch, so CLIP and the adapter learn every
@@ -110,6 +113,9 @@ class ArrCocTrainingArguments(TrainingArguments):
     calibration_every: int = field(default=10, metadata=_help("Calibrate the budget every N steps; 0 = never."))
     calibration_samples: int = field(default=4, metadata=_help("Rows of the batch calibrated (one forward/tier)."))
     calibration_tolerance: float = field(default=0.05, metadata=_help("Nats/token a smaller tier may lose."))
+    calibration_max_loss: float | None = field(
+        default=None, metadata=_help("Nats/token above which a tier does not answer; unanswered -> smallest tier.")
+    )
     cache_sam_features: bool = field(
         default=False, metadata=_help("Cache frozen SAM features by training-row index (SAM must be frozen).")
     )
@@ -188,6 +194,8 @@ class ArrCocTrainingArguments(TrainingArguments):
         _check_at_least("calibration_samples", self.calibration_samples, 1)
         if self.calibration_tolerance < 0:
             raise ValueError(f"calibration_tolerance must be >= 0, got {self.calibration_tolerance}.")
+        if self.calibration_max_loss is not None and self.calibration_max_loss <= 0:
+            raise ValueError(f"calibration_max_loss must be > 0 or null, got {self.calibration_max_loss}.")
         if self.grad_normalization not in ("none", "visual_tokens"):
             raise ValueError(f"grad_normalization must be 'none' or 'visual_tokens', got {self.grad_normalization!r}.")
 
@@ -282,14 +290,18 @@ def per_sample_answer_loss(model, inputs: dict, budget) -> torch.Tensor:
     return sums / counts.clamp(min=1)
 
 
-def smallest_sufficient_tier(losses: torch.Tensor, tolerance: float) -> torch.Tensor:
-    """[B, T] losses per tier -> [B] index of the smallest tier within `tolerance` of the sample's best."""
-    sufficient = losses <= losses.min(-1, keepdim=True).values + tolerance
+def smallest_sufficient_tier(losses: torch.Tensor, tolerance: float, max_loss: float | None = None) -> torch.Tensor:
+    """[B, T] losses per tier -> [B] index of the smallest tier within `tolerance` of the sample's best; with
+    `max_loss`, rows whose best loss exceeds it (no tier answers) get tier 0."""
+    best = losses.min(-1, keepdim=True).values
+    sufficient = losses <= best + tolerance
+    if max_loss is not None:
+        sufficient[:, 0] |= best.squeeze(-1) > max_loss
     return sufficient.int().argmax(-1)  # argmax returns the first (smallest) sufficient tier
 
 
 @torch.no_grad()
-def oracle_tiers(model, inputs: dict, tolerance: float) -> torch.Tensor:
+def oracle_tiers(model, inputs: dict, tolerance: float, max_loss: float | None = None) -> torch.Tensor:
     """The oracle-minimal tier of each sample: every tier is run, SAM only once."""
     inputs = dict(inputs)
     pixel_values = inputs.pop("pixel_values", None)
@@ -297,7 +309,7 @@ def oracle_tiers(model, inputs: dict, tolerance: float) -> torch.Tensor:
         inputs["patch_features"] = model.model.get_patch_features(pixel_values)
     with _eval_mode(model):
         losses = [per_sample_answer_loss(model, inputs, value) for value in model.config.budgets]
-    return smallest_sufficient_tier(torch.stack(losses, dim=-1), tolerance)
+    return smallest_sufficient_tier(torch.stack(losses, dim=-1), tolerance, max_loss)
 
 
 @contextmanager
@@ -537,7 +549,7 @@ class ArrCocTrainer(Trainer):
         """Cross-entropy of the first rows' budget logits toward their oracle-minimal tiers."""
         count = min(self.args.calibration_samples, budget_logits.shape[0])
         part = {key: value[:count] for key, value in inputs.items() if isinstance(value, torch.Tensor)}
-        targets = oracle_tiers(model, part, self.args.calibration_tolerance)
+        targets = oracle_tiers(model, part, self.args.calibration_tolerance, self.args.calibration_max_loss)
         return F.cross_entropy(budget_logits[:count].float(), targets)
 
     # -- steps: gradient norms, non-finite guard ----------------------------------------------------------------
