@@ -111,14 +111,17 @@ class LearningCurveCallback(TrainerCallback):
             plot_learning_curve(self.curve.points, self.curve.path.with_suffix(".png"))
 
 
-def plot_learning_curve(points: list, path, title: str = "held-out accuracy"):
-    """Accuracy per method against steps (solid), answer-box coverage of `auto` (dashed)."""
+def plot_learning_curve(points: list, path, title: str = "held-out accuracy", axis=None):
+    """Accuracy per method against steps (solid), answer-box coverage of `auto` (dashed). With `axis`, draws
+    into it (a panel of a larger figure) and saves nothing."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure = None
+    if axis is None:
+        figure, axis = plt.subplots(figsize=(7, 4.5))
     steps = [p["step"] for p in points]
     for name in points[-1]["methods"]:
         axis.plot(steps, [p["methods"][name]["accuracy"] for p in points], marker=".", label=name,
@@ -128,9 +131,10 @@ def plot_learning_curve(points: list, path, title: str = "held-out accuracy"):
         axis.plot(steps, coverage, "k--", label="answer-box coverage (auto)")
     axis.set(xlabel="training step", ylabel="accuracy / coverage", ylim=(0, 1.02), title=title)
     axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    if figure is not None:
+        figure.tight_layout()
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
 
 
 __all__ = [

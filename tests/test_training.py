@@ -235,6 +235,11 @@ def test_reduce_lr_on_plateau_scales_every_component(tmp_path, datasets, process
 def test_smallest_sufficient_tier():
     losses = torch.tensor([[2.0, 1.0, 0.98], [0.5, 0.5, 0.5], [3.0, 2.0, 1.0], [float("nan")] * 3])
     assert smallest_sufficient_tier(losses, 0.05).tolist() == [1, 0, 2, 0]
+    # With max_loss 1.5: row 0's best (0.98) answers -> tier 1 as before; row 2's best (1.0) too; a row whose
+    # every tier is above it is unanswered -> the smallest tier, not its noisy argmin.
+    unanswered = torch.tensor([[2.0, 1.0, 0.98], [3.0, 2.0, 1.0], [2.4, 1.9, 2.0]])
+    assert smallest_sufficient_tier(unanswered, 0.05, max_loss=1.5).tolist() == [1, 2, 0]
+    assert smallest_sufficient_tier(unanswered, 0.05).tolist() == [1, 2, 1]
 
 
 class StopAt(TrainerCallback):
@@ -427,6 +432,18 @@ def test_train_main_smoke(tmp_path, data_args, datasets):
     assert trainer.feature_cache.hits > 0
     curve = json.loads((tmp_path / "out" / "learning_curve.json").read_text())
     assert [point["step"] for point in curve["points"]] == [4, 8] and "uniform_pool@16" in curve["points"][0]["methods"]
+
+    # The demo's combined report: a base's provenance curve, then this run's, on one step axis.
+    from tools.learning_report import main as report_main
+
+    (tmp_path / "PROVENANCE.json").write_text(json.dumps({"commit": "x", "learning_curve": curve}))
+    report_main(["--stage", f"pretrain={tmp_path / 'PROVENANCE.json'}",
+                 "--stage", f"phase1={tmp_path / 'out' / 'learning_curve.json'}", "--output", str(tmp_path / "lc.json")])
+    report = json.loads((tmp_path / "lc.json").read_text())
+    assert [(s["name"], s["start_step"]) for s in report["stages"]] == [("pretrain", 0), ("phase1", 8)]
+    assert report["stages"][1]["points"] == curve["points"] and (tmp_path / "lc.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        report_main(["--stage", "phase1", "--output", str(tmp_path / "bad.json")])
 
 
 # 2 processes x batch 2 against 1 process x batch 2 x 2 accumulation: the same samples per step, and both average

@@ -1,0 +1,78 @@
+"""The demo's learning-curve report: every stage's held-out curve on one step axis.
+
+    python tools/learning_report.py --output outputs/demo/learning_curve.json \
+        --stage pretrain=pretrained/demo-base/PROVENANCE.json --stage phase1=outputs/demo/phase1/learning_curve.json ...
+
+The pretrain stage comes from the shipped base's provenance (make demo does not re-run it); each later stage from
+the `learning_curve.json` its training run wrote. Writes the combined JSON ({"stages": [{name, start_step,
+points}]}, steps counted from the start of the pretrain) and a PNG beside it, one panel per stage.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from modeling_arrcoc.curves import plot_learning_curve  # noqa: E402
+
+
+def stage_points(path: Path) -> list:
+    """Curve points of a learning_curve.json, or of the curve recorded in a base's PROVENANCE.json."""
+    record = json.loads(path.read_text())
+    points = record.get("learning_curve", record).get("points")
+    if not points:
+        raise ValueError(f"{path} holds no learning-curve points.")
+    return points
+
+
+def combine(stages: list[tuple[str, Path]]) -> dict:
+    combined, start = [], 0
+    for name, path in stages:
+        points = stage_points(path)
+        combined.append({"name": name, "source": str(path), "start_step": start, "points": points})
+        start += points[-1]["step"]
+    return {"stages": combined}
+
+
+def plot(report: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = report["stages"]
+    figure, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 4.2), sharey=True, squeeze=False)
+    for axis, stage in zip(axes[0], stages):
+        plot_learning_curve(stage["points"], None, stage["name"], axis=axis)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def parse_stage(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--stage takes NAME=PATH, got {text!r}")
+    if not Path(path).exists():
+        raise argparse.ArgumentTypeError(f"--stage {name}: {path} does not exist")
+    return name, Path(path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", type=parse_stage, action="append", required=True, help="NAME=PATH, in order")
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    report = combine(args.stage)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = args.output.with_suffix(".tmp")
+    temporary.write_text(json.dumps(report, indent=1))
+    temporary.replace(args.output)
+    plot(report, args.output.with_suffix(".png"))
+    print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
