@@ -35,6 +35,7 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
           "p50_visual_tokens": float,
           "p95_visual_tokens": float,
           "per_task": {"<task family>": float},   # accuracy per `task` column value
+          "per_task_visual_tokens": {"<task family>": float},  # mean measured tokens per task family
           "token_histogram": {"<tokens>": int},   # samples per measured token count
           "tier_histogram": {"<tier value>": int},# samples per tier used ("full" counts as the largest tier)
           "latency_ms_per_query": float,  # wall time per query, SAM + selection + generation, batched
@@ -368,9 +369,10 @@ def sample_scores(metric: str, predictions, references) -> list:
     return [metric_fn(prediction, refs) for prediction, refs in zip(predictions, references)]
 
 
-def per_task_accuracy(scores, tasks) -> dict:
+def per_task_mean(values, tasks) -> dict:
+    """{task: mean of `values` over that task's samples} (accuracy from scores, tokens from counts)."""
     by_task = defaultdict(list)
-    for value, task in zip(scores, tasks):
+    for value, task in zip(values, tasks):
         by_task[task].append(value)
     return {task: float(np.mean(values)) for task, values in sorted(by_task.items())}
 
@@ -384,7 +386,8 @@ def summarize_run(run: MethodRun, scores, tasks, budgets, num_patches) -> dict:
         "mean_visual_tokens": stats["mean"],
         "p50_visual_tokens": stats["p50"],
         "p95_visual_tokens": stats["p95"],
-        "per_task": per_task_accuracy(scores, tasks),
+        "per_task": per_task_mean(scores, tasks),
+        "per_task_visual_tokens": per_task_mean(run.visual_token_counts, tasks),
         "token_histogram": stats["histogram"],
         "tier_histogram": {str(budgets[t]): tier_counts[t] for t in sorted(tier_counts)},
         "latency_ms_per_query": 1000.0 * run.seconds / len(scores),
@@ -698,7 +701,7 @@ __all__ = [
     "method_names",
     "oracle_tiers",
     "parse_method",
-    "per_task_accuracy",
+    "per_task_mean",
     "per_tier_buckets",
     "plot_heatmaps",
     "plot_pareto",

@@ -226,6 +226,10 @@ def _per_task_table(methods) -> str:
     own = [name for name in methods if _is_own(name)]
     tasks = sorted({task for name in own for task in methods[name]["per_task"]})
     rows = [[task] + [_fmt(methods[name]["per_task"].get(task)) for name in own] for task in tasks]
+    tokens = methods.get("auto", {}).get("per_task_visual_tokens")
+    if tokens:  # where auto spends its tokens: the budget predictor's decision per family
+        rows = [row + [_fmt(tokens.get(row[0]), ".1f")] for row in rows]
+        own = own + ["auto: mean visual tokens"]
     return "### Accuracy per task family\n\n" + _table(["task"] + own, rows)
 
 

@@ -104,6 +104,7 @@ def test_summaries_aggregate_scores_tokens_and_latency(tiny):
     auto = report["methods"]["auto"]
     assert auto["accuracy"] == 0.75
     assert auto["per_task"] == {"chart": 1.0, "local_color": 1.0, "region_row": 0.0}
+    assert auto["per_task_visual_tokens"] == {"chart": 40.0, "local_color": 4.0, "region_row": 16.0}
     assert auto["mean_visual_tokens"] == 25.0 and auto["p50_visual_tokens"] == 16.0
     assert auto["p95_visual_tokens"] == pytest.approx(np.percentile([4, 16, 16, 64], 95))
     assert auto["token_histogram"] == {"4": 1, "16": 2, "64": 1}
@@ -263,7 +264,7 @@ def test_accuracy_counts_answers_the_model_really_gives(tiny, rows):
 def test_cli_report_has_every_method_and_field(cli_run):
     report, out = cli_run
     assert list(report["methods"]) == ALL_METHODS
-    fields = {"accuracy", "mean_visual_tokens", "p95_visual_tokens", "per_task", "token_histogram",
+    fields = {"accuracy", "mean_visual_tokens", "p95_visual_tokens", "per_task", "per_task_visual_tokens", "token_histogram",
               "latency_ms_per_query", "compression_ratio"}
     for name, method in report["methods"].items():
         assert fields <= set(method), name

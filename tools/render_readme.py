@@ -37,6 +37,10 @@ def demo_block(report: dict) -> str:
         if name in report["methods"]:
             per_task = report["methods"][name]["per_task"]
             task_rows.append(f"| {name} | " + " | ".join(f"{per_task.get(t, float('nan')):.2f}" for t in tasks) + " |")
+    tokens = report["methods"]["auto"].get("per_task_visual_tokens")
+    if tokens:
+        task_rows.append("| auto: mean visual tokens | " + " | ".join(f"{tokens.get(t, float('nan')):.1f}" for t in tasks)
+                         + " |")
     meta = report["meta"]
     lines = [f"Held-out test split ({meta['split']}, {meta['num_samples']} samples, {meta['metric']}), "
              f"checkpoint `{meta['checkpoint']}`, commit `{str(meta.get('commit'))[:10]}`:", "", *rows, "",
