@@ -433,15 +433,25 @@ def test_train_main_smoke(tmp_path, data_args, datasets):
     curve = json.loads((tmp_path / "out" / "learning_curve.json").read_text())
     assert [point["step"] for point in curve["points"]] == [4, 8] and "uniform_pool@16" in curve["points"][0]["methods"]
 
-    # The demo's combined report: a base's provenance curve, then this run's, on one step axis.
+    # A base exported from two training stages (as make pretrain does), then the demo's combined report: the
+    # base's stages and this run's curve on one step axis.
+    from tools.compare_checkpoints import max_weight_difference
+    from tools.export_base import main as export_main
     from tools.learning_report import main as report_main
 
-    (tmp_path / "PROVENANCE.json").write_text(json.dumps({"commit": "x", "learning_curve": curve}))
-    report_main(["--stage", f"pretrain={tmp_path / 'PROVENANCE.json'}",
-                 "--stage", f"phase1={tmp_path / 'out' / 'learning_curve.json'}", "--output", str(tmp_path / "lc.json")])
+    run_curve = tmp_path / "out" / "learning_curve.json"
+    export_main([str(final), str(tmp_path / "base"), "--config", config, "--curve", str(run_curve),
+                 "--config", config, "--curve", str(run_curve)])
+    provenance = json.loads((tmp_path / "base" / "PROVENANCE.json").read_text())
+    assert [stage["start_step"] for stage in provenance["stages"]] == [0, 8]
+    assert [point["step"] for point in provenance["learning_curve"]["points"]] == [4, 8, 12, 16]
+    assert 0 < max_weight_difference(final, tmp_path / "base") < 1e-2  # float16 storage rounds, nothing else
+    report_main(["--stage", f"pretrain={tmp_path / 'base' / 'PROVENANCE.json'}",
+                 "--stage", f"phase1={run_curve}", "--output", str(tmp_path / "lc.json")])
     report = json.loads((tmp_path / "lc.json").read_text())
-    assert [(s["name"], s["start_step"]) for s in report["stages"]] == [("pretrain", 0), ("phase1", 8)]
-    assert report["stages"][1]["points"] == curve["points"] and (tmp_path / "lc.png").stat().st_size > 0
+    assert [(s["name"], s["start_step"]) for s in report["stages"]] == [
+        ("pretrain: phase1", 0), ("pretrain: phase1", 8), ("phase1", 16)]
+    assert report["stages"][2]["points"] == curve["points"] and (tmp_path / "lc.png").stat().st_size > 0
     with pytest.raises(SystemExit):
         report_main(["--stage", "phase1", "--output", str(tmp_path / "bad.json")])
 

@@ -30,22 +30,30 @@ def git_commit() -> str | None:
         return None
 
 
-def provenance(source: Path, config: Path | None, curve: Path | None) -> dict:
+def provenance(source: Path, configs: list[Path], curves: list[Path]) -> dict:
+    """The command, commit and, per training stage (config i produced curve i), its YAML and held-out curve.
+    `learning_curve` joins the stages' curves on one step axis (stage 2's steps follow stage 1's)."""
     record = {
         "command": "make pretrain",
         "source_checkpoint": str(source),
         "commit": git_commit(),
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "storage_dtype": "float16",
+        "stages": [],
     }
-    if config is not None:
-        record["training_config"] = config.read_text()
-    if curve is not None and curve.exists():
-        record["learning_curve"] = json.loads(curve.read_text())
+    joined, start = [], 0
+    for index, config in enumerate(configs):
+        curve = curves[index] if index < len(curves) and curves[index].exists() else None
+        points = json.loads(curve.read_text())["points"] if curve else []
+        record["stages"].append({"config": str(config), "training_config": config.read_text(), "start_step": start,
+                                 "learning_curve": {"points": points}})
+        joined += [{**point, "step": point["step"] + start, "stage": config.stem} for point in points]
+        start += points[-1]["step"] if points else 0
+    record["learning_curve"] = {"points": joined}
     return record
 
 
-def export(source: Path, target: Path, config: Path | None, curve: Path | None):
+def export(source: Path, target: Path, configs: list[Path], curves: list[Path]):
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(source)
     staging = target.with_name(target.name + ".tmp")
@@ -54,7 +62,7 @@ def export(source: Path, target: Path, config: Path | None, curve: Path | None):
     processor.save_pretrained(staging)
     for code in staging.glob("*.py"):
         code.unlink()  # the base is read with the package imported; no stale copies of its source
-    (staging / "PROVENANCE.json").write_text(json.dumps(provenance(source, config, curve), indent=2) + "\n")
+    (staging / "PROVENANCE.json").write_text(json.dumps(provenance(source, configs, curves), indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)  # the shipped base is replaced whole or not at all
 
@@ -63,8 +71,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
-    parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--curve", type=Path, default=None)
+    parser.add_argument("--config", type=Path, action="append", default=[], help="each training stage's YAML, in order")
+    parser.add_argument("--curve", type=Path, action="append", default=[], help="the learning_curve.json of each stage")
     args = parser.parse_args(argv)
     export(args.source, args.target, args.config, args.curve)
     print(f"exported {args.source} -> {args.target}")

@@ -27,12 +27,21 @@ def stage_points(path: Path) -> list:
     return points
 
 
+def expand(name: str, path: Path) -> list[tuple[str, list]]:
+    """(stage name, points) pairs: a base's PROVENANCE.json with several training stages gives one per stage."""
+    record = json.loads(path.read_text())
+    stages = [stage for stage in record.get("stages", []) if stage["learning_curve"]["points"]]
+    if len(stages) > 1:
+        return [(f"{name}: {Path(stage['config']).stem}", stage["learning_curve"]["points"]) for stage in stages]
+    return [(name, stage_points(path))]
+
+
 def combine(stages: list[tuple[str, Path]]) -> dict:
     combined, start = [], 0
     for name, path in stages:
-        points = stage_points(path)
-        combined.append({"name": name, "source": str(path), "start_step": start, "points": points})
-        start += points[-1]["step"]
+        for stage_name, points in expand(name, path):
+            combined.append({"name": stage_name, "source": str(path), "start_step": start, "points": points})
+            start += points[-1]["step"]
     return {"stages": combined}
 
 
@@ -43,7 +52,7 @@ def plot(report: dict, path: Path):
     import matplotlib.pyplot as plt
 
     stages = report["stages"]
-    figure, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 4.2), sharey=True, squeeze=False)
+    figure, axes = plt.subplots(1, len(stages), figsize=(4.4 * len(stages), 4.4), sharey=True, squeeze=False)
     for axis, stage in zip(axes[0], stages):
         plot_learning_curve(stage["points"], None, stage["name"], axis=axis)
     figure.tight_layout()
