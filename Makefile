@@ -29,8 +29,10 @@ DEMO_LIMITATION := TBD
 
 pretrain: venv
 	$(PY) train.py configs/demo/pretrain.yaml
-	$(PY) tools/export_base.py outputs/demo/pretrain/checkpoint $(BASE) --config configs/demo/pretrain.yaml \
-		--curve outputs/demo/pretrain/learning_curve.json
+	$(PY) train.py configs/demo/pretrain_llm.yaml
+	$(PY) tools/export_base.py outputs/demo/pretrain_llm/checkpoint $(BASE) \
+		--config configs/demo/pretrain.yaml --curve outputs/demo/pretrain/learning_curve.json \
+		--config configs/demo/pretrain_llm.yaml --curve outputs/demo/pretrain_llm/learning_curve.json
 
 DEMO := outputs/demo
 
