@@ -57,15 +57,19 @@ def pretrain_block(provenance: dict) -> str:
     points = provenance.get("learning_curve", {}).get("points", [])
     if not points:
         return "*(the base was exported without a learning curve)*"
-    names = [n for n in points[-1]["methods"] if n != "full"]
-    rows = ["| step | " + " | ".join(names) + " | coverage (auto) |", "|---" * (len(names) + 2) + "|"]
+    names = [n for n in points[-1]["methods"] if n != "auto"]  # auto in a pretrain is an untrained predictor
+    small = [n for n in names if n.startswith("tier_")][:2]
+    rows = ["| step | stage | " + " | ".join(names) + " | " + " | ".join(f"coverage {n}" for n in small) + " |",
+            "|---" * (len(names) + len(small) + 2) + "|"]
     for point in points:
         methods = point["methods"]
-        coverage = methods.get("auto", {}).get("coverage")
-        rows.append(f"| {point['step']} | " + " | ".join(f"{methods[n]['accuracy']:.2f}" for n in names)
-                    + f" | {coverage if coverage is None else round(coverage, 2)} |")
-    header = (f"Held-out accuracy (teacher-forced exact match) during `make pretrain`, commit "
-              f"`{str(provenance.get('commit'))[:10]}`:")
+        coverage = [methods.get(n, {}).get("coverage") for n in small]
+        rows.append(f"| {point['step']} | {point.get('stage', '')} | "
+                    + " | ".join(f"{methods[n]['accuracy']:.2f}" if n in methods else "-" for n in names) + " | "
+                    + " | ".join("-" if c is None else f"{c:.2f}" for c in coverage) + " |")
+    header = (f"Held-out accuracy (teacher-forced exact match, validation rows of the stage's families) during "
+              f"`make pretrain`, commit `{str(provenance.get('commit'))[:10]}`; coverage = share of questions whose "
+              f"answer-box patches are all kept:")
     return "\n".join([header, "", *rows])
 
 
@@ -78,11 +82,10 @@ def curve_figures(provenance: dict) -> str:
     if points:
         plot_learning_curve(points, ROOT / "docs/pretrain_curve.png", "make pretrain: held-out accuracy")
         figures.append("![pretrain learning curve](docs/pretrain_curve.png)")
-    phase1 = ROOT / "outputs/demo/phase1/learning_curve.json"
-    if phase1.exists():
-        plot_learning_curve(json.loads(phase1.read_text())["points"], ROOT / "docs/phase1_curve.png",
-                            "make demo, phase 1: held-out accuracy")
-        figures.append("![phase 1 learning curve](docs/phase1_curve.png)")
+    report = ROOT / "outputs/demo/learning_curve.png"  # make demo: every stage, pretrain to phase 3
+    if report.exists():
+        shutil.copyfile(report, ROOT / "docs/learning_curve.png")
+        figures.append("![learning curve of every stage](docs/learning_curve.png)")
     return "\n\n" + "\n".join(figures) if figures else ""
 
 
