@@ -123,9 +123,9 @@ def plot_learning_curve(points: list, path, title: str = "held-out accuracy", ax
     if axis is None:
         figure, axis = plt.subplots(figsize=(7, 4.5))
     steps = [p["step"] for p in points]
-    for name in points[-1]["methods"]:
+    for index, name in enumerate(points[-1]["methods"]):  # tab20: up to 20 methods, no colour repeats
         axis.plot(steps, [p["methods"][name]["accuracy"] for p in points], marker=".", label=name,
-                  linestyle="-" if not name.startswith("uniform") else ":")
+                  color=plt.cm.tab20(index % 20), linestyle="-" if not name.startswith("uniform") else ":")
     coverage = [p["methods"].get("auto", {}).get("coverage") for p in points]
     if any(c is not None for c in coverage):
         axis.plot(steps, coverage, "k--", label="answer-box coverage (auto)")
