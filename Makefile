@@ -33,9 +33,11 @@ DEMO_LIMITATION := The demo model answers local reading and counting only: regio
 pretrain: venv
 	$(PY) train.py configs/demo/pretrain.yaml
 	$(PY) train.py configs/demo/pretrain_llm.yaml
-	$(PY) tools/export_base.py outputs/demo/pretrain_llm/checkpoint $(BASE) \
+	$(PY) train.py configs/demo/pretrain_tiers.yaml
+	$(PY) tools/export_base.py outputs/demo/pretrain_tiers/checkpoint $(BASE) \
 		--config configs/demo/pretrain.yaml --curve outputs/demo/pretrain/learning_curve.json \
-		--config configs/demo/pretrain_llm.yaml --curve outputs/demo/pretrain_llm/learning_curve.json
+		--config configs/demo/pretrain_llm.yaml --curve outputs/demo/pretrain_llm/learning_curve.json \
+		--config configs/demo/pretrain_tiers.yaml --curve outputs/demo/pretrain_tiers/learning_curve.json
 
 DEMO := outputs/demo
 

@@ -353,8 +353,9 @@ def test_shipped_yamls_parse():
             model_args, _, args = train.parse_config([str(path), "output_dir=/tmp/unused", "bf16=false"])
             phases[path.relative_to(ROOT / "configs").as_posix()] = args.phase
     assert phases == {"demo/phase1.yaml": "phase1", "demo/phase2.yaml": "phase2", "demo/phase3.yaml": "phase3",
-                      "demo/pretrain.yaml": "pretrain", "demo/pretrain_llm.yaml": "phase2", "phase0.yaml": "phase0",
-                      "phase1.yaml": "phase1", "phase2.yaml": "phase2", "phase3.yaml": "phase3"}
+                      "demo/pretrain.yaml": "pretrain", "demo/pretrain_llm.yaml": "phase2",
+                      "demo/pretrain_tiers.yaml": "phase2", "phase0.yaml": "phase0", "phase1.yaml": "phase1",
+                      "phase2.yaml": "phase2", "phase3.yaml": "phase3"}
 
 
 # --- data: grouped batches, cached SAM features -------------------------------------------------------------------
