@@ -6,7 +6,7 @@ decisions give such mixes). "Prefill" is generate(max_new_tokens=1): SAM, alloca
 prefill, i.e. the time to the first token. A second measurement starts from cached SAM features, the case
 where grouping changes the largest share of the work.
 
-    python bench/prefill_grouping.py [--repeats 9] [--tiers 8 8 16 16 32 32 64 256] [--threads 1]
+    python bench/prefill_grouping.py [--repeats 9] [--tiers 4 4 8 8 16 16 64 256] [--threads 1]
 
 One thread by default (see bench/common.py). Prints min/median/max per mode, in wall time and in process CPU
 time (steadier on a shared machine), and the speed-up (padded / grouped) per round as min/median/max; writes
@@ -26,7 +26,6 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 NAME = "prefill_grouping"
-DEFAULT_TIERS = (8, 8, 16, 16, 32, 32, 64, 256)
 MODES = ("grouped", "padded")
 QUESTIONS = (
     "What is the digit in row 2, column 5?",
@@ -43,9 +42,21 @@ QUESTIONS = (
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(parser, repeats=9)
-    parser.add_argument("--tiers", type=int, nargs="+", default=list(DEFAULT_TIERS),
-                        help="one tier per sample (the batch size is their number)")
-    return parser.parse_args(argv)
+    parser.add_argument("--tiers", type=int, nargs="+", default=None,
+                        help="one tier per sample (the batch size is their number); default: the preset's mix")
+    args = parser.parse_args(argv)
+    args.tiers = args.tiers or mixed_tiers(args.preset)
+    return args
+
+
+def mixed_tiers(preset) -> list[int]:
+    """Two samples at each tier but the largest, one at the largest: the preset's own budgets."""
+    from transformers import AutoConfig
+
+    import modeling_arrcoc  # noqa: F401
+
+    budgets = AutoConfig.from_pretrained(common.preset_path(preset)).budgets
+    return [b for b in budgets[:-1] for _ in range(2)] + [budgets[-1]]
 
 
 def build(preset, tiers):
@@ -84,9 +95,9 @@ def measure(model, inputs, tiers, repeats) -> dict:
     return result
 
 
-def run(preset="demo", tiers=DEFAULT_TIERS, repeats=9, threads=1) -> dict:
+def run(preset="demo", tiers=None, repeats=9, threads=1) -> dict:
     common.use_threads(threads)
-    tiers = list(tiers)
+    tiers = list(tiers or mixed_tiers(preset))
     model, inputs = build(preset, tiers)
     with torch.no_grad():
         grouped = model.generate(**inputs, budget=tiers, max_new_tokens=4, do_sample=False)

@@ -55,9 +55,6 @@ def parse_args(argv=None):
 def run_bench(name, extra, preset, output_dir, threads) -> float:
     """Run bench/<name>.py in a fresh process; its output streams through. Returns its wall seconds."""
     args = [a.format(output_dir=output_dir) for a in extra]
-    # The tiers of prefill_grouping's default mix are the demo preset's; other presets use their own budgets.
-    if name == "prefill_grouping" and preset != "demo":
-        args += ["--tiers", *_mixed_tiers(preset)]
     command = [sys.executable, str(BENCH_DIR / f"{name}.py"), "--preset", str(preset), "--output-dir",
                str(output_dir), "--threads", str(threads), *args]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -65,15 +62,6 @@ def run_bench(name, extra, preset, output_dir, threads) -> float:
     start = time.perf_counter()
     subprocess.run(command, check=True, env=env, cwd=common.ROOT)
     return time.perf_counter() - start
-
-
-def _mixed_tiers(preset) -> list:
-    from transformers import AutoConfig
-
-    import modeling_arrcoc  # noqa: F401
-
-    budgets = AutoConfig.from_pretrained(common.preset_path(preset)).budgets
-    return [str(b) for b in budgets[:-1] for _ in range(2)] + [str(budgets[-1])]
 
 
 # ---------------------------------------------------------------------------------------------------------------
