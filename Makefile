@@ -26,9 +26,9 @@ test: venv
 BASE := pretrained/demo-base
 # Stated on the model card (no numbers: those come from eval.json); revised when make demo's results change.
 DEMO_LIMITATION := The demo model answers local reading and counting only: region rows and charts are not taught \
-	by the demo and stay at chance. Its budget predictor under-spends on part of the counting questions that need 8 \
-	tokens. With all 256 tokens it reads far worse than at 4-16, because its language model was only trained on few \
-	tokens. The held-out test variant (other shades, layouts, glyph sizes) is read less well than the training one.
+	by the demo and stay at chance. Its budget predictor under-spends on counting: most counting questions get 4 \
+	tokens although 8 answer more of them. Counting works with few tokens and fails with many (it was learned at \
+	4-16). The held-out test variant (other shades, layouts, glyph sizes) is read less well than the training one.
 
 pretrain: venv
 	$(PY) train.py configs/demo/pretrain.yaml
