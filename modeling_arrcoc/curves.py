@@ -77,6 +77,15 @@ def _summarize(hits, covered, tokens, tasks) -> dict:
     }
 
 
+def write_json_atomic(path, record: dict):
+    """Write `record` to `path` through a temporary file and a rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=1))
+    temporary.replace(path)
+
+
 @dataclass
 class LearningCurve:
     """Points {step, methods: {name: summary}} appended to a JSON file, rewritten whole at each point."""
@@ -87,10 +96,7 @@ class LearningCurve:
     def add(self, step: int, model, batches, methods: list[Method]):
         summaries = {name: score_batches(model, batches, budget, selection) for name, budget, selection in methods}
         self.points.append({"step": step, "methods": summaries})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"points": self.points}, indent=1))
-        temporary.replace(self.path)  # atomic: a reader never sees half a file
+        write_json_atomic(self.path, {"points": self.points})
         return summaries
 
 
@@ -142,5 +148,6 @@ __all__ = [
     "LearningCurveCallback",
     "methods_for",
     "plot_learning_curve",
+    "write_json_atomic",
     "score_batches",
 ]

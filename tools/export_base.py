@@ -1,10 +1,11 @@
 """Export a pretrained demo checkpoint as the shipped base: half-precision safetensors, processor, provenance.
 
-    python tools/export_base.py outputs/pretrain/checkpoint pretrained/demo-base --config configs/demo/pretrain.yaml
+    python tools/export_base.py outputs/demo/pretrain_tiers/checkpoint pretrained/demo-base \
+        --config configs/demo/pretrain.yaml --curve outputs/demo/pretrain/learning_curve.json ...  # one pair per stage
 
 The base is stored in float16 to keep the repository small (~12 MB for the demo preset); `from_pretrained(...,
-dtype=torch.float32)` widens it again for training. PROVENANCE.json records the command, the commit, the
-training YAML and the held-out learning curve that produced it.
+dtype=torch.float32)` widens it again for training. PROVENANCE.json records the command, the commit, and each
+training stage's YAML and held-out learning curve (`make pretrain` gives the three stages in order).
 """
 
 import argparse
@@ -42,9 +43,8 @@ def provenance(source: Path, configs: list[Path], curves: list[Path]) -> dict:
         "stages": [],
     }
     joined, start = [], 0
-    for index, config in enumerate(configs):
-        curve = curves[index] if index < len(curves) and curves[index].exists() else None
-        points = json.loads(curve.read_text())["points"] if curve else []
+    for config, curve in zip(configs, curves):
+        points = json.loads(curve.read_text())["points"]
         record["stages"].append({"config": str(config), "training_config": config.read_text(), "start_step": start,
                                  "learning_curve": {"points": points}})
         joined += [{**point, "step": point["step"] + start, "stage": config.stem} for point in points]
@@ -74,6 +74,12 @@ def main(argv=None):
     parser.add_argument("--config", type=Path, action="append", default=[], help="each training stage's YAML, in order")
     parser.add_argument("--curve", type=Path, action="append", default=[], help="the learning_curve.json of each stage")
     args = parser.parse_args(argv)
+    if len(args.config) != len(args.curve):
+        parser.error(f"one --curve per --config (the stage's learning curve): got {len(args.config)} configs and "
+                     f"{len(args.curve)} curves")
+    missing = [str(path) for path in args.config + args.curve if not path.exists()]
+    if missing:
+        parser.error(f"not found: {', '.join(missing)}")
     export(args.source, args.target, args.config, args.curve)
     print(f"exported {args.source} -> {args.target}")
 

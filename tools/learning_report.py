@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from modeling_arrcoc.curves import plot_learning_curve  # noqa: E402
+from modeling_arrcoc.curves import plot_learning_curve, write_json_atomic  # noqa: E402
 
 
 def stage_points(path: Path) -> list:
@@ -75,10 +75,7 @@ def main(argv=None):
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
     report = combine(args.stage)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.output.with_suffix(".tmp")
-    temporary.write_text(json.dumps(report, indent=1))
-    temporary.replace(args.output)
+    write_json_atomic(args.output, report)
     plot(report, args.output.with_suffix(".png"))
     print(f"wrote {args.output} and {args.output.with_suffix('.png')}")
 
