@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from .metrics import per_task_mean
+
 # (name, budget, selection) triples evaluated at every curve point.
 Method = tuple[str, object, str]
 
@@ -65,13 +67,10 @@ def _coverage(kept, targets) -> list[float | None]:
 
 
 def _summarize(hits, covered, tokens, tasks) -> dict:
-    per_task = {}
-    for task in sorted(set(tasks)):
-        per_task[task] = sum(h for h, t in zip(hits, tasks) if t == task) / tasks.count(task)
     boxed = [c for c in covered if c is not None]
     return {
         "accuracy": sum(hits) / len(hits),
-        "per_task": per_task,
+        "per_task": per_task_mean(hits, tasks),
         "coverage": sum(boxed) / len(boxed) if boxed else None,
         "mean_visual_tokens": sum(tokens) / len(tokens),
     }

@@ -86,7 +86,7 @@ from tqdm.auto import tqdm
 
 from .data import HUB_DATASETS, SyntheticConfig, load_hub_dataset, make_synthetic_suite, resolve_name
 from .explanation import explain, prompt_batch, render_heatmap
-from .metrics import METRICS, calibration_stats, token_stats
+from .metrics import METRICS, calibration_stats, per_task_mean, token_stats
 
 SYNTHETIC = "synthetic"
 SYNTHETIC_METRIC = "exact_match"
@@ -367,14 +367,6 @@ def sample_scores(metric: str, predictions, references) -> list:
     """Per-sample metric scores in [0, 1]."""
     metric_fn = METRICS[metric]
     return [metric_fn(prediction, refs) for prediction, refs in zip(predictions, references)]
-
-
-def per_task_mean(values, tasks) -> dict:
-    """{task: mean of `values` over that task's samples} (accuracy from scores, tokens from counts)."""
-    by_task = defaultdict(list)
-    for value, task in zip(values, tasks):
-        by_task[task].append(value)
-    return {task: float(np.mean(values)) for task, values in sorted(by_task.items())}
 
 
 def summarize_run(run: MethodRun, scores, tasks, budgets, num_patches) -> dict:

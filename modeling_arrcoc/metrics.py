@@ -311,12 +311,21 @@ def calibration_stats(
     }
 
 
+def per_task_mean(values: Sequence[float], tasks: Sequence[str]) -> dict:
+    """{task: mean of `values` over that task's samples}, tasks sorted (accuracy from scores, tokens from counts)."""
+    by_task = {}
+    for value, task in zip(values, tasks):
+        by_task.setdefault(task, []).append(value)
+    return {task: float(np.mean(by_task[task])) for task in sorted(by_task)}
+
+
 __all__ = [
     "METRICS",
     "anls",
     "calibration_stats",
     "exact_match",
     "normalize_vqa_answer",
+    "per_task_mean",
     "relaxed_accuracy",
     "score",
     "token_stats",

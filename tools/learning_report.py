@@ -18,22 +18,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from modeling_arrcoc.curves import plot_learning_curve, write_json_atomic  # noqa: E402
 
 
-def stage_points(path: Path) -> list:
-    """Curve points of a learning_curve.json, or of the curve recorded in a base's PROVENANCE.json."""
-    record = json.loads(path.read_text())
-    points = record.get("learning_curve", record).get("points")
-    if not points:
-        raise ValueError(f"{path} holds no learning-curve points.")
-    return points
-
-
 def expand(name: str, path: Path) -> list[tuple[str, list]]:
-    """(stage name, points) pairs: a base's PROVENANCE.json with several training stages gives one per stage."""
+    """(stage name, points) pairs from a `learning_curve.json`, or from a base's PROVENANCE.json: one pair per
+    training stage when it records several, else its joined curve."""
     record = json.loads(path.read_text())
     stages = [stage for stage in record.get("stages", []) if stage["learning_curve"]["points"]]
     if len(stages) > 1:
         return [(f"{name}: {Path(stage['config']).stem}", stage["learning_curve"]["points"]) for stage in stages]
-    return [(name, stage_points(path))]
+    points = record.get("learning_curve", record).get("points")
+    if not points:
+        raise ValueError(f"{path} holds no learning-curve points.")
+    return [(name, points)]
 
 
 def combine(stages: list[tuple[str, Path]]) -> dict:
