@@ -33,7 +33,7 @@ from modeling_arrcoc.evaluation import (
     plot_pareto,
     save_report,
 )
-from modeling_arrcoc.model_card import write_model_card
+from modeling_arrcoc.evaluation.model_card import write_model_card
 
 ROOT = Path(__file__).resolve().parent
 

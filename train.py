@@ -23,11 +23,13 @@ from transformers import set_seed
 
 import modeling_arrcoc  # noqa: F401  (registers ArrCoc with the Auto classes)
 from modeling_arrcoc import ArrCocConfig, ArrCocForConditionalGeneration, ArrCocImageProcessor, ArrCocProcessor
-from modeling_arrcoc.curves import LearningCurve, LearningCurveCallback, methods_for
+from modeling_arrcoc.methods import learning_curve_methods
+from modeling_arrcoc.training.curves import LearningCurve, LearningCurveCallback
 from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.data.synthetic import FAMILIES, NUM_VISUAL_WORDS, SyntheticConfig, make_synthetic_suite
-from modeling_arrcoc.phases import apply_phase, merge_lora, trainable_parameter_counts
-from modeling_arrcoc.trainer_arrcoc import ArrCocTrainer, ArrCocTrainingArguments
+from modeling_arrcoc.training.phases import apply_phase, merge_lora, trainable_parameter_counts
+from modeling_arrcoc.training.arguments import ArrCocTrainingArguments
+from modeling_arrcoc.training.trainer import ArrCocTrainer
 
 ROOT = Path(__file__).resolve().parent
 BASE_IMAGE_TOKEN = "<|image_pad|>"  # Qwen's image placeholder token
@@ -178,7 +180,7 @@ def learning_curve_callbacks(data_args, args, eval_dataset, collator, budgets) -
     batches = [{**collator(rows[i:i + size]), "task": [row["task"] for row in rows[i:i + size]]}
                for i in range(0, len(rows), size)]
     curve = LearningCurve(Path(args.output_dir) / "learning_curve.json")
-    return [LearningCurveCallback(curve, batches, methods_for(budgets), data_args.learning_curve_every)]
+    return [LearningCurveCallback(curve, batches, learning_curve_methods(budgets), data_args.learning_curve_every)]
 
 
 def print_trainable(model, args):

@@ -143,7 +143,8 @@ def query_flops(config, tier, text_width: int, new_tokens: int, batch: int = 1) 
         "select": select_flops(config, tokens),
         "clip": clip_flops(config, tokens),
         "adapter": adapter_flops(config, tokens),
-        "prefill": llm_flops(tc, length, length) + lm_head_flops(tc, length),
+        # generate passes logits_to_keep=1 to the prefill: the LM head runs on the last position only.
+        "prefill": llm_flops(tc, length, length) + lm_head_flops(tc, 1),
         "decode": decode,
     }
     return {stage: batch * value for stage, value in per_sample.items()}

@@ -36,6 +36,8 @@ from bench import common  # noqa: E402  (first: it pins the thread count before 
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
+from modeling_arrcoc.modeling_arrcoc import answer_window  # noqa: E402
+
 NAME = "memory"
 PHASES = ("pretrain", "phase0", "phase1", "phase2", "phase3")
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -89,7 +91,7 @@ def rss_point() -> dict:
 
 def owners(model) -> dict:
     """{id(parameter): component}, each parameter once (phases.component_parameters' convention)."""
-    from modeling_arrcoc.phases import component_parameters
+    from modeling_arrcoc.training.phases import component_parameters
 
     return {id(p): name for name, params in component_parameters(model).items() for p in params}
 
@@ -118,7 +120,7 @@ def phase_memory(preset, phase, steps=2, batch_size=8) -> dict:
     from transformers import AutoConfig, AutoProcessor
 
     from modeling_arrcoc.data.collator import ArrCocCollator
-    from modeling_arrcoc.phases import apply_phase
+    from modeling_arrcoc.training.phases import apply_phase
 
     from bench.training_throughput import LOSS_WEIGHTS, make_optimizer
 
@@ -137,7 +139,7 @@ def phase_memory(preset, phase, steps=2, batch_size=8) -> dict:
     optimizer = make_optimizer(model)
     grads, no_grad = 0, []
     for _ in range(steps):
-        out = model(**inputs, budget=model.config.budgets[-1], loss_weights=LOSS_WEIGHTS, logits_on_labels_only=True)
+        out = model(**inputs, budget=model.config.budgets[-1], loss_weights=LOSS_WEIGHTS, logits_to_keep=answer_window(inputs["labels"]))
         out.loss.backward()
         grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
         # AdamW creates no state for a parameter that never gets a gradient: name them, they explain a ratio < 1.

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
 
-from modeling_arrcoc.phases import COMPONENTS  # noqa: E402
+from modeling_arrcoc.training.phases import COMPONENTS  # noqa: E402
 
 FROM_TOKEN_COST = ["--from-json", "{output_dir}/token_cost.json"]
 # (name, extra arguments, --quick arguments). token_cost runs before allocator_cost, which reuses its timings.

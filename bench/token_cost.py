@@ -29,6 +29,8 @@ from bench.flops import STAGES, counted_flops, query_flops, visual_tokens  # noq
 
 import torch  # noqa: E402
 
+from modeling_arrcoc.modeling_arrcoc import ArrCocImageFeaturesOutput  # noqa: E402
+
 NAME = "token_cost"
 TIMED_STAGES = ("processor", "sam", "allocator", "select", "clip", "adapter", "splice", "prefill", "decode")
 
@@ -74,8 +76,6 @@ class Query:
     @torch.no_grad()
     def stages(self, budget, new_tokens) -> tuple:
         """(new tokens, {stage: seconds}): the pipeline of `generate`, one explicit call per stage."""
-        from modeling_arrcoc.modeling_arrcoc import _splice  # the model's own splice, timed as its own stage
-
         model, core, seconds = self.model, self.model.model, {}
 
         def run(stage, fn):
@@ -85,19 +85,16 @@ class Query:
         inputs = run("processor", self.process)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         features = run("sam", lambda: core.get_patch_features(inputs["pixel_values"]))
-        decision = run("allocator", lambda: core.allocator(features, *core.question_inputs(ids, mask)))
-
-        def select():
-            counts, tiers = core.resolve_budget(budget, decision.budget_logits, features.shape[1])
-            return core.select(features, decision.patch_scores, counts, "learned"), tiers
-
-        chosen, tiers = run("select", select)
+        # The allocation plan (question embeddings, scorer, budget), then each stage of what follows it.
+        plan = run("allocator", lambda: core.plan_allocation(input_ids=ids, attention_mask=mask,
+                                                             patch_features=features, budget=budget))
+        chosen = run("select", lambda: core.select(plan))
         hidden = run("clip", lambda: core.clip_encoder(chosen))
-        embeds, _ = run("adapter", lambda: core.quality_adapter(hidden, tiers, chosen.token_scores))
-        spliced = run("splice", lambda: _splice(ids, mask, None, core.get_input_embeddings()(ids), embeds,
-                                                chosen.token_mask, model.config.image_token_id))
+        embeds, _ = run("adapter", lambda: core.quality_adapter(hidden, plan.budget_tiers, chosen.token_scores))
+        image = ArrCocImageFeaturesOutput(pooler_output=embeds, visual_token_mask=chosen.token_mask)
+        spliced = run("splice", lambda: core.splice(ids, mask, image))
         prefill = run("prefill", lambda: model(inputs_embeds=spliced[0], attention_mask=spliced[1],
-                                               position_ids=spliced[2], use_cache=True))
+                                               position_ids=spliced[2], use_cache=True, logits_to_keep=1))
         tokens = run("decode", lambda: self._decode(prefill, spliced[1], spliced[2], new_tokens))
         return tokens, seconds
 

@@ -8,7 +8,7 @@ model forward + backward + gradient clipping at 1.0 + AdamW step, as ArrCocTrain
 
 Variants, each one epoch over the pool per round, all interleaved in the same rounds:
 - baseline: tier-grouped batches (TierGroupedBatchSampler), cached frozen SAM features, logits on labelled
-  positions only (`logits_on_labels_only`): the trainer's fast settings;
+  positions only (`logits_to_keep` = the answer window): the trainer's fast settings;
 - random_batches: the same rows in plain shuffled batches, each padded to its largest tier;
 - uncached_sam: SAM recomputed from pixels every step;
 - all_logits: the LM head and the loss on every position.
@@ -30,6 +30,8 @@ from bench import common  # noqa: E402  (first: it pins the thread count before 
 from bench.flops import llm_flops, lm_head_flops  # noqa: E402
 
 import torch  # noqa: E402
+
+from modeling_arrcoc.modeling_arrcoc import answer_window  # noqa: E402
 
 NAME = "training_throughput"
 LOSS_WEIGHTS = {"answer": 1.0, "efficiency": 0.001, "alignment": 0.5, "vet_kl": 0.01}
@@ -97,15 +99,15 @@ class Pool:
 
 
 def make_optimizer(model):
-    from modeling_arrcoc.phases import COMPONENTS
-    from modeling_arrcoc.trainer_arrcoc import component_param_groups
+    from modeling_arrcoc.training.phases import COMPONENTS
+    from modeling_arrcoc.training.optim import component_param_groups
 
     groups = component_param_groups(model, dict.fromkeys(COMPONENTS, 1e-5), 0.0, set())
     return torch.optim.AdamW(groups)
 
 
 def train_step(model, optimizer, inputs, budget, labels_only):
-    out = model(**inputs, budget=budget, loss_weights=LOSS_WEIGHTS, logits_on_labels_only=labels_only)
+    out = model(**inputs, budget=budget, loss_weights=LOSS_WEIGHTS, logits_to_keep=answer_window(inputs["labels"]) if labels_only else 0)
     out.loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -143,7 +145,7 @@ def lm_head_share(config, pool: Pool) -> dict:
 
 
 def run(preset="demo", repeats=4, rows=32, batch_size=8, phase="phase1", threads=1) -> dict:
-    from modeling_arrcoc.phases import apply_phase
+    from modeling_arrcoc.training.phases import apply_phase
 
     common.use_threads(threads)
     model, processor = common.load_model(preset)

@@ -1,10 +1,30 @@
 """ArrCoc model configuration."""
 
+import math
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+
+
+def tier_index(budget, budgets) -> int:
+    """The tier rule: an integer budget is a tier value when it is in `budgets`, else a tier index; anything else
+    is an error naming what is accepted. (The config's `tier_index` and the evaluation's method names use this.)"""
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        raise ValueError(budget_error(budget, budgets))
+    if budget in budgets:
+        return list(budgets).index(budget)
+    if 0 <= budget < len(budgets):
+        return budget
+    raise ValueError(budget_error(budget, budgets))
+
+
+def budget_error(budget, budgets) -> str:
+    return (
+        f"Unknown budget {budget!r}: expected 'auto', 'full', a tier value in {list(budgets)}, a tier index in "
+        f"0..{len(budgets) - 1}, or one of those per sample."
+    )
 
 
 @strict
@@ -80,5 +100,37 @@ class ArrCocConfig(PreTrainedConfig):
         rows, cols = self.grid_size
         return rows * cols
 
+    # -- tier rules: the one place that maps budgets to tiers and tiers to token counts ----------------------
 
-__all__ = ["ArrCocConfig"]
+    def tier_index(self, budget) -> int:
+        """See `tier_index` (module level): the tier index of an integer budget on this config's tiers."""
+        return tier_index(budget, self.budgets)
+
+    def tier_value(self, index: int) -> int:
+        """The tier value (as listed in `budgets`) of tier `index`."""
+        return self.budgets[index]
+
+    def tier_tokens(self, index: int) -> int:
+        """Visual tokens tier `index` keeps: its value, or every patch when the value exceeds the grid."""
+        return min(self.budgets[index], self.num_patches)
+
+    @property
+    def full_tier(self) -> int:
+        """The tier index "full" reports (every patch is kept; the adapter is conditioned on the largest tier)."""
+        return len(self.budgets) - 1
+
+    def budget_error(self, budget) -> str:
+        return budget_error(budget, self.budgets)
+
+    def pool_shape(self, count: int) -> tuple[int, int]:
+        """Uniform pooling's (rows, cols) for `count` tokens: the factor pair that fits the grid with the closest
+        aspect ratio. ValueError when no factor pair fits."""
+        grid = self.grid_size
+        pairs = [(r, count // r) for r in range(1, count + 1) if count % r == 0]
+        pairs = [(r, c) for r, c in pairs if r <= grid[0] and c <= grid[1]]
+        if not pairs:
+            raise ValueError(f"Uniform pooling cannot make {count} tokens on a {grid[0]}x{grid[1]} grid.")
+        return min(pairs, key=lambda rc: abs(math.log(rc[0] / rc[1]) - math.log(grid[0] / grid[1])))
+
+
+__all__ = ["ArrCocConfig", "budget_error", "tier_index"]

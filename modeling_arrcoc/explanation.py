@@ -14,7 +14,8 @@ import torch
 from matplotlib import colormaps, font_manager
 from PIL import Image, ImageDraw, ImageFont
 
-from .data.collator import ArrCocCollator
+from .data.collator import chat_prompt
+
 
 OUTLINE_COLOR = (0, 255, 255)  # cyan: visible on white pages and on every colour of the score map
 CAPTION_BACKGROUND = (255, 255, 255)
@@ -54,43 +55,40 @@ class Explanation:
         return mask
 
 
-def prompt_batch(processor, images, questions, patch_size: int) -> dict:
-    """Generation prompts (chat template, one <image> each, left-padded) and pixel values for a list of rows."""
-    rows = [{"image": image, "question": question} for image, question in zip(images, questions)]
-    return ArrCocCollator(processor, patch_size, with_answers=False)(rows)
+def prompt_batch(processor, images, questions) -> dict:
+    """Generation prompts (chat template, one <image> each, left-padded) and pixel values, built by the processor
+    so its input checks (empty question, image-token count, unreadable image) run here too."""
+    texts = [chat_prompt(processor, question) for question in questions]
+    return processor(images=list(images), text=texts, add_special_tokens=False, return_tensors="pt")
 
 
 @torch.no_grad()
 def explain(model, processor, image, question: str, budget="auto", selection: str = "learned") -> Explanation:
     """The model's allocation for one image and question: tier, token count, kept patches and their scores.
 
-    Runs SAM, the allocator and the selection exactly as `forward` does (same budget and selection rules), but not
-    the language model, which the allocation does not depend on.
+    Follows the model's own allocation plan (SAM, the allocator and the selection, exactly as `forward` and
+    `generate` do) but runs no language model, which the allocation does not depend on.
     """
-    config = model.config
-    batch = prompt_batch(processor, [image], [question], config.vision_config.patch_size)
+    batch = prompt_batch(processor, [image], [question])
     input_ids, attention_mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
-    features = model.model.get_patch_features(batch["pixel_values"].to(model.device, model.dtype))
-    inputs = model.model.prepare_multimodal_inputs(
-        input_ids, None, attention_mask, budget=budget, selection=selection, patch_features=features
-    )
-    scores = inputs.patch_scores
-    if selection == "hotspot":
-        question_embeds, question_mask = model.model.question_inputs(input_ids, attention_mask)
-        scores = model.model.allocator(features, question_embeds, question_mask).hotspot_scores
-    return _explanation(question, inputs, scores, config, selection)
+    plan = model.plan_allocation(input_ids=input_ids, attention_mask=attention_mask, budget=budget,
+                                 selection=selection, pixel_values=batch["pixel_values"].to(model.device, model.dtype))
+    kept = model.get_image_features(plan=plan).kept_patch_mask
+    # What the selection ranked by; "uniform" and "random" rank by nothing meaningful, so the allocator's are shown.
+    scores = plan.hotspot_scores if selection == "hotspot" else plan.patch_scores
+    return _explanation(question, plan, kept, scores, model.config, selection)
 
 
-def _explanation(question, inputs, scores, config, selection) -> Explanation:
+def _explanation(question, plan, kept, scores, config, selection) -> Explanation:
     rows, cols = config.grid_size
-    tier = int(inputs.budget_tiers[0])
-    kept = inputs.kept_patch_mask[0].reshape(rows, cols).nonzero().tolist()
+    tier = int(plan.budget_tiers[0])
+    positions = kept[0].reshape(rows, cols).nonzero().tolist()
     return Explanation(
         question=question,
         tier=tier,
-        tier_value=config.budgets[tier],
-        visual_token_count=int(inputs.visual_token_counts[0]),
-        kept_positions=[(int(r), int(c)) for r, c in kept],
+        tier_value=config.tier_value(tier),
+        visual_token_count=int(plan.visual_token_counts[0]),
+        kept_positions=[(int(r), int(c)) for r, c in positions],
         patch_scores=scores[0].float().reshape(rows, cols).cpu().numpy(),
         grid_size=(rows, cols),
         selection=selection,

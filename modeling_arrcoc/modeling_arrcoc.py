@@ -1,5 +1,6 @@
 """ArrCoc: SAM -> allocator -> CLIP -> quality adapter -> Qwen3/Ovis LLM, with a per-sample number of visual tokens."""
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.models.clip.modeling_clip import CLIPEncoder
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .adapter_arrcoc import ArrCocQualityAdapter
@@ -65,6 +67,50 @@ class ArrCocMultimodalInputs:
     visual_probs: torch.Tensor
     visual_mask: torch.Tensor
     token_sources: torch.Tensor  # [B, K_max] the grid index each token mostly comes from
+
+
+@dataclass
+class ArrCocAllocationPlan:
+    """Everything decided about one batch's visual tokens, computed once by `ArrCocModel.plan_allocation`.
+
+    patch_features: [B, N, C] SAM features. patch_scores / hotspot_scores: [B, N] the allocator's scores and its
+    query-agnostic saliency. budget_logits: [B, n_tiers]. budget_tiers: [B] tier index per sample.
+    visual_token_counts: [B] tokens each sample keeps. selection_scores: [B, N] what the top-K rule ranks by (None
+    for uniform pooling). selection: the selection rule's name.
+    """
+
+    patch_features: torch.Tensor
+    patch_scores: torch.Tensor
+    hotspot_scores: torch.Tensor
+    budget_logits: torch.Tensor
+    budget_tiers: torch.Tensor
+    visual_token_counts: torch.Tensor
+    selection_scores: torch.Tensor | None
+    selection: str = "learned"
+
+    def tier_groups(self) -> dict:
+        """{tier index: sample indices} in ascending tier order: the batches generation runs without padding."""
+        return {tier: (self.budget_tiers == tier).nonzero().flatten() for tier in self.budget_tiers.unique().tolist()}
+
+    def subset(self, index) -> "ArrCocAllocationPlan":
+        """The plan of the samples at `index` (decisions are per sample, so nothing is recomputed)."""
+        fields = {name: None if value is None or isinstance(value, str) else value[index]
+                  for name, value in vars(self).items()}
+        return ArrCocAllocationPlan(**{**fields, "selection": self.selection})
+
+
+@dataclass
+class ArrCocImageFeaturesOutput(BaseModelOutputWithPooling):
+    """`get_image_features`' output. pooler_output: [B, K_max, D_text] LLM-space visual embeddings (padded);
+    last_hidden_state: [B, K_max, D_clip] the CLIP encoder's output; visual_token_mask: [B, K_max] real tokens;
+    visual_probs: [B, K_max, V] the adapter's visual-word distribution; kept_patch_mask: [B, N]; token_sources:
+    [B, K_max] the grid index each token mostly comes from; plan: the allocation plan followed."""
+
+    visual_token_mask: torch.BoolTensor | None = None
+    visual_probs: torch.FloatTensor | None = None
+    kept_patch_mask: torch.BoolTensor | None = None
+    token_sources: torch.LongTensor | None = None
+    plan: ArrCocAllocationPlan | None = None
 
 
 class ArrCocClipEncoder(nn.Module):
@@ -134,33 +180,6 @@ class ArrCocPreTrainedModel(PreTrainedModel):
             init.normal_(module.prototypes, std=self.config.initializer_range)
 
 
-def _resolve_tier(budget, budgets: list[int]) -> int:
-    """An integer budget is a tier value when it is in `budgets`, else a tier index."""
-    if isinstance(budget, bool) or not isinstance(budget, int):
-        raise ValueError(_budget_error(budget, budgets))
-    if budget in budgets:
-        return budgets.index(budget)
-    if 0 <= budget < len(budgets):
-        return budget
-    raise ValueError(_budget_error(budget, budgets))
-
-
-def _budget_error(budget, budgets):
-    return (
-        f"Unknown budget {budget!r}: expected 'auto', 'full', a tier value in {budgets}, a tier index in "
-        f"0..{len(budgets) - 1}, or one of those per sample."
-    )
-
-
-def _pool_shape(count: int, grid: tuple[int, int]) -> tuple[int, int]:
-    """The factor pair (rows, cols) of `count` that fits the grid with the closest aspect ratio."""
-    pairs = [(r, count // r) for r in range(1, count + 1) if count % r == 0]
-    pairs = [(r, c) for r, c in pairs if r <= grid[0] and c <= grid[1]]
-    if not pairs:
-        raise ValueError(f"Uniform pooling cannot make {count} tokens on a {grid[0]}x{grid[1]} grid.")
-    return min(pairs, key=lambda rc: abs(math.log(rc[0] / rc[1]) - math.log(grid[0] / grid[1])))
-
-
 class ArrCocModel(ArrCocPreTrainedModel):
     def __init__(self, config: ArrCocConfig):
         super().__init__(config)
@@ -195,20 +214,87 @@ class ArrCocModel(ArrCocPreTrainedModel):
             mask = mask & (labels == -100)
         return self.get_input_embeddings()(input_ids), mask
 
-    def select(self, features, scores, counts, selection: str, generator=None) -> Selection:
-        heads = self.allocator.compression_heads
+    # -- the allocation plan: every decision about visual tokens, made once ----------------------------------
+
+    def plan_allocation(
+        self, input_ids, attention_mask=None, pixel_values=None, patch_features=None, labels=None, budget="auto",
+        selection="learned", selection_scores=None, generator=None,
+    ) -> ArrCocAllocationPlan:
+        """Run SAM (unless `patch_features` are given) and the allocator once, and decide each sample's tier, token
+        count and ranking scores. `forward`, `generate`, evaluation, explanation, the trainer and the benchmarks
+        all take this plan, so the allocator runs exactly once per batch whatever the tiers.
+
+        budget / selection: as in `ArrCocForConditionalGeneration.forward`.
+        selection_scores: [B, N] scores that replace the allocator's in the top-K rule (an external selection rule,
+            e.g. the training-free query-similarity baseline, runs through everything else unchanged).
+        generator: the random generator of selection="random".
+        """
+        if selection not in SELECTIONS:
+            raise ValueError(f"Unknown selection {selection!r}; expected one of {SELECTIONS}.")
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        features = self.get_patch_features(pixel_values) if patch_features is None else patch_features
+        question, question_mask = self.question_inputs(input_ids, attention_mask, labels)
+        decision = self.allocator(features, question, question_mask)
+        counts, tiers = self.resolve_budget(budget, decision.budget_logits, features.shape[1])
+        if selection_scores is None:
+            selection_scores = self._selection_scores(decision, selection, generator)
+        return ArrCocAllocationPlan(
+            patch_features=features, patch_scores=decision.patch_scores, hotspot_scores=decision.hotspot_scores,
+            budget_logits=decision.budget_logits, budget_tiers=tiers, visual_token_counts=counts,
+            selection_scores=selection_scores, selection=selection,
+        )
+
+    def replan(self, plan: ArrCocAllocationPlan, budget) -> ArrCocAllocationPlan:
+        """`plan` at another budget: the allocator's scores are reused, only tiers and token counts change (the
+        budget calibration runs every tier on one allocator forward)."""
+        counts, tiers = self.resolve_budget(budget, plan.budget_logits, plan.patch_features.shape[1])
+        return dataclasses.replace(plan, budget_tiers=tiers, visual_token_counts=counts)
+
+    @staticmethod
+    def _selection_scores(decision, selection, generator):
+        """What the top-K rule ranks patches by: the allocator's scores, its query-agnostic saliency, or noise.
+        Uniform pooling ranks nothing."""
         if selection == "uniform":
-            return self._uniform_selection(features, counts)
+            return None
         if selection == "random":
-            scores = torch.rand(scores.shape, generator=generator, device="cpu").to(scores.device)
-        return heads(features, scores, counts)
+            shape, device = decision.patch_scores.shape, decision.patch_scores.device
+            return torch.rand(shape, generator=generator, device="cpu").to(device)
+        return decision.hotspot_scores if selection == "hotspot" else decision.patch_scores
+
+    def resolve_budget(self, budget, budget_logits, num_patches):
+        """Per-sample (token counts, tier indices) for `budget` (the tier rules live on the config)."""
+        config = self.config
+        batch, device = budget_logits.shape[0], budget_logits.device
+        if isinstance(budget, str) and budget == "auto":
+            tiers = budget_logits.argmax(-1)
+        elif isinstance(budget, str) and budget == "full":
+            tiers = torch.full((batch,), config.full_tier, device=device)
+            return torch.full((batch,), num_patches, device=device), tiers
+        elif isinstance(budget, (list, tuple, torch.Tensor)):
+            values = budget.tolist() if isinstance(budget, torch.Tensor) else list(budget)
+            if len(values) != batch:
+                raise ValueError(f"A per-sample budget needs {batch} entries, got {len(values)}.")
+            tiers = torch.tensor([config.tier_index(v) for v in values], device=device)
+        elif isinstance(budget, str):
+            raise ValueError(config.budget_error(budget))
+        else:
+            tiers = torch.full((batch,), config.tier_index(budget), device=device)
+        counts = torch.tensor(config.budgets, device=device)[tiers].clamp(max=num_patches)
+        return counts, tiers
+
+    def select(self, plan: ArrCocAllocationPlan) -> Selection:
+        """The kept (or pooled) tokens of `plan`: top-K in raster order with dropped patches folded in, or
+        DeepSeek-OCR-style uniform pooling."""
+        if plan.selection == "uniform":
+            return self._uniform_selection(plan.patch_features, plan.visual_token_counts)
+        return self.allocator.compression_heads(plan.patch_features, plan.selection_scores, plan.visual_token_counts)
 
     def _uniform_selection(self, features, counts):
         """DeepSeek-OCR-style fixed compression: average-pool the grid to K cells, whatever the question."""
         if counts.unique().numel() != 1:
             raise ValueError("Uniform pooling takes one budget per batch; group the batch by tier.")
         count, grid = int(counts[0]), self.config.grid_size
-        rows, cols = _pool_shape(count, grid)
+        rows, cols = self.config.pool_shape(count)
         eye = torch.eye(features.shape[1], dtype=features.dtype, device=features.device).view(-1, 1, *grid)
         weights = F.adaptive_avg_pool2d(eye, (rows, cols)).flatten(1).T.unsqueeze(0)  # [1, K, N]
         weights = weights.expand(features.shape[0], -1, -1)
@@ -216,80 +302,56 @@ class ArrCocModel(ArrCocPreTrainedModel):
         # Pooling ignores the question, so its tokens carry no relevance score.
         return Selection(weights @ features, weights, mask, weights.sum(1) > 0, torch.zeros_like(mask, dtype=features.dtype))
 
-    def resolve_budget(self, budget, budget_logits, num_patches):
-        """Per-sample (token counts, tier indices) for `budget`; see `forward`."""
-        budgets = self.config.budgets
-        batch = budget_logits.shape[0]
-        if isinstance(budget, str) and budget == "auto":
-            tiers = budget_logits.argmax(-1)
-        elif isinstance(budget, str) and budget == "full":
-            tiers = torch.full((batch,), len(budgets) - 1, device=budget_logits.device)
-            return torch.full((batch,), num_patches, device=budget_logits.device), tiers
-        elif isinstance(budget, (list, tuple, torch.Tensor)):
-            values = budget.tolist() if isinstance(budget, torch.Tensor) else list(budget)
-            if len(values) != batch:
-                raise ValueError(f"A per-sample budget needs {batch} entries, got {len(values)}.")
-            tiers = torch.tensor([_resolve_tier(v, budgets) for v in values], device=budget_logits.device)
-        elif isinstance(budget, str):
-            raise ValueError(_budget_error(budget, budgets))
-        else:
-            tiers = torch.full((batch,), _resolve_tier(budget, budgets), device=budget_logits.device)
-        counts = torch.tensor(budgets, device=tiers.device)[tiers].clamp(max=num_patches)
-        return counts, tiers
-
-    def tier_groups(self, input_ids, attention_mask, budget, patch_features) -> dict:
-        """{tier index: sample indices} for `budget`, decided on the whole batch (samples are independent of
-        their batch, so each group run at its tier value reproduces this decision). Only "auto" runs the
-        allocator."""
-        if isinstance(budget, str) and budget == "auto":
-            question, question_mask = self.question_inputs(input_ids, attention_mask)
-            budget_logits = self.allocator(patch_features, question, question_mask).budget_logits
-        else:
-            budget_logits = patch_features.new_zeros(input_ids.shape[0], len(self.config.budgets))
-        _, tiers = self.resolve_budget(budget, budget_logits, patch_features.shape[1])
-        return {tier: (tiers == tier).nonzero().flatten() for tier in tiers.unique().tolist()}
-
     def get_image_features(
-        self, pixel_values, input_ids, attention_mask, labels=None, budget="auto", selection="learned",
-        patch_features=None, generator=None, selection_scores=None,
-    ):
-        """Visual embeddings per image for its question: (embeds [B, K_max, D], token mask, probs, decisions).
+        self, pixel_values=None, input_ids=None, attention_mask=None, plan=None, **plan_kwargs
+    ) -> ArrCocImageFeaturesOutput:
+        """Visual embeddings of each image for its question, as a model output: `pooler_output` [B, K_max, D]
+        (LLM-space embeddings, padded), `visual_token_mask`, `visual_probs` and the `plan` they follow.
 
-        `selection_scores` [B, N] replace the allocator's scores in the top-K rule, so an external selection
-        rule (e.g. a training-free query-similarity baseline) runs through everything else unchanged."""
-        if selection not in SELECTIONS:
-            raise ValueError(f"Unknown selection {selection!r}; expected one of {SELECTIONS}.")
-        features = self.get_patch_features(pixel_values) if patch_features is None else patch_features
-        question, question_mask = self.question_inputs(input_ids, attention_mask, labels)
-        decision = self.allocator(features, question, question_mask)
-        counts, tiers = self.resolve_budget(budget, decision.budget_logits, features.shape[1])
-        scores = decision.hotspot_scores if selection == "hotspot" else decision.patch_scores
-        scores = scores if selection_scores is None else selection_scores
-        chosen = self.select(features, scores, counts, selection, generator)
+        Give a `plan` (from `plan_allocation`) or the inputs to make one (`input_ids`, `attention_mask` and
+        `pixel_values` or `patch_features`, with `plan_allocation`'s keyword arguments)."""
+        if plan is None:
+            plan = self.plan_allocation(input_ids=input_ids, attention_mask=attention_mask,
+                                        pixel_values=pixel_values, **plan_kwargs)
+        chosen = self.select(plan)
         hidden = self.clip_encoder(chosen)
-        embeds, probs = self.quality_adapter(hidden, tiers, chosen.token_scores)
-        probs = probs * chosen.token_mask.unsqueeze(-1)
-        return embeds, chosen, probs, decision, tiers
+        embeds, probs = self.quality_adapter(hidden, plan.budget_tiers, chosen.token_scores)
+        return ArrCocImageFeaturesOutput(
+            last_hidden_state=hidden, pooler_output=embeds, visual_token_mask=chosen.token_mask,
+            visual_probs=probs * chosen.token_mask.unsqueeze(-1), kept_patch_mask=chosen.kept_patch_mask,
+            token_sources=chosen.position_weights.argmax(-1), plan=plan,
+        )
+
+    def splice(self, input_ids, attention_mask, image: ArrCocImageFeaturesOutput, labels=None) -> tuple:
+        """(inputs_embeds, attention_mask, position_ids, labels): each sample's text with its K_i visual embeddings
+        in place of its `<image>` token, left-padded to the longest row."""
+        text_embeds = self.get_input_embeddings()(input_ids)
+        return _splice(input_ids, attention_mask, labels, text_embeds, image.pooler_output, image.visual_token_mask,
+                       self.config.image_token_id)
 
     def prepare_multimodal_inputs(
-        self, input_ids, pixel_values, attention_mask=None, labels=None, budget="auto", selection="learned",
-        patch_features=None, generator=None, selection_scores=None,
+        self, input_ids, attention_mask=None, labels=None, plan=None, **plan_kwargs
     ) -> ArrCocMultimodalInputs:
-        """Select visual tokens and splice each sample's K_i embeddings at its `<image>` token, left-padded."""
+        """Select visual tokens (following `plan`, made here from `plan_kwargs` when not given) and splice each
+        sample's K_i embeddings at its `<image>` token, left-padded."""
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        _check_image_tokens(input_ids, attention_mask, self.config.image_token_id, pixel_values, patch_features)
-        embeds, chosen, probs, decision, tiers = self.get_image_features(
-            pixel_values, input_ids, attention_mask, labels, budget, selection, patch_features, generator,
-            selection_scores,
-        )
-        text_embeds = self.get_input_embeddings()(input_ids)
-        spliced = _splice(input_ids, attention_mask, labels, text_embeds, embeds, chosen.token_mask,
-                          self.config.image_token_id)
+        images = plan.patch_features if plan is not None else _first_given(plan_kwargs.get("pixel_values"),
+                                                                           plan_kwargs.get("patch_features"))
+        _check_image_tokens(input_ids, attention_mask, self.config.image_token_id, images)
+        if plan is None:
+            plan = self.plan_allocation(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                                        **plan_kwargs)
+        image = self.get_image_features(plan=plan)
+        spliced = self.splice(input_ids, attention_mask, image, labels)
         return ArrCocMultimodalInputs(
-            *spliced, visual_token_counts=chosen.counts, budget_logits=decision.budget_logits, budget_tiers=tiers,
-            patch_scores=decision.patch_scores, kept_patch_mask=chosen.kept_patch_mask, visual_probs=probs,
-            visual_mask=chosen.token_mask, token_sources=chosen.position_weights.argmax(-1),
+            *spliced, visual_token_counts=image.visual_token_mask.sum(-1), budget_logits=plan.budget_logits,
+            budget_tiers=plan.budget_tiers, patch_scores=plan.patch_scores, kept_patch_mask=image.kept_patch_mask,
+            visual_probs=image.visual_probs, visual_mask=image.visual_token_mask, token_sources=image.token_sources,
         )
+
+
+def _first_given(*values):
+    return next((value for value in values if value is not None), None)
 
 
 def _check_pixels(pixel_values):
@@ -299,14 +361,13 @@ def _check_pixels(pixel_values):
         raise ValueError("pixel_values contain NaN or infinite values.")
 
 
-def _check_image_tokens(input_ids, attention_mask, image_token_id, pixel_values, patch_features):
+def _check_image_tokens(input_ids, attention_mask, image_token_id, images):
     per_sample = ((input_ids == image_token_id) & attention_mask.bool()).sum(-1)
     if (per_sample != 1).any():
         raise ValueError(
             f"Each sample needs exactly one <image> token (id {image_token_id}); found {per_sample.tolist()}. "
             "Several images per sample are not supported."
         )
-    images = pixel_values if pixel_values is not None else patch_features
     if images is None:
         raise ValueError("input_ids contain <image> tokens but no pixel_values were given.")
     if images.shape[0] != input_ids.shape[0]:
@@ -388,8 +449,13 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
     def language_model(self):
         return self.model.language_model
 
-    def get_image_features(self, pixel_values, input_ids, attention_mask, **kwargs):
-        return self.model.get_image_features(pixel_values, input_ids, attention_mask, **kwargs)
+    def get_image_features(self, pixel_values=None, input_ids=None, attention_mask=None, **kwargs):
+        return self.model.get_image_features(pixel_values=pixel_values, input_ids=input_ids,
+                                             attention_mask=attention_mask, **kwargs)
+
+    def plan_allocation(self, input_ids, **kwargs) -> ArrCocAllocationPlan:
+        """See `ArrCocModel.plan_allocation`."""
+        return self.model.plan_allocation(input_ids=input_ids, **kwargs)
 
     def forward(
         self,
@@ -403,10 +469,11 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         budget: str | int | list | torch.Tensor = "auto",
         selection: str = "learned",
         patch_features: torch.FloatTensor | None = None,
+        plan: ArrCocAllocationPlan | None = None,
         patch_targets: torch.FloatTensor | None = None,
         visual_targets: torch.LongTensor | None = None,
         loss_weights: dict[str, float] | None = None,
-        logits_on_labels_only: bool = False,
+        logits_to_keep: int = 0,
         use_cache: bool | None = None,
         generator: torch.Generator | None = None,
         **kwargs,
@@ -417,19 +484,24 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         selection: "learned" (allocator scores), "uniform" (fixed pooling), "hotspot" (query-agnostic
             saliency top-K) or "random": baselines run through the same model at the same budgets.
         patch_features: precomputed SAM features [B, N, C] (cache them when SAM is frozen).
+        plan: an `ArrCocAllocationPlan` from `plan_allocation` for these inputs (budget, selection and
+            patch_features are then already decided and ignored).
         patch_targets: [B, N] answer-region coverage per patch, for the alignment loss.
         visual_targets: [B, N] or [B, N, M] a teacher's visual-vocabulary ids per patch (-100: none); M ids
             mean a uniform M-hot teacher distribution. With it, `vet_kl_loss` is the cross-entropy of the
             adapter's distribution against the teacher (the KL plus the teacher's entropy); without it, the KL
             of vocabulary usage from uniform.
         loss_weights: weights of `LOSS_COMPONENTS` in `loss`; default {"answer": 1.0} (others 0).
-        logits_on_labels_only: compute `logits` only at positions that predict a label (training speed);
-            `logits` is then [n_label_tokens, vocab].
+        logits_to_keep: as in Transformers' causal LMs: compute `logits` for the last `logits_to_keep` positions
+            only (0: all). With labels, every label must lie in that window (the trainer keeps the answer's).
         """
         multimodal = None
-        if pixel_values is not None or patch_features is not None:
+        if pixel_values is not None or patch_features is not None or plan is not None:
+            plan_kwargs = dict(pixel_values=pixel_values, patch_features=patch_features, budget=budget,
+                               selection=selection, generator=generator)
             multimodal = self.model.prepare_multimodal_inputs(
-                input_ids, pixel_values, attention_mask, labels, budget, selection, patch_features, generator
+                input_ids=input_ids, attention_mask=attention_mask, labels=labels, plan=plan,
+                **({} if plan is not None else plan_kwargs),
             )
             inputs_embeds, attention_mask = multimodal.inputs_embeds, multimodal.attention_mask
             position_ids, labels = multimodal.position_ids, multimodal.labels
@@ -443,16 +515,11 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             use_cache=use_cache, **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        if logits_on_labels_only and labels is not None:
-            logits, answer_loss = self._answer_loss_on_labels(hidden_states, labels)
-        else:
-            logits = self.lm_head(hidden_states)
-            answer_loss = _shifted_ce(logits, labels) if labels is not None else None
+        logits, answer_loss = self._logits_and_answer_loss(outputs.last_hidden_state, labels, logits_to_keep)
         losses = self._auxiliary_losses(multimodal, patch_targets, visual_targets) if labels is not None else {}
         losses["answer"] = answer_loss
         return ArrCocCausalLMOutputWithPast(
-            loss=_weighted_total(losses, loss_weights) if labels is not None else None,
+            loss=weighted_loss(losses, loss_weights) if labels is not None else None,
             answer_loss=answer_loss,
             efficiency_loss=losses.get("efficiency"),
             alignment_loss=losses.get("alignment"),
@@ -464,11 +531,19 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
             **_decision_fields(multimodal, inputs_embeds.shape[0], inputs_embeds.device),
         )
 
-    def _answer_loss_on_labels(self, hidden_states, labels):
-        targets = labels[:, 1:]
-        where = targets != -100
-        logits = self.lm_head(hidden_states[:, :-1][where])
-        return logits, F.cross_entropy(logits.float(), targets[where])
+    def _logits_and_answer_loss(self, hidden_states, labels, logits_to_keep):
+        """Logits of the last `logits_to_keep` positions (all for 0) and the shifted cross-entropy of the labels."""
+        if logits_to_keep:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        logits = self.lm_head(hidden_states)
+        if labels is None:
+            return logits, None
+        if logits_to_keep:
+            if (labels[:, : labels.shape[1] - logits_to_keep + 1] != -100).any():
+                raise ValueError(f"logits_to_keep={logits_to_keep} drops positions that predict labels; keep at "
+                                 "least the answer's length + 1 (see answer_window).")
+            labels = labels[:, -logits_to_keep:]
+        return logits, _shifted_ce(logits, labels)
 
     def _auxiliary_losses(self, multimodal, patch_targets, visual_targets):
         if multimodal is None:
@@ -482,50 +557,41 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def generate(self, input_ids=None, pixel_values=None, attention_mask=None, budget="auto",
-                 selection="learned", patch_features=None, group_by_tier=True, **kwargs):
+                 selection="learned", patch_features=None, plan=None, group_by_tier=True, **kwargs):
         """Generate with K_i visual tokens per sample. Returns `input_ids` (as given) followed by new tokens,
         so callers strip the prompt by its own length, as with any HF model.
 
-        budget / selection / patch_features: as in `forward`.
+        budget / selection / patch_features / plan: as in `forward`. The allocation is planned once for the
+            whole batch (SAM and the allocator run once), whatever the tiers.
         group_by_tier: when the samples of a batch get different tiers (e.g. `budget="auto"`), generate each
-            tier's samples as their own batch, so a 64-token sample is not padded to a 400-token one. The tiers
-            are decided first, on the whole batch; the new tokens are put back in input order and right-padded
-            with `pad_token_id`, as generate pads finished rows. Per-sample results do not change. With
-            `return_dict_in_generate=True` the batch is always generated in one piece (per-step scores are
-            batch-shaped).
+            tier's samples as their own batch, so a 64-token sample is not padded to a 400-token one. The new
+            tokens are put back in input order and right-padded with `pad_token_id`, as generate pads finished
+            rows. Per-sample results do not change. With `return_dict_in_generate=True` the batch is always
+            generated in one piece (per-step scores are batch-shaped).
         """
-        if pixel_values is None and patch_features is None:
+        if pixel_values is None and patch_features is None and plan is None:
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if input_ids is None:
             raise ValueError("generate with images needs input_ids, with one <image> token per sample.")
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        _check_image_tokens(input_ids, attention_mask, self.config.image_token_id, pixel_values, patch_features)
-        generator = kwargs.pop("generator", None)
-        groups = None
-        if group_by_tier and not kwargs.get("return_dict_in_generate", False) and input_ids.shape[0] > 1:
-            if patch_features is None:
-                # SAM runs once for the whole batch; the groups reuse its features.
-                patch_features, pixel_values = self.model.get_patch_features(pixel_values), None
-            groups = self.model.tier_groups(input_ids, attention_mask, budget, patch_features)
-        if groups is None or len(groups) == 1:
-            outputs = self._generate_spliced(input_ids, attention_mask, pixel_values, patch_features, budget,
-                                             selection, generator, kwargs)
-            return _prepend_prompt(input_ids, outputs)
-        pieces = []
-        for tier, index in groups.items():
-            # The tier value (always in `budgets`) reproduces exactly what the whole-batch decision chose.
-            tier_value = self.config.budgets[tier]
-            new_tokens = self._generate_spliced(input_ids[index], attention_mask[index], None, patch_features[index],
-                                                tier_value, selection, generator, kwargs)
-            pieces.append((index, new_tokens))
+        images = plan.patch_features if plan is not None else _first_given(pixel_values, patch_features)
+        _check_image_tokens(input_ids, attention_mask, self.config.image_token_id, images)
+        if plan is None:
+            plan = self.model.plan_allocation(
+                input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                patch_features=patch_features, budget=budget, selection=selection, generator=kwargs.pop("generator", None),
+            )
+        groups = plan.tier_groups()
+        if not group_by_tier or kwargs.get("return_dict_in_generate", False) or len(groups) == 1:
+            return _prepend_prompt(input_ids, self._generate_spliced(input_ids, attention_mask, plan, kwargs))
+        pieces = [(index, self._generate_spliced(input_ids[index], attention_mask[index], plan.subset(index), kwargs))
+                  for index in groups.values()]
         return _prepend_prompt(input_ids, _reassemble(pieces, input_ids.shape[0], self._pad_token_id(kwargs)))
 
-    def _generate_spliced(self, input_ids, attention_mask, pixel_values, patch_features, budget, selection,
-                          generator, kwargs):
+    def _generate_spliced(self, input_ids, attention_mask, plan, kwargs):
         """Generate's own output (new tokens only) from the spliced embeddings of one batch."""
-        multimodal = self.model.prepare_multimodal_inputs(
-            input_ids, pixel_values, attention_mask, None, budget, selection, patch_features, generator
-        )
+        multimodal = self.model.prepare_multimodal_inputs(input_ids=input_ids, attention_mask=attention_mask,
+                                                          plan=plan)
         generation_config = kwargs.get("generation_config") or self.generation_config
         max_new_tokens = kwargs.get("max_new_tokens", generation_config.max_new_tokens) or 0
         _check_context_length(multimodal.inputs_embeds.shape[1] + max_new_tokens, self.config.text_config,
@@ -574,6 +640,16 @@ def _reassemble(pieces, batch_size, pad_token_id):
         tokens = tokens.view(index.numel(), per_sample, -1)
         out[index.to(out.device), :, : tokens.shape[-1]] = tokens
     return out.flatten(0, 1)
+
+
+def answer_window(labels: torch.Tensor) -> int:
+    """The smallest `logits_to_keep` that still predicts every label: labels sit at the end of each left-padded
+    row (prompt, then answer), and splicing the visual tokens in before them keeps their distance from the end."""
+    has_label = labels != -100
+    if not has_label.any():
+        return 1
+    first = has_label.int().argmax(-1)[has_label.any(-1)]
+    return int(labels.shape[1] - first.min()) + 1
 
 
 def _check_context_length(length, text_config, max_new_tokens=0):
@@ -636,12 +712,14 @@ def _token_targets(visual_targets, token_sources):
     return targets.gather(1, index)  # [B, K, M]
 
 
-def _weighted_total(losses, loss_weights):
+def weighted_loss(losses: dict, loss_weights: dict | None = None) -> torch.Tensor:
+    """The one loss weighting: sum of weight x component over the components present (forward and the trainer
+    both call it). Unknown component names are an error; without weights the answer loss alone."""
     weights = {"answer": 1.0} if loss_weights is None else loss_weights
-    unknown = set(weights) - set(LOSS_COMPONENTS)
+    unknown = set(weights) - set(LOSS_COMPONENTS) - {"budget"}
     if unknown:
         raise ValueError(f"Unknown loss components {sorted(unknown)}; expected some of {LOSS_COMPONENTS}.")
-    terms = [w * losses[name] for name, w in weights.items() if w and losses.get(name) is not None]
+    terms = [w * losses[name].float() for name, w in weights.items() if w and losses.get(name) is not None]
     return torch.stack(terms).sum() if terms else losses["answer"]
 
 
@@ -664,9 +742,13 @@ __all__ = [
     "ArrCocForConditionalGeneration",
     "ArrCocModel",
     "ArrCocPreTrainedModel",
+    "ArrCocAllocationPlan",
+    "ArrCocImageFeaturesOutput",
     "LOSS_COMPONENTS",
     "SELECTIONS",
     "alignment_loss",
+    "answer_window",
     "efficiency_loss",
     "vet_kl_loss",
+    "weighted_loss",
 ]

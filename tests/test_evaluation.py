@@ -12,7 +12,7 @@ from torch.nn import functional as F
 import eval as eval_script
 from modeling_arrcoc import evaluation as E
 from modeling_arrcoc.explanation import prompt_batch
-from modeling_arrcoc.model_card import write_model_card
+from modeling_arrcoc.evaluation.model_card import write_model_card
 
 BUDGETS = [4, 16, 100]  # the tiny preset's tiers on its 8x8 grid: tier 100 keeps all 64 patches
 NUM_SAMPLES = 6
@@ -52,7 +52,7 @@ def cli_run(checkpoint, cache_dir, tmp_path_factory):
 
 
 def batch_of(processor, rows):
-    return prompt_batch(processor, [r["image"] for r in rows], [r["question"] for r in rows], 8)
+    return prompt_batch(processor, [r["image"] for r in rows], [r["question"] for r in rows])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -202,9 +202,10 @@ def test_token_counts_are_the_models_visual_token_counts(tiny, rows, name, selec
 def test_random_baseline_is_seeded(tiny, rows):
     model, processor = tiny
     method = E.parse_method("random@4", BUDGETS)
-    batch, _ = E._batch(model, processor, rows[:3])
+    batch, _ = E.eval_batch(model, processor, rows[:3])
     with torch.no_grad():
-        first, again, other = (E._prepare(model, batch, method, 4, torch.Generator().manual_seed(s)).inputs_embeds
+        first, again, other = (model.get_image_features(plan=E.method_plan(model, batch, method, torch.Generator()
+                                                                           .manual_seed(s))).pooler_output
                                for s in (0, 0, 1))
     assert torch.equal(first, again)
     assert not torch.equal(first, other), "another seed draws other patches"
@@ -215,11 +216,11 @@ def test_random_baseline_is_seeded(tiny, rows):
 
 def test_query_similarity_scores_compare_patch_embeddings_with_the_question(tiny, rows):
     model, processor = tiny
-    batch, _ = E._batch(model, processor, rows[:2])
+    batch, _ = E.eval_batch(model, processor, rows[:2])
     with torch.no_grad():
         scores = E.query_similarity_scores(model, batch.features, batch.question_ids, batch.question_mask)
-        full = model.model.prepare_multimodal_inputs(batch.input_ids, None, batch.attention_mask, budget="full",
-                                                     patch_features=batch.features)
+        full = model.model.prepare_multimodal_inputs(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                                     budget="full", patch_features=batch.features)
         words = model.get_input_embeddings()(batch.question_ids)
     for b in range(2):
         prompt = batch.input_ids[b][batch.attention_mask[b].bool()].tolist()
@@ -233,12 +234,14 @@ def test_query_similarity_scores_compare_patch_embeddings_with_the_question(tiny
 def test_query_sim_inputs_go_through_the_models_own_selection_path(tiny, rows):
     """Fed the allocator's own scores, the query-sim path reproduces the model's learned inputs exactly."""
     model, processor = tiny
-    batch, _ = E._batch(model, processor, rows[:3])
+    batch, _ = E.eval_batch(model, processor, rows[:3])
     with torch.no_grad():
-        learned = model.model.prepare_multimodal_inputs(batch.input_ids, None, batch.attention_mask, budget=16,
-                                                        patch_features=batch.features)
-        ours = E.query_similarity_inputs(model, batch.input_ids, batch.attention_mask, batch.features,
-                                         learned.patch_scores, 16)
+        learned = model.model.prepare_multimodal_inputs(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                                        budget=16, patch_features=batch.features)
+        batch.query_scores = learned.patch_scores
+        plan = E.method_plan(model, batch, E.parse_method("query_sim@16", BUDGETS), None)
+        ours = model.model.prepare_multimodal_inputs(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                                     plan=plan)
     assert torch.equal(ours.inputs_embeds, learned.inputs_embeds)
     assert torch.equal(ours.visual_token_counts, learned.visual_token_counts)
 

@@ -17,7 +17,7 @@ def sample():
 
 
 def forward(model, processor, sample, **kwargs):
-    batch = prompt_batch(processor, [sample["image"]], [sample["question"]], PATCH)
+    batch = prompt_batch(processor, [sample["image"]], [sample["question"]])
     with torch.no_grad():
         return model(**batch, **kwargs)
 

@@ -108,6 +108,52 @@ def test_group_by_tier_with_the_allocators_mixed_auto_decisions(batch):
         hook.remove()
 
 
+def allocator_and_sam_calls(model, run) -> tuple:
+    """(allocator forwards, SAM forwards) during `run`."""
+    calls = {"allocator": 0, "sam": 0}
+
+    def count(name):
+        return lambda *args: calls.__setitem__(name, calls[name] + 1)
+
+    hooks = [model.model.allocator.register_forward_hook(count("allocator")),
+             model.model.vision_tower.register_forward_hook(count("sam"))]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls["allocator"], calls["sam"]
+
+
+@pytest.mark.parametrize("budget", ["auto", TIERS, 16, "full"])
+def test_one_allocator_forward_per_generate_whatever_the_tiers(batch, budget):
+    """The allocation is planned once per generate call: tier groups reuse the plan instead of re-scoring."""
+    tester, model, inputs = batch
+    n_tiers = len(tester.budgets)
+
+    def spread_tiers(module, args, output):
+        return output + 100.0 * F.one_hot(args[2].sum(-1) % n_tiers, n_tiers)
+
+    hook = model.model.allocator.budget_predictor.register_forward_hook(spread_tiers)
+    try:
+        groups = len(prefill_shapes(model, lambda: generate(model, inputs, budget=budget)))
+        assert allocator_and_sam_calls(model, lambda: generate(model, inputs, budget=budget)) == (1, 1)
+    finally:
+        hook.remove()
+    assert groups == {"auto": n_tiers, 16: 1, "full": 1}.get(budget if not isinstance(budget, list) else None, 3)
+
+
+def test_a_given_plan_is_followed_without_running_sam_or_the_allocator(batch):
+    tester, model, inputs = batch
+    with torch.no_grad():
+        plan = model.plan_allocation(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                     pixel_values=inputs["pixel_values"], budget=TIERS)
+    expected = generate(model, inputs, budget=TIERS)
+    planned = {k: v for k, v in inputs.items() if k != "pixel_values"}
+    assert allocator_and_sam_calls(model, lambda: generate(model, planned, plan=plan)) == (0, 0)
+    assert torch.equal(generate(model, planned, plan=plan), expected)
+
+
 def test_group_by_tier_lets_uniform_pooling_take_mixed_budgets(batch):
     tester, model, inputs = batch
     with pytest.raises(ValueError, match="one budget per batch"):

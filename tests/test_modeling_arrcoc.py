@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modeling_arrcoc.modeling_arrcoc import LOSS_COMPONENTS
+from modeling_arrcoc.modeling_arrcoc import LOSS_COMPONENTS, answer_window
 
 OUTPUT_FIELDS = ("loss", "answer_loss", "efficiency_loss", "alignment_loss", "vet_kl_loss")
 
@@ -225,12 +225,16 @@ def test_cached_patch_features_give_same_outputs(tester):
     torch.testing.assert_close(direct.logits, cached.logits, rtol=0, atol=0)
 
 
-def test_logits_on_labels_only_gives_same_loss(tester):
+def test_logits_to_keep_the_answer_window_gives_same_loss(tester):
     model, inputs = tester.get_model(), tester.prepare_inputs()
+    window = answer_window(inputs["labels"])
     full = model(**inputs)
-    sparse = model(**inputs, logits_on_labels_only=True)
+    sparse = model(**inputs, logits_to_keep=window)
     torch.testing.assert_close(full.answer_loss, sparse.answer_loss)
-    assert sparse.logits.shape[0] == (inputs["labels"] != -100).sum()
+    assert sparse.logits.shape[:2] == (inputs["labels"].shape[0], window)
+    torch.testing.assert_close(sparse.logits, full.logits[:, -window:])
+    with pytest.raises(ValueError, match="drops positions that predict labels"):
+        model(**inputs, logits_to_keep=window - 1)
 
 
 def test_gradient_checkpointing_matches(tester):
@@ -322,3 +326,51 @@ def test_relevance_tag_is_bounded(tester):
         tagged, _ = adapter(hidden, tiers, torch.tensor([[0.0, 1e4]]))
     shift = (tagged - plain).norm(dim=-1)
     assert shift[0, 0] == 0 and 0 < shift[0, 1] <= adapter.relevance_embedding.weight.norm() + 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tier rules (on the config) and the allocation plan
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_tier_rules_live_on_the_config(tester):
+    config = tester.get_config()
+    budgets = config.budgets
+    assert [config.tier_index(v) for v in budgets] == list(range(len(budgets)))
+    assert config.tier_index(1) == (budgets.index(1) if 1 in budgets else 1), "a value wins over an index"
+    assert [config.tier_value(i) for i in range(len(budgets))] == budgets
+    assert config.tier_tokens(len(budgets) - 1) == min(budgets[-1], config.num_patches)
+    for bad in (True, 3.5, "big", -1, len(budgets) + max(budgets)):
+        with pytest.raises(ValueError, match="Unknown budget"):
+            config.tier_index(bad)
+    rows, cols = config.pool_shape(16)
+    assert rows * cols == 16 and rows <= config.grid_size[0] and cols <= config.grid_size[1]
+    with pytest.raises(ValueError, match="cannot make 11 tokens"):
+        config.pool_shape(11)  # prime and wider than the 8x8 grid
+
+
+def test_get_image_features_returns_a_model_output_following_the_plan(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    with torch.no_grad():
+        plan = model.plan_allocation(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                     pixel_values=inputs["pixel_values"], budget=16)
+        image = model.get_image_features(plan=plan)
+        again = model.get_image_features(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
+                                         attention_mask=inputs["attention_mask"], budget=16)
+    assert image.pooler_output.shape[:2] == (inputs["input_ids"].shape[0], 16)
+    assert image.visual_token_mask.sum(-1).tolist() == plan.visual_token_counts.tolist()
+    assert image.plan is plan and image["pooler_output"] is image.pooler_output
+    torch.testing.assert_close(image.pooler_output, again.pooler_output, rtol=0, atol=0)
+
+
+def test_replan_reuses_the_allocator_and_changes_only_the_budget(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    with torch.no_grad():
+        plan = model.plan_allocation(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                     labels=inputs["labels"], pixel_values=inputs["pixel_values"])
+        forced = model.model.replan(plan, 4)
+        direct = model(**inputs, budget=4)
+        followed = model(**{k: v for k, v in inputs.items() if k != "pixel_values"}, plan=forced)
+    assert forced.visual_token_counts.tolist() == [4] * inputs["input_ids"].shape[0]
+    assert forced.patch_scores is plan.patch_scores
+    torch.testing.assert_close(direct.logits, followed.logits, rtol=0, atol=0)

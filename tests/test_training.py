@@ -17,15 +17,12 @@ import modeling_arrcoc  # noqa: F401
 from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.data.sampler import TierGroupedBatchSampler, measure_padding_share, question_tiers
 from modeling_arrcoc.data.synthetic import NUM_VISUAL_WORDS
-from modeling_arrcoc.phases import PHASES, apply_phase, component_parameters, merge_lora, trainable_parameter_counts
-from modeling_arrcoc.trainer_arrcoc import (
-    ArrCocTrainer,
-    ArrCocTrainingArguments,
-    NonFiniteLossError,
-    SamFeatureCache,
-    check_param_groups,
-    smallest_sufficient_tier,
-)
+from modeling_arrcoc.training.phases import PHASES, apply_phase, component_parameters, merge_lora, trainable_parameter_counts
+from modeling_arrcoc.training.arguments import ArrCocTrainingArguments
+from modeling_arrcoc.training.calibration import smallest_sufficient_tier
+from modeling_arrcoc.training.guards import NonFiniteLossError, SamFeatureCache
+from modeling_arrcoc.training.optim import check_param_groups
+from modeling_arrcoc.training.trainer import ArrCocTrainer
 
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
@@ -538,7 +535,7 @@ def test_deepspeed_zero2_two_processes_match_one_process(tmp_path, data_args, si
 
 
 def test_step_tier_weights_shape_the_multi_budget_draw():
-    from modeling_arrcoc.trainer_arrcoc import step_tier
+    from modeling_arrcoc.training.calibration import step_tier
 
     draws = [step_tier(0, step, 3, [0.8, 0.2, 0.0]) for step in range(2000)]
     assert draws.count(2) == 0, "a zero-weight tier is never drawn"

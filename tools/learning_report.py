@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from modeling_arrcoc.curves import plot_learning_curve, write_json_atomic  # noqa: E402
+from modeling_arrcoc.training.curves import plot_learning_curve, write_json_atomic  # noqa: E402
 
 
 def expand(name: str, path: Path) -> list[tuple[str, list]]:

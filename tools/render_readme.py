@@ -75,7 +75,7 @@ def pretrain_block(provenance: dict) -> str:
 
 def curve_figures(provenance: dict) -> str:
     """PNGs of the pretrain curve (from the base's provenance) and of every stage's (make demo's report)."""
-    from modeling_arrcoc.curves import plot_learning_curve
+    from modeling_arrcoc.training.curves import plot_learning_curve
 
     figures = []
     points = provenance.get("learning_curve", {}).get("points", [])

@@ -11,19 +11,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .metrics import per_task_mean
-
-# (name, budget, selection) triples evaluated at every curve point.
-Method = tuple[str, object, str]
-
-
-def methods_for(budgets, include_full=True) -> list[Method]:
-    """ARR-COC at auto and at each forced tier, next to uniform pooling at the same tiers."""
-    methods = [("auto", "auto", "learned")]
-    methods += [(f"tier_{k}", k, "learned") for k in budgets]
-    methods += [(f"uniform_pool@{k}", k, "uniform") for k in budgets]
-    return methods + ([("full", "full", "learned")] if include_full else [])
-
+from ..methods import Method
+from ..metrics import per_task_mean
+from ..modeling_arrcoc import answer_window
 
 @torch.no_grad()
 def score_batches(model, batches, budget, selection) -> dict:
@@ -33,8 +23,9 @@ def score_batches(model, batches, budget, selection) -> dict:
     hits, covered, tokens, tasks = [], [], [], []
     for batch in batches:
         inputs = {k: v for k, v in batch.items() if k in _MODEL_KEYS}
-        out = model(**inputs, budget=budget, selection=selection, logits_on_labels_only=True)
-        hits += _exact_matches(out.logits.argmax(-1), batch["labels"])
+        window = answer_window(batch["labels"])
+        out = model(**inputs, budget=budget, selection=selection, logits_to_keep=window)
+        hits += _exact_matches(out.logits.argmax(-1), batch["labels"][:, -window:])
         covered += _coverage(out.kept_patch_mask, batch.get("patch_targets"))
         tokens += out.visual_token_counts.tolist()
         tasks += batch["task"]
@@ -46,15 +37,11 @@ _MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "labels", "patch_f
 
 
 def _exact_matches(predictions, labels) -> list[bool]:
-    """Split the flat label-position predictions back into samples."""
-    targets = labels[:, 1:]
-    lengths = (targets != -100).sum(-1).tolist()
-    flat_targets = targets[targets != -100]
-    matches, start = [], 0
-    for length in lengths:
-        matches.append(bool(torch.equal(predictions[start:start + length], flat_targets[start:start + length])))
-        start += length
-    return matches
+    """Per sample: every answer token is the argmax. `predictions` [B, W] and `labels` [B, W] cover the same last
+    W positions; position t predicts label t + 1."""
+    targets, predicted = labels[:, 1:], predictions[:, :-1]
+    answer = targets != -100
+    return [bool((predicted[b][answer[b]] == targets[b][answer[b]]).all()) for b in range(labels.shape[0])]
 
 
 def _coverage(kept, targets) -> list[float | None]:
@@ -93,7 +80,7 @@ class LearningCurve:
     points: list = field(default_factory=list)
 
     def add(self, step: int, model, batches, methods: list[Method]):
-        summaries = {name: score_batches(model, batches, budget, selection) for name, budget, selection in methods}
+        summaries = {m.name: score_batches(model, batches, m.budget, m.selection) for m in methods}
         self.points.append({"step": step, "methods": summaries})
         write_json_atomic(self.path, {"points": self.points})
         return summaries
@@ -145,7 +132,6 @@ def plot_learning_curve(points: list, path, title: str = "held-out accuracy", ax
 __all__ = [
     "LearningCurve",
     "LearningCurveCallback",
-    "methods_for",
     "plot_learning_curve",
     "write_json_atomic",
     "score_batches",

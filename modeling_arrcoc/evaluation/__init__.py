@@ -1,0 +1,123 @@
+"""Evaluation: accuracy, measured visual tokens, latency and budget calibration of ARR-COC and of fixed-budget
+baselines run through the same checkpoint.
+
+Methods (names as they appear in the report):
+
+- ``auto``: the allocator picks the tier and the patches (what a user gets by default).
+- ``tier_<K>``: the tier of value K forced (K in ``config.budgets``), learned patch selection.
+- ``full``: every patch.
+- ``uniform_pool@K``: DeepSeek-OCR-style fixed compression, the grid average-pooled to K cells (selection
+  "uniform"), whatever the question.
+- ``saliency_topk@K``: the top-K patches by the allocator's query-independent hotspot saliency ("hotspot"),
+  like VisionZip.
+- ``random@K``: K random patches ("random"), seeded.
+- ``query_sim@K``: training-free query similarity (SparseVLM-style): every patch is turned into an LLM-space
+  embedding (the "full" path), scored by cosine similarity with the mean embedding of the question's tokens,
+  and the top-K are kept (see `query_similarity_scores`).
+
+Tokens are always measured: every count in the report is the model's ``visual_token_counts`` for the inputs it
+generated from, never a tier value from the config (a tier larger than the grid keeps every patch, and the
+report says so). ``auto`` batches are split by the tier the allocator chose, so a 64-token sample is not padded
+to a 400-token one. SAM runs once per batch and is shared by every method; its time is added to each method's
+latency, since every query pays for it.
+
+Budget calibration: each sample's oracle tier is the smallest tier whose forced run (``tier_<K>``) answers it
+correctly (metric score >= ``correct_threshold``), None when no tier does; ``auto``'s chosen tier is compared
+with it by `metrics.calibration_stats`. Calibration therefore runs every tier (they are reported as methods).
+
+Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractions in [0, 1])::
+
+    {
+      "methods": {
+        "<method>": {
+          "accuracy": float,              # mean metric score (the dataset's main metric, see meta.metric)
+          "mean_visual_tokens": float,    # measured tokens per query
+          "p50_visual_tokens": float,
+          "p95_visual_tokens": float,
+          "per_task": {"<task family>": float},   # accuracy per `task` column value
+          "per_task_visual_tokens": {"<task family>": float},  # mean measured tokens per task family
+          "token_histogram": {"<tokens>": int},   # samples per measured token count
+          "tier_histogram": {"<tier value>": int},# samples per tier used ("full" counts as the largest tier)
+          "latency_ms_per_query": float,  # wall time per query, SAM + selection + generation, batched
+          "compression_ratio": float,     # grid patches / mean_visual_tokens
+          "budget": "auto" | "full" | int,# the budget asked for (a tier value)
+          "selection": str,               # "learned", "uniform", "hotspot", "random" or "query_sim"
+          "num_samples": int
+        }
+      },
+      "calibration": {"exact", "within_one", "over", "under": float | null, "n": int, "n_no_oracle": int} | null,
+      "per_tier": {
+        "<tier value>": {
+          "tier": int,                    # tier index
+          "n_predicted": int,             # samples `auto` put in this tier
+          "accuracy": float | null,       # `auto` accuracy on those samples
+          "mean_visual_tokens": float | null,
+          "n_oracle": int | null,         # samples whose oracle tier this is (null without calibration)
+          "forced_accuracy": float | null # accuracy of tier_<K> on every sample (null if not run)
+        }
+      },
+      "skipped": {"<method>": "reason"},  # methods that cannot run on this checkpoint (e.g. pooling shape)
+      "meta": {
+        "checkpoint", "dataset", "dataset_source", "split": str, "num_samples": int,
+        "commit": str | null,             # git rev-parse HEAD of the evaluating code
+        "created": str,                   # ISO 8601, UTC
+        "metric": str, "correct_threshold": float, "budgets": [int], "grid_size": [rows, cols],
+        "num_patches": int, "batch_size": int, "max_new_tokens": int, "seed": int, "device": str
+      }
+    }
+
+Layout: `methods` (the method vocabulary and the query-similarity baseline), `runner` (running methods over a
+dataset; `evaluate`), `report` (scores, calibration, per-tier buckets, predictions), `datasets`, `figures`,
+`model_card`.
+"""
+
+from ..methods import (
+    BASELINE_SELECTIONS, BASELINES, CORRECT_THRESHOLD, QUERY_SIM, SYNTHETIC, SYNTHETIC_METRIC, Method,
+    learning_curve_methods, method_names, parse_method, tier_value, unsupported_reason,
+)
+from .datasets import EvalData, load_eval_dataset
+from .figures import heatmap_rows, plot_heatmaps, plot_pareto
+from .query_similarity import query_similarity_scores
+from .report import (
+    MethodRun, build_report, column, format_table, git_commit, oracle_tiers, per_tier_buckets, sample_scores,
+    save_report, summarize_run, write_predictions,
+)
+from .runner import EvalBatch, eval_batch, evaluate, method_plan, run_batch, run_methods
+
+__all__ = [
+    "BASELINES",
+    "BASELINE_SELECTIONS",
+    "CORRECT_THRESHOLD",
+    "EvalBatch",
+    "EvalData",
+    "Method",
+    "MethodRun",
+    "QUERY_SIM",
+    "SYNTHETIC",
+    "SYNTHETIC_METRIC",
+    "build_report",
+    "column",
+    "eval_batch",
+    "evaluate",
+    "format_table",
+    "git_commit",
+    "heatmap_rows",
+    "learning_curve_methods",
+    "load_eval_dataset",
+    "method_names",
+    "method_plan",
+    "oracle_tiers",
+    "parse_method",
+    "per_tier_buckets",
+    "plot_heatmaps",
+    "plot_pareto",
+    "query_similarity_scores",
+    "run_batch",
+    "run_methods",
+    "sample_scores",
+    "save_report",
+    "summarize_run",
+    "tier_value",
+    "unsupported_reason",
+    "write_predictions",
+]

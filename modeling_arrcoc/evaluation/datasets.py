@@ -1,0 +1,46 @@
+"""Evaluation datasets: the synthetic suite at the checkpoint's geometry, or a Hub dataset with its own metric.
+"""
+
+from dataclasses import dataclass
+
+from ..data import HUB_DATASETS, SyntheticConfig, load_hub_dataset, make_synthetic_suite, resolve_name
+from ..methods import SYNTHETIC, SYNTHETIC_METRIC
+
+
+@dataclass
+class EvalData:
+    dataset: object  # datasets.Dataset in the common schema
+    metric: str  # a key of metrics.METRICS
+    source: str  # "synthetic" or the Hub repo id
+    split: str
+
+
+def load_eval_dataset(name: str, split=None, num_samples=None, image_size=256, patch_size=16, cache_dir=None,
+                      seed=0, path=None) -> EvalData:
+    """"synthetic" or a Hub dataset name (see `data.HUB_DATASETS`), with the metric it is scored by.
+
+    The synthetic suite is rendered at the checkpoint's geometry (`image_size`, `patch_size`) with pages seeded by
+    `seed`; only the requested split is made at full size. Hub rows without reference answers (test splits) are
+    dropped; `path` reads a local copy of a Hub dataset.
+    """
+    if name == SYNTHETIC:
+        split = split or "test"
+        sizes = {f"num_{s}": 1 for s in ("train", "validation", "test")}
+        sizes[f"num_{split}"] = num_samples or getattr(SyntheticConfig(), f"num_{split}")
+        suite = make_synthetic_suite(image_size=image_size, patch_size=patch_size, seed=seed, cache_dir=cache_dir,
+                                     **sizes)
+        return EvalData(suite[split], SYNTHETIC_METRIC, SYNTHETIC, split)
+    key = resolve_name(name)
+    spec = HUB_DATASETS[key]
+    split = split or spec.split
+    dataset = load_hub_dataset(key, split, path=path)
+    dataset = dataset.filter(lambda answers: len(answers) > 0, input_columns=["answers"])
+    if num_samples:
+        dataset = dataset.select(range(min(num_samples, len(dataset))))
+    return EvalData(dataset, spec.metric, spec.repo_id, split)
+
+
+__all__ = [
+    "EvalData",
+    "load_eval_dataset",
+]

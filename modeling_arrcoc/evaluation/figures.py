@@ -1,0 +1,133 @@
+"""Figures of an evaluation: the accuracy-vs-tokens Pareto plot and a grid of allocation heatmaps.
+"""
+
+from collections import defaultdict
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
+from PIL import Image
+
+from ..explanation import explain, render_heatmap
+from .report import column
+
+
+_SERIES_STYLE = {
+    "tier": dict(color="tab:blue", marker="o", label="ARR-COC, forced tier"),
+    "uniform_pool": dict(color="tab:orange", marker="s", label="uniform pooling (DeepSeek-OCR-style)"),
+    "saliency_topk": dict(color="tab:green", marker="^", label="saliency top-K (VisionZip-style)"),
+    "query_sim": dict(color="tab:purple", marker="D", label="query similarity (SparseVLM-style)"),
+    "random": dict(color="tab:gray", marker="x", label="random K"),
+    "full": dict(color="black", marker="P", label="full tokens"),
+}
+
+
+def plot_pareto(report: dict, path) -> Path:
+    """Accuracy vs measured mean visual tokens, one series per method family; ARR-COC auto highlighted."""
+    figure = Figure(figsize=(9.5, 4.8))
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    series = defaultdict(list)
+    for name, m in report["methods"].items():
+        series[_kind(name)].append((m["mean_visual_tokens"], m["accuracy"]))
+    for kind, points in series.items():
+        if kind == "auto":
+            continue
+        points.sort()
+        style = _SERIES_STYLE.get(kind, dict(marker=".", label=kind))
+        ax.plot(*zip(*points), linestyle="-" if len(points) > 1 else "none", alpha=0.85, **style)
+    if "auto" in series:
+        (x, y), = series["auto"]
+        ax.scatter([x], [y], s=260, marker="*", color="crimson", edgecolor="black", zorder=5,
+                   label="ARR-COC auto (allocator's budget)")
+        ax.annotate(f"auto: {y:.3f} @ {x:.1f} tok", (x, y), textcoords="offset points", xytext=(8, 8))
+    _pareto_axes(ax, report)
+    return _save(figure, path)
+
+
+def _kind(name: str) -> str:
+    if name in ("auto", "full"):
+        return name
+    return "tier" if name.startswith("tier_") else name.partition("@")[0]
+
+
+def _pareto_axes(ax, report):
+    xs = [m["mean_visual_tokens"] for m in report["methods"].values()]
+    ys = [m["accuracy"] for m in report["methods"].values()]
+    if xs and max(xs) / max(min(xs), 1e-9) > 8:
+        ax.set_xscale("log")  # tiers span an order of magnitude or more
+        ax.set_xticks(sorted({round(x, 1) for x in xs}))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if ys:
+        # Zoom on the measured range (small gaps between methods matter) but never past the metric's [0, 1].
+        ax.set_ylim(max(-0.02, min(ys) - 0.05), min(1.02, max(ys) + 0.05))
+    meta = report.get("meta", {})
+    ax.set_xlabel("mean visual tokens per query (measured)")
+    ax.set_ylabel(f"accuracy ({meta.get('metric', 'metric')})")
+    ax.set_title(f"{meta.get('dataset', '')} {meta.get('split', '')}, n={meta.get('num_samples', '?')}".strip())
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a point
+
+
+def _save(figure, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def heatmap_rows(dataset, per_task=2) -> dict:
+    """{task: [row index, ...]}: the first `per_task` samples of each task family, in dataset order."""
+    chosen = defaultdict(list)
+    for i, task in enumerate(column(dataset, "task")):
+        if len(chosen[task]) < per_task:
+            chosen[task].append(i)
+    return dict(chosen)
+
+
+def plot_heatmaps(model, processor, dataset, path, per_task=2, budget="auto", tile_size=256) -> Path:
+    """A grid of allocation heatmaps: one row per task family, `per_task` sample questions each."""
+    tiles = []
+    for task, indices in heatmap_rows(dataset, per_task).items():
+        row_tiles = []
+        for i in indices:
+            sample = dataset[i]
+            explanation = explain(model, processor, sample["image"], sample["question"], budget=budget)
+            row_tiles.append(render_heatmap(_enlarged(sample["image"], tile_size), explanation, title=task))
+        tiles.append(row_tiles)
+    return _save_grid(tiles, path)
+
+
+def _enlarged(image, tile_size):
+    """The page with its longest side at `tile_size`: small pages are enlarged (nearest, so patches stay crisp)
+    until the caption fits under them, large ones shrunk so the sheet stays viewable."""
+    scale = tile_size / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
+    return image.convert("RGB").resize(size, resample)
+
+
+def _save_grid(tiles, path, gap=6) -> Path:
+    width = max(t.width for row in tiles for t in row)
+    heights = [max(t.height for t in row) for row in tiles]
+    columns = max(len(row) for row in tiles)
+    sheet = Image.new("RGB", (columns * (width + gap) + gap, sum(heights) + gap * (len(tiles) + 1)), "white")
+    y = gap
+    for row, height in zip(tiles, heights):
+        for c, tile in enumerate(row):
+            sheet.paste(tile, (gap + c * (width + gap), y))
+        y += height + gap
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+__all__ = [
+    "heatmap_rows",
+    "plot_heatmaps",
+    "plot_pareto",
+]

@@ -1,0 +1,112 @@
+"""The method vocabulary shared by evaluation and the learning curves: `auto`, `tier_<K>`, `full` and
+`<baseline>@<K>` (uniform_pool, saliency_topk, random, query_sim), each a budget and a patch selection.
+
+Only names and rules live here (no model code), so the library, the training curves and the evaluation all read
+the same vocabulary.
+"""
+
+from dataclasses import dataclass
+
+from .configuration_arrcoc import tier_index
+
+SYNTHETIC = "synthetic"
+SYNTHETIC_METRIC = "exact_match"
+QUERY_SIM = "query_sim"
+# Baseline name -> the selection it swaps into the same checkpoint.
+BASELINE_SELECTIONS = {
+    "uniform_pool": "uniform",
+    "saliency_topk": "hotspot",
+    "random": "random",
+    "query_sim": QUERY_SIM,
+}
+BASELINES = tuple(BASELINE_SELECTIONS)
+CORRECT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way of answering: a budget ("auto", "full" or a tier value) and a patch selection."""
+
+    name: str
+    budget: object
+    selection: str
+    kind: str  # "auto", "tier", "full" or a baseline name: the series it belongs to on the Pareto plot
+
+
+def tier_value(budget, budgets) -> int:
+    """The tier value an integer budget (value or index, the config's rule) names."""
+    return budgets[tier_index(int(budget), budgets)]
+
+
+def method_names(budgets, budget="all", baselines=BASELINES) -> list:
+    """Method names for a CLI budget choice: "all" (auto, every tier, full), "auto", "full" or one tier.
+
+    Baselines run at every tier for "all" and "auto" (so that auto has a baseline at each budget around it), at
+    the chosen tier otherwise, and not at all for "full".
+    """
+    unknown = set(baselines) - set(BASELINES)
+    if unknown:
+        raise ValueError(f"Unknown baselines {sorted(unknown)}; expected some of {BASELINES}.")
+    if budget in ("all", "auto"):
+        tiers = list(budgets)
+        names = ["auto"] + ([f"tier_{k}" for k in tiers] + ["full"] if budget == "all" else [])
+    elif budget == "full":
+        return ["full"]
+    else:
+        tiers = [tier_value(budget, budgets)]
+        names = [f"tier_{tiers[0]}"]
+    return names + [f"{baseline}@{k}" for baseline in baselines for k in tiers]
+
+
+def parse_method(name: str, budgets) -> Method:
+    if name in ("auto", "full"):
+        return Method(name, name, "learned", name)
+    if name.startswith("tier_"):
+        return Method(name, _known_tier(name[len("tier_"):], name, budgets), "learned", "tier")
+    baseline, _, value = name.partition("@")
+    if baseline in BASELINE_SELECTIONS and value:
+        return Method(name, _known_tier(value, name, budgets), BASELINE_SELECTIONS[baseline], baseline)
+    raise ValueError(
+        f"Unknown method {name!r}: expected 'auto', 'full', 'tier_<K>' or '<baseline>@<K>' with a baseline in "
+        f"{BASELINES} and K in {list(budgets)}."
+    )
+
+
+def _known_tier(text: str, name: str, budgets) -> int:
+    if not text.isdigit() or int(text) not in budgets:
+        raise ValueError(f"Method {name!r}: {text!r} is not a tier value in {list(budgets)}.")
+    return int(text)
+
+
+def learning_curve_methods(budgets, include_full=True) -> list:
+    """The methods of a learning-curve point: ARR-COC at auto and at each forced tier, next to uniform pooling at
+    the same tiers (and full tokens)."""
+    names = ["auto"] + [f"tier_{k}" for k in budgets] + [f"uniform_pool@{k}" for k in budgets]
+    return [parse_method(name, budgets) for name in names + (["full"] if include_full else [])]
+
+
+def unsupported_reason(method: Method, config):
+    """Why `method` cannot run on this checkpoint, or None. Only uniform pooling has a shape constraint."""
+    if method.selection != "uniform":
+        return None
+    try:
+        config.pool_shape(min(method.budget, config.num_patches))
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+__all__ = [
+    "BASELINES",
+    "BASELINE_SELECTIONS",
+    "CORRECT_THRESHOLD",
+    "Method",
+    "QUERY_SIM",
+    "SYNTHETIC",
+    "SYNTHETIC_METRIC",
+    "learning_curve_methods",
+    "method_names",
+    "parse_method",
+    "tier_value",
+    "unsupported_reason",
+]

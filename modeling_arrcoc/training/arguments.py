@@ -1,0 +1,207 @@
+"""ArrCocTrainingArguments: `TrainingArguments` plus ARR-COC's phase, learning rates, loss weights, budget and
+diagnostics settings, validated when parsed (YAML in, checked dataclass out).
+"""
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+from ..modeling_arrcoc import LOSS_COMPONENTS
+from .phases import BUDGET_MODES, COMPONENTS, PHASES, check_phase
+
+
+WEIGHTED_TERMS = LOSS_COMPONENTS + ("budget",)
+EVAL_BUDGETS = ("auto", "full", "heuristic")
+DEFAULT_GRAD_NORM_RANGES = {name: [1e-8, 100.0] for name in COMPONENTS}
+
+
+def _help(text):
+    return {"help": text}
+
+
+@dataclass
+class ArrCocTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus ARR-COC's phase, learning rates, loss weights, budget and diagnostics settings.
+
+    Read from a phase YAML with `HfArgumentParser(...).parse_yaml_file(path, allow_extra_keys=False)`: unknown
+    keys are refused. Every field is checked in `__post_init__`, before any model or data is loaded.
+    """
+
+    phase: str = field(default="phase1", metadata=_help(f"Curriculum phase, one of {list(PHASES)} (phases.py)."))
+    sam_unfreeze_last_n: int = field(default=0, metadata=_help("phase1: also train the last N SAM blocks + neck."))
+    llm_unfreeze_last_n: int = field(default=0, metadata=_help("phase2: also train the last N LLM layers + norm."))
+    lora_rank: int = field(default=0, metadata=_help("phase2: LoRA rank on the LLM (0 = no LoRA); merged at save."))
+    lora_alpha: int = field(default=16, metadata=_help("LoRA scaling numerator (scale = alpha / rank)."))
+    lora_dropout: float = field(default=0.0, metadata=_help("Dropout on the LoRA branch."))
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata=_help("LLM modules given LoRA.")
+    )
+    learning_rate_vision_tower: float | None = field(default=None, metadata=_help("SAM LR; None = learning_rate."))
+    learning_rate_allocator: float | None = field(default=None, metadata=_help("Allocator LR; None = learning_rate."))
+    learning_rate_clip_encoder: float | None = field(default=None, metadata=_help("CLIP LR; None = learning_rate."))
+    learning_rate_quality_adapter: float | None = field(default=None, metadata=_help("Adapter LR; None = base LR."))
+    learning_rate_language_model: float | None = field(default=None, metadata=_help("LLM LR (LoRA included)."))
+    learning_rate_lm_head: float | None = field(default=None, metadata=_help("lm_head LR; None = the LLM's."))
+    loss_weight_answer: float = field(default=1.0, metadata=_help("Weight of the answer cross-entropy."))
+    loss_weight_efficiency: float = field(default=0.05, metadata=_help("Efficiency weight after its warm-up."))
+    efficiency_weight_start: float = field(default=0.001, metadata=_help("Efficiency weight at step 0."))
+    efficiency_warmup_steps: int = field(default=0, metadata=_help("Linear ramp start -> final; 0 = no ramp."))
+    loss_weight_alignment: float = field(default=0.5, metadata=_help("Weight of the answer-region alignment loss."))
+    loss_weight_vet_kl: float = field(default=0.01, metadata=_help("Weight of the VET usage KL."))
+    loss_weight_budget: float = field(default=1.0, metadata=_help("Weight of the calibration cross-entropy."))
+    train_budget: str = field(
+        default="phase",
+        metadata=_help(f"'phase' (the phase table's mode), one of {list(BUDGET_MODES)}, or a fixed tier value."),
+    )
+    train_tier_weights: list[float] | None = field(
+        default=None,
+        metadata=_help("Relative weights of the tiers in the 'random' (multi-budget) draw, one per config.budgets "
+                       "entry; None = uniform. Few tokens make the language model's lookup far faster to learn "
+                       "(8 tokens: learned in ~300 steps; 64 tokens: 24% after 400, measured), so the demo "
+                       "pretrain favours small tiers."),
+    )
+    eval_budget: str = field(default="auto", metadata=_help(f"One of {list(EVAL_BUDGETS)} or a fixed tier value."))
+    heuristic_short_words: int = field(default=5, metadata=_help("Heuristic: at most this many words = short."))
+    group_by_tier: bool = field(
+        default=False, metadata=_help("Batches of one heuristic tier (TierGroupedBatchSampler); no padding.")
+    )
+    calibration_every: int = field(default=10, metadata=_help("Calibrate the budget every N steps; 0 = never."))
+    calibration_samples: int = field(default=4, metadata=_help("Rows of the batch calibrated (one forward/tier)."))
+    calibration_tolerance: float = field(default=0.05, metadata=_help("Nats/token a smaller tier may lose."))
+    calibration_max_loss: float | None = field(
+        default=None, metadata=_help("Nats/token above which a tier does not answer; unanswered -> smallest tier.")
+    )
+    cache_sam_features: bool = field(
+        default=False, metadata=_help("Cache frozen SAM features by training-row index (SAM must be frozen).")
+    )
+    sam_cache_dtype: str = field(default="float32", metadata=_help("'float32' or 'bfloat16' (half the memory)."))
+    logits_on_labels_only: bool = field(default=True, metadata=_help("LM head only where labels exist (faster)."))
+    grad_normalization: str = field(
+        default="none", metadata=_help("'none' or 'visual_tokens': scale each batch's loss by mean tier K / its K.")
+    )
+    curriculum_easy_families: list[str] = field(
+        default_factory=list, metadata=_help("Task families of the curriculum's easy stretch (column 'task').")
+    )
+    curriculum_easy_steps: int = field(default=0, metadata=_help("Optimizer steps on easy families first; 0 = off."))
+    max_nonfinite_steps: int = field(default=5, metadata=_help("Consecutive non-finite steps that stop the run."))
+    grad_norm_ranges: dict | str | None = field(
+        default=None, metadata=_help("{component: [low, high]}: warn when its grad norm leaves the range.")
+    )
+    tier_collapse_share: float = field(
+        default=0.95, metadata=_help("Warn when one tier takes this share of predicted tiers in a log window.")
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata=_help("Stop after N evaluations without improvement of metric_for_best_model.")
+    )
+    early_stopping_threshold: float = field(default=0.0, metadata=_help("Smallest improvement that counts."))
+    # Parent defaults changed: the collator reads raw rows, and eval logits vary in shape (only losses are kept).
+    remove_unused_columns: bool = field(default=False, metadata=_help("Must stay False: the collator reads rows."))
+    prediction_loss_only: bool = field(default=True, metadata=_help("Evaluation keeps losses, not logits."))
+    # The Trainer would infer ["labels", "logits_on_labels_only"] from forward's signature (any name with "label").
+    label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata=_help("Label input names."))
+
+    def __post_init__(self):
+        self.train_budget, self.eval_budget = str(self.train_budget), str(self.eval_budget)  # YAML may give ints
+        self._check_phase_and_budget()
+        self._check_losses()
+        self._check_schedule_options()
+        self.grad_norm_ranges = _grad_norm_ranges(self.grad_norm_ranges)
+        if self.curriculum_easy_steps:
+            self.train_sampling_strategy = "sequential"  # the curriculum order is written into the dataset
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+            # Launched as several processes on a machine without accelerators (`accelerate launch --multi_gpu`
+            # on CPU): without use_cpu, accelerate would run each process alone instead of gloo DDP.
+            self.use_cpu = True
+        super().__post_init__()
+
+    @property
+    def training_budget(self) -> str:
+        """The budget mode of the training forward, after resolving 'phase' through the phase table."""
+        return PHASES[self.phase].budget if self.train_budget == "phase" else self.train_budget
+
+    def _check_phase_and_budget(self):
+        check_phase(self.phase, sam_unfreeze_last_n=self.sam_unfreeze_last_n,
+                    llm_unfreeze_last_n=self.llm_unfreeze_last_n, lora_rank=self.lora_rank)
+        _check_budget("train_budget", self.train_budget, ("phase",) + BUDGET_MODES)
+        _check_budget("eval_budget", self.eval_budget, EVAL_BUDGETS)
+        if self.group_by_tier and self.training_budget != "heuristic":
+            raise ValueError("group_by_tier needs per-sample tiers known before the forward: train_budget "
+                             f"'heuristic' (got {self.training_budget!r}).")
+        if self.cache_sam_features and self._trains_sam():
+            raise ValueError(f"cache_sam_features needs a frozen SAM, but {self.phase} with "
+                             f"sam_unfreeze_last_n={self.sam_unfreeze_last_n} trains it.")
+        if self.sam_cache_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"sam_cache_dtype must be 'float32' or 'bfloat16', got {self.sam_cache_dtype!r}.")
+
+    def _trains_sam(self) -> bool:
+        return "vision_tower" in PHASES[self.phase].trains or self.sam_unfreeze_last_n > 0
+
+    def _check_losses(self):
+        weights = {name: getattr(self, f"loss_weight_{name}") for name in WEIGHTED_TERMS}
+        weights["efficiency_start"] = self.efficiency_weight_start
+        for name, value in weights.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"loss weight {name} must be finite and >= 0, got {value}.")
+        if not any(weights[name] for name in ("answer", "alignment")):
+            raise ValueError("loss_weight_answer or loss_weight_alignment must be positive: nothing to learn from.")
+        _check_at_least("efficiency_warmup_steps", self.efficiency_warmup_steps, 0)
+        _check_at_least("calibration_every", self.calibration_every, 0)
+        _check_at_least("calibration_samples", self.calibration_samples, 1)
+        if self.calibration_tolerance < 0:
+            raise ValueError(f"calibration_tolerance must be >= 0, got {self.calibration_tolerance}.")
+        if self.calibration_max_loss is not None and self.calibration_max_loss <= 0:
+            raise ValueError(f"calibration_max_loss must be > 0 or null, got {self.calibration_max_loss}.")
+        if self.grad_normalization not in ("none", "visual_tokens"):
+            raise ValueError(f"grad_normalization must be 'none' or 'visual_tokens', got {self.grad_normalization!r}.")
+
+    def _check_schedule_options(self):
+        _check_at_least("max_nonfinite_steps", self.max_nonfinite_steps, 1)
+        _check_at_least("heuristic_short_words", self.heuristic_short_words, 0)
+        if not 0 < self.tier_collapse_share <= 1:
+            raise ValueError(f"tier_collapse_share must be in (0, 1], got {self.tier_collapse_share}.")
+        if self.train_tier_weights is not None and (min(self.train_tier_weights) < 0 or sum(self.train_tier_weights) <= 0):
+            raise ValueError(f"train_tier_weights must be non-negative with a positive sum, got {self.train_tier_weights}.")
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns must be False: ArrCocCollator reads the raw rows.")
+        if self.curriculum_easy_steps and not self.curriculum_easy_families:
+            raise ValueError("curriculum_easy_steps needs curriculum_easy_families (task families of the easy part).")
+        if self.curriculum_easy_steps and self.group_by_tier:
+            raise ValueError("The curriculum (a fixed row order) and group_by_tier (its own order) exclude each other.")
+        if self.early_stopping_patience is not None:
+            _check_at_least("early_stopping_patience", self.early_stopping_patience, 1)
+            if not self.load_best_model_at_end or self.metric_for_best_model is None:
+                raise ValueError("early_stopping_patience needs load_best_model_at_end: true and "
+                                 "metric_for_best_model.")
+
+
+def _check_budget(name, value, modes):
+    if value not in modes and not str(value).isdigit():
+        raise ValueError(f"{name} must be one of {list(modes)} or a tier value such as 64, got {value!r}.")
+
+
+def _check_at_least(name, value, low):
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}.")
+
+
+def _grad_norm_ranges(value) -> dict:
+    ranges = {name: list(bounds) for name, bounds in DEFAULT_GRAD_NORM_RANGES.items()}
+    ranges.update(json.loads(value) if isinstance(value, str) else (value or {}))
+    for name, bounds in ranges.items():
+        if name not in COMPONENTS:
+            raise ValueError(f"grad_norm_ranges: unknown component {name!r}; expected some of {list(COMPONENTS)}.")
+        if len(bounds) != 2 or not 0 <= bounds[0] < bounds[1]:
+            raise ValueError(f"grad_norm_ranges[{name!r}] must be [low, high] with 0 <= low < high, got {bounds}.")
+    return ranges
+
+
+__all__ = [
+    "ArrCocTrainingArguments",
+    "DEFAULT_GRAD_NORM_RANGES",
+    "EVAL_BUDGETS",
+    "WEIGHTED_TERMS",
+]

@@ -1,0 +1,311 @@
+"""ArrCocTrainer: the Hugging Face Trainer with ARR-COC's weighted losses, per-component learning rates, budget
+calibration, cached SAM features and diagnostics (per-component losses and gradient norms, tier histogram).
+
+How the budget predictor learns. The tier is an argmax, so the answer loss cannot reach the budget logits. Two
+signals do: the efficiency loss (expected tokens / max tokens under the softmax of the budget logits) pushes
+toward small tiers, and calibration pulls toward the tier the question needs. Every `calibration_every` optimizer
+steps, on the first `calibration_samples` rows of the batch, the trainer runs the model at every tier under
+`torch.no_grad()` (SAM features computed once), takes each sample's answer loss per tier, picks the smallest tier
+whose loss is within `calibration_tolerance` (nats per answer token) of that sample's best, and adds a
+cross-entropy of the batch forward's budget logits toward that tier (`budget_loss`, weight `loss_weight_budget`).
+Calibration runs only in phases that train the budget predictor (the allocator). With `calibration_max_loss`
+set, a sample that no tier answers (every tier's loss above it) targets the smallest tier: spending more tokens
+buys nothing there, and the near-equal losses of a question the model cannot answer would otherwise pick a
+tier at random (measured: families at chance then spread the predictor over every tier for no reason).
+
+Multi-budget training. Where the budget is not predicted (pretrain, phase2), one tier is drawn per optimizer
+step from (seed, step), the same on every process and every micro-batch, so CLIP and the adapter learn every
+tier, each batch pads nothing, and an interrupted run replays the same tiers on resume.
+
+Non-finite steps. When any micro-batch of an optimizer step (on any process) has a non-finite loss, or the
+gradient is non-finite, all gradients are dropped before the optimizer step: AdamW skips parameters without a
+gradient, so weights and optimizer state are untouched (the learning-rate schedule still advances one step).
+`max_nonfinite_steps` such steps in a row raise `NonFiniteLossError`; checkpoints already saved stay intact.
+Under DeepSpeed the engine steps inside `backward`, so there steps are counted but not skipped, and
+per-component gradient norms are not logged.
+
+Multi-resolution training is not offered: every preset (tiny, demo, base) has one SAM input size.
+"""
+
+import math
+from collections import defaultdict
+
+import torch
+from accelerate.utils import DistributedType, gather_object
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from transformers import EarlyStoppingCallback, Trainer
+from transformers.utils import logging
+
+from ..data.sampler import IndexedCollator, TierGroupedBatchSampler, curriculum_indices, question_tiers, with_sample_index
+from ..modeling_arrcoc import LOSS_COMPONENTS, answer_window, weighted_loss
+from .arguments import COMPONENTS, WEIGHTED_TERMS, ArrCocTrainingArguments
+from .calibration import calibration_targets, step_tier
+from .guards import NonFiniteGuard, SamFeatureCache
+from .optim import check_param_groups, component_param_groups
+from .phases import PHASES, component_parameters, trainable_parameter_counts
+
+logger = logging.get_logger(__name__)
+
+
+def _check_phase_applied(model, args):
+    """Components the phase trains are fully trainable; the others are frozen unless a phase option opens them."""
+    spec = PHASES[args.phase]
+    optional = {"vision_tower": args.sam_unfreeze_last_n, "language_model": args.llm_unfreeze_last_n or args.lora_rank}
+    for name, (trainable, total) in trainable_parameter_counts(model).items():
+        expected = total if name in spec.trains else None if optional.get(name) else 0
+        if expected is not None and trainable != expected:
+            raise ValueError(
+                f"{name} has {trainable:,} of {total:,} parameters trainable, which is not {args.phase}: call "
+                f"apply_phase(model, {args.phase!r}, ...) with the same options before building the trainer."
+            )
+
+
+class ArrCocTrainer(Trainer):
+    """`Trainer` for `ArrCocForConditionalGeneration` with `ArrCocTrainingArguments` (see the module docstring).
+
+    Apply the phase (`phases.apply_phase`) before building the trainer: the optimizer groups are the parameters
+    that require grad at that moment.
+    """
+
+    def __init__(self, model, args: ArrCocTrainingArguments, data_collator, train_dataset=None, **kwargs):
+        if data_collator is None:
+            raise ValueError("ArrCocTrainer needs a data_collator (ArrCocCollator) that reads the rows.")
+        _check_phase_applied(model, args)
+        collator = IndexedCollator(data_collator, len(model.config.budgets), args.heuristic_short_words)
+        train_dataset = self._prepare_train_dataset(train_dataset, args)
+        super().__init__(model=model, args=args, data_collator=collator, train_dataset=train_dataset, **kwargs)
+        self.model_accepts_loss_kwargs = False  # compute_loss returns per-batch means; the Trainer divides by GA
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._step_nonfinite = False
+        self._collapsed_tier = None
+        self.nonfinite = NonFiniteGuard(args.max_nonfinite_steps)
+        self.feature_cache = self._make_feature_cache(model)
+        self._check_model(model)
+        if args.early_stopping_patience is not None:
+            self.add_callback(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
+
+    @staticmethod
+    def _prepare_train_dataset(dataset, args):
+        if dataset is None:
+            return None
+        if args.cache_sam_features:
+            dataset = with_sample_index(dataset)
+        if args.curriculum_easy_steps:
+            global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+            num_easy = args.curriculum_easy_steps * global_batch
+            order = curriculum_indices(dataset["task"], args.curriculum_easy_families, num_easy, args.seed)
+            dataset = dataset.select(order)
+        return dataset
+
+    def _make_feature_cache(self, model):
+        if not self.args.cache_sam_features:
+            return None
+        if any(p.requires_grad for p in model.model.vision_tower.parameters()):
+            raise ValueError("cache_sam_features needs a frozen vision tower; apply the phase first.")
+        return SamFeatureCache(getattr(torch, self.args.sam_cache_dtype))
+
+    def _check_model(self, model):
+        budgets = model.config.budgets
+        for name in ("training_budget", "eval_budget"):
+            value = getattr(self.args, name)
+            if value.isdigit() and int(value) not in budgets:
+                raise ValueError(f"{name}={value} is not a tier of this model; its tiers are {budgets}.")
+
+    # -- optimizer -------------------------------------------------------------------------------------------
+
+    def component_learning_rates(self) -> dict[str, float]:
+        args = self.args
+        rates = {name: getattr(args, f"learning_rate_{name}") for name in COMPONENTS}
+        if rates["lm_head"] is None:
+            rates["lm_head"] = rates["language_model"]
+        return {name: args.learning_rate if rate is None else rate for name, rate in rates.items()}
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            target = self.accelerator.unwrap_model(self.model if model is None else model)
+            decay_names = set(self.get_decay_parameter_names(target))
+            groups = component_param_groups(target, self.component_learning_rates(), self.args.weight_decay,
+                                            decay_names)
+            check_param_groups(target, groups)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, target)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    # -- data --------------------------------------------------------------------------------------------------
+
+    def get_train_dataloader(self):
+        if not self.args.group_by_tier:
+            return super().get_train_dataloader()
+        budgets = self.model.config.budgets
+        tiers = question_tiers(list(self.train_dataset["question"]), len(budgets), self.args.heuristic_short_words)
+        seed = self.args.seed if self.args.data_seed is None else self.args.data_seed
+        sampler = TierGroupedBatchSampler(tiers, self._train_batch_size, seed, self.args.dataloader_drop_last)
+        loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        return self.accelerator.prepare(loader)
+
+    # -- loss --------------------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        sample_index, tiers = inputs.pop("sample_index", None), inputs.pop("budget_tier", None)
+        unwrapped = self.accelerator.unwrap_model(model)
+        if self.feature_cache is not None and sample_index is not None:
+            inputs["patch_features"] = self.feature_cache.lookup(unwrapped, inputs.pop("pixel_values"), sample_index)
+        budget = self.budget_for(mode, tiers, unwrapped.config.budgets)
+        window = answer_window(inputs["labels"]) if self.args.logits_on_labels_only else 0
+        outputs = model(**inputs, budget=budget, logits_to_keep=window)
+        components = {name: getattr(outputs, f"{name}_loss") for name in LOSS_COMPONENTS}
+        if mode == "train" and self._calibration_due(unwrapped):
+            components["budget"] = self.calibration_loss(unwrapped, inputs, outputs.budget_logits)
+        loss = self.weighted_loss(components, outputs.visual_token_counts, unwrapped.config)
+        self._record(mode, components, outputs, unwrapped.config.budgets)
+        return (loss, outputs) if return_outputs else loss
+
+    def budget_for(self, mode: str, tiers, budgets: list[int]):
+        """The `budget` argument of this batch's forward (tier values, never indices: see `_resolve_tier`)."""
+        name = self.args.training_budget if mode == "train" else self.args.eval_budget
+        if name in ("auto", "full"):
+            return name
+        if name == "random":
+            tier = step_tier(self.args.seed, self.state.global_step, len(budgets), self.args.train_tier_weights)
+            return budgets[tier]
+        if name == "heuristic":
+            return [budgets[t] for t in tiers.tolist()]
+        return int(name)
+
+    def loss_weights(self) -> dict[str, float]:
+        """The weight of each loss term at the current step (the efficiency weight ramps up)."""
+        args = self.args
+        weights = {name: getattr(args, f"loss_weight_{name}") for name in WEIGHTED_TERMS}
+        if args.efficiency_warmup_steps:
+            progress = min(1.0, self.state.global_step / args.efficiency_warmup_steps)
+            start = args.efficiency_weight_start
+            weights["efficiency"] = start + progress * (args.loss_weight_efficiency - start)
+        return weights
+
+    def weighted_loss(self, components: dict, visual_token_counts, config) -> torch.Tensor:
+        loss = weighted_loss(components, self.loss_weights())
+        if self.args.grad_normalization == "visual_tokens":
+            # Batches at large K send gradient through more visual tokens; scale them back to the mean tier.
+            mean_tier = sum(min(b, config.num_patches) for b in config.budgets) / len(config.budgets)
+            loss = loss * mean_tier / visual_token_counts.float().mean()
+        return loss
+
+    def _calibration_due(self, model) -> bool:
+        every = self.args.calibration_every
+        if not every or self.state.global_step % every:
+            return False
+        return any(p.requires_grad for p in model.model.allocator.budget_predictor.parameters())
+
+    def calibration_loss(self, model, inputs: dict, budget_logits: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the first rows' budget logits toward their oracle-minimal tiers."""
+        count = min(self.args.calibration_samples, budget_logits.shape[0])
+        part = {key: value[:count] for key, value in inputs.items() if isinstance(value, torch.Tensor)}
+        targets = calibration_targets(model, part, self.args.calibration_tolerance, self.args.calibration_max_loss)
+        return F.cross_entropy(budget_logits[:count].float(), targets)
+
+    # -- steps: gradient norms, non-finite guard ----------------------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._step_nonfinite = self._step_nonfinite or not bool(torch.isfinite(loss))
+        if self.accelerator.sync_gradients:
+            self._end_of_accumulation(model)
+        return loss
+
+    def _end_of_accumulation(self, model):
+        """After the last backward of an optimizer step, before clipping: norms, and the non-finite skip."""
+        norms = self.component_grad_norms()
+        bad = self._on_any_process(self._step_nonfinite) or not all(map(math.isfinite, norms.values()))
+        self._step_nonfinite = False
+        if bad:
+            model.zero_grad(set_to_none=True)  # AdamW skips parameters without gradient: no update, no state
+            self.nonfinite.bad(self.state.global_step + 1, self.args.output_dir)
+            return
+        self.nonfinite.good()
+        for name, norm in norms.items():
+            self._metrics["train"][f"grad_norm/{name}"].append(norm)
+
+    def component_grad_norms(self) -> dict[str, float]:
+        """L2 norm of each component's gradient (empty under DeepSpeed, whose engine holds the gradients)."""
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return {}
+        norms = {}
+        for name, params in component_parameters(self.accelerator.unwrap_model(self.model)).items():
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                norms[name] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        values = torch.stack(list(norms.values())).tolist() if norms else []
+        return dict(zip(norms, values))
+
+    def _on_any_process(self, flag: bool) -> bool:
+        if self.accelerator.num_processes == 1:
+            return flag
+        total = self.accelerator.reduce(torch.tensor(float(flag), device=self.args.device), reduction="sum")
+        return bool(total > 0)
+
+    # -- metrics -----------------------------------------------------------------------------------------------
+
+    def _record(self, mode: str, components: dict, outputs, budgets: list[int]):
+        metrics = self._metrics[mode]
+        for name, value in components.items():
+            if value is not None and torch.isfinite(value):
+                metrics[f"{name}_loss"].append(value.item())
+        metrics["visual_tokens_mean"].append(outputs.visual_token_counts.float().mean().item())
+        shares = torch.bincount(outputs.budget_tiers, minlength=len(budgets)).float() / len(outputs.budget_tiers)
+        for value, share in zip(budgets, shares.tolist()):
+            metrics[f"tier_share/{value}"].append(share)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = self._mean_over_processes(self._metrics[mode])
+        self._metrics[mode].clear()
+        if mode == "eval":
+            metrics = {f"eval_{key}": value for key, value in metrics.items()}
+        else:
+            self._warn_if_anomalous(metrics)
+            metrics["nonfinite_steps"] = self.nonfinite.total
+            metrics.update(self._learning_rates())
+        logs.update(metrics)  # in place: evaluate() returns this dict, and metric_for_best_model reads it
+        super().log(logs, start_time)
+
+    def _mean_over_processes(self, store: dict) -> dict[str, float]:
+        keys = sorted(store)
+        if self.accelerator.num_processes > 1:
+            keys = sorted(set(gather_object(keys)))
+        if not keys:
+            return {}
+        sums = [[sum(store.get(key, [])), len(store.get(key, []))] for key in keys]
+        sums = torch.tensor(sums, dtype=torch.float64, device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")
+        return {key: total / count for key, (total, count) in zip(keys, sums.tolist()) if count}
+
+    def _learning_rates(self) -> dict[str, float]:
+        if self.optimizer is None:
+            return {}
+        return {f"lr/{group['name']}": group["lr"] for group in self.optimizer.param_groups
+                if not group["name"].endswith(":no_decay")}
+
+    def _warn_if_anomalous(self, metrics: dict):
+        if not self.is_world_process_zero():
+            return
+        step = self.state.global_step
+        for name, (low, high) in self.args.grad_norm_ranges.items():
+            norm = metrics.get(f"grad_norm/{name}")
+            if norm is not None and not low <= norm <= high:
+                logger.warning(f"Step {step}: grad norm of {name} is {norm:.3g}, outside its range [{low}, {high}].")
+        budgets = self.model.config.budgets
+        shares = [metrics.get(f"tier_share/{value}", 0.0) for value in budgets]
+        collapsed = self.args.training_budget == "auto" and max(shares) >= self.args.tier_collapse_share
+        tier = budgets[shares.index(max(shares))] if collapsed and len(budgets) > 1 else None
+        if tier is not None and tier != self._collapsed_tier:  # once per collapse, not at every log
+            logger.warning(f"Step {step}: the tier histogram collapsed: {max(shares):.0%} of samples at tier {tier}.")
+        self._collapsed_tier = tier
+
+
+__all__ = [
+    "ArrCocTrainer",
+]

@@ -1,0 +1,91 @@
+"""The package layout's one-way import rule, read from the source (ast), so a stray upward import fails here.
+
+Library (what a user imports: config, model, allocator, adapter, processor, LoRA, the method vocabulary, metrics)
+-> never imports data, training, evaluation or explanation. Data never imports model code. Training and
+evaluation never import each other. The allocator and the adapter never import the model. Metrics stand alone.
+Nothing in the package imports the scripts (train.py, eval.py, bench/, tools/).
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "modeling_arrcoc"
+UPPER = ("data", "training", "evaluation", "explanation")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_imports(path: Path, source: str | None = None) -> set:
+    """Modules of the package (and top-level scripts) that `path` (or `source` as if it were there) imports,
+    relative imports resolved."""
+    name = module_name(path)
+    base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text() if source is None else source)):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                parent = base[: len(base) - node.level + 1]
+                target = ".".join(parent + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            found.update(f"{target}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m.split(".")[0] in ("modeling_arrcoc", "bench", "tools", "train", "eval")}
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in UPPER:
+        return parts[1]
+    return "library" if parts[0] == "modeling_arrcoc" else "script"
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def check_one_way(path, text=None):
+    source, imports = layer(module_name(path)), package_imports(path, text)
+    targets = {layer(m) for m in imports}
+    assert "script" not in targets, f"{module_name(path)} imports a script: {sorted(imports)}"
+    forbidden = {
+        "library": set(UPPER),
+        "data": {"training", "evaluation", "explanation"},
+        "explanation": {"training", "evaluation"},
+        "training": {"evaluation", "explanation"},
+        "evaluation": {"training"},
+    }[source]
+    assert not targets & forbidden, f"{module_name(path)} ({source}) imports {sorted(targets & forbidden)}: {sorted(imports)}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_imports_run_one_way(path):
+    check_one_way(path)
+
+
+def test_data_never_imports_model_code():
+    for path in (PACKAGE / "data").rglob("*.py"):
+        model_code = {m for m in package_imports(path) if m.startswith("modeling_arrcoc.modeling_arrcoc")}
+        assert not model_code, f"{module_name(path)} imports {model_code}"
+
+
+@pytest.mark.parametrize("name", ["allocator_arrcoc", "adapter_arrcoc", "configuration_arrcoc", "metrics"])
+def test_building_blocks_never_import_the_model(name):
+    imports = package_imports(PACKAGE / f"{name}.py")
+    assert not any(m.startswith("modeling_arrcoc.modeling_arrcoc") for m in imports), imports
+    if name == "metrics":
+        assert not imports, f"metrics stand alone, but import {imports}"
+
+
+def test_the_rule_catches_an_upward_import():
+    """The checker itself: a library module importing the trainer is reported."""
+    path = PACKAGE / "lora.py"
+    with pytest.raises(AssertionError, match="imports"):
+        check_one_way(path, path.read_text() + "\nfrom .training.trainer import ArrCocTrainer\n")
