@@ -27,7 +27,8 @@ from modeling_arrcoc.methods import learning_curve_methods
 from modeling_arrcoc.training.curves import LearningCurve, LearningCurveCallback
 from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.data.synthetic import FAMILIES, NUM_VISUAL_WORDS, SyntheticConfig, make_synthetic_suite
-from modeling_arrcoc.training.phases import apply_phase, merge_lora, trainable_parameter_counts
+from modeling_arrcoc.lora import merge_lora
+from modeling_arrcoc.training.phases import apply_phase, trainable_parameter_counts
 from modeling_arrcoc.training.arguments import ArrCocTrainingArguments
 from modeling_arrcoc.training.trainer import ArrCocTrainer
 

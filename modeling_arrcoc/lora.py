@@ -7,7 +7,7 @@ enough: it matches the layer index in any `layers.<i>` path, so it would also pu
 
 import re
 
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, inject_adapter_in_model
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 DEFAULT_MODULES_TO_SAVE = ("allocator", "quality_adapter")
@@ -54,6 +54,38 @@ def apply_lora(model, **kwargs) -> PeftModel:
     return get_peft_model(model, lora_config_for_language_model(model, **kwargs))
 
 
+def inject_lora(model, last_n_layers: int | None = None, r: int = 8, alpha: int = 16, dropout: float = 0.0,
+                target_modules=DEFAULT_TARGET_MODULES) -> LoraConfig:
+    """Put LoRA adapters on the LLM's last `last_n_layers` (all by default) in place, without a `PeftModel` wrapper
+    (the phase-2 trainer keeps training the model it has). Adapters are trainable; every other parameter keeps
+    the `requires_grad` it had (the phase decided it). Returns the config used; `merge_lora` folds them back."""
+    last_n_layers = last_n_layers or model.config.text_config.num_hidden_layers
+    config = lora_config_for_language_model(model, last_n_layers, r, alpha, dropout, modules_to_save=None,
+                                            target_modules=target_modules)
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    inject_adapter_in_model(config, model)  # marks only the adapters trainable ...
+    for name, param in model.named_parameters():
+        if name in trainable:
+            param.requires_grad_(True)  # ... so give back what the phase trains
+    return config
+
+
+def merge_lora(model) -> int:
+    """Fold LoRA adapters into the LLM's base weights and put the plain layers back, so the checkpoint loads
+    with `from_pretrained`. Returns the number of layers merged (0 when no LoRA was injected)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    merged = 0
+    language_model = model.language_model
+    for name, module in list(language_model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(language_model.get_submodule(parent_name), child, module.get_base_layer())
+            merged += 1
+    return merged
+
+
 def _language_model_path(model) -> str:
     """`model.language_model` on the generation head, `language_model` on the bare ArrCocModel."""
     for name, module in model.named_modules():
@@ -68,4 +100,11 @@ def _check_matches(model, pattern, target_modules):
         raise ValueError(f"No module of the language model's last layers is named any of {list(target_modules)}.")
 
 
-__all__ = ["DEFAULT_MODULES_TO_SAVE", "DEFAULT_TARGET_MODULES", "apply_lora", "lora_config_for_language_model"]
+__all__ = [
+    "DEFAULT_MODULES_TO_SAVE",
+    "DEFAULT_TARGET_MODULES",
+    "apply_lora",
+    "inject_lora",
+    "lora_config_for_language_model",
+    "merge_lora",
+]

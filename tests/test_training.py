@@ -17,7 +17,8 @@ import modeling_arrcoc  # noqa: F401
 from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.data.sampler import TierGroupedBatchSampler, measure_padding_share, question_tiers
 from modeling_arrcoc.data.synthetic import NUM_VISUAL_WORDS
-from modeling_arrcoc.training.phases import PHASES, apply_phase, component_parameters, merge_lora, trainable_parameter_counts
+from modeling_arrcoc.lora import merge_lora
+from modeling_arrcoc.training.phases import PHASES, apply_phase, component_parameters, trainable_parameter_counts
 from modeling_arrcoc.training.arguments import ArrCocTrainingArguments
 from modeling_arrcoc.training.calibration import smallest_sufficient_tier
 from modeling_arrcoc.training.guards import NonFiniteLossError, SamFeatureCache

@@ -29,13 +29,11 @@ Where each schema comes from (checked against the dataset cards / public loaders
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
-from unittest import mock
 
 import datasets
 
@@ -179,21 +177,13 @@ def _offline_requested() -> bool:
     return any(os.environ.get(v, "").upper() in {"1", "ON", "YES", "TRUE"} for v in _OFFLINE_VARIABLES)
 
 
-@contextlib.contextmanager
-def _honour_offline_env():
-    """datasets / huggingface_hub read HF_HUB_OFFLINE once at import; honour a value set later, too.
-
-    Without this, setting the variable after import still sends requests, which hang without a network.
-    """
-    if not _offline_requested():
-        yield
-        return
-    import huggingface_hub.constants
-
-    with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True), mock.patch.object(
-        huggingface_hub.constants, "HF_HUB_OFFLINE", True
-    ):
-        yield
+def _offline_kwargs(kw: dict) -> dict:
+    """datasets / huggingface_hub read HF_HUB_OFFLINE once, at import; a value set later (as a user or a test
+    does) is honoured by asking datasets for local files only, through its own option instead of patching it.
+    Without this, a later HF_HUB_OFFLINE=1 still sends requests, which hang without a network."""
+    if not _offline_requested() or "download_config" in kw:
+        return kw
+    return {**kw, "download_config": datasets.DownloadConfig(local_files_only=True)}
 
 
 def _is_saved_dataset(path: str) -> bool:
@@ -213,10 +203,9 @@ def _load_local(path: str, split: str, streaming: bool, **kw):
 def _fetch(key: str, config: str | None, split: str, streaming: bool, path: str | None, **kw):
     repo_id = HUB_DATASETS[key].repo_id
     try:
-        with _honour_offline_env():
-            if path is not None:
-                return _load_local(path, split, streaming, **kw)
-            return datasets.load_dataset(repo_id, config, split=split, streaming=streaming, **kw)
+        if path is not None:
+            return _load_local(path, split, streaming, **_offline_kwargs(kw))
+        return datasets.load_dataset(repo_id, config, split=split, streaming=streaming, **_offline_kwargs(kw))
     except OSError as exc:  # ConnectionError, HTTP errors, "not in the local cache" all derive from OSError
         where = f"local path {path!r}" if path is not None else f"Hub repo {repo_id!r}"
         raise ConnectionError(

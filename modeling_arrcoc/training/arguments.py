@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from ..lora import DEFAULT_TARGET_MODULES
 from ..modeling_arrcoc import LOSS_COMPONENTS
 from .phases import BUDGET_MODES, COMPONENTS, PHASES, check_phase
 
@@ -38,7 +39,7 @@ class ArrCocTrainingArguments(TrainingArguments):
     lora_alpha: int = field(default=16, metadata=_help("LoRA scaling numerator (scale = alpha / rank)."))
     lora_dropout: float = field(default=0.0, metadata=_help("Dropout on the LoRA branch."))
     lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata=_help("LLM modules given LoRA.")
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES), metadata=_help("LLM modules given LoRA.")
     )
     learning_rate_vision_tower: float | None = field(default=None, metadata=_help("SAM LR; None = learning_rate."))
     learning_rate_allocator: float | None = field(default=None, metadata=_help("Allocator LR; None = learning_rate."))

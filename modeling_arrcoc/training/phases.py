@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..lora import DEFAULT_TARGET_MODULES, inject_lora
+
 COMPONENTS = ("vision_tower", "allocator", "clip_encoder", "quality_adapter", "language_model", "lm_head")
 BUDGET_MODES = ("auto", "random", "heuristic", "full")
 
@@ -69,7 +71,7 @@ def component_parameters(model) -> dict[str, list[nn.Parameter]]:
 
 def apply_phase(model, phase: str, *, sam_unfreeze_last_n: int = 0, llm_unfreeze_last_n: int = 0,
                 lora_rank: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
-                lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")) -> PhaseSpec:
+                lora_target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES) -> PhaseSpec:
     """Freeze / unfreeze `model` in place for `phase` (a key of `PHASES`) and return its spec.
 
     sam_unfreeze_last_n (phase1): also train the last N SAM blocks and the SAM neck that follows them.
@@ -90,7 +92,7 @@ def apply_phase(model, phase: str, *, sam_unfreeze_last_n: int = 0, llm_unfreeze
         _unfreeze_last(modules["language_model"].layers, llm_unfreeze_last_n, "LLM layers")
         modules["language_model"].norm.requires_grad_(True)
     if lora_rank:
-        _inject_lora(modules["language_model"], lora_rank, lora_alpha, lora_dropout, lora_target_modules)
+        inject_lora(model, r=lora_rank, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_target_modules)
     return spec
 
 
@@ -113,29 +115,6 @@ def _unfreeze_last(layers: nn.ModuleList, count: int, what: str):
     for layer in layers[len(layers) - count:]:
         layer.requires_grad_(True)
 
-
-def _inject_lora(language_model, rank, alpha, dropout, target_modules):
-    from peft import LoraConfig, inject_adapter_in_model
-
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
-    inject_adapter_in_model(config, language_model)
-    # PEFT marks only the adapters of the module it was given as trainable; the rest of the LLM stays frozen.
-
-
-def merge_lora(model) -> int:
-    """Fold LoRA adapters into the LLM's base weights and put the plain layers back, so the checkpoint loads
-    with `from_pretrained`. Returns the number of layers merged (0 when no LoRA was injected)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    merged = 0
-    language_model = model.model.language_model
-    for name, module in list(language_model.named_modules()):
-        if isinstance(module, BaseTunerLayer):
-            module.merge()
-            parent_name, _, child = name.rpartition(".")
-            setattr(language_model.get_submodule(parent_name), child, module.get_base_layer())
-            merged += 1
-    return merged
 
 
 def trainable_parameter_counts(model) -> dict[str, tuple[int, int]]:
@@ -160,6 +139,5 @@ __all__ = [
     "check_phase",
     "component_modules",
     "component_parameters",
-    "merge_lora",
     "trainable_parameter_counts",
 ]
