@@ -224,7 +224,7 @@ def _training_section(summary) -> list:
             "one of the three):", "",
             common.markdown_table(["variant", "samples/s", "step time / baseline", "visual-token padding"], rows), "",
             f"The LM head is {100 * head['all']:.1f}% of the LLM forward FLOPs on every position and "
-            f"{100 * head['labels_only']:.2f}% on labelled positions only: what `logits_on_labels_only` can save "
+            f"{100 * head['labels_only']:.2f}% on labelled positions only: what `logits_to_keep` (the answer window) can save "
             "grows with the vocabulary."]
 
 
