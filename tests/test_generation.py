@@ -88,15 +88,19 @@ def test_group_by_tier_pads_groups_that_stop_early(batch, monkeypatch):
     assert (grouped[sample, start + step + 1:] == 0).all() and grouped.shape[1] == start + 6
 
 
+def spread_tiers(model, n_tiers):
+    """Hook the budget predictor so "auto" sends samples to different tiers by question length: a per-sample
+    (batch-independent) decision that differs across samples, as a trained allocator's does."""
+    def by_question_length(module, args, output):
+        return output + 100.0 * F.one_hot(args[2].sum(-1) % n_tiers, n_tiers)
+
+    return model.model.allocator.budget_predictor.register_forward_hook(by_question_length)
+
+
 def test_group_by_tier_with_the_allocators_mixed_auto_decisions(batch):
     tester, model, inputs = batch
     n_tiers = len(tester.budgets)
-
-    def tier_by_question_length(module, args, output):
-        # A per-sample (batch-independent) decision that differs across samples, as a trained allocator's does.
-        return output + 100.0 * F.one_hot(args[2].sum(-1) % n_tiers, n_tiers)
-
-    hook = model.model.allocator.budget_predictor.register_forward_hook(tier_by_question_length)
+    hook = spread_tiers(model, n_tiers)
     try:
         with torch.no_grad():
             tiers = model(**inputs).budget_tiers
@@ -130,11 +134,7 @@ def test_one_allocator_forward_per_generate_whatever_the_tiers(batch, budget):
     """The allocation is planned once per generate call: tier groups reuse the plan instead of re-scoring."""
     tester, model, inputs = batch
     n_tiers = len(tester.budgets)
-
-    def spread_tiers(module, args, output):
-        return output + 100.0 * F.one_hot(args[2].sum(-1) % n_tiers, n_tiers)
-
-    hook = model.model.allocator.budget_predictor.register_forward_hook(spread_tiers)
+    hook = spread_tiers(model, n_tiers)
     try:
         groups = len(prefill_shapes(model, lambda: generate(model, inputs, budget=budget)))
         assert allocator_and_sam_calls(model, lambda: generate(model, inputs, budget=budget)) == (1, 1)
