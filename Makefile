@@ -5,13 +5,13 @@ PY := $(VENV)/bin/python
 # The CPU build of torch lies on this machine's disk; pinning it keeps pip from pulling a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test demo pretrain presets bench readme clean
+.PHONY: venv test demo pretrain presets bench readme app clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,tensorboard]"
+	$(PY) -m pip install -q -e ".[test,tensorboard,app]"
 	# DeepSpeed ships as source: building it against the torch already installed (no isolated build env)
 	# keeps pip from fetching a CUDA torch for the build. The ZeRO-2 CPU test uses it.
 	$(PY) -m pip install -q --no-build-isolation "deepspeed>=0.16,<0.20"
@@ -19,7 +19,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 venv: $(VENV)/.installed
 
+# tests/test_transformers_common.py runs transformers' own common tests, which only its sdist ships: fetch them
+# (once per transformers version, into the git-ignored .transformers_tests/) before pytest.
 test: venv
+	$(PY) tools/fetch_transformers_tests.py
 	$(PY) -m pytest -q tests
 
 # The shipped base the demo starts from (reproduced by `make pretrain`, which takes longer than the demo).
@@ -58,6 +61,10 @@ demo: venv
 
 bench: venv
 	$(PY) bench/run_all.py
+
+# The interactive app (docs/app.md) on 127.0.0.1:7860; e.g. make app APP_ARGS="--checkpoint DIR --port 7861".
+app: venv
+	$(PY) app.py $(APP_ARGS)
 
 # Fills README.md's generated blocks from outputs/ and pretrained/ (never hand-typed numbers).
 readme: venv
