@@ -1,0 +1,347 @@
+"""Tests for modeling_arrcoc.statistics (pure Python + numpy, no torch).
+
+The module is loaded from its path, not through the package: that skips the transformers import (seconds on a
+loaded machine) and checks that it really is stand-alone (a relative import would fail here).
+"""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_PATH = Path(__file__).resolve().parent.parent / "modeling_arrcoc" / "statistics.py"
+_SPEC = importlib.util.spec_from_file_location("arrcoc_statistics_standalone", _PATH)
+statistics = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(statistics)
+
+accuracy_with_intervals = statistics.accuracy_with_intervals
+bootstrap_interval = statistics.bootstrap_interval
+calibration_vs_constant = statistics.calibration_vs_constant
+chance_level = statistics.chance_level
+constant_tier_policies = statistics.constant_tier_policies
+frontier_at = statistics.frontier_at
+frontier_difference = statistics.frontier_difference
+oracle_policy = statistics.oracle_policy
+paired_difference = statistics.paired_difference
+
+
+def test_public_names():
+    assert sorted(statistics.__all__) == [
+        "accuracy_with_intervals", "bootstrap_interval", "calibration_vs_constant", "chance_level",
+        "constant_tier_policies", "frontier_at", "frontier_difference", "oracle_policy", "paired_difference"]
+    assert all(callable(getattr(statistics, name)) for name in statistics.__all__)
+
+FAST = {"n_resamples": 500}
+
+
+def _binary(n, p, seed):
+    return (np.random.default_rng(seed).random(n) < p).astype(float)
+
+
+def _width(interval):
+    return interval["high"] - interval["low"]
+
+
+# --------------------------------------------------------------------------------- bootstrap
+def test_interval_contains_the_mean_and_shrinks_with_n():
+    small = bootstrap_interval(_binary(50, 0.6, seed=1), **FAST)
+    large = bootstrap_interval(_binary(2000, 0.6, seed=1), **FAST)
+    for interval in (small, large):
+        assert interval["low"] < interval["mean"] < interval["high"]
+    assert (small["n"], large["n"]) == (50, 2000)
+    # The half-width goes as 1/sqrt(n): 40x the samples, about 1/6.3 the width.
+    assert _width(large) < 0.3 * _width(small)
+    # A 95% interval for p ~ 0.6 at n = 2000 is about +-0.021.
+    assert 0.03 < _width(large) < 0.06
+
+
+def test_constant_scores_give_a_zero_width_interval():
+    assert bootstrap_interval([1] * 30, **FAST) == {"mean": 1.0, "low": 1.0, "high": 1.0, "n": 30}
+    assert bootstrap_interval([0.0] * 7, **FAST) == {"mean": 0.0, "low": 0.0, "high": 0.0, "n": 7}
+    assert bootstrap_interval([0.25], **FAST) == {"mean": 0.25, "low": 0.25, "high": 0.25, "n": 1}
+
+
+def test_higher_confidence_gives_a_wider_interval():
+    scores = _binary(200, 0.5, seed=2)
+    assert _width(bootstrap_interval(scores, confidence=0.99, **FAST)) > _width(
+        bootstrap_interval(scores, confidence=0.8, **FAST))
+
+
+def test_seed_makes_results_reproducible():
+    scores = _binary(300, 0.4, seed=3)
+    assert bootstrap_interval(scores, seed=7, **FAST) == bootstrap_interval(list(scores), seed=7, **FAST)
+    assert bootstrap_interval(scores, seed=7, **FAST) != bootstrap_interval(scores, seed=8, **FAST)
+    a, b = _binary(300, 0.5, seed=4), _binary(300, 0.5, seed=5)
+    assert paired_difference(a, b, seed=3, **FAST) == paired_difference(a, b, seed=3, **FAST)
+
+
+def test_results_are_plain_json_numbers():
+    result = accuracy_with_intervals([1, 0, 1, 1], ["a", "b", "a", "b"], **FAST)
+    assert json.loads(json.dumps(result)) == result
+    assert all(type(v) in (float, int) for v in result["overall"].values())
+
+
+def test_large_inputs_are_resampled_in_chunks():
+    # 40k samples x 100 resamples spans several index chunks; the interval must still be sane.
+    result = bootstrap_interval(_binary(40000, 0.3, seed=6), n_resamples=100)
+    assert result["low"] < result["mean"] < result["high"]
+    assert _width(result) < 0.015
+
+
+# --------------------------------------------------------------------------------- paired difference
+def test_paired_difference_of_identical_lists_is_exactly_zero():
+    scores = _binary(100, 0.5, seed=7)
+    assert paired_difference(scores, scores.copy(), **FAST) == {"difference": 0.0, "low": 0.0, "high": 0.0,
+                                                               "n": 100}
+
+
+def test_paired_difference_is_the_bootstrap_of_per_question_differences():
+    a, b = _binary(150, 0.7, seed=8), _binary(150, 0.5, seed=9)
+    paired = paired_difference(a, b, seed=11, **FAST)
+    direct = bootstrap_interval(a - b, seed=11, **FAST)
+    assert paired["difference"] == pytest.approx(a.mean() - b.mean())
+    assert (paired["low"], paired["high"]) == (direct["low"], direct["high"])
+
+
+def test_pairing_narrows_the_interval_on_correlated_data():
+    # b agrees with a on 95% of the questions: the two accuracies differ by ~0.05 but are highly correlated.
+    rng = np.random.default_rng(10)
+    a = (rng.random(400) < 0.6).astype(float)
+    b = a.copy()
+    b[rng.random(400) < 0.05] = 0.0
+    paired = paired_difference(a, b, **FAST)
+    # Unpaired: independent intervals of each mean, combined in quadrature.
+    unpaired_width = math.hypot(_width(bootstrap_interval(a, **FAST)), _width(bootstrap_interval(b, seed=1, **FAST)))
+    assert _width(paired) < 0.5 * unpaired_width
+    assert paired["low"] > 0  # the small but consistent drop is detected
+    assert paired["low"] <= paired["difference"] <= paired["high"]
+
+
+def test_paired_difference_length_mismatch_names_both_lengths():
+    with pytest.raises(ValueError, match=r"scores_a has 3.*scores_b has 2"):
+        paired_difference([1, 0, 1], [1, 0])
+
+
+@pytest.mark.parametrize("bad", [[], [0.5, float("nan")], [[1, 0], [0, 1]]])
+def test_bad_scores_raise(bad):
+    with pytest.raises(ValueError):
+        bootstrap_interval(bad)
+
+
+def test_empty_scores_raise_a_clear_error():
+    with pytest.raises(ValueError, match="empty"):
+        bootstrap_interval([])
+
+
+@pytest.mark.parametrize("kwargs", [{"confidence": 1.0}, {"confidence": 0.0}, {"n_resamples": 0},
+                                    {"n_resamples": 2.5}])
+def test_bad_resampling_settings_raise(kwargs):
+    with pytest.raises(ValueError):
+        bootstrap_interval([1, 0, 1], **kwargs)
+
+
+# --------------------------------------------------------------------------------- per task
+def test_accuracy_with_intervals_overall_and_per_task():
+    scores = [1, 1, 1, 0, 0, 1, 0, 1]
+    tasks = ["ocr", "ocr", "ocr", "ocr", "count", "count", "count", "count"]
+    result = accuracy_with_intervals(scores, tasks, **FAST)
+    assert result["overall"]["mean"] == pytest.approx(5 / 8) and result["overall"]["n"] == 8
+    assert list(result["per_task"]) == ["count", "ocr"]
+    assert result["per_task"]["ocr"]["mean"] == pytest.approx(0.75) and result["per_task"]["ocr"]["n"] == 4
+    assert result["per_task"]["count"]["mean"] == pytest.approx(0.5)
+    for entry in [result["overall"], *result["per_task"].values()]:
+        assert 0.0 <= entry["low"] <= entry["mean"] <= entry["high"] <= 1.0
+    with pytest.raises(ValueError, match=r"scores has 2.*tasks has 1"):
+        accuracy_with_intervals([1, 0], ["a"])
+
+
+# --------------------------------------------------------------------------------- chance level
+def test_chance_level_on_a_hand_built_list():
+    answers = ["yes", "yes", "no", "Yes ", "3", "4", "4", "5", "4"]
+    tasks = ["yn", "yn", "yn", "yn", "count", "count", "count", "count", "count"]
+    result = chance_level(answers, tasks)
+    # Without normalization "Yes " is its own answer: yes 2/4, three distinct answers.
+    assert result["per_task"]["yn"] == {"majority": 0.5, "uniform": pytest.approx(1 / 3), "majority_answer": "yes",
+                                        "n": 4, "n_distinct": 3}
+    assert result["per_task"]["count"] == {"majority": 0.6, "uniform": pytest.approx(1 / 3),
+                                           "majority_answer": "4", "n": 5, "n_distinct": 3}
+    assert result["overall"]["majority"] == pytest.approx((0.5 * 4 + 0.6 * 5) / 9)
+    assert result["overall"]["n"] == 9 and result["overall"]["n_distinct"] == 6
+    normalized = chance_level(answers, tasks, normalize=lambda s: s.strip().lower())
+    assert normalized["per_task"]["yn"]["majority"] == 0.75
+    assert normalized["per_task"]["yn"]["uniform"] == 0.5
+    # The majority rate is never below the uniform guess.
+    for entry in [*result["per_task"].values(), *normalized["per_task"].values()]:
+        assert entry["majority"] >= entry["uniform"]
+
+
+def test_chance_level_tie_is_deterministic():
+    result = chance_level(["b", "a", "b", "a"], ["t"] * 4)
+    assert result["per_task"]["t"]["majority"] == 0.5 and result["per_task"]["t"]["majority_answer"] == "a"
+
+
+def test_chance_level_bad_input():
+    with pytest.raises(ValueError, match="empty"):
+        chance_level([], [])
+    with pytest.raises(ValueError, match=r"answers has 2.*tasks has 1"):
+        chance_level(["a", "b"], ["t"])
+
+
+# --------------------------------------------------------------------------------- tier policies
+# Three tiers (64, 144, 256 tokens) x five questions.
+CORRECT = [
+    [1, 0, 0, 0, 1],  # tier 0
+    [1, 1, 0, 0, 0],  # tier 1
+    [0, 1, 1, 0, 1],  # tier 2
+]
+COUNTS = [
+    [64, 64, 60, 64, 64],
+    [144, 144, 144, 140, 144],
+    [256, 256, 256, 250, 256],
+]
+
+
+def test_constant_tier_policies():
+    policies = constant_tier_policies(CORRECT, COUNTS)
+    assert [p["tier"] for p in policies] == [0, 1, 2]
+    assert [p["accuracy"] for p in policies] == pytest.approx([0.4, 0.4, 0.6])
+    assert [p["mean_tokens"] for p in policies] == pytest.approx([63.2, 143.2, 254.8])
+    assert all(p["n"] == 5 for p in policies)
+    with pytest.raises(ValueError):
+        constant_tier_policies(CORRECT, COUNTS[:2])
+
+
+def test_oracle_policy_on_a_hand_built_table():
+    oracle = oracle_policy(CORRECT, COUNTS)
+    assert oracle["tiers"] == [0, 1, 2, None, 0]
+    assert oracle["accuracy"] == pytest.approx(0.8)
+    assert oracle["n"] == 5 and oracle["n_no_oracle"] == 1
+    # 64 + 144 + 256 + 250 (no tier answers: charged the largest tier's tokens) + 64.
+    assert oracle["mean_tokens"] == pytest.approx((64 + 144 + 256 + 250 + 64) / 5)
+    # Upper bound: at least as accurate as every constant tier.
+    assert oracle["accuracy"] >= max(p["accuracy"] for p in constant_tier_policies(CORRECT, COUNTS))
+
+
+def test_oracle_policy_accepts_booleans_and_rejects_ragged_tables():
+    assert oracle_policy([[True, False]], [[10, 10]])["tiers"] == [0, None]
+    with pytest.raises(ValueError, match="length mismatch"):
+        oracle_policy([[1, 0], [1]], [[1, 1], [1, 1]])
+    with pytest.raises(ValueError, match="no tiers"):
+        oracle_policy([], [])
+
+
+def test_calibration_vs_constant():
+    predicted = [0, 1, 2, 1, 0, 2, 1]
+    oracle = [0, 1, 1, None, 0, 2, 0]
+    result = calibration_vs_constant(predicted, oracle, **FAST)
+    assert result["n"] == 6 and result["n_no_oracle"] == 1
+    assert result["exact"] == pytest.approx(4 / 6)  # samples 0, 1, 4, 5
+    # Oracle tiers 0, 1, 1, 0, 2, 0: tier 0 is most common, exact on 3 of 6.
+    assert result["constant_tier"] == 0 and result["constant_exact"] == pytest.approx(0.5)
+    assert result["difference"] == pytest.approx(4 / 6 - 0.5)
+    assert result["low"] <= result["difference"] <= result["high"]
+    # Ties between oracle tiers go to the smaller (cheaper) tier.
+    assert calibration_vs_constant([2, 2], [2, 1], **FAST)["constant_tier"] == 1
+    none = calibration_vs_constant([0, 1], [None, None], **FAST)
+    assert none["n"] == 0 and none["exact"] is None and none["constant_exact"] is None
+    with pytest.raises(ValueError, match=r"predicted_tiers has 2.*oracle_tiers has 1"):
+        calibration_vs_constant([0, 1], [0])
+
+
+# --------------------------------------------------------------------------------- frontier
+POINTS = [(256, 0.8), (64, 0.4), (144, 0.6)]  # any order
+
+
+@pytest.mark.parametrize("tokens, accuracy", [(64, 0.4), (144, 0.6), (256, 0.8)])
+def test_frontier_is_exact_at_the_tier_points(tokens, accuracy):
+    result = frontier_at(POINTS, tokens)
+    assert result["value"] == pytest.approx(accuracy) and result["extrapolated"] is False
+
+
+def test_frontier_interpolates_halfway_in_log_space():
+    # 96 = sqrt(64 * 144) is halfway between 64 and 144 in log2 tokens (not the arithmetic midpoint 104).
+    result = frontier_at(POINTS, 96)
+    assert result["value"] == pytest.approx(0.5) and result["weight"] == pytest.approx(0.5)
+    assert (result["lower_tokens"], result["upper_tokens"]) == (64.0, 144.0)
+    assert frontier_at([(64, 0.2), (256, 0.6)], 128)["value"] == pytest.approx(0.4)
+    assert frontier_at([(64, 0.2), (256, 0.6)], 160)["value"] > frontier_at([(64, 0.2), (256, 0.6)], 128)["value"]
+
+
+def test_frontier_clamps_outside_the_range_and_says_so():
+    below, above = frontier_at(POINTS, 16), frontier_at(POINTS, 1024)
+    assert below["value"] == pytest.approx(0.4) and below["extrapolated"] is True
+    assert above["value"] == pytest.approx(0.8) and above["extrapolated"] is True
+    assert frontier_at([(100, 0.3)], 100) == {"value": 0.3, "extrapolated": False, "lower_tokens": 100.0,
+                                              "upper_tokens": 100.0, "weight": 0.0}
+
+
+def test_frontier_keeps_the_best_of_equal_token_points():
+    # Two tiers above the grid size both keep every patch (same measured tokens).
+    assert frontier_at([(64, 0.4), (256, 0.7), (256, 0.75)], 256)["value"] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("points, x", [([], 64), ([(0, 0.5), (64, 0.6)], 32), ([(64, 0.4)], 0)])
+def test_frontier_bad_input_raises(points, x):
+    with pytest.raises(ValueError):
+        frontier_at(points, x)
+
+
+def _tier_table(n, seed):
+    rng = np.random.default_rng(seed)
+    difficulty = rng.random(n)
+    tier_scores = {64: (difficulty < 0.4).astype(float), 144: (difficulty < 0.6).astype(float),
+                   256: (difficulty < 0.8).astype(float)}
+    tier_tokens = {value: np.full(n, value) for value in tier_scores}
+    return difficulty, tier_scores, tier_tokens
+
+
+def test_frontier_difference_matches_the_interpolated_frontier():
+    n = 400
+    difficulty, tier_scores, tier_tokens = _tier_table(n, seed=12)
+    # auto spends 96 tokens on average (halfway between 64 and 144 in log space) and beats the frontier.
+    auto_tokens = np.full(n, 96.0)
+    auto_scores = (difficulty < 0.65).astype(float)
+    result = frontier_difference(auto_scores, auto_tokens, tier_scores, tier_tokens, **FAST)
+    assert (result["lower_tier"], result["upper_tier"]) == (64, 144)
+    assert result["weight"] == pytest.approx(0.5) and result["extrapolated"] is False
+    frontier = frontier_at([(tier_tokens[v].mean(), tier_scores[v].mean()) for v in tier_scores], 96)
+    assert result["frontier_accuracy"] == pytest.approx(frontier["value"])
+    assert result["difference"] == pytest.approx(auto_scores.mean() - frontier["value"])
+    assert result["n"] == n and result["auto_mean_tokens"] == 96.0
+    assert 0 < result["low"] <= result["difference"] <= result["high"]
+    # Reproducible, and auto equal to a tier at that tier's tokens is exactly zero.
+    assert frontier_difference(auto_scores, auto_tokens, tier_scores, tier_tokens, **FAST) == result
+    same = frontier_difference(tier_scores[144], tier_tokens[144], tier_scores, tier_tokens, **FAST)
+    assert (same["difference"], same["low"], same["high"], same["weight"]) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_frontier_difference_resamples_the_tiers_with_auto():
+    # Paired resampling of auto with both bracketing tiers: when auto equals the interpolated frontier on every
+    # question the interval is exactly zero, which independent resampling of the tiers would not give.
+    n = 200
+    _, tier_scores, tier_tokens = _tier_table(n, seed=13)
+    auto_scores = 0.5 * tier_scores[64] + 0.5 * tier_scores[144]
+    result = frontier_difference(auto_scores, np.full(n, 96.0), tier_scores, tier_tokens, **FAST)
+    assert result["difference"] == pytest.approx(0.0, abs=1e-12)
+    assert _width(result) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_frontier_difference_outside_the_tiers_uses_the_nearest_tier():
+    n = 100
+    _, tier_scores, tier_tokens = _tier_table(n, seed=14)
+    result = frontier_difference(tier_scores[256], np.full(n, 400.0), tier_scores, tier_tokens, **FAST)
+    assert result["extrapolated"] is True and result["lower_tier"] == result["upper_tier"] == 256
+    assert result["difference"] == 0.0
+
+
+def test_frontier_difference_bad_input():
+    _, tier_scores, tier_tokens = _tier_table(10, seed=15)
+    with pytest.raises(ValueError, match="empty"):
+        frontier_difference([1] * 10, [64] * 10, {}, {})
+    with pytest.raises(ValueError, match="tier_tokens has"):
+        frontier_difference([1] * 10, [64] * 10, tier_scores, {64: tier_tokens[64]})
+    with pytest.raises(ValueError, match=r"auto_scores has 9"):
+        frontier_difference([1] * 9, [64] * 10, tier_scores, tier_tokens)
