@@ -204,9 +204,10 @@ def _token_section(summary) -> list:
              f"tier; ideal = FLOPs at full / FLOPs at the tier from `bench/flops.py`{matches if check else ''}; "
              f"allocator target <= {100 * summary['allocator_target_share']:.0f}%):", "",
              common.markdown_table(headers, rows)]
-    if calls and calls["auto"] > calls["forced"]:
-        notes += ["", f"With `budget=\"auto\"` on a batch, `generate` runs the allocator's scorer {calls['auto']} "
-                      f"times (once to group by tier, once per group) against {calls['forced']} at a forced tier."]
+    if calls:
+        notes += ["", f"Allocator scorer runs per `generate` call on a batch of {largest} (counted by a forward hook): "
+                      f"{calls['auto']} with `budget=\"auto\"` (tier groups follow one allocation plan), "
+                      f"{calls['forced']} at a forced tier."]
     return notes
 
 
