@@ -92,11 +92,12 @@ def download_sdist(version: str, workdir: Path) -> Path:
     """The sdist archive of transformers==version, downloaded by pip from the package index (no dependencies,
     no build: `--no-binary :all:` with `--no-deps` only fetches the archive)."""
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-           "--no-build-isolation", f"transformers=={version}", "-d", str(workdir)]
+           f"transformers=={version}", "-d", str(workdir)]
     subprocess.run(cmd, check=True)
     archives = sorted(workdir.glob("transformers-*.tar.gz"))
     if not archives:
-        raise SystemExit(f"pip download left no transformers sdist in {workdir}: {sorted(p.name for p in workdir.iterdir())}")
+        found = sorted(p.name for p in workdir.iterdir())
+        raise SystemExit(f"pip download left no transformers sdist in {workdir}: {found}")
     return archives[0]
 
 
@@ -172,7 +173,8 @@ def main(argv=None):
     version = args.version or installed_version()
     present = is_present(target_dir(args.dest, version))
     root = fetch(args.dest, version, args.force)
-    print(f"transformers {version} tests {'already present' if present and not args.force else 'extracted'} in {root / PACKAGE}")
+    state = "already present" if present and not args.force else "extracted"
+    print(f"transformers {version} tests {state} in {root / PACKAGE}")
 
 
 if __name__ == "__main__":
