@@ -45,11 +45,11 @@ class ArrCocCrossAttention(nn.Module):
 
     def forward(self, patches, question, question_mask):
         # A sample with no question tokens would make attention NaN; give it one masked-in zero token instead.
+        # Branch-free (no data-dependent Python `if`), so torch.compile / torch.export trace it in one piece.
         empty = ~question_mask.any(-1)
-        if empty.any():
-            question_mask = question_mask.clone()
-            question_mask[empty, 0] = True
-            question = question.masked_fill(empty[:, None, None], 0.0)
+        first = torch.arange(question_mask.shape[1], device=question_mask.device) == 0
+        question_mask = question_mask | (empty[:, None] & first)
+        question = question.masked_fill(empty[:, None, None], 0.0)
         context, _ = self.attention(patches, question, question, key_padding_mask=~question_mask, need_weights=False)
         contextual = self.norm(patches + context)
         return self.score(contextual * patches).squeeze(-1), contextual
@@ -90,7 +90,14 @@ class ArrCocCompressionHeads(nn.Module):
     Scores get gradients from the answer loss through it and through a straight-through gate: kept tokens are multiplied by
     `1 + s - s.detach()` with `s = sigmoid(score)`, which is exactly 1 in the forward pass (outputs are
     unchanged) while d(token)/d(score) = token * s * (1 - s) in the backward pass.
+
+    The fold assignment is straight-through too: each dropped patch goes to its most similar kept patch (a hard
+    one-hot, by `fold_key` cosine similarity) in the forward pass, while the backward pass takes the gradient of
+    the soft assignment `softmax(similarity / fold_temperature)`, so `fold_key` learns from the answer loss.
     """
+
+    # Temperature of the soft assignment whose gradient the hard fold takes (cosine similarities are in [-1, 1]).
+    fold_temperature = 0.1
 
     def __init__(self, channels: int, hidden_size: int, fold_dropped: bool):
         super().__init__()
@@ -114,8 +121,18 @@ class ArrCocCompressionHeads(nn.Module):
     def _fold(self, features, tokens, kept_index, token_mask):
         keys = F.normalize(self.fold_key(features), dim=-1)
         kept_keys = F.normalize(self.fold_key(tokens), dim=-1)
-        similarity = (keys @ kept_keys.transpose(1, 2)).masked_fill(~token_mask[:, None, :], float("-inf"))
-        assign = F.one_hot(similarity.argmax(-1), tokens.shape[1]).to(features.dtype)  # [B, N, K]
+        raw = keys @ kept_keys.transpose(1, 2)  # [B, N, K] cosine similarities
+        padding = ~token_mask[:, None, :]
+        similarity = raw.masked_fill(padding, float("-inf"))
+        hard = F.one_hot(similarity.argmax(-1), tokens.shape[1]).to(features.dtype)  # [B, N, K]
+        if raw.requires_grad:
+            # Straight-through: `soft - soft.detach()` is exactly 0 in the forward pass (the hard assignment's values
+            # are unchanged, bit for bit) and carries the soft assignment's gradient to `fold_key` in the backward
+            # pass. Padding gets the lowest finite value, not -inf: an all-padding row gives no NaN to propagate.
+            soft = (raw / self.fold_temperature).masked_fill(padding, torch.finfo(raw.dtype).min).softmax(-1)
+            assign = hard + (soft - soft.detach()).to(features.dtype)
+        else:
+            assign = hard
         # Padding points at a sentinel column past the grid: scattering it onto a real index would race with
         # that patch's own entry and could mark a kept patch as dropped.
         num_patches = features.shape[1]

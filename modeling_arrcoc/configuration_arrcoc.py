@@ -4,7 +4,7 @@ import math
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import AutoConfig, CLIPVisionConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 
@@ -28,6 +28,26 @@ def budget_error(budget, budgets) -> str:
 
 
 @strict
+class ArrCocClipVisionConfig(CLIPVisionConfig):
+    r"""
+    [`CLIPVisionConfig`] as ArrCoc's `clip_config`: the same fields, defaults, model type (`clip_vision_model`) and
+    serialized form, so checkpoints are unchanged and [`CLIPVisionModel`] takes it as it is.
+
+    The one difference is `base_config_key`. Transformers loads a sub-config from a composite checkpoint by that key,
+    and `CLIPVisionConfig`'s is `vision_config`, which in an ArrCoc checkpoint holds SAM. This class reads
+    `clip_config`, so `ArrCocClipVisionConfig.from_pretrained(arrcoc_checkpoint)` (what the common tests call as
+    `type(config.clip_config).from_pretrained`) gives the checkpoint's CLIP. On a checkpoint without `clip_config`
+    (a CLIP checkpoint's `config.json`), it finds the `clip_vision_model` entry as `CLIPVisionConfig` does.
+
+    The stock `CLIPVisionConfig.from_pretrained(arrcoc_checkpoint)` still reads `vision_config`: its key is fixed by
+    Transformers, and Transformers warns that it is building a `clip_vision_model` from a `sam_vision_model` entry.
+    Use `ArrCocConfig.from_pretrained(path).clip_config` or this class instead.
+    """
+
+    base_config_key = "clip_config"
+
+
+@strict
 class ArrCocConfig(PreTrainedConfig):
     r"""
     Configuration of [`ArrCocForConditionalGeneration`]: SAM vision tower -> allocator -> CLIP encoder ->
@@ -38,7 +58,8 @@ class ArrCocConfig(PreTrainedConfig):
         vision_config (`dict` or `SamVisionConfig`): the SAM ViT that sees the whole page. Its neck output
             (`output_channels` x grid) is the patch grid the allocator chooses from.
         clip_config (`dict` or `CLIPVisionConfig`): the CLIP transformer fed the selected SAM features
-            (its patch embedding is unused; its position table is resampled to the SAM grid).
+            (its patch embedding is unused; its position table is resampled to the SAM grid). Held as an
+            [`ArrCocClipVisionConfig`] (a `CLIPVisionConfig` that loads from this config's `clip_config` entry).
         text_config (`dict` or `Qwen3Config`): the language model.
         budgets (`tuple[int]`): the visual-token tiers, ascending. An integer budget passed to `forward` is a
             tier value when it is in this list, otherwise a tier index.
@@ -47,6 +68,16 @@ class ArrCocConfig(PreTrainedConfig):
         allocator_num_heads (`int`): heads of the question-to-patch cross-attention.
         fold_dropped (`bool`): whether the compression heads fold dropped patches into their most similar kept
             patch (dropped content is summarized) or discard them.
+        selection_method (`str`): the model's own patch selection, used by `forward` / `generate` /
+            `plan_allocation` when the caller passes no `selection`: "learned" (ARR-COC: the allocator's scores),
+            "uniform" (DeepSeek-OCR-style average pooling of the grid to K cells), "hotspot" (top-K by the
+            allocator's query-independent saliency, VisionZip-style), "random" (K random patches) or "full"
+            (every patch, whatever the budget). A baseline trained with its own selection carries it here, so its
+            checkpoint runs that selection without being told. (Query similarity, SparseVLM-style, is
+            training-free and evaluation-only: it is not a selection a model is trained with.)
+        relevance_tag (`bool`): whether the quality adapter adds each kept token's allocator relevance (a bounded
+            z-score, `relevance_embedding`) to its LLM-space embedding. Baselines whose selection carries no
+            allocator score are trained with it off, so their LLM never reads a signal only ARR-COC has.
         adapter_num_layers (`int`): prototype cross-attention layers in the quality adapter.
         adapter_num_heads (`int`): heads of those layers.
         num_vet_prototypes (`int`): learnable prototypes the visual tokens attend to.
@@ -58,7 +89,7 @@ class ArrCocConfig(PreTrainedConfig):
     model_type = "arrcoc"
     sub_configs_defaults = {
         "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="sam_vision_model"),
-        "clip_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
+        "clip_config": SubConfigSpec(config_class=ArrCocClipVisionConfig),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen3"),
     }
 
@@ -70,6 +101,8 @@ class ArrCocConfig(PreTrainedConfig):
     allocator_hidden_size: int = 256
     allocator_num_heads: int = 4
     fold_dropped: bool = True
+    selection_method: Literal["learned", "uniform", "hotspot", "random", "full"] = "learned"
+    relevance_tag: bool = True
     adapter_num_layers: int = 2
     adapter_num_heads: int = 4
     num_vet_prototypes: int = 64
@@ -133,4 +166,7 @@ class ArrCocConfig(PreTrainedConfig):
         return min(pairs, key=lambda rc: abs(math.log(rc[0] / rc[1]) - math.log(grid[0] / grid[1])))
 
 
-__all__ = ["ArrCocConfig", "budget_error", "tier_index"]
+SELECTION_METHODS = ("learned", "uniform", "hotspot", "random", "full")
+
+
+__all__ = ["ArrCocClipVisionConfig", "ArrCocConfig", "SELECTION_METHODS", "budget_error", "tier_index"]

@@ -10,23 +10,63 @@ from torch.nn import functional as F
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+)
 from transformers.models.clip.modeling_clip import CLIPEncoder
-from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.models.sam.modeling_sam import (
+    SamVisionAttention,
+    SamVisionModel,
+    SamVisionSdpaAttention,
+)
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.import_utils import is_tracing
 
 from .adapter_arrcoc import ArrCocQualityAdapter
 from .allocator_arrcoc import ArrCocAllocator, Selection
-from .configuration_arrcoc import ArrCocConfig
+from .configuration_arrcoc import SELECTION_METHODS, ArrCocConfig
 from .layers_arrcoc import ArrCocZeroInitEmbedding, ArrCocZeroInitLinear
 
-SELECTIONS = ("learned", "uniform", "hotspot", "random")
+SELECTIONS = SELECTION_METHODS  # learned, uniform, hotspot, random, full (the config's vocabulary)
 LOSS_COMPONENTS = ("answer", "efficiency", "alignment", "vet_kl")
 
 
 @dataclass
-class ArrCocCausalLMOutputWithPast(ModelOutput):
+class ArrCocModelOutputWithPast(MultimodalBaseModelOutputWithPast):
+    """
+    `ArrCocModel`'s output. last_hidden_state / cache / hidden_states / attentions: the language model's, over the
+    spliced sequence (each `<image>` replaced by its K_i visual tokens, rows left-padded to the longest).
+    image_outputs: the `ArrCocImageFeaturesOutput` of `get_image_features` (None on text-only steps); its
+        hidden_states / attentions are the vision tower's when asked for.
+    visual_token_counts: [B] tokens actually fed to the LLM per sample (0 for text-only decoding steps).
+    budget_logits: [B, n_tiers]; budget_tiers: [B] tier index used per sample.
+    patch_scores: [B, N] allocator scores; kept_patch_mask: [B, N] patches whose own position was kept.
+    visual_probs: [B, K_max, V] the adapter's distribution over the visual vocabulary (padded rows are 0).
+    labels / shift_labels: the targets given to `forward`, aligned with `last_hidden_state` (spliced like the
+        inputs: -100 on the visual tokens), for a head's loss. None when not given.
+    """
+
+    visual_token_counts: torch.LongTensor | None = None
+    budget_logits: torch.FloatTensor | None = None
+    budget_tiers: torch.LongTensor | None = None
+    patch_scores: torch.FloatTensor | None = None
+    kept_patch_mask: torch.BoolTensor | None = None
+    visual_probs: torch.FloatTensor | None = None
+    labels: torch.LongTensor | None = None
+    shift_labels: torch.LongTensor | None = None
+
+
+@dataclass
+class ArrCocCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
     """
     loss: weighted total of the components below (weights from `loss_weights`), None without labels.
+    logits / cache / hidden_states / attentions: the language model's, over the spliced sequence.
+    image_outputs: the `ArrCocImageFeaturesOutput` the visual tokens came from (None on text-only steps).
     answer_loss / efficiency_loss / alignment_loss / vet_kl_loss: each component, None without labels.
     visual_token_counts: [B] tokens actually fed to the LLM per sample (0 for text-only decoding steps).
     budget_logits: [B, n_tiers]; budget_tiers: [B] tier index used per sample.
@@ -34,15 +74,10 @@ class ArrCocCausalLMOutputWithPast(ModelOutput):
     visual_probs: [B, K_max, V] the adapter's distribution over the visual vocabulary (padded rows are 0).
     """
 
-    loss: torch.FloatTensor | None = None
     answer_loss: torch.FloatTensor | None = None
     efficiency_loss: torch.FloatTensor | None = None
     alignment_loss: torch.FloatTensor | None = None
     vet_kl_loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    cache: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     visual_token_counts: torch.LongTensor | None = None
     budget_logits: torch.FloatTensor | None = None
     budget_tiers: torch.LongTensor | None = None
@@ -67,6 +102,8 @@ class ArrCocMultimodalInputs:
     visual_probs: torch.Tensor
     visual_mask: torch.Tensor
     token_sources: torch.Tensor  # [B, K_max] the grid index each token mostly comes from
+    shift_labels: torch.Tensor | None = None  # pre-shifted targets, spliced like `labels`
+    image: "ArrCocImageFeaturesOutput | None" = None  # what `get_image_features` returned
 
 
 @dataclass
@@ -171,6 +208,27 @@ class ArrCocPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SamVisionLayer", "CLIPEncoderLayer", "Qwen3DecoderLayer"]
     _skip_keys_device_placement = "cache"
 
+    def set_attn_implementation(self, attn_implementation, allow_all_kernels: bool = False):
+        """As `PreTrainedModel.set_attn_implementation`, and the SAM vision tower follows too: transformers' SAM
+        picks its attention class when it is built (it refuses to switch later, warning), so an "eager" model would
+        otherwise keep SAM on SDPA, which returns no attention weights. "eager" and "sdpa" are swapped in place
+        (the two classes share their weights); any other implementation leaves SAM as it is."""
+        super().set_attn_implementation(attn_implementation, allow_all_kernels=allow_all_kernels)
+        requested = attn_implementation
+        if isinstance(requested, dict):  # {"": top level only, "vision_config": the SAM tree, ...}
+            requested = requested.get("vision_config")
+            requested = requested.get("") if isinstance(requested, dict) else requested
+        classes = {"eager": SamVisionAttention, "sdpa": SamVisionSdpaAttention}
+        if not isinstance(requested, str) or requested not in classes:
+            return
+        for module in self.modules():
+            if isinstance(module, SamVisionModel):
+                for config in (module.config, self.config.vision_config):
+                    config._attn_implementation_internal = requested
+                for attention in module.modules():
+                    if isinstance(attention, SamVisionAttention):
+                        attention.__class__ = classes[requested]
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, (ArrCocZeroInitLinear, ArrCocZeroInitEmbedding)):
@@ -203,37 +261,65 @@ class ArrCocModel(ArrCocPreTrainedModel):
 
     def get_patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """SAM neck features as a raster-ordered patch sequence [B, N, C]. Cache these when SAM is frozen."""
-        _check_pixels(pixel_values)
-        features = self.vision_tower(pixel_values=pixel_values).last_hidden_state
-        return features.flatten(2).transpose(1, 2)
+        return _patch_sequence(self._vision_outputs(pixel_values).last_hidden_state)
 
-    def question_inputs(self, input_ids, attention_mask, labels=None):
-        """Prompt-token embeddings for the allocator. Answer tokens (labels != -100) never reach it."""
-        mask = attention_mask.bool() & (input_ids != self.config.image_token_id)
+    def _vision_outputs(self, pixel_values, **kwargs):
+        """The vision tower's output (its hidden states / attentions too when `kwargs` or its config ask)."""
+        _check_pixels(pixel_values)
+        return self.vision_tower(pixel_values=pixel_values, return_dict=True, **kwargs)
+
+    def image_token_mask(self, input_ids=None, inputs_embeds=None) -> torch.Tensor:
+        """[B, L] where the `<image>` placeholders are: from `input_ids`, or (without them) the positions of
+        `inputs_embeds` that equal the `<image>` token's embedding, as llava's `get_placeholder_mask` finds them."""
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_id = torch.full((), self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+        return (inputs_embeds == self.get_input_embeddings()(image_id).to(inputs_embeds.dtype)).all(-1)
+
+    def question_inputs(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None):
+        """Prompt-token embeddings for the allocator (from `inputs_embeds` when given, else embedded `input_ids`).
+        Answer tokens (labels != -100) never reach it."""
+        embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
+        attention_mask = _ones_mask(embeds) if attention_mask is None else attention_mask
+        mask = attention_mask.bool() & ~self.image_token_mask(input_ids, inputs_embeds)
         if labels is not None:
             mask = mask & (labels == -100)
-        return self.get_input_embeddings()(input_ids), mask
+        return embeds, mask
+
+    def _empty_question(self, features):
+        """No prompt at all (`get_image_features(pixel_values)` alone): one masked-out token per sample, which the
+        allocator's empty-question path reads as "no question" (query-agnostic scores)."""
+        embedding = self.get_input_embeddings().weight
+        question = embedding.new_zeros(features.shape[0], 1, embedding.shape[-1])
+        return question, torch.zeros(features.shape[0], 1, dtype=torch.bool, device=features.device)
 
     # -- the allocation plan: every decision about visual tokens, made once ----------------------------------
 
     def plan_allocation(
-        self, input_ids, attention_mask=None, pixel_values=None, patch_features=None, labels=None, budget="auto",
-        selection="learned", selection_scores=None, generator=None,
+        self, input_ids=None, attention_mask=None, pixel_values=None, patch_features=None, labels=None, budget="auto",
+        selection=None, selection_scores=None, generator=None, inputs_embeds=None,
     ) -> ArrCocAllocationPlan:
         """Run SAM (unless `patch_features` are given) and the allocator once, and decide each sample's tier, token
         count and ranking scores. `forward`, `generate`, evaluation, explanation, the trainer and the benchmarks
         all take this plan, so the allocator runs exactly once per batch whatever the tiers.
 
-        budget / selection: as in `ArrCocForConditionalGeneration.forward`.
+        budget / selection: as in `ArrCocForConditionalGeneration.forward` (selection None: the model's own,
+            `config.selection_method`; "full" keeps every patch whatever the budget).
         selection_scores: [B, N] scores that replace the allocator's in the top-K rule (an external selection rule,
             e.g. the training-free query-similarity baseline, runs through everything else unchanged).
         generator: the random generator of selection="random".
+        inputs_embeds: the prompt's embeddings, read instead of embedding `input_ids`. With neither, the allocator
+            plans for an empty question (its query-agnostic path).
         """
+        selection = self.config.selection_method if selection is None else selection
         if selection not in SELECTIONS:
             raise ValueError(f"Unknown selection {selection!r}; expected one of {SELECTIONS}.")
-        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        budget = "full" if selection == "full" else budget
         features = self.get_patch_features(pixel_values) if patch_features is None else patch_features
-        question, question_mask = self.question_inputs(input_ids, attention_mask, labels)
+        if input_ids is None and inputs_embeds is None:
+            question, question_mask = self._empty_question(features)
+        else:
+            question, question_mask = self.question_inputs(input_ids, attention_mask, labels, inputs_embeds)
         decision = self.allocator(features, question, question_mask)
         counts, tiers = self.resolve_budget(budget, decision.budget_logits, features.shape[1])
         if selection_scores is None:
@@ -246,16 +332,20 @@ class ArrCocModel(ArrCocPreTrainedModel):
 
     def replan(self, plan: ArrCocAllocationPlan, budget) -> ArrCocAllocationPlan:
         """`plan` at another budget: the allocator's scores are reused, only tiers and token counts change (the
-        budget calibration runs every tier on one allocator forward)."""
+        budget calibration runs every tier on one allocator forward). A "full" plan stays full."""
+        budget = "full" if plan.selection == "full" else budget
         counts, tiers = self.resolve_budget(budget, plan.budget_logits, plan.patch_features.shape[1])
         return dataclasses.replace(plan, budget_tiers=tiers, visual_token_counts=counts)
 
     @staticmethod
     def _selection_scores(decision, selection, generator):
         """What the top-K rule ranks patches by: the allocator's scores, its query-agnostic saliency, or noise.
-        Uniform pooling ranks nothing."""
+        Uniform pooling ranks nothing; "full" keeps every patch, ranked by constant scores (so its tokens carry
+        no relevance: each standardized score is 0, and the straight-through gate is exactly 1)."""
         if selection == "uniform":
             return None
+        if selection == "full":
+            return torch.zeros_like(decision.patch_scores)
         if selection == "random":
             shape, device = decision.patch_scores.shape, decision.patch_scores.device
             return torch.rand(shape, generator=generator, device="cpu").to(device)
@@ -302,52 +392,204 @@ class ArrCocModel(ArrCocPreTrainedModel):
         # Pooling ignores the question, so its tokens carry no relevance score.
         return Selection(weights @ features, weights, mask, weights.sum(1) > 0, torch.zeros_like(mask, dtype=features.dtype))
 
+    @can_return_tuple
     def get_image_features(
-        self, pixel_values=None, input_ids=None, attention_mask=None, plan=None, **plan_kwargs
-    ) -> ArrCocImageFeaturesOutput:
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        plan: ArrCocAllocationPlan | None = None,
+        *,
+        inputs_embeds: torch.FloatTensor | None = None,
+        patch_features: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        budget: str | int | list | torch.Tensor = "auto",
+        selection: str | None = None,
+        selection_scores: torch.FloatTensor | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | ArrCocImageFeaturesOutput:
         """Visual embeddings of each image for its question, as a model output: `pooler_output` [B, K_max, D]
-        (LLM-space embeddings, padded), `visual_token_mask`, `visual_probs` and the `plan` they follow.
+        (LLM-space embeddings, padded), `last_hidden_state` (the CLIP encoder's), `visual_token_mask`,
+        `visual_probs` and the `plan` they follow; `hidden_states` / `attentions` are the vision tower's, returned
+        when asked for (`output_hidden_states` / `output_attentions`, or the vision config's).
 
-        Give a `plan` (from `plan_allocation`) or the inputs to make one (`input_ids`, `attention_mask` and
-        `pixel_values` or `patch_features`, with `plan_allocation`'s keyword arguments)."""
+        Give a `plan` (from `plan_allocation`) or the inputs to make one: `pixel_values` (or `patch_features`) and
+        the prompt (`input_ids` or `inputs_embeds`, with `attention_mask` and `labels`), with `plan_allocation`'s
+        keyword arguments. Without a prompt the allocator plans for an empty question (its query-agnostic path)."""
+        vision = None
         if plan is None:
-            plan = self.plan_allocation(input_ids=input_ids, attention_mask=attention_mask,
-                                        pixel_values=pixel_values, **plan_kwargs)
+            if patch_features is None:
+                if pixel_values is None:
+                    raise ValueError("get_image_features needs pixel_values, patch_features or a plan.")
+                vision = self._vision_outputs(pixel_values, **_vision_kwargs(kwargs))
+                patch_features = _patch_sequence(vision.last_hidden_state)
+            plan = self.plan_allocation(
+                input_ids=input_ids, attention_mask=attention_mask, patch_features=patch_features, labels=labels,
+                budget=budget, selection=selection, selection_scores=selection_scores, generator=generator,
+                inputs_embeds=inputs_embeds,
+            )
         chosen = self.select(plan)
         hidden = self.clip_encoder(chosen)
-        embeds, probs = self.quality_adapter(hidden, plan.budget_tiers, chosen.token_scores)
+        # Without the relevance tag (config.relevance_tag False, the baselines) the adapter sees no allocator score.
+        token_scores = chosen.token_scores if self.config.relevance_tag else None
+        embeds, probs = self.quality_adapter(hidden, plan.budget_tiers, token_scores)
         return ArrCocImageFeaturesOutput(
-            last_hidden_state=hidden, pooler_output=embeds, visual_token_mask=chosen.token_mask,
-            visual_probs=probs * chosen.token_mask.unsqueeze(-1), kept_patch_mask=chosen.kept_patch_mask,
-            token_sources=chosen.position_weights.argmax(-1), plan=plan,
+            last_hidden_state=hidden, pooler_output=embeds,
+            hidden_states=getattr(vision, "hidden_states", None), attentions=getattr(vision, "attentions", None),
+            visual_token_mask=chosen.token_mask, visual_probs=probs * chosen.token_mask.unsqueeze(-1),
+            kept_patch_mask=chosen.kept_patch_mask, token_sources=chosen.position_weights.argmax(-1), plan=plan,
         )
 
-    def splice(self, input_ids, attention_mask, image: ArrCocImageFeaturesOutput, labels=None) -> tuple:
+    def splice(self, input_ids, attention_mask, image: ArrCocImageFeaturesOutput, labels=None, inputs_embeds=None
+               ) -> tuple:
         """(inputs_embeds, attention_mask, position_ids, labels): each sample's text with its K_i visual embeddings
-        in place of its `<image>` token, left-padded to the longest row."""
-        text_embeds = self.get_input_embeddings()(input_ids)
-        return _splice(input_ids, attention_mask, labels, text_embeds, image.pooler_output, image.visual_token_mask,
-                       self.config.image_token_id)
+        in place of its `<image>` token, left-padded to the longest row. The text embeddings are `inputs_embeds`
+        when given (the placeholder is then found in `input_ids`, or in `inputs_embeds` without them)."""
+        text_embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
+        attention_mask = _ones_mask(text_embeds) if attention_mask is None else attention_mask
+        return _splice(self.image_token_mask(input_ids, inputs_embeds), attention_mask, text_embeds,
+                       image.pooler_output, image.visual_token_mask, labels)[:4]
 
     def prepare_multimodal_inputs(
-        self, input_ids, attention_mask=None, labels=None, plan=None, **plan_kwargs
+        self, input_ids=None, attention_mask=None, labels=None, plan=None, inputs_embeds=None, shift_labels=None,
+        **plan_kwargs,
     ) -> ArrCocMultimodalInputs:
         """Select visual tokens (following `plan`, made here from `plan_kwargs` when not given) and splice each
-        sample's K_i embeddings at its `<image>` token, left-padded."""
-        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        sample's K_i embeddings at its `<image>` token, left-padded.
+
+        The prompt is `input_ids` or `inputs_embeds` (with only `inputs_embeds`, the `<image>` placeholder is the
+        position holding the `<image>` token's embedding). `labels` ([B, L], aligned with the prompt) never reach
+        the allocator; `shift_labels` (pre-shifted targets: [B, L], or already [B, L_spliced]) are spliced so the
+        last visual token predicts the token after the image. `plan_kwargs`: `plan_allocation`'s and
+        `get_image_features`' keyword arguments (e.g. `output_hidden_states` for the vision tower)."""
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("Images need a prompt: pass input_ids (or inputs_embeds) with one <image> per sample.")
+        reference = input_ids if input_ids is not None else inputs_embeds
+        attention_mask = _ones_mask(reference) if attention_mask is None else attention_mask
+        image_mask = self.image_token_mask(input_ids, inputs_embeds)
         images = plan.patch_features if plan is not None else _first_given(plan_kwargs.get("pixel_values"),
                                                                            plan_kwargs.get("patch_features"))
-        _check_image_tokens(input_ids, attention_mask, self.config.image_token_id, images)
+        _check_image_tokens(image_mask, attention_mask, self.config.image_token_id, images,
+                            found_in="input_ids" if input_ids is not None else "inputs_embeds")
+        splice_shift_labels = shift_labels is not None and shift_labels.shape[1] == reference.shape[1]
+        answer_labels = labels
+        if labels is None and splice_shift_labels:
+            # Only pre-shifted targets (sequence parallelism): the answer positions are still kept from the
+            # allocator, read off them (position t is an answer token when shift_labels[t - 1] != -100).
+            answer_labels = F.pad(shift_labels, (1, -1), value=-100)
         if plan is None:
-            plan = self.plan_allocation(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                                        **plan_kwargs)
-        image = self.get_image_features(plan=plan)
-        spliced = self.splice(input_ids, attention_mask, image, labels)
+            image = self.get_image_features(input_ids=input_ids, attention_mask=attention_mask, labels=answer_labels,
+                                            inputs_embeds=inputs_embeds, return_dict=True, **plan_kwargs)
+        else:
+            vision_kwargs = {k: v for k, v in plan_kwargs.items() if k in ("output_hidden_states", "output_attentions")}
+            image = self.get_image_features(plan=plan, return_dict=True, **vision_kwargs)
+        plan = image.plan
+        text_embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
+        *spliced, spliced_shift_labels = _splice(
+            image_mask, attention_mask, text_embeds, image.pooler_output, image.visual_token_mask, labels,
+            shift_labels if splice_shift_labels else None,
+        )
+        if shift_labels is not None and not splice_shift_labels:
+            if shift_labels.shape[1] != spliced[0].shape[1]:
+                raise ValueError(
+                    f"shift_labels must be aligned with the prompt ({reference.shape[1]} positions) or with the "
+                    f"spliced sequence ({spliced[0].shape[1]}); got {tuple(shift_labels.shape)}."
+                )
+            spliced_shift_labels = shift_labels
         return ArrCocMultimodalInputs(
             *spliced, visual_token_counts=image.visual_token_mask.sum(-1), budget_logits=plan.budget_logits,
             budget_tiers=plan.budget_tiers, patch_scores=plan.patch_scores, kept_patch_mask=image.kept_patch_mask,
             visual_probs=image.visual_probs, visual_mask=image.visual_token_mask, token_sources=image.token_sources,
+            shift_labels=spliced_shift_labels, image=image,
         )
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        budget: str | int | list | torch.Tensor = "auto",
+        selection: str | None = None,
+        patch_features: torch.FloatTensor | None = None,
+        plan: ArrCocAllocationPlan | None = None,
+        labels: torch.LongTensor | None = None,
+        shift_labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | ArrCocModelOutputWithPast:
+        r"""
+        The base model: select each image's K_i visual tokens, splice them in place of its `<image>` token and run
+        the language model over the spliced, left-padded sequence (no LM head).
+
+        budget / selection / patch_features / plan / generator: as in `ArrCocForConditionalGeneration.forward`.
+        labels: [B, L] targets aligned with the prompt. The base model computes no loss: they only keep the answer
+            from the allocator (positions with labels != -100 never reach it), and come back spliced as
+            `labels` (aligned with `last_hidden_state`).
+        shift_labels: pre-shifted targets ([B, L] aligned with the prompt, or [B, L_spliced]); they come back
+            aligned with `last_hidden_state` as `shift_labels`.
+        inputs_embeds: instead of `input_ids`; with images, each sample's `<image>` placeholder is the position
+            that holds the `<image>` token's embedding (or is found in `input_ids` when both are given).
+        A text-only step (no images; e.g. decoding with a `cache`) runs the language model alone.
+        """
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("You must specify input_ids or inputs_embeds.")
+        multimodal = None
+        if pixel_values is not None or patch_features is not None or plan is not None:
+            vision_kwargs = _vision_kwargs(kwargs)
+            plan_kwargs = vision_kwargs if plan is not None else dict(
+                pixel_values=pixel_values, patch_features=patch_features, budget=budget, selection=selection,
+                generator=generator, **vision_kwargs,
+            )
+            multimodal = self.prepare_multimodal_inputs(
+                input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
+                shift_labels=shift_labels, plan=plan, **plan_kwargs,
+            )
+            inputs_embeds, attention_mask = multimodal.inputs_embeds, multimodal.attention_mask
+            position_ids, labels, shift_labels = multimodal.position_ids, multimodal.labels, multimodal.shift_labels
+        elif inputs_embeds is None:
+            # A decoding step (it has a cache) never holds the <image>; test that first, it costs nothing. Eager only,
+            # as the other value checks (under torch.compile / torch.export it would be a graph break).
+            if cache is None and not is_tracing(input_ids) and (input_ids == self.config.image_token_id).any():
+                raise ValueError("input_ids contain <image> tokens but no pixel_values were given.")
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        _check_context_length(past_length + inputs_embeds.shape[1], self.config.text_config)
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            use_cache=use_cache, return_dict=True, **kwargs,
+        )
+        return ArrCocModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=outputs.cache if use_cache is not False else None,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_outputs=multimodal.image if multimodal is not None else None,
+            labels=labels,
+            shift_labels=shift_labels,
+            **_decision_fields(multimodal, inputs_embeds.shape[0], inputs_embeds.device),
+        )
+
+
+def _patch_sequence(features):
+    """[B, C, H, W] feature map -> [B, H*W, C] raster-ordered patch sequence."""
+    return features.flatten(2).transpose(1, 2)
+
+
+def _ones_mask(reference):
+    """An all-ones attention mask for [B, L] ids or [B, L, D] embeddings."""
+    return torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+
+
+def _vision_kwargs(kwargs):
+    """The keyword arguments the vision tower takes from those a forward receives."""
+    return {key: kwargs[key] for key in ("output_hidden_states", "output_attentions") if key in kwargs}
 
 
 def _first_given(*values):
@@ -357,53 +599,76 @@ def _first_given(*values):
 def _check_pixels(pixel_values):
     if pixel_values.ndim != 4:
         raise ValueError(f"pixel_values must be [batch, channels, height, width], got shape {tuple(pixel_values.shape)}.")
-    if not torch.isfinite(pixel_values).all():
+    # Value checks run in eager mode only: under torch.compile / torch.export they would be a graph break
+    # (a tensor read back on the host), and there the inputs are the caller's responsibility.
+    if not is_tracing(pixel_values) and not torch.isfinite(pixel_values).all():
         raise ValueError("pixel_values contain NaN or infinite values.")
 
 
-def _check_image_tokens(input_ids, attention_mask, image_token_id, images):
-    per_sample = ((input_ids == image_token_id) & attention_mask.bool()).sum(-1)
-    if (per_sample != 1).any():
+def _check_image_tokens(image_mask, attention_mask, image_token_id, images, found_in="input_ids"):
+    """Exactly one `<image>` placeholder per sample (`image_mask`, found in `found_in`) and one image each."""
+    per_sample = (image_mask & attention_mask.bool()).sum(-1)
+    if not is_tracing(image_mask) and (per_sample != 1).any():  # eager only, as in _check_pixels
+        hint = ("; with inputs_embeds alone, the placeholder is the position holding the <image> token's own "
+                "embedding: pass input_ids as well to mark it" if found_in == "inputs_embeds" else "")
         raise ValueError(
-            f"Each sample needs exactly one <image> token (id {image_token_id}); found {per_sample.tolist()}. "
-            "Several images per sample are not supported."
+            f"Each sample needs exactly one <image> token (id {image_token_id}); found {per_sample.tolist()} in "
+            f"{found_in}{hint}. Several images per sample are not supported."
         )
     if images is None:
-        raise ValueError("input_ids contain <image> tokens but no pixel_values were given.")
-    if images.shape[0] != input_ids.shape[0]:
-        raise ValueError(f"Got {images.shape[0]} images for {input_ids.shape[0]} samples with one <image> each.")
+        raise ValueError(f"{found_in} contain <image> tokens but no pixel_values were given.")
+    if images.shape[0] != image_mask.shape[0]:
+        raise ValueError(f"Got {images.shape[0]} images for {image_mask.shape[0]} samples with one <image> each.")
 
 
-def _splice(input_ids, attention_mask, labels, text_embeds, visual_embeds, visual_mask, image_token_id):
-    """Per sample: text before <image>, its K_i visual embeddings, text after; then left-pad to the longest."""
-    rows = []
-    for b in range(input_ids.shape[0]):
-        keep = attention_mask[b].bool()
-        ids, embeds = input_ids[b][keep], text_embeds[b][keep]
-        at = int((ids == image_token_id).nonzero()[0])
-        visual = visual_embeds[b][visual_mask[b]]
-        row_embeds = torch.cat([embeds[:at], visual.to(embeds.dtype), embeds[at + 1:]])
-        row_labels = None
-        if labels is not None:
-            lab = labels[b][keep]
-            ignore = torch.full((visual.shape[0],), -100, dtype=lab.dtype, device=lab.device)
-            row_labels = torch.cat([lab[:at], ignore, lab[at + 1:]])
-        rows.append((row_embeds, row_labels))
-    return _left_pad(rows)
+def _splice(image_mask, attention_mask, text_embeds, visual_embeds, visual_mask, labels=None, shift_labels=None):
+    """Per sample: text before <image>, its K_i visual embeddings, text after; then left-pad to the longest.
 
+    Returns (inputs_embeds, attention_mask, position_ids, labels, shift_labels). Labels get -100 on the visual
+    tokens. Pre-shifted `shift_labels` (position t's target) get -100 on the token before the image and on the
+    visual tokens but the last, which predicts the token after the image: they equal the spliced labels shifted.
+    Vectorized (one scatter per tensor, no per-sample loop); the only data-dependent value is the output length.
+    """
+    keep = attention_mask.bool()
+    is_image = keep & image_mask  # exactly one per row (checked by _check_image_tokens)
+    is_text = keep & ~image_mask
+    counts = visual_mask.sum(-1)
+    rank = keep.long().cumsum(-1) - 1  # each kept position's index among its row's kept positions
+    image_rank = (rank * is_image).sum(-1)
+    lengths = keep.sum(-1) - 1 + counts
+    length = int(lengths.max())
+    offset = length - lengths  # left padding of each row
+    after_image = rank > image_rank[:, None]
+    # Where each text / visual token goes; everything else goes to a dump column `length`, dropped at the end.
+    text_at = offset[:, None] + rank + after_image * (counts[:, None] - 1)
+    text_at = torch.where(is_text, text_at, length)
+    visual_rank = visual_mask.long().cumsum(-1) - 1
+    visual_at = torch.where(visual_mask, offset[:, None] + image_rank[:, None] + visual_rank, length)
 
-def _left_pad(rows):
-    length = max(r[0].shape[0] for r in rows)
-    first = rows[0][0]
-    embeds = first.new_zeros(len(rows), length, first.shape[-1])
-    mask = torch.zeros(len(rows), length, dtype=torch.long, device=first.device)
-    labels = None if rows[0][1] is None else torch.full((len(rows), length), -100, device=first.device)
-    for b, (row_embeds, row_labels) in enumerate(rows):
-        embeds[b, length - row_embeds.shape[0]:] = row_embeds
-        mask[b, length - row_embeds.shape[0]:] = 1
-        if labels is not None:
-            labels[b, length - row_labels.shape[0]:] = row_labels
-    return embeds, mask, _position_ids(mask), labels
+    batch, dim = text_embeds.shape[0], text_embeds.shape[-1]
+    embeds = text_embeds.new_zeros(batch, length + 1, dim)
+    embeds = embeds.scatter(1, text_at.unsqueeze(-1).expand(-1, -1, dim), text_embeds)
+    visual = visual_embeds.to(text_embeds.dtype)
+    embeds = embeds.scatter(1, visual_at.unsqueeze(-1).expand(-1, -1, dim), visual)[:, :length].contiguous()
+    positions = torch.arange(length, device=text_embeds.device)
+    mask = (positions[None] >= offset[:, None]).long()
+
+    def scattered(values, extra=None):
+        out = torch.full((batch, length + 1), -100, dtype=torch.long, device=text_embeds.device)
+        out = out.scatter(1, text_at, values.long().to(out.device))
+        if extra is not None:
+            out = out.scatter(1, *extra)
+        return out[:, :length].contiguous()
+
+    spliced_labels = None if labels is None else scattered(labels)
+    spliced_shift_labels = None
+    if shift_labels is not None:
+        before_image = keep & (rank == image_rank[:, None] - 1)
+        last_visual = torch.where(counts > 0, offset + image_rank + counts - 1, length)
+        image_target = (shift_labels * is_image).sum(-1)
+        spliced_shift_labels = scattered(shift_labels.masked_fill(before_image, -100),
+                                         (last_visual[:, None], image_target[:, None].long()))
+    return embeds, mask, _position_ids(mask), spliced_labels, spliced_shift_labels
 
 
 def _position_ids(attention_mask):
@@ -413,6 +678,8 @@ def _position_ids(attention_mask):
 
 class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # The tied head is sharded with its embedding (the language model's plan shards embed_tokens), as in llava.
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: ArrCocConfig):
         super().__init__(config)
@@ -449,14 +716,23 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
     def language_model(self):
         return self.model.language_model
 
-    def get_image_features(self, pixel_values=None, input_ids=None, attention_mask=None, **kwargs):
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | ArrCocImageFeaturesOutput:
+        """See `ArrCocModel.get_image_features`."""
         return self.model.get_image_features(pixel_values=pixel_values, input_ids=input_ids,
                                              attention_mask=attention_mask, **kwargs)
 
-    def plan_allocation(self, input_ids, **kwargs) -> ArrCocAllocationPlan:
+    def plan_allocation(self, input_ids=None, **kwargs) -> ArrCocAllocationPlan:
         """See `ArrCocModel.plan_allocation`."""
         return self.model.plan_allocation(input_ids=input_ids, **kwargs)
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -467,7 +743,7 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         budget: str | int | list | torch.Tensor = "auto",
-        selection: str = "learned",
+        selection: str | None = None,
         patch_features: torch.FloatTensor | None = None,
         plan: ArrCocAllocationPlan | None = None,
         patch_targets: torch.FloatTensor | None = None,
@@ -476,13 +752,16 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         use_cache: bool | None = None,
         generator: torch.Generator | None = None,
-        **kwargs,
-    ) -> ArrCocCausalLMOutputWithPast:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | ArrCocCausalLMOutputWithPast:
         r"""
         budget: "auto" (the allocator's tier), "full" (every patch), a tier value in `config.budgets`, a tier
             index, or a list/tensor of those per sample. Anything else raises a ValueError.
         selection: "learned" (allocator scores), "uniform" (fixed pooling), "hotspot" (query-agnostic
-            saliency top-K) or "random": baselines run through the same model at the same budgets.
+            saliency top-K), "random" or "full" (every patch, whatever the budget); None (default): the model's
+            own, `config.selection_method` ("learned" for ARR-COC; a trained baseline's checkpoint names its own).
+            Another selection through this checkpoint is a diagnostic: its LLM learned to read its own selection
+            (and, with `config.relevance_tag`, the allocator's relevance tag).
         patch_features: precomputed SAM features [B, N, C] (cache them when SAM is frozen).
         plan: an `ArrCocAllocationPlan` from `plan_allocation` for these inputs (budget, selection and
             patch_features are then already decided and ignored).
@@ -494,70 +773,86 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         loss_weights: weights of `LOSS_COMPONENTS` in `loss`; default {"answer": 1.0} (others 0).
         logits_to_keep: as in Transformers' causal LMs: compute `logits` for the last `logits_to_keep` positions
             only (0: all). With labels, every label must lie in that window (the trainer keeps the answer's).
+        shift_labels (in kwargs): pre-shifted targets (position t's target), as the trainer passes them under
+            sequence/context parallelism: [B, L] aligned with the prompt (spliced here so that the last visual
+            token predicts the token after the image) or [B, L_spliced]. With them the answer loss is taken against
+            `shift_labels` (by `self.loss_function`) and `labels`, if given, only keep the answer from the
+            allocator; without `labels`, the answer positions are read off `shift_labels`.
+        num_items_in_batch (in kwargs): as in Transformers' causal LMs, the answer loss is then a sum over the
+            labelled tokens divided by it (gradient accumulation).
+        return_dict=False returns a tuple; `past_key_values=` is the deprecated name of `cache`.
         """
-        multimodal = None
-        if pixel_values is not None or patch_features is not None or plan is not None:
-            plan_kwargs = dict(pixel_values=pixel_values, patch_features=patch_features, budget=budget,
-                               selection=selection, generator=generator)
-            multimodal = self.model.prepare_multimodal_inputs(
-                input_ids=input_ids, attention_mask=attention_mask, labels=labels, plan=plan,
-                **({} if plan is not None else plan_kwargs),
-            )
-            inputs_embeds, attention_mask = multimodal.inputs_embeds, multimodal.attention_mask
-            position_ids, labels = multimodal.position_ids, multimodal.labels
-        elif inputs_embeds is None:
-            if input_ids is not None and (input_ids == self.config.image_token_id).any() and cache is None:
-                raise ValueError("input_ids contain <image> tokens but no pixel_values were given.")
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-        past_length = cache.get_seq_length() if cache is not None else 0
-        _check_context_length(past_length + inputs_embeds.shape[1], self.config.text_config)
-        outputs = self.model.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
-            use_cache=use_cache, **kwargs,
+        shift_labels = kwargs.pop("shift_labels", None)
+        outputs = self.model(
+            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, position_ids=position_ids,
+            cache=cache, inputs_embeds=inputs_embeds, budget=budget, selection=selection,
+            patch_features=patch_features, plan=plan, labels=labels, shift_labels=shift_labels, use_cache=use_cache,
+            generator=generator, return_dict=True, **kwargs,
         )
-        logits, answer_loss = self._logits_and_answer_loss(outputs.last_hidden_state, labels, logits_to_keep)
-        losses = self._auxiliary_losses(multimodal, patch_targets, visual_targets) if labels is not None else {}
+        labels, shift_labels = outputs.labels, outputs.shift_labels
+        has_targets = labels is not None or shift_labels is not None
+        logits, answer_loss = self._logits_and_answer_loss(outputs.last_hidden_state, labels, logits_to_keep,
+                                                           shift_labels=shift_labels, **kwargs)
+        losses = self._auxiliary_losses(outputs, patch_targets, visual_targets) if has_targets else {}
         losses["answer"] = answer_loss
         return ArrCocCausalLMOutputWithPast(
-            loss=weighted_loss(losses, loss_weights) if labels is not None else None,
+            loss=weighted_loss(losses, loss_weights) if has_targets else None,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_outputs=outputs.image_outputs,
             answer_loss=answer_loss,
             efficiency_loss=losses.get("efficiency"),
             alignment_loss=losses.get("alignment"),
             vet_kl_loss=losses.get("vet_kl"),
-            logits=logits,
-            cache=outputs.cache if use_cache is not False else None,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            **_decision_fields(multimodal, inputs_embeds.shape[0], inputs_embeds.device),
+            visual_token_counts=outputs.visual_token_counts,
+            budget_logits=outputs.budget_logits,
+            budget_tiers=outputs.budget_tiers,
+            patch_scores=outputs.patch_scores,
+            kept_patch_mask=outputs.kept_patch_mask,
+            visual_probs=outputs.visual_probs,
         )
 
-    def _logits_and_answer_loss(self, hidden_states, labels, logits_to_keep):
-        """Logits of the last `logits_to_keep` positions (all for 0) and the shifted cross-entropy of the labels."""
+    def _logits_and_answer_loss(self, hidden_states, labels, logits_to_keep, shift_labels=None, **kwargs):
+        """Logits of the last `logits_to_keep` positions (all for 0) and the answer loss: the shifted cross-entropy
+        of `labels`, or (pre-shifted targets, or `num_items_in_batch` given) `self.loss_function`'s."""
         if logits_to_keep:
             hidden_states = hidden_states[:, -logits_to_keep:]
         logits = self.lm_head(hidden_states)
-        if labels is None:
+        if labels is None and shift_labels is None:
             return logits, None
         if logits_to_keep:
-            if (labels[:, : labels.shape[1] - logits_to_keep + 1] != -100).any():
-                raise ValueError(f"logits_to_keep={logits_to_keep} drops positions that predict labels; keep at "
-                                 "least the answer's length + 1 (see answer_window).")
-            labels = labels[:, -logits_to_keep:]
-        return logits, _shifted_ce(logits, labels)
+            # Labels predict from one position earlier than pre-shifted targets, hence the + 1.
+            for name, targets, reach in (("labels", labels, logits_to_keep - 1), ("shift_labels", shift_labels,
+                                                                                  logits_to_keep)):
+                if targets is not None and (targets[:, : targets.shape[1] - reach] != -100).any():
+                    raise ValueError(f"logits_to_keep={logits_to_keep} drops positions that predict {name}; keep "
+                                     "at least the answer's length + 1 (see answer_window).")
+            labels = None if labels is None else labels[:, -logits_to_keep:]
+            shift_labels = None if shift_labels is None else shift_labels[:, -logits_to_keep:]
+        num_items_in_batch = kwargs.get("num_items_in_batch")
+        if shift_labels is None and num_items_in_batch is None:
+            return logits, _shifted_ce(logits, labels)
+        shift_labels = None if shift_labels is None else shift_labels.contiguous()
+        loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
+                                  shift_labels=shift_labels, num_items_in_batch=num_items_in_batch)
+        return logits, loss
 
-    def _auxiliary_losses(self, multimodal, patch_targets, visual_targets):
-        if multimodal is None:
+    def _auxiliary_losses(self, outputs, patch_targets, visual_targets):
+        image = outputs.image_outputs
+        if image is None:
             return {}
         return {
-            "efficiency": efficiency_loss(multimodal.budget_logits, self.config.budgets),
-            "alignment": alignment_loss(multimodal.patch_scores, patch_targets),
-            "vet_kl": vet_kl_loss(multimodal.visual_probs, multimodal.visual_mask,
-                                  _token_targets(visual_targets, multimodal.token_sources)),
+            "efficiency": efficiency_loss(outputs.budget_logits, self.config.budgets),
+            "alignment": alignment_loss(outputs.patch_scores, patch_targets),
+            "vet_kl": vet_kl_loss(outputs.visual_probs, image.visual_token_mask,
+                                  _token_targets(visual_targets, image.token_sources)),
         }
 
     @torch.no_grad()
     def generate(self, input_ids=None, pixel_values=None, attention_mask=None, budget="auto",
-                 selection="learned", patch_features=None, plan=None, group_by_tier=True, **kwargs):
+                 selection=None, patch_features=None, plan=None, group_by_tier=True, **kwargs):
         """Generate with K_i visual tokens per sample. Returns `input_ids` (as given) followed by new tokens,
         so callers strip the prompt by its own length, as with any HF model.
 
@@ -573,9 +868,11 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if input_ids is None:
             raise ValueError("generate with images needs input_ids, with one <image> token per sample.")
+        _check_no_assisted_decoding(kwargs, self.generation_config)
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         images = plan.patch_features if plan is not None else _first_given(pixel_values, patch_features)
-        _check_image_tokens(input_ids, attention_mask, self.config.image_token_id, images)
+        _check_image_tokens(input_ids == self.config.image_token_id, attention_mask, self.config.image_token_id,
+                            images)
         if plan is None:
             plan = self.model.plan_allocation(
                 input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
@@ -617,6 +914,21 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         from .components import assemble_from_components
 
         return assemble_from_components(cls, vision, clip, text, dtype=dtype, **config_kwargs)
+
+
+def _check_no_assisted_decoding(kwargs, default_config):
+    """Assisted decoding (an assistant model, prompt lookup or early exit) cannot run with images: generate
+    continues from spliced `inputs_embeds`, and a candidate generator has neither the prompt's ids nor the images
+    to hand to its draft model. Refuse it clearly instead of failing deep inside transformers."""
+    config = kwargs.get("generation_config") or default_config
+    asked = [name for name in ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
+             if kwargs.get(name) is not None or getattr(config, name, None) is not None]
+    if asked:
+        raise ValueError(
+            f"Assisted decoding ({', '.join(asked)}) is not supported with images: ArrCoc generates from spliced "
+            "inputs_embeds, which no candidate generator can hand to a draft model. Generate without it (text-only "
+            "prompts can use it)."
+        )
 
 
 def _prepend_prompt(input_ids, outputs):
@@ -738,6 +1050,7 @@ def _decision_fields(multimodal, batch, device):
 
 __all__ = [
     "ArrCocCausalLMOutputWithPast",
+    "ArrCocModelOutputWithPast",
     "ArrCocClipEncoder",
     "ArrCocForConditionalGeneration",
     "ArrCocModel",

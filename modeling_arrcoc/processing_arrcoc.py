@@ -11,13 +11,23 @@ import io
 import os
 import urllib.request
 import warnings
+from typing import Unpack
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
-from transformers.processing_utils import ProcessorMixin, TextKwargs
+from transformers.image_utils import ImageInput, PILImageResampling
+from transformers.processing_utils import (
+    AudioKwargs,
+    ImagesKwargs,
+    ProcessingKwargs,
+    ProcessorMixin,
+    TextKwargs,
+    VideosKwargs,
+)
+from transformers.tokenization_utils_base import TextInput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,52 +43,123 @@ CHAT_TEMPLATE = (
 
 # Modes whose values are not 8-bit: their own range is stretched to 8 bits instead of being clipped to white.
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-# Processor-level keys that `apply_chat_template` may pass along; empty or false values carry nothing for ArrCoc.
-IGNORED_WHEN_EMPTY = ("images_kwargs", "videos_kwargs", "audio_kwargs", "audio_from_video_indices",
-                      "load_audio_from_video", "return_mm_token_type_ids", "return_text_replacement_offsets")
+# Keys that omni-modal callers of `apply_chat_template` may pass along; empty or false values carry nothing here.
+IGNORED_WHEN_EMPTY = ("audio_from_video_indices", "load_audio_from_video")
+# `ImagesKwargs` options that have no meaning for ArrCoc's one fixed square canvas, with the value that is a no-op.
+UNSUPPORTED_IMAGE_OPTIONS = {"crop_size": None, "do_center_crop": False, "pad_size": None, "default_to_square": True,
+                             "input_data_format": None, "image_seq_length": None}
+
+
+class ArrCocImagesKwargs(ImagesKwargs, total=False):
+    """`ImagesKwargs` plus ArrCoc's own image options (see `ArrCocImageProcessor`)."""
+
+    max_pixels: int | None
+    min_side: int | None
+    pad_value: int | float | None
+
+
+class ArrCocProcessorKwargs(ProcessingKwargs, total=False):
+    """The processor's options: tokenizer (`text_kwargs`) and image (`images_kwargs`) options, flat or nested.
+
+    Video and audio options are accepted because `apply_chat_template` passes some of them on every call; they have
+    nothing to act on (ArrCoc refuses video and audio inputs)."""
+
+    images_kwargs: ArrCocImagesKwargs
 
 
 class ArrCocImageProcessor(BaseImageProcessor):
-    """Resize the longest side to `size`, pad to a square (bottom/right, as SAM), normalize.
+    """Resize the longest side to `size`, pad to a square (bottom/right, as SAM), rescale, normalize.
 
     Accepts PIL images, paths, bytes, http(s) URLs, base64 strings, numpy HWC/CHW arrays and torch CHW tensors.
     RGBA/LA/palette images are composited on white, grayscale and CMYK converted, 16-bit and float images
     stretched from their own range, EXIF rotation applied: every input becomes an upright RGB page.
 
+    Every option can be set at init and overridden per call (`image_processor(images, do_normalize=False)`, or
+    through the processor, flat or in `images_kwargs`):
+
     Args:
-        size: the SAM input resolution (the vision config's `image_size`).
-        image_mean / image_std: per-channel normalization.
+        size: the SAM input resolution (the vision config's `image_size`): the side of the square output. An int,
+            or `{"longest_edge": n}` / `{"height": n, "width": n}`.
+        do_resize / resample: resize the longest side to `size` (PIL resampling filter, bicubic by default).
+            Without resizing, the image must fit in `size` x `size`.
+        do_pad / pad_value: pad to `size` x `size` at the bottom/right with `pad_value` (a fraction of full
+            intensity, 1.0 = white paper), before rescaling. Without padding, the image must be square.
+        do_rescale / rescale_factor: multiply the 8-bit values by `rescale_factor` (1/255 by default).
+        do_normalize / image_mean / image_std: per-channel normalization.
         max_pixels: images with more pixels are refused before their pixels are decoded (decompression bombs).
         min_side: images with a side shorter than this are refused: there is nothing to read in them.
-        pad_value: fill of the padded area, in [0, 1] before normalization.
     """
 
     model_input_names = ["pixel_values"]
+    valid_kwargs = ArrCocImagesKwargs
 
     def __init__(self, size=1024, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, max_pixels=64_000_000,
-                 min_side=4, pad_value=1.0, **kwargs):
+                 min_side=4, pad_value=1.0, do_resize=True, resample=PILImageResampling.BICUBIC, do_pad=True,
+                 do_rescale=True, rescale_factor=1 / 255, do_normalize=True, **kwargs):
         super().__init__(**kwargs)
-        self.size = int(size)
+        self.size = _square_size(size)
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
         self.max_pixels = int(max_pixels)
         self.min_side = int(min_side)
         self.pad_value = float(pad_value)
+        self.do_resize = bool(do_resize)
+        self.resample = int(resample)
+        self.do_pad = bool(do_pad)
+        self.do_rescale = bool(do_rescale)
+        self.rescale_factor = float(rescale_factor)
+        self.do_normalize = bool(do_normalize)
 
-    def __call__(self, images, return_tensors="pt", **kwargs):
-        return self.preprocess(images, return_tensors=return_tensors, **kwargs)
+    def __call__(self, images, **kwargs: Unpack[ArrCocImagesKwargs]) -> BatchFeature:
+        return self.preprocess(images, **kwargs)
 
-    def preprocess(self, images, return_tensors="pt", **kwargs):
-        if kwargs:
-            raise ValueError(f"ArrCocImageProcessor takes no per-call options; got {sorted(kwargs)}. Set them at init.")
+    def preprocess(self, images, **kwargs: Unpack[ArrCocImagesKwargs]) -> BatchFeature:
+        """`images` (one or a list) -> `pixel_values` [N, 3, size, size]. Keyword options override the init ones."""
+        return_tensors = kwargs.pop("return_tensors", "pt")
+        options = self._options(kwargs)
         images = images if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise ValueError("No images were given.")
-        arrays = [self._to_array(self.load(image, i)) for i, image in enumerate(images)]
+        arrays = [
+            self._to_array(self.load(image, i, max_pixels=options["max_pixels"], min_side=options["min_side"]),
+                           options, i)
+            for i, image in enumerate(images)
+        ]
         pixel_values = np.stack(arrays)
         return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
 
-    def load(self, image, index: int = 0) -> Image.Image:
+    def _options(self, kwargs):
+        """Per-call options over the init ones; anything ArrCoc cannot honour is an error, not silently ignored."""
+        known = set(ArrCocImagesKwargs.__annotations__)
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ValueError(f"ArrCocImageProcessor got unexpected options {unknown}; it accepts {sorted(known)}.")
+        for name, no_op in UNSUPPORTED_IMAGE_OPTIONS.items():
+            if kwargs.get(name, no_op) not in (None, no_op):
+                raise ValueError(
+                    f"ArrCocImageProcessor does not support {name}={kwargs[name]!r}: every image becomes one "
+                    "size x size page (resized on its longest side, then padded)."
+                )
+        if kwargs.get("do_convert_rgb") is False:
+            raise ValueError("ArrCocImageProcessor always converts to RGB (the model reads 3-channel pages).")
+        data_format = kwargs.get("data_format")
+        if data_format is not None and str(getattr(data_format, "value", data_format)) != "channels_first":
+            raise ValueError(f"ArrCocImageProcessor returns channels_first pixel values, got data_format={data_format!r}.")
+        device = kwargs.get("device")
+        if device is not None and str(device) != "cpu":
+            raise ValueError(f"ArrCocImageProcessor runs on the CPU (PIL), got device={device!r}.")
+        names = ("size", "do_resize", "resample", "do_pad", "pad_value", "do_rescale", "rescale_factor",
+                 "do_normalize", "image_mean", "image_std", "max_pixels", "min_side")
+        options = {name: kwargs[name] if kwargs.get(name) is not None else getattr(self, name) for name in names}
+        options["size"] = _square_size(options["size"])
+        for name in ("image_mean", "image_std"):
+            value = options[name]
+            options[name] = [float(value)] * 3 if isinstance(value, (int, float)) else [float(v) for v in value]
+            if len(options[name]) != 3:
+                raise ValueError(f"{name} needs one value per RGB channel (3), got {value!r}.")
+        return options
+
+    def load(self, image, index: int = 0, max_pixels=None, min_side=None) -> Image.Image:
         """Any accepted input -> an upright RGB PIL image, with checks; the size is checked before decoding."""
         if isinstance(image, (str, os.PathLike, bytes)):
             image = self._open(image, index)
@@ -91,7 +172,7 @@ class ArrCocImageProcessor(BaseImageProcessor):
                 f"Image {index}: unsupported type {type(image).__name__}; pass PIL, numpy, torch, a path, bytes, "
                 "a URL or a base64 string."
             )
-        self._check_size(image.size, index)
+        self._check_size(image.size, index, max_pixels, min_side)
         try:
             image.load()  # lazily opened files decode here, after the size check
             return _to_rgb(image, index)
@@ -112,24 +193,63 @@ class ArrCocImageProcessor(BaseImageProcessor):
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise ValueError(f"Image {index} is not a readable image file: {error}") from error
 
-    def _check_size(self, size, index):
+    def _check_size(self, size, index, max_pixels=None, min_side=None):
+        max_pixels = self.max_pixels if max_pixels is None else int(max_pixels)
+        min_side = self.min_side if min_side is None else int(min_side)
         width, height = size
-        if width * height > self.max_pixels:
+        if width * height > max_pixels:
             raise ValueError(
-                f"Image {index} has {width}x{height} pixels, over the limit of {self.max_pixels} (max_pixels); it "
+                f"Image {index} has {width}x{height} pixels, over the limit of {max_pixels} (max_pixels); it "
                 "was refused before decoding (a decompression bomb, or a page to downscale first)."
             )
-        if min(width, height) < self.min_side:
-            raise ValueError(f"Image {index} is {width}x{height}; each side must be at least {self.min_side} px.")
+        if min(width, height) < min_side:
+            raise ValueError(f"Image {index} is {width}x{height}; each side must be at least {min_side} px.")
 
-    def _to_array(self, image: Image.Image) -> np.ndarray:
-        scale = self.size / max(image.size)
-        new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        resized = np.asarray(image.resize(new_size, Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
-        canvas = np.full((self.size, self.size, 3), self.pad_value, dtype=np.float32)
-        canvas[: resized.shape[0], : resized.shape[1]] = resized
-        canvas = (canvas - np.array(self.image_mean, dtype=np.float32)) / np.array(self.image_std, dtype=np.float32)
-        return canvas.transpose(2, 0, 1)
+    def _to_array(self, image: Image.Image, options=None, index: int = 0) -> np.ndarray:
+        options = self._options({}) if options is None else options
+        size = options["size"]
+        if options["do_resize"]:
+            scale = size / max(image.size)
+            new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(new_size, Image.Resampling(options["resample"]))
+        if image.width > size or image.height > size:
+            raise ValueError(
+                f"Image {index} is {image.width}x{image.height}, larger than the {size}x{size} canvas: resize it "
+                "first or keep do_resize=True."
+            )
+        pixels = np.asarray(image, dtype=np.float32)  # [H, W, 3], 0..255
+        if options["do_pad"]:
+            canvas = np.full((size, size, 3), options["pad_value"] * 255.0, dtype=np.float32)
+            canvas[: pixels.shape[0], : pixels.shape[1]] = pixels
+            pixels = canvas
+        elif pixels.shape[:2] != (size, size):
+            raise ValueError(
+                f"Image {index} is {image.width}x{image.height} after resizing; without do_pad it must be "
+                f"{size}x{size} (the model reads square pages)."
+            )
+        if options["do_rescale"]:
+            # In float64 and back, as transformers' `rescale` does: with 1/255 this equals dividing by 255 in float32.
+            pixels = (pixels.astype(np.float64) * options["rescale_factor"]).astype(np.float32)
+        if options["do_normalize"]:
+            mean = np.array(options["image_mean"], dtype=np.float32)
+            std = np.array(options["image_std"], dtype=np.float32)
+            pixels = (pixels - mean) / std
+        return pixels.transpose(2, 0, 1)
+
+
+def _square_size(size) -> int:
+    """ArrCoc's `size` (the side of the square canvas) from an int or a transformers size dict."""
+    if isinstance(size, dict):
+        sides = {size.get("longest_edge"), size.get("height"), size.get("width")} - {None}
+        if len(sides) != 1 or set(size) - {"longest_edge", "height", "width"}:
+            raise ValueError(
+                f"ArrCoc pads every page to a square: size must be an int, {{'longest_edge': n}} or "
+                f"{{'height': n, 'width': n}}, got {size!r}."
+            )
+        size = sides.pop()
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
+        raise ValueError(f"size must be a positive int (the side of the square page), got {size!r}.")
+    return int(size)
 
 
 def _read_source(source, index):
@@ -211,7 +331,18 @@ class ArrCocProcessor(ProcessorMixin):
     `processor(images=..., text=...)` needs exactly one `<image>` in each text per image, in order (ArrCoc takes
     one image per sample); use the chat template (`apply_chat_template`) to place it. Text without images gives
     a text-only batch. Texts are left-padded, as generation needs.
+
+    Options go through transformers' kwargs merging (`ArrCocProcessorKwargs`): tokenizer options and image options
+    (`ArrCocImageProcessor`'s), flat or nested in `text_kwargs` / `images_kwargs`, over the tokenizer's and image
+    processor's own defaults. An option that is neither (e.g. the model's `budget`) is an error, not dropped.
+    `<image>` is never expanded in the text (the allocator picks K in the model), so
+    `return_text_replacement_offsets=True` gives an empty list per sample.
     """
+
+    valid_processor_kwargs = ArrCocProcessorKwargs
+    # The lowest-priority defaults (under the tokenizer's init kwargs and the caller's options): pad, on the left as
+    # generation needs (kept left whatever side the tokenizer was saved with, unless the caller asks), to tensors.
+    text_kwargs = {"padding": True, "padding_side": "left", "return_tensors": "pt"}
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, image_token="<image>", **kwargs):
         self.image_token = image_token
@@ -223,18 +354,47 @@ class ArrCocProcessor(ProcessorMixin):
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(f"The tokenizer has no {image_token!r} token.")
 
-    def __call__(self, images=None, text=None, videos=None, audio=None, return_tensors="pt", **kwargs):
-        if videos is not None or audio is not None:
+    def __call__(
+        self,
+        images: ImageInput | None = None,
+        text: TextInput | list[TextInput] | None = None,
+        **kwargs: Unpack[ArrCocProcessorKwargs],
+    ) -> BatchFeature:
+        """Tokenize `text` (left-padded) and preprocess `images` (one per sample, matching its `<image>` token).
+
+        `kwargs`: tokenizer options (`padding`, `max_length`, `truncation`, ...) and image options (`do_rescale`,
+        `size`, `image_mean`, ...), flat or as `text_kwargs` / `images_kwargs`; `return_tensors` ("pt" by
+        default); `return_mm_token_type_ids`; `return_text_replacement_offsets` (empty: `<image>` stays one
+        token). `videos` / `audio` inputs are refused; video and audio options, which `apply_chat_template` passes
+        along, have nothing to act on and are ignored.
+        """
+        if kwargs.get("videos") is not None or kwargs.get("audio") is not None:
             raise ValueError("ArrCoc reads images and text; videos and audio are not supported.")
+        self._check_kwargs(kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("videos", "audio", *IGNORED_WHEN_EMPTY)}
         texts = self._check_texts(text)
         flat_images, images_per_sample = _split_images(images)
-        text_kwargs = self._text_kwargs(kwargs)
+        merged = self._merge_kwargs(ArrCocProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        text_kwargs, images_kwargs = merged["text_kwargs"], merged["images_kwargs"]
+        caller_options = (kwargs, kwargs.get("text_kwargs") or {}, kwargs.get("common_kwargs") or {})
+        if not any("padding_side" in options for options in caller_options):
+            text_kwargs["padding_side"] = "left"
+        return_tensors = text_kwargs.pop("return_tensors", None)
+        # transformers 5.24 mirrors these two between the flat options and text_kwargs; the tokenizer takes neither.
+        return_mm_token_type_ids = text_kwargs.pop("return_mm_token_type_ids", merged.get("return_mm_token_type_ids"))
+        return_offsets = text_kwargs.pop("return_text_replacement_offsets",
+                                         merged.get("return_text_replacement_offsets"))
         encoded = self.tokenizer(texts, return_tensors=return_tensors, **text_kwargs)
         self._check_image_tokens(encoded, len(flat_images), images_per_sample)
         data = dict(encoded)
+        if return_mm_token_type_ids:
+            data["mm_token_type_ids"] = self.create_mm_token_type_ids(encoded["input_ids"])
+        if return_offsets:
+            data["text_replacement_offsets"] = [[] for _ in texts]  # no placeholder is expanded
         if flat_images:
-            data.update(self.image_processor(flat_images, return_tensors=return_tensors))
-        return BatchFeature(data, tensor_type=return_tensors)
+            images_kwargs["return_tensors"] = return_tensors
+            data.update(self.image_processor(flat_images, **images_kwargs))
+        return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=self.skip_tensor_conversion)
 
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):
         for messages in _conversations(conversation):
@@ -258,25 +418,31 @@ class ArrCocProcessor(ProcessorMixin):
                 )
         return texts
 
-    def _text_kwargs(self, kwargs):
-        """Tokenizer options, flat or in `text_kwargs`; anything unknown is an error, not silently dropped."""
-        kwargs = dict(kwargs)
-        text_kwargs = {**kwargs.pop("text_kwargs", {}), **kwargs.pop("common_kwargs", {})}
+    def _check_kwargs(self, kwargs):
+        """Every option must be a processor, tokenizer, image, video or audio option. transformers' merging would
+        drop any other with a log line, and a misplaced model argument (`budget=`) must not vanish silently."""
+        nested = {
+            "text_kwargs": set(TextKwargs.__annotations__),
+            "images_kwargs": set(ArrCocImagesKwargs.__annotations__)
+            | set(getattr(self.image_processor, "valid_kwargs", ImagesKwargs).__annotations__),
+            "videos_kwargs": set(VideosKwargs.__annotations__),
+            "audio_kwargs": set(AudioKwargs.__annotations__),
+        }
+        flat = set(ArrCocProcessorKwargs.__annotations__) | {"common_kwargs", "videos", "audio", *IGNORED_WHEN_EMPTY}
+        unknown = set(kwargs) - flat - set().union(*nested.values())
         for key in IGNORED_WHEN_EMPTY:
             if kwargs.get(key):
                 raise ValueError(f"ArrCocProcessor does not support {key}={kwargs[key]!r}.")
-            kwargs.pop(key, None)
-        unknown = set(kwargs) - set(TextKwargs.__annotations__)
+        for key, valid in (*nested.items(), ("common_kwargs", set().union(*nested.values()))):
+            value = kwargs.get(key)
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"{key} must be a dict of options, got {type(value).__name__}.")
+            unknown |= {f"{key}[{name!r}]" for name in (value or {}) if name not in valid}
         if unknown:
             raise ValueError(
-                f"ArrCocProcessor got unexpected arguments {sorted(unknown)}. Tokenizer options are accepted; "
-                "`budget`, `selection` and generation options go to the model's forward/generate."
+                f"ArrCocProcessor got unexpected arguments {sorted(unknown)}. Tokenizer and image-processor options "
+                "are accepted; `budget`, `selection` and generation options go to the model's forward/generate."
             )
-        text_kwargs.update(kwargs)
-        text_kwargs.pop("return_tensors", None)
-        text_kwargs.setdefault("padding", True)
-        text_kwargs.setdefault("padding_side", "left")
-        return text_kwargs
 
     def _check_image_tokens(self, encoded, n_images, images_per_sample):
         counts = _image_token_counts(encoded, self.image_token_id)
@@ -323,18 +489,25 @@ def _image_token_counts(encoded, image_token_id):
 
 
 def _conversations(conversation):
-    """One conversation (a list of messages) or a batch of them -> a list of conversations."""
-    if conversation and isinstance(conversation[0], (list, tuple)):
-        return list(conversation)
+    """One conversation (a list of messages) or a batch of them -> a list of lists of messages. As in
+    `ProcessorMixin`, a conversation may also be an object with `.messages`, and a message an object with `.content`."""
+    conversation = getattr(conversation, "messages", conversation)
+    if conversation and (isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages")):
+        return [list(getattr(item, "messages", item)) for item in conversation]
     return [conversation]
 
 
+def _field(item, name, default=None):
+    """A message's or content block's field, whether it is a dict or an object with attributes."""
+    return item.get(name, default) if isinstance(item, dict) else getattr(item, name, default)
+
+
 def _has_text(message):
-    content = message.get("content") if isinstance(message, dict) else None
+    content = _field(message, "content")
     if isinstance(content, str):
         return bool(content.strip())
-    return any(isinstance(item, dict) and item.get("type") == "text" and str(item.get("text", "")).strip()
+    return any(_field(item, "type") == "text" and str(_field(item, "text", "") or "").strip()
                for item in content or [])
 
 
-__all__ = ["ArrCocImageProcessor", "ArrCocProcessor", "CHAT_TEMPLATE"]
+__all__ = ["ArrCocImageProcessor", "ArrCocImagesKwargs", "ArrCocProcessor", "ArrCocProcessorKwargs", "CHAT_TEMPLATE"]

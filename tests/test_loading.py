@@ -158,3 +158,66 @@ def test_from_components_loads_ovis2_vet(tester, tmp_path):
     assert model.config.visual_vocab_size == 40
     assert torch.equal(vet, ovis.model.visual_embeddings_table.weight)
     assert torch.equal(model.lm_head.weight, ovis.lm_head.weight)
+
+
+# --- sub-configs: each loads from its own entry of an ArrCoc checkpoint (issue #15, D7) -----------------------------
+
+DEMO_BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained", "demo-base")
+MODEL_PRESETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "model")
+
+
+def test_sub_configs_load_from_their_own_entry(tester, tmp_path, caplog):
+    from modeling_arrcoc.configuration_arrcoc import ArrCocClipVisionConfig
+
+    config = tester.get_config()
+    config.save_pretrained(tmp_path)
+    assert isinstance(config.clip_config, ArrCocClipVisionConfig) and isinstance(config.clip_config, CLIPVisionConfig)
+    assert SamVisionConfig.from_pretrained(tmp_path).to_dict() == config.vision_config.to_dict()
+    assert ArrCocClipVisionConfig.from_pretrained(tmp_path).to_dict() == config.clip_config.to_dict()
+    assert Qwen3Config.from_pretrained(tmp_path).to_dict() == config.text_config.to_dict()
+    # The stock CLIPVisionConfig reads `vision_config` whatever the checkpoint (its base_config_key is fixed by
+    # transformers), which in ArrCoc is SAM: transformers says so rather than building CLIP from SAM silently.
+    with caplog.at_level("WARNING"):
+        CLIPVisionConfig.from_pretrained(tmp_path)
+    assert "model of type `sam_vision_model` to instantiate a model of type `clip_vision_model`" in caplog.text
+    # ArrCoc's class also reads a plain CLIP checkpoint, as CLIPVisionConfig does.
+    CLIPVisionModel(CLIPVisionConfig(**config.clip_config.to_dict())).save_pretrained(tmp_path / "clip")
+    plain = ArrCocClipVisionConfig.from_pretrained(tmp_path / "clip").to_dict()
+    assert {k: plain[k] for k in config.clip_config.to_diff_dict()} == config.clip_config.to_diff_dict()
+
+
+@pytest.mark.parametrize("path", [DEMO_BASE, *sorted(os.path.join(MODEL_PRESETS, n) for n in os.listdir(MODEL_PRESETS))])
+def test_shipped_configs_load_and_round_trip_unchanged(path, tmp_path):
+    from modeling_arrcoc.configuration_arrcoc import ArrCocClipVisionConfig
+
+    with open(os.path.join(path, "config.json")) as file:
+        original = json.load(file)
+    config = AutoConfig.from_pretrained(path)
+    assert type(config.clip_config) is ArrCocClipVisionConfig
+    for key in ("vision_config", "clip_config", "text_config"):
+        loaded = getattr(config, key).to_dict()
+        assert {k: loaded[k] for k in original[key]} == original[key], key
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key in ("vision_config", "clip_config", "text_config"):
+        assert saved[key] == original[key], key  # the checkpoint format is unchanged
+    assert AutoConfig.from_pretrained(tmp_path).to_json_string() == config.to_json_string()
+
+
+def test_clip_config_class_does_not_change_the_model(tmp_path):
+    """demo-base loaded with ArrCoc's CLIP config class and with the stock CLIPVisionConfig: bit-identical logits."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    config = AutoConfig.from_pretrained(DEMO_BASE)
+    stock = AutoConfig.from_pretrained(DEMO_BASE)
+    stock.clip_config = CLIPVisionConfig(**config.clip_config.to_dict())
+    processor = AutoProcessor.from_pretrained(DEMO_BASE)
+    inputs = processor(images=Image.new("RGB", (90, 60), "white"), text="<image>\nWhat is the total?")
+    logits = []
+    for cfg in (config, stock):
+        model = ArrCocForConditionalGeneration.from_pretrained(DEMO_BASE, config=cfg, dtype=torch.float32).eval()
+        with torch.no_grad():
+            logits.append(model(**inputs).logits)
+    assert type(model.config.clip_config) is CLIPVisionConfig
+    assert torch.equal(logits[0], logits[1])

@@ -374,3 +374,144 @@ def test_replan_reuses_the_allocator_and_changes_only_the_budget(tester):
     assert forced.visual_token_counts.tolist() == [4] * inputs["input_ids"].shape[0]
     assert forced.patch_scores is plan.patch_scores
     torch.testing.assert_close(direct.logits, followed.logits, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Transformers conventions (issue #15: D1-D6, D11 in docs/conformance.md)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _shifted(labels):
+    """Pre-shifted targets as the trainer builds them under sequence parallelism: position t's target."""
+    return torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+
+
+def test_automodel_from_a_checkpoint_is_a_callable_base_model(tester, tmp_path):
+    """D1: AutoModel.from_pretrained(checkpoint) gives ArrCocModel, whose forward splices and runs the LLM: its
+    last_hidden_state is what the LM head of ForConditionalGeneration reads, with the same decisions."""
+    from transformers import AutoModel
+
+    import modeling_arrcoc
+    from modeling_arrcoc import ArrCocForConditionalGeneration
+
+    tester.get_model().save_pretrained(tmp_path)
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    full = ArrCocForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert type(base) is modeling_arrcoc.ArrCocModel
+    inputs = tester.prepare_inputs()
+    inputs.pop("labels")
+    with torch.no_grad():
+        out = base(**inputs, budget=[4, 16, 100], output_hidden_states=True)
+        reference = full(**inputs, budget=[4, 16, 100], output_hidden_states=True)
+    assert out.last_hidden_state.shape[:2] == reference.logits.shape[:2]
+    torch.testing.assert_close(full.lm_head(out.last_hidden_state), reference.logits, rtol=0, atol=0)
+    torch.testing.assert_close(out.hidden_states[-1], reference.hidden_states[-1], rtol=0, atol=0)
+    for name in ("visual_token_counts", "budget_tiers", "patch_scores", "kept_patch_mask", "visual_probs"):
+        assert torch.equal(getattr(out, name), getattr(reference, name)), name
+    assert out.visual_token_counts.tolist() == [4, 16, tester.num_patches]
+    assert out.image_outputs.pooler_output.shape[:2] == (tester.batch_size, tester.num_patches)
+    # A text-only step (what generate runs after prefill) goes straight to the language model.
+    with torch.no_grad():
+        step = base(input_ids=torch.full((tester.batch_size, 1), 7), use_cache=False)
+    assert step.last_hidden_state.shape[:2] == (tester.batch_size, 1) and step.image_outputs is None
+
+
+def test_return_dict_false_gives_tuples(tester):
+    """D2: return_dict=False (argument or config) returns the output's non-None fields as a tuple."""
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    with torch.no_grad():
+        as_dict = model(**inputs)
+        as_tuple = model(**inputs, return_dict=False)
+        base = model.model(**inputs, return_dict=False)
+        model.config.return_dict = False
+        from_config = model(**inputs)
+    assert isinstance(as_tuple, tuple) and isinstance(base, tuple) and isinstance(from_config, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+    torch.testing.assert_close(from_config[1], as_dict.logits)
+    assert base[0].shape[:2] == as_dict.logits.shape[:2]  # last_hidden_state
+
+
+def test_past_key_values_is_the_deprecated_name_of_cache(tester):
+    """D3: a decode step given its cache as past_key_values= uses it (and warns), in both classes."""
+    import copy
+    import warnings
+
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    inputs.pop("labels")
+    with torch.no_grad():
+        prefill = model(**inputs, use_cache=True)
+        step = {"input_ids": torch.full((tester.batch_size, 1), 7), "use_cache": True,
+                "attention_mask": torch.ones(tester.batch_size, prefill.logits.shape[1] + 1, dtype=torch.long)}
+        for module, field in ((model, "logits"), (model.model, "last_hidden_state")):
+            expected = getattr(module(**step, cache=copy.deepcopy(prefill.cache)), field)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                got = getattr(module(**step, past_key_values=copy.deepcopy(prefill.cache)), field)
+            assert any("past_key_values" in str(w.message) for w in caught), type(module).__name__
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_inputs_embeds_with_images_match_input_ids(tester):
+    """D4: with inputs_embeds alone, the <image> placeholder is the position holding its embedding."""
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    rest = {k: v for k, v in inputs.items() if k != "input_ids"}
+    with torch.no_grad():
+        reference = model(**inputs, budget=[4, 16, 100])
+        out = model(inputs_embeds=embeds, **rest, budget=[4, 16, 100])
+    torch.testing.assert_close(out.logits, reference.logits, rtol=0, atol=0)
+    torch.testing.assert_close(out.loss, reference.loss, rtol=0, atol=0)
+    assert torch.equal(out.patch_scores, reference.patch_scores)
+    with torch.no_grad(), pytest.raises(ValueError, match="inputs_embeds"):
+        model(inputs_embeds=torch.randn_like(embeds), **rest)  # no position holds the <image> embedding
+
+
+def test_shift_labels_are_spliced_like_labels(tester):
+    """D5: pre-shifted targets give the labels' loss when they agree, and the loss follows them when they differ;
+    with them alone, the answer positions are still kept from the allocator."""
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    labels = inputs["labels"]
+    no_labels = {k: v for k, v in inputs.items() if k != "labels"}
+    with torch.no_grad():
+        reference = model(**inputs)
+        both = model(**inputs, shift_labels=_shifted(labels))
+        alone = model(**no_labels, shift_labels=_shifted(labels))
+        moved = model(**inputs, shift_labels=_shifted(torch.where(labels == -100, labels, 7)))
+        window = answer_window(labels)
+        sparse = model(**no_labels, shift_labels=_shifted(labels), logits_to_keep=window)
+    torch.testing.assert_close(both.loss, reference.loss)
+    torch.testing.assert_close(alone.loss, reference.loss)
+    torch.testing.assert_close(sparse.loss, reference.loss)
+    assert torch.equal(alone.patch_scores, reference.patch_scores), "the allocator saw the answer"
+    assert not torch.allclose(moved.loss, reference.loss), "shift_labels were ignored"
+    # Already aligned with the spliced sequence (what the logits are): used as given.
+    spliced = model.model(**inputs, shift_labels=_shifted(labels)).shift_labels
+    with torch.no_grad():
+        given = model(**inputs, shift_labels=spliced)
+    torch.testing.assert_close(given.loss, reference.loss)
+
+
+def test_get_image_features_without_a_prompt_and_with_vision_outputs(tester):
+    """D6: pixel_values alone plan for an empty question; the vision tower's hidden states/attentions on request."""
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    model.set_attn_implementation("eager")  # SDPA returns no attention weights
+    with torch.no_grad():
+        image = model.get_image_features(pixel_values=inputs["pixel_values"], output_hidden_states=True,
+                                         output_attentions=True)
+        as_tuple = model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=False)
+    assert image.pooler_output.shape[:2] == (tester.batch_size, max(image.plan.visual_token_counts.tolist()))
+    assert torch.isfinite(image.pooler_output).all()
+    assert len(image.hidden_states) == model.config.vision_config.num_hidden_layers + 1
+    assert len(image.attentions) == model.config.vision_config.num_hidden_layers
+    assert isinstance(as_tuple, tuple)
+
+
+def test_assisted_decoding_with_images_is_refused_clearly(tester):
+    """D11: generate continues from spliced embeddings, which no candidate generator can hand to a draft model."""
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    inputs.pop("labels")
+    one = {k: v[:1] for k, v in inputs.items()}
+    for kwargs in ({"assistant_model": tester.get_model(seed=1)}, {"prompt_lookup_num_tokens": 2}):
+        with pytest.raises(ValueError, match="Assisted decoding"):
+            model.generate(**one, max_new_tokens=2, pad_token_id=0, **kwargs)
