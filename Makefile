@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch lies on this machine's disk; pinning it keeps pip from pulling a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test demo pretrain presets bench readme app clean
+.PHONY: venv test demo baselines pretrain presets bench readme app clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,33 @@ demo: venv
 		--training-config configs/demo/phase1.yaml --training-config configs/demo/phase2.yaml \
 		--training-config configs/demo/phase3.yaml \
 		--limitation "$(DEMO_LIMITATION)"
+
+# Trained comparison models (the fair-evaluation protocol): each runs the demo's own phase YAMLs from the same shipped
+# base, on the same data and steps, with its own selection written into its config and no relevance tag unless
+# the method defines one. `make baselines` trains them after `make demo` and re-evaluates everything on the same
+# held-out questions (eval.json's trained_methods, comparisons, policies and frontier).
+# $(1): name under outputs/demo/, $(2): train.py overrides that define the method.
+define train_method
+	$(PY) train.py configs/demo/phase1.yaml output_dir=$(DEMO)/$(1)/phase1 $(2)
+	$(PY) train.py configs/demo/phase2.yaml init_from=$(DEMO)/$(1)/phase1/checkpoint output_dir=$(DEMO)/$(1)/phase2 $(2)
+	$(PY) train.py configs/demo/phase3.yaml init_from=$(DEMO)/$(1)/phase2/checkpoint output_dir=$(DEMO)/$(1)/phase3 $(2)
+endef
+# DeepSeek-OCR's analogue: fixed uniform pooling, trained at every tier (one K drawn per step, as its modes).
+UNIFORM_METHOD := selection_method=uniform relevance_tag=false train_budget=random eval_budget=16
+# The full-resolution reference: every patch, no allocator in the path.
+FULL_METHOD := selection_method=full relevance_tag=false
+# Ablation of ARR-COC: no relevance tag (the others the issue asks for, no fold and a constant tier, are not built yet).
+NOTAG_METHOD := relevance_tag=false
+BASELINE_EVAL := --num-samples 1000 --method trained_uniform_pool=$(DEMO)/uniform/phase3/checkpoint \
+	--method trained_full=$(DEMO)/full/phase3/checkpoint --method ablation_no_tag=$(DEMO)/no_tag/phase3/checkpoint
+
+baselines: venv
+	$(call train_method,uniform,$(UNIFORM_METHOD))
+	$(call train_method,full,$(FULL_METHOD))
+	$(call train_method,no_tag,$(NOTAG_METHOD))
+	$(PY) eval.py $(DEMO)/checkpoint --dataset synthetic --split test --budget all $(BASELINE_EVAL) \
+		--output-dir $(DEMO)/baselines --training-config configs/demo/phase1.yaml \
+		--training-config configs/demo/phase2.yaml --training-config configs/demo/phase3.yaml
 
 bench: venv
 	$(PY) bench/run_all.py

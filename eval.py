@@ -1,9 +1,11 @@
-"""Evaluate an ARR-COC checkpoint: accuracy, measured visual tokens, latency, budget calibration, and fixed-budget
-baselines through the same checkpoint.
+"""Evaluate an ARR-COC checkpoint: accuracy, measured visual tokens, latency, budget calibration, fixed-budget
+baselines through the same checkpoint (a diagnostic) and baselines trained with their own selection (--method).
 
     python eval.py outputs/demo/phase3/checkpoint --dataset synthetic --num-samples 200
     python eval.py CHECKPOINT --dataset docvqa --budget auto --baselines uniform_pool,query_sim \
         --model-card model_card.md
+    python eval.py outputs/demo/checkpoint --method uniform_pool=outputs/demo/baseline_uniform/checkpoint \
+        --method full_reference=outputs/demo/reference/checkpoint
 
 Reads top to bottom: checkpoint + processor (from_pretrained on the directory) -> dataset (the synthetic suite at the
 checkpoint's geometry, or a Hub dataset with its own metric) -> methods -> evaluation -> OUTPUT_DIR/eval.json,
@@ -18,12 +20,14 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_arrcoc  # noqa: F401  (registers ArrCoc with the Auto classes)
 from modeling_arrcoc.evaluation import (
     BASELINES,
     SYNTHETIC,
+    TrainedCheckpoint,
     evaluate,
     format_table,
     git_commit,
@@ -32,8 +36,11 @@ from modeling_arrcoc.evaluation import (
     plot_heatmaps,
     plot_pareto,
     save_report,
+    trained_methods,
 )
 from modeling_arrcoc.evaluation.model_card import write_model_card
+from modeling_arrcoc.data.synthetic import FAMILIES
+from modeling_arrcoc.training.arguments import TRAINING_CONFIG
 
 ROOT = Path(__file__).resolve().parent
 
@@ -43,11 +50,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("checkpoint", help="Checkpoint directory with the model and its processor.")
     parser.add_argument("--dataset", default=SYNTHETIC, help="'synthetic' or a Hub dataset name (data/hub.py).")
     parser.add_argument("--dataset-path", default=None, help="Local copy of the Hub dataset (offline).")
+    parser.add_argument("--dataset-mixture", default=None,
+                        help="A YAML with `dataset_mixture` (a phase YAML, configs/mixture_example.yaml): evaluate "
+                             "each source with its own metric into OUTPUT_DIR/<name>/, summary in mixture.json.")
     parser.add_argument("--split", default=None, help="Split (default: synthetic 'test', Hub: the spec's split).")
     parser.add_argument("--budget", default="all", type=budget_from,
                         help="'all' (auto, every tier, full), 'auto', 'full' or a tier (value or index).")
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help=f"Comma-separated subset of {','.join(BASELINES)}, or 'none'.")
+    parser.add_argument("--method", action="append", default=[], type=trained_from, metavar="NAME=CHECKPOINT",
+                        help="Another trained checkpoint (repeatable), run on the same questions with its own "
+                             "selection (config.selection_method): a fixed-compression baseline at each tier "
+                             "(trained_NAME@K), a full-token model once (trained_NAME, and with query_sim among "
+                             "--baselines trained_NAME+query_sim@K), an ARR-COC-like one at auto and each tier.")
     parser.add_argument("--num-samples", type=int, default=None, help="Evaluate the first N rows.")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=16)
@@ -87,6 +102,65 @@ def budget_from(text: str):
     raise argparse.ArgumentTypeError(f"--budget takes all, auto, full or a tier (value or index), not {text!r}")
 
 
+def trained_from(text: str) -> tuple:
+    name, _, path = text.partition("=")
+    if not path or not name.replace("_", "").replace("-", "").isalnum():
+        raise argparse.ArgumentTypeError(f"--method takes NAME=CHECKPOINT with NAME of letters, digits, _ and -; "
+                                         f"got {text!r}")
+    return name, path
+
+
+def training_stages(checkpoint) -> list | None:
+    """The resolved YAML of every training stage behind `checkpoint`: its own `training_config.yaml` (train.py), then
+    its `init_from`'s, recursively; a shipped base's stages from its PROVENANCE.json (tools/export_base.py). None
+    when a link of the chain is not recorded."""
+    path = repo_path(checkpoint)
+    if (path / TRAINING_CONFIG).exists():
+        values = yaml.safe_load((path / TRAINING_CONFIG).read_text()) or {}
+        earlier = training_stages(values["init_from"]) if values.get("init_from") else []
+        return None if earlier is None else earlier + [values]
+    if (path / "PROVENANCE.json").exists():
+        stages = json.loads((path / "PROVENANCE.json").read_text())["stages"]
+        return [yaml.safe_load(stage["training_config"]) or {} for stage in stages]
+    return None
+
+
+def trained_families(checkpoint, training_configs=()) -> list | None:
+    """Task families with training rows behind `checkpoint` (its recorded stages, plus `training_configs` YAMLs
+    and theirs): each synthetic stage's `synthetic_families` (all families when unset). None when a stage is not
+    recorded or trained on a Hub dataset (its families are unknown here)."""
+    given = []
+    for path in training_configs:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        earlier = training_stages(values["init_from"]) if values.get("init_from") else []
+        if earlier is None:
+            return None
+        given += earlier + [values]
+    stages = (training_stages(checkpoint) or []) + given
+    if not stages or any(stage.get("dataset", SYNTHETIC) != SYNTHETIC for stage in stages):
+        return None
+    return sorted({family for stage in stages for family in stage.get("synthetic_families") or FAMILIES})
+
+
+def repo_path(path) -> Path:
+    """Relative paths in the training YAMLs are relative to the repository (as train.py reads them)."""
+    candidate = Path(path)
+    return candidate if candidate.exists() or candidate.is_absolute() else ROOT / candidate
+
+
+def load_trained(name, path, device, budget, baselines) -> TrainedCheckpoint:
+    """A trained checkpoint, its methods at its own selection, and what the report records about it."""
+    model, processor = load_checkpoint(path, device)
+    config = model.config
+    config_path = Path(path) / TRAINING_CONFIG
+    record = {"checkpoint": str(path), "selection_method": config.selection_method,
+              "relevance_tag": config.relevance_tag, "fold_dropped": config.fold_dropped,
+              "training_config": yaml.safe_load(config_path.read_text()) if config_path.exists() else None,
+              "trained_families": trained_families(path)}
+    methods = trained_methods(name, config.selection_method, config.budgets, budget, query_sim="query_sim" in baselines)
+    return TrainedCheckpoint(name, model, processor, methods, record)
+
+
 def model_card_extra(args) -> dict:
     configs = [f"`{path}`:\n\n```yaml\n{Path(path).read_text().rstrip()}\n```" for path in args.training_config]
     limitations = "\n".join(f"- {text}" for text in args.limitation) or None
@@ -94,21 +168,63 @@ def model_card_extra(args) -> dict:
             "limitations": limitations}
 
 
+def evaluate_mixture(args, argv: list) -> dict:
+    """Each source of the YAML's `dataset_mixture` that names an `eval_split` evaluated on its own (that split, its
+    path, its metric: ANLS, relaxed accuracy, VQA accuracy or exact match) by `main` into OUTPUT_DIR/<name>/;
+    OUTPUT_DIR/mixture.json gathers every source's metric, n and per-method accuracy with its interval. Scores of
+    different metrics are not averaged. A source without `eval_split` (train-only) is skipped."""
+    from modeling_arrcoc.data.mixture import SYNTHETIC, parse_mixture
+
+    sources = parse_mixture((yaml.safe_load(repo_path(args.dataset_mixture).read_text()) or {}).get("dataset_mixture"))
+    base, skip = [], False
+    for item in argv:  # every option but --dataset-mixture; the per-source options are appended (last one wins)
+        if skip or item.startswith("--dataset-mixture"):
+            skip = item == "--dataset-mixture"
+            continue
+        base.append(item)
+    summary = {}
+    for source in sources:
+        if not source.eval_split:
+            print(f"{source.name}: no eval_split in the mixture, not evaluated")
+            continue
+        extra = ["--dataset", source.name, "--output-dir", str(Path(args.output_dir) / source.name)]
+        extra += ["--split", source.eval_split]
+        extra += ["--dataset-path", source.path] if source.path and source.name != SYNTHETIC else []
+        report = main(base + extra)
+        summary[source.name] = {
+            "metric": report["meta"]["metric"], "dataset_source": report["meta"].get("dataset_source"),
+            "split": report["meta"].get("split"), "num_samples": report["meta"]["num_samples"],
+            "methods": {name: {key: entry.get(key) for key in ("accuracy", "interval", "n", "mean_visual_tokens")}
+                        for name, entry in report["methods"].items()},
+        }
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.output_dir) / "mixture.json").write_text(json.dumps({"sources": summary}, indent=1))
+    for name, entry in summary.items():
+        scores = ", ".join(f"{method} {values['accuracy']:.3f}" for method, values in entry["methods"].items())
+        print(f"{name} ({entry['metric']}, n={entry['num_samples']}): {scores}")
+    return {"sources": summary}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.dataset_mixture:
+        return evaluate_mixture(args, list(sys.argv[1:] if argv is None else argv))
     start = time.perf_counter()
     model, processor = load_checkpoint(args.checkpoint, args.device)
     vision = model.config.vision_config
     data = load_eval_dataset(args.dataset, args.split, args.num_samples, vision.image_size, vision.patch_size,
                              args.cache_dir, seed=args.synthetic_seed, path=args.dataset_path)
     print(f"{args.checkpoint}: {len(data.dataset)} questions of {args.dataset} ({data.split}), metric {data.metric}")
-    methods = method_names(model.config.budgets, args.budget, baselines_from(args.baselines))
+    baselines = baselines_from(args.baselines)
+    methods = method_names(model.config.budgets, args.budget, baselines)
+    trained = [load_trained(name, path, args.device, args.budget, baselines) for name, path in args.method]
     meta = {"checkpoint": str(args.checkpoint), "dataset": args.dataset, "dataset_source": data.source,
-            "split": data.split, "commit": git_commit(ROOT)}
+            "split": data.split, "commit": git_commit(ROOT),
+            "trained_families": trained_families(args.checkpoint, args.training_config)}
     output_dir = Path(args.output_dir)
     report = evaluate(model, processor, data.dataset, data.metric, methods, args.batch_size, args.max_new_tokens,
                       calibration=not args.no_calibration, seed=args.seed, meta=meta, progress=not args.quiet,
-                      predictions_path=output_dir / "predictions.jsonl")
+                      predictions_path=output_dir / "predictions.jsonl", trained=trained)
     save_report(report, output_dir / "eval.json")
     plot_pareto(report, output_dir / "pareto.png")
     plot_heatmaps(model, processor, data.dataset, output_dir / "heatmaps.png", per_task=args.heatmaps_per_task)

@@ -3,9 +3,16 @@
     python train.py configs/demo/phase1.yaml [key=value ...]
     accelerate launch --config_file configs/accelerate/cpu_ddp_2proc.yaml train.py configs/demo/phase1.yaml
 
-Reads top to bottom: config -> model -> phase (what trains) -> data -> trainer -> train -> final checkpoint in
-`output_dir/checkpoint`, loadable with AutoModelForImageTextToText / AutoProcessor.from_pretrained. `key=value`
-arguments override YAML keys (values parsed as YAML); unknown keys are refused.
+Reads top to bottom: config -> model -> method (the model's own selection and relevance tag) -> phase (what
+trains) -> data -> trainer -> train -> final checkpoint in `output_dir/checkpoint`, loadable with
+AutoModelForImageTextToText / AutoProcessor.from_pretrained, with the resolved configuration beside it
+(`training_config.yaml`, which eval.py records). `key=value` arguments override YAML keys (values parsed as YAML);
+unknown keys are refused.
+
+A trained baseline is the same recipe with its own selection, e.g. uniform pooling at K=64 without the tag:
+
+    python train.py configs/demo/phase1.yaml selection_method=uniform relevance_tag=false train_budget=64 \
+        eval_budget=64 output_dir=outputs/demo/baseline_uniform
 """
 
 import dataclasses
@@ -16,6 +23,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import datasets
 import torch
 import yaml
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, HfArgumentParser
@@ -29,7 +37,7 @@ from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.data.synthetic import FAMILIES, NUM_VISUAL_WORDS, SyntheticConfig, make_synthetic_suite
 from modeling_arrcoc.lora import merge_lora
 from modeling_arrcoc.training.phases import apply_phase, trainable_parameter_counts
-from modeling_arrcoc.training.arguments import ArrCocTrainingArguments
+from modeling_arrcoc.training.arguments import TRAINING_CONFIG, ArrCocTrainingArguments
 from modeling_arrcoc.training.trainer import ArrCocTrainer
 
 ROOT = Path(__file__).resolve().parent
@@ -51,7 +59,8 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     dataset: str = field(default="synthetic", metadata={"help": "'synthetic' or a Hub dataset name (data/hub.py)."})
-    dataset_path: str | None = field(default=None, metadata={"help": "Local copy of the Hub dataset."})
+    dataset_path: str | None = field(default=None, metadata={
+        "help": "Local copy of the Hub dataset: a save_to_disk folder or the repo's files (parquet shards)."})
     train_split: str = field(default="train", metadata={"help": "Hub split to train on."})
     eval_split: str | None = field(default=None, metadata={"help": "Hub split to evaluate on (None: no eval)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many rows."})
@@ -63,6 +72,15 @@ class DataArguments:
     learning_curve_every: int = field(default=0, metadata={
         "help": "Every N steps, score held-out rows at every tier (curves.py) into output_dir/learning_curve.json."})
     learning_curve_samples: int = field(default=64, metadata={"help": "Held-out rows per learning-curve point."})
+    streaming: bool = field(default=False, metadata={
+        "help": "Stream the training split (a datasets IterableDataset, read as it trains): needs max_steps; no "
+                "cache_sam_features, curriculum, group_by_tier or teacher targets (they index rows)."})
+    dataset_mixture: list[dict] | None = field(default=None, metadata={
+        "help": "Several sources mixed by weight instead of `dataset`: [{name, weight, path, split, eval_split}, ...] "
+                "(data/mixture.py), interleaved with datasets.interleave_datasets."})
+    mixture_stopping_strategy: str = field(default="all_exhausted", metadata={
+        "help": "'all_exhausted' (sample until every source was seen whole) or 'first_exhausted'."})
+    mixture_seed: int = field(default=0, metadata={"help": "Seed of the mixture's interleaving draw."})
 
 
 CONFIG_CLASSES = (ModelArguments, DataArguments, ArrCocTrainingArguments)
@@ -70,6 +88,13 @@ CONFIG_CLASSES = (ModelArguments, DataArguments, ArrCocTrainingArguments)
 
 def parse_config(argv: list[str]):
     """YAML file + key=value overrides -> (model, data, training) arguments. Unknown keys are an error."""
+    values = config_values(argv)
+    # What HfArgumentParser.parse_yaml_file does, after the overrides are merged in.
+    return HfArgumentParser(CONFIG_CLASSES).parse_dict(values, allow_extra_keys=False)
+
+
+def config_values(argv: list[str]) -> dict:
+    """The YAML file's keys with the key=value overrides merged in, checked (unknown keys are an error)."""
     if not argv or not argv[0].endswith((".yaml", ".yml")):
         raise SystemExit("usage: train.py CONFIG.yaml [key=value ...]")
     values = yaml.safe_load(Path(argv[0]).read_text()) or {}
@@ -80,8 +105,7 @@ def parse_config(argv: list[str]):
         values[key.lstrip("-")] = text if isinstance(value, bool) and text.lower() not in ("true", "false") else value
     _refuse_unknown_keys(values, argv[0])
     _numbers_from_strings(values)
-    # What HfArgumentParser.parse_yaml_file does, after the overrides are merged in.
-    return HfArgumentParser(CONFIG_CLASSES).parse_dict(values, allow_extra_keys=False)
+    return values
 
 
 def _refuse_unknown_keys(values: dict, source: str):
@@ -144,6 +168,8 @@ def _arrcoc_settings(path: Path) -> dict:
 
 def build_datasets(data_args: DataArguments, model_config):
     """(train, eval) datasets in the common row schema; synthetic pages match the model's SAM geometry."""
+    if data_args.dataset_mixture:
+        return build_mixture(data_args, model_config)
     if data_args.dataset == "synthetic":
         suite = make_synthetic_suite(SyntheticConfig(
             image_size=model_config.vision_config.image_size, patch_size=model_config.vision_config.patch_size,
@@ -155,12 +181,81 @@ def build_datasets(data_args: DataArguments, model_config):
     else:
         from modeling_arrcoc.data.hub import load_hub_dataset
 
-        train = load_hub_dataset(data_args.dataset, split=data_args.train_split, path=data_args.dataset_path)
+        train = load_hub_dataset(data_args.dataset, split=data_args.train_split, path=data_args.dataset_path,
+                                 streaming=data_args.streaming)
         split = data_args.eval_split
         evaluation = load_hub_dataset(data_args.dataset, split=split, path=data_args.dataset_path) if split else None
+    if data_args.streaming and isinstance(train, datasets.Dataset):
+        train = train.to_iterable_dataset()
     if evaluation is not None and data_args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
     return train, evaluation
+
+
+def build_mixture(data_args: DataArguments, model_config):
+    """`dataset_mixture`: each source loaded alone (its split, path and streaming), then interleaved by weight
+    (data/mixture.py); the evaluation set is the sources' `eval_split`s one after the other."""
+    from modeling_arrcoc.data.hub import load_hub_dataset
+    from modeling_arrcoc.data.mixture import SYNTHETIC, common_rows, interleave_sources, parse_mixture
+
+    sources = parse_mixture(data_args.dataset_mixture)
+    parts, evaluations = [], []
+    for source in sources:
+        streaming = data_args.streaming if source.streaming is None else source.streaming
+        if source.name == SYNTHETIC:
+            single = dataclasses.replace(data_args, dataset=SYNTHETIC, dataset_mixture=None, streaming=streaming,
+                                         max_eval_samples=None)
+            train, evaluation = build_datasets(single, model_config)
+            evaluation = evaluation if source.eval_split else None
+        else:
+            kwargs = dict(path=source.path, image_path=source.image_path)
+            train = load_hub_dataset(source.name, split=source.split or data_args.train_split, streaming=streaming,
+                                     **kwargs)
+            evaluation = load_hub_dataset(source.name, split=source.eval_split, **kwargs) if source.eval_split else None
+        parts.append(train)
+        if evaluation is not None:
+            evaluations.append(common_rows(evaluation))
+    if len({isinstance(part, datasets.IterableDataset) for part in parts}) > 1:
+        parts = [p if isinstance(p, datasets.IterableDataset) else p.to_iterable_dataset() for p in parts]
+    train = interleave_sources(parts, sources, data_args.mixture_seed, data_args.mixture_stopping_strategy)
+    evaluation = datasets.concatenate_datasets(evaluations) if evaluations else None
+    if evaluation is not None and data_args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
+    return train, evaluation
+
+
+def check_streaming(train_dataset, args):
+    """A streamed training set has no length and no row index: the run needs max_steps, and the options that
+    index rows are refused up front."""
+    if not isinstance(train_dataset, datasets.IterableDataset):
+        return
+    if args.max_steps <= 0:
+        raise ValueError("A streamed training set (streaming: true) has no length: set max_steps.")
+    for name in ("cache_sam_features", "group_by_tier", "curriculum_easy_steps"):
+        if getattr(args, name):
+            raise ValueError(f"{name} indexes training rows and does not work with a streamed training set "
+                             "(streaming: true).")
+    if args.alignment_targets == "teacher":
+        raise ValueError("alignment_targets 'teacher' caches one score per training row: use streaming: false.")
+
+
+def add_alignment_targets(train_dataset, args, model_config):
+    """alignment_targets 'teacher': the teacher checkpoint scores every training row at full tokens once; the
+    scores are cached under output_dir/teacher_targets and become the rows' `teacher_targets` column
+    (modeling_arrcoc/training/teacher.py)."""
+    if args.alignment_targets != "teacher":
+        return train_dataset
+    from modeling_arrcoc.training.teacher import add_teacher_targets
+
+    teacher = repo_path(args.teacher_checkpoint)
+    teacher = teacher if teacher.exists() else args.teacher_checkpoint  # else a Hub name
+    with args.main_process_first(desc="teacher targets"):
+        return add_teacher_targets(
+            train_dataset, teacher, model_config.grid_size, Path(args.output_dir) / "teacher_targets",
+            scoring=args.teacher_scoring, selection=args.teacher_selection,
+            batch_size=args.per_device_eval_batch_size, device=args.device,
+            progress=args.process_index == 0 and not args.disable_tqdm,
+        )
 
 
 def _check_visual_words(config):
@@ -172,8 +267,23 @@ def _check_visual_words(config):
         )
 
 
-def learning_curve_callbacks(data_args, args, eval_dataset, collator, budgets) -> list:
-    """Held-out accuracy of ARR-COC at every tier and of uniform pooling, against training steps (curves.py)."""
+def apply_method(model, args) -> str:
+    """Write the run's `selection_method` and `relevance_tag` (when given) into the model config, the one place
+    they are set, so the checkpoint carries its own method; check the budgets fit the resulting selection; return
+    the line that says what the run trains."""
+    config = model.config
+    for name in ("selection_method", "relevance_tag"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    args.check_selection(config.selection_method)
+    budget = "every patch (train_budget ignored)" if config.selection_method == "full" else args.training_budget
+    return (f"method: selection_method={config.selection_method} relevance_tag={config.relevance_tag} "
+            f"fold_dropped={config.fold_dropped}; training budget {budget}")
+
+
+def learning_curve_callbacks(data_args, args, eval_dataset, collator, config) -> list:
+    """Held-out accuracy of ARR-COC at every tier and of uniform pooling (a baseline: its own selection), against
+    training steps (curves.py)."""
     if not data_args.learning_curve_every or eval_dataset is None:
         return []
     rows = [eval_dataset[i] for i in range(min(data_args.learning_curve_samples, len(eval_dataset)))]
@@ -181,7 +291,8 @@ def learning_curve_callbacks(data_args, args, eval_dataset, collator, budgets) -
     batches = [{**collator(rows[i:i + size]), "task": [row["task"] for row in rows[i:i + size]]}
                for i in range(0, len(rows), size)]
     curve = LearningCurve(Path(args.output_dir) / "learning_curve.json")
-    return [LearningCurveCallback(curve, batches, learning_curve_methods(budgets), data_args.learning_curve_every)]
+    methods = learning_curve_methods(config.budgets, selection=config.selection_method)
+    return [LearningCurveCallback(curve, batches, methods, data_args.learning_curve_every)]
 
 
 def print_trainable(model, args):
@@ -200,14 +311,22 @@ def main(argv: list[str] | None = None):
     set_seed(args.seed)
 
     model, processor = build_model_and_processor(model_args)
+    method = apply_method(model, args)
+    if args.process_index == 0:
+        print(method)
     apply_phase(model, args.phase, sam_unfreeze_last_n=args.sam_unfreeze_last_n,
                 llm_unfreeze_last_n=args.llm_unfreeze_last_n, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                 lora_dropout=args.lora_dropout, lora_target_modules=tuple(args.lora_target_modules))
     print_trainable(model, args)
 
     train_dataset, eval_dataset = build_datasets(data_args, model.config)
-    collator = ArrCocCollator(processor, patch_size=model.config.vision_config.patch_size)
-    curves = learning_curve_callbacks(data_args, args, eval_dataset, collator, model.config.budgets)
+    check_streaming(train_dataset, args)
+    train_dataset = add_alignment_targets(train_dataset, args, model.config)
+    collator = ArrCocCollator(processor, patch_size=model.config.vision_config.patch_size,
+                              alignment_targets=args.alignment_targets)
+    # Learning curves measure coverage of the true answer boxes, whatever the training targets.
+    curves = learning_curve_callbacks(data_args, args, eval_dataset,
+                                      dataclasses.replace(collator, alignment_targets="boxes"), model.config)
     trainer = ArrCocTrainer(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                             eval_dataset=eval_dataset if args.eval_strategy != "no" else None,
                             processing_class=processor, callbacks=curves)
@@ -220,6 +339,7 @@ def main(argv: list[str] | None = None):
     trainer.save_model(final)  # safetensors weights + the processor, on the main process
     if args.process_index == 0:
         pickle_free(Path(final), args)
+        save_training_config(Path(final), sys.argv[1:] if argv is None else argv)
         print(f"saved {final}")
     return trainer
 
@@ -228,6 +348,13 @@ def pickle_free(checkpoint: Path, args):
     """The Trainer also pickles its arguments (training_args.bin); the final checkpoint keeps them as JSON."""
     (checkpoint / "training_args.bin").unlink(missing_ok=True)
     (checkpoint / "training_args.json").write_text(args.to_json_string())
+
+
+def save_training_config(checkpoint: Path, argv: list[str]):
+    """The run's YAML with its key=value overrides merged in (what `train.py` read), beside the checkpoint: eval.py
+    records it per method, and the trained task families come from it (and from `init_from`'s, recursively)."""
+    header = f"# train.py {' '.join(argv)}\n"
+    (checkpoint / TRAINING_CONFIG).write_text(header + yaml.safe_dump(config_values(argv), sort_keys=False))
 
 
 if __name__ == "__main__":

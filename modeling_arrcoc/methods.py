@@ -1,5 +1,7 @@
 """The method vocabulary shared by evaluation and the learning curves: `auto`, `tier_<K>`, `full` and
-`<baseline>@<K>` (uniform_pool, saliency_topk, random, query_sim), each a budget and a patch selection.
+`<baseline>@<K>` (uniform_pool, saliency_topk, random, query_sim), each a budget and a patch selection, all run
+through one checkpoint; and `trained_<name>[@<K>]`, the methods of another trained checkpoint (a baseline trained
+with its own selection), named by `trained_methods`.
 
 Only names and rules live here (no model code), so the library, the training curves and the evaluation all read
 the same vocabulary.
@@ -20,6 +22,9 @@ BASELINE_SELECTIONS = {
     "query_sim": QUERY_SIM,
 }
 BASELINES = tuple(BASELINE_SELECTIONS)
+# A trained model's own selection -> the baseline name of the same selection (curves and trained methods).
+SELECTION_BASELINES = {selection: name for name, selection in BASELINE_SELECTIONS.items() if selection != QUERY_SIM}
+TRAINED_PREFIX = "trained_"
 CORRECT_THRESHOLD = 0.5
 
 
@@ -78,11 +83,43 @@ def _known_tier(text: str, name: str, budgets) -> int:
     return int(text)
 
 
-def learning_curve_methods(budgets, include_full=True) -> list:
+FULL_TOKENS = Method("full", "full", "full", "full")  # every patch, no ranking (a "full" model's own)
+
+
+def learning_curve_methods(budgets, include_full=True, selection="learned") -> list:
     """The methods of a learning-curve point: ARR-COC at auto and at each forced tier, next to uniform pooling at
-    the same tiers (and full tokens)."""
+    the same tiers (and full tokens). A model trained with another `selection` (a baseline) is scored with its
+    own: that selection at each tier (and full tokens), or full tokens alone for a "full" model."""
+    if selection == "full":
+        return [FULL_TOKENS]
+    if selection != "learned":
+        own = [parse_method(f"{SELECTION_BASELINES[selection]}@{k}", budgets) for k in budgets]
+        return own + ([FULL_TOKENS] if include_full else [])
     names = ["auto"] + [f"tier_{k}" for k in budgets] + [f"uniform_pool@{k}" for k in budgets]
     return [parse_method(name, budgets) for name in names + (["full"] if include_full else [])]
+
+
+def trained_methods(name: str, selection: str, budgets, budget="all", query_sim=False) -> list:
+    """The methods of a trained checkpoint called `name` whose own selection is `selection`, for a CLI budget
+    choice (as `method_names`): a "full" model once (`trained_<name>`); a fixed-compression baseline at each tier
+    (`trained_<name>@<K>`); a learned (ARR-COC-like, e.g. an ablation) model at auto (`trained_<name>`) and each
+    tier. With budget "full", everything runs at full tokens. With `query_sim`, a "full" model is also run with
+    the training-free query-similarity selection at each tier (`trained_<name>+query_sim@<K>`): SparseVLM-style
+    pruning applied, as it is meant to be, to a model trained at full resolution."""
+    kind = f"{TRAINED_PREFIX}{name}"
+    if budget in ("all", "auto"):
+        tiers = list(budgets)
+    elif budget == "full":
+        tiers = []
+    else:
+        tiers = [tier_value(budget, budgets)]
+    if selection == "full":
+        extra = [Method(f"{kind}+{QUERY_SIM}@{k}", k, QUERY_SIM, f"{kind}+{QUERY_SIM}") for k in tiers]
+        return [Method(kind, "full", "full", kind)] + (extra if query_sim else [])
+    if budget == "full":
+        return [Method(f"{kind}@full", "full", selection, kind)]
+    head = [Method(kind, "auto", selection, kind)] if selection == "learned" and budget in ("all", "auto") else []
+    return head + [Method(f"{kind}@{k}", k, selection, kind) for k in tiers]
 
 
 def unsupported_reason(method: Method, config):
@@ -90,7 +127,7 @@ def unsupported_reason(method: Method, config):
     if method.selection != "uniform":
         return None
     try:
-        config.pool_shape(min(method.budget, config.num_patches))
+        config.pool_shape(config.num_patches if method.budget == "full" else min(method.budget, config.num_patches))
     except ValueError as error:
         return str(error)
     return None
@@ -100,13 +137,17 @@ __all__ = [
     "BASELINES",
     "BASELINE_SELECTIONS",
     "CORRECT_THRESHOLD",
+    "FULL_TOKENS",
     "Method",
     "QUERY_SIM",
+    "SELECTION_BASELINES",
     "SYNTHETIC",
     "SYNTHETIC_METRIC",
+    "TRAINED_PREFIX",
     "learning_curve_methods",
     "method_names",
     "parse_method",
     "tier_value",
+    "trained_methods",
     "unsupported_reason",
 ]

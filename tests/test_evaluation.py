@@ -374,3 +374,80 @@ def test_cli_on_a_local_copy_of_a_hub_dataset_uses_its_metric(checkpoint, tmp_pa
     assert list(report["methods"]) == ["tier_4", "uniform_pool@4"]
     assert list(report["methods"]["tier_4"]["per_task"]) == ["docvqa"]
     assert (tmp_path / "out" / "heatmaps.png").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The measurement (statistics.py in the report): intervals, paired comparisons, policies, frontier, chance
+# ----------------------------------------------------------------------------------------------------------
+
+
+def measured_report(config, meta=None):
+    """Auto (10 tokens on average), every forced tier, two through-checkpoint baselines (one cheaper than auto)
+    and a trained full-token reference, on four hand-scored questions of two families."""
+    runs = {
+        "auto": hand_run("auto", BUDGETS, ["1", "2", "3", "x"], [4, 4, 16, 16], [0, 0, 1, 1]),
+        "tier_4": hand_run("tier_4", BUDGETS, ["1", "x", "x", "x"], [4] * 4, [0] * 4),
+        "tier_16": hand_run("tier_16", BUDGETS, ["1", "2", "3", "x"], [16] * 4, [1] * 4),
+        "tier_100": hand_run("tier_100", BUDGETS, ["1", "2", "3", "4"], [64] * 4, [2] * 4),
+        "uniform_pool@4": hand_run("uniform_pool@4", BUDGETS, ["x"] * 4, [4] * 4, [0] * 4),
+        "uniform_pool@16": hand_run("uniform_pool@16", BUDGETS, ["x", "2", "x", "x"], [16] * 4, [1] * 4),
+        "trained_ref": E.MethodRun(E.Method("trained_ref", "full", "full", "trained_ref"), ["1", "2", "3", "4"],
+                                   [64] * 4, [2] * 4, 1.0),
+    }
+    tasks = ["local_color", "local_color", "global_count", "global_count"]
+    return E.build_report(runs, [["1"], ["2"], ["3"], ["4"]], tasks, "exact_match", config, meta=meta,
+                          trained={"ref": {"checkpoint": "outputs/ref/checkpoint", "methods": ["trained_ref"]}})
+
+
+def test_every_accuracy_has_an_interval_and_n(tiny):
+    report = measured_report(tiny[0].config)
+    for name, method in report["methods"].items():
+        low, high = method["interval"]
+        assert low <= method["accuracy"] <= high and method["n"] == 4, name
+        assert method["per_task_n"] == {"global_count": 2, "local_color": 2}
+        for task, (low, high) in method["per_task_interval"].items():
+            assert low <= method["per_task"][task] <= high
+    assert report["methods"]["tier_100"]["interval"] == [1.0, 1.0], "constant scores: a zero-width interval"
+    assert report["methods"]["trained_ref"]["checkpoint"] == "outputs/ref/checkpoint"
+    assert json.loads(json.dumps(report)) == report
+
+
+def test_auto_is_compared_paired_with_tiers_fair_baselines_and_the_trained_reference(tiny):
+    comparisons = measured_report(tiny[0].config)["comparisons"]
+    assert comparisons["auto_vs_tier"]["tier_4"]["difference"] == pytest.approx(0.5)
+    assert comparisons["auto_vs_tier"]["tier_16"]["difference"] == 0.0
+    assert comparisons["auto_vs_tier"]["tier_16"]["low"] == comparisons["auto_vs_tier"]["tier_16"]["high"] == 0.0
+    # Auto spends 10 tokens on average: uniform_pool@16 is a fair comparison, uniform_pool@4 spends fewer.
+    assert list(comparisons["auto_vs_baseline"]) == ["uniform_pool@16"]
+    assert comparisons["auto_vs_baseline"]["uniform_pool@16"]["trained"] is False
+    assert comparisons["baselines_with_fewer_tokens"] == ["uniform_pool@4"]
+    reference = comparisons["auto_vs_trained_full"]["trained_ref"]
+    assert reference["difference"] == pytest.approx(-0.25) and reference["accuracy_kept"] == 0.75
+    assert reference["token_share"] == pytest.approx(10 / 64) and reference["mean_visual_tokens"] == [10.0, 64.0]
+
+
+def test_policies_frontier_chance_and_unseen_families(tiny):
+    report = measured_report(tiny[0].config, meta={"trained_families": ["local_color"]})
+    policies = report["policies"]
+    assert [(p["budget"], p["accuracy"]) for p in policies["constant"]] == [(4, 0.25), (16, 0.75), (100, 1.0)]
+    assert policies["best_constant"]["budget"] == 100
+    # Oracle tiers 4, 16, 16, 100 -> 4, 16, 16 and 64 tokens.
+    assert policies["oracle"] == {"accuracy": 1.0, "mean_tokens": 25.0, "n": 4, "n_no_oracle": 0}
+    assert policies["auto"] == {"accuracy": 0.75, "mean_tokens": 10.0, "n": 4}
+    assert policies["calibration"]["exact"] == 0.5 and policies["calibration"]["constant_tier"] == 1
+    frontier = report["frontier"]
+    weight = np.log2(10 / 4) / np.log2(16 / 4)
+    assert (frontier["lower_tier"], frontier["upper_tier"]) == (4, 16)
+    assert frontier["frontier_accuracy"] == pytest.approx((1 - weight) * 0.25 + weight * 0.75)
+    assert frontier["difference"] == pytest.approx(0.75 - frontier["frontier_accuracy"])
+    chance = report["chance"]["per_task"]["local_color"]
+    assert (chance["majority"], chance["n_distinct"]) == (0.5, 2)
+    assert report["unseen_families"] == ["global_count"]
+    assert measured_report(tiny[0].config)["unseen_families"] is None, "no training record: unknown"
+
+
+def test_a_report_without_auto_has_no_comparisons(tiny):
+    runs = {"tier_4": hand_run("tier_4", BUDGETS, ["1", "x"], [4, 4], [0, 0])}
+    report = E.build_report(runs, [["1"], ["2"]], ["a", "a"], "exact_match", tiny[0].config)
+    assert (report["comparisons"], report["policies"], report["frontier"]) == (None, None, None)
+    assert report["methods"]["tier_4"]["n"] == 2

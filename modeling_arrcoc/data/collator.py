@@ -7,6 +7,9 @@ import torch
 
 from .targets import answer_patch_targets
 
+ALIGNMENT_TARGETS = ("boxes", "teacher", "none")
+TEACHER_COLUMN = "teacher_targets"  # per-patch teacher scores (training/teacher.py writes this column)
+
 
 def chat_prompt(processor, question: str) -> str:
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -25,12 +28,22 @@ class ArrCocCollator:
         with_answers: False for evaluation/generation: prompts only, no labels.
         keep_columns: row columns passed through as lists (e.g. "task" for per-family scoring); the model
             does not take them, so leave it empty for a Trainer.
+        alignment_targets: where `patch_targets` come from: "boxes" (answer-box coverage, where rows have a
+            `boxes` column), "teacher" (the rows' `teacher_targets` column, per-patch scores of a teacher model,
+            see training/teacher.py; none for rows without it) or "none" (never: the alignment loss then
+            falls back to its anti-collapse term).
     """
 
     processor: object
     patch_size: int = 16
     with_answers: bool = True
     keep_columns: tuple = ()
+    alignment_targets: str = "boxes"
+
+    def __post_init__(self):
+        if self.alignment_targets not in ALIGNMENT_TARGETS:
+            raise ValueError(f"alignment_targets must be one of {list(ALIGNMENT_TARGETS)}, "
+                             f"got {self.alignment_targets!r}.")
 
     def __call__(self, rows: list[dict]) -> dict:
         tokenizer = self.processor.tokenizer
@@ -40,8 +53,11 @@ class ArrCocCollator:
         batch = _left_pad(prompts, answers, tokenizer.pad_token_id)
         images = [row["image"] for row in rows]
         batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        if self.with_answers and all("boxes" in row for row in rows):
+        if self.with_answers and self.alignment_targets == "boxes" and all("boxes" in row for row in rows):
             batch["patch_targets"] = self._targets(rows)
+        if self.with_answers and self.alignment_targets == "teacher" and all(
+                row.get(TEACHER_COLUMN) is not None for row in rows):
+            batch["patch_targets"] = torch.tensor([row[TEACHER_COLUMN] for row in rows], dtype=torch.float32)
         if self.with_answers and all("visual_targets" in row for row in rows):
             batch["visual_targets"] = torch.tensor([row["visual_targets"] for row in rows], dtype=torch.long)
         for column in self.keep_columns:
@@ -80,4 +96,4 @@ def _left_pad(prompts, answers, pad_id) -> dict:
     return batch
 
 
-__all__ = ["ArrCocCollator", "chat_prompt"]
+__all__ = ["ALIGNMENT_TARGETS", "ArrCocCollator", "TEACHER_COLUMN", "chat_prompt"]

@@ -192,19 +192,55 @@ def _is_saved_dataset(path: str) -> bool:
     )
 
 
-def _load_local(path: str, split: str, streaming: bool, **kw):
+def _load_local(path: str, split: str, streaming: bool, config: str | None = None, **kw):
+    """A save_to_disk folder, or the repo's files as the Hub serves them. A repo with several configs keeps each
+    in its own folder (lmms-lab/DocVQA: DocVQA/validation-00000-of-00006.parquet, InfographicVQA/...): read the
+    config's folder only (without it, datasets would merge every config's shards of that split into one, or
+    refuse for lack of a config name where the README lists them)."""
     if _is_saved_dataset(path):
         loaded = datasets.load_from_disk(path)
         loaded = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         return loaded.to_iterable_dataset() if streaming else loaded
+    if config is not None and not {"name", "data_dir", "data_files"} & set(kw):
+        if config in _readme_configs(path):
+            kw = {**kw, "name": config}  # the repo's own README says which files each config holds
+        elif os.path.isdir(os.path.join(path, config)):
+            files = _split_files(os.path.join(path, config), split)
+            kw = {**kw, "data_files": {split: files}} if files else {**kw, "data_dir": config}
     return datasets.load_dataset(path, split=split, streaming=streaming, **kw)
+
+
+def _readme_configs(path: str) -> set:
+    """Config names a local repo's README.md declares (its YAML header's `configs`, as on the Hub)."""
+    readme = os.path.join(path, "README.md")
+    if not os.path.isfile(readme):
+        return set()
+    with open(readme, encoding="utf-8") as handle:
+        text = handle.read()
+    if not text.startswith("---"):
+        return set()
+    import yaml
+
+    header = yaml.safe_load(text.split("---", 2)[1]) or {}
+    return {entry.get("config_name") for entry in header.get("configs") or [] if isinstance(entry, dict)}
+
+
+def _split_files(folder: str, split: str) -> list:
+    """A config folder's shards of `split`, named as the Hub names them (<split>-00000-of-00001.parquet) or kept in
+    a <split>/ subfolder; datasets alone recognizes only train/validation/test-like names (GQA's "testdev" is not)."""
+    names = sorted(os.listdir(folder))
+    files = [os.path.join(folder, n) for n in names if n.startswith(f"{split}-") or n.split(".")[0] == split]
+    sub = os.path.join(folder, split)
+    if os.path.isdir(sub):
+        files += [os.path.join(sub, n) for n in sorted(os.listdir(sub))]
+    return [f for f in files if os.path.isfile(f)]
 
 
 def _fetch(key: str, config: str | None, split: str, streaming: bool, path: str | None, **kw):
     repo_id = HUB_DATASETS[key].repo_id
     try:
         if path is not None:
-            return _load_local(path, split, streaming, **_offline_kwargs(kw))
+            return _load_local(path, split, streaming, config, **_offline_kwargs(kw))
         return datasets.load_dataset(repo_id, config, split=split, streaming=streaming, **_offline_kwargs(kw))
     except OSError as exc:  # ConnectionError, HTTP errors, "not in the local cache" all derive from OSError
         where = f"local path {path!r}" if path is not None else f"Hub repo {repo_id!r}"
@@ -227,6 +263,22 @@ def _attach_images(questions, images) -> datasets.Dataset:
     return questions.map(attach, batched=True, batch_size=64)
 
 
+def _is_image_struct(feature) -> bool:
+    return isinstance(feature, dict) and set(feature) == {"bytes", "path"}
+
+
+def _images_from_structs(raw):
+    """Parquet files written without datasets' schema metadata (by pyarrow or another tool) keep images as bare
+    {bytes, path} structs; read them as images, as files carrying the metadata (the Hub's) declare. A streamed
+    dataset needs this before the adapter runs: it would otherwise yield the raw dicts."""
+    for name, feature in (raw.features or {}).items():
+        if _is_image_struct(feature):
+            raw = raw.cast_column(name, datasets.Image())
+        elif isinstance(feature, datasets.List) and _is_image_struct(feature.feature):
+            raw = raw.cast_column(name, datasets.List(datasets.Image()))
+    return raw
+
+
 def load_hub_dataset(
     name: str,
     split: str | None = None,
@@ -238,7 +290,10 @@ def load_hub_dataset(
     """Load a Hub VQA dataset and map it onto the common schema.
 
     ``name``: a key of HUB_DATASETS (common spellings accepted). ``split``: defaults to the spec's split.
-    ``path``: read a local copy instead of the Hub (``image_path`` likewise for GQA's image table).
+    ``path``: read a local copy instead of the Hub (``image_path`` likewise for GQA's image table; by default the
+    image table's folder inside ``path``): a ``save_to_disk`` folder, or the repo's files as the Hub serves them
+    (parquet shards, images as {bytes, path} structs), of which only this dataset's config is read in a repo with
+    several (DocVQA and InfographicVQA share lmms-lab/DocVQA). ``streaming``: an IterableDataset, read lazily.
     Other keyword arguments go to ``datasets.load_dataset``. Raises ConnectionError naming the dataset when
     it can be neither downloaded nor found in the cache, e.g. offline.
     """
@@ -247,7 +302,10 @@ def load_hub_dataset(
     split = split or spec.split
     raw = _fetch(key, spec.config, split, streaming, path, **kw)
     if spec.image_config is not None:
+        if image_path is None and path is not None and os.path.isdir(os.path.join(path, spec.image_config)):
+            image_path = path  # a local copy of the whole repo holds the image table's folder too
         raw = _attach_images(raw, _fetch(key, spec.image_config, split, False, image_path, **kw))
+    raw = _images_from_structs(raw)
     columns = list(raw.column_names or [])
     return raw.map(
         _adapt_batch,

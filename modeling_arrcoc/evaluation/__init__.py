@@ -1,5 +1,6 @@
-"""Evaluation: accuracy, measured visual tokens, latency and budget calibration of ARR-COC and of fixed-budget
-baselines run through the same checkpoint.
+"""Evaluation: accuracy, measured visual tokens, latency and budget calibration of ARR-COC, of fixed-budget
+baselines run through the same checkpoint (a diagnostic: that checkpoint's LLM reads ARR-COC's relevance tag), and
+of baselines trained with their own selection (the fair comparison), with intervals and paired comparisons.
 
 Methods (names as they appear in the report):
 
@@ -14,6 +15,11 @@ Methods (names as they appear in the report):
 - ``query_sim@K``: training-free query similarity (SparseVLM-style): every patch is turned into an LLM-space
   embedding (the "full" path), scored by cosine similarity with the mean embedding of the question's tokens,
   and the top-K are kept (see `query_similarity_scores`).
+- ``trained_<name>[@K]``: the methods of another trained checkpoint (eval.py ``--method name=CHECKPOINT``) at its
+  own selection (``config.selection_method``, see `methods.trained_methods`): ``trained_<name>@K`` for a
+  fixed-compression baseline (uniform, hotspot, random) at each tier, ``trained_<name>`` for a full-token model,
+  ``trained_<name>+query_sim@K`` for query similarity on that full-token model (training-free, so never trained
+  itself), ``trained_<name>`` (auto) and ``trained_<name>@K`` for an ARR-COC-like checkpoint (e.g. an ablation).
 
 Tokens are always measured: every count in the report is the model's ``visual_token_counts`` for the inputs it
 generated from, never a tier value from the config (a tier larger than the grid keeps every patch, and the
@@ -41,10 +47,32 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
           "latency_ms_per_query": float,  # wall time per query, SAM + selection + generation, batched
           "compression_ratio": float,     # grid patches / mean_visual_tokens
           "budget": "auto" | "full" | int,# the budget asked for (a tier value)
-          "selection": str,               # "learned", "uniform", "hotspot", "random" or "query_sim"
-          "num_samples": int
+          "selection": str,               # "learned", "uniform", "hotspot", "random", "full" or "query_sim"
+          "num_samples": int,
+          "interval": [low, high], "n": int,      # 95% percentile bootstrap interval of accuracy (statistics.py)
+          "per_task_interval": {"<task family>": [low, high]}, "per_task_n": {"<task family>": int},
+          "checkpoint": str, "trained_as": str    # trained_* methods only: their checkpoint and --method name
         }
       },
+      "trained_methods": {"<name>": {"checkpoint", "selection_method", "relevance_tag", "fold_dropped",
+                                     "training_config": {...} | null,   # its training_config.yaml (train.py)
+                                     "trained_families": [str] | null, "methods": [str]}},
+      "comparisons": {                    # paired differences auto - other on the same questions, null without auto
+        "auto_vs_tier": {"tier_<K>": {"difference", "low", "high", "n", "accuracy": [auto, other],
+                                      "mean_visual_tokens": [auto, other]}},
+        "auto_vs_baseline": {"<method>": {... as above, "trained": bool}},  # baselines with >= auto's mean tokens
+        "baselines_with_fewer_tokens": [str],                              # listed, not compared
+        "auto_vs_trained_full": {"<method>": {... as above, "accuracy_kept": float, "token_share": float}}
+      },
+      "policies": {"constant": [{"tier", "budget", "accuracy", "mean_tokens", "n"}], "best_constant": {...},
+                   "oracle": {"accuracy", "mean_tokens", "n", "n_no_oracle"}, "auto": {"accuracy", "mean_tokens", "n"},
+                   "calibration": {"exact", "constant_tier", "constant_exact", "difference", "low", "high", "n",
+                                   "n_no_oracle"}} | null,                 # null unless auto and every tier ran
+      "frontier": {"difference", "low", "high", "n", "lower_tier", "upper_tier", "weight", "auto_mean_tokens",
+                   "frontier_accuracy", "extrapolated"} | null,  # auto - forced-tier frontier at auto's tokens
+      "chance": {"overall": {...}, "per_task": {"<task family>": {"majority", "uniform", "majority_answer", "n",
+                                                                 "n_distinct"}}},
+      "unseen_families": [str] | null,    # evaluated families with no training rows (null: training not recorded)
       "calibration": {"exact", "within_one", "over", "under": float | null, "n": int, "n_no_oracle": int} | null,
       "per_tier": {
         "<tier value>": {
@@ -62,7 +90,8 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
         "commit": str | null,             # git rev-parse HEAD of the evaluating code
         "created": str,                   # ISO 8601, UTC
         "metric": str, "correct_threshold": float, "budgets": [int], "grid_size": [rows, cols],
-        "num_patches": int, "batch_size": int, "max_new_tokens": int, "seed": int, "device": str
+        "num_patches": int, "batch_size": int, "max_new_tokens": int, "seed": int, "device": str,
+        "trained_families": [str] | null  # eval.py: from the training YAMLs behind the checkpoint
       }
     }
 
@@ -73,7 +102,7 @@ dataset; `evaluate`), `report` (scores, calibration, per-tier buckets, predictio
 
 from ..methods import (
     BASELINE_SELECTIONS, BASELINES, CORRECT_THRESHOLD, QUERY_SIM, SYNTHETIC, SYNTHETIC_METRIC, Method,
-    learning_curve_methods, method_names, parse_method, tier_value, unsupported_reason,
+    learning_curve_methods, method_names, parse_method, tier_value, trained_methods, unsupported_reason,
 )
 from .datasets import EvalData, load_eval_dataset
 from .figures import heatmap_rows, plot_heatmaps, plot_pareto
@@ -82,7 +111,7 @@ from .report import (
     MethodRun, build_report, column, format_table, git_commit, oracle_tiers, per_tier_buckets, sample_scores,
     save_report, summarize_run, write_predictions,
 )
-from .runner import EvalBatch, eval_batch, evaluate, method_plan, run_batch, run_methods
+from .runner import EvalBatch, TrainedCheckpoint, eval_batch, evaluate, method_plan, run_batch, run_methods
 
 __all__ = [
     "BASELINES",
@@ -95,6 +124,7 @@ __all__ = [
     "QUERY_SIM",
     "SYNTHETIC",
     "SYNTHETIC_METRIC",
+    "TrainedCheckpoint",
     "build_report",
     "column",
     "eval_batch",
@@ -118,6 +148,7 @@ __all__ = [
     "save_report",
     "summarize_run",
     "tier_value",
+    "trained_methods",
     "unsupported_reason",
     "write_predictions",
 ]

@@ -15,9 +15,11 @@ def query_similarity_scores(model, patch_features, question_ids, question_mask) 
     for every question and would blur the query); `question_mask` marks the real ones.
     """
     batch, num_patches = patch_features.shape[:2]
-    # Constant scores: every patch is kept and each token's standardized score (its relevance tag) is 0.
+    # Constant scores: every patch is kept and each token's standardized score (its relevance tag) is 0. The
+    # selection is named, so a checkpoint whose own selection is another (a trained baseline) takes this path too.
     plan = model.plan_allocation(input_ids=question_ids, attention_mask=question_mask, patch_features=patch_features,
-                                 budget="full", selection_scores=patch_features.new_zeros(batch, num_patches))
+                                 budget="full", selection="full",
+                                 selection_scores=patch_features.new_zeros(batch, num_patches))
     patch_embeds = model.get_image_features(plan=plan).pooler_output
     text = model.get_input_embeddings()(question_ids)
     weights = question_mask.unsqueeze(-1).to(text.dtype)

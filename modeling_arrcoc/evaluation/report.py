@@ -1,5 +1,7 @@
 """The evaluation report (format in the package docstring) from per-sample runs: scores, token statistics, budget
-calibration, per-tier buckets, and predictions.jsonl.
+calibration, per-tier buckets, and predictions.jsonl; and the measurement a reviewer asks for (`statistics`):
+accuracy intervals, paired comparisons of auto with the forced tiers, the baselines and the trained full-token
+reference, tier policies, the forced-tier frontier, chance and the families training never saw.
 """
 
 import json
@@ -10,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import METRICS, calibration_stats, per_task_mean, token_stats
-from ..methods import CORRECT_THRESHOLD, Method
+from .. import statistics
+from ..metrics import METRICS, calibration_stats, normalize_vqa_answer, per_task_mean, token_stats
+from ..methods import CORRECT_THRESHOLD, TRAINED_PREFIX, Method
 
 
 @dataclass
@@ -91,11 +94,19 @@ def _calibration(runs, scores, budgets, threshold):
 
 
 def build_report(runs, references, tasks, metric, config, meta=None, correct_threshold=CORRECT_THRESHOLD,
-                 skipped=None) -> dict:
-    """The evaluation report (format in the module docstring) from per-sample runs."""
+                 skipped=None, trained=None) -> dict:
+    """The evaluation report (format in the package docstring) from per-sample runs. `trained`: {name: record} of
+    other trained checkpoints whose runs are in `runs` (`runner.TrainedCheckpoint`); `meta["trained_families"]`,
+    when given, names the task families the checkpoint was trained on."""
     budgets, num_patches = list(config.budgets), config.num_patches
     scores = {name: sample_scores(metric, run.predictions, references) for name, run in runs.items()}
     methods = {name: summarize_run(run, scores[name], tasks, budgets, num_patches) for name, run in runs.items()}
+    seed = (meta or {}).get("seed", 0)
+    for name, record in (trained or {}).items():
+        for method in record.get("methods", []):
+            methods[method].update(checkpoint=record.get("checkpoint"), trained_as=name)
+    for name, entry in methods.items():
+        entry.update(_intervals(scores[name], tasks, seed))
     calibration, oracles = _calibration(runs, scores, budgets, correct_threshold)
     per_tier = None
     if "auto" in runs:
@@ -105,8 +116,111 @@ def build_report(runs, references, tasks, metric, config, meta=None, correct_thr
                                     forced)
     meta = {**(meta or {}), "metric": metric, "correct_threshold": correct_threshold, "budgets": budgets,
             "grid_size": list(config.grid_size), "num_patches": num_patches, "num_samples": len(references)}
+    trained_families = meta.get("trained_families")
     return {"methods": methods, "calibration": calibration, "per_tier": per_tier, "skipped": skipped or {},
-            "meta": meta}
+            "meta": meta, "trained_methods": trained or {},
+            "comparisons": comparisons(runs, scores, methods, seed),
+            "policies": policies(runs, scores, budgets, oracles, correct_threshold, seed),
+            "frontier": frontier(runs, scores, budgets, seed),
+            "chance": statistics.chance_level([refs[0] for refs in references], tasks, _chance_key(metric)),
+            "unseen_families": None if trained_families is None else sorted(set(tasks) - set(trained_families))}
+
+
+# -- the measurement (statistics.py): intervals, paired comparisons, policies, frontier, chance -------------------
+
+
+def _intervals(scores, tasks, seed) -> dict:
+    """A method's accuracy interval and n, overall and per task family (95% percentile bootstrap)."""
+    result = statistics.accuracy_with_intervals(scores, tasks, seed=seed)
+    overall, per_task = result["overall"], result["per_task"]
+    return {"interval": [overall["low"], overall["high"]], "n": overall["n"],
+            "per_task_interval": {task: [e["low"], e["high"]] for task, e in per_task.items()},
+            "per_task_n": {task: e["n"] for task, e in per_task.items()}}
+
+
+def _is_baseline(run) -> bool:
+    """A method other than ARR-COC's own (auto, forced tiers, full) and other than a trained full-token reference."""
+    return run.method.kind not in ("auto", "tier", "full") and not _is_trained_full(run)
+
+
+def _is_trained_full(run) -> bool:
+    return run.method.kind.startswith(TRAINED_PREFIX) and run.method.selection == "full"
+
+
+def _paired(scores, methods, name, other, seed) -> dict:
+    result = statistics.paired_difference(scores[name], scores[other], seed=seed)
+    tokens = [methods[name]["mean_visual_tokens"], methods[other]["mean_visual_tokens"]]
+    return {**result, "accuracy": [methods[name]["accuracy"], methods[other]["accuracy"]], "mean_visual_tokens": tokens}
+
+
+def comparisons(runs, scores, methods, seed) -> dict | None:
+    """Paired differences (accuracy of auto minus the other's, on the same questions, with a 95% interval): auto vs
+    each forced tier; vs each baseline that spends at least auto's mean tokens (auto at equal or fewer tokens; the
+    cheaper ones are listed, not compared); vs each trained full-token reference, with the share of its accuracy
+    auto keeps and the share of its tokens auto spends. None without `auto`."""
+    if "auto" not in runs:
+        return None
+    auto_tokens = methods["auto"]["mean_visual_tokens"]
+    baselines = [name for name, run in runs.items() if _is_baseline(run)]
+    fair = [name for name in baselines if methods[name]["mean_visual_tokens"] >= auto_tokens - 1e-9]
+    references = {}
+    for name in (n for n, run in runs.items() if _is_trained_full(run)):
+        full = methods[name]
+        references[name] = {
+            **_paired(scores, methods, "auto", name, seed),
+            "accuracy_kept": methods["auto"]["accuracy"] / full["accuracy"] if full["accuracy"] else None,
+            "token_share": auto_tokens / full["mean_visual_tokens"],
+        }
+    return {
+        "auto_vs_tier": {name: _paired(scores, methods, "auto", name, seed)
+                         for name, run in runs.items() if run.method.kind == "tier"},
+        "auto_vs_baseline": {name: {**_paired(scores, methods, "auto", name, seed),
+                                    "trained": runs[name].method.kind.startswith(TRAINED_PREFIX)} for name in fair},
+        "baselines_with_fewer_tokens": [name for name in baselines if name not in fair],
+        "auto_vs_trained_full": references,
+    }
+
+
+def _forced_tiers(runs, budgets) -> list:
+    return [f"tier_{value}" for value in budgets if f"tier_{value}" in runs]
+
+
+def policies(runs, scores, budgets, oracles, threshold, seed) -> dict | None:
+    """The budget policy next to the simple ones: each constant tier (always tier K), the oracle router (the
+    smallest correct tier; an upper bound for any router), auto, and the calibration of auto's tiers against the
+    best constant tier predictor. None unless auto and every forced tier ran."""
+    names = [f"tier_{value}" for value in budgets]
+    if "auto" not in runs or any(name not in runs for name in names):
+        return None
+    counts = [runs[name].visual_token_counts for name in names]
+    constant = statistics.constant_tier_policies([scores[name] for name in names], counts)
+    for entry in constant:
+        entry["budget"] = budgets[entry["tier"]]
+    oracle = statistics.oracle_policy([[s >= threshold for s in scores[name]] for name in names], counts)
+    oracle.pop("tiers")  # per sample: the calibration already summarizes them
+    best = max(constant, key=lambda entry: (entry["accuracy"], -entry["mean_tokens"]))
+    auto = runs["auto"]
+    auto_policy = {"accuracy": float(np.mean(scores["auto"])), "mean_tokens": float(np.mean(auto.visual_token_counts)),
+                   "n": len(scores["auto"])}
+    return {"constant": constant, "best_constant": best, "oracle": oracle, "auto": auto_policy,
+            "calibration": statistics.calibration_vs_constant(auto.budget_tiers, oracles, seed=seed)}
+
+
+def frontier(runs, scores, budgets, seed) -> dict | None:
+    """Auto's accuracy minus the forced-tier frontier (interpolated in log tokens) at auto's mean tokens, paired.
+    None without auto or a forced tier."""
+    names = _forced_tiers(runs, budgets)
+    if "auto" not in runs or not names:
+        return None
+    tier_scores = {runs[name].method.budget: scores[name] for name in names}
+    tier_tokens = {runs[name].method.budget: runs[name].visual_token_counts for name in names}
+    return statistics.frontier_difference(scores["auto"], runs["auto"].visual_token_counts, tier_scores, tier_tokens,
+                                          seed=seed)
+
+
+def _chance_key(metric: str):
+    """How answers are made equal before counting the majority answer: the metric's own normalization."""
+    return normalize_vqa_answer if metric == "vqa_accuracy" else (lambda text: " ".join(str(text).lower().split()))
 
 
 def git_commit(path=None):
@@ -160,10 +274,13 @@ def write_predictions(runs: dict, dataset, path) -> Path:
 __all__ = [
     "MethodRun",
     "build_report",
+    "comparisons",
     "format_table",
+    "frontier",
     "git_commit",
     "oracle_tiers",
     "per_tier_buckets",
+    "policies",
     "sample_scores",
     "save_report",
     "summarize_run",

@@ -1,9 +1,11 @@
 """Running methods over a dataset: SAM once per batch, `auto` batches split by the allocator's tiers, greedy answers,
-measured visual tokens and wall time per method; `evaluate` ties running and the report together.
+measured visual tokens and wall time per method; `evaluate` ties running and the report together, for the
+checkpoint under evaluation and for other trained checkpoints (baselines trained with their own selection) on the
+same questions.
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import torch
@@ -13,6 +15,19 @@ from ..explanation import prompt_batch
 from ..methods import CORRECT_THRESHOLD, QUERY_SIM, SYNTHETIC_METRIC, Method, method_names, parse_method, unsupported_reason
 from .query_similarity import query_similarity_scores
 from .report import MethodRun, build_report, column, git_commit, write_predictions
+
+
+@dataclass
+class TrainedCheckpoint:
+    """Another trained checkpoint evaluated on the same questions, each of its `methods` at its own selection
+    (`methods.trained_methods`). `record` is what the report keeps about it (checkpoint path, its method, its
+    training configuration)."""
+
+    name: str
+    model: object
+    processor: object
+    methods: list
+    record: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -113,10 +128,11 @@ def _warm_up(model, processor, rows, method):
 
 def evaluate(model, processor, dataset, metric=SYNTHETIC_METRIC, methods=None, batch_size=8, max_new_tokens=16,
              calibration=True, seed=0, correct_threshold=CORRECT_THRESHOLD, meta=None, progress=True,
-             predictions_path=None) -> dict:
+             predictions_path=None, trained=()) -> dict:
     """Run `methods` (names; default: auto, every tier, full and every baseline at every tier) over `dataset` and
-    return the report. With `calibration`, `auto` and every `tier_<K>` are added if missing. Per-sample answers go
-    to `predictions_path` (JSON lines) when given."""
+    return the report. With `calibration`, `auto` and every `tier_<K>` are added if missing. `trained`:
+    `TrainedCheckpoint`s whose methods run on the same rows (their checkpoints must share this one's grid and
+    tiers). Per-sample answers go to `predictions_path` (JSON lines) when given."""
     if len(dataset) == 0:
         raise ValueError("The evaluation dataset is empty; check --split and --num-samples.")
     config = model.config
@@ -128,17 +144,36 @@ def evaluate(model, processor, dataset, metric=SYNTHETIC_METRIC, methods=None, b
     runnable = [m for m in parsed if m.name not in skipped]
     model.eval()
     runs = run_methods(model, processor, dataset, runnable, batch_size, max_new_tokens, seed, progress)
+    for other in trained:
+        _check_same_geometry(config, other.model.config, other.name)
+        reasons = {m.name: unsupported_reason(m, other.model.config) for m in other.methods}
+        skipped.update({name: why for name, why in reasons.items() if why})
+        other.model.eval()
+        own = [m for m in other.methods if not reasons[m.name]]
+        runs.update(run_methods(other.model, other.processor, dataset, own, batch_size, max_new_tokens, seed, progress))
     if predictions_path is not None:
         write_predictions(runs, dataset, predictions_path)
     meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),
             "batch_size": batch_size, "max_new_tokens": max_new_tokens, "seed": seed, "device": str(model.device),
             **(meta or {})}
+    records = {other.name: {**other.record, "methods": [m.name for m in other.methods if m.name in runs]}
+               for other in trained}
     return build_report(runs, column(dataset, "answers"), column(dataset, "task"), metric, config, meta,
-                        correct_threshold, skipped)
+                        correct_threshold, skipped, trained=records)
+
+
+def _check_same_geometry(config, other, name):
+    """Scores and token counts are only comparable on the same pages, grid and tiers."""
+    mine = (config.vision_config.image_size, config.vision_config.patch_size, list(config.budgets))
+    theirs = (other.vision_config.image_size, other.vision_config.patch_size, list(other.budgets))
+    if mine != theirs:
+        raise ValueError(f"Trained method {name!r}: its checkpoint has (image size, patch size, tiers) {theirs}, the "
+                         f"evaluated one {mine}; methods are compared on the same pages and tiers only.")
 
 
 __all__ = [
     "EvalBatch",
+    "TrainedCheckpoint",
     "eval_batch",
     "evaluate",
     "method_plan",

@@ -10,14 +10,20 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from ..configuration_arrcoc import SELECTION_METHODS
 from ..lora import DEFAULT_TARGET_MODULES
 from ..modeling_arrcoc import LOSS_COMPONENTS
 from .phases import BUDGET_MODES, COMPONENTS, PHASES, check_phase
+from .teacher import ALIGNMENT_TARGETS, SCORINGS
 
 
 WEIGHTED_TERMS = LOSS_COMPONENTS + ("budget",)
 EVAL_BUDGETS = ("auto", "full", "heuristic")
 DEFAULT_GRAD_NORM_RANGES = {name: [1e-8, 100.0] for name in COMPONENTS}
+# train.py saves the run's resolved YAML under this name beside the final checkpoint; eval.py reads it.
+TRAINING_CONFIG = "training_config.yaml"
+# Fixed-compression baselines: K is given (a tier, or one drawn per step), never predicted per question.
+FIXED_SELECTIONS = ("uniform", "hotspot", "random")
 
 
 def _help(text):
@@ -53,6 +59,25 @@ class ArrCocTrainingArguments(TrainingArguments):
     efficiency_warmup_steps: int = field(default=0, metadata=_help("Linear ramp start -> final; 0 = no ramp."))
     loss_weight_alignment: float = field(default=0.5, metadata=_help("Weight of the answer-region alignment loss."))
     loss_weight_vet_kl: float = field(default=0.01, metadata=_help("Weight of the VET usage KL."))
+    alignment_targets: str = field(
+        default="boxes",
+        metadata=_help(f"Where the alignment loss's per-patch targets come from, one of {list(ALIGNMENT_TARGETS)}: "
+                       "'boxes' (answer-box coverage; rows without boxes get the anti-collapse term), 'teacher' "
+                       "(a teacher checkpoint's scores at full tokens, computed once and cached under "
+                       "output_dir/teacher_targets; training/teacher.py), 'none' (anti-collapse term only)."),
+    )
+    teacher_checkpoint: str | None = field(
+        default=None, metadata=_help("alignment_targets 'teacher': any ArrCoc checkpoint (directory or Hub name).")
+    )
+    teacher_scoring: str = field(
+        default="grad_input", metadata=_help(f"How the teacher scores patches, one of {list(SCORINGS)} (teacher.py).")
+    )
+    teacher_selection: str | None = field(
+        default=None,
+        metadata=_help("The teacher's selection at full tokens: None (the checkpoint's own; an ARR-COC teacher's LLM "
+                       "then reads its allocator's relevance tag) or 'full' (every patch, no tag: the LLM's reading "
+                       "alone)."),
+    )
     loss_weight_budget: float = field(default=1.0, metadata=_help("Weight of the calibration cross-entropy."))
     train_budget: str = field(
         default="phase",
@@ -66,6 +91,18 @@ class ArrCocTrainingArguments(TrainingArguments):
                        "pretrain favours small tiers."),
     )
     eval_budget: str = field(default="auto", metadata=_help(f"One of {list(EVAL_BUDGETS)} or a fixed tier value."))
+    selection_method: str | None = field(
+        default=None,
+        metadata=_help(f"The model's own patch selection, one of {list(SELECTION_METHODS)}, written into the model "
+                       "config before training (None: keep the model's). A trained baseline: 'uniform', 'hotspot' "
+                       "or 'random' train at a fixed K (train_budget: a tier value) or at several (train_budget: "
+                       "random), never 'auto'; 'full' keeps every patch whatever train_budget says."),
+    )
+    relevance_tag: bool | None = field(
+        default=None,
+        metadata=_help("Whether the quality adapter adds the allocator's relevance tag to each kept token, written "
+                       "into the model config before training (None: keep the model's). Baselines: false."),
+    )
     heuristic_short_words: int = field(default=5, metadata=_help("Heuristic: at most this many words = short."))
     group_by_tier: bool = field(
         default=False, metadata=_help("Batches of one heuristic tier (TierGroupedBatchSampler); no padding.")
@@ -109,6 +146,7 @@ class ArrCocTrainingArguments(TrainingArguments):
         self.train_budget, self.eval_budget = str(self.train_budget), str(self.eval_budget)  # YAML may give ints
         self._check_phase_and_budget()
         self._check_losses()
+        self._check_alignment_targets()
         self._check_schedule_options()
         self.grad_norm_ranges = _grad_norm_ranges(self.grad_norm_ranges)
         if self.curriculum_easy_steps:
@@ -137,9 +175,48 @@ class ArrCocTrainingArguments(TrainingArguments):
                              f"sam_unfreeze_last_n={self.sam_unfreeze_last_n} trains it.")
         if self.sam_cache_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"sam_cache_dtype must be 'float32' or 'bfloat16', got {self.sam_cache_dtype!r}.")
+        if self.selection_method is not None:
+            self.check_selection(self.selection_method)
+
+    def check_selection(self, selection: str):
+        """The budgets this run trains and evaluates at must make sense for `selection` (the model's own): a
+        fixed-compression baseline has no learned budget to follow ("auto") and one K per batch ("heuristic"
+        mixes tiers). The trainer checks the model's resolved selection again."""
+        if selection not in SELECTION_METHODS:
+            raise ValueError(f"selection_method must be one of {list(SELECTION_METHODS)}, got {selection!r} (query "
+                             "similarity is training-free: evaluate it with eval.py, it is not trained).")
+        if selection not in FIXED_SELECTIONS:
+            return
+        budgets = {"train_budget": self.training_budget}
+        if str(getattr(self.eval_strategy, "value", self.eval_strategy)) != "no":
+            budgets["eval_budget"] = self.eval_budget
+        for name, value in budgets.items():
+            if value in ("auto", "heuristic"):
+                from_phase = name == "train_budget" and self.train_budget == "phase"
+                resolved = f" (phase {self.phase}'s budget)" if from_phase else ""
+                raise ValueError(
+                    f"{name} {value!r}{resolved} does not fit selection_method {selection!r}: a fixed-compression "
+                    f"baseline has no learned budget and takes one K per batch. Set {name} to a tier value (its "
+                    "fixed K)" + (" or 'random' (several Ks, one drawn per step)." if name == "train_budget" else ".")
+                )
 
     def _trains_sam(self) -> bool:
         return "vision_tower" in PHASES[self.phase].trains or self.sam_unfreeze_last_n > 0
+
+    def _check_alignment_targets(self):
+        if self.alignment_targets not in ALIGNMENT_TARGETS:
+            raise ValueError(f"alignment_targets must be one of {list(ALIGNMENT_TARGETS)}, got "
+                             f"{self.alignment_targets!r}.")
+        if self.teacher_scoring not in SCORINGS:
+            raise ValueError(f"teacher_scoring must be one of {list(SCORINGS)}, got {self.teacher_scoring!r}.")
+        if self.teacher_selection not in (None, "learned", "full"):
+            raise ValueError(f"teacher_selection must be null, 'learned' or 'full', got {self.teacher_selection!r}.")
+        if self.alignment_targets == "teacher" and not self.teacher_checkpoint:
+            raise ValueError("alignment_targets 'teacher' needs teacher_checkpoint (an ArrCoc checkpoint run at full "
+                             "tokens to score the patches).")
+        if self.alignment_targets != "teacher" and self.teacher_checkpoint:
+            raise ValueError(f"teacher_checkpoint is set but alignment_targets is {self.alignment_targets!r}: set "
+                             "alignment_targets: teacher to use it.")
 
     def _check_losses(self):
         weights = {name: getattr(self, f"loss_weight_{name}") for name in WEIGHTED_TERMS}
@@ -204,5 +281,7 @@ __all__ = [
     "ArrCocTrainingArguments",
     "DEFAULT_GRAD_NORM_RANGES",
     "EVAL_BUDGETS",
+    "FIXED_SELECTIONS",
+    "TRAINING_CONFIG",
     "WEIGHTED_TERMS",
 ]

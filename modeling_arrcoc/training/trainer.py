@@ -89,6 +89,14 @@ class ArrCocTrainer(Trainer):
     def _prepare_train_dataset(dataset, args):
         if dataset is None:
             return None
+        if not hasattr(dataset, "__len__"):  # streamed (IterableDataset): no row index, no length
+            indexed = [name for name in ("cache_sam_features", "curriculum_easy_steps", "group_by_tier")
+                       if getattr(args, name)]
+            if args.max_steps <= 0:
+                raise ValueError("A streamed training set has no length: set max_steps.")
+            if indexed:
+                raise ValueError(f"{', '.join(indexed)} index training rows: not available with a streamed set.")
+            return dataset
         if args.cache_sam_features:
             dataset = with_sample_index(dataset)
         if args.curriculum_easy_steps:
@@ -111,6 +119,13 @@ class ArrCocTrainer(Trainer):
             value = getattr(self.args, name)
             if value.isdigit() and int(value) not in budgets:
                 raise ValueError(f"{name}={value} is not a tier of this model; its tiers are {budgets}.")
+        # The model's own selection and tag are what forward uses: the arguments' must already be written there.
+        for name in ("selection_method", "relevance_tag"):
+            wanted = getattr(self.args, name)
+            if wanted is not None and getattr(model.config, name) != wanted:
+                raise ValueError(f"args.{name}={wanted!r} but model.config.{name}={getattr(model.config, name)!r}: "
+                                 "write it into the model config before building the trainer (train.py does).")
+        self.args.check_selection(model.config.selection_method)
 
     # -- optimizer -------------------------------------------------------------------------------------------
 
@@ -195,8 +210,8 @@ class ArrCocTrainer(Trainer):
 
     def _calibration_due(self, model) -> bool:
         every = self.args.calibration_every
-        if not every or self.state.global_step % every:
-            return False
+        if not every or self.state.global_step % every or model.config.selection_method != "learned":
+            return False  # a baseline's selection follows no predicted budget: nothing to calibrate
         return any(p.requires_grad for p in model.model.allocator.budget_predictor.parameters())
 
     def calibration_loss(self, model, inputs: dict, budget_logits: torch.Tensor) -> torch.Tensor:

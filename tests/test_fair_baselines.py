@@ -1,0 +1,305 @@
+"""Fair baselines (issue #13): every selection is one protocol. At K = N (every patch kept) each selection without
+the relevance tag gives the logits of "full"; with the tag, learned differs from full only through the tag; and a
+checkpoint trained with a selection runs it without being told.
+
+The tester's tiers are (4, 16, 100) on an 8x8 grid: tier 100 keeps all N = 64 patches."""
+
+import json
+import sys
+
+import pytest
+import torch
+import yaml
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
+from conftest import ROOT, TINY_PRESET, ArrCocModelTester
+from modeling_arrcoc import ArrCocConfig
+from modeling_arrcoc import evaluation as E
+from modeling_arrcoc.configuration_arrcoc import SELECTION_METHODS
+from modeling_arrcoc.data.collator import ArrCocCollator
+from modeling_arrcoc.data.synthetic import FAMILIES, NUM_VISUAL_WORDS
+from modeling_arrcoc.explanation import prompt_batch
+from modeling_arrcoc.methods import learning_curve_methods
+from modeling_arrcoc.modeling_arrcoc import SELECTIONS
+from modeling_arrcoc.training.arguments import ArrCocTrainingArguments
+from modeling_arrcoc.training.phases import apply_phase
+from modeling_arrcoc.training.trainer import ArrCocTrainer
+
+sys.path.insert(0, str(ROOT))
+import eval as eval_script  # noqa: E402
+import train  # noqa: E402
+
+ALL_PATCHES = 100  # a tier above the grid: K = N
+
+
+@pytest.fixture
+def tester():
+    return ArrCocModelTester()
+
+
+def trained_looking(model, seed=1):
+    """Every zero-initialised layer (relevance tag, fold projection, tier norms) given random values, so the
+    equalities below are not trivially true of a model that has never trained."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if not parameter.abs().sum():
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def logits(model, inputs, **kwargs):
+    with torch.no_grad():
+        return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                     pixel_values=inputs["pixel_values"], **kwargs).logits
+
+
+def test_selection_vocabulary_is_the_configs():
+    assert SELECTIONS == SELECTION_METHODS
+    with pytest.raises(Exception, match="selection_method"):
+        ArrCocConfig(selection_method="query_sim")  # training-free: evaluation-only, never a model's own
+
+
+@pytest.mark.parametrize("selection", ["learned", "hotspot", "random"])
+def test_top_k_selections_keep_every_patch_at_k_equal_n_and_match_full(tester, selection):
+    """Top-K with K = N keeps every patch in raster order whatever the ranking, and with fold on nothing is
+    dropped, so nothing is folded; the straight-through gate is 1 up to float rounding (1 + s - s)."""
+    model = trained_looking(tester.get_model(relevance_tag=False))
+    inputs = tester.prepare_inputs()
+    full = logits(model, inputs, selection="full")
+    torch.testing.assert_close(logits(model, inputs, budget=ALL_PATCHES, selection=selection), full, rtol=0,
+                               atol=1e-6)
+    counts = model(**{k: inputs[k] for k in ("input_ids", "attention_mask", "pixel_values")}, budget=ALL_PATCHES,
+                   selection=selection).visual_token_counts
+    assert counts.tolist() == [tester.num_patches] * tester.batch_size
+
+
+def test_uniform_pooling_at_k_equal_n_is_the_identity_and_matches_full(tester):
+    """Uniform pooling to the grid's own shape is the identity. It matches full exactly without the fold; with the
+    fold on, top-K at K = N adds the fold projection's bias (its output for "nothing folded") to every token, a
+    learned constant pooling never adds: zero that bias and they match again."""
+    inputs = tester.prepare_inputs()
+    model = trained_looking(tester.get_model(relevance_tag=False, fold_dropped=False))
+    torch.testing.assert_close(logits(model, inputs, budget=ALL_PATCHES, selection="uniform"),
+                               logits(model, inputs, selection="full"), rtol=0, atol=1e-6)
+
+    folded = trained_looking(tester.get_model(relevance_tag=False))
+    bias = folded.model.allocator.compression_heads.fold_proj.bias
+    assert bias.abs().sum() > 0
+    uniform = logits(folded, inputs, budget=ALL_PATCHES, selection="uniform")
+    assert not torch.allclose(uniform, logits(folded, inputs, selection="full"), atol=1e-4)
+    with torch.no_grad():
+        bias.zero_()
+    torch.testing.assert_close(uniform, logits(folded, inputs, selection="full"), rtol=0, atol=1e-6)
+
+
+def test_full_keeps_every_patch_whatever_the_budget(tester):
+    model = tester.get_model(selection_method="full")
+    inputs = tester.prepare_inputs()
+    plan = model.plan_allocation(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                 pixel_values=inputs["pixel_values"], budget=4)
+    assert plan.selection == "full" and plan.visual_token_counts.tolist() == [64] * 3
+    assert model.model.replan(plan, 4).visual_token_counts.tolist() == [64] * 3, "calibration's replan stays full"
+
+
+def test_relevance_tag_is_the_only_difference_between_learned_and_full(tester):
+    model = trained_looking(tester.get_model())  # relevance_tag=True, ARR-COC
+    inputs = tester.prepare_inputs()
+    learned = logits(model, inputs, budget=ALL_PATCHES, selection="learned")
+    full = logits(model, inputs, selection="full")
+    assert (learned - full).abs().max() > 1e-4, "the tag reaches the LLM"
+    with torch.no_grad():
+        model.model.quality_adapter.relevance_embedding.weight.zero_()
+    torch.testing.assert_close(logits(model, inputs, budget=ALL_PATCHES, selection="learned"), full, rtol=0,
+                               atol=1e-6)
+
+
+def test_without_the_tag_the_relevance_embedding_is_never_read(tester):
+    model = trained_looking(tester.get_model(relevance_tag=False))
+    inputs = tester.prepare_inputs()
+    before = logits(model, inputs, budget=16)
+    with torch.no_grad():
+        model.model.quality_adapter.relevance_embedding.weight.mul_(5.0)
+    torch.testing.assert_close(logits(model, inputs, budget=16), before, rtol=0, atol=0)
+
+
+def test_todays_configs_load_as_arrcoc(tester):
+    values = tester.get_config().to_dict()
+    for key in ("selection_method", "relevance_tag"):
+        values.pop(key)
+    config = ArrCocConfig(**values)
+    assert (config.selection_method, config.relevance_tag) == ("learned", True)
+
+
+def test_a_uniform_checkpoint_generates_with_uniform_pooling_unasked(tester, tmp_path):
+    model = trained_looking(tester.get_model(selection_method="uniform", relevance_tag=False))
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert loaded.config.selection_method == "uniform" and loaded.config.relevance_tag is False
+    inputs = tester.prepare_inputs()
+    prompt = {k: inputs[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    plan = loaded.plan_allocation(**prompt, budget=16)
+    assert plan.selection == "uniform" and plan.selection_scores is None
+    options = dict(budget=16, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    unasked = loaded.generate(**prompt, **options)
+    torch.testing.assert_close(unasked, model.generate(**prompt, selection="uniform", **options), rtol=0, atol=0)
+    uniform_logits = logits(loaded, inputs, budget=16)
+    torch.testing.assert_close(uniform_logits, logits(loaded, inputs, budget=16, selection="uniform"), rtol=0, atol=0)
+    assert not torch.allclose(uniform_logits, logits(loaded, inputs, budget=16, selection="learned"), atol=1e-5)
+
+
+# --- training a baseline: the method goes into the checkpoint's config ------------------------------------------
+
+@pytest.mark.parametrize("values, message", [
+    (dict(selection_method="uniform"), "phase phase1's budget"),  # phase1 trains at "auto"
+    (dict(selection_method="hotspot", train_budget="heuristic"), "no learned budget"),
+    (dict(selection_method="random", train_budget="16", eval_strategy="steps"), "eval_budget 'auto'"),
+    (dict(selection_method="query_sim", train_budget="16"), "training-free"),
+])
+def test_a_fixed_compression_baseline_has_no_learned_budget(values, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        ArrCocTrainingArguments(output_dir=str(tmp_path), **values)
+
+
+@pytest.mark.parametrize("values", [
+    dict(selection_method="uniform", train_budget="16"),
+    dict(selection_method="uniform", train_budget="random", eval_strategy="steps", eval_budget="16"),
+    dict(selection_method="full"),  # phase1's "auto": ignored, every patch is kept
+    dict(selection_method="learned", relevance_tag=False),  # the "no tag" ablation
+])
+def test_baseline_training_combinations_that_work(values, tmp_path):
+    ArrCocTrainingArguments(output_dir=str(tmp_path), **values)
+
+
+def test_learning_curves_follow_the_models_own_selection():
+    budgets = [4, 16, 100]
+    assert [m.name for m in learning_curve_methods(budgets, selection="uniform")] == [
+        "uniform_pool@4", "uniform_pool@16", "uniform_pool@100", "full"]
+    assert [(m.name, m.selection) for m in learning_curve_methods(budgets, selection="full")] == [("full", "full")]
+    assert learning_curve_methods(budgets, selection="learned")[0].name == "auto"
+
+
+def test_trainer_refuses_arguments_not_written_into_the_model(tmp_path):
+    model = ArrCocModelTester().get_model()
+    args = ArrCocTrainingArguments(output_dir=str(tmp_path), selection_method="uniform", train_budget="16",
+                                   report_to="none")
+    apply_phase(model, "phase1")
+    collator = ArrCocCollator(AutoProcessor.from_pretrained(TINY_PRESET), patch_size=8)
+    with pytest.raises(ValueError, match="write it into the model config"):
+        ArrCocTrainer(model=model, args=args, data_collator=collator)
+    train.apply_method(model, args)
+    ArrCocTrainer(model=model, args=args, data_collator=collator)
+
+
+def test_train_main_writes_the_baselines_method_into_its_checkpoint(tmp_path, capsys):
+    config = dict(model_preset="configs/model/tiny", config_overrides={"visual_vocab_size": max(NUM_VISUAL_WORDS, 64)},
+                  synthetic_num_train=8, synthetic_num_validation=4, synthetic_cache_dir=str(tmp_path / "cache"),
+                  synthetic_families=["local_color", "global_count"], phase="phase1", max_steps=2,
+                  per_device_train_batch_size=4, learning_rate=1e-2, logging_steps=1, report_to="none",
+                  disable_tqdm=True, dataloader_pin_memory=False, save_strategy="no", calibration_every=1,
+                  learning_curve_every=2, learning_curve_samples=4, output_dir=str(tmp_path / "out"))
+    path = tmp_path / "baseline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    trainer = train.main([str(path), "selection_method=uniform", "relevance_tag=false", "train_budget=random"])
+    assert "method: selection_method=uniform relevance_tag=False" in capsys.readouterr().out
+    final = tmp_path / "out" / "checkpoint"
+    saved = AutoConfig.from_pretrained(final)
+    assert (saved.selection_method, saved.relevance_tag) == ("uniform", False)
+    recorded = yaml.safe_load((final / train.TRAINING_CONFIG).read_text())
+    assert recorded["selection_method"] == "uniform" and recorded["relevance_tag"] is False
+    assert recorded["synthetic_families"] == ["local_color", "global_count"]
+    assert not any("budget_loss" in h for h in trainer.state.log_history), "no budget to calibrate"
+    curve = json.loads((tmp_path / "out" / "learning_curve.json").read_text())
+    assert list(curve["points"][-1]["methods"]) == ["uniform_pool@4", "uniform_pool@16", "uniform_pool@100", "full"]
+
+
+# --- eval.py --method: trained baselines on the same questions, each at its own selection -----------------------
+
+
+def save_checkpoint(path, training_config=None, **overrides):
+    """The tiny preset (random weights) with `overrides` in its config, its processor, and optionally the training
+    YAML train.py would have saved beside it."""
+    config = AutoConfig.from_pretrained(TINY_PRESET, **overrides)
+    torch.manual_seed(0)
+    AutoModelForImageTextToText.from_config(config).save_pretrained(path)
+    AutoProcessor.from_pretrained(TINY_PRESET).save_pretrained(path)
+    if training_config is not None:
+        (path / train.TRAINING_CONFIG).write_text(yaml.safe_dump(training_config))
+    return str(path)
+
+
+def test_eval_runs_trained_baselines_at_their_own_selection(tmp_path):
+    main = save_checkpoint(tmp_path / "arrcoc", {"phase": "phase1", "synthetic_families": ["local_color"]})
+    uniform = save_checkpoint(tmp_path / "uniform", {"selection_method": "uniform", "relevance_tag": False,
+                                                     "train_budget": "random", "synthetic_families": ["local_color"]},
+                              selection_method="uniform", relevance_tag=False)
+    full = save_checkpoint(tmp_path / "full", selection_method="full", relevance_tag=False)
+    argv = [main, "--num-samples", "4", "--batch-size", "4", "--max-new-tokens", "2", "--baselines", "query_sim",
+            "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--quiet",
+            "--heatmaps-per-task", "1", "--method", f"uniform_pool={uniform}", "--method", f"reference={full}"]
+    report = eval_script.main(argv)
+    methods = report["methods"]
+    for k, tokens in ((4, 4), (16, 16), (100, 64)):
+        trained = methods[f"trained_uniform_pool@{k}"]
+        assert (trained["selection"], trained["budget"], trained["mean_visual_tokens"]) == ("uniform", k, tokens)
+        assert trained["checkpoint"] == uniform and trained["trained_as"] == "uniform_pool"
+        assert methods[f"trained_reference+query_sim@{k}"]["selection"] == "query_sim"
+    reference = methods["trained_reference"]
+    assert (reference["selection"], reference["mean_visual_tokens"]) == ("full", 64)
+    record = report["trained_methods"]["uniform_pool"]
+    assert (record["selection_method"], record["relevance_tag"]) == ("uniform", False)
+    assert record["training_config"]["train_budget"] == "random" and record["trained_families"] == ["local_color"]
+    assert report["trained_methods"]["reference"]["training_config"] is None, "no training YAML beside it"
+    assert list(report["comparisons"]["auto_vs_trained_full"]) == ["trained_reference"]
+    comparisons = report["comparisons"]
+    compared = set(comparisons["auto_vs_baseline"]) | set(comparisons["baselines_with_fewer_tokens"])
+    assert {f"trained_uniform_pool@{k}" for k in (4, 16, 100)} <= compared
+    assert report["meta"]["trained_families"] == ["local_color"]
+    assert report["unseen_families"] == sorted(set(row for row in methods["auto"]["per_task"]) - {"local_color"})
+
+    # The report's answers are the uniform checkpoint's own, as its generate gives them without being told.
+    model, processor = eval_script.load_checkpoint(uniform)
+    data = E.load_eval_dataset("synthetic", num_samples=4, image_size=64, patch_size=8,
+                               cache_dir=str(tmp_path / "cache"))
+    rows = [data.dataset[i] for i in range(4)]
+    inputs = prompt_batch(processor, [r["image"] for r in rows], [r["question"] for r in rows])
+    generated = model.generate(**inputs, budget=16, max_new_tokens=2, do_sample=False,
+                               pad_token_id=processor.tokenizer.pad_token_id)
+    answers = processor.tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    lines = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [line["predictions"]["trained_uniform_pool@16"] for line in lines] == [a.strip() for a in answers]
+
+
+def test_eval_refuses_a_trained_checkpoint_of_another_geometry(tmp_path):
+    main = save_checkpoint(tmp_path / "arrcoc")
+    other = save_checkpoint(tmp_path / "other", budgets=[4, 16])
+    argv = [main, "--num-samples", "2", "--budget", "16", "--baselines", "none", "--no-calibration",
+            "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--quiet",
+            "--method", f"small={other}"]
+    with pytest.raises(ValueError, match="same pages and tiers"):
+        eval_script.main(argv)
+    with pytest.raises(SystemExit):
+        eval_script.parse_args([main, "--method", "no-checkpoint"])
+
+
+def test_trained_families_follow_the_chain_of_training_stages(tmp_path):
+    """A checkpoint's stages: its own training_config.yaml, its init_from's, and a shipped base's PROVENANCE.json."""
+    base, phase1, phase2 = tmp_path / "base", tmp_path / "phase1", tmp_path / "phase2"
+    for path in (base, phase1, phase2):
+        path.mkdir()
+    stages = [{"training_config": yaml.safe_dump({"synthetic_families": ["local_color"], "init_from": "gone"})}]
+    (base / "PROVENANCE.json").write_text(json.dumps({"stages": stages}))
+    (phase1 / train.TRAINING_CONFIG).write_text(yaml.safe_dump({"init_from": str(base),
+                                                                "synthetic_families": ["global_count"]}))
+    (phase2 / train.TRAINING_CONFIG).write_text(yaml.safe_dump({"init_from": str(phase1)}))
+    assert eval_script.trained_families(phase1) == ["global_count", "local_color"]
+    assert eval_script.trained_families(phase2) == sorted(FAMILIES), "no synthetic_families: every family"
+    assert eval_script.trained_families(tmp_path / "nothing") is None, "not recorded: unknown"
+    (phase1 / train.TRAINING_CONFIG).write_text(yaml.safe_dump({"init_from": str(tmp_path / "missing")}))
+    assert eval_script.trained_families(phase2) is None, "a link of the chain is not recorded"
+    (phase1 / train.TRAINING_CONFIG).write_text(yaml.safe_dump({"dataset": "docvqa"}))
+    assert eval_script.trained_families(phase1) is None, "a Hub dataset's families are unknown here"
+    given = tmp_path / "given.yaml"
+    given.write_text(yaml.safe_dump({"init_from": str(base), "synthetic_families": ["chart"]}))
+    assert eval_script.trained_families(tmp_path / "nothing", [given]) == ["chart", "local_color"]
