@@ -215,6 +215,14 @@ def constant_tier_policies(scores_by_tier, counts_by_tier) -> list:
              "n": int(scores.shape[1])} for t in range(scores.shape[0])]
 
 
+def oracle_tiers(correct_by_tier) -> list:
+    """Per sample, the smallest tier index whose run answers it (`correct_by_tier[t][i]` truthy), None where no
+    tier does: the oracle-minimal tier that budget calibration is measured against."""
+    correct = _matrix(correct_by_tier, "correct_by_tier") != 0
+    answered, first = correct.any(axis=0), np.argmax(correct, axis=0)
+    return [int(t) if ok else None for t, ok in zip(first, answered)]
+
+
 def oracle_policy(correct_by_tier, counts_by_tier) -> dict:
     """The oracle router: per sample, the smallest tier that answers correctly. An upper bound for any router
     over these tiers (best accuracy, and the fewest tokens at that accuracy).
@@ -236,7 +244,7 @@ def oracle_policy(correct_by_tier, counts_by_tier) -> dict:
     chosen = np.where(answered, first, correct.shape[0] - 1)
     tokens = counts[chosen, np.arange(correct.shape[1])]
     return {
-        "tiers": [int(t) if ok else None for t, ok in zip(first, answered)],
+        "tiers": oracle_tiers(correct),
         "accuracy": float(answered.mean()),
         "mean_tokens": float(tokens.mean()),
         "n": int(correct.shape[1]),
@@ -382,5 +390,6 @@ __all__ = [
     "frontier_at",
     "frontier_difference",
     "oracle_policy",
+    "oracle_tiers",
     "paired_difference",
 ]

@@ -108,10 +108,11 @@ from .datasets import EvalData, load_eval_dataset
 from .figures import heatmap_rows, plot_heatmaps, plot_pareto
 from .query_similarity import query_similarity_scores
 from .report import (
-    MethodRun, build_report, column, format_table, git_commit, oracle_tiers, per_tier_buckets, sample_scores,
+    MethodRun, build_report, column, format_table, git_commit, per_tier_buckets, sample_scores,
     save_report, summarize_run, write_predictions,
 )
 from .runner import EvalBatch, TrainedCheckpoint, eval_batch, evaluate, method_plan, run_batch, run_methods
+from ..statistics import oracle_tiers
 
 __all__ = [
     "BASELINES",

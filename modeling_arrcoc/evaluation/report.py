@@ -55,17 +55,6 @@ def summarize_run(run: MethodRun, scores, tasks, budgets, num_patches) -> dict:
     }
 
 
-def oracle_tiers(correct_by_tier) -> list:
-    """Per sample, the smallest tier index whose forced run is correct; None where no tier is.
-
-    `correct_by_tier[t][i]`: whether tier t answers sample i correctly (tiers in ascending order).
-    """
-    oracles = []
-    for per_tier in zip(*correct_by_tier):
-        oracles.append(next((t for t, correct in enumerate(per_tier) if correct), None))
-    return oracles
-
-
 def per_tier_buckets(budgets, auto_tiers, auto_scores, auto_counts, oracles=None, forced_accuracy=None) -> dict:
     """Per tier value: how many samples `auto` sent there and how it did on them, how many have it as their oracle,
     and the accuracy of forcing it on every sample."""
@@ -89,7 +78,7 @@ def _calibration(runs, scores, budgets, threshold):
     if "auto" not in runs or any(name not in runs for name in names):
         return None, None
     correct = [[s >= threshold for s in scores[name]] for name in names]
-    oracles = oracle_tiers(correct)
+    oracles = statistics.oracle_tiers(correct)
     return calibration_stats(runs["auto"].budget_tiers, oracles), oracles
 
 
@@ -278,7 +267,6 @@ __all__ = [
     "format_table",
     "frontier",
     "git_commit",
-    "oracle_tiers",
     "per_tier_buckets",
     "policies",
     "sample_scores",
