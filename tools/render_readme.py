@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 sys.path.insert(0, str(ROOT))
 
+from modeling_arrcoc.evaluation.model_card import RELEVANCE_TAG  # noqa: E402
+from modeling_arrcoc.evaluation.report import headline  # noqa: E402
+
 
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- BEGIN generated:{name}[^>]*-->\n).*?(<!-- END generated:{name} -->)", re.S)
@@ -51,6 +54,11 @@ def demo_block(report: dict) -> str:
                       f"samples with an oracle): exact {calibration['exact']:.2f}, within one tier "
                       f"{calibration['within_one']:.2f}, over {calibration['over']:.2f}, under {calibration['under']:.2f}."]
     return "\n".join(lines + ["", "![accuracy vs visual tokens](docs/pareto.png)"])
+
+
+def headline_block(report: dict) -> str:
+    lines = headline(report)
+    return "\n".join(f"- {line}" for line in lines) + "\n\n" + RELEVANCE_TAG if lines else ""
 
 
 def pretrain_block(provenance: dict) -> str:
@@ -98,7 +106,9 @@ def main():
         "heatmap": ROOT / "outputs/demo/heatmaps.png",
     }
     if sources["demo"].exists():
-        text = replace_block(text, "demo", demo_block(json.loads(sources["demo"].read_text())))
+        report = json.loads(sources["demo"].read_text())
+        text = replace_block(text, "demo", demo_block(report))
+        text = replace_block(text, "headline", headline_block(report))
         shutil.copyfile(ROOT / "outputs/demo/pareto.png", ROOT / "docs/pareto.png")
     if sources["heatmap"].exists():
         shutil.copyfile(sources["heatmap"], ROOT / "docs/heatmaps.png")

@@ -8,10 +8,28 @@ from pathlib import Path
 
 import yaml
 
+from .report import headline
+
 DEFAULT_LICENSE = "apache-2.0"
 DEFAULT_TAGS = ("arr-coc", "vision-language", "document-vqa", "visual-token-compression", "adaptive-compute")
 # Columns of the per-task table: ARR-COC's own methods, not the baselines (those are in the main table).
 OWN_KINDS = ("auto", "tier_", "full")
+
+
+def _comparison(report) -> str:
+    """The headline comparison first (report.headline), and what the relevance tag is."""
+    lines = headline(report)
+    if not lines:
+        return ""
+    return ("## The comparison as it stands\n\n" + "\n".join(f"- {line}" for line in lines) + "\n\n" + RELEVANCE_TAG)
+
+
+RELEVANCE_TAG = (
+    "The relevance tag: each token ARR-COC keeps carries tanh(z/4) of its allocator z-score, added in the language "
+    "model's embedding space through a zero-initialised linear map, so the language model finds the relevant token in "
+    "one hop. Baselines are trained without it (their selection defines no such score); through ARR-COC's own "
+    "checkpoint they would feed its language model a tag it never saw, which is why those runs are diagnostics only."
+)
 
 
 def write_model_card(report: dict, path, extra: dict | None = None) -> Path:
@@ -30,6 +48,7 @@ def write_model_card(report: dict, path, extra: dict | None = None) -> Path:
     sections = [
         _front_matter(report, name, extra),
         f"# {name}\n\n{_summary(report)}",
+        _comparison(report),
         _intended_use(extra),
         _usage(),
         _architecture(report, extra),
@@ -40,7 +59,7 @@ def write_model_card(report: dict, path, extra: dict | None = None) -> Path:
     ]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n\n".join(sections).rstrip() + "\n")
+    path.write_text("\n\n".join(section for section in sections if section).rstrip() + "\n")
     return path
 
 
@@ -255,4 +274,4 @@ def _per_tier_table(per_tier) -> str:
     return "### Per tier\n\n" + _table(header, rows)
 
 
-__all__ = ["write_model_card"]
+__all__ = ["RELEVANCE_TAG", "write_model_card"]

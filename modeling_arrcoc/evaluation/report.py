@@ -212,6 +212,56 @@ def _chance_key(metric: str):
     return normalize_vqa_answer if metric == "vqa_accuracy" else (lambda text: " ".join(str(text).lower().split()))
 
 
+def _interval(entry: dict) -> str:
+    return f"{100 * entry['difference']:+.1f} points [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}]"
+
+
+def headline(report: dict) -> list:
+    """The comparison as it stands, in sentences, from the report alone (the README and the model card lead with
+    it): auto vs the trained uniform-pooling baseline at equal or more mean tokens, vs the trained full-resolution
+    reference, vs the forced-tier frontier, calibration vs the best constant tier, chance and unseen families."""
+    comparisons, lines = report.get("comparisons") or {}, []
+    methods, n = report["methods"], report["meta"].get("num_samples")
+    auto = methods.get("auto")
+    if auto is None:
+        return lines
+    lines.append(f"ARR-COC at auto: {auto['accuracy']:.3f} at {auto['mean_visual_tokens']:.1f} mean visual tokens "
+                 f"(n = {n}; 95% bootstrap intervals throughout, differences paired on the same questions).")
+    trained = {name: entry for name, entry in (comparisons.get("auto_vs_baseline") or {}).items() if entry["trained"]}
+    uniform = sorted((entry["mean_visual_tokens"][1], name) for name, entry in trained.items() if "uniform" in name)
+    if uniform:
+        name = uniform[0][1]
+        entry = trained[name]
+        lines.append(f"vs trained uniform pooling (`{name}`, {entry['accuracy'][1]:.3f} at "
+                     f"{entry['mean_visual_tokens'][1]:.0f} tokens, the fewest at or above auto's): {_interval(entry)}.")
+    elif any(name.startswith(TRAINED_PREFIX) and "uniform" in name for name in methods):
+        lines.append("No trained uniform-pooling budget spends as many tokens as auto: see "
+                     "`baselines_with_fewer_tokens`.")
+    for name, entry in (comparisons.get("auto_vs_trained_full") or {}).items():
+        kept = entry.get("accuracy_kept")
+        kept = f"{100 * kept:.0f}%" if kept is not None else "n/a"
+        lines.append(f"vs the trained full-resolution reference (`{name}`, {entry['accuracy'][1]:.3f} at "
+                     f"{entry['mean_visual_tokens'][1]:.0f} tokens): {kept} of its accuracy at "
+                     f"{100 * entry['token_share']:.1f}% of its tokens; difference {_interval(entry)}.")
+    front = report.get("frontier")
+    if front:
+        lines.append(f"vs the forced-tier frontier interpolated at auto's tokens ({front['frontier_accuracy']:.3f}, "
+                     f"between tiers {front['lower_tier']} and {front['upper_tier']}): {_interval(front)}.")
+    calibration = (report.get("policies") or {}).get("calibration")
+    if calibration and calibration.get("exact") is not None:
+        lines.append(f"Budget calibration: auto's tier equals the oracle-minimal tier on {calibration['exact']:.2f} "
+                     f"of the {calibration['n']} questions some tier answers; always tier index "
+                     f"{calibration['constant_tier']} scores {calibration['constant_exact']:.2f} on the same questions.")
+    chance = (report.get("chance") or {}).get("per_task")
+    if chance:
+        lines.append("Chance (the most common answer per family): " + ", ".join(
+            f"{task} {entry['majority']:.2f}" for task, entry in sorted(chance.items())) + ".")
+    unseen = report.get("unseen_families")
+    if unseen:
+        lines.append(f"Families no training stage saw: {', '.join(unseen)}.")
+    return lines
+
+
 def git_commit(path=None):
     """`git rev-parse HEAD` of the code doing the evaluation, or None outside a git checkout."""
     where = Path(path) if path is not None else Path(__file__).resolve().parent
@@ -261,6 +311,7 @@ def write_predictions(runs: dict, dataset, path) -> Path:
 
 
 __all__ = [
+    "headline",
     "MethodRun",
     "build_report",
     "comparisons",
