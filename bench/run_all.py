@@ -38,10 +38,8 @@ BENCHES = (
     ("training_throughput", ["--repeats", "7"], ["--repeats", "1", "--rows", "16"]),
     ("memory", ["--repeats", "3"], ["--repeats", "1"]),
     ("gpu_token_cost", ["--repeats", "10"], ["--repeats", "1", "--new-tokens", "2"]),
-)
-# Opt-in, outside `make bench` (about 15 minutes on its own): `--only base_scale`. The base preset at its true
-# sizes; its own thread count and preset come after (and override) the common arguments.
-OPT_IN = (
+    # The base preset at its true sizes (about 15 minutes on 2 cores); its own thread count and preset come after
+    # (and override) the common arguments.
     ("base_scale", ["--preset", "base", "--threads", "2"],
      ["--preset", "base", "--threads", "2", "--items", "forward", "--tiers", "64", "full", "--skip-ovis2"]),
 )
@@ -55,7 +53,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="one round of each: checks that everything runs")
     parser.add_argument("--only", nargs="+", default=None,
-                        help="run these benchmarks only (then summarize all); opt-in ones: base_scale")
+                        help="run these benchmarks only (then summarize all)")
     return parser.parse_args(argv)
 
 
@@ -126,6 +124,7 @@ def summarize(output_dir, seconds: dict, total_seconds: float | None) -> dict:
         "memory": headline_memory(results["memory"]) if results["memory"] else None,
         "prefill_grouping": _prefill(results["prefill_grouping"]),
         "gpu": _gpu(gpu),
+        "base_scale": results.get("base_scale"),
     }
     return summary
 
@@ -174,6 +173,10 @@ def markdown(summary: dict) -> str:
                       f"{p['llm_prefill_positions']['grouped']} vs {p['llm_prefill_positions']['padded']})."]
     if summary["gpu"]:
         lines += ["", *_gpu_section(summary["gpu"])]
+    if summary.get("base_scale"):
+        from bench.base_scale import markdown as base_scale_markdown
+
+        lines += ["", base_scale_markdown(summary["base_scale"]).rstrip()]
     lines += ["", "Full tables: `python bench/<name>.py` prints each; numbers in `outputs/bench/*.json`."]
     return "\n".join(lines) + "\n"
 
@@ -269,7 +272,7 @@ def main(argv=None):
     args = parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     start, seconds = time.perf_counter(), {}
-    for name, extra, quick in BENCHES + OPT_IN:
+    for name, extra, quick in BENCHES:
         if name in (args.only or [n for n, _, _ in BENCHES]):
             seconds[name] = run_bench(name, quick if args.quick else extra, args.preset, args.output_dir, args.threads)
     total = time.perf_counter() - start
