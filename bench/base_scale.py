@@ -62,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402  (first: it sets the environment before torch starts its pool)
 from bench.flops import STAGES, lm_head_flops, query_flops, visual_tokens  # noqa: E402
+from bench.memory import peak_rss, reset_peak_rss  # noqa: E402  (one RSS high-water-mark probe for both)
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
@@ -116,27 +117,6 @@ def _malloc_trim():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss() -> int:
-    """VmHWM (bytes): the RSS high-water mark since the last reset (or since the start)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def rss() -> int:

@@ -94,3 +94,13 @@ def tiny():
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(TINY_PRESET)).eval()
     return model, AutoProcessor.from_pretrained(TINY_PRESET)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: on a shared 2-core machine two threads make tiny ops ~100x slower under load.
+    Modules that train use it for every test: `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

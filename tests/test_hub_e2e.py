@@ -31,12 +31,7 @@ METRICS = {"docvqa": "anls", "chartqa": "relaxed_accuracy", "vqav2": "vqa_accura
 SPLITS = {"docvqa": ("validation", "validation"), "chartqa": ("train", "test"), "vqav2": ("validation", "validation")}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,7 @@ from modeling_arrcoc.training.teacher import (  # noqa: E402
 OVERRIDES = {"visual_vocab_size": max(NUM_VISUAL_WORDS, 64)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAMILIES = ["local_color", "local_key", "global_count"]

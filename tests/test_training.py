@@ -34,13 +34,7 @@ SEED_LRS = dict(learning_rate_vision_tower=1e-7, learning_rate_allocator=5e-6, l
                 learning_rate_quality_adapter=5e-5, learning_rate_language_model=3e-7)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On a shared 2-core machine, two intra-op threads make these tiny ops ~100x slower under load.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
