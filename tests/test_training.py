@@ -3,6 +3,7 @@ tier-grouped batches, cached SAM features, 2-process DDP. Tiny preset (64 px, 8 
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 
@@ -214,6 +215,24 @@ def test_curriculum_starts_with_easy_families(tmp_path, datasets, processor):
     assert set(tasks[:8]) == {"local_color"} and len(tasks) == 8 + len(datasets[0])
 
 
+def test_curriculum_composes_with_tier_grouped_batches(tmp_path, datasets, processor):
+    # 3 easy steps x batch 4: the dataset's first 12 rows are the easy stretch, grouped by tier and read first.
+    easy = {"local_color"}
+    trainer = make_trainer(tmp_path, datasets, processor, "phase0", curriculum_easy_families=sorted(easy),
+                           curriculum_easy_steps=3, group_by_tier=True)
+    loader = trainer.get_train_dataloader()
+    assert isinstance(loader.batch_sampler, TierGroupedBatchSampler)
+    tasks = list(trainer.train_dataset["task"])
+    rows = list(loader.batch_sampler)
+    assert sorted(i for batch in rows for i in batch) == list(range(len(tasks))) == list(range(12 + len(datasets[0])))
+    batches = [{tasks[i] for i in batch} for batch in rows]
+    assert all(batch == easy for batch in batches[:3])
+    head = sum(1 for batch in rows if min(batch) < 12)
+    assert all(max(batch) < 12 for batch in rows[:head])  # the easy stretch comes first, whole
+    assert set().union(*batches[head:]) == set(datasets[0]["task"]) != easy  # afterwards every family
+    assert all(batch["budget_tier"].unique().numel() == 1 for batch in loader)
+
+
 def test_reduce_lr_on_plateau_scales_every_component(tmp_path, datasets, processor):
     trainer = make_trainer(tmp_path, datasets, processor, "phase1", max_steps=4, eval_strategy="steps", eval_steps=1,
                            lr_scheduler_type="reduce_lr_on_plateau", metric_for_best_model="answer_loss",
@@ -295,6 +314,39 @@ def test_nonfinite_step_is_skipped(tmp_path, datasets, processor):
     weight = trainer.model.model.quality_adapter.visual_head.weight
     assert trainer.optimizer.state[weight]["step"] == 2  # one of three steps skipped: no optimizer update
     assert trainer.state.log_history[-2]["nonfinite_steps"] == 1
+
+
+class OptimizerSnapshots(TrainerCallback):
+    """The visual head's Adam moments after each step."""
+
+    def __init__(self):
+        self.moments = {}
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        moments = optimizer.state[model.model.quality_adapter.visual_head.weight]
+        self.moments[state.global_step] = (moments["exp_avg"].clone(), moments["exp_avg_sq"].clone())
+
+
+def test_nonfinite_step_does_not_advance_the_schedule(tmp_path, datasets, processor):
+    # 4 steps with step 2 skipped against 3 clean steps, both on a 4-step linear decay: the skipped run ends where
+    # the clean one is after 3 steps, and runs its step 3 at the learning rate the clean run's step 2 had.
+    model, snaps, moments = tiny_model(), Snapshots(), OptimizerSnapshots()
+    nan_on_calls(model, {2})
+    skipped = make_trainer(tmp_path / "skipped", datasets, processor, "phase0", model=model,
+                           callbacks=[snaps, moments], max_steps=4)
+    skipped.train()
+    clean = make_trainer(tmp_path / "clean", datasets, processor, "phase0", callbacks=[StopAt(3)], max_steps=4)
+    clean.train()
+    assert skipped.state.global_step == 4 and clean.state.global_step == 3
+    assert skipped.lr_scheduler.get_last_lr() == clean.lr_scheduler.get_last_lr()
+    assert [g["lr"] for g in skipped.optimizer.param_groups] == [g["lr"] for g in clean.optimizer.param_groups]
+    ran_at = [h["learning_rate"] for h in skipped.state.log_history if "learning_rate" in h]
+    clean_ran_at = [h["learning_rate"] for h in clean.state.log_history if "learning_rate" in h]
+    assert len(set(clean_ran_at)) == 3 and ran_at == [clean_ran_at[0], clean_ran_at[1], *clean_ran_at[1:]]
+    # the skipped step left weights and optimizer state as they were
+    assert torch.equal(snaps.weights[1], snaps.weights[2]) and not torch.equal(snaps.weights[2], snaps.weights[3])
+    assert all(torch.equal(a, b) for a, b in zip(moments.moments[1], moments.moments[2]))
+    assert skipped.optimizer.state[model.model.quality_adapter.visual_head.weight]["step"] == 3
 
 
 def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, datasets, processor):
@@ -394,6 +446,49 @@ def test_sam_feature_cache(tmp_path, datasets, processor):
     torch.testing.assert_close(cached, trainer.compute_loss(model, dict(batch)), rtol=1e-5, atol=1e-6)
 
 
+def count_sam_forwards(model):
+    calls = {"n": 0}
+    model.model.vision_tower.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    return calls
+
+
+def test_sam_feature_cache_on_disk_is_reused_and_invalidated(tmp_path, datasets, processor):
+    # 7 steps x 4 rows > 24 rows: the first run computes every row once (and reads the second epoch from memory
+    # or disk); a second run with the same frozen SAM computes none, a changed SAM weight computes all again.
+    cache_dir = tmp_path / "sam_cache"
+    settings = dict(sam_cache_dir=str(cache_dir), calibration_every=0, max_steps=7)
+
+    def run(name, model):
+        calls = count_sam_forwards(model)
+        trainer = make_trainer(tmp_path / name, datasets, processor, "phase1", model=model, **settings)
+        trainer.train()
+        return trainer, calls["n"], [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+    first, first_forwards, first_losses = run("first", tiny_model())
+    assert first.args.cache_sam_features and first.feature_cache.misses == len(datasets[0]) and first_forwards > 0
+    shards = list(cache_dir.glob("*/*.safetensors"))
+    assert len(shards) == 1 and not list(cache_dir.glob("*/*.tmp"))
+    second, second_forwards, second_losses = run("second", tiny_model())
+    assert second_forwards == 0 and second.feature_cache.misses == 0
+    assert second_losses == first_losses and len(first_losses) == 7
+    changed = tiny_model()
+    with torch.no_grad():
+        changed.model.vision_tower.vision_encoder.layers[0].mlp.lin1.weight[0, 0] += 1e-3
+    third, third_forwards, _ = run("third", changed)
+    assert third_forwards > 0 and third.feature_cache.misses == len(datasets[0])
+    assert len(list(cache_dir.iterdir())) == 2  # a new fingerprint directory, the old one left as it was
+    # a row index that now holds another image is recomputed, not served stale
+    cache = SamFeatureCache(cache_dir=str(cache_dir))
+    batch = next(iter(second.get_train_dataloader()))
+    model = tiny_model().eval()
+    calls = count_sam_forwards(model)
+    cache.lookup(model, batch["pixel_values"], batch["sample_index"])
+    assert calls["n"] == 0 and cache.hits == 4
+    swapped = cache.lookup(model, batch["pixel_values"].flip(0), batch["sample_index"])
+    assert calls["n"] == 1 and cache.misses == 4
+    torch.testing.assert_close(swapped, model.model.get_patch_features(batch["pixel_values"].flip(0)), rtol=0, atol=1e-5)
+
+
 # --- train.py -----------------------------------------------------------------------------------------------------
 
 
@@ -470,9 +565,9 @@ def single_process_run(tmp_path_factory, data_args, datasets):
     return trainer
 
 
-def launch_two_processes(tmp_path, data_args, launcher_args):
+def launch_two_processes(tmp_path, data_args, launcher_args, script=ROOT / "train.py"):
     command = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train.py"),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
                tiny_yaml(tmp_path / "run.yaml", data_args, **DISTRIBUTED), f"output_dir={tmp_path / 'out'}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -528,6 +623,67 @@ def test_deepspeed_zero2_two_processes_match_one_process(tmp_path, data_args, si
     (tmp_path / "zero2.yaml").write_text(yaml.safe_dump({**config, "use_cpu": True}))
     losses, checkpoint = launch_two_processes(tmp_path, data_args, ["--config_file", str(tmp_path / "zero2.yaml")])
     assert_same_run(single_process_run, losses, checkpoint, atol=1e-5)
+
+
+# train.py with a NaN loss on the first micro-batch of optimizer step 2, on process 0 only. Its gradient stays
+# finite (a NaN term without a gradient path), which DeepSpeed's own overflow check would not see.
+NAN_AT_STEP_2 = """
+import sys
+
+sys.path.insert(0, {root!r})
+import train
+from modeling_arrcoc.training.trainer import ArrCocTrainer
+
+weighted_loss = ArrCocTrainer.weighted_loss
+
+
+def nan_at_step_2(self, *args, **kwargs):
+    loss = weighted_loss(self, *args, **kwargs)
+    seen = getattr(self, "_test_step2_calls", 0)
+    if self.model.training and self.state.global_step == 1 and self.accelerator.process_index == 0:
+        self._test_step2_calls = seen + 1
+        if seen == 0:
+            return loss + float("nan")  # a NaN loss whose gradient is finite: DeepSpeed alone would apply it
+    return loss
+
+
+if __name__ == "__main__":
+    ArrCocTrainer.weighted_loss = nan_at_step_2
+    train.main(sys.argv[1:])
+"""
+
+
+def test_deepspeed_skips_a_nonfinite_step(tmp_path, data_args, monkeypatch):
+    # The same NaN (process 0, step 2) under DeepSpeed ZeRO-2 on 2 processes and in 1 process x 2 accumulation
+    # without DeepSpeed (which drops the step, test_nonfinite_step_does_not_advance_the_schedule): both skip it,
+    # so weights, the learning-rate schedule and the losses of the other steps agree.
+    pytest.importorskip("deepspeed")
+    script = tmp_path / "nan_train.py"
+    script.write_text(NAN_AT_STEP_2.format(root=str(ROOT)))
+    injected = runpy.run_path(str(script), run_name="nan_train")["nan_at_step_2"]
+    monkeypatch.setattr(ArrCocTrainer, "weighted_loss", injected)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    single = train.main([tiny_yaml(tmp_path / "single.yaml", data_args, gradient_accumulation_steps=2, **DISTRIBUTED),
+                         f"output_dir={tmp_path / 'single'}"])
+    torch.set_num_threads(threads)
+    assert single.nonfinite.total == 1
+    config = yaml.safe_load((ROOT / "configs" / "accelerate" / "deepspeed_zero2.yaml").read_text())
+    (tmp_path / "zero2.yaml").write_text(yaml.safe_dump({**config, "use_cpu": True}))
+    losses, checkpoint = launch_two_processes(tmp_path, data_args, ["--config_file", str(tmp_path / "zero2.yaml")],
+                                              script=script)
+    state = json.loads((tmp_path / "out" / "checkpoint-3" / "trainer_state.json").read_text())
+    logs = [h for h in state["log_history"] if "loss" in h]
+    single_logs = [h for h in single.state.log_history if "loss" in h]
+    assert [h["nonfinite_steps"] for h in logs] == [h["nonfinite_steps"] for h in single_logs] == [0, 1, 1]
+    assert [h["learning_rate"] for h in logs] == [h["learning_rate"] for h in single_logs]
+    assert single_logs[1]["learning_rate"] == single_logs[2]["learning_rate"]  # the schedule waited a step
+    torch.testing.assert_close(torch.tensor(losses)[[0, 2]], torch.tensor([h["loss"] for h in single_logs])[[0, 2]],
+                               rtol=0, atol=1e-5)
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint)
+    expected = dict(single.model.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, expected[name], rtol=0, atol=1e-5, msg=name)
 
 
 def test_step_tier_weights_shape_the_multi_budget_draw():

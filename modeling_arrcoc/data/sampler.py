@@ -9,6 +9,10 @@ tier means one question-length class, so similar task families), so each step's 
 random batch's. `TierGroupedBatchSampler` spreads every tier's batches evenly over the epoch, so any short
 stretch of steps still sees every tier; gradient accumulation or data parallelism over several micro-batches
 mixes tiers within one optimizer step.
+
+With a curriculum (`head`: the dataset's first rows are its easy stretch, `curriculum_indices`), the head and the
+rest are grouped separately and the head's batches come first: every batch still has one tier, and the easy
+stretch stays first. Grouping can round the head up to at most one partial batch per tier (all easy rows).
 """
 
 import math
@@ -35,12 +39,18 @@ class TierGroupedBatchSampler(torch.utils.data.Sampler):
     Each epoch (seeded by `seed + epoch`, so resuming replays the same order) shuffles each tier's rows, cuts
     them into batches, and places the j-th of a tier's n batches at (j + u) / n with u uniform in [0, 1): a
     randomized proportional round-robin. Call `set_epoch` between epochs (the Trainer does).
+
+    `head` > 0: rows [0, head) (a curriculum's easy stretch) are batched apart, the same way, and come first.
     """
 
-    def __init__(self, tiers: Sequence[int], batch_size: int, seed: int = 0, drop_last: bool = False):
+    def __init__(self, tiers: Sequence[int], batch_size: int, seed: int = 0, drop_last: bool = False,
+                 head: int = 0):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
-        self.groups = _group_rows(tiers)
+        if not 0 <= head <= len(tiers):
+            raise ValueError(f"head must be in [0, {len(tiers)}], got {head}.")
+        self.parts = [_group_rows(tiers[:head]), _group_rows(tiers[head:], offset=head)] if head else \
+            [_group_rows(tiers)]
         self.batch_size = batch_size
         self.seed = seed
         self.drop_last = drop_last
@@ -51,16 +61,19 @@ class TierGroupedBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = random.Random(self.seed + self.epoch)
-        placed = []
-        for rows in self.groups.values():
-            batches = self._batches(rng.sample(rows, len(rows)))
-            placed += [((j + rng.random()) / len(batches), batch) for j, batch in enumerate(batches)]
-        placed.sort(key=lambda item: item[0])
-        return iter([batch for _, batch in placed])
+        ordered = []
+        for groups in self.parts:
+            placed = []
+            for rows in groups.values():
+                batches = self._batches(rng.sample(rows, len(rows)))
+                placed += [((j + rng.random()) / len(batches), batch) for j, batch in enumerate(batches)]
+            placed.sort(key=lambda item: item[0])
+            ordered += [batch for _, batch in placed]
+        return iter(ordered)
 
     def __len__(self) -> int:
         rounding = math.floor if self.drop_last else math.ceil
-        return sum(rounding(len(rows) / self.batch_size) for rows in self.groups.values())
+        return sum(rounding(len(rows) / self.batch_size) for groups in self.parts for rows in groups.values())
 
     def _batches(self, rows: list[int]) -> list[list[int]]:
         batches = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
@@ -69,9 +82,9 @@ class TierGroupedBatchSampler(torch.utils.data.Sampler):
         return batches
 
 
-def _group_rows(tiers: Sequence[int]) -> dict[int, list[int]]:
+def _group_rows(tiers: Sequence[int], offset: int = 0) -> dict[int, list[int]]:
     groups = {}
-    for row, tier in enumerate(tiers):
+    for row, tier in enumerate(tiers, start=offset):
         groups.setdefault(int(tier), []).append(row)
     return dict(sorted(groups.items()))
 

@@ -117,6 +117,12 @@ class ArrCocTrainingArguments(TrainingArguments):
         default=False, metadata=_help("Cache frozen SAM features by training-row index (SAM must be frozen).")
     )
     sam_cache_dtype: str = field(default="float32", metadata=_help("'float32' or 'bfloat16' (half the memory)."))
+    sam_cache_dir: str | None = field(
+        default=None,
+        metadata=_help("Keep the cached SAM features on disk here (safetensors shards, memory-mapped), keyed by row "
+                       "index under a fingerprint of the SAM weights and image size, so a later phase or a restart "
+                       "with the same frozen SAM reuses them; implies cache_sam_features. None: in memory."),
+    )
     logits_on_labels_only: bool = field(default=True, metadata=_help("LM head only where labels exist (faster)."))
     grad_normalization: str = field(
         default="none", metadata=_help("'none' or 'visual_tokens': scale each batch's loss by mean tier K / its K.")
@@ -124,7 +130,10 @@ class ArrCocTrainingArguments(TrainingArguments):
     curriculum_easy_families: list[str] = field(
         default_factory=list, metadata=_help("Task families of the curriculum's easy stretch (column 'task').")
     )
-    curriculum_easy_steps: int = field(default=0, metadata=_help("Optimizer steps on easy families first; 0 = off."))
+    curriculum_easy_steps: int = field(
+        default=0, metadata=_help("Optimizer steps on easy families first; 0 = off. With group_by_tier, the easy "
+                                  "stretch and the rest are each grouped by tier, the easy batches first.")
+    )
     max_nonfinite_steps: int = field(default=5, metadata=_help("Consecutive non-finite steps that stop the run."))
     grad_norm_ranges: dict | str | None = field(
         default=None, metadata=_help("{component: [low, high]}: warn when its grad norm leaves the range.")
@@ -144,6 +153,8 @@ class ArrCocTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         self.train_budget, self.eval_budget = str(self.train_budget), str(self.eval_budget)  # YAML may give ints
+        if self.sam_cache_dir:
+            self.cache_sam_features = True
         self._check_phase_and_budget()
         self._check_losses()
         self._check_alignment_targets()
@@ -247,8 +258,6 @@ class ArrCocTrainingArguments(TrainingArguments):
             raise ValueError("remove_unused_columns must be False: ArrCocCollator reads the raw rows.")
         if self.curriculum_easy_steps and not self.curriculum_easy_families:
             raise ValueError("curriculum_easy_steps needs curriculum_easy_families (task families of the easy part).")
-        if self.curriculum_easy_steps and self.group_by_tier:
-            raise ValueError("The curriculum (a fixed row order) and group_by_tier (its own order) exclude each other.")
         if self.early_stopping_patience is not None:
             _check_at_least("early_stopping_patience", self.early_stopping_patience, 1)
             if not self.load_best_model_at_end or self.metric_for_best_model is None:

@@ -18,11 +18,23 @@ step from (seed, step), the same on every process and every micro-batch, so CLIP
 tier, each batch pads nothing, and an interrupted run replays the same tiers on resume.
 
 Non-finite steps. When any micro-batch of an optimizer step (on any process) has a non-finite loss, or the
-gradient is non-finite, all gradients are dropped before the optimizer step: AdamW skips parameters without a
-gradient, so weights and optimizer state are untouched (the learning-rate schedule still advances one step).
+gradient is non-finite, the step is skipped: weights, optimizer state and the learning-rate schedule are as if
+the step's batches had not been drawn (the step still counts in `global_step`, so the data and the per-step tier
+draw move on). Without DeepSpeed, all gradients are dropped before the optimizer step (AdamW skips parameters
+without a gradient) and the optimizer is marked as having skipped its step (accelerate's `step_was_skipped`,
+which the Trainer reads before stepping the schedule); under fp16 with a gradient scaler the gradients are set
+to NaN instead, so that the scaler skips the step (and lowers its scale). Under DeepSpeed the engine steps
+inside the last micro-batch's `backward`, before the trainer sees the gradients: there the trainer decides
+before that backward (all processes agree) and, for a bad step, makes the loss NaN, so that every process's
+gradient is non-finite and DeepSpeed's own overflow check skips the optimizer and its schedule (ZeRO checks the
+gradients for inf/NaN in fp16 and bf16, and the gradient norm in fp32); the trainer then reads
+`engine.was_step_applied()` and raises if DeepSpeed applied the step anyway, rather than continue silently. A
+step DeepSpeed skipped by itself (an overflow with a finite loss; fp16's loss-scale search aside) counts as
+non-finite too. DeepSpeed 0.19's ZeRO-3 checks for overflow only under fp16, so ZeRO-3 in bf16 or fp32 (and a
+DeepSpeed engine without ZeRO) cannot skip a step: there the first non-finite step raises `NonFiniteLossError`
+before its update, and the run stops with its checkpoints intact.
 `max_nonfinite_steps` such steps in a row raise `NonFiniteLossError`; checkpoints already saved stay intact.
-Under DeepSpeed the engine steps inside `backward`, so there steps are counted but not skipped, and
-per-component gradient norms are not logged.
+Under DeepSpeed per-component gradient norms are not logged.
 
 Multi-resolution training is not offered: every preset (tiny, demo, base) has one SAM input size.
 """
@@ -41,7 +53,7 @@ from ..data.sampler import IndexedCollator, TierGroupedBatchSampler, curriculum_
 from ..modeling_arrcoc import LOSS_COMPONENTS, answer_window, weighted_loss
 from .arguments import COMPONENTS, WEIGHTED_TERMS, ArrCocTrainingArguments
 from .calibration import calibration_targets, step_tier
-from .guards import NonFiniteGuard, SamFeatureCache
+from .guards import NonFiniteGuard, NonFiniteLossError, SamFeatureCache, last_checkpoint
 from .optim import check_param_groups, component_param_groups
 from .phases import PHASES, component_parameters, trainable_parameter_counts
 
@@ -78,6 +90,7 @@ class ArrCocTrainer(Trainer):
         self.model_accepts_loss_kwargs = False  # compute_loss returns per-batch means; the Trainer divides by GA
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._step_nonfinite = False
+        self._deepspeed_bad = False
         self._collapsed_tier = None
         self.nonfinite = NonFiniteGuard(args.max_nonfinite_steps)
         self.feature_cache = self._make_feature_cache(model)
@@ -100,18 +113,30 @@ class ArrCocTrainer(Trainer):
         if args.cache_sam_features:
             dataset = with_sample_index(dataset)
         if args.curriculum_easy_steps:
-            global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-            num_easy = args.curriculum_easy_steps * global_batch
+            num_easy = ArrCocTrainer._curriculum_rows(args)
             order = curriculum_indices(dataset["task"], args.curriculum_easy_families, num_easy, args.seed)
             dataset = dataset.select(order)
         return dataset
+
+    @staticmethod
+    def _curriculum_rows(args) -> int:
+        """Rows of the curriculum's easy stretch: its optimizer steps x the global batch."""
+        global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        return args.curriculum_easy_steps * global_batch
 
     def _make_feature_cache(self, model):
         if not self.args.cache_sam_features:
             return None
         if any(p.requires_grad for p in model.model.vision_tower.parameters()):
             raise ValueError("cache_sam_features needs a frozen vision tower; apply the phase first.")
-        return SamFeatureCache(getattr(torch, self.args.sam_cache_dtype))
+        return SamFeatureCache(getattr(torch, self.args.sam_cache_dtype), cache_dir=self.args.sam_cache_dir)
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.feature_cache is not None:
+                self.feature_cache.flush()  # the rows computed since the last shard, for the next run
 
     def _check_model(self, model):
         budgets = model.config.budgets
@@ -155,7 +180,10 @@ class ArrCocTrainer(Trainer):
         budgets = self.model.config.budgets
         tiers = question_tiers(list(self.train_dataset["question"]), len(budgets), self.args.heuristic_short_words)
         seed = self.args.seed if self.args.data_seed is None else self.args.data_seed
-        sampler = TierGroupedBatchSampler(tiers, self._train_batch_size, seed, self.args.dataloader_drop_last)
+        # With the curriculum, the dataset's first rows are its easy stretch: grouped apart and read first.
+        head = self._curriculum_rows(self.args) if self.args.curriculum_easy_steps else 0
+        sampler = TierGroupedBatchSampler(tiers, self._train_batch_size, seed, self.args.dataloader_drop_last,
+                                          head=head)
         loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
         return self.accelerator.prepare(loader)
@@ -176,6 +204,8 @@ class ArrCocTrainer(Trainer):
             components["budget"] = self.calibration_loss(unwrapped, inputs, outputs.budget_logits)
         loss = self.weighted_loss(components, outputs.visual_token_counts, unwrapped.config)
         self._record(mode, components, outputs, unwrapped.config.budgets)
+        if mode == "train" and self._deepspeed_step_is_next():
+            loss = self._deepspeed_poison(model, loss)
         return (loss, outputs) if return_outputs else loss
 
     def budget_for(self, mode: str, tiers, budgets: list[int]):
@@ -230,18 +260,76 @@ class ArrCocTrainer(Trainer):
             self._end_of_accumulation(model)
         return loss
 
+    def _deepspeed_step_is_next(self) -> bool:
+        """Under DeepSpeed, whether this micro-batch's backward runs the engine's optimizer step."""
+        return self.accelerator.distributed_type == DistributedType.DEEPSPEED and self.accelerator.sync_gradients
+
+    def _deepspeed_poison(self, engine, loss: torch.Tensor) -> torch.Tensor:
+        """Before the backward that steps the DeepSpeed engine: when this optimizer step is bad on any process,
+        a NaN loss, so that every process's gradient is non-finite and DeepSpeed's overflow check skips it."""
+        self._deepspeed_bad = self._on_any_process(self._step_nonfinite or not bool(torch.isfinite(loss)))
+        if not self._deepspeed_bad:
+            return loss
+        # DeepSpeed 0.19 checks gradients for overflow in ZeRO-1/2 (every precision) and under fp16; ZeRO-3 in
+        # bf16/fp32 and plain (ZeRO-0) engines apply whatever the gradient is: stop before that step.
+        if engine.zero_optimization_stage() not in (1, 2) and not engine.fp16_enabled():
+            raise NonFiniteLossError(
+                f"Step {self.state.global_step + 1}: non-finite loss under DeepSpeed ZeRO stage "
+                f"{engine.zero_optimization_stage()} without fp16, whose engine cannot skip an optimizer step (it "
+                "checks no overflow there). Training stopped before the step; the last checkpoint "
+                f"({last_checkpoint(self.args.output_dir)}) is intact: use ZeRO-2, or lower the learning "
+                "rate / check the data, then resume_from_checkpoint."
+            )
+        return loss * float("nan")
+
     def _end_of_accumulation(self, model):
         """After the last backward of an optimizer step, before clipping: norms, and the non-finite skip."""
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return self._end_of_deepspeed_step(model)
         norms = self.component_grad_norms()
         bad = self._on_any_process(self._step_nonfinite) or not all(map(math.isfinite, norms.values()))
         self._step_nonfinite = False
+        self._skip_optimizer_step(model, bad)
         if bad:
-            model.zero_grad(set_to_none=True)  # AdamW skips parameters without gradient: no update, no state
             self.nonfinite.bad(self.state.global_step + 1, self.args.output_dir)
             return
         self.nonfinite.good()
         for name, norm in norms.items():
             self._metrics["train"][f"grad_norm/{name}"].append(norm)
+
+    def _skip_optimizer_step(self, model, skip: bool):
+        """Make the coming optimizer step (and with it the learning-rate schedule) a no-op when `skip`."""
+        if self.accelerator.scaler is not None:
+            if skip:  # the scaler finds the NaN, skips the step, and accelerate reports it skipped
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p.grad.fill_(float("nan"))
+            return
+        if skip:
+            model.zero_grad(set_to_none=True)  # AdamW skips parameters without gradient: no update, no state
+        # accelerate's AcceleratedOptimizer.step_was_skipped (backed by _is_overflow, which its step only sets
+        # under a scaler): the Trainer does not step the schedule after a skipped optimizer step.
+        if not hasattr(self.optimizer, "_is_overflow"):
+            raise RuntimeError("ArrCocTrainer expects accelerate's AcceleratedOptimizer (step_was_skipped) to skip "
+                               f"non-finite steps, got {type(self.optimizer).__name__}.")
+        self.optimizer._is_overflow = skip
+
+    def _end_of_deepspeed_step(self, engine):
+        """After the DeepSpeed engine stepped (inside backward): count the step, and check a bad one was skipped."""
+        bad, self._deepspeed_bad, self._step_nonfinite = self._deepspeed_bad, False, False
+        applied = engine.was_step_applied()
+        if bad and applied:
+            raise RuntimeError(
+                f"Step {self.state.global_step + 1}: the loss was non-finite and DeepSpeed applied the optimizer step "
+                "anyway (its overflow check did not catch the NaN gradient: check zero_optimization.compute_grad_norm "
+                "and bf16.check_grad_overflow in the DeepSpeed config). Training stopped rather than continue from "
+                "weights the non-finite step may have changed."
+            )
+        # A step DeepSpeed skipped by itself counts too, except fp16's loss-scale overflows (its scale search).
+        if bad or not (applied or engine.fp16_enabled()):
+            self.nonfinite.bad(self.state.global_step + 1, self.args.output_dir)
+        else:
+            self.nonfinite.good()
 
     def component_grad_norms(self) -> dict[str, float]:
         """L2 norm of each component's gradient (empty under DeepSpeed, whose engine holds the gradients)."""
