@@ -222,6 +222,11 @@ def headline(report: dict) -> list:
     reference, vs the forced-tier frontier, calibration vs the best constant tier, chance and unseen families."""
     comparisons, lines = report.get("comparisons") or {}, []
     methods, n = report["methods"], report["meta"].get("num_samples")
+    chance = ((report.get("chance") or {}).get("overall") or {}).get("majority")
+
+    def weak(accuracy):  # a comparison against a model at chance says little about the method
+        return f" - at or below chance ({chance:.2f}): it did not learn to answer" if chance and accuracy <= chance else ""
+
     auto = methods.get("auto")
     if auto is None:
         return lines
@@ -233,7 +238,8 @@ def headline(report: dict) -> list:
         name = uniform[0][1]
         entry = trained[name]
         lines.append(f"vs trained uniform pooling (`{name}`, {entry['accuracy'][1]:.3f} at "
-                     f"{entry['mean_visual_tokens'][1]:.0f} tokens, the fewest at or above auto's): {_interval(entry)}.")
+                     f"{entry['mean_visual_tokens'][1]:.0f} tokens, the fewest at or above auto's{weak(entry['accuracy'][1])}): "
+                     f"{_interval(entry)}.")
     elif any(name.startswith(TRAINED_PREFIX) and "uniform" in name for name in methods):
         lines.append("No trained uniform-pooling budget spends as many tokens as auto: see "
                      "`baselines_with_fewer_tokens`.")
@@ -241,7 +247,7 @@ def headline(report: dict) -> list:
         kept = entry.get("accuracy_kept")
         kept = f"{100 * kept:.0f}%" if kept is not None else "n/a"
         lines.append(f"vs the trained full-resolution reference (`{name}`, {entry['accuracy'][1]:.3f} at "
-                     f"{entry['mean_visual_tokens'][1]:.0f} tokens): {kept} of its accuracy at "
+                     f"{entry['mean_visual_tokens'][1]:.0f} tokens{weak(entry['accuracy'][1])}): {kept} of its accuracy at "
                      f"{100 * entry['token_share']:.1f}% of its tokens; difference {_interval(entry)}.")
     front = report.get("frontier")
     if front:
