@@ -208,6 +208,18 @@ class ArrCocPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SamVisionLayer", "CLIPEncoderLayer", "Qwen3DecoderLayer"]
     _skip_keys_device_placement = "cache"
 
+    def enable_input_require_grads(self):
+        """Make the language model's token embeddings require grad (what gradient checkpointing and adapters need),
+        and nothing else: transformers' default hooks every sub-model's input embeddings, SAM's patch embedding
+        included, which puts the frozen SAM into autograd (about +6 GiB at the base preset, bench/base_scale.py)."""
+
+        def make_inputs_require_grads(module, input, output):
+            output.requires_grad_(True)
+
+        hook = self.get_input_embeddings().register_forward_hook(make_inputs_require_grads)
+        self._require_grads_hooks = [hook]
+        self._require_grads_hook = hook
+
     def set_attn_implementation(self, attn_implementation, allow_all_kernels: bool = False):
         """As `PreTrainedModel.set_attn_implementation`, and the SAM vision tower follows too: transformers' SAM
         picks its attention class when it is built (it refuses to switch later, warning), so an "eager" model would

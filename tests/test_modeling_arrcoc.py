@@ -515,3 +515,21 @@ def test_assisted_decoding_with_images_is_refused_clearly(tester):
     for kwargs in ({"assistant_model": tester.get_model(seed=1)}, {"prompt_lookup_num_tokens": 2}):
         with pytest.raises(ValueError, match="Assisted decoding"):
             model.generate(**one, max_new_tokens=2, pad_token_id=0, **kwargs)
+
+
+def test_gradient_checkpointing_keeps_the_frozen_sam_out_of_autograd(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    model.train()
+    model.model.vision_tower.requires_grad_(False)
+    model.gradient_checkpointing_enable()
+    seen = {}
+    hooks = [model.model.vision_tower.register_forward_hook(
+                 lambda module, args, output: seen.__setitem__("sam", output.last_hidden_state.requires_grad)),
+             model.get_input_embeddings().register_forward_hook(
+                 lambda module, args, output: seen.__setitem__("tokens", output.requires_grad))]
+    try:
+        model(**inputs, budget=16).loss.backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == {"sam": False, "tokens": True}
