@@ -116,13 +116,18 @@ def training_stages(checkpoint) -> list | None:
     when a link of the chain is not recorded."""
     path = repo_path(checkpoint)
     if (path / TRAINING_CONFIG).exists():
-        values = yaml.safe_load((path / TRAINING_CONFIG).read_text()) or {}
-        earlier = training_stages(values["init_from"]) if values.get("init_from") else []
-        return None if earlier is None else earlier + [values]
+        return stages_up_to(yaml.safe_load((path / TRAINING_CONFIG).read_text()) or {})
     if (path / "PROVENANCE.json").exists():
         stages = json.loads((path / "PROVENANCE.json").read_text())["stages"]
         return [yaml.safe_load(stage["training_config"]) or {} for stage in stages]
     return None
+
+
+def stages_up_to(values: dict) -> list | None:
+    """The stages behind one training YAML (its `init_from`'s, recursively), then the YAML itself; None when a link
+    of the chain is not recorded."""
+    earlier = training_stages(values["init_from"]) if values.get("init_from") else []
+    return None if earlier is None else earlier + [values]
 
 
 def trained_families(checkpoint, training_configs=()) -> list | None:
@@ -131,11 +136,10 @@ def trained_families(checkpoint, training_configs=()) -> list | None:
     recorded or trained on a Hub dataset (its families are unknown here)."""
     given = []
     for path in training_configs:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        earlier = training_stages(values["init_from"]) if values.get("init_from") else []
-        if earlier is None:
+        stages = stages_up_to(yaml.safe_load(Path(path).read_text()) or {})
+        if stages is None:
             return None
-        given += earlier + [values]
+        given += stages
     stages = (training_stages(checkpoint) or []) + given
     if not stages or any(stage.get("dataset", SYNTHETIC) != SYNTHETIC for stage in stages):
         return None
