@@ -212,9 +212,9 @@ def read_result(name: str, output_dir=OUTPUT_DIR) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def publish(name: str, result: dict, output_dir, markdown) -> Path:
+def publish(name: str, result: dict, output_dir, markdown, device: str = "cpu") -> Path:
     """Write a script's JSON, then print its table as read back from disk (what run_all and README use)."""
-    path = write_result(name, result, output_dir)
+    path = write_result(name, result, output_dir, device=device)
     print(markdown(read_result(name, output_dir)))
     print(f"wrote {path}")
     return path

@@ -539,9 +539,7 @@ def main(argv=None) -> int:
         common.write_result(NAME, {**result, "complete": False}, args.output_dir, device=args.device)
 
     result = run(args, partial)
-    path = common.write_result(NAME, {**result, "complete": True}, args.output_dir, device=args.device)
-    print(markdown(common.read_result(NAME, args.output_dir)))
-    print(f"wrote {path}")
+    common.publish(NAME, {**result, "complete": True}, args.output_dir, markdown, device=args.device)
     return 0
 
 

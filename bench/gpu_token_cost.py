@@ -86,9 +86,7 @@ def main(argv=None) -> int:
         common.write_result(NAME, {"skipped": SKIPPED.split(": ", 1)[1]}, args.output_dir)
         return 0
     result = run(args.preset, args.repeats, args.batch_sizes, args.new_tokens, args.device, args.threads)
-    path = common.write_result(NAME, result, args.output_dir, device=args.device)
-    print(markdown(common.read_result(NAME, args.output_dir)))
-    print(f"wrote {path}")
+    common.publish(NAME, result, args.output_dir, markdown, device=args.device)
     return 0
 
 
