@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from modeling_arrcoc.data import synthetic
 from modeling_arrcoc.data.synthetic import KEY_COLORS, STYLES, render_sample
 from modeling_arrcoc.data.targets import answer_patch_targets, scale_boxes
 
@@ -62,6 +63,12 @@ def _colour_name(question):
     return next(name for name in KEY_COLORS["standard"] if f" {name} " in question)
 
 
+def _page_colour(seed, variant, name):
+    # The page's own shade (the training variant moves key shades per page; the look is drawn first).
+    look = synthetic._page_look(np.random.default_rng(seed), STYLES[variant], variant)
+    return look["key_colours"][name]
+
+
 def _near(pixels, rgb, tol=40.0):
     return np.linalg.norm(pixels - np.asarray(rgb, np.float32), axis=-1) < tol
 
@@ -71,7 +78,7 @@ def test_synthetic_targets_land_on_the_answer(variant):
     for seed in range(20):
         row = render_sample("local_color", np.random.default_rng(seed), variant=variant)
         targets = answer_patch_targets(row["boxes"], 256, 16)
-        colour = KEY_COLORS[variant][_colour_name(row["question"])]
+        colour = _page_colour(seed, variant, _colour_name(row["question"]))
         inked = np.array([_near(p, colour).mean() for p in _patches(row["image"])])
         assert np.flatnonzero(targets).tolist() == [int(np.argmax(inked))]
 
@@ -79,8 +86,8 @@ def test_synthetic_targets_land_on_the_answer(variant):
         targets = answer_patch_targets(row["boxes"], 256, 16)
         assert targets.sum() == 3.0
         first = int(np.flatnonzero(targets)[0])
-        colour = KEY_COLORS[variant][_colour_name(row["question"])]
-        assert _near(_patches(row["image"])[first - 1], colour).mean() > 0.3  # marker just left of the run
+        colour = _page_colour(seed, variant, _colour_name(row["question"]))
+        assert _near(_patches(row["image"])[first - 1], colour).mean() > 0.2  # marker just left of the run (the smallest square covers 1/4 of its cell)
 
 
 @pytest.mark.parametrize("variant", ["standard", "heldout"])

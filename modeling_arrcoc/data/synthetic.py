@@ -69,46 +69,65 @@ KEY_COLORS = {
 
 @dataclass(frozen=True)
 class _Style:
-    """What a variant draws: glyph sizes and offsets, ink, background, layout, chart look."""
+    """What a variant draws: glyph sizes and offsets, ink, background, layout, chart look. The training variant
+    draws each page's look at random from wide ranges (the held-out variant's kind of change, never its exact
+    values), so that reading transfers to pages it was not drawn from."""
 
     font_scales: tuple  # font size as a multiple of patch_size
     glyph_dx: tuple  # horizontal glyph offsets inside the cell, in 1/16 of a cell
     glyph_dy: tuple
-    square_margin: float  # gap between marker square and cell edge, in 1/16 of a cell
+    square_margins: tuple  # gap between marker square and cell edge, in 1/16 of a cell
     square_jitter: tuple
-    ink_range: tuple  # grey level of distractor ink
+    ink_range: tuple  # grey levels distractor ink may take; each page draws a sub-range ink_spread wide
+    ink_spread: float
     background: tuple  # candidate page colours
-    layout: str  # "uniform" or "lines"
+    background_tint: float  # each channel of the page colour is lowered by up to this much, per page
+    key_jitter: float  # each channel of a page's key colours moves by up to this much, per page
+    layouts: tuple  # names in LAYOUTS, one drawn per page
     density: tuple  # fraction of cells holding a distractor digit
     bar_colors: tuple
     bar_widths: tuple
     chart_face: tuple
 
 
+# Text-like layouts: (shortest, longest) run of glyphs ("words"), (smallest, largest) gap between runs, share of
+# blank rows. "uniform" scatters glyphs independently.
+LAYOUTS = {
+    "uniform": None,
+    "lines": ((2, 6), (1, 1), 0.08),
+    "long_lines": ((4, 9), (1, 3), 0.15),
+}
+
 STYLES = {
     "standard": _Style(
-        font_scales=(1.125, 1.25),
-        glyph_dx=(-1, 0, 1),
+        font_scales=(1.0625, 1.125, 1.25, 1.3125),
+        glyph_dx=(-3, -1, 0, 1, 3),
         glyph_dy=(-1, 0, 1),
-        square_margin=1.5,
-        square_jitter=(0,),
-        ink_range=(0, 60),
+        square_margins=(1, 2, 4),
+        square_jitter=(-2, 0, 2),
+        ink_range=(0, 110),
+        ink_spread=50.0,
         background=((250, 250, 250), (244, 244, 244), (255, 255, 255)),
-        layout="uniform",
-        density=(0.62, 0.75),
-        bar_colors=("#1f77b4", "#4a6fa5", "#2b5d8a"),
-        bar_widths=(0.6,),
-        chart_face=("#ffffff",),
+        background_tint=28.0,
+        key_jitter=30.0,
+        layouts=("uniform", "long_lines"),
+        density=(0.6, 0.78),
+        bar_colors=("#1f77b4", "#4a6fa5", "#2b5d8a", "#17becf", "#e377c2", "#bcbd22"),
+        bar_widths=(0.55, 0.6, 0.7),
+        chart_face=("#ffffff", "#f7f7f7", "#fbf8f0"),
     ),
     "heldout": _Style(
         font_scales=(1.1875,),
         glyph_dx=(-2, -1, 0, 1, 2),
         glyph_dy=(-1, 0, 1),
-        square_margin=3.0,
+        square_margins=(3.0,),
         square_jitter=(-1, 0, 1),
         ink_range=(60, 100),
+        ink_spread=40.0,
         background=((250, 243, 225), (232, 240, 250), (236, 247, 236)),
-        layout="lines",
+        background_tint=0.0,
+        key_jitter=0.0,
+        layouts=("lines",),
         density=(0.62, 0.75),
         bar_colors=("#d62728", "#2ca02c", "#8c564b", "#9467bd"),
         bar_widths=(0.45, 0.8),
@@ -200,10 +219,10 @@ def _glyph_bank(patch: int, variant: str) -> _Bank:
                     masks.append(_digit_mask(digit, round(scale * patch), dx, dy, patch))
         digits.append(np.arange(start, len(masks)))
     start = len(masks)
-    margin = int(round(style.square_margin * patch / 16))
-    for dx in _cell_units(style.square_jitter, patch):
-        for dy in _cell_units(style.square_jitter, patch):
-            masks.append(_square_mask(margin, dx, dy, patch))
+    for margin in _cell_units(style.square_margins, patch):
+        for dx in _cell_units(style.square_jitter, patch):
+            for dy in _cell_units(style.square_jitter, patch):
+                masks.append(_square_mask(margin, dx, dy, patch))
     return _Bank(np.stack(masks), tuple(digits), np.arange(start, len(masks)))
 
 
@@ -227,7 +246,10 @@ class _Page:
     bank: _Bank
     glyph: np.ndarray  # [G, G] bank index per cell, 0 = empty
     ink: np.ndarray  # [G, G, 3] ink colour per cell
+    key: np.ndarray  # [G, G] index into COLOR_NAMES of a cell drawn in a key colour, -1 otherwise
     background: np.ndarray  # [3]
+    key_colours: dict  # this page's shade of every key colour
+    ink_range: tuple  # this page's distractor grey levels
     reserved: np.ndarray  # [G, G] cells holding answer-relevant content; later items must not overwrite them
 
     @property
@@ -235,13 +257,25 @@ class _Page:
         return STYLES[self.variant]
 
     def colour(self, name: str) -> np.ndarray:
-        return np.array(KEY_COLORS[self.variant][name], np.float32)
+        return self.key_colours[name]
+
+
+def _page_look(rng: np.random.Generator, style: _Style, variant: str) -> dict:
+    """Per-page draws of the variant's look: page colour, key-colour shades, distractor grey range."""
+    background = np.array(style.background[rng.integers(len(style.background))], np.float32)
+    background = background - rng.uniform(0, style.background_tint, size=3).astype(np.float32)
+    shift = rng.uniform(-style.key_jitter, style.key_jitter, size=(len(COLOR_NAMES), 3))
+    key_colours = {
+        name: np.clip(np.array(KEY_COLORS[variant][name], np.float32) + shift[i], 0, 255).astype(np.float32)
+        for i, name in enumerate(COLOR_NAMES)
+    }
+    low = rng.uniform(style.ink_range[0], max(style.ink_range[1] - style.ink_spread, style.ink_range[0]))
+    return {"background": background, "key_colours": key_colours, "ink_range": (low, low + style.ink_spread)}
 
 
 def _new_page(rng: np.random.Generator, image_size: int, patch: int, variant: str) -> _Page:
     grid = image_size // patch
     style = STYLES[variant]
-    background = np.array(style.background[rng.integers(len(style.background))], np.float32)
     page = _Page(
         rng=rng,
         variant=variant,
@@ -250,8 +284,9 @@ def _new_page(rng: np.random.Generator, image_size: int, patch: int, variant: st
         bank=_glyph_bank(patch, variant),
         glyph=np.zeros((grid, grid), np.int64),
         ink=np.zeros((grid, grid, 3), np.float32),
-        background=background,
+        key=np.full((grid, grid), -1, np.int64),
         reserved=np.zeros((grid, grid), bool),
+        **_page_look(rng, style, variant),
     )
     _fill_distractors(page)
     return page
@@ -261,18 +296,19 @@ def _uniform_layout(rng: np.random.Generator, grid: int, density: float) -> np.n
     return rng.random((grid, grid)) < density
 
 
-def _lines_layout(rng: np.random.Generator, grid: int, density: float) -> np.ndarray:
-    """Text-like rows: runs of 2-6 glyphs ("words") split by single gaps, a few blank rows."""
+def _lines_layout(rng: np.random.Generator, grid: int, density: float, runs: tuple, gaps: tuple,
+                  blank_rows: float) -> np.ndarray:
+    """Text-like rows: runs of glyphs ("words") split by gaps, a few blank rows."""
     occupied = np.zeros((grid, grid), bool)
     for row in range(grid):
-        if rng.random() < 0.08:
+        if rng.random() < blank_rows:
             continue
         col = int(rng.integers(0, 2))
         while col < grid:
-            run = int(rng.integers(2, 7))
+            run = int(rng.integers(runs[0], runs[1] + 1))
             occupied[row, col : col + run] = True
-            col += run + 1
-    # Thin the runs to the target density so both variants pack glyphs equally densely.
+            col += run + int(rng.integers(gaps[0], gaps[1] + 1))
+    # Thin the runs to the target density so every layout packs glyphs equally densely.
     keep = rng.random((grid, grid)) < density / max(occupied.mean(), 1e-6)
     return occupied & keep
 
@@ -280,32 +316,38 @@ def _lines_layout(rng: np.random.Generator, grid: int, density: float) -> np.nda
 def _fill_distractors(page: _Page) -> None:
     style, rng = page.style, page.rng
     density = rng.uniform(*style.density)
-    layout = _uniform_layout if style.layout == "uniform" else _lines_layout
-    occupied = layout(rng, page.grid, density)
+    layout = LAYOUTS[style.layouts[rng.integers(len(style.layouts))]]
+    occupied = _uniform_layout(rng, page.grid, density) if layout is None else _lines_layout(
+        rng, page.grid, density, *layout)
     count = int(occupied.sum())
     # Vectorised: every digit has the same number of styles, so styles of digit d are d's row of the table.
     styles = np.stack(page.bank.digits)
     digits = rng.integers(10, size=count)
     page.glyph[occupied] = styles[digits, rng.integers(styles.shape[1], size=count)]
-    page.ink[occupied] = rng.uniform(*style.ink_range, size=count)[:, None]
+    page.ink[occupied] = rng.uniform(*page.ink_range, size=count)[:, None]
 
 
-def _put_digit(page: _Page, cell: tuple, digit: int, colour: np.ndarray) -> None:
+def _put_digit(page: _Page, cell: tuple, digit: int, colour: str | None = None) -> None:
+    """A digit in key colour `colour` (a COLOR_NAMES name), or in distractor grey when None."""
     styles = page.bank.digits[digit]
     page.glyph[cell] = styles[page.rng.integers(len(styles))]
-    page.ink[cell] = colour
-    page.reserved[cell] = True
+    _put_ink(page, cell, colour)
 
 
-def _put_square(page: _Page, cell: tuple, colour: np.ndarray) -> None:
+def _put_square(page: _Page, cell: tuple, colour: str) -> None:
     styles = page.bank.squares
     page.glyph[cell] = styles[page.rng.integers(len(styles))]
-    page.ink[cell] = colour
+    _put_ink(page, cell, colour)
+
+
+def _put_ink(page: _Page, cell: tuple, colour: str | None) -> None:
+    if colour is None:
+        page.ink[cell] = page.rng.uniform(*page.ink_range)
+        page.key[cell] = -1
+    else:
+        page.ink[cell] = page.colour(colour)
+        page.key[cell] = COLOR_NAMES.index(colour)
     page.reserved[cell] = True
-
-
-def _dark_ink(page: _Page) -> np.ndarray:
-    return np.full(3, page.rng.uniform(*page.style.ink_range), np.float32)
 
 
 def _free_run(page: _Page, length: int) -> tuple:
@@ -351,7 +393,7 @@ def _local_color(page: _Page) -> tuple:
     for name in colours:
         row, col = _free_run(page, 1)
         digit = int(rng.integers(10))
-        _put_digit(page, (row, col), digit, page.colour(name))
+        _put_digit(page, (row, col), digit, name)
         cells[name] = (row, col, digit)
     asked = colours[0]
     row, col, digit = cells[asked]
@@ -361,10 +403,10 @@ def _local_color(page: _Page) -> tuple:
 
 def _marker_with_digits(page: _Page, name: str, length: int) -> tuple:
     row, col = _free_run(page, length + 1)
-    _put_square(page, (row, col), page.colour(name))
+    _put_square(page, (row, col), name)
     digits = [int(page.rng.integers(10)) for _ in range(length)]
     for offset, digit in enumerate(digits, start=1):
-        _put_digit(page, (row, col + offset), digit, _dark_ink(page))
+        _put_digit(page, (row, col + offset), digit)
     return row, col, digits
 
 
@@ -396,7 +438,7 @@ def _global_count(page: _Page) -> tuple:
     for name, count in zip(colours, counts):
         for _ in range(count):
             row, col = _free_run(page, 1)
-            _put_square(page, (row, col), page.colour(name))
+            _put_square(page, (row, col), name)
             if name == colours[0]:
                 boxes.append(_cell_box(page, row, col))
     question = QUESTION_TEMPLATES["global_count"][0].format(color=colours[0])
@@ -519,14 +561,11 @@ SQUARE_WORD, DARK_WORD = 11, 17
 
 def visual_words(page: _Page) -> np.ndarray:
     """[G * G, 2] (glyph word, ink word) of every cell, in raster order."""
-    names = KEY_COLORS[page.variant]
-    palette = np.array([names[name] for name in COLOR_NAMES], np.float32)
-    is_key = np.abs(page.ink[:, :, None, :] - palette).sum(-1) < 1e-3  # [G, G, colours]
     glyph = np.zeros(page.glyph.shape, np.int64)
     for d, styles in enumerate(page.bank.digits):
         glyph[np.isin(page.glyph, styles)] = 1 + d
     glyph[np.isin(page.glyph, page.bank.squares)] = SQUARE_WORD
-    ink = np.where(is_key.any(-1), 12 + is_key.argmax(-1), DARK_WORD)
+    ink = np.where(page.key >= 0, 12 + page.key, DARK_WORD)
     ink = np.where(glyph == 0, 0, ink)
     return np.stack([glyph, ink], axis=-1).reshape(-1, 2)
 
@@ -709,6 +748,7 @@ __all__ = [
     "FAMILIES",
     "FEATURES",
     "KEY_COLORS",
+    "LAYOUTS",
     "NUM_VISUAL_WORDS",
     "QUESTION_TEMPLATES",
     "STYLES",
