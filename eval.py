@@ -15,6 +15,7 @@ documented in modeling_arrcoc/evaluation.py.
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--split", default=None, help="Split (default: synthetic 'test', Hub: the spec's split).")
     parser.add_argument("--budget", default="all", type=budget_from,
                         help="'all' (auto, every tier, full), 'auto', 'full' or a tier (value or index).")
+    parser.add_argument("--budget-costs", default="", type=costs_from, metavar="C1,C2,...",
+                        help="Also run auto at each token price (auto(cost=C), generate's budget_cost): 0 is the "
+                             "predicted tier, more buys fewer tokens, less buys more. Traces auto's own curve.")
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help=f"Comma-separated subset of {','.join(BASELINES)}, or 'none'.")
     parser.add_argument("--method", action="append", default=[], type=trained_from, metavar="NAME=CHECKPOINT",
@@ -92,6 +96,16 @@ def load_checkpoint(path: str, device: str = "cpu"):
 
 def baselines_from(text: str) -> tuple:
     return () if text.strip().lower() == "none" else tuple(b.strip() for b in text.split(",") if b.strip())
+
+
+def costs_from(text: str) -> tuple:
+    try:
+        costs = tuple(float(c) for c in text.split(",") if c.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--budget-costs takes comma-separated numbers, not {text!r}") from None
+    if not all(math.isfinite(c) for c in costs):
+        raise argparse.ArgumentTypeError(f"--budget-costs must be finite numbers, got {text!r}")
+    return costs
 
 
 def budget_from(text: str):
@@ -220,7 +234,7 @@ def main(argv=None) -> dict:
                              args.cache_dir, seed=args.synthetic_seed, path=args.dataset_path)
     print(f"{args.checkpoint}: {len(data.dataset)} questions of {args.dataset} ({data.split}), metric {data.metric}")
     baselines = baselines_from(args.baselines)
-    methods = method_names(model.config.budgets, args.budget, baselines)
+    methods = method_names(model.config.budgets, args.budget, baselines, args.budget_costs)
     trained = [load_trained(name, path, args.device, args.budget, baselines) for name, path in args.method]
     meta = {"checkpoint": str(args.checkpoint), "dataset": args.dataset, "dataset_source": data.source,
             "split": data.split, "commit": git_commit(ROOT),

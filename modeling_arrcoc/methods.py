@@ -7,6 +7,8 @@ Only names and rules live here (no model code), so the library, the training cur
 the same vocabulary.
 """
 
+import math
+import re
 from dataclasses import dataclass
 
 from .configuration_arrcoc import tier_index
@@ -36,6 +38,15 @@ class Method:
     budget: object
     selection: str
     kind: str  # "auto", "tier", "full" or a baseline name: the series it belongs to on the Pareto plot
+    budget_cost: float = 0.0  # the price of tokens under "auto" (the model's resolve_budget): auto's own curve
+
+
+AUTO_COST = "auto_cost"  # the kind of auto at a user-chosen token price, `auto(cost=C)`
+
+
+def auto_cost_name(cost: float) -> str:
+    """The method name of auto at token price `cost`: `auto(cost=0.5)`."""
+    return f"auto(cost={float(cost):g})"
 
 
 def tier_value(budget, budgets) -> int:
@@ -43,18 +54,20 @@ def tier_value(budget, budgets) -> int:
     return budgets[tier_index(int(budget), budgets)]
 
 
-def method_names(budgets, budget="all", baselines=BASELINES) -> list:
+def method_names(budgets, budget="all", baselines=BASELINES, budget_costs=()) -> list:
     """Method names for a CLI budget choice: "all" (auto, every tier, full), "auto", "full" or one tier.
 
     Baselines run at every tier for "all" and "auto" (so that auto has a baseline at each budget around it), at
-    the chosen tier otherwise, and not at all for "full".
+    the chosen tier otherwise, and not at all for "full". `budget_costs` add auto at each token price (with "all"
+    and "auto"): auto's own accuracy-vs-tokens curve.
     """
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"Unknown baselines {sorted(unknown)}; expected some of {BASELINES}.")
     if budget in ("all", "auto"):
         tiers = list(budgets)
-        names = ["auto"] + ([f"tier_{k}" for k in tiers] + ["full"] if budget == "all" else [])
+        names = ["auto"] + [auto_cost_name(c) for c in budget_costs if float(c) != 0.0]
+        names += [f"tier_{k}" for k in tiers] + ["full"] if budget == "all" else []
     elif budget == "full":
         return ["full"]
     else:
@@ -66,15 +79,29 @@ def method_names(budgets, budget="all", baselines=BASELINES) -> list:
 def parse_method(name: str, budgets) -> Method:
     if name in ("auto", "full"):
         return Method(name, name, "learned", name)
+    priced = re.fullmatch(r"auto\(cost=([^)]*)\)", name)
+    if priced:
+        return Method(name, "auto", "learned", AUTO_COST, _cost(priced.group(1), name))
     if name.startswith("tier_"):
         return Method(name, _known_tier(name[len("tier_"):], name, budgets), "learned", "tier")
     baseline, _, value = name.partition("@")
     if baseline in BASELINE_SELECTIONS and value:
         return Method(name, _known_tier(value, name, budgets), BASELINE_SELECTIONS[baseline], baseline)
     raise ValueError(
-        f"Unknown method {name!r}: expected 'auto', 'full', 'tier_<K>' or '<baseline>@<K>' with a baseline in "
+        f"Unknown method {name!r}: expected 'auto', 'auto(cost=C)', 'full', 'tier_<K>' or '<baseline>@<K>' with a "
+        "baseline in "
         f"{BASELINES} and K in {list(budgets)}."
     )
+
+
+def _cost(text: str, name: str) -> float:
+    try:
+        cost = float(text)
+    except ValueError:
+        cost = math.nan
+    if not math.isfinite(cost):
+        raise ValueError(f"Method {name!r}: the token price {text!r} is not a finite number.")
+    return cost
 
 
 def _known_tier(text: str, name: str, budgets) -> int:
@@ -134,11 +161,13 @@ def unsupported_reason(method: Method, config):
 
 
 __all__ = [
+    "AUTO_COST",
     "BASELINES",
     "BASELINE_SELECTIONS",
     "CORRECT_THRESHOLD",
     "FULL_TOKENS",
     "Method",
+    "auto_cost_name",
     "QUERY_SIM",
     "SELECTION_BASELINES",
     "SYNTHETIC",

@@ -309,7 +309,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
 
     def plan_allocation(
         self, input_ids=None, attention_mask=None, pixel_values=None, patch_features=None, labels=None, budget="auto",
-        selection=None, selection_scores=None, generator=None, inputs_embeds=None,
+        selection=None, selection_scores=None, generator=None, inputs_embeds=None, budget_cost=0.0,
     ) -> ArrCocAllocationPlan:
         """Run SAM (unless `patch_features` are given) and the allocator once, and decide each sample's tier, token
         count and ranking scores. `forward`, `generate`, evaluation, explanation, the trainer and the benchmarks
@@ -322,6 +322,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
         generator: the random generator of selection="random".
         inputs_embeds: the prompt's embeddings, read instead of embedding `input_ids`. With neither, the allocator
             plans for an empty question (its query-agnostic path).
+        budget_cost: the price of tokens under budget "auto" (see `resolve_budget`); 0 (default): the predicted tier.
         """
         selection = self.config.selection_method if selection is None else selection
         if selection not in SELECTIONS:
@@ -333,7 +334,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
         else:
             question, question_mask = self.question_inputs(input_ids, attention_mask, labels, inputs_embeds)
         decision = self.allocator(features, question, question_mask)
-        counts, tiers = self.resolve_budget(budget, decision.budget_logits, features.shape[1])
+        counts, tiers = self.resolve_budget(budget, decision.budget_logits, features.shape[1], budget_cost)
         if selection_scores is None:
             selection_scores = self._selection_scores(decision, selection, generator)
         return ArrCocAllocationPlan(
@@ -342,11 +343,11 @@ class ArrCocModel(ArrCocPreTrainedModel):
             selection_scores=selection_scores, selection=selection,
         )
 
-    def replan(self, plan: ArrCocAllocationPlan, budget) -> ArrCocAllocationPlan:
+    def replan(self, plan: ArrCocAllocationPlan, budget, budget_cost=0.0) -> ArrCocAllocationPlan:
         """`plan` at another budget: the allocator's scores are reused, only tiers and token counts change (the
         budget calibration runs every tier on one allocator forward). A "full" plan stays full."""
         budget = "full" if plan.selection == "full" else budget
-        counts, tiers = self.resolve_budget(budget, plan.budget_logits, plan.patch_features.shape[1])
+        counts, tiers = self.resolve_budget(budget, plan.budget_logits, plan.patch_features.shape[1], budget_cost)
         return dataclasses.replace(plan, budget_tiers=tiers, visual_token_counts=counts)
 
     @staticmethod
@@ -363,12 +364,17 @@ class ArrCocModel(ArrCocPreTrainedModel):
             return torch.rand(shape, generator=generator, device="cpu").to(device)
         return decision.hotspot_scores if selection == "hotspot" else decision.patch_scores
 
-    def resolve_budget(self, budget, budget_logits, num_patches):
-        """Per-sample (token counts, tier indices) for `budget` (the tier rules live on the config)."""
+    def resolve_budget(self, budget, budget_logits, num_patches, budget_cost=0.0):
+        """Per-sample (token counts, tier indices) for `budget` (the tier rules live on the config).
+
+        Under "auto", `budget_cost` is the user's price of tokens, chosen at inference without retraining: each
+        tier scores its predicted log-probability minus `budget_cost` x log2(its tokens), so 0 keeps the predicted
+        tier, a positive cost buys fewer tokens (1.0: a tier must be twice as likely to be worth twice the tokens)
+        and a negative one more. Sweeping it traces auto's own accuracy-vs-tokens curve."""
         config = self.config
         batch, device = budget_logits.shape[0], budget_logits.device
         if isinstance(budget, str) and budget == "auto":
-            tiers = budget_logits.argmax(-1)
+            tiers = _priced_tiers(budget_logits, config, num_patches, budget_cost)
         elif isinstance(budget, str) and budget == "full":
             tiers = torch.full((batch,), config.full_tier, device=device)
             return torch.full((batch,), num_patches, device=device), tiers
@@ -419,6 +425,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
         selection: str | None = None,
         selection_scores: torch.FloatTensor | None = None,
         generator: torch.Generator | None = None,
+        budget_cost: float = 0.0,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | ArrCocImageFeaturesOutput:
         """Visual embeddings of each image for its question, as a model output: `pooler_output` [B, K_max, D]
@@ -439,7 +446,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
             plan = self.plan_allocation(
                 input_ids=input_ids, attention_mask=attention_mask, patch_features=patch_features, labels=labels,
                 budget=budget, selection=selection, selection_scores=selection_scores, generator=generator,
-                inputs_embeds=inputs_embeds,
+                inputs_embeds=inputs_embeds, budget_cost=budget_cost,
             )
         chosen = self.select(plan)
         hidden = self.clip_encoder(chosen)
@@ -534,13 +541,15 @@ class ArrCocModel(ArrCocPreTrainedModel):
         shift_labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         generator: torch.Generator | None = None,
+        budget_cost: float = 0.0,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | ArrCocModelOutputWithPast:
         r"""
         The base model: select each image's K_i visual tokens, splice them in place of its `<image>` token and run
         the language model over the spliced, left-padded sequence (no LM head).
 
-        budget / selection / patch_features / plan / generator: as in `ArrCocForConditionalGeneration.forward`.
+        budget / selection / patch_features / plan / generator / budget_cost: as in
+            `ArrCocForConditionalGeneration.forward`.
         labels: [B, L] targets aligned with the prompt. The base model computes no loss: they only keep the answer
             from the allocator (positions with labels != -100 never reach it), and come back spliced as
             `labels` (aligned with `last_hidden_state`).
@@ -557,7 +566,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
             vision_kwargs = _vision_kwargs(kwargs)
             plan_kwargs = vision_kwargs if plan is not None else dict(
                 pixel_values=pixel_values, patch_features=patch_features, budget=budget, selection=selection,
-                generator=generator, **vision_kwargs,
+                generator=generator, budget_cost=budget_cost, **vision_kwargs,
             )
             multimodal = self.prepare_multimodal_inputs(
                 input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
@@ -764,11 +773,14 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         use_cache: bool | None = None,
         generator: torch.Generator | None = None,
+        budget_cost: float = 0.0,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | ArrCocCausalLMOutputWithPast:
         r"""
         budget: "auto" (the allocator's tier), "full" (every patch), a tier value in `config.budgets`, a tier
             index, or a list/tensor of those per sample. Anything else raises a ValueError.
+        budget_cost: under "auto", the price of tokens (`ArrCocModel.resolve_budget`): 0 keeps the predicted
+            tier, more buys fewer tokens, less buys more; the user's accuracy-vs-tokens trade-off, no retraining.
         selection: "learned" (allocator scores), "uniform" (fixed pooling), "hotspot" (query-agnostic
             saliency top-K), "random" or "full" (every patch, whatever the budget); None (default): the model's
             own, `config.selection_method` ("learned" for ARR-COC; a trained baseline's checkpoint names its own).
@@ -799,7 +811,7 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache, inputs_embeds=inputs_embeds, budget=budget, selection=selection,
             patch_features=patch_features, plan=plan, labels=labels, shift_labels=shift_labels, use_cache=use_cache,
-            generator=generator, return_dict=True, **kwargs,
+            generator=generator, budget_cost=budget_cost, return_dict=True, **kwargs,
         )
         labels, shift_labels = outputs.labels, outputs.shift_labels
         has_targets = labels is not None or shift_labels is not None
@@ -864,12 +876,12 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def generate(self, input_ids=None, pixel_values=None, attention_mask=None, budget="auto",
-                 selection=None, patch_features=None, plan=None, group_by_tier=True, **kwargs):
+                 selection=None, patch_features=None, plan=None, group_by_tier=True, budget_cost=0.0, **kwargs):
         """Generate with K_i visual tokens per sample. Returns `input_ids` (as given) followed by new tokens,
         so callers strip the prompt by its own length, as with any HF model.
 
-        budget / selection / patch_features / plan: as in `forward`. The allocation is planned once for the
-            whole batch (SAM and the allocator run once), whatever the tiers.
+        budget / selection / patch_features / plan / budget_cost: as in `forward`. The allocation is planned once
+            for the whole batch (SAM and the allocator run once), whatever the tiers.
         group_by_tier: when the samples of a batch get different tiers (e.g. `budget="auto"`), generate each
             tier's samples as their own batch, so a 64-token sample is not padded to a 400-token one. The new
             tokens are put back in input order and right-padded with `pad_token_id`, as generate pads finished
@@ -889,6 +901,7 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
             plan = self.model.plan_allocation(
                 input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
                 patch_features=patch_features, budget=budget, selection=selection, generator=kwargs.pop("generator", None),
+                budget_cost=budget_cost,
             )
         groups = plan.tier_groups()
         if not group_by_tier or kwargs.get("return_dict_in_generate", False) or len(groups) == 1:
@@ -990,6 +1003,18 @@ def _check_context_length(length, text_config, max_new_tokens=0):
 
 def _shifted_ce(logits, labels):
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def _priced_tiers(budget_logits, config, num_patches, budget_cost):
+    if not isinstance(budget_cost, (int, float)) or isinstance(budget_cost, bool) or not math.isfinite(budget_cost):
+        raise ValueError(f"budget_cost must be a finite number (the price of tokens under budget 'auto'), got "
+                         f"{budget_cost!r}.")
+    if budget_cost == 0:
+        return budget_logits.argmax(-1)  # exactly the predicted tier (no log-softmax round-off)
+    tokens = torch.tensor([min(k, num_patches) for k in config.budgets], dtype=torch.float32,
+                          device=budget_logits.device)
+    priced = budget_logits.float().log_softmax(-1) - budget_cost * tokens.log2()
+    return priced.argmax(-1)
 
 
 def efficiency_loss(budget_logits, budgets):

@@ -13,6 +13,7 @@ import eval as eval_script
 from modeling_arrcoc import evaluation as E
 from modeling_arrcoc.explanation import prompt_batch
 from modeling_arrcoc.evaluation.model_card import write_model_card
+from modeling_arrcoc.evaluation.report import headline
 
 BUDGETS = [4, 16, 100]  # the tiny preset's tiers on its 8x8 grid: tier 100 keeps all 64 patches
 NUM_SAMPLES = 6
@@ -451,3 +452,34 @@ def test_a_report_without_auto_has_no_comparisons(tiny):
     report = E.build_report(runs, [["1"], ["2"]], ["a", "a"], "exact_match", tiny[0].config)
     assert (report["comparisons"], report["policies"], report["frontier"]) == (None, None, None)
     assert report["methods"]["tier_4"]["n"] == 2
+
+
+def test_token_prices_name_auto_methods_and_trace_its_curve_against_the_frontier(tiny):
+    method = E.parse_method("auto(cost=0.5)", BUDGETS)
+    assert (method.budget, method.selection, method.kind, method.budget_cost) == ("auto", "learned", "auto_cost", 0.5)
+    for bad in ("auto(cost=nan)", "auto(cost=cheap)", "auto(cost=)"):
+        with pytest.raises(ValueError, match="not a finite number"):
+            E.parse_method(bad, BUDGETS)
+    names = E.method_names(BUDGETS, "all", baselines=(), budget_costs=(-1, 0, 1))
+    assert names[:3] == ["auto", "auto(cost=-1)", "auto(cost=1)"] and "tier_4" in names and "full" in names
+    assert E.method_names(BUDGETS, 16, baselines=(), budget_costs=(1,)) == ["tier_16"], "a fixed tier has no price"
+    # A cheap price (4 tokens on every question) and an expensive one (64): with auto, three points of a curve.
+    report = measured_report(tiny[0].config)
+    assert report["auto_curve"] is None, "auto alone is no curve"
+    runs = {
+        "auto": hand_run("auto", BUDGETS, ["1", "2", "3", "x"], [4, 4, 16, 16], [0, 0, 1, 1]),
+        "auto(cost=2)": hand_run("auto(cost=2)", BUDGETS, ["1", "2", "x", "x"], [4] * 4, [0] * 4),
+        "auto(cost=-2)": hand_run("auto(cost=-2)", BUDGETS, ["1", "2", "3", "4"], [64] * 4, [2] * 4),
+        "tier_4": hand_run("tier_4", BUDGETS, ["1", "x", "x", "x"], [4] * 4, [0] * 4),
+        "tier_16": hand_run("tier_16", BUDGETS, ["1", "2", "3", "x"], [16] * 4, [1] * 4),
+        "tier_100": hand_run("tier_100", BUDGETS, ["1", "2", "3", "4"], [64] * 4, [2] * 4),
+    }
+    report = E.build_report(runs, [["1"], ["2"], ["3"], ["4"]], ["local_color"] * 4, "exact_match", tiny[0].config)
+    curve = report["auto_curve"]
+    assert [p["method"] for p in curve] == ["auto(cost=2)", "auto", "auto(cost=-2)"]  # cheapest first
+    assert [p["budget_cost"] for p in curve] == [2.0, 0.0, -2.0]
+    cheap = curve[0]
+    assert (cheap["auto_mean_tokens"], cheap["accuracy"], cheap["frontier_accuracy"]) == (4.0, 0.5, 0.25)
+    assert cheap["difference"] == pytest.approx(0.25) and cheap["low"] <= 0.25 <= cheap["high"]
+    assert curve[2]["difference"] == 0.0, "at the largest tier auto is the frontier"
+    assert "Auto's own curve" in " ".join(headline(report))

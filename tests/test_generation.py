@@ -219,3 +219,50 @@ def test_flash_attention_for_clip_and_llm_matches_sdpa(tmp_path):
             # The last position is real in every left-padded row; padded positions may differ between kernels.
             logits[name] = model.cuda().eval()(**inputs, budget=[4, 16, 100]).logits[:, -1].float()
     torch.testing.assert_close(logits["flash"], logits["sdpa"], atol=5e-2, rtol=5e-2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The token price on "auto" (budget_cost): the user's trade-off at inference, no retraining
+# ----------------------------------------------------------------------------------------------------------
+
+
+def spread_logits(model, logits):
+    """Pin the budget predictor's logits (every sample the same), so the price alone moves the tier."""
+    return model.model.allocator.budget_predictor.register_forward_hook(
+        lambda module, args, output: logits.to(output.dtype).expand_as(output).clone()
+    )
+
+
+def test_budget_cost_zero_is_the_predicted_tier_and_a_price_moves_it_monotonically(batch):
+    tester, model, inputs = batch
+    budgets = model.config.budgets
+    # A predictor that leans to the middle tier (of 4, 16, 100), with mass on both sides.
+    logits = torch.tensor([0.0, 1.0, 0.6])
+    hook = spread_logits(model, logits)
+    try:
+        tiers = {cost: model.model.plan_allocation(**inputs, budget="auto", budget_cost=cost).budget_tiers
+                 for cost in (-5.0, -1.0, 0.0, 1.0, 5.0)}
+    finally:
+        hook.remove()
+    assert tiers[0.0].tolist() == [int(logits.argmax())] * len(PROMPTS)
+    assert (tiers[5.0] == 0).all(), "a high price buys the smallest tier"
+    assert (tiers[-5.0] == len(budgets) - 1).all(), "a negative price buys the largest"
+    order = [tiers[c] for c in sorted(tiers)]
+    assert all((a >= b).all() for a, b in zip(order, order[1:])), "a higher price never buys more tokens"
+    assert tiers[1.0].float().mean() < tiers[0.0].float().mean() < tiers[-1.0].float().mean()
+
+
+def test_budget_cost_reaches_generate_and_forward_and_is_checked(batch):
+    tester, model, inputs = batch
+    hook = spread_logits(model, torch.tensor([0.0, 0.2, 1.0] + [0.0] * (len(model.config.budgets) - 3)))
+    try:
+        cheap = model(**inputs, budget="auto", budget_cost=5.0)
+        plan = model.model.plan_allocation(**inputs, budget="auto", budget_cost=5.0)
+        assert torch.equal(generate(model, inputs, budget="auto", budget_cost=5.0), generate(model, inputs, plan=plan))
+        default = model(**inputs, budget="auto")
+    finally:
+        hook.remove()
+    assert (cheap.budget_tiers == 0).all() and (default.budget_tiers == 2).all()
+    for bad in (float("nan"), "cheap", None):
+        with pytest.raises(ValueError, match="budget_cost"):
+            model.model.plan_allocation(**inputs, budget="auto", budget_cost=bad)

@@ -109,6 +109,15 @@ def test_budget_goes_through_generate_kwargs(pipe):
     assert answers[4] != answers[100], "4 and 100 visual tokens give different answers"
 
 
+def test_a_token_price_on_auto_goes_through_generate_kwargs(pipe):
+    chats = [chat(seed, question) for seed, question in enumerate(QUESTIONS)]
+    for cost, tier in ((50.0, 4), (-50.0, 100)):  # a steep price buys the smallest tier, a negative one the largest
+        out = pipe(text=chats, max_new_tokens=MAX_NEW, return_full_text=False,
+                   generate_kwargs={"budget": "auto", "budget_cost": cost})
+        answers = [records[0]["generated_text"] for records in out]
+        assert answers == [expected_text(pipe, chat_inputs(pipe.processor, c), tier)[0] for c in chats]
+
+
 REMOTE_SCRIPT = """
 import json, sys
 import numpy as np

@@ -70,6 +70,7 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
                                    "n_no_oracle"}} | null,                 # null unless auto and every tier ran
       "frontier": {"difference", "low", "high", "n", "lower_tier", "upper_tier", "weight", "auto_mean_tokens",
                    "frontier_accuracy", "extrapolated"} | null,  # auto - forced-tier frontier at auto's tokens
+      "auto_curve": [{"method", "budget_cost", "accuracy", ... as frontier}] | null,  # auto at each token price
       "chance": {"overall": {...}, "per_task": {"<task family>": {"majority", "uniform", "majority_answer", "n",
                                                                  "n_distinct"}}},
       "unseen_families": [str] | null,    # evaluated families with no training rows (null: training not recorded)

@@ -10,6 +10,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 from PIL import Image
 
 from ..explanation import explain, render_heatmap
+from ..methods import AUTO_COST
 from .report import column
 
 
@@ -32,11 +33,15 @@ def plot_pareto(report: dict, path) -> Path:
     for name, m in report["methods"].items():
         series[_kind(name)].append((m["mean_visual_tokens"], m["accuracy"]))
     for kind, points in series.items():
-        if kind == "auto":
+        if kind in ("auto", AUTO_COST):
             continue
         points.sort()
         style = _SERIES_STYLE.get(kind, dict(marker=".", label=kind))
         ax.plot(*zip(*points), linestyle="-" if len(points) > 1 else "none", alpha=0.85, **style)
+    if AUTO_COST in series:  # auto's own curve: the token price swept at inference, auto itself on it
+        points = sorted(series[AUTO_COST] + series.get("auto", []))
+        ax.plot(*zip(*points), color="crimson", linestyle="--", marker=".", alpha=0.9,
+                label="ARR-COC auto, token price swept")
     if "auto" in series:
         (x, y), = series["auto"]
         ax.scatter([x], [y], s=260, marker="*", color="crimson", edgecolor="black", zorder=5,
@@ -49,6 +54,8 @@ def plot_pareto(report: dict, path) -> Path:
 def _kind(name: str) -> str:
     if name in ("auto", "full"):
         return name
+    if name.startswith("auto("):
+        return AUTO_COST
     return "tier" if name.startswith("tier_") else name.partition("@")[0]
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import statistics
 from ..metrics import METRICS, calibration_stats, normalize_vqa_answer, per_task_mean, token_stats
-from ..methods import CORRECT_THRESHOLD, TRAINED_PREFIX, Method
+from ..methods import AUTO_COST, CORRECT_THRESHOLD, TRAINED_PREFIX, Method
 
 
 @dataclass
@@ -111,6 +111,7 @@ def build_report(runs, references, tasks, metric, config, meta=None, correct_thr
             "comparisons": comparisons(runs, scores, methods, seed),
             "policies": policies(runs, scores, budgets, oracles, correct_threshold, seed),
             "frontier": frontier(runs, scores, budgets, seed),
+            "auto_curve": auto_curve(runs, scores, budgets, seed),
             "chance": statistics.chance_level([refs[0] for refs in references], tasks, _chance_key(metric)),
             "unseen_families": None if trained_families is None else sorted(set(tasks) - set(trained_families))}
 
@@ -207,6 +208,25 @@ def frontier(runs, scores, budgets, seed) -> dict | None:
                                           seed=seed)
 
 
+def auto_curve(runs, scores, budgets, seed) -> list | None:
+    """Auto at every token price evaluated (`auto(cost=C)`, and auto itself at 0), cheapest first: its cost, mean
+    tokens, accuracy and its difference to the forced-tier frontier at its own mean tokens (paired, with the
+    interval). Auto's curve lies above the frontier where those differences are positive. None without a price."""
+    names = _forced_tiers(runs, budgets)
+    priced = {name: run for name, run in runs.items() if run.method.kind in ("auto", AUTO_COST)}
+    if len(priced) < 2 or not names:
+        return None
+    tier_scores = {runs[name].method.budget: scores[name] for name in names}
+    tier_tokens = {runs[name].method.budget: runs[name].visual_token_counts for name in names}
+    curve = []
+    for name, run in priced.items():
+        versus = statistics.frontier_difference(scores[name], run.visual_token_counts, tier_scores, tier_tokens,
+                                                seed=seed)
+        curve.append({"method": name, "budget_cost": run.method.budget_cost,
+                      "accuracy": float(np.mean(scores[name])), **versus})
+    return sorted(curve, key=lambda point: point["auto_mean_tokens"])
+
+
 def _chance_key(metric: str):
     """How answers are made equal before counting the majority answer: the metric's own normalization."""
     return normalize_vqa_answer if metric == "vqa_accuracy" else (lambda text: " ".join(str(text).lower().split()))
@@ -253,6 +273,14 @@ def headline(report: dict) -> list:
     if front:
         lines.append(f"vs the forced-tier frontier interpolated at auto's tokens ({front['frontier_accuracy']:.3f}, "
                      f"between tiers {front['lower_tier']} and {front['upper_tier']}): {_interval(front)}.")
+    curve = report.get("auto_curve")
+    if curve:
+        above = sum(point["low"] > 0 for point in curve)
+        lines.append(f"Auto's own curve (token price swept at inference, {len(curve)} points from "
+                     f"{curve[0]['auto_mean_tokens']:.1f} to {curve[-1]['auto_mean_tokens']:.1f} mean tokens): above "
+                     f"the forced-tier frontier with an interval above 0 at {above} of {len(curve)} points; "
+                     + "; ".join(f"{point['method']} {point['accuracy']:.3f} at {point['auto_mean_tokens']:.1f} tokens, "
+                                 f"{_interval(point)}" for point in curve) + ".")
     calibration = (report.get("policies") or {}).get("calibration")
     if calibration and calibration.get("exact") is not None:
         lines.append(f"Budget calibration: auto's tier equals the oracle-minimal tier on {calibration['exact']:.2f} "

@@ -71,6 +71,7 @@ def method_plan(model, batch: EvalBatch, method: Method, generator):
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, patch_features=batch.features,
         budget=method.budget, selection="learned" if query_sim else method.selection,
         selection_scores=batch.query_scores if query_sim else None, generator=generator,
+        budget_cost=method.budget_cost,
     )
 
 
