@@ -63,35 +63,71 @@ define train_method
 	$(PY) train.py configs/demo/phase3.yaml init_from=$(DEMO)/$(1)/phase2/checkpoint output_dir=$(DEMO)/$(1)/phase3 \
 		$(DEMO_STEPS_3) $(2)
 endef
+# The methods' chains are independent: they run side by side, one thread each (on 2 cores two single-threaded
+# trainings do more steps per second together than one two-threaded training alone, measured).
+PARALLEL := $(MAKE) --no-print-directory -j2 OMP_NUM_THREADS=1
 TRAINED := --method uniform_pool=$(DEMO)/uniform/phase3/checkpoint --method full=$(DEMO)/full/phase3/checkpoint
 # Diagnostics through ARR-COC's own checkpoint (its LLM reads ARR-COC's tag: never the headline); query_sim is left to
 # `make baselines` to keep the demo's evaluation within its time.
 DIAGNOSTICS := --baselines uniform_pool,saliency_topk,random
 DEMO_CONFIGS := --training-config configs/demo/phase1.yaml --training-config configs/demo/phase2.yaml \
 	--training-config configs/demo/phase3.yaml
+# auto at several token prices (generate's budget_cost): auto's own accuracy-vs-tokens curve on the Pareto plot.
+BUDGET_COSTS := --budget-costs=-1,-0.5,-0.25,0.25,0.5
+
+.PHONY: demo-arrcoc demo-uniform demo-full
+demo-arrcoc: venv
+	$(call train_method,.,)
+demo-uniform: venv
+	$(call train_method,uniform,$(UNIFORM_METHOD))
+demo-full: venv
+	$(call train_method,full,$(FULL_METHOD))
 
 demo: venv
-	$(call train_method,.,)
-	$(call train_method,uniform,$(UNIFORM_METHOD))
-	$(call train_method,full,$(FULL_METHOD))
+	$(PARALLEL) demo-arrcoc demo-uniform demo-full
 	rm -rf $(DEMO)/checkpoint.tmp && cp -r $(DEMO)/phase3/checkpoint $(DEMO)/checkpoint.tmp
 	rm -rf $(DEMO)/checkpoint && mv $(DEMO)/checkpoint.tmp $(DEMO)/checkpoint
 	$(PY) tools/learning_report.py --output $(DEMO)/learning_curve.json --stage pretrain=$(BASE)/PROVENANCE.json \
 		--stage phase1=$(DEMO)/phase1/learning_curve.json --stage phase2=$(DEMO)/phase2/learning_curve.json \
 		--stage phase3=$(DEMO)/phase3/learning_curve.json
 	$(PY) eval.py $(DEMO)/checkpoint --dataset synthetic --split test --budget all --num-samples 1200 \
-		$(TRAINED) $(DIAGNOSTICS) --output-dir $(DEMO) --model-card model_card.md --model-name arrcoc-demo \
-		$(DEMO_CONFIGS) --limitation "$(DEMO_LIMITATION)"
+		$(TRAINED) $(DIAGNOSTICS) $(BUDGET_COSTS) --output-dir $(DEMO) --model-card model_card.md \
+		--model-name arrcoc-demo $(DEMO_CONFIGS) --limitation "$(DEMO_LIMITATION)"
 
-# The rest of the protocol after `make demo`: the other trained baselines and ablations, evaluated on the same
-# questions with everything (query_sim included). Not built yet: saliency/random trained baselines, the no-fold and
-# constant-tier ablations.
+# The rest of the protocol after `make demo`, each trained by the same three phases from the same base with the
+# same steps, and evaluated with the demo's models on the same questions (query_sim included):
+# - baselines: saliency top-K (VisionZip-style: SAM's query-agnostic hotspots) and random K, trained at every tier
+#   (one K drawn per step), without the tag;
+# - ablations of ARR-COC: no relevance tag; no fold of dropped patches; learned selection at one constant tier,
+#   auto's rounded mean tokens in the demo (tier 4).
+SALIENCY_METHOD := selection_method=hotspot relevance_tag=false train_budget=random eval_budget=16
+RANDOM_METHOD := selection_method=random relevance_tag=false train_budget=random eval_budget=16
 NOTAG_METHOD := relevance_tag=false
+NOFOLD_METHOD := fold_dropped=false
+CONSTANT_TIER := 4
+CONSTANT_METHOD := train_budget=$(CONSTANT_TIER) eval_budget=$(CONSTANT_TIER) calibration_every=0 loss_weight_budget=0.0 \
+	loss_weight_efficiency=0.0
+BASELINE_RUNS := saliency random no_tag no_fold constant_tier
+.PHONY: $(addprefix baseline-,$(BASELINE_RUNS))
+baseline-saliency: venv
+	$(call train_method,saliency,$(SALIENCY_METHOD))
+baseline-random: venv
+	$(call train_method,random,$(RANDOM_METHOD))
+baseline-no_tag: venv
+	$(call train_method,no_tag,$(NOTAG_METHOD))
+baseline-no_fold: venv
+	$(call train_method,no_fold,$(NOFOLD_METHOD))
+baseline-constant_tier: venv
+	$(call train_method,constant_tier,$(CONSTANT_METHOD))
 
 baselines: venv
-	$(call train_method,no_tag,$(NOTAG_METHOD))
+	$(PARALLEL) $(addprefix baseline-,$(BASELINE_RUNS))
 	$(PY) eval.py $(DEMO)/checkpoint --dataset synthetic --split test --budget all --num-samples 1200 $(TRAINED) \
-		--method ablation_no_tag=$(DEMO)/no_tag/phase3/checkpoint --output-dir $(DEMO)/baselines $(DEMO_CONFIGS)
+		--method saliency_topk=$(DEMO)/saliency/phase3/checkpoint --method random=$(DEMO)/random/phase3/checkpoint \
+		--method ablation_no_tag=$(DEMO)/no_tag/phase3/checkpoint \
+		--method ablation_no_fold=$(DEMO)/no_fold/phase3/checkpoint \
+		--method ablation_constant_tier=$(DEMO)/constant_tier/phase3/checkpoint \
+		$(BUDGET_COSTS) --output-dir $(DEMO)/baselines $(DEMO_CONFIGS)
 
 bench: venv
 	$(PY) bench/run_all.py

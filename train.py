@@ -68,6 +68,9 @@ class DataArguments:
     synthetic_num_validation: int = field(default=500, metadata={"help": "Synthetic validation rows."})
     synthetic_families: list[str] = field(default_factory=lambda: list(FAMILIES), metadata={"help": "Families."})
     synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic pages (not of training)."})
+    synthetic_train_variant: str = field(default="standard", metadata={
+        "help": "Look of the training and validation pages: 'standard', or 'randomized' (each page draws glyph "
+                "sizes, offsets, shades, tint and layout from wide ranges; see data/synthetic.py)."})
     synthetic_cache_dir: str | None = field(default=None, metadata={"help": "datasets cache for the suite."})
     learning_curve_every: int = field(default=0, metadata={
         "help": "Every N steps, score held-out rows at every tier (curves.py) into output_dir/learning_curve.json."})
@@ -175,6 +178,7 @@ def build_datasets(data_args: DataArguments, model_config):
             image_size=model_config.vision_config.image_size, patch_size=model_config.vision_config.patch_size,
             num_train=data_args.synthetic_num_train, num_validation=data_args.synthetic_num_validation, num_test=1,
             seed=data_args.synthetic_seed, families=tuple(data_args.synthetic_families),
+            train_variant=data_args.synthetic_train_variant,
         ), cache_dir=data_args.synthetic_cache_dir)
         train, evaluation = suite["train"], suite["validation"]
         _check_visual_words(model_config)
@@ -268,13 +272,15 @@ def _check_visual_words(config):
 
 
 def apply_method(model, args) -> str:
-    """Write the run's `selection_method` and `relevance_tag` (when given) into the model config, the one place
-    they are set, so the checkpoint carries its own method; check the budgets fit the resulting selection; return
-    the line that says what the run trains."""
+    """Write the run's `selection_method`, `relevance_tag` and `fold_dropped` (when given) into the model config,
+    the one place they are set, so the checkpoint carries its own method; check the budgets fit the resulting
+    selection; return the line that says what the run trains."""
     config = model.config
-    for name in ("selection_method", "relevance_tag"):
+    for name in ("selection_method", "relevance_tag", "fold_dropped"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
+    # The compression heads were built from the loaded config: the fold is their flag too (a reload reads config).
+    model.model.allocator.compression_heads.fold_dropped = config.fold_dropped
     args.check_selection(config.selection_method)
     budget = "every patch (train_budget ignored)" if config.selection_method == "full" else args.training_budget
     return (f"method: selection_method={config.selection_method} relevance_tag={config.relevance_tag} "

@@ -214,6 +214,18 @@ def test_train_main_writes_the_baselines_method_into_its_checkpoint(tmp_path, ca
     assert list(curve["points"][-1]["methods"]) == ["uniform_pool@4", "uniform_pool@16", "uniform_pool@100", "full"]
 
 
+def test_the_no_fold_ablation_is_written_into_the_model_and_its_checkpoint(tmp_path):
+    model = ArrCocModelTester().get_model()
+    assert model.model.allocator.compression_heads.fold_dropped
+    args = ArrCocTrainingArguments(output_dir=str(tmp_path), fold_dropped=False, report_to="none")
+    assert "fold_dropped=False" in train.apply_method(model, args)
+    heads = model.model.allocator.compression_heads
+    assert not heads.fold_dropped, "the heads built before apply_method stop folding too"
+    model.save_pretrained(tmp_path / "no_fold")
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "no_fold")
+    assert reloaded.config.fold_dropped is False and not reloaded.model.allocator.compression_heads.fold_dropped
+
+
 # --- eval.py --method: trained baselines on the same questions, each at its own selection -----------------------
 
 

@@ -427,14 +427,15 @@ def test_visual_words_describe_the_answer_cell():
     assert {tuple(w) for w in chart["visual_targets"]} == {(-100, -100)}
 
 
-def test_training_pages_vary_their_look_but_never_take_the_heldout_values():
-    looks = [synthetic._page_look(np.random.default_rng([s, 99]), STYLES["standard"], "standard") for s in range(40)]
+def test_randomized_pages_vary_their_look_but_never_take_the_heldout_values(tmp_path):
+    looks = [synthetic._page_look(np.random.default_rng([s, 99]), STYLES["randomized"], "randomized")
+             for s in range(40)]
     # Every page its own page colour, key shades and grey range (the held-out variant's kind of change)...
     assert len({tuple(np.round(look["background"])) for look in looks}) > 30
     assert len({tuple(np.round(look["key_colours"]["red"])) for look in looks}) > 30
     assert np.ptp([look["ink_range"][0] for look in looks]) > 30
     # ...while the held-out variant's exact glyph sizes, offsets, square margins, layout and bar look stay out.
-    standard, heldout = STYLES["standard"], STYLES["heldout"]
+    standard, heldout = STYLES["randomized"], STYLES["heldout"]
     assert not set(standard.font_scales) & set(heldout.font_scales)
     assert not set(synthetic._cell_units(standard.square_margins, PATCH)) & set(
         synthetic._cell_units(heldout.square_margins, PATCH))
@@ -444,3 +445,9 @@ def test_training_pages_vary_their_look_but_never_take_the_heldout_values():
     heldout_shades = [np.array(KEY_COLORS["heldout"][name], np.float32) for name in KEY_COLORS["heldout"]]
     assert not any(np.allclose(look["key_colours"][name], shade) for look in looks
                    for name, shade in zip(KEY_COLORS["heldout"], heldout_shades))
+    # A training option: the suite's train and validation splits take it, the test split stays held out.
+    suite = make_synthetic_suite(cache_dir=str(tmp_path), num_train=4, num_validation=2, num_test=2,
+                                 train_variant="randomized")
+    assert [suite[split][0]["variant"] for split in synthetic.SPLITS] == ["randomized", "randomized", "heldout"]
+    with pytest.raises(ValueError, match="train_variant"):
+        SyntheticConfig(train_variant="fancy")

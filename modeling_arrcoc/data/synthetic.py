@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 FAMILIES = ("local_color", "local_key", "region_row", "global_count", "chart")
-VARIANTS = ("standard", "heldout")
+VARIANTS = ("standard", "heldout", "randomized")
 SPLITS = ("train", "validation", "test")
 COLOR_NAMES = ("red", "green", "blue", "orange", "purple")
 BAR_LABELS = tuple("ABCDEF")
@@ -65,6 +65,7 @@ KEY_COLORS = {
         "purple": (170, 75, 205),
     },
 }
+KEY_COLORS["randomized"] = KEY_COLORS["standard"]  # its pages move these shades (STYLES["randomized"].key_jitter)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,27 @@ LAYOUTS = {
 
 STYLES = {
     "standard": _Style(
+        font_scales=(1.125, 1.25),
+        glyph_dx=(-1, 0, 1),
+        glyph_dy=(-1, 0, 1),
+        square_margins=(1.5,),
+        square_jitter=(0,),
+        ink_range=(0, 60),
+        ink_spread=60.0,
+        background=((250, 250, 250), (244, 244, 244), (255, 255, 255)),
+        background_tint=0.0,
+        key_jitter=0.0,
+        layouts=("uniform",),
+        density=(0.62, 0.75),
+        bar_colors=("#1f77b4", "#4a6fa5", "#2b5d8a"),
+        bar_widths=(0.6,),
+        chart_face=("#ffffff",),
+    ),
+    # A training option (synthetic_train_variant: randomized): every page draws its look from ranges that cover the
+    # held-out variant's kind of change but never its exact values. Not the demo's default: measured, its stage-1
+    # allocator kept the answer cell at tier 4 on 0.28 of pages (0.69 with "standard") and the LLM stage after it did
+    # not learn to answer in 3000 steps (docs/demo_model.md).
+    "randomized": _Style(
         font_scales=(1.0625, 1.125, 1.25, 1.3125),
         glyph_dx=(-3, -1, 0, 1, 3),
         glyph_dy=(-1, 0, 1),
@@ -149,6 +171,7 @@ class SyntheticConfig:
     families: tuple = FAMILIES
     family_weights: tuple | None = None  # None: uniform over families
     test_variant: str = "heldout"
+    train_variant: str = "standard"  # "randomized": training pages of random look (validation follows it)
 
     def __post_init__(self):
         self.families = tuple(self.families)
@@ -171,8 +194,9 @@ def _check_config(config: SyntheticConfig) -> None:
         raise ValueError(f"families must be a non-empty subset of {FAMILIES}, got {config.families}")
     if config.family_weights is not None and len(config.family_weights) != len(config.families):
         raise ValueError("family_weights needs one weight per family")
-    if config.test_variant not in VARIANTS:
-        raise ValueError(f"test_variant must be one of {VARIANTS}")
+    for name in ("test_variant", "train_variant"):
+        if getattr(config, name) not in VARIANTS:
+            raise ValueError(f"{name} must be one of {VARIANTS}, got {getattr(config, name)!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -672,7 +696,7 @@ def _generate_rows(config: dict, split: str, variant: str, indices: list) -> Ite
 
 def _split_plan(config: SyntheticConfig) -> dict:
     sizes = {"train": config.num_train, "validation": config.num_validation, "test": config.num_test}
-    variants = {"train": "standard", "validation": "standard", "test": config.test_variant}
+    variants = {"train": config.train_variant, "validation": config.train_variant, "test": config.test_variant}
     return {split: (sizes[split], variants[split]) for split in SPLITS}
 
 

@@ -103,6 +103,11 @@ class ArrCocTrainingArguments(TrainingArguments):
         metadata=_help("Whether the quality adapter adds the allocator's relevance tag to each kept token, written "
                        "into the model config before training (None: keep the model's). Baselines: false."),
     )
+    fold_dropped: bool | None = field(
+        default=None,
+        metadata=_help("Whether dropped patches are folded into their nearest kept token, written into the model "
+                       "config before training (None: keep the model's). The no-fold ablation: false."),
+    )
     heuristic_short_words: int = field(default=5, metadata=_help("Heuristic: at most this many words = short."))
     group_by_tier: bool = field(
         default=False, metadata=_help("Batches of one heuristic tier (TierGroupedBatchSampler); no padding.")
