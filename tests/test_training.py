@@ -696,3 +696,19 @@ def test_step_tier_weights_shape_the_multi_budget_draw():
     assert {step_tier(0, step, 3) for step in range(200)} == {0, 1, 2}
     with pytest.raises(ValueError, match="3 tiers"):
         step_tier(0, 0, 3, [1.0, 1.0])
+
+
+def test_probe_report_renders_every_recorded_point_into_its_block(tmp_path):
+    from tools.probe_report import main as probe_main
+
+    (tmp_path / "probes.yaml").write_text(yaml.safe_dump([
+        {"name": "p", "what": "a probe", "command": "python train.py x.yaml", "methods": ["tier_4", "full"]}]))
+    point = {"tier_4": {"accuracy": 0.25, "per_task": {"local_color": 0.5, "global_count": 0.0}}}
+    (tmp_path / "p.json").write_text(json.dumps({"points": [{"step": 100, "methods": point}]}))
+    doc = tmp_path / "doc.md"
+    doc.write_text("x\n<!-- BEGIN generated:probes (python tools/probe_report.py) -->\nold\n"
+                   "<!-- END generated:probes -->\ny\n")
+    probe_main([str(tmp_path), "--write", str(doc)])
+    text = doc.read_text()
+    assert "old" not in text and text.startswith("x\n") and text.endswith("y\n")
+    assert "| p | a probe | 100 | tier_4 accuracy 0.25 (global_count 0.00, local_color 0.50) |" in text
