@@ -427,6 +427,27 @@ def test_auto_is_compared_paired_with_tiers_fair_baselines_and_the_trained_refer
     assert reference["token_share"] == pytest.approx(10 / 64) and reference["mean_visual_tokens"] == [10.0, 64.0]
 
 
+def test_ablations_are_compared_at_their_auto_and_at_auto_s_tier_and_token_prices_are_not_baselines(tiny):
+    config = tiny[0].config
+    learned = lambda name, budget: E.Method(name, budget, "learned", "trained_no_tag")  # noqa: E731
+    runs = {
+        "auto": hand_run("auto", BUDGETS, ["1", "2", "3", "x"], [4, 4, 16, 16], [0, 0, 1, 1]),
+        "auto(cost=1)": hand_run("auto(cost=1)", BUDGETS, ["1", "x", "x", "x"], [16] * 4, [1] * 4),
+        "trained_no_tag": E.MethodRun(learned("trained_no_tag", "auto"), ["x", "2", "x", "x"], [4] * 4, [0] * 4, 1.0),
+        "trained_no_tag@4": E.MethodRun(learned("trained_no_tag@4", 4), ["x"] * 4, [4] * 4, [0] * 4, 1.0),
+        "trained_no_tag@16": E.MethodRun(learned("trained_no_tag@16", 16), ["1", "2", "3", "4"], [16] * 4, [1] * 4,
+                                         1.0),
+        "trained_no_tag@100": E.MethodRun(learned("trained_no_tag@100", 100), ["1"] * 4, [64] * 4, [2] * 4, 1.0),
+    }
+    report = E.build_report(runs, [["1"], ["2"], ["3"], ["4"]], ["local_color"] * 4, "exact_match", config)
+    comparisons = report["comparisons"]
+    # Auto spends 10 tokens: 16 is the nearest tier in log2 (|log2 16/10| < |log2 4/10|).
+    assert list(comparisons["auto_vs_ablation"]) == ["trained_no_tag", "trained_no_tag@16"]
+    assert comparisons["auto_vs_ablation"]["trained_no_tag"]["difference"] == pytest.approx(0.5)
+    assert comparisons["auto_vs_baseline"] == {} and comparisons["baselines_with_fewer_tokens"] == []
+    assert any("the ablation `trained_no_tag`" in line for line in headline(report))
+
+
 def test_policies_frontier_chance_and_unseen_families(tiny):
     report = measured_report(tiny[0].config, meta={"trained_families": ["local_color"]})
     policies = report["policies"]

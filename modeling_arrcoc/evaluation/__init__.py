@@ -58,6 +58,8 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
                                      "training_config": {...} | null,   # its training_config.yaml (train.py)
                                      "trained_families": [str] | null, "methods": [str]}},
       "comparisons": {                    # paired differences auto - other on the same questions, null without auto
+        "auto_vs_ablation": {"<method>": {... as below}},  # trained learned-selection models: at their auto and
+                                                           # at the tier nearest auto's mean tokens
         "auto_vs_tier": {"tier_<K>": {"difference", "low", "high", "n", "accuracy": [auto, other],
                                       "mean_visual_tokens": [auto, other]}},
         "auto_vs_baseline": {"<method>": {... as above, "trained": bool}},  # baselines with >= auto's mean tokens

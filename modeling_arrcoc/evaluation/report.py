@@ -5,6 +5,7 @@ reference, tier policies, the forced-tier frontier, chance and the families trai
 """
 
 import json
+import math
 import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
@@ -129,8 +130,15 @@ def _intervals(scores, tasks, seed) -> dict:
 
 
 def _is_baseline(run) -> bool:
-    """A method other than ARR-COC's own (auto, forced tiers, full) and other than a trained full-token reference."""
-    return run.method.kind not in ("auto", "tier", "full") and not _is_trained_full(run)
+    """A method other than ARR-COC's own (auto at any token price, forced tiers, full), a trained full-token
+    reference or a trained ablation of ARR-COC."""
+    return run.method.kind not in ("auto", AUTO_COST, "tier", "full") and not _is_trained_full(run) and not (
+        _is_ablation(run))
+
+
+def _is_ablation(run) -> bool:
+    """A trained model with ARR-COC's learned selection (an ablation: no tag, no fold, one constant tier)."""
+    return run.method.kind.startswith(TRAINED_PREFIX) and run.method.selection == "learned"
 
 
 def _is_trained_full(run) -> bool:
@@ -161,7 +169,13 @@ def comparisons(runs, scores, methods, seed) -> dict | None:
             "accuracy_kept": methods["auto"]["accuracy"] / full["accuracy"] if full["accuracy"] else None,
             "token_share": auto_tokens / full["mean_visual_tokens"],
         }
+    # Each ablation at its own auto and at the tier nearest auto's mean tokens (the constant-tier ablation's).
+    tiers = {run.method.budget for run in runs.values() if _is_ablation(run) and isinstance(run.method.budget, int)}
+    nearest = min(tiers, key=lambda k: abs(math.log2(k) - math.log2(max(auto_tokens, 1e-9)))) if tiers else None
+    ablations = [name for name, run in runs.items() if _is_ablation(run) and (
+        name == run.method.kind or run.method.budget == nearest)]
     return {
+        "auto_vs_ablation": {name: _paired(scores, methods, "auto", name, seed) for name in ablations},
         "auto_vs_tier": {name: _paired(scores, methods, "auto", name, seed)
                          for name, run in runs.items() if run.method.kind == "tier"},
         "auto_vs_baseline": {name: {**_paired(scores, methods, "auto", name, seed),
@@ -269,6 +283,9 @@ def headline(report: dict) -> list:
         lines.append(f"vs the trained full-resolution reference (`{name}`, {entry['accuracy'][1]:.3f} at "
                      f"{entry['mean_visual_tokens'][1]:.0f} tokens{weak(entry['accuracy'][1])}): {kept} of its accuracy at "
                      f"{100 * entry['token_share']:.1f}% of its tokens; difference {_interval(entry)}.")
+    for name, entry in (comparisons.get("auto_vs_ablation") or {}).items():
+        lines.append(f"vs the ablation `{name}` ({entry['accuracy'][1]:.3f} at {entry['mean_visual_tokens'][1]:.1f} "
+                     f"tokens{weak(entry['accuracy'][1])}): {_interval(entry)}.")
     front = report.get("frontier")
     if front:
         lines.append(f"vs the forced-tier frontier interpolated at auto's tokens ({front['frontier_accuracy']:.3f}, "
