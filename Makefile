@@ -64,7 +64,8 @@ define train_method
 		$(DEMO_STEPS_3) $(2)
 endef
 # The methods' chains are independent: they run side by side, one thread each (on 2 cores two single-threaded
-# trainings do more steps per second together than one two-threaded training alone, measured).
+# trainings do more steps per second together than one two-threaded training alone, measured); the longest chain
+# (full tokens) starts first.
 PARALLEL := $(MAKE) --no-print-directory -j2 OMP_NUM_THREADS=1
 TRAINED := --method uniform_pool=$(DEMO)/uniform/phase3/checkpoint --method full=$(DEMO)/full/phase3/checkpoint
 # Diagnostics through ARR-COC's own checkpoint (its LLM reads ARR-COC's tag: never the headline); query_sim is left to
@@ -83,8 +84,17 @@ demo-uniform: venv
 demo-full: venv
 	$(call train_method,full,$(FULL_METHOD))
 
+# Wall-clock seconds of a target, written beside its results (the README quotes them): $(1) folder.
+define started
+	@mkdir -p $(1) && date +%s > $(1)/started
+endef
+define finished
+	@echo "{\"seconds\": $$(( $$(date +%s) - $$(cat $(1)/started) )), \"cores\": $$(nproc)}" > $(1)/timing.json
+endef
+
 demo: venv
-	$(PARALLEL) demo-arrcoc demo-uniform demo-full
+	$(call started,$(DEMO))
+	$(PARALLEL) demo-full demo-arrcoc demo-uniform
 	rm -rf $(DEMO)/checkpoint.tmp && cp -r $(DEMO)/phase3/checkpoint $(DEMO)/checkpoint.tmp
 	rm -rf $(DEMO)/checkpoint && mv $(DEMO)/checkpoint.tmp $(DEMO)/checkpoint
 	$(PY) tools/learning_report.py --output $(DEMO)/learning_curve.json --stage pretrain=$(BASE)/PROVENANCE.json \
@@ -93,6 +103,7 @@ demo: venv
 	$(PY) eval.py $(DEMO)/checkpoint --dataset synthetic --split test --budget all --num-samples 1200 \
 		$(TRAINED) $(DIAGNOSTICS) $(BUDGET_COSTS) --output-dir $(DEMO) --model-card model_card.md \
 		--model-name arrcoc-demo $(DEMO_CONFIGS) --limitation "$(DEMO_LIMITATION)"
+	$(call finished,$(DEMO))
 
 # The rest of the protocol after `make demo`, each trained by the same three phases from the same base with the
 # same steps, and evaluated with the demo's models on the same questions (query_sim included):
@@ -121,13 +132,15 @@ baseline-constant_tier: venv
 	$(call train_method,constant_tier,$(CONSTANT_METHOD))
 
 baselines: venv
+	$(call started,$(DEMO)/baselines)
 	$(PARALLEL) $(addprefix baseline-,$(BASELINE_RUNS))
 	$(PY) eval.py $(DEMO)/checkpoint --dataset synthetic --split test --budget all --num-samples 1200 $(TRAINED) \
 		--method saliency_topk=$(DEMO)/saliency/phase3/checkpoint --method random=$(DEMO)/random/phase3/checkpoint \
 		--method ablation_no_tag=$(DEMO)/no_tag/phase3/checkpoint \
 		--method ablation_no_fold=$(DEMO)/no_fold/phase3/checkpoint \
 		--method ablation_constant_tier=$(DEMO)/constant_tier/phase3/checkpoint \
-		$(BUDGET_COSTS) --output-dir $(DEMO)/baselines $(DEMO_CONFIGS)
+		--baselines query_sim $(BUDGET_COSTS) --output-dir $(DEMO)/baselines $(DEMO_CONFIGS)
+	$(call finished,$(DEMO)/baselines)
 
 bench: venv
 	$(PY) bench/run_all.py

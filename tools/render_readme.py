@@ -1,6 +1,7 @@
 """Fill README.md's generated blocks from what the repo's own commands wrote (`make readme`).
 
     demo      <- outputs/demo/eval.json                 (make demo)
+    baselines <- outputs/demo/baselines/eval.json       (make baselines)
     heatmap   <- outputs/demo/heatmaps.png -> docs/heatmaps.png
     pretrain  <- pretrained/demo-base/PROVENANCE.json   (make pretrain)
     bench     <- outputs/bench/summary.md               (make bench)
@@ -61,6 +62,37 @@ def headline_block(report: dict) -> str:
     return "\n".join(f"- {line}" for line in lines) + "\n\n" + RELEVANCE_TAG if lines else ""
 
 
+def _comparison(report: dict, name: str):
+    comparisons = report.get("comparisons") or {}
+    for section in ("auto_vs_ablation", "auto_vs_baseline", "auto_vs_trained_full"):
+        if name in (comparisons.get(section) or {}):
+            return comparisons[section][name]
+    return None
+
+
+def baselines_block(report: dict, timing: dict | None) -> str:
+    """make baselines: every trained model (baselines, ablations, the reference) next to auto, with intervals."""
+    rows = ["| trained model | accuracy [95% interval] | mean visual tokens | auto minus it, paired [95% interval] |",
+            "|---|---|---|---|"]
+    auto = report["methods"]["auto"]
+    rows.append(f"| ARR-COC auto | {auto['accuracy']:.3f} [{auto['interval'][0]:.3f}, {auto['interval'][1]:.3f}] | "
+                f"{auto['mean_visual_tokens']:.1f} | |")
+    for name, method in report["methods"].items():
+        if not name.startswith("trained_"):
+            continue
+        entry = _comparison(report, name)
+        versus = ("not compared: fewer tokens than auto" if entry is None else
+                  f"{100 * entry['difference']:+.1f} points [{100 * entry['low']:+.1f}, {100 * entry['high']:+.1f}]")
+        rows.append(f"| {name} | {method['accuracy']:.3f} [{method['interval'][0]:.3f}, {method['interval'][1]:.3f}] "
+                    f"| {method['mean_visual_tokens']:.1f} | {versus} |")
+    meta = report["meta"]
+    took = "" if timing is None else (f"; `make baselines` took {timing['seconds'] / 60:.1f} minutes on "
+                                      f"{timing['cores']} cores")
+    header = (f"`make baselines` ({meta['split']} split, n = {meta['num_samples']}, the demo's questions, commit "
+              f"`{str(meta.get('commit'))[:10]}`{took}):")
+    return "\n".join([header, "", *rows, "", *(f"- {line}" for line in headline(report)[1:])])
+
+
 def pretrain_block(provenance: dict) -> str:
     points = provenance.get("learning_curve", {}).get("points", [])
     if not points:
@@ -104,12 +136,21 @@ def main():
         "pretrain": ROOT / "pretrained/demo-base/PROVENANCE.json",
         "bench": ROOT / "outputs/bench/summary.md",
         "heatmap": ROOT / "outputs/demo/heatmaps.png",
+        "baselines": ROOT / "outputs/demo/baselines/eval.json",
     }
     if sources["demo"].exists():
         report = json.loads(sources["demo"].read_text())
-        text = replace_block(text, "demo", demo_block(report))
+        timing = ROOT / "outputs/demo/timing.json"
+        took = json.loads(timing.read_text()) if timing.exists() else None
+        text = replace_block(text, "demo", demo_block(report) + ("" if took is None else (
+            f"\n\n`make demo` took {took['seconds'] / 60:.1f} minutes on {took['cores']} cores (outputs/demo/timing.json)."
+        )))
         text = replace_block(text, "headline", headline_block(report))
         shutil.copyfile(ROOT / "outputs/demo/pareto.png", ROOT / "docs/pareto.png")
+    if sources["baselines"].exists():
+        timing = ROOT / "outputs/demo/baselines/timing.json"
+        text = replace_block(text, "baselines", baselines_block(
+            json.loads(sources["baselines"].read_text()), json.loads(timing.read_text()) if timing.exists() else None))
     if sources["heatmap"].exists():
         shutil.copyfile(sources["heatmap"], ROOT / "docs/heatmaps.png")
         text = replace_block(text, "heatmap", "![where each question pulled its tokens from](docs/heatmaps.png)")
