@@ -64,7 +64,10 @@ def _pareto_axes(ax, report):
     ys = [m["accuracy"] for m in report["methods"].values()]
     if xs and max(xs) / max(min(xs), 1e-9) > 8:
         ax.set_xscale("log")  # tiers span an order of magnitude or more
-        ax.set_xticks(sorted({round(x, 1) for x in xs}))
+        # Ticks at the tiers (auto's points lie between them; labelling each would overlap).
+        budgets = report.get("meta", {}).get("budgets")
+        patches = report.get("meta", {}).get("num_patches") or float("inf")
+        ax.set_xticks(sorted({min(b, patches) for b in budgets}) if budgets else sorted({round(x, 1) for x in xs}))
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
     if ys:
