@@ -13,7 +13,8 @@ DESIGN.md, "What learns here"). Five task families need different visual budgets
 Rows follow the common schema shared with the Hub adapters: image, question, answers (first is canonical),
 boxes ([x0, y0, x1, y1] pixel boxes of the answer region), task, source, variant. The ``heldout`` variant
 changes layout, glyph size and offset, ink and key-colour shades, background tint and chart styling, so that
-the test split measures generalisation rather than memorised pixels.
+the test split measures generalisation rather than memorised pixels. The ``randomized`` variant, a training option
+(``SyntheticConfig.train_variant``), draws every page's look from ranges that cover that kind of change.
 """
 
 from __future__ import annotations
