@@ -6,6 +6,7 @@ Streaming, a weighted mixture of sources and teacher pseudo-labels (no boxes in 
 
 import io
 import json
+import shutil
 import sys
 
 import datasets
@@ -156,6 +157,17 @@ def test_a_local_repo_with_several_configs_reads_one(hub_dirs):
     assert len(docvqa) == len(infovqa) == NUM_ROWS  # each config's two shards, never the other config's
     assert all(q.endswith("(DocVQA)") for q in docvqa["question"])
     assert all(q.endswith("(InfographicVQA)") for q in infovqa["question"])
+
+
+def test_a_local_copy_whose_files_changed_is_read_again_not_from_the_cache(pages, tmp_path):
+    # The same folder name and config as a copy read before (datasets caches a README config by its name).
+    _write_docvqa(tmp_path / "docvqa", pages)
+    first = load_hub_dataset("docvqa", path=str(tmp_path / "docvqa"))
+    shutil.rmtree(tmp_path / "docvqa")
+    _write_docvqa(tmp_path / "docvqa", pages[::-1])
+    second = load_hub_dataset("docvqa", path=str(tmp_path / "docvqa"))
+    assert [r["answers"][0] for r in first] == [p["answers"][0] for p in pages]
+    assert [r["question"] for r in second] == [r["question"] for r in first][::-1]
 
 
 @pytest.mark.parametrize("name", sorted(METRICS))

@@ -133,7 +133,8 @@ def test_lora_trains_adapters_only_and_merges_exactly(tester):
 
 @pytest.mark.parametrize("phase", list(PHASES))
 def test_phase_training_changes_exactly_the_trainable_parameters(phase, tmp_path, datasets, processor):
-    trainer = make_trainer(tmp_path, datasets, processor, phase)
+    # Tier 16 of 64 patches: patches are dropped, so the fold (and its key) is in the path whatever the data.
+    trainer = make_trainer(tmp_path, datasets, processor, phase, train_budget="16")
     before = snapshot(trainer.model)
     trainer.train()
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}

@@ -203,7 +203,11 @@ def _load_local(path: str, split: str, streaming: bool, config: str | None = Non
         return loaded.to_iterable_dataset() if streaming else loaded
     if config is not None and not {"name", "data_dir", "data_files"} & set(kw):
         if config in _readme_configs(path):
-            kw = {**kw, "name": config}  # the repo's own README says which files each config holds
+            # The repo's own README says which files each config holds. Name them explicitly: with the config name
+            # alone, datasets caches the prepared split under that name without hashing the files, so a local copy
+            # whose files changed would be read back stale from the cache.
+            files = _readme_split_files(path, config, split)
+            kw = {**kw, "name": config, **({"data_files": {split: files}} if files else {})}
         elif os.path.isdir(os.path.join(path, config)):
             files = _split_files(os.path.join(path, config), split)
             kw = {**kw, "data_files": {split: files}} if files else {**kw, "data_dir": config}
@@ -223,6 +227,25 @@ def _readme_configs(path: str) -> set:
 
     header = yaml.safe_load(text.split("---", 2)[1]) or {}
     return {entry.get("config_name") for entry in header.get("configs") or [] if isinstance(entry, dict)}
+
+
+def _readme_split_files(path: str, config: str, split: str) -> list:
+    """The files of `config`'s `split` as the local repo's README header lists them (glob patterns, resolved)."""
+    import glob
+
+    import yaml
+
+    with open(os.path.join(path, "README.md"), encoding="utf-8") as handle:
+        header = yaml.safe_load(handle.read().split("---", 2)[1]) or {}
+    for entry in header.get("configs") or []:
+        if not isinstance(entry, dict) or entry.get("config_name") != config:
+            continue
+        specs = entry.get("data_files") or []
+        specs = [specs] if isinstance(specs, (str, dict)) else specs
+        patterns = [spec["path"] for spec in specs if isinstance(spec, dict) and spec.get("split") == split]
+        patterns = [p for group in patterns for p in ([group] if isinstance(group, str) else group)]
+        return sorted(f for pattern in patterns for f in glob.glob(os.path.join(path, pattern)))
+    return []
 
 
 def _split_files(folder: str, split: str) -> list:
