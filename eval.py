@@ -15,7 +15,6 @@ documented in modeling_arrcoc/evaluation.py.
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from modeling_arrcoc.evaluation import (
     trained_methods,
 )
 from modeling_arrcoc.evaluation.model_card import write_model_card
+from modeling_arrcoc.methods import parse_cost
 from modeling_arrcoc.data.synthetic import FAMILIES
 from modeling_arrcoc.training.arguments import TRAINING_CONFIG
 
@@ -100,12 +100,9 @@ def baselines_from(text: str) -> tuple:
 
 def costs_from(text: str) -> tuple:
     try:
-        costs = tuple(float(c) for c in text.split(",") if c.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--budget-costs takes comma-separated numbers, not {text!r}") from None
-    if not all(math.isfinite(c) for c in costs):
-        raise argparse.ArgumentTypeError(f"--budget-costs must be finite numbers, got {text!r}")
-    return costs
+        return tuple(parse_cost(c, "--budget-costs") for c in text.split(",") if c.strip())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def budget_from(text: str):

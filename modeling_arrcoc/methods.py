@@ -81,7 +81,7 @@ def parse_method(name: str, budgets) -> Method:
         return Method(name, name, "learned", name)
     priced = re.fullmatch(r"auto\(cost=([^)]*)\)", name)
     if priced:
-        return Method(name, "auto", "learned", AUTO_COST, _cost(priced.group(1), name))
+        return Method(name, "auto", "learned", AUTO_COST, parse_cost(priced.group(1), f"Method {name!r}"))
     if name.startswith("tier_"):
         return Method(name, _known_tier(name[len("tier_"):], name, budgets), "learned", "tier")
     baseline, _, value = name.partition("@")
@@ -94,13 +94,14 @@ def parse_method(name: str, budgets) -> Method:
     )
 
 
-def _cost(text: str, name: str) -> float:
+def parse_cost(text: str, where: str = "budget_cost") -> float:
+    """A token price written as text (a method name's, a CLI list's): a finite number, else a ValueError."""
     try:
         cost = float(text)
     except ValueError:
         cost = math.nan
     if not math.isfinite(cost):
-        raise ValueError(f"Method {name!r}: the token price {text!r} is not a finite number.")
+        raise ValueError(f"{where}: the token price {text!r} is not a finite number.")
     return cost
 
 
@@ -168,6 +169,7 @@ __all__ = [
     "FULL_TOKENS",
     "Method",
     "auto_cost_name",
+    "parse_cost",
     "QUERY_SIM",
     "SELECTION_BASELINES",
     "SYNTHETIC",

@@ -214,31 +214,35 @@ def _load_local(path: str, split: str, streaming: bool, config: str | None = Non
     return datasets.load_dataset(path, split=split, streaming=streaming, **kw)
 
 
-def _readme_configs(path: str) -> set:
-    """Config names a local repo's README.md declares (its YAML header's `configs`, as on the Hub)."""
+def _readme_header(path: str) -> dict:
+    """The YAML header of a local repo's README.md (as on the Hub), or {} without one."""
     readme = os.path.join(path, "README.md")
     if not os.path.isfile(readme):
-        return set()
+        return {}
     with open(readme, encoding="utf-8") as handle:
         text = handle.read()
     if not text.startswith("---"):
-        return set()
+        return {}
     import yaml
 
-    header = yaml.safe_load(text.split("---", 2)[1]) or {}
-    return {entry.get("config_name") for entry in header.get("configs") or [] if isinstance(entry, dict)}
+    return yaml.safe_load(text.split("---", 2)[1]) or {}
+
+
+def _readme_config_entries(path: str) -> list:
+    return [entry for entry in _readme_header(path).get("configs") or [] if isinstance(entry, dict)]
+
+
+def _readme_configs(path: str) -> set:
+    """Config names a local repo's README.md declares (its YAML header's `configs`, as on the Hub)."""
+    return {entry.get("config_name") for entry in _readme_config_entries(path)}
 
 
 def _readme_split_files(path: str, config: str, split: str) -> list:
     """The files of `config`'s `split` as the local repo's README header lists them (glob patterns, resolved)."""
     import glob
 
-    import yaml
-
-    with open(os.path.join(path, "README.md"), encoding="utf-8") as handle:
-        header = yaml.safe_load(handle.read().split("---", 2)[1]) or {}
-    for entry in header.get("configs") or []:
-        if not isinstance(entry, dict) or entry.get("config_name") != config:
+    for entry in _readme_config_entries(path):
+        if entry.get("config_name") != config:
             continue
         specs = entry.get("data_files") or []
         specs = [specs] if isinstance(specs, (str, dict)) else specs

@@ -213,32 +213,30 @@ def policies(runs, scores, budgets, oracles, threshold, seed) -> dict | None:
 def frontier(runs, scores, budgets, seed) -> dict | None:
     """Auto's accuracy minus the forced-tier frontier (interpolated in log tokens) at auto's mean tokens, paired.
     None without auto or a forced tier."""
-    names = _forced_tiers(runs, budgets)
-    if "auto" not in runs or not names:
+    if "auto" not in runs or not _forced_tiers(runs, budgets):
         return None
-    tier_scores = {runs[name].method.budget: scores[name] for name in names}
-    tier_tokens = {runs[name].method.budget: runs[name].visual_token_counts for name in names}
-    return statistics.frontier_difference(scores["auto"], runs["auto"].visual_token_counts, tier_scores, tier_tokens,
-                                          seed=seed)
+    return _versus_frontier(runs, scores, budgets, "auto", seed)
 
 
 def auto_curve(runs, scores, budgets, seed) -> list | None:
     """Auto at every token price evaluated (`auto(cost=C)`, and auto itself at 0), cheapest first: its cost, mean
     tokens, accuracy and its difference to the forced-tier frontier at its own mean tokens (paired, with the
     interval). Auto's curve lies above the frontier where those differences are positive. None without a price."""
-    names = _forced_tiers(runs, budgets)
     priced = {name: run for name, run in runs.items() if run.method.kind in ("auto", AUTO_COST)}
-    if len(priced) < 2 or not names:
+    if len(priced) < 2 or not _forced_tiers(runs, budgets):
         return None
-    tier_scores = {runs[name].method.budget: scores[name] for name in names}
-    tier_tokens = {runs[name].method.budget: runs[name].visual_token_counts for name in names}
-    curve = []
-    for name, run in priced.items():
-        versus = statistics.frontier_difference(scores[name], run.visual_token_counts, tier_scores, tier_tokens,
-                                                seed=seed)
-        curve.append({"method": name, "budget_cost": run.method.budget_cost,
-                      "accuracy": float(np.mean(scores[name])), **versus})
+    curve = [{"method": name, "budget_cost": run.method.budget_cost, "accuracy": float(np.mean(scores[name])),
+              **_versus_frontier(runs, scores, budgets, name, seed)} for name, run in priced.items()]
     return sorted(curve, key=lambda point: point["auto_mean_tokens"])
+
+
+def _versus_frontier(runs, scores, budgets, name, seed) -> dict:
+    """Method `name` minus the forced-tier frontier at its own mean tokens (statistics.frontier_difference)."""
+    names = _forced_tiers(runs, budgets)
+    tier_scores = {runs[tier].method.budget: scores[tier] for tier in names}
+    tier_tokens = {runs[tier].method.budget: runs[tier].visual_token_counts for tier in names}
+    return statistics.frontier_difference(scores[name], runs[name].visual_token_counts, tier_scores, tier_tokens,
+                                          seed=seed)
 
 
 def _chance_key(metric: str):
