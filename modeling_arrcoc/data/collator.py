@@ -11,9 +11,20 @@ ALIGNMENT_TARGETS = ("boxes", "teacher", "none")
 TEACHER_COLUMN = "teacher_targets"  # per-patch teacher scores (training/teacher.py writes this column)
 
 
-def chat_prompt(processor, question: str) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+def chat_prompt(processor, question: str, with_image: bool = True) -> str:
+    """The prompt of one user turn and the assistant's opening; `with_image=False` for a later turn on the same
+    image (the chat's `<image>` comes once, in its first turn)."""
+    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
+    messages = [{"role": "user", "content": content}]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def row_turns(row: dict, questions_per_image: int = 1) -> list:
+    """(question, answer, boxes) of the turns a row supervises: its own question, then up to
+    `questions_per_image - 1` of its extra questions about the same image (rows without `extra_questions` have one)."""
+    turns = [(row["question"], row["answers"][0] if row.get("answers") else None, row.get("boxes") or [])]
+    extras = zip(row.get("extra_questions") or [], row.get("extra_answers") or [], row.get("extra_boxes") or [])
+    return turns + list(extras)[: max(questions_per_image - 1, 0)]
 
 
 @dataclass
@@ -28,6 +39,11 @@ class ArrCocCollator:
         with_answers: False for evaluation/generation: prompts only, no labels.
         keep_columns: row columns passed through as lists (e.g. "task" for per-family scoring); the model
             does not take them, so leave it empty for a Trainer.
+        questions_per_image: with answers, up to this many questions about each image in one chat (the row's own,
+            then its `extra_questions`), each answer supervised: one vision pass, several supervised lookups (dense
+            supervision for a reader learning to find one token among many). Every turn's answer region is then in
+            `turn_patch_targets` ([B, Q, N], zero rows where a sample has fewer turns), and `patch_targets` is
+            their union (the allocator reads every question of the chat). 1 (default): one question per image.
         alignment_targets: where `patch_targets` come from: "boxes" (answer-box coverage, where rows have a
             `boxes` column), "teacher" (the rows' `teacher_targets` column, per-patch scores of a teacher model,
             see training/teacher.py; none for rows without it) or "none" (never: the alignment loss then
@@ -39,21 +55,57 @@ class ArrCocCollator:
     with_answers: bool = True
     keep_columns: tuple = ()
     alignment_targets: str = "boxes"
+    questions_per_image: int = 1
 
     def __post_init__(self):
+        if not isinstance(self.questions_per_image, int) or self.questions_per_image < 1:
+            raise ValueError(f"questions_per_image must be a positive integer, got {self.questions_per_image!r}.")
         if self.alignment_targets not in ALIGNMENT_TARGETS:
             raise ValueError(f"alignment_targets must be one of {list(ALIGNMENT_TARGETS)}, "
                              f"got {self.alignment_targets!r}.")
 
     def __call__(self, rows: list[dict]) -> dict:
         tokenizer = self.processor.tokenizer
+        if self.with_answers and self.questions_per_image > 1:
+            return self._multi_turn(rows)
         prompts = [tokenizer(chat_prompt(self.processor, row["question"]), add_special_tokens=False).input_ids
                    for row in rows]
         answers = [self._answer_ids(row) for row in rows] if self.with_answers else [[] for _ in rows]
-        batch = _left_pad(prompts, answers, tokenizer.pad_token_id)
+        return self._finish(rows, _left_pad(prompts, answers, tokenizer.pad_token_id))
+
+    def _multi_turn(self, rows: list[dict]) -> dict:
+        """Several question/answer turns per image: the prompt of turn 1 (with the image), its answer, then each
+        later turn's prompt (no image) and answer; labels on every answer token."""
+        tokenizer = self.processor.tokenizer
+        separator = tokenizer("\n", add_special_tokens=False).input_ids  # the chat template's newline after a turn
+        prompts, answers, turn_boxes = [], [], []
+        for row in rows:
+            turns = row_turns(row, self.questions_per_image)
+            ids, labels = [], []
+            for index, (question, answer, _) in enumerate(turns):
+                prompt = tokenizer(chat_prompt(self.processor, question, with_image=index == 0),
+                                   add_special_tokens=False).input_ids
+                prompt = prompt if index == 0 else separator + prompt
+                reply = self._encode_answer(answer)
+                ids += prompt + reply
+                labels += [-100] * len(prompt) + reply
+            prompts.append(ids)
+            answers.append(labels)
+            turn_boxes.append([boxes for _, _, boxes in turns])
+        batch = _left_pad_labelled(prompts, answers, tokenizer.pad_token_id)
+        batch = self._finish(rows, batch, with_targets=False)
+        if all("boxes" in row for row in rows):
+            turns = self._turn_targets(rows, turn_boxes)
+            batch["turn_patch_targets"] = turns
+            if self.alignment_targets == "boxes":
+                batch["patch_targets"] = turns.amax(1)
+        return batch
+
+    def _finish(self, rows, batch, with_targets=True) -> dict:
         images = [row["image"] for row in rows]
         batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        if self.with_answers and self.alignment_targets == "boxes" and all("boxes" in row for row in rows):
+        if with_targets and self.with_answers and self.alignment_targets == "boxes" and all(
+                "boxes" in row for row in rows):
             batch["patch_targets"] = self._targets(rows)
         if self.with_answers and self.alignment_targets == "teacher" and all(
                 row.get(TEACHER_COLUMN) is not None for row in rows):
@@ -64,19 +116,44 @@ class ArrCocCollator:
             batch[column] = [row[column] for row in rows]
         return batch
 
-    def _answer_ids(self, row) -> list[int]:
+    def _encode_answer(self, answer: str) -> list[int]:
         tokenizer = self.processor.tokenizer
-        return tokenizer(row["answers"][0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        return tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+
+    def _turn_targets(self, rows, turn_boxes) -> torch.Tensor:
+        """[B, Q, N] answer-region coverage of each turn (zeros past a sample's last turn)."""
+        width = max(len(turns) for turns in turn_boxes)
+        out = torch.zeros(len(rows), width, self._box_targets(rows[0]["image"], []).shape[-1])
+        for b, (row, turns) in enumerate(zip(rows, turn_boxes)):
+            for q, boxes in enumerate(turns):
+                out[b, q] = torch.from_numpy(self._box_targets(row["image"], boxes))
+        return out
+
+    def _answer_ids(self, row) -> list[int]:
+        return self._encode_answer(row["answers"][0])
 
     def _targets(self, rows) -> torch.Tensor:
+        return torch.from_numpy(np.stack([self._box_targets(row["image"], row["boxes"]) for row in rows])).float()
+
+    def _box_targets(self, image, boxes) -> np.ndarray:
         size = self.processor.image_processor.size
-        targets = []
-        for row in rows:
-            width, height = row["image"].size
-            scale = size / max(width, height)  # the processor resizes the longest side to `size`
-            boxes = [[coordinate * scale for coordinate in box] for box in row["boxes"]]
-            targets.append(answer_patch_targets(boxes, size, self.patch_size))
-        return torch.from_numpy(np.stack(targets)).float()
+        width, height = image.size
+        scale = size / max(width, height)  # the processor resizes the longest side to `size`
+        scaled = [[coordinate * scale for coordinate in box] for box in boxes]
+        return answer_patch_targets(scaled, size, self.patch_size)
+
+
+def _left_pad_labelled(sequences, labels, pad_id) -> dict:
+    """Left-pad token rows whose labels are given position by position (-100 where nothing is supervised)."""
+    width = max(len(row) for row in sequences)
+    batch = {"input_ids": torch.full((len(sequences), width), pad_id, dtype=torch.long),
+             "attention_mask": torch.zeros((len(sequences), width), dtype=torch.long),
+             "labels": torch.full((len(sequences), width), -100, dtype=torch.long)}
+    for b, (row, row_labels) in enumerate(zip(sequences, labels)):
+        batch["input_ids"][b, width - len(row):] = torch.tensor(row)
+        batch["attention_mask"][b, width - len(row):] = 1
+        batch["labels"][b, width - len(row):] = torch.tensor(row_labels)
+    return batch
 
 
 def _left_pad(prompts, answers, pad_id) -> dict:
@@ -96,4 +173,4 @@ def _left_pad(prompts, answers, pad_id) -> dict:
     return batch
 
 
-__all__ = ["ALIGNMENT_TARGETS", "ArrCocCollator", "TEACHER_COLUMN", "chat_prompt"]
+__all__ = ["ALIGNMENT_TARGETS", "ArrCocCollator", "TEACHER_COLUMN", "chat_prompt", "row_turns"]

@@ -410,7 +410,7 @@ def _pick_colours(rng: np.random.Generator, low: int, high: int) -> list:
     return [COLOR_NAMES[i] for i in rng.permutation(len(COLOR_NAMES))[:count]]
 
 
-def _local_color(page: _Page) -> tuple:
+def _local_color(page: _Page) -> list:
     # 3-5 key colours, each exactly one digit, so the colour name alone picks the answer cell.
     rng = page.rng
     colours = _pick_colours(rng, 3, len(COLOR_NAMES))
@@ -420,10 +420,9 @@ def _local_color(page: _Page) -> tuple:
         digit = int(rng.integers(10))
         _put_digit(page, (row, col), digit, name)
         cells[name] = (row, col, digit)
-    asked = colours[0]
-    row, col, digit = cells[asked]
-    question = QUESTION_TEMPLATES["local_color"][0].format(color=asked)
-    return question, [str(digit)], [_cell_box(page, row, col)]
+    template = QUESTION_TEMPLATES["local_color"][0]
+    return [(template.format(color=name), [str(digit)], [_cell_box(page, row, col)])
+            for name, (row, col, digit) in cells.items()]
 
 
 def _marker_with_digits(page: _Page, name: str, length: int) -> tuple:
@@ -435,42 +434,41 @@ def _marker_with_digits(page: _Page, name: str, length: int) -> tuple:
     return row, col, digits
 
 
-def _marker_family(page: _Page, length: int) -> tuple:
+def _marker_family(page: _Page, length: int, template: str) -> list:
     # Other-colour markers followed by digits too, so the colour name is needed to find the run.
     colours = _pick_colours(page.rng, 2, 4)
     runs = {name: _marker_with_digits(page, name, length) for name in colours}
-    asked = colours[0]
-    row, col, digits = runs[asked]
-    boxes = [_cell_box(page, row, col + offset) for offset in range(1, length + 1)]
-    return asked, "".join(map(str, digits)), boxes
+    return [(template.format(color=name), ["".join(map(str, digits))],
+             [_cell_box(page, row, col + offset) for offset in range(1, length + 1)])
+            for name, (row, col, digits) in runs.items()]
 
 
-def _local_key(page: _Page) -> tuple:
-    asked, answer, boxes = _marker_family(page, 1)
-    return QUESTION_TEMPLATES["local_key"][0].format(color=asked), [answer], boxes
+def _local_key(page: _Page) -> list:
+    return _marker_family(page, 1, QUESTION_TEMPLATES["local_key"][0])
 
 
-def _region_row(page: _Page) -> tuple:
-    asked, answer, boxes = _marker_family(page, REGION_LENGTH)
-    return QUESTION_TEMPLATES["region_row"][0].format(color=asked), [answer], boxes
+def _region_row(page: _Page) -> list:
+    return _marker_family(page, REGION_LENGTH, QUESTION_TEMPLATES["region_row"][0])
 
 
-def _global_count(page: _Page) -> tuple:
+def _global_count(page: _Page) -> list:
     rng = page.rng
     colours = _pick_colours(rng, 1, 3)
     counts = [int(rng.integers(1, 10))] + [int(rng.integers(1, 5)) for _ in colours[1:]]
-    boxes = []
+    boxes = {name: [] for name in colours}
     for name, count in zip(colours, counts):
         for _ in range(count):
             row, col = _free_run(page, 1)
             _put_square(page, (row, col), name)
-            if name == colours[0]:
-                boxes.append(_cell_box(page, row, col))
-    question = QUESTION_TEMPLATES["global_count"][0].format(color=colours[0])
-    return question, [str(counts[0])], boxes
+            boxes[name].append(_cell_box(page, row, col))
+    template = QUESTION_TEMPLATES["global_count"][0]
+    return [(template.format(color=name), [str(count)], boxes[name]) for name, count in zip(colours, counts)]
 
 
-_PAGE_FAMILIES: dict[str, Callable[[_Page], tuple]] = {
+# Each family edits a page and returns every question the page answers, (question, answers, boxes) each; the first
+# is the row's own question, the others (the page's other key colours) are its extra questions, drawn with no further
+# random numbers, so a row's first question, image and boxes do not depend on whether the extras are used.
+_PAGE_FAMILIES: dict[str, Callable[[_Page], list]] = {
     "local_color": _local_color,
     "local_key": _local_key,
     "region_row": _region_row,
@@ -527,14 +525,15 @@ def _render_chart(rng: np.random.Generator, image_size: int, variant: str) -> tu
     _draw_bars(ax, values, colour, width, face)
     figure.canvas.draw()
     pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
-    if rng.random() < 0.5:
-        index = int(rng.integers(count))
-        question = QUESTION_TEMPLATES["chart"][0].format(bar=BAR_LABELS[index])
-        answer = str(values[index])
-    else:
-        index = int(np.argmax(values))
-        question, answer = QUESTION_TEMPLATES["chart"][1], BAR_LABELS[index]
-    return pixels, question, [answer], [_bar_box(ax, image_size, index, values[index], width)]
+    value_template, tallest_question = QUESTION_TEMPLATES["chart"]
+    tallest = int(np.argmax(values))
+    questions = {("value", i): (value_template.format(bar=BAR_LABELS[i]), str(values[i]), i) for i in range(count)}
+    questions["tallest"] = (tallest_question, BAR_LABELS[tallest], tallest)
+    first = ("value", int(rng.integers(count))) if rng.random() < 0.5 else "tallest"
+    order = [first] + [key for key in questions if key != first]
+    qas = [(questions[key][0], [questions[key][1]],
+            [_bar_box(ax, image_size, questions[key][2], values[questions[key][2]], width)]) for key in order]
+    return pixels, qas
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -553,16 +552,17 @@ def render_sample(
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if family == "chart":
-        pixels, question, answers, boxes = _render_chart(rng, image_size, variant)
+        pixels, qas = _render_chart(rng, image_size, variant)
         words = [[-100, -100]] * (image_size // patch_size) ** 2  # charts have no per-cell reading labels
     elif family in _PAGE_FAMILIES:
         _check_geometry(image_size, patch_size)
         page = _new_page(rng, image_size, patch_size, variant)
-        question, answers, boxes = _PAGE_FAMILIES[family](page)
+        qas = _PAGE_FAMILIES[family](page)
         pixels = _render_page(page)
         words = visual_words(page).tolist()
     else:
         raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
+    (question, answers, boxes), extras = qas[0], qas[1:]
     return {
         "image": Image.fromarray(pixels, "RGB"),
         "question": question,
@@ -572,6 +572,9 @@ def render_sample(
         "source": "synthetic",
         "variant": variant,
         "visual_targets": words,
+        "extra_questions": [extra[0] for extra in extras],
+        "extra_answers": [extra[1][0] for extra in extras],
+        "extra_boxes": [extra[2] for extra in extras],
     }
 
 
@@ -656,9 +659,17 @@ FEATURES = datasets.Features(
         "variant": datasets.Value("string"),
     }
 )
-# The synthetic suite adds a reading teacher per patch; the common schema (Hub adapters) does not have one.
+# The synthetic suite adds a reading teacher per patch and the page's other questions (extra_*: the same page asked
+# about its other key colours or bars, for several supervised answers per image); the common schema (Hub adapters)
+# has neither.
 SYNTHETIC_FEATURES = datasets.Features(
-    {**FEATURES, "visual_targets": datasets.List(datasets.List(datasets.Value("int64")))}
+    {
+        **FEATURES,
+        "visual_targets": datasets.List(datasets.List(datasets.Value("int64"))),
+        "extra_questions": datasets.List(datasets.Value("string")),
+        "extra_answers": datasets.List(datasets.Value("string")),
+        "extra_boxes": datasets.List(datasets.List(datasets.List(datasets.Value("float32")))),
+    }
 )
 
 _SPLIT_STREAMS = {"train": 0, "validation": 1, "test": 2}
