@@ -329,10 +329,11 @@ def main(argv: list[str] | None = None):
     check_streaming(train_dataset, args)
     train_dataset = add_alignment_targets(train_dataset, args, model.config)
     collator = ArrCocCollator(processor, patch_size=model.config.vision_config.patch_size,
-                              alignment_targets=args.alignment_targets)
-    # Learning curves measure coverage of the true answer boxes, whatever the training targets.
-    curves = learning_curve_callbacks(data_args, args, eval_dataset,
-                                      dataclasses.replace(collator, alignment_targets="boxes"), model.config)
+                              alignment_targets=args.alignment_targets, questions_per_image=args.questions_per_image)
+    # Learning curves measure coverage of the true answer boxes, whatever the training targets, one question per image
+    # as evaluation asks them.
+    curves = learning_curve_callbacks(data_args, args, eval_dataset, dataclasses.replace(
+        collator, alignment_targets="boxes", questions_per_image=1), model.config)
     trainer = ArrCocTrainer(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                             eval_dataset=eval_dataset if args.eval_strategy != "no" else None,
                             processing_class=processor, callbacks=curves)

@@ -1065,7 +1065,7 @@ def weighted_loss(losses: dict, loss_weights: dict | None = None) -> torch.Tenso
     """The one loss weighting: sum of weight x component over the components present (forward and the trainer
     both call it). Unknown component names are an error; without weights the answer loss alone."""
     weights = {"answer": 1.0} if loss_weights is None else loss_weights
-    unknown = set(weights) - set(LOSS_COMPONENTS) - {"budget"}
+    unknown = set(weights) - set(LOSS_COMPONENTS) - {"budget", "llm_attention"}  # the trainer's own terms
     if unknown:
         raise ValueError(f"Unknown loss components {sorted(unknown)}; expected some of {LOSS_COMPONENTS}.")
     terms = [w * losses[name].float() for name, w in weights.items() if w and losses.get(name) is not None]

@@ -14,10 +14,13 @@ from ..configuration_arrcoc import SELECTION_METHODS
 from ..lora import DEFAULT_TARGET_MODULES
 from ..modeling_arrcoc import LOSS_COMPONENTS
 from .phases import BUDGET_MODES, COMPONENTS, PHASES, check_phase
+from .reader import VIEWS
 from .teacher import ALIGNMENT_TARGETS, SCORINGS
 
 
-WEIGHTED_TERMS = LOSS_COMPONENTS + ("budget",)
+# The trainer's own terms: the budget calibration and the base's attention supervision (reader.py).
+TRAINER_TERMS = ("budget", "llm_attention")
+WEIGHTED_TERMS = LOSS_COMPONENTS + TRAINER_TERMS
 EVAL_BUDGETS = ("auto", "full", "heuristic")
 DEFAULT_GRAD_NORM_RANGES = {name: [1e-8, 100.0] for name in COMPONENTS}
 # train.py saves the run's resolved YAML under this name beside the final checkpoint; eval.py reads it.
@@ -128,6 +131,31 @@ class ArrCocTrainingArguments(TrainingArguments):
                        "index under a fingerprint of the SAM weights and image size, so a later phase or a restart "
                        "with the same frozen SAM reuses them; implies cache_sam_features. None: in memory."),
     )
+    questions_per_image: int = field(
+        default=1,
+        metadata=_help("Questions asked about each training image in one chat (the row's own, then its "
+                       "extra_questions), each answer supervised: dense supervision for a reader (reader.py)."),
+    )
+    training_views: dict | str | None = field(
+        default=None,
+        metadata=_help("Per-step view weights over 'full', 'sparse' (answer patches + random distractors at the "
+                       "step's tier) and 'pooled' (uniform pooling to the step's tier), e.g. {full: 0.4, sparse: 0.4, "
+                       "pooled: 0.2}: a method-neutral base's reading stage (reader.py). None: the model's own "
+                       "selection at the phase's budget."),
+    )
+    distractor_curriculum_steps: int = field(
+        default=0, metadata=_help("With training_views: the largest drawable tier grows from the smallest to full "
+                                  "over this many steps (0: every tier from the start).")
+    )
+    loss_weight_llm_attention: float = field(
+        default=0.0,
+        metadata=_help("Base pretraining only: weight of the language model's attention supervision (one head per "
+                       "layer in llm_attention_layers, from each answer-predicting position toward that answer's "
+                       "patches; reader.py). Runs the language model with eager attention."),
+    )
+    llm_attention_layers: list[int] = field(
+        default_factory=lambda: [1, 2, 3], metadata=_help("LLM layers whose head 0 the attention loss supervises.")
+    )
     logits_on_labels_only: bool = field(default=True, metadata=_help("LM head only where labels exist (faster)."))
     grad_normalization: str = field(
         default="none", metadata=_help("'none' or 'visual_tokens': scale each batch's loss by mean tier K / its K.")
@@ -164,6 +192,7 @@ class ArrCocTrainingArguments(TrainingArguments):
         self._check_losses()
         self._check_alignment_targets()
         self._check_schedule_options()
+        self._check_reader_options()
         self.grad_norm_ranges = _grad_norm_ranges(self.grad_norm_ranges)
         if self.curriculum_easy_steps:
             self.train_sampling_strategy = "sequential"  # the curriculum order is written into the dataset
@@ -251,6 +280,27 @@ class ArrCocTrainingArguments(TrainingArguments):
             raise ValueError(f"calibration_max_loss must be > 0 or null, got {self.calibration_max_loss}.")
         if self.grad_normalization not in ("none", "visual_tokens"):
             raise ValueError(f"grad_normalization must be 'none' or 'visual_tokens', got {self.grad_normalization!r}.")
+
+    def _check_reader_options(self):
+        _check_at_least("questions_per_image", self.questions_per_image, 1)
+        _check_at_least("distractor_curriculum_steps", self.distractor_curriculum_steps, 0)
+        if isinstance(self.training_views, str):
+            self.training_views = json.loads(self.training_views)
+        if self.training_views is not None:
+            views = dict(self.training_views)
+            if set(views) - set(VIEWS) or not views or min(views.values()) < 0 or sum(views.values()) <= 0:
+                raise ValueError(f"training_views must map some of {list(VIEWS)} to non-negative weights with a "
+                                 f"positive sum, got {self.training_views}.")
+            if self.training_budget != "random":
+                raise ValueError("training_views draw their tier per step: train_budget must be 'random' (or a "
+                                 f"phase whose budget is), got {self.training_budget!r}.")
+            self.training_views = {name: float(weight) for name, weight in views.items()}
+        if self.distractor_curriculum_steps and self.training_views is None:
+            raise ValueError("distractor_curriculum_steps needs training_views (it grows the views' tiers).")
+        if not (math.isfinite(self.loss_weight_llm_attention) and self.loss_weight_llm_attention >= 0):
+            raise ValueError(f"loss_weight_llm_attention must be finite and >= 0, got {self.loss_weight_llm_attention}.")
+        if self.loss_weight_llm_attention and self.questions_per_image < 1:
+            raise ValueError("loss_weight_llm_attention needs questions_per_image >= 1.")
 
     def _check_schedule_options(self):
         _check_at_least("max_nonfinite_steps", self.max_nonfinite_steps, 1)

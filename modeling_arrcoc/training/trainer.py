@@ -56,6 +56,7 @@ from .calibration import calibration_targets, step_tier
 from .guards import NonFiniteGuard, NonFiniteLossError, SamFeatureCache, last_checkpoint
 from .optim import check_param_groups, component_param_groups
 from .phases import PHASES, component_parameters, trainable_parameter_counts
+from .reader import curriculum_tier_cap, llm_attention_loss, sparse_view_scores, step_view
 
 logger = logging.get_logger(__name__)
 
@@ -95,6 +96,9 @@ class ArrCocTrainer(Trainer):
         self.nonfinite = NonFiniteGuard(args.max_nonfinite_steps)
         self.feature_cache = self._make_feature_cache(model)
         self._check_model(model)
+        if args.loss_weight_llm_attention:
+            # Attention probabilities are only returned by eager attention (sdpa computes them fused).
+            model.model.language_model.set_attn_implementation("eager")
         if args.early_stopping_patience is not None:
             self.add_callback(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
 
@@ -193,13 +197,27 @@ class ArrCocTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
         sample_index, tiers = inputs.pop("sample_index", None), inputs.pop("budget_tier", None)
+        turn_targets = inputs.pop("turn_patch_targets", None)
         unwrapped = self.accelerator.unwrap_model(model)
         if self.feature_cache is not None and sample_index is not None:
             inputs["patch_features"] = self.feature_cache.lookup(unwrapped, inputs.pop("pixel_values"), sample_index)
         budget = self.budget_for(mode, tiers, unwrapped.config.budgets)
+        view = self.view_for(mode)
+        if view is not None:
+            budget = self._view_inputs(unwrapped, inputs, view, turn_targets)
+        supervise_attention = (mode == "train" and self.args.loss_weight_llm_attention > 0
+                               and turn_targets is not None and view != "pooled")
+        extra = {"output_attentions": True} if supervise_attention else {}
         window = answer_window(inputs["labels"]) if self.args.logits_on_labels_only else 0
-        outputs = model(**inputs, budget=budget, logits_to_keep=window)
+        outputs = model(**inputs, budget=budget, logits_to_keep=window, **extra)
         components = {name: getattr(outputs, f"{name}_loss") for name in LOSS_COMPONENTS}
+        if supervise_attention:
+            image = outputs.image_outputs
+            components["llm_attention"] = llm_attention_loss(
+                outputs.attentions, self.args.llm_attention_layers, inputs["input_ids"], inputs["attention_mask"],
+                inputs["labels"], unwrapped.config.image_token_id, image.visual_token_mask, image.token_sources,
+                turn_targets,
+            )
         if mode == "train" and self._calibration_due(unwrapped):
             components["budget"] = self.calibration_loss(unwrapped, inputs, outputs.budget_logits)
         loss = self.weighted_loss(components, outputs.visual_token_counts, unwrapped.config)
@@ -207,6 +225,39 @@ class ArrCocTrainer(Trainer):
         if mode == "train" and self._deepspeed_step_is_next():
             loss = self._deepspeed_poison(model, loss)
         return (loss, outputs) if return_outputs else loss
+
+    def view_for(self, mode: str) -> str | None:
+        """This training step's view (reader.py), or None: the model's own selection at the phase's budget."""
+        if mode != "train" or self.args.training_views is None:
+            return None
+        return step_view(self.args.seed, self.state.global_step, self.args.training_views)
+
+    def _view_inputs(self, model, inputs: dict, view: str, turn_targets) -> int | str:
+        """Rewrite `inputs` for `view` at this step's tier (capped by the distractor curriculum); returns the
+        budget. "sparse" plans the selection here (answer patches + random distractors) and passes the plan."""
+        args, budgets = self.args, model.config.budgets
+        cap = curriculum_tier_cap(self.state.global_step, args.distractor_curriculum_steps, len(budgets))
+        weights = (args.train_tier_weights or [1.0] * len(budgets))[: cap + 1]
+        weights = weights if sum(weights) > 0 else [0.0] * cap + [1.0]
+        tier = budgets[step_tier(args.seed, self.state.global_step, cap + 1, weights)]
+        if view == "full" or (view == "sparse" and tier >= model.config.num_patches):
+            inputs["selection"] = "full"
+            return "full"
+        if view == "pooled":
+            inputs["selection"] = "uniform"
+            return tier
+        answers = turn_targets.amax(1) if turn_targets is not None else inputs.get("patch_targets")
+        if answers is None:
+            raise ValueError("The 'sparse' view keeps the answer patches: the batch needs answer boxes.")
+        generator = torch.Generator().manual_seed(args.seed * 1_000_033 + self.state.global_step)
+        features = inputs.pop("patch_features", None)
+        pixels = inputs.pop("pixel_values", None)
+        inputs["plan"] = model.model.plan_allocation(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"],
+            pixel_values=pixels, patch_features=features, budget=tier, selection="learned",
+            selection_scores=sparse_view_scores(answers, generator),
+        )
+        return tier
 
     def budget_for(self, mode: str, tiers, budgets: list[int]):
         """The `budget` argument of this batch's forward (tier values, never indices: see `_resolve_tier`)."""

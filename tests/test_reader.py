@@ -1,0 +1,180 @@
+"""The reader's dense supervision (training/reader.py): several questions per image, the views a method-neutral base
+trains on (full, sparse answer + distractors, pooled), the distractor curriculum and the language model's attention
+supervision. Tiny preset, CPU."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoProcessor
+
+from conftest import TINY_PRESET
+
+from modeling_arrcoc.data import render_sample
+from modeling_arrcoc.data.collator import ArrCocCollator, row_turns
+from modeling_arrcoc.training.phases import apply_phase
+from modeling_arrcoc.training.reader import (
+    answer_prediction_positions,
+    curriculum_tier_cap,
+    llm_attention_loss,
+    sparse_view_scores,
+    step_view,
+)
+from modeling_arrcoc.training.trainer import ArrCocTrainer
+
+from test_training import data_args, datasets, make_args, processor, tiny_model  # noqa: F401  (shared fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def page_rows(family="local_color", count=3, image_size=64, patch_size=8):
+    return [render_sample(family, np.random.default_rng(i), image_size, patch_size) for i in range(count)]
+
+
+# --- several questions per image -----------------------------------------------------------------------------------
+
+
+def test_every_question_of_a_page_is_answered_by_its_cells():
+    """Each extra question's answer is the digit the page draws in that question's colour cell."""
+    row = render_sample("local_color", np.random.default_rng(3))
+    words = np.asarray(row["visual_targets"]).reshape(16, 16, 2)
+    turns = row_turns(row, questions_per_image=10)
+    assert len(turns) >= 3 and len({question for question, _, _ in turns}) == len(turns)
+    for question, answer, boxes in turns:
+        (x0, y0, _, _), = boxes
+        glyph, _ = words[int(y0) // 16, int(x0) // 16]
+        assert glyph == 1 + int(answer), question
+
+
+def test_multi_question_collator_supervises_every_answer(processor):  # noqa: F811
+    rows = page_rows()
+    single = ArrCocCollator(processor, patch_size=8)(rows)
+    multi = ArrCocCollator(processor, patch_size=8, questions_per_image=3)(rows)
+    tokenizer = processor.tokenizer
+    for b, row in enumerate(rows):
+        turns = row_turns(row, 3)
+        labels = multi["labels"][b]
+        assert tokenizer.decode(labels[labels != -100]) == "".join(f"{a}{tokenizer.eos_token}" for _, a, _ in turns)
+        text = tokenizer.decode(multi["input_ids"][b][multi["attention_mask"][b].bool()])
+        assert text.count("<image>") == 1 and all(question in text for question, _, _ in turns)
+        assert len(answer_prediction_positions(multi["labels"][b : b + 1])[0]) == len(turns)
+    # The first turn is exactly the single-question prompt, and its answer region is the row's own.
+    torch.testing.assert_close(multi["turn_patch_targets"][:, 0], single["patch_targets"])
+    torch.testing.assert_close(multi["patch_targets"], multi["turn_patch_targets"].amax(1))
+    with pytest.raises(ValueError, match="questions_per_image"):
+        ArrCocCollator(processor, questions_per_image=0)
+
+
+# --- views and the distractor curriculum ---------------------------------------------------------------------------
+
+
+def test_sparse_view_keeps_every_answer_patch_then_random_distractors():
+    targets = torch.zeros(2, 64)
+    targets[0, [3, 40]] = 1.0
+    targets[1, 7] = 0.5
+    scores = sparse_view_scores(targets, torch.Generator().manual_seed(0))
+    top = scores.topk(5, dim=-1).indices
+    assert {3, 40} <= set(top[0].tolist()) and 7 in top[1].tolist()
+    other = sparse_view_scores(targets, torch.Generator().manual_seed(1)).topk(5, dim=-1).indices
+    assert set(other[0].tolist()) != set(top[0].tolist())  # the distractors are random
+
+
+def test_view_draw_is_a_function_of_the_step_and_follows_its_weights():
+    weights = {"full": 0.5, "sparse": 0.5}
+    draws = [step_view(0, step, weights) for step in range(400)]
+    assert draws == [step_view(0, step, weights) for step in range(400)]
+    assert set(draws) == {"full", "sparse"} and 120 < draws.count("full") < 280
+    assert {step_view(0, step, {"pooled": 1.0, "full": 0.0}) for step in range(50)} == {"pooled"}
+    with pytest.raises(ValueError, match="training_views"):
+        step_view(0, 0, {"everything": 1.0})
+
+
+def test_distractor_curriculum_grows_to_full():
+    caps = [curriculum_tier_cap(step, 100, 5) for step in range(0, 200, 10)]
+    assert caps[0] == 0 and caps == sorted(caps) and caps[-1] == 4 and curriculum_tier_cap(100, 100, 5) == 4
+    assert curriculum_tier_cap(0, 0, 5) == 4  # no curriculum: every tier from the start
+
+
+# --- the language model's attention supervision --------------------------------------------------------------------
+
+
+def test_attention_loss_reads_the_answer_tokens_attention():
+    """Hand-made attention: the loss is -log(mass on the answer's visual tokens) at each answer-predicting position."""
+    # Prompt: [pad, q, <image>, q, q, a0, q, a1]; 3 visual tokens replace <image> -> spliced length 9 + 2 - 1 = 9.
+    image_id = 5
+    input_ids = torch.tensor([[0, 1, image_id, 2, 2, 7, 2, 8]])
+    attention_mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 1]])
+    labels = torch.tensor([[-100, -100, -100, -100, -100, 7, -100, 8]])
+    visual_mask = torch.ones(1, 3, dtype=torch.bool)
+    token_sources = torch.tensor([[10, 20, 30]])
+    turn_targets = torch.zeros(1, 2, 64)
+    turn_targets[0, 0, 20] = 1.0  # turn 0 answers from the second visual token
+    turn_targets[0, 1, 30] = 1.0  # turn 1 from the third
+    length = 9  # 7 kept text tokens - 1 placeholder + 3 visual
+    attention = torch.zeros(1, 1, length, length)
+    # Spliced layout: [q, v0, v1, v2, q, q, a0, q, a1]: visual tokens at 1..3; turn 0 is predicted from position 5,
+    # turn 1 from position 7.
+    attention[0, 0, 5, 2] = 0.25
+    attention[0, 0, 7, 3] = 0.5
+    loss = llm_attention_loss([attention], [0], input_ids, attention_mask, labels, image_id, visual_mask,
+                              token_sources, turn_targets)
+    torch.testing.assert_close(loss, -(torch.log(torch.tensor(0.25)) + torch.log(torch.tensor(0.5))) / 2)
+    turn_targets[0, :, :] = 0.0
+    assert llm_attention_loss([attention], [0], input_ids, attention_mask, labels, image_id, visual_mask,
+                              token_sources, turn_targets) is None
+
+
+@pytest.mark.parametrize("views", [{"full": 1.0}, {"sparse": 1.0}, {"pooled": 1.0}])
+def test_reader_stage_trains_a_step_in_each_view(views, tmp_path, datasets, processor):  # noqa: F811
+    model = tiny_model()
+    model.config.relevance_tag = False
+    args = make_args(tmp_path, "pretrain", max_steps=2, training_views=views, train_budget="random",
+                     questions_per_image=3, loss_weight_llm_attention=1.0, llm_attention_layers=[1],
+                     calibration_every=0, train_tier_weights=[1.0, 1.0, 0.0])
+    apply_phase(model, "pretrain")
+    trainer = ArrCocTrainer(model=model, args=args, data_collator=ArrCocCollator(processor, patch_size=8,
+                                                                               questions_per_image=3),
+                            train_dataset=datasets[0], processing_class=processor)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    loss, out = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True)
+    counts = out.visual_token_counts.unique().tolist()
+    attention = trainer._metrics["train"].get("llm_attention_loss")
+    if "pooled" in views:
+        assert counts[0] < model.config.num_patches and not attention  # no attention targets on pooled cells
+    else:
+        assert attention and attention[-1] > 0
+    if "full" in views:
+        assert counts == [model.config.num_patches]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer.train()
+    assert any(not torch.equal(before[name], p) for name, p in model.named_parameters())
+
+
+def test_sparse_view_keeps_the_answers_in_the_forward(tmp_path, datasets, processor):  # noqa: F811
+    model = tiny_model()
+    args = make_args(tmp_path, "pretrain", training_views={"sparse": 1.0}, train_budget="random",
+                     train_tier_weights=[0.0, 1.0, 0.0], calibration_every=0, questions_per_image=2)
+    apply_phase(model, "pretrain")
+    trainer = ArrCocTrainer(model=model, args=args, data_collator=ArrCocCollator(processor, patch_size=8,
+                                                                               questions_per_image=2),
+                            train_dataset=datasets[0], processing_class=processor)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    inputs = dict(batch)
+    turn_targets = inputs["turn_patch_targets"]
+    budget = trainer._view_inputs(model, inputs, "sparse", turn_targets)
+    assert budget == model.config.budgets[1]
+    kept = model.model.select(inputs["plan"]).kept_patch_mask
+    answers = turn_targets.amax(1) > 0
+    small = answers.sum(-1) <= budget
+    assert small.any() and (kept[small] | ~answers[small]).all()
+
+
+def test_reader_options_are_validated(tmp_path):
+    with pytest.raises(ValueError, match="training_views"):
+        make_args(tmp_path, "pretrain", training_views={"all": 1.0}, train_budget="random")
+    with pytest.raises(ValueError, match="train_budget must be 'random'"):
+        make_args(tmp_path, "phase1", training_views={"full": 1.0})
+    with pytest.raises(ValueError, match="distractor_curriculum_steps needs"):
+        make_args(tmp_path, "pretrain", distractor_curriculum_steps=10)
+    with pytest.raises(ValueError, match="questions_per_image"):
+        make_args(tmp_path, "pretrain", questions_per_image=0)
