@@ -1,5 +1,5 @@
 """Statistics for the token-reduction evaluation: bootstrap intervals, paired differences, trivial baselines,
-tier policies and the forced-tier frontier.
+tier policies and the envelope of constant tier policies.
 
 Stand-alone on purpose, like `metrics`: it imports nothing from the rest of the package and no torch or scipy
 (numpy only), so it can be loaded on its own. Every input is a per-sample sequence in dataset order, and every
@@ -281,25 +281,11 @@ def calibration_vs_constant(predicted_tiers: Sequence[int], oracle_tiers: Sequen
 
 
 # --------------------------------------------------------------------------------------------
-# Forced-tier frontier
+# Forced-tier envelope: what constant policies reach
 # --------------------------------------------------------------------------------------------
-def _bracket(tokens: np.ndarray, x: float) -> tuple:
-    """For ascending positive `tokens` and x > 0: (lower index, upper index, weight of upper, extrapolated), the
-    weight linear in log2 tokens. Outside the range both indices are the nearest end and the weight is 0."""
-    if x <= tokens[0] or x >= tokens[-1]:
-        end = 0 if x <= tokens[0] else len(tokens) - 1
-        return end, end, 0.0, bool(x != tokens[end])
-    upper = int(np.searchsorted(tokens, x, side="right"))
-    lower = upper - 1
-    if x == tokens[lower]:
-        return lower, lower, 0.0, False
-    weight = (np.log2(x) - np.log2(tokens[lower])) / (np.log2(tokens[upper]) - np.log2(tokens[lower]))
-    return lower, upper, float(weight), False
-
-
 def _frontier_order(tokens: Sequence[float], accuracies: Sequence[float]) -> list:
-    """Indices of the frontier points in ascending token order; of points with equal mean tokens (e.g. two tiers
-    that both exceed the grid and keep every patch) only the most accurate is kept."""
+    """Indices of the points in ascending token order; of points with equal mean tokens (e.g. two tiers that both
+    exceed the grid and keep every patch) only the most accurate is kept."""
     if len(tokens) == 0:
         raise ValueError("the frontier has no points")
     if any(not np.isfinite(t) or t <= 0 for t in tokens):
@@ -311,23 +297,57 @@ def _frontier_order(tokens: Sequence[float], accuracies: Sequence[float]) -> lis
     return [best[t] for t in sorted(best)]
 
 
-def frontier_at(points: Sequence[tuple], x: float) -> dict:
-    """The forced-tier frontier at `x` tokens: accuracy linearly interpolated in log2(tokens) (tiers are
-    geometric, so halfway between 64 and 256 tokens is 128).
+def envelope_vertices(tokens: Sequence[float], accuracies: Sequence[float]) -> list:
+    """Indices (ascending tokens) of the vertices of the constant policies' envelope: the upper concave hull of the
+    (mean tokens, accuracy) points up to the most accurate one. A random mix of two fixed tiers reaches every point
+    of the segment between them (tokens and accuracy are both averages), and a policy may always spend fewer tokens
+    than it is allowed, so past the most accurate point the envelope is flat."""
+    order = _frontier_order(tokens, accuracies)
+    best = max(order, key=lambda i: (accuracies[i], -tokens[i]))
+    hull = []
+    for index in order[: order.index(best) + 1]:
+        while len(hull) >= 2:
+            (x0, y0), (x1, y1) = [(tokens[i], accuracies[i]) for i in hull[-2:]]
+            x2, y2 = tokens[index], accuracies[index]
+            if (x1 - x0) * (y2 - y0) - (y1 - y0) * (x2 - x0) >= 0:  # hull[-1] lies on or below the chord
+                hull.pop()
+            else:
+                break
+        hull.append(index)
+    return hull
 
-    `points`: one ``(mean_tokens, accuracy)`` per forced tier, any order; of points with equal tokens the most
-    accurate is used. Outside the points' token range the value is clamped to the nearest end point and
-    ``extrapolated`` is True (nothing is extrapolated beyond the measured tiers). Returns ``{"value",
-    "extrapolated", "lower_tokens", "upper_tokens", "weight"}``: value = (1 - weight) * accuracy at
-    lower_tokens + weight * accuracy at upper_tokens. ValueError on no points, non-positive tokens or x <= 0.
+
+def _bracket(tokens: np.ndarray, x: float) -> tuple:
+    """For ascending positive envelope vertex `tokens` and x > 0: (lower index, upper index, weight of upper,
+    extrapolated), the weight linear in tokens (the mixing probability). Below the first vertex both indices are it
+    and extrapolated is True (no constant policy spends fewer tokens); past the last, both are the last (flat)."""
+    if x <= tokens[0]:
+        return 0, 0, 0.0, bool(x != tokens[0])
+    if x >= tokens[-1]:
+        return len(tokens) - 1, len(tokens) - 1, 0.0, False
+    upper = int(np.searchsorted(tokens, x, side="right"))
+    lower = upper - 1
+    if x == tokens[lower]:
+        return lower, lower, 0.0, False
+    return lower, upper, float((x - tokens[lower]) / (tokens[upper] - tokens[lower])), False
+
+
+def frontier_at(points: Sequence[tuple], x: float) -> dict:
+    """The constant policies' envelope at `x` mean tokens (`envelope_vertices`): the best accuracy any fixed tier,
+    or random mix of two, reaches while spending at most `x` tokens on average.
+
+    `points`: one ``(mean_tokens, accuracy)`` per forced tier, any order. Below the smallest tier's tokens the value
+    is that tier's and ``extrapolated`` is True. Returns ``{"value", "extrapolated", "lower_tokens", "upper_tokens",
+    "weight"}``: value = (1 - weight) * accuracy at lower_tokens + weight * accuracy at upper_tokens, both hull
+    vertices. ValueError on no points, non-positive tokens or x <= 0.
     """
     if not np.isfinite(x) or x <= 0:
         raise ValueError(f"x must be a positive number of tokens, got {x!r}")
     tokens = [float(t) for t, _ in points]
     accuracies = [float(a) for _, a in points]
-    order = _frontier_order(tokens, accuracies)
-    xs = np.array([tokens[i] for i in order])
-    ys = [accuracies[i] for i in order]
+    hull = envelope_vertices(tokens, accuracies)
+    xs = np.array([tokens[i] for i in hull])
+    ys = [accuracies[i] for i in hull]
     lower, upper, weight, extrapolated = _bracket(xs, float(x))
     return {"value": float((1.0 - weight) * ys[lower] + weight * ys[upper]), "extrapolated": extrapolated,
             "lower_tokens": float(xs[lower]), "upper_tokens": float(xs[upper]), "weight": weight}
@@ -337,21 +357,19 @@ def frontier_difference(auto_scores: Sequence[float], auto_tokens: Sequence[floa
                         tier_scores: Mapping[Hashable, Sequence[float]],
                         tier_tokens: Mapping[Hashable, Sequence[float]], n_resamples: int = 2000,
                         confidence: float = 0.95, seed: int = 0) -> dict:
-    """Paired bootstrap of auto's accuracy minus the forced-tier frontier at auto's mean tokens.
+    """Paired bootstrap of auto's accuracy minus the constant policies' envelope at auto's mean tokens.
 
     `tier_scores` / `tier_tokens` map a tier value (e.g. 64) to that forced tier's per-sample scores / measured
-    tokens, on the same questions as `auto_scores` / `auto_tokens`. The two tiers bracketing auto's full-sample
-    mean tokens (by the tiers' full-sample mean tokens, in log2 space, as in `frontier_at`) and the
-    interpolation weight are fixed once; within each resample both tiers' accuracies are taken on the same
-    resampled questions as auto's and interpolated with that weight. (Because the weight is fixed this equals
-    `paired_difference` of ``auto[i]`` and ``(1 - w) * lower[i] + w * upper[i]``.) The variability of auto's
-    mean tokens is not resampled: the comparison is conditional on auto's measured cost.
+    tokens, on the same questions as `auto_scores` / `auto_tokens`. The envelope's two vertices bracketing auto's
+    full-sample mean tokens (`envelope_vertices` on the tiers' full-sample means) and the mixing weight are fixed
+    once: the envelope policy answers question i with ``(1 - w) * lower[i] + w * upper[i]`` (a random mix of the
+    two tiers, in expectation), and `paired_difference` resamples it with auto on the same questions. The
+    variability of auto's mean tokens is not resampled: the comparison is conditional on auto's measured cost.
 
     Returns ``{"difference", "low", "high", "n", "lower_tier", "upper_tier", "weight", "auto_mean_tokens",
-    "frontier_accuracy", "extrapolated"}``; a positive difference whose interval excludes 0 means auto beats
-    the fixed-budget frontier at equal mean cost. When auto's mean tokens fall outside the tiers' range the
-    nearest tier is used alone (both tiers equal, weight 0) and ``extrapolated`` is True.
-    ValueError on empty tier maps, mismatched keys or lengths.
+    "frontier_accuracy", "extrapolated"}``; a positive difference whose interval excludes 0 means auto beats every
+    constant policy at its mean cost. Below the smallest tier's tokens that tier is used alone and ``extrapolated``
+    is True. ValueError on empty tier maps, mismatched keys or lengths.
     """
     if not tier_scores:
         raise ValueError("tier_scores is empty: the frontier needs at least one forced tier")
@@ -371,9 +389,9 @@ def frontier_difference(auto_scores: Sequence[float], auto_tokens: Sequence[floa
     names = list(tier_scores)
     scores = {name: _vector(tier_scores[name], f"tier_scores[{name}]") for name in names}
     means = [float(_vector(tier_tokens[name], f"tier_tokens[{name}]").mean()) for name in names]
-    order = _frontier_order(means, [float(scores[name].mean()) for name in names])
-    lower, upper, weight, extrapolated = _bracket(np.array([means[i] for i in order]), auto_mean_tokens)
-    lower_tier, upper_tier = names[order[lower]], names[order[upper]]
+    hull = envelope_vertices(means, [float(scores[name].mean()) for name in names])
+    lower, upper, weight, extrapolated = _bracket(np.array([means[i] for i in hull]), auto_mean_tokens)
+    lower_tier, upper_tier = names[hull[lower]], names[hull[upper]]
     frontier = (1.0 - weight) * scores[lower_tier] + weight * scores[upper_tier]
     paired = paired_difference(auto, frontier, n_resamples, confidence, seed)
     return {**paired, "lower_tier": lower_tier, "upper_tier": upper_tier, "weight": weight,
@@ -387,6 +405,7 @@ __all__ = [
     "calibration_vs_constant",
     "chance_level",
     "constant_tier_policies",
+    "envelope_vertices",
     "frontier_at",
     "frontier_difference",
     "oracle_policy",

@@ -458,8 +458,8 @@ def test_policies_frontier_chance_and_unseen_families(tiny):
     assert policies["auto"] == {"accuracy": 0.75, "mean_tokens": 10.0, "n": 4}
     assert policies["calibration"]["exact"] == 0.5 and policies["calibration"]["constant_tier"] == 1
     frontier = report["frontier"]
-    weight = np.log2(10 / 4) / np.log2(16 / 4)
-    assert (frontier["lower_tier"], frontier["upper_tier"]) == (4, 16)
+    weight = (10 - 4) / (16 - 4)  # the envelope mixes tiers 4 and 16 linearly in tokens
+    assert (frontier["lower_tier"], frontier["upper_tier"]) == (4, 16) and frontier["weight"] == pytest.approx(weight)
     assert frontier["frontier_accuracy"] == pytest.approx((1 - weight) * 0.25 + weight * 0.75)
     assert frontier["difference"] == pytest.approx(0.75 - frontier["frontier_accuracy"])
     chance = report["chance"]["per_task"]["local_color"]

@@ -31,7 +31,7 @@ paired_difference = statistics.paired_difference
 def test_public_names():
     assert sorted(statistics.__all__) == [
         "accuracy_with_intervals", "bootstrap_interval", "calibration_vs_constant", "chance_level",
-        "constant_tier_policies", "frontier_at", "frontier_difference", "oracle_policy", "oracle_tiers", "paired_difference"]
+        "constant_tier_policies", "envelope_vertices", "frontier_at", "frontier_difference", "oracle_policy", "oracle_tiers", "paired_difference"]
     assert all(callable(getattr(statistics, name)) for name in statistics.__all__)
 
 FAST = {"n_resamples": 500}
@@ -261,19 +261,37 @@ def test_frontier_is_exact_at_the_tier_points(tokens, accuracy):
     assert result["value"] == pytest.approx(accuracy) and result["extrapolated"] is False
 
 
-def test_frontier_interpolates_halfway_in_log_space():
-    # 96 = sqrt(64 * 144) is halfway between 64 and 144 in log2 tokens (not the arithmetic midpoint 104).
-    result = frontier_at(POINTS, 96)
+def test_frontier_mixes_two_tiers_linearly_in_tokens():
+    # A random mix of tiers 64 and 144 with probability 1/2 each spends 104 tokens on average (not sqrt(64 * 144)).
+    result = frontier_at(POINTS, 104)
     assert result["value"] == pytest.approx(0.5) and result["weight"] == pytest.approx(0.5)
     assert (result["lower_tokens"], result["upper_tokens"]) == (64.0, 144.0)
-    assert frontier_at([(64, 0.2), (256, 0.6)], 128)["value"] == pytest.approx(0.4)
-    assert frontier_at([(64, 0.2), (256, 0.6)], 160)["value"] > frontier_at([(64, 0.2), (256, 0.6)], 128)["value"]
+    assert frontier_at([(64, 0.2), (256, 0.6)], 160)["value"] == pytest.approx(0.4)
+
+
+def test_frontier_is_the_upper_concave_hull():
+    # Tier 16 lies below the chord from 4 to 64: mixing 4 and 64 beats it, so it is no vertex of the envelope.
+    points = [(4, 0.30), (16, 0.32), (64, 0.60), (256, 0.62)]
+    tokens, accuracies = zip(*points)
+    assert statistics.envelope_vertices(tokens, accuracies) == [0, 2, 3]
+    assert frontier_at(points, 16)["value"] == pytest.approx(0.30 + 0.30 * 12 / 60)
+    assert frontier_at(points, 16)["value"] > 0.32
+    # Adjacent-tier interpolation in log2 tokens (the old frontier) would give tier 16 itself here.
+    assert (frontier_at(points, 16)["lower_tokens"], frontier_at(points, 16)["upper_tokens"]) == (4.0, 64.0)
+
+
+def test_frontier_is_flat_past_the_most_accurate_tier():
+    # More tokens that hurt never lower what a constant policy reaches: it can spend fewer than it may.
+    points = [(8, 0.7), (16, 0.6), (256, 0.2)]
+    assert statistics.envelope_vertices(*zip(*points)) == [0]
+    result = frontier_at(points, 100)
+    assert result["value"] == pytest.approx(0.7) and result["extrapolated"] is False
 
 
 def test_frontier_clamps_outside_the_range_and_says_so():
     below, above = frontier_at(POINTS, 16), frontier_at(POINTS, 1024)
     assert below["value"] == pytest.approx(0.4) and below["extrapolated"] is True
-    assert above["value"] == pytest.approx(0.8) and above["extrapolated"] is True
+    assert above["value"] == pytest.approx(0.8) and above["extrapolated"] is False
     assert frontier_at([(100, 0.3)], 100) == {"value": 0.3, "extrapolated": False, "lower_tokens": 100.0,
                                               "upper_tokens": 100.0, "weight": 0.0}
 
@@ -301,16 +319,16 @@ def _tier_table(n, seed):
 def test_frontier_difference_matches_the_interpolated_frontier():
     n = 400
     difficulty, tier_scores, tier_tokens = _tier_table(n, seed=12)
-    # auto spends 96 tokens on average (halfway between 64 and 144 in log space) and beats the frontier.
-    auto_tokens = np.full(n, 96.0)
+    # auto spends 104 tokens on average (a half-half mix of 64 and 144) and beats the envelope.
+    auto_tokens = np.full(n, 104.0)
     auto_scores = (difficulty < 0.65).astype(float)
     result = frontier_difference(auto_scores, auto_tokens, tier_scores, tier_tokens, **FAST)
     assert (result["lower_tier"], result["upper_tier"]) == (64, 144)
     assert result["weight"] == pytest.approx(0.5) and result["extrapolated"] is False
-    frontier = frontier_at([(tier_tokens[v].mean(), tier_scores[v].mean()) for v in tier_scores], 96)
+    frontier = frontier_at([(tier_tokens[v].mean(), tier_scores[v].mean()) for v in tier_scores], 104)
     assert result["frontier_accuracy"] == pytest.approx(frontier["value"])
     assert result["difference"] == pytest.approx(auto_scores.mean() - frontier["value"])
-    assert result["n"] == n and result["auto_mean_tokens"] == 96.0
+    assert result["n"] == n and result["auto_mean_tokens"] == 104.0
     assert 0 < result["low"] <= result["difference"] <= result["high"]
     # Reproducible, and auto equal to a tier at that tier's tokens is exactly zero.
     assert frontier_difference(auto_scores, auto_tokens, tier_scores, tier_tokens, **FAST) == result
@@ -324,7 +342,7 @@ def test_frontier_difference_resamples_the_tiers_with_auto():
     n = 200
     _, tier_scores, tier_tokens = _tier_table(n, seed=13)
     auto_scores = 0.5 * tier_scores[64] + 0.5 * tier_scores[144]
-    result = frontier_difference(auto_scores, np.full(n, 96.0), tier_scores, tier_tokens, **FAST)
+    result = frontier_difference(auto_scores, np.full(n, 104.0), tier_scores, tier_tokens, **FAST)
     assert result["difference"] == pytest.approx(0.0, abs=1e-12)
     assert _width(result) == pytest.approx(0.0, abs=1e-12)
 
@@ -333,7 +351,7 @@ def test_frontier_difference_outside_the_tiers_uses_the_nearest_tier():
     n = 100
     _, tier_scores, tier_tokens = _tier_table(n, seed=14)
     result = frontier_difference(tier_scores[256], np.full(n, 400.0), tier_scores, tier_tokens, **FAST)
-    assert result["extrapolated"] is True and result["lower_tier"] == result["upper_tier"] == 256
+    assert result["extrapolated"] is False and result["lower_tier"] == result["upper_tier"] == 256
     assert result["difference"] == 0.0
 
 

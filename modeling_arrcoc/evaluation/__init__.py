@@ -71,7 +71,7 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
                    "calibration": {"exact", "constant_tier", "constant_exact", "difference", "low", "high", "n",
                                    "n_no_oracle"}} | null,                 # null unless auto and every tier ran
       "frontier": {"difference", "low", "high", "n", "lower_tier", "upper_tier", "weight", "auto_mean_tokens",
-                   "frontier_accuracy", "extrapolated"} | null,  # auto - forced-tier frontier at auto's tokens
+                   "frontier_accuracy", "extrapolated"} | null,  # auto - constant tiers' envelope at auto's tokens
       "auto_curve": [{"method", "budget_cost", "accuracy", ... as frontier}] | null,  # auto at each token price
       "chance": {"overall": {...}, "per_task": {"<task family>": {"majority", "uniform", "majority_answer", "n",
                                                                  "n_distinct"}}},

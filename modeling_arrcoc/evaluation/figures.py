@@ -9,6 +9,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 from PIL import Image
 
+import numpy as np
+
+from .. import statistics
 from ..explanation import explain, render_heatmap
 from ..methods import AUTO_COST
 from .report import column
@@ -38,6 +41,7 @@ def plot_pareto(report: dict, path) -> Path:
         points.sort()
         style = _SERIES_STYLE.get(kind, dict(marker=".", label=kind))
         ax.plot(*zip(*points), linestyle="-" if len(points) > 1 else "none", alpha=0.85, **style)
+    _plot_envelope(ax, series.get("tier", []))
     if AUTO_COST in series:  # auto's own curve: the token price swept at inference, auto itself on it
         points = sorted(series[AUTO_COST] + series.get("auto", []))
         ax.plot(*zip(*points), color="crimson", linestyle="--", marker=".", alpha=0.9,
@@ -49,6 +53,17 @@ def plot_pareto(report: dict, path) -> Path:
         ax.annotate(f"auto: {y:.3f} @ {x:.1f} tok", (x, y), textcoords="offset points", xytext=(8, 8))
     _pareto_axes(ax, report)
     return _save(figure, path)
+
+
+def _plot_envelope(ax, tier_points):
+    """The constant policies' envelope (statistics.frontier_at): mixes of two forced tiers are linear in tokens, so
+    on the log token axis its segments are drawn through many points."""
+    if len(tier_points) < 2:
+        return
+    low, high = min(x for x, _ in tier_points), max(x for x, _ in tier_points)
+    xs = np.geomspace(low, high, 200)
+    ys = [statistics.frontier_at(tier_points, float(x))["value"] for x in xs]
+    ax.plot(xs, ys, color="tab:blue", linestyle=":", alpha=0.7, label="envelope of constant tiers (mixes)")
 
 
 def _kind(name: str) -> str:

@@ -1,7 +1,7 @@
 """The evaluation report (format in the package docstring) from per-sample runs: scores, token statistics, budget
 calibration, per-tier buckets, and predictions.jsonl; and the measurement a reviewer asks for (`statistics`):
 accuracy intervals, paired comparisons of auto with the forced tiers, the baselines and the trained full-token
-reference, tier policies, the forced-tier frontier, chance and the families training never saw.
+reference, tier policies, the envelope of constant tier policies, chance and the families training never saw.
 """
 
 import json
@@ -211,8 +211,9 @@ def policies(runs, scores, budgets, oracles, threshold, seed) -> dict | None:
 
 
 def frontier(runs, scores, budgets, seed) -> dict | None:
-    """Auto's accuracy minus the forced-tier frontier (interpolated in log tokens) at auto's mean tokens, paired.
-    None without auto or a forced tier."""
+    """Auto's accuracy minus the envelope of constant tier policies (the upper concave hull of the forced tiers'
+    points: any fixed tier or random mix of two that spends at most auto's mean tokens) at auto's mean tokens,
+    paired. None without auto or a forced tier."""
     if "auto" not in runs or not _forced_tiers(runs, budgets):
         return None
     return _versus_frontier(runs, scores, budgets, "auto", seed)
@@ -220,7 +221,7 @@ def frontier(runs, scores, budgets, seed) -> dict | None:
 
 def auto_curve(runs, scores, budgets, seed) -> list | None:
     """Auto at every token price evaluated (`auto(cost=C)`, and auto itself at 0), cheapest first: its cost, mean
-    tokens, accuracy and its difference to the forced-tier frontier at its own mean tokens (paired, with the
+    tokens, accuracy and its difference to the constant tiers' envelope at its own mean tokens (paired, with the
     interval). Auto's curve lies above the frontier where those differences are positive. None without a price."""
     priced = {name: run for name, run in runs.items() if run.method.kind in ("auto", AUTO_COST)}
     if len(priced) < 2 or not _forced_tiers(runs, budgets):
@@ -231,7 +232,7 @@ def auto_curve(runs, scores, budgets, seed) -> list | None:
 
 
 def _versus_frontier(runs, scores, budgets, name, seed) -> dict:
-    """Method `name` minus the forced-tier frontier at its own mean tokens (statistics.frontier_difference)."""
+    """Method `name` minus the constant tiers' envelope at its own mean tokens (statistics.frontier_difference)."""
     names = _forced_tiers(runs, budgets)
     tier_scores = {runs[tier].method.budget: scores[tier] for tier in names}
     tier_tokens = {runs[tier].method.budget: runs[tier].visual_token_counts for tier in names}
@@ -251,7 +252,7 @@ def _interval(entry: dict) -> str:
 def headline(report: dict) -> list:
     """The comparison as it stands, in sentences, from the report alone (the README and the model card lead with
     it): auto vs the trained uniform-pooling baseline at equal or more mean tokens, vs the trained full-resolution
-    reference, vs the forced-tier frontier, calibration vs the best constant tier, chance and unseen families."""
+    reference, vs the constant tiers' envelope, calibration vs the best constant tier, chance and unseen families."""
     comparisons, lines = report.get("comparisons") or {}, []
     methods, n = report["methods"], report["meta"].get("num_samples")
     chance = ((report.get("chance") or {}).get("overall") or {}).get("majority")
@@ -286,14 +287,16 @@ def headline(report: dict) -> list:
                      f"tokens{weak(entry['accuracy'][1])}): {_interval(entry)}.")
     front = report.get("frontier")
     if front:
-        lines.append(f"vs the forced-tier frontier interpolated at auto's tokens ({front['frontier_accuracy']:.3f}, "
-                     f"between tiers {front['lower_tier']} and {front['upper_tier']}): {_interval(front)}.")
+        between = (f"tier {front['lower_tier']}" if front["lower_tier"] == front["upper_tier"]
+                   else f"a mix of tiers {front['lower_tier']} and {front['upper_tier']}")
+        lines.append(f"vs the envelope of constant tier policies at auto's tokens ({front['frontier_accuracy']:.3f}, "
+                     f"{between}): {_interval(front)}.")
     curve = report.get("auto_curve")
     if curve:
         above = sum(point["low"] > 0 for point in curve)
         lines.append(f"Auto's own curve (token price swept at inference, {len(curve)} points from "
                      f"{curve[0]['auto_mean_tokens']:.1f} to {curve[-1]['auto_mean_tokens']:.1f} mean tokens): above "
-                     f"the forced-tier frontier with an interval above 0 at {above} of {len(curve)} points; "
+                     f"the envelope of constant tiers with an interval above 0 at {above} of {len(curve)} points; "
                      + "; ".join(f"{point['method']} {point['accuracy']:.3f} at {point['auto_mean_tokens']:.1f} tokens, "
                                  f"{_interval(point)}" for point in curve) + ".")
     calibration = (report.get("policies") or {}).get("calibration")
