@@ -169,6 +169,22 @@ def test_sparse_view_keeps_the_answers_in_the_forward(tmp_path, datasets, proces
     assert small.any() and (kept[small] | ~answers[small]).all()
 
 
+def test_full_view_waits_for_the_distractor_curriculum(tmp_path, datasets, processor):  # noqa: F811
+    model = tiny_model()
+    args = make_args(tmp_path, "pretrain", training_views={"full": 1.0}, train_budget="random", calibration_every=0,
+                     distractor_curriculum_steps=30)
+    apply_phase(model, "pretrain")
+    trainer = ArrCocTrainer(model=model, args=args, data_collator=ArrCocCollator(processor, patch_size=8),
+                            train_dataset=datasets[0], processing_class=processor)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    budgets = []
+    for step in (0, 15, 30):
+        trainer.state.global_step = step
+        budgets.append(trainer._view_inputs(model, dict(batch), "full", batch.get("patch_targets")[:, None]))
+    # Tiny tiers (4, 16, 100): the sparse view at the curriculum's largest tier, then every patch.
+    assert budgets == [4, 16, "full"]
+
+
 def test_reader_options_are_validated(tmp_path):
     with pytest.raises(ValueError, match="training_views"):
         make_args(tmp_path, "pretrain", training_views={"all": 1.0}, train_budget="random")

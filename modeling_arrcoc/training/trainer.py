@@ -240,6 +240,8 @@ class ArrCocTrainer(Trainer):
         weights = (args.train_tier_weights or [1.0] * len(budgets))[: cap + 1]
         weights = weights if sum(weights) > 0 else [0.0] * cap + [1.0]
         tier = budgets[step_tier(args.seed, self.state.global_step, cap + 1, weights)]
+        if view == "full" and budgets[cap] < model.config.num_patches:
+            view, tier = "sparse", budgets[cap]  # the curriculum has not reached every patch yet: its largest tier
         if view == "full" or (view == "sparse" and tier >= model.config.num_patches):
             inputs["selection"] = "full"
             return "full"
