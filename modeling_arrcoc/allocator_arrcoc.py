@@ -68,19 +68,35 @@ class ArrCocHotspotDetector(nn.Module):
 
 
 class ArrCocBudgetPredictor(nn.Module):
-    """Tier logits from the question-conditioned page summary."""
+    """Tier logits from the question-conditioned page summary and the question's relevance profile: the share of
+    the patch-score distribution each tier's top-K would keep (how many patches matter for this question: one cell,
+    a row, every square of a colour). The profile enters through a zero-initialised layer, so a checkpoint saved
+    before it predicts exactly as before until it trains."""
 
-    def __init__(self, hidden_size: int, num_tiers: int):
+    def __init__(self, hidden_size: int, budgets: tuple):
         super().__init__()
+        self.budgets = tuple(budgets)
         self.mlp = nn.Sequential(
             nn.LayerNorm(2 * hidden_size), nn.Linear(2 * hidden_size, hidden_size), nn.GELU(),
-            nn.Linear(hidden_size, num_tiers),
+            nn.Linear(hidden_size, len(budgets)),
         )
+        self.profile = ArrCocZeroInitLinear(len(budgets), len(budgets))
 
-    def forward(self, contextual, question, question_mask):
+    def forward(self, contextual, question, question_mask, patch_scores=None):
         weights = question_mask.to(question.dtype).unsqueeze(-1)
         question_summary = (question * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return self.mlp(torch.cat([contextual.mean(1), question_summary], dim=-1))
+        logits = self.mlp(torch.cat([contextual.mean(1), question_summary], dim=-1))
+        if patch_scores is None:
+            return logits
+        return logits + self.profile(relevance_profile(patch_scores, self.budgets).to(logits.dtype))
+
+
+def relevance_profile(patch_scores: torch.Tensor, budgets) -> torch.Tensor:
+    """[B, T]: the softmax mass of the patch scores that each tier's top-K keeps (K clamped to the patches). Detached:
+    the budget predictor reads the scores, it does not move them."""
+    probs = patch_scores.detach().float().softmax(-1).sort(-1, descending=True).values.cumsum(-1)
+    index = torch.tensor([min(k, probs.shape[-1]) - 1 for k in budgets], device=probs.device)
+    return probs[:, index]
 
 
 class ArrCocCompressionHeads(nn.Module):
@@ -171,7 +187,7 @@ class ArrCocAllocator(nn.Module):
         self.question_proj = nn.Linear(config.text_config.hidden_size, hidden)
         self.hotspot_detector = ArrCocHotspotDetector(hidden)
         self.cross_attention = ArrCocCrossAttention(hidden, config.allocator_num_heads)
-        self.budget_predictor = ArrCocBudgetPredictor(hidden, len(config.budgets))
+        self.budget_predictor = ArrCocBudgetPredictor(hidden, tuple(config.budgets))
         self.compression_heads = ArrCocCompressionHeads(channels, hidden, config.fold_dropped)
 
     def forward(self, patch_features, question_embeds, question_mask) -> AllocatorOutput:
@@ -179,8 +195,9 @@ class ArrCocAllocator(nn.Module):
         question = self.question_proj(question_embeds)
         hotspot = self.hotspot_detector(patches)
         relevance, contextual = self.cross_attention(patches, question, question_mask)
-        budget_logits = self.budget_predictor(contextual, question, question_mask)
-        return AllocatorOutput(hotspot + relevance, hotspot, relevance, budget_logits)
+        scores = hotspot + relevance
+        budget_logits = self.budget_predictor(contextual, question, question_mask, patch_scores=scores)
+        return AllocatorOutput(scores, hotspot, relevance, budget_logits)
 
 
 __all__ = [
@@ -191,6 +208,7 @@ __all__ = [
     "ArrCocCrossAttention",
     "ArrCocHotspotDetector",
     "Selection",
+    "relevance_profile",
     "standardize",
     "top_k_raster",
 ]

@@ -14,6 +14,7 @@ from ..configuration_arrcoc import SELECTION_METHODS
 from ..lora import DEFAULT_TARGET_MODULES
 from ..modeling_arrcoc import LOSS_COMPONENTS
 from .phases import BUDGET_MODES, COMPONENTS, PHASES, check_phase
+from .calibration import CALIBRATION_TARGETS
 from .reader import VIEWS
 from .teacher import ALIGNMENT_TARGETS, SCORINGS
 
@@ -118,6 +119,12 @@ class ArrCocTrainingArguments(TrainingArguments):
     calibration_every: int = field(default=10, metadata=_help("Calibrate the budget every N steps; 0 = never."))
     calibration_samples: int = field(default=4, metadata=_help("Rows of the batch calibrated (one forward/tier)."))
     calibration_tolerance: float = field(default=0.05, metadata=_help("Nats/token a smaller tier may lose."))
+    calibration_target: str = field(
+        default="loss",
+        metadata=_help("The calibration's tier: 'exact' (the smallest tier whose greedy answer is exactly right, the "
+                       "evaluation's oracle; none -> the smallest) or 'loss' (the smallest within "
+                       "calibration_tolerance of the best loss)."),
+    )
     calibration_max_loss: float | None = field(
         default=None, metadata=_help("Nats/token above which a tier does not answer; unanswered -> smallest tier.")
     )
@@ -276,6 +283,9 @@ class ArrCocTrainingArguments(TrainingArguments):
         _check_at_least("calibration_samples", self.calibration_samples, 1)
         if self.calibration_tolerance < 0:
             raise ValueError(f"calibration_tolerance must be >= 0, got {self.calibration_tolerance}.")
+        if self.calibration_target not in CALIBRATION_TARGETS:
+            raise ValueError(f"calibration_target must be one of {list(CALIBRATION_TARGETS)}, got "
+                             f"{self.calibration_target!r}.")
         if self.calibration_max_loss is not None and self.calibration_max_loss <= 0:
             raise ValueError(f"calibration_max_loss must be > 0 or null, got {self.calibration_max_loss}.")
         if self.grad_normalization not in ("none", "visual_tokens"):

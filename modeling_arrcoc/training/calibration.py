@@ -1,5 +1,9 @@
-"""Budget calibration targets (the smallest tier whose answer loss is within a tolerance of the best) and the
-multi-budget tier of a step.
+"""Budget calibration targets and the multi-budget tier of a step.
+
+Two targets, `calibration_target` in the arguments: "exact" (the smallest tier whose greedy answer is exactly right,
+read off the teacher-forced logits: every answer token is the argmax; no tier right -> the smallest, nothing to buy),
+which is the evaluation's oracle-minimal tier, and "loss" (the smallest tier whose answer loss is within a tolerance
+of the sample's best).
 """
 
 import random
@@ -10,17 +14,29 @@ from torch.nn import functional as F
 
 from ..modeling_arrcoc import answer_window
 
+CALIBRATION_TARGETS = ("exact", "loss")
 
-def per_sample_answer_loss(model, inputs: dict, plan=None, budget="auto") -> torch.Tensor:
+
+def per_sample_answer_loss(model, inputs: dict, plan=None, budget="auto", with_exact=False):
     """Mean answer cross-entropy per sample [B] following `plan` (or at `budget`). Rows without answer tokens
-    get 0."""
+    get 0. With `with_exact`, also [B] whether every answer token is the argmax (the greedy answer is exact)."""
     window = answer_window(inputs["labels"])
     out = model(**inputs, plan=plan, budget=budget, logits_to_keep=window)
     targets = inputs["labels"][:, -window:][:, 1:]
-    token_losses = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none",
+    logits = out.logits[:, :-1]
+    token_losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none",
                                    ignore_index=-100).view(targets.shape)
     counts = (targets != -100).sum(-1)
-    return token_losses.sum(-1) / counts.clamp(min=1)
+    losses = token_losses.sum(-1) / counts.clamp(min=1)
+    if not with_exact:
+        return losses
+    wrong = (logits.argmax(-1) != targets) & (targets != -100)
+    return losses, ~wrong.any(-1) & (counts > 0)
+
+
+def smallest_exact_tier(exact: torch.Tensor) -> torch.Tensor:
+    """[B, T] whether each tier answers exactly -> [B] the smallest such tier; none -> tier 0 (nothing to buy)."""
+    return exact.int().argmax(-1)  # argmax returns the first True, and 0 for an all-False row
 
 
 def smallest_sufficient_tier(losses: torch.Tensor, tolerance: float, max_loss: float | None = None) -> torch.Tensor:
@@ -34,17 +50,23 @@ def smallest_sufficient_tier(losses: torch.Tensor, tolerance: float, max_loss: f
 
 
 @torch.no_grad()
-def calibration_targets(model, inputs: dict, tolerance: float, max_loss: float | None = None) -> torch.Tensor:
-    """The oracle-minimal tier of each sample: every tier is run, SAM only once."""
+def calibration_targets(model, inputs: dict, tolerance: float, max_loss: float | None = None,
+                        target: str = "loss") -> torch.Tensor:
+    """The oracle-minimal tier of each sample (`target` "exact" or "loss", see the module docstring): every tier is
+    run, SAM and the allocator only once."""
+    if target not in CALIBRATION_TARGETS:
+        raise ValueError(f"calibration target must be one of {CALIBRATION_TARGETS}, got {target!r}.")
     inputs = dict(inputs)
     pixel_values, patch_features = inputs.pop("pixel_values", None), inputs.pop("patch_features", None)
     with _eval_mode(model):
         # One allocation plan (SAM and the allocator once), replanned at each tier.
         plan = model.plan_allocation(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                      labels=inputs["labels"], pixel_values=pixel_values, patch_features=patch_features)
-        losses = [per_sample_answer_loss(model, inputs, plan=model.model.replan(plan, value))
-                  for value in model.config.budgets]
-    return smallest_sufficient_tier(torch.stack(losses, dim=-1), tolerance, max_loss)
+        runs = [per_sample_answer_loss(model, inputs, plan=model.model.replan(plan, value), with_exact=True)
+                for value in model.config.budgets]
+    if target == "exact":
+        return smallest_exact_tier(torch.stack([exact for _, exact in runs], dim=-1))
+    return smallest_sufficient_tier(torch.stack([loss for loss, _ in runs], dim=-1), tolerance, max_loss)
 
 
 @contextmanager
@@ -69,7 +91,9 @@ def step_tier(seed: int, step: int, num_tiers: int, weights: list[float] | None 
 
 
 __all__ = [
+    "CALIBRATION_TARGETS",
     "calibration_targets",
+    "smallest_exact_tier",
     "per_sample_answer_loss",
     "smallest_sufficient_tier",
     "step_tier",

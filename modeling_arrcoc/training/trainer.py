@@ -301,7 +301,8 @@ class ArrCocTrainer(Trainer):
         """Cross-entropy of the first rows' budget logits toward their oracle-minimal tiers."""
         count = min(self.args.calibration_samples, budget_logits.shape[0])
         part = {key: value[:count] for key, value in inputs.items() if isinstance(value, torch.Tensor)}
-        targets = calibration_targets(model, part, self.args.calibration_tolerance, self.args.calibration_max_loss)
+        targets = calibration_targets(model, part, self.args.calibration_tolerance, self.args.calibration_max_loss,
+                                      target=self.args.calibration_target)
         return F.cross_entropy(budget_logits[:count].float(), targets)
 
     # -- steps: gradient norms, non-finite guard ----------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""The budget predictor's inputs and targets (#22's levers): the relevance profile it reads, and the calibration
+target that is the evaluation's oracle (the smallest tier whose greedy answer is exact). Tiny configs, CPU."""
+
+import pytest
+import torch
+
+from modeling_arrcoc.allocator_arrcoc import relevance_profile
+from modeling_arrcoc.training.calibration import calibration_targets, per_sample_answer_loss, smallest_exact_tier
+
+
+def test_relevance_profile_is_the_mass_each_tier_keeps():
+    scores = torch.full((2, 16), -30.0)
+    scores[0, 3] = 0.0  # one patch matters
+    scores[1, :8] = 0.0  # eight patches matter equally
+    profile = relevance_profile(scores, (1, 4, 8, 100))
+    torch.testing.assert_close(profile[0], torch.ones(4), atol=1e-6, rtol=0)
+    torch.testing.assert_close(profile[1], torch.tensor([1 / 8, 4 / 8, 1.0, 1.0]), atol=1e-6, rtol=0)
+
+
+def test_profile_layer_starts_at_zero_and_then_moves_the_tiers(tester):
+    """A checkpoint saved before the profile layer predicts the same tiers; once trained, the profile moves them."""
+    model = tester.get_model()
+    inputs = tester.prepare_inputs()
+    plan = model.plan_allocation(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                 pixel_values=inputs["pixel_values"])
+    predictor = model.model.allocator.budget_predictor
+    assert not predictor.profile.weight.any() and not predictor.profile.bias.any()
+    with torch.no_grad():
+        predictor.profile.bias.copy_(torch.tensor([0.0, 0.0, 50.0]))
+    moved = model.plan_allocation(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                  pixel_values=inputs["pixel_values"])
+    assert (moved.budget_tiers == 2).all() and not torch.equal(moved.budget_logits, plan.budget_logits)
+    state = {k: v for k, v in model.state_dict().items() if "budget_predictor.profile" not in k}
+    fresh = tester.get_model(seed=1)
+    fresh.load_state_dict(state, strict=False)
+    fresh._init_weights(fresh.model.allocator.budget_predictor.profile)
+    again = fresh.plan_allocation(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                  pixel_values=inputs["pixel_values"])
+    torch.testing.assert_close(again.budget_logits, plan.budget_logits)
+
+
+def test_smallest_exact_tier():
+    exact = torch.tensor([[False, True, True], [True, True, True], [False, False, True], [False, False, False]])
+    assert smallest_exact_tier(exact).tolist() == [1, 0, 2, 0]
+
+
+def test_exact_flag_is_greedy_decoding(tester):
+    """The teacher-forced exact flag agrees with generate: labels set to the model's own greedy answer are exact,
+    and changing one answer token makes them not."""
+    model = tester.get_model()
+    inputs = tester.prepare_inputs(answer_length=2)
+    prompt = {key: value[:, :-2] for key, value in inputs.items() if key in ("input_ids", "attention_mask")}
+    generated = model.generate(**prompt, pixel_values=inputs["pixel_values"], budget=16, max_new_tokens=2,
+                               do_sample=False, eos_token_id=None)[:, -2:]
+    forced = dict(inputs)
+    forced["input_ids"] = torch.cat([prompt["input_ids"], generated], dim=1)
+    forced["labels"] = torch.cat([torch.full_like(prompt["input_ids"], -100), generated], dim=1)
+    _, exact = per_sample_answer_loss(model, forced, budget=16, with_exact=True)
+    assert exact.all()
+    wrong = dict(forced)
+    wrong["labels"] = forced["labels"].clone()
+    wrong["labels"][0, -1] = (wrong["labels"][0, -1] + 1) % tester.vocab_size
+    _, exact = per_sample_answer_loss(model, wrong, budget=16, with_exact=True)
+    assert exact.tolist() == [False, True, True]
+
+
+def test_exact_calibration_targets_follow_the_oracle(tester, monkeypatch):
+    model = tester.get_model()
+    inputs = tester.prepare_inputs()
+    inputs.pop("pixel_values")
+    inputs["patch_features"] = torch.randn(3, tester.num_patches, 16)
+    # Which tiers answer exactly, per sample (tiers 4, 16, 100): the first answers at 16, the second nowhere, the third
+    # at 4 only (smaller is enough even when a larger tier misses).
+    table = {4: [False, False, True], 16: [True, False, False], 100: [True, False, True]}
+
+    def fake(model, inputs, plan=None, budget="auto", with_exact=False):
+        value = model.config.budgets[int(plan.budget_tiers[0])]
+        return torch.zeros(3), torch.tensor(table[value])
+
+    monkeypatch.setattr("modeling_arrcoc.training.calibration.per_sample_answer_loss", fake)
+    assert calibration_targets(model, inputs, 0.05, target="exact").tolist() == [1, 0, 0]
+    with pytest.raises(ValueError, match="calibration target"):
+        calibration_targets(model, inputs, 0.05, target="best")
