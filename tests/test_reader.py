@@ -185,6 +185,15 @@ def test_full_view_waits_for_the_distractor_curriculum(tmp_path, datasets, proce
     assert budgets == [4, 16, "full"]
 
 
+def test_attention_layers_must_exist(tmp_path, datasets, processor):  # noqa: F811
+    model = tiny_model()
+    args = make_args(tmp_path, "pretrain", loss_weight_llm_attention=1.0, llm_attention_layers=[7], calibration_every=0)
+    apply_phase(model, "pretrain")
+    with pytest.raises(ValueError, match="llm_attention_layers"):
+        ArrCocTrainer(model=model, args=args, data_collator=ArrCocCollator(processor, patch_size=8),
+                      train_dataset=datasets[0], processing_class=processor)
+
+
 def test_reader_options_are_validated(tmp_path):
     with pytest.raises(ValueError, match="training_views"):
         make_args(tmp_path, "pretrain", training_views={"all": 1.0}, train_budget="random")

@@ -97,6 +97,10 @@ class ArrCocTrainer(Trainer):
         self.feature_cache = self._make_feature_cache(model)
         self._check_model(model)
         if args.loss_weight_llm_attention:
+            layers = model.config.text_config.num_hidden_layers
+            if not args.llm_attention_layers or any(not 0 <= i < layers for i in args.llm_attention_layers):
+                raise ValueError(f"llm_attention_layers must be layers of the language model (0-{layers - 1}), got "
+                                 f"{args.llm_attention_layers}.")
             # Attention probabilities are only returned by eager attention (sdpa computes them fused).
             model.model.language_model.set_attn_implementation("eager")
         if args.early_stopping_patience is not None:
