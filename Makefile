@@ -35,20 +35,22 @@ DEMO_LIMITATION := The demo model answers local reading and counting only: regio
 	accuracy of a strong full-resolution model. The budget predictor mostly picks the smallest tier. The held-out \
 	test variant (other shades, layouts, glyph sizes) is read less well than the training one.
 
+# Two stages from random init, no relevance tag anywhere (a method-neutral base): the vision stage (SAM, CLIP, adapter
+# and ARR-COC's allocator; the reader's teacher and the answer boxes), then the reader (the language model learns to
+# answer at every view the compared methods feed it, with dense supervision: docs/demo_model.md).
 pretrain: venv
 	$(PY) train.py configs/demo/pretrain.yaml
-	$(PY) train.py configs/demo/pretrain_llm.yaml
-	$(PY) train.py configs/demo/pretrain_tiers.yaml
-	$(PY) tools/export_base.py outputs/demo/pretrain_tiers/checkpoint $(BASE) \
+	$(PY) train.py configs/demo/pretrain_reader.yaml
+	$(PY) tools/export_base.py outputs/demo/pretrain_reader/checkpoint $(BASE) \
 		--config configs/demo/pretrain.yaml --curve outputs/demo/pretrain/learning_curve.json \
-		--config configs/demo/pretrain_llm.yaml --curve outputs/demo/pretrain_llm/learning_curve.json \
-		--config configs/demo/pretrain_tiers.yaml --curve outputs/demo/pretrain_tiers/learning_curve.json
+		--config configs/demo/pretrain_reader.yaml --curve outputs/demo/pretrain_reader/learning_curve.json
 
 DEMO := outputs/demo
 # The comparison (fair-evaluation protocol): ARR-COC, the uniform-pooling baseline (DeepSeek-OCR's analogue, trained at
 # every tier: one K drawn per step, as its modes) and the full-resolution reference (every patch, no allocator in the
 # path) each run the same three phase YAMLs from the same shipped base, on the same data, with the same steps; a
-# baseline's selection is written into its config and it carries no relevance tag. Steps per phase are set here for
+# baseline's selection is written into its config and it carries no relevance tag; ARR-COC's phases add its tag to the
+# tag-free base (the tag's weights start at zero). Steps per phase are set here for
 # all three so that the demo fits its 30 minutes on 2 cores.
 DEMO_STEPS_1 := max_steps=200
 DEMO_STEPS_2 := max_steps=300
@@ -77,8 +79,9 @@ DEMO_CONFIGS := --training-config configs/demo/phase1.yaml --training-config con
 BUDGET_COSTS := --budget-costs=-1,-0.5,-0.25,0.25,0.5
 
 .PHONY: demo-arrcoc demo-uniform demo-full
+ARRCOC_METHOD := relevance_tag=true
 demo-arrcoc: venv
-	$(call train_method,.,)
+	$(call train_method,.,$(ARRCOC_METHOD))
 demo-uniform: venv
 	$(call train_method,uniform,$(UNIFORM_METHOD))
 demo-full: venv
@@ -114,9 +117,9 @@ demo: venv
 SALIENCY_METHOD := selection_method=hotspot relevance_tag=false train_budget=random eval_budget=16
 RANDOM_METHOD := selection_method=random relevance_tag=false train_budget=random eval_budget=16
 NOTAG_METHOD := relevance_tag=false
-NOFOLD_METHOD := fold_dropped=false
+NOFOLD_METHOD := relevance_tag=true fold_dropped=false
 CONSTANT_TIER := 4
-CONSTANT_METHOD := train_budget=$(CONSTANT_TIER) eval_budget=$(CONSTANT_TIER) calibration_every=0 loss_weight_budget=0.0 \
+CONSTANT_METHOD := relevance_tag=true train_budget=$(CONSTANT_TIER) eval_budget=$(CONSTANT_TIER) calibration_every=0 loss_weight_budget=0.0 \
 	loss_weight_efficiency=0.0
 BASELINE_RUNS := saliency random no_tag no_fold constant_tier
 .PHONY: $(addprefix baseline-,$(BASELINE_RUNS))

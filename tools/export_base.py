@@ -1,11 +1,11 @@
 """Export a pretrained demo checkpoint as the shipped base: half-precision safetensors, processor, provenance.
 
-    python tools/export_base.py outputs/demo/pretrain_tiers/checkpoint pretrained/demo-base \
+    python tools/export_base.py outputs/demo/pretrain_reader/checkpoint pretrained/demo-base \
         --config configs/demo/pretrain.yaml --curve outputs/demo/pretrain/learning_curve.json ...  # one pair per stage
 
 The base is stored in float16 to keep the repository small (~12 MB for the demo preset); `from_pretrained(...,
 dtype=torch.float32)` widens it again for training. PROVENANCE.json records the command, the commit, and each
-training stage's YAML and held-out learning curve (`make pretrain` gives the three stages in order).
+training stage's YAML and held-out learning curve (`make pretrain` gives its two stages in order).
 """
 
 import argparse
