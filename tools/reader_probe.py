@@ -1,0 +1,83 @@
+"""What a checkpoint's language model does with the visual tokens: for local_color pages at full tokens (no tag),
+how well each layer's hidden state at the visual positions still encodes the cell's digit (a ridge probe on half the
+tokens, scored on the other half), and where each head of each layer looks from the answer-predicting position
+(attention mass on the answer cell).
+
+    python tools/reader_probe.py CHECKPOINT [--pages 8]
+
+docs/demo_model.md uses it to show why supervising the attention of layers 1-3 kept the answers at chance: layer 0
+rewrote the visual positions and the digits were gone from them by layer 1.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import modeling_arrcoc  # noqa: F401, E402  (registers the Auto classes)
+from modeling_arrcoc.data import render_sample  # noqa: E402
+from modeling_arrcoc.data.collator import ArrCocCollator  # noqa: E402
+from modeling_arrcoc.training.reader import llm_attention_loss  # noqa: E402
+from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
+
+
+def ridge_accuracy(features: torch.Tensor, labels: torch.Tensor, classes: int = 10) -> float:
+    """Fit on the first half, score on the second; features standardized (the residual stream's scale varies)."""
+    features = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    features = torch.cat([features, torch.ones(len(features), 1)], dim=1)
+    half = len(features) // 2
+    targets = torch.nn.functional.one_hot(labels, classes).float()
+    gram = features[:half].T @ features[:half] + 1e-3 * torch.eye(features.shape[1])
+    weights = torch.linalg.solve(gram, features[:half].T @ targets[:half])
+    return float(((features[half:] @ weights).argmax(-1) == labels[half:]).float().mean())
+
+
+@torch.no_grad()
+def probe(checkpoint: str, pages: int = 8, seed: int = 14) -> dict:
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    model.model.language_model.set_attn_implementation("eager")
+    rows = [render_sample("local_color", np.random.default_rng([seed, i])) for i in range(pages)]
+    batch = ArrCocCollator(processor)(rows)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                pixel_values=batch["pixel_values"], budget="full", selection="full", output_hidden_states=True,
+                output_attentions=True)
+    image = out.image_outputs
+    count = int(image.visual_token_mask.sum(-1)[0])
+    # Where the visual tokens sit in the spliced sequence: the layer-0 input equals their embeddings there.
+    first = [int(((out.hidden_states[0][b] - image.pooler_output[b, 0]).abs().sum(-1) < 1e-4).nonzero()[0, 0])
+             for b in range(pages)]
+    glyphs = batch["visual_targets"][..., 0].reshape(-1)
+    has_digit = (glyphs >= 1) & (glyphs <= 10)
+    decodable = []
+    for hidden in out.hidden_states:
+        tokens = torch.cat([hidden[b, first[b] : first[b] + count] for b in range(pages)])
+        decodable.append(ridge_accuracy(tokens[has_digit], glyphs[has_digit] - 1))
+    turn_targets = batch["patch_targets"][:, None]
+    attention = [[float(torch.exp(-llm_attention_loss(
+        out.attentions, [layer], batch["input_ids"], batch["attention_mask"], batch["labels"],
+        model.config.image_token_id, image.visual_token_mask, image.token_sources, turn_targets, head=head)))
+        for head in range(out.attentions[layer].shape[1])] for layer in range(len(out.attentions))]
+    return {"glyph_decodable_per_layer_input": decodable, "answer_attention_per_layer_head": attention}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--pages", type=int, default=8)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    result = probe(args.checkpoint, args.pages)
+    print("digit decodable at the visual positions, input of layer 0..L:",
+          " ".join(f"{value:.2f}" for value in result["glyph_decodable_per_layer_input"]))
+    for layer, heads in enumerate(result["answer_attention_per_layer_head"]):
+        print(f"layer {layer}: attention mass on the answer cell per head (geometric mean over pages):",
+              " ".join(f"{value:.2f}" for value in heads))
+
+
+if __name__ == "__main__":
+    main()
