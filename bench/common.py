@@ -1,6 +1,6 @@
 """Shared helpers of the benchmarks: one thread, interleaved repeats, min/median/max, ratios, machine info, output.
 
-Conventions every benchmark follows (DESIGN.md, "What things cost here"):
+Conventions every benchmark follows (docs/design.md, "What things cost here"):
 - Absolute times swing by +-30% between runs on this shared 2-core machine, so every claim is a ratio of two
   things measured side by side, in one process, in interleaved rounds (round i runs every variant once, in an
   order that alternates between rounds, so a burst of load on the machine hits all variants alike).

@@ -1,5 +1,5 @@
 """Smoke tests of the benchmarks on the tiny preset, one round each: the JSON fields exist and ratios are
-positive. No timing assertions: times on this machine swing by +-30% (DESIGN.md)."""
+positive. No timing assertions: times on this machine swing by +-30% (docs/design.md, "What things cost here")."""
 
 import json
 import os

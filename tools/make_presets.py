@@ -66,7 +66,7 @@ PRESETS = {
         text=(32, 2, 2, 1, 512),
     ),
     # The embedded default: 256 px pages, 16 px glyph cells aligned to a 16x16 = 256 patch grid. Sized from
-    # DESIGN.md's measured costs so a training step at full tokens stays around a second on 2 cores.
+    # docs/design.md's measured costs ("What things cost here") so a training step at full tokens stays around a second on 2 cores.
     # Tiers from 4: a local question needs 1-2 cells, counting up to 9 squares needs 8-16, so the calibrated
     # predictor has a real reason to differ by question (with 8 as the smallest tier, 8 sufficed for everything
     # the demo model could answer and the predictor rightly used one tier: measured, see the training issue).

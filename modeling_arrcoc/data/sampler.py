@@ -3,8 +3,8 @@ columns (row index, heuristic tier) the trainer reads.
 
 Why group by tier: a batch pads every sample's visual tokens to the largest K in it, and the LLM and CLIP pay
 for the padding. When each sample has its own tier (phase0's heuristic), random batches of 8 almost always hold
-a large-tier sample, so most visual-token slots are padding; batches of one tier hold none (DESIGN.md measured
-forward+backward 1.4-2.9x faster). The trade-off: a single-tier batch is less diverse (in heuristic mode, one
+a large-tier sample, so most visual-token slots are padding; batches of one tier hold none (measured
+forward+backward 1.4-2.9x faster: docs/design.md, "What things cost here"). The trade-off: a single-tier batch is less diverse (in heuristic mode, one
 tier means one question-length class, so similar task families), so each step's gradient is more biased than a
 random batch's. `TierGroupedBatchSampler` spreads every tier's batches evenly over the epoch, so any short
 stretch of steps still sees every tier; gradient accumulation or data parallelism over several micro-batches

@@ -2,7 +2,7 @@
 
 Every glyph is drawn inside exactly one patch cell (``patch_size`` px, aligned to the patch grid), because a
 small ViT trained from scratch on CPU only learns to read glyphs that line up with its patches (see
-DESIGN.md, "What learns here"). Five task families need different visual budgets:
+docs/design.md, "What learns here"). Five task families need different visual budgets:
 
 - ``local_color``: one digit drawn in a key colour among dense dark distractor digits (one cell, full detail)
 - ``local_key``: the digit right of a coloured square (two neighbouring cells)

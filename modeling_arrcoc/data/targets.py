@@ -1,7 +1,7 @@
 """Answer-region supervision: which patches hold the answer.
 
 The attention-alignment loss pulls the allocator's patch scores toward the answer's box; a probe found this
-signal is what bootstraps the allocator while the reader is still at chance (DESIGN.md, "What learns here").
+signal is what bootstraps the allocator while the reader is still at chance (docs/design.md, "What learns here").
 """
 
 from __future__ import annotations

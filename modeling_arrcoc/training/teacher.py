@@ -1,8 +1,8 @@
 """Teacher pseudo-labels for the alignment loss on data without answer boxes (`alignment_targets: teacher`).
 
 Real VQA sets (DocVQA, ChartQA, VQAv2, ...) have no answer boxes, so the alignment loss (patch scores toward the
-answer region) would fall back to its anti-collapse term, and DESIGN.md measured that without a where-to-look
-signal the allocator stays random while the reader learns. A teacher supplies the signal: any ArrCoc checkpoint run
+answer region) would fall back to its anti-collapse term, and without a where-to-look signal the allocator stays
+random while the reader learns (docs/design.md, "What learns here"). A teacher supplies the signal: any ArrCoc checkpoint run
 at full tokens (budget "full": all N patches, token j = patch j in raster order) scores every patch for each
 training question, and the normalized scores become that row's `patch_targets`.
 
