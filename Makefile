@@ -39,8 +39,12 @@ DEMO_LIMITATION := The demo model answers local reading and counting only: regio
 # and ARR-COC's allocator; the reader's teacher and the answer boxes), then the reader (the language model learns to
 # answer at every view the compared methods feed it, with dense supervision: docs/demo_model.md).
 pretrain: venv
+	$(call started,outputs/demo/pretrain)
 	$(PY) train.py configs/demo/pretrain.yaml
+	$(call finished,outputs/demo/pretrain)
+	$(call started,outputs/demo/pretrain_reader)
 	$(PY) train.py configs/demo/pretrain_reader.yaml
+	$(call finished,outputs/demo/pretrain_reader)
 	$(PY) tools/export_base.py outputs/demo/pretrain_reader/checkpoint $(BASE) \
 		--config configs/demo/pretrain.yaml --curve outputs/demo/pretrain/learning_curve.json \
 		--config configs/demo/pretrain_reader.yaml --curve outputs/demo/pretrain_reader/learning_curve.json

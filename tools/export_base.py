@@ -10,6 +10,8 @@ training stage's YAML and held-out learning curve (`make pretrain` gives its two
 
 import argparse
 import json
+import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -40,12 +42,17 @@ def provenance(source: Path, configs: list[Path], curves: list[Path]) -> dict:
         "commit": git_commit(),
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "storage_dtype": "float16",
+        # Where it was trained: make pretrain runs on CPU; a run elsewhere (a lent GPU) records its device here.
+        "machine": {"device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_count": os.cpu_count(),
+                    "platform": platform.platform(), "torch": torch.__version__},
         "stages": [],
     }
     joined, start = [], 0
     for config, curve in zip(configs, curves):
         points = json.loads(curve.read_text())["points"]
+        timing = curve.parent / "timing.json"  # make pretrain writes each stage's wall time beside its curve
         record["stages"].append({"config": str(config), "training_config": config.read_text(), "start_step": start,
+                                 "wall_seconds": json.loads(timing.read_text())["seconds"] if timing.exists() else None,
                                  "learning_curve": {"points": points}})
         joined += [{**point, "step": point["step"] + start, "stage": config.stem} for point in points]
         start += points[-1]["step"] if points else 0
