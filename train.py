@@ -38,6 +38,7 @@ from modeling_arrcoc.data.synthetic import FAMILIES, NUM_VISUAL_WORDS, Synthetic
 from modeling_arrcoc.lora import merge_lora
 from modeling_arrcoc.training.phases import apply_phase, trainable_parameter_counts
 from modeling_arrcoc.training.arguments import TRAINING_CONFIG, ArrCocTrainingArguments
+from modeling_arrcoc.training.calibration import fit_budget_temperature
 from modeling_arrcoc.training.trainer import ArrCocTrainer
 
 ROOT = Path(__file__).resolve().parent
@@ -343,12 +344,24 @@ def main(argv: list[str] | None = None):
 
     final = str(Path(args.output_dir) / "checkpoint")
     merge_lora(trainer.model)  # a plain checkpoint: LoRA (if any) folded into the LLM weights
+    temperature_fit(trainer.model, args, eval_dataset, dataclasses.replace(collator, questions_per_image=1))
     trainer.save_model(final)  # safetensors weights + the processor, on the main process
     if args.process_index == 0:
         pickle_free(Path(final), args)
         save_training_config(Path(final), sys.argv[1:] if argv is None else argv)
         print(f"saved {final}")
     return trainer
+
+
+def temperature_fit(model, args, eval_dataset, collator):
+    """`fit_budget_temperature` validation rows -> config.budget_temperature (saved with the checkpoint)."""
+    if not args.fit_budget_temperature or eval_dataset is None or model.config.selection_method != "learned":
+        return
+    rows = [eval_dataset[i] for i in range(min(args.fit_budget_temperature, len(eval_dataset)))]
+    fit = fit_budget_temperature(model, collator, rows)
+    if args.process_index == 0:
+        print(f"budget temperature {fit['temperature']:.3g} on {fit['rows']} validation rows (oracle-tier NLL "
+              f"{fit['nll']:.3f}, {fit['nll_at_1']:.3f} at 1)")
 
 
 def pickle_free(checkpoint: Path, args):

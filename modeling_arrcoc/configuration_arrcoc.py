@@ -78,6 +78,10 @@ class ArrCocConfig(PreTrainedConfig):
         relevance_tag (`bool`): whether the quality adapter adds each kept token's allocator relevance (a bounded
             z-score, `relevance_embedding`) to its LLM-space embedding. Baselines whose selection carries no
             allocator score are trained with it off, so their LLM never reads a signal only ARR-COC has.
+        budget_temperature (`float`): temperature of the budget predictor's tier probabilities when a token price
+            is set (`budget_cost`): log-probabilities of logits / temperature. Fitted on validation questions at the
+            end of training (`fit_budget_temperature`), so that a price moves questions across tiers one by one
+            rather than all at once; it never changes the predicted tier (price 0).
         adapter_num_layers (`int`): prototype cross-attention layers in the quality adapter.
         adapter_num_heads (`int`): heads of those layers.
         num_vet_prototypes (`int`): learnable prototypes the visual tokens attend to.
@@ -103,6 +107,7 @@ class ArrCocConfig(PreTrainedConfig):
     fold_dropped: bool = True
     selection_method: Literal["learned", "uniform", "hotspot", "random", "full"] = "learned"
     relevance_tag: bool = True
+    budget_temperature: float = 1.0
     adapter_num_layers: int = 2
     adapter_num_heads: int = 4
     num_vet_prototypes: int = 64
@@ -116,6 +121,8 @@ class ArrCocConfig(PreTrainedConfig):
         self.budgets = [int(b) for b in self.budgets]
         if not self.budgets or any(b <= 0 for b in self.budgets) or self.budgets != sorted(set(self.budgets)):
             raise ValueError(f"budgets must be positive, unique and ascending, got {self.budgets}")
+        if not (math.isfinite(self.budget_temperature) and self.budget_temperature > 0):
+            raise ValueError(f"budget_temperature must be a positive number, got {self.budget_temperature}")
         for name in ("allocator_hidden_size", "adapter_num_layers", "num_vet_prototypes", "visual_vocab_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -1013,7 +1013,7 @@ def _priced_tiers(budget_logits, config, num_patches, budget_cost):
         return budget_logits.argmax(-1)  # exactly the predicted tier (no log-softmax round-off)
     tokens = torch.tensor([min(k, num_patches) for k in config.budgets], dtype=torch.float32,
                           device=budget_logits.device)
-    priced = budget_logits.float().log_softmax(-1) - budget_cost * tokens.log2()
+    priced = (budget_logits.float() / config.budget_temperature).log_softmax(-1) - budget_cost * tokens.log2()
     return priced.argmax(-1)
 
 

@@ -1,6 +1,7 @@
 """The budget predictor's inputs and targets (#22's levers): the relevance profile it reads, and the calibration
 target that is the evaluation's oracle (the smallest tier whose greedy answer is exact). Tiny configs, CPU."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,3 +82,54 @@ def test_exact_calibration_targets_follow_the_oracle(tester, monkeypatch):
     assert calibration_targets(model, inputs, 0.05, target="exact").tolist() == [1, 0, 0]
     with pytest.raises(ValueError, match="calibration target"):
         calibration_targets(model, inputs, 0.05, target="best")
+
+
+# --- the token price's temperature ----------------------------------------------------------------------------------
+
+
+def test_fit_temperature_recovers_the_sampling_temperature():
+    from modeling_arrcoc import statistics
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 5)) * 3.0
+    true_temperature = 2.5
+    probs = np.exp(logits / true_temperature)
+    probs /= probs.sum(-1, keepdims=True)
+    targets = np.array([rng.choice(5, p=p) for p in probs])
+    fit = statistics.fit_temperature(logits, targets)
+    assert abs(np.log(fit["temperature"] / true_temperature)) < 0.15 and fit["nll"] < fit["nll_at_1"]
+    with pytest.raises(ValueError, match="one target per row"):
+        statistics.fit_temperature(logits, targets[:10])
+
+
+def test_temperature_spreads_a_price_over_questions_but_keeps_the_predicted_tier(tester):
+    """At price 0 the predicted tier whatever the temperature; at a price, a flatter (higher-temperature) predictor
+    moves more questions off their predicted tier."""
+    model = tester.get_model()
+    logits = torch.tensor([[4.0, 0.0, -4.0], [0.0, 4.0, 0.0], [-4.0, 0.0, 4.0]])
+    resolve = model.model.resolve_budget
+    base = resolve("auto", logits, tester.num_patches)[1]
+    model.config.budget_temperature = 8.0
+    assert torch.equal(resolve("auto", logits, tester.num_patches)[1], base)
+    hot = resolve("auto", logits, tester.num_patches, budget_cost=0.3)[1]
+    model.config.budget_temperature = 1.0
+    cold = resolve("auto", logits, tester.num_patches, budget_cost=0.3)[1]
+    assert torch.equal(cold, base) and (hot <= base).all() and (hot < base).any()
+    with pytest.raises(ValueError, match="budget_temperature"):
+        tester.get_config(budget_temperature=0.0)
+
+
+def test_fit_budget_temperature_writes_the_config(tiny):
+    from modeling_arrcoc.data import render_sample
+    from modeling_arrcoc.data.collator import ArrCocCollator
+    from modeling_arrcoc.training.calibration import fit_budget_temperature
+
+    model, processor = tiny
+    rows = [render_sample("local_color", np.random.default_rng(i), 64, 8) for i in range(6)]
+    before = model.config.budget_temperature
+    try:
+        fit = fit_budget_temperature(model, ArrCocCollator(processor, patch_size=8), rows, batch_size=4)
+        assert fit["rows"] == 6 and model.config.budget_temperature == fit["temperature"] > 0
+        assert fit["nll"] <= fit["nll_at_1"] + 1e-9
+    finally:
+        model.config.budget_temperature = before

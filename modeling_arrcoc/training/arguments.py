@@ -125,6 +125,11 @@ class ArrCocTrainingArguments(TrainingArguments):
                        "evaluation's oracle; none -> the smallest) or 'loss' (the smallest within "
                        "calibration_tolerance of the best loss)."),
     )
+    fit_budget_temperature: int = field(
+        default=0,
+        metadata=_help("After training, fit the budget predictor's temperature (config.budget_temperature, used by a "
+                       "token price) on this many validation rows against their oracle-minimal tiers; 0 = off."),
+    )
     calibration_max_loss: float | None = field(
         default=None, metadata=_help("Nats/token above which a tier does not answer; unanswered -> smallest tier.")
     )
@@ -286,6 +291,7 @@ class ArrCocTrainingArguments(TrainingArguments):
         _check_at_least("calibration_samples", self.calibration_samples, 1)
         if self.calibration_tolerance < 0:
             raise ValueError(f"calibration_tolerance must be >= 0, got {self.calibration_tolerance}.")
+        _check_at_least("fit_budget_temperature", self.fit_budget_temperature, 0)
         if self.calibration_target not in CALIBRATION_TARGETS:
             raise ValueError(f"calibration_target must be one of {list(CALIBRATION_TARGETS)}, got "
                              f"{self.calibration_target!r}.")

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import torch
 from torch.nn import functional as F
 
+from .. import statistics
 from ..modeling_arrcoc import answer_window
 
 CALIBRATION_TARGETS = ("exact", "loss")
@@ -69,6 +70,28 @@ def calibration_targets(model, inputs: dict, tolerance: float, max_loss: float |
     return smallest_sufficient_tier(torch.stack([loss for loss, _ in runs], dim=-1), tolerance, max_loss)
 
 
+@torch.no_grad()
+def fit_budget_temperature(model, collator, rows: list, batch_size: int = 16) -> dict:
+    """Fit `config.budget_temperature` on held-out `rows` (one question each): the temperature under which the budget
+    predictor's tier probabilities best fit each row's oracle-minimal tier (the smallest whose greedy answer is
+    exact; none -> the smallest), by `statistics.fit_temperature`. Writes it into `model.config` and returns the fit
+    with the number of rows. The predicted tier does not change; a token price then moves questions across tiers
+    one by one."""
+    logits, targets = [], []
+    with _eval_mode(model):
+        for start in range(0, len(rows), batch_size):
+            batch = collator(rows[start : start + batch_size])
+            inputs = {key: batch[key].to(model.device) for key in ("input_ids", "attention_mask", "labels",
+                                                                   "pixel_values")}
+            targets.append(calibration_targets(model, inputs, 0.0, target="exact"))
+            plan = model.plan_allocation(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                         labels=inputs["labels"], pixel_values=inputs["pixel_values"])
+            logits.append(plan.budget_logits.float())
+    fit = statistics.fit_temperature(torch.cat(logits).cpu().numpy(), torch.cat(targets).cpu().numpy())
+    model.config.budget_temperature = fit["temperature"]
+    return {**fit, "rows": len(rows)}
+
+
 @contextmanager
 def _eval_mode(model):
     was_training = model.training
@@ -93,6 +116,7 @@ def step_tier(seed: int, step: int, num_tiers: int, weights: list[float] | None 
 __all__ = [
     "CALIBRATION_TARGETS",
     "calibration_targets",
+    "fit_budget_temperature",
     "smallest_exact_tier",
     "per_sample_answer_loss",
     "smallest_sufficient_tier",
