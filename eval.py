@@ -80,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="A known limitation to state in the model card (repeatable).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random@K baseline.")
     parser.add_argument("--synthetic-seed", type=int, default=0, help="Seed of the synthetic pages.")
+    parser.add_argument("--synthetic-families", default=None, type=families_from, metavar="F1,F2,...",
+                        help="Synthetic task families to evaluate (default: all; make demo: the ones the base reads).")
     parser.add_argument("--cache-dir", default=None, help="datasets cache for the synthetic suite.")
     parser.add_argument("--heatmaps-per-task", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -96,6 +98,14 @@ def load_checkpoint(path: str, device: str = "cpu"):
 
 def baselines_from(text: str) -> tuple:
     return () if text.strip().lower() == "none" else tuple(b.strip() for b in text.split(",") if b.strip())
+
+
+def families_from(text: str) -> tuple:
+    families = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = set(families) - set(FAMILIES)
+    if unknown or not families:
+        raise argparse.ArgumentTypeError(f"unknown synthetic families {sorted(unknown)}; known: {list(FAMILIES)}")
+    return families
 
 
 def costs_from(text: str) -> tuple:
@@ -228,13 +238,14 @@ def main(argv=None) -> dict:
     model, processor = load_checkpoint(args.checkpoint, args.device)
     vision = model.config.vision_config
     data = load_eval_dataset(args.dataset, args.split, args.num_samples, vision.image_size, vision.patch_size,
-                             args.cache_dir, seed=args.synthetic_seed, path=args.dataset_path)
+                             args.cache_dir, seed=args.synthetic_seed, path=args.dataset_path,
+                             families=args.synthetic_families)
     print(f"{args.checkpoint}: {len(data.dataset)} questions of {args.dataset} ({data.split}), metric {data.metric}")
     baselines = baselines_from(args.baselines)
     methods = method_names(model.config.budgets, args.budget, baselines, args.budget_costs)
     trained = [load_trained(name, path, args.device, args.budget, baselines) for name, path in args.method]
     meta = {"checkpoint": str(args.checkpoint), "dataset": args.dataset, "dataset_source": data.source,
-            "split": data.split, "commit": git_commit(ROOT),
+            "split": data.split, "commit": git_commit(ROOT), "evaluated_families": args.synthetic_families,
             "trained_families": trained_families(args.checkpoint, args.training_config)}
     output_dir = Path(args.output_dir)
     report = evaluate(model, processor, data.dataset, data.metric, methods, args.batch_size, args.max_new_tokens,

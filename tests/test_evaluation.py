@@ -1,5 +1,6 @@
 """Evaluation: methods, measured tokens, scoring, calibration, the JSON report, figures, eval.py and the model card."""
 
+import argparse
 import json
 
 import numpy as np
@@ -504,3 +505,14 @@ def test_token_prices_name_auto_methods_and_trace_its_curve_against_the_frontier
     assert cheap["difference"] == pytest.approx(0.25) and cheap["low"] <= 0.25 <= cheap["high"]
     assert curve[2]["difference"] == 0.0, "at the largest tier auto is the frontier"
     assert "Auto's own curve" in " ".join(headline(report))
+
+
+def test_synthetic_evaluation_can_keep_the_taught_families(tmp_path):
+    data = E.load_eval_dataset("synthetic", num_samples=12, image_size=64, patch_size=8, cache_dir=str(tmp_path),
+                               families=("local_color", "global_count"))
+    assert len(data.dataset) == 12 and set(data.dataset["task"]) <= {"local_color", "global_count"}
+    with pytest.raises(ValueError, match="Hub dataset"):
+        E.load_eval_dataset("docvqa", families=("local_color",))
+    assert eval_script.families_from("local_color, chart") == ("local_color", "chart")
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown synthetic families"):
+        eval_script.families_from("local_colour")

@@ -1,9 +1,10 @@
-"""What a checkpoint's language model does with the visual tokens: for local_color pages at full tokens (no tag),
+"""What a checkpoint's language model does with the visual tokens: for local_color pages (no tag), at full tokens or
+at K tokens of the reader stage's sparse view (the answer cell plus random distractors),
 how well each layer's hidden state at the visual positions still encodes the cell's digit (a ridge probe on half the
 tokens, scored on the other half), and where each head of each layer looks from the answer-predicting position
 (attention mass on the answer cell).
 
-    python tools/reader_probe.py CHECKPOINT [--pages 8]
+    python tools/reader_probe.py CHECKPOINT [--pages 8] [--tokens 4]
 
 docs/demo_model.md uses it to show why supervising the attention of layers 1-3 kept the answers at chance: layer 0
 rewrote the visual positions and the digits were gone from them by layer 1.
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import modeling_arrcoc  # noqa: F401, E402  (registers the Auto classes)
 from modeling_arrcoc.data import render_sample  # noqa: E402
 from modeling_arrcoc.data.collator import ArrCocCollator  # noqa: E402
-from modeling_arrcoc.training.reader import llm_attention_loss  # noqa: E402
+from modeling_arrcoc.training.reader import llm_attention_loss, sparse_view_scores  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
 
@@ -37,21 +38,33 @@ def ridge_accuracy(features: torch.Tensor, labels: torch.Tensor, classes: int = 
 
 
 @torch.no_grad()
-def probe(checkpoint: str, pages: int = 8, seed: int = 14) -> dict:
+def probe(checkpoint: str, pages: int = 8, seed: int = 14, tokens: int | None = None) -> dict:
     model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
     model.model.language_model.set_attn_implementation("eager")
     rows = [render_sample("local_color", np.random.default_rng([seed, i])) for i in range(pages)]
     batch = ArrCocCollator(processor)(rows)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                pixel_values=batch["pixel_values"], budget="full", selection="full", output_hidden_states=True,
-                output_attentions=True)
+    prompt = {key: batch[key] for key in ("input_ids", "attention_mask", "labels")}
+    if tokens is None:
+        plan = model.plan_allocation(**prompt, pixel_values=batch["pixel_values"], budget="full", selection="full")
+    else:
+        scores = sparse_view_scores(batch["patch_targets"], torch.Generator().manual_seed(seed))
+        plan = model.plan_allocation(**prompt, pixel_values=batch["pixel_values"], budget=tokens, selection="learned",
+                                     selection_scores=scores)
+    out = model(**prompt, plan=plan, output_hidden_states=True, output_attentions=True)
     image = out.image_outputs
     count = int(image.visual_token_mask.sum(-1)[0])
+    answers = torch.tensor([int(row["answers"][0]) for row in rows])
+    first_answer = (batch["labels"] != -100).int().argmax(-1)
+    from_end = batch["labels"].shape[1] - first_answer + 1  # the position before the answer, from the end
+    predicted = out.logits[torch.arange(pages), out.logits.shape[1] - from_end].argmax(-1)
+    digits = processor.tokenizer.convert_tokens_to_ids([str(d) for d in range(10)])
+    accuracy = float((predicted == torch.tensor(digits)[answers]).float().mean())
     # Where the visual tokens sit in the spliced sequence: the layer-0 input equals their embeddings there.
     first = [int(((out.hidden_states[0][b] - image.pooler_output[b, 0]).abs().sum(-1) < 1e-4).nonzero()[0, 0])
              for b in range(pages)]
-    glyphs = batch["visual_targets"][..., 0].reshape(-1)
+    sources = image.token_sources[..., None].expand(-1, -1, 2)
+    glyphs = batch["visual_targets"].gather(1, sources)[..., 0].reshape(-1)
     has_digit = (glyphs >= 1) & (glyphs <= 10)
     decodable = []
     for hidden in out.hidden_states:
@@ -62,16 +75,20 @@ def probe(checkpoint: str, pages: int = 8, seed: int = 14) -> dict:
         out.attentions, [layer], batch["input_ids"], batch["attention_mask"], batch["labels"],
         model.config.image_token_id, image.visual_token_mask, image.token_sources, turn_targets, head=head)))
         for head in range(out.attentions[layer].shape[1])] for layer in range(len(out.attentions))]
-    return {"glyph_decodable_per_layer_input": decodable, "answer_attention_per_layer_head": attention}
+    return {"glyph_decodable_per_layer_input": decodable, "answer_attention_per_layer_head": attention,
+            "first_answer_token_accuracy": accuracy, "visual_tokens": count}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--pages", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=None, help="the sparse view at this many tokens (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    result = probe(args.checkpoint, args.pages)
+    result = probe(args.checkpoint, args.pages, tokens=args.tokens)
+    print(f"{result['visual_tokens']} visual tokens; the answer's digit is the argmax on "
+          f"{result['first_answer_token_accuracy']:.2f} of the pages")
     print("digit decodable at the visual positions, input of layer 0..L:",
           " ".join(f"{value:.2f}" for value in result["glyph_decodable_per_layer_input"]))
     for layer, heads in enumerate(result["answer_attention_per_layer_head"]):

@@ -16,20 +16,24 @@ class EvalData:
 
 
 def load_eval_dataset(name: str, split=None, num_samples=None, image_size=256, patch_size=16, cache_dir=None,
-                      seed=0, path=None) -> EvalData:
+                      seed=0, path=None, families=None) -> EvalData:
     """"synthetic" or a Hub dataset name (see `data.HUB_DATASETS`), with the metric it is scored by.
 
     The synthetic suite is rendered at the checkpoint's geometry (`image_size`, `patch_size`) with pages seeded by
-    `seed`; only the requested split is made at full size. Hub rows without reference answers (test splits) are
+    `seed`; only the requested split is made at full size; `families` (synthetic only) restricts its task families
+    (None: all of them). Hub rows without reference answers (test splits) are
     dropped; `path` reads a local copy of a Hub dataset.
     """
     if name == SYNTHETIC:
         split = split or "test"
         sizes = {f"num_{s}": 1 for s in ("train", "validation", "test")}
         sizes[f"num_{split}"] = num_samples or getattr(SyntheticConfig(), f"num_{split}")
+        extra = {} if families is None else {"families": tuple(families)}
         suite = make_synthetic_suite(image_size=image_size, patch_size=patch_size, seed=seed, cache_dir=cache_dir,
-                                     **sizes)
+                                     **sizes, **extra)
         return EvalData(suite[split], SYNTHETIC_METRIC, SYNTHETIC, split)
+    if families is not None:
+        raise ValueError(f"families select synthetic task families; {name!r} is a Hub dataset.")
     key = resolve_name(name)
     spec = HUB_DATASETS[key]
     split = split or spec.split
