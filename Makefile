@@ -128,7 +128,15 @@ NOFOLD_METHOD := relevance_tag=true fold_dropped=false
 CONSTANT_TIER := 4
 CONSTANT_METHOD := relevance_tag=true train_budget=$(CONSTANT_TIER) eval_budget=$(CONSTANT_TIER) calibration_every=0 loss_weight_budget=0.0 \
 	loss_weight_efficiency=0.0
-BASELINE_RUNS := saliency random no_tag no_fold constant_tier
+# Which runs `make baselines` trains and evaluates; a subset is allowed (make baselines BASELINE_RUNS=no_tag), each run
+# evaluated under its report name.
+BASELINE_RUNS ?= saliency random no_tag no_fold constant_tier
+REPORT_NAME_saliency := saliency_topk
+REPORT_NAME_random := random
+REPORT_NAME_no_tag := ablation_no_tag
+REPORT_NAME_no_fold := ablation_no_fold
+REPORT_NAME_constant_tier := ablation_constant_tier
+BASELINE_TRAINED := $(foreach run,$(BASELINE_RUNS),--method $(REPORT_NAME_$(run))=$(DEMO)/$(run)/phase3/checkpoint)
 .PHONY: $(addprefix baseline-,$(BASELINE_RUNS))
 baseline-saliency: venv
 	$(call train_method,saliency,$(SALIENCY_METHOD))
@@ -145,11 +153,7 @@ baselines: venv
 	$(call started,$(DEMO)/baselines)
 	$(PARALLEL) $(addprefix baseline-,$(BASELINE_RUNS))
 	$(PY) eval.py $(DEMO)/checkpoint --dataset synthetic --split test --budget all --num-samples 1200 $(EVAL_FAMILIES) \
-		$(TRAINED) --method saliency_topk=$(DEMO)/saliency/phase3/checkpoint --method random=$(DEMO)/random/phase3/checkpoint \
-		--method ablation_no_tag=$(DEMO)/no_tag/phase3/checkpoint \
-		--method ablation_no_fold=$(DEMO)/no_fold/phase3/checkpoint \
-		--method ablation_constant_tier=$(DEMO)/constant_tier/phase3/checkpoint \
-		--baselines query_sim $(BUDGET_COSTS) --output-dir $(DEMO)/baselines $(DEMO_CONFIGS)
+		$(TRAINED) $(BASELINE_TRAINED) --baselines query_sim $(BUDGET_COSTS) --output-dir $(DEMO)/baselines $(DEMO_CONFIGS)
 	$(call finished,$(DEMO)/baselines)
 
 bench: venv
