@@ -127,7 +127,8 @@ def test_memory_phase1_keeps_state_for_allocator_and_adapter_only(results):
     phase = produced["memory"]["phases"]["phase1"]
     assert phase["components_with_state"] == ["allocator", "quality_adapter"]
     assert phase["peak_rss_mib"]["median"] >= phase["baseline_rss_mib"]["median"] > 0
-    assert phase["peak_over_baseline_mib"]["median"] >= 0
+    # the growth is the peak minus a positive baseline: never more than the peak itself
+    assert phase["peak_over_baseline_mib"]["median"] <= phase["peak_rss_mib"]["median"]
     assert phase["moments_over_expected"] > 0
     assert phase["moments_over_expected_with_gradient"] == pytest.approx(1.0)
 

@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,7 +284,9 @@ def test_cli_report_has_every_method_and_field(cli_run):
     assert {k: meta[k] for k in ("dataset", "split", "num_samples", "metric")} == {
         "dataset": "synthetic", "split": "test", "num_samples": NUM_SAMPLES, "metric": "exact_match"}
     assert meta["checkpoint"].endswith("tiny-checkpoint0") and meta["created"]
-    assert meta["commit"] is None or len(meta["commit"]) == 40
+    # The commit of the code that evaluated: this checkout's HEAD (None only outside a git checkout).
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(E.__file__).parent, capture_output=True, text=True)
+    assert meta["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     assert json.loads((out / "eval.json").read_text()) == report
 
 

@@ -169,7 +169,10 @@ def test_a_fixed_compression_baseline_has_no_learned_budget(values, message, tmp
     dict(selection_method="learned", relevance_tag=False),  # the "no tag" ablation
 ])
 def test_baseline_training_combinations_that_work(values, tmp_path):
-    ArrCocTrainingArguments(output_dir=str(tmp_path), **values)
+    args = ArrCocTrainingArguments(output_dir=str(tmp_path), **values)
+    assert {name: getattr(args, name) for name in values} == {k: str(v) if k.endswith("budget") else v
+                                                              for k, v in values.items()}
+    args.check_selection(args.selection_method)  # the trainer's check on the model's resolved selection passes too
 
 
 def test_learning_curves_follow_the_models_own_selection():

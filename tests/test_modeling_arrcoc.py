@@ -36,7 +36,9 @@ def test_loss_fields_none_without_labels(tester):
     inputs.pop("labels")
     out = model(**inputs)
     assert all(getattr(out, name) is None for name in OUTPUT_FIELDS)
-    assert out.visual_token_counts is not None
+    # Tokens are measured without labels too: each sample's count is its predicted tier's tokens.
+    expected = [min(tester.budgets[int(t)], tester.num_patches) for t in out.budget_tiers]
+    assert out.visual_token_counts.tolist() == expected
 
 
 def test_loss_is_weighted_sum_of_components(tester):
