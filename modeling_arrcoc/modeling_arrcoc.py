@@ -1061,11 +1061,13 @@ def _token_targets(visual_targets, token_sources):
     return targets.gather(1, index)  # [B, K, M]
 
 
-def weighted_loss(losses: dict, loss_weights: dict | None = None) -> torch.Tensor:
+def weighted_loss(losses: dict, loss_weights: dict | None = None, extra_terms: tuple = ("budget",)) -> torch.Tensor:
     """The one loss weighting: sum of weight x component over the components present (forward and the trainer
-    both call it). Unknown component names are an error; without weights the answer loss alone."""
+    both call it). Unknown component names are an error; `extra_terms` are the caller's own terms besides the
+    model's (the trainer passes its list; forward keeps accepting a calibration weight it never computes). Without
+    weights the answer loss alone."""
     weights = {"answer": 1.0} if loss_weights is None else loss_weights
-    unknown = set(weights) - set(LOSS_COMPONENTS) - {"budget", "llm_attention"}  # the trainer's own terms
+    unknown = set(weights) - set(LOSS_COMPONENTS) - set(extra_terms)
     if unknown:
         raise ValueError(f"Unknown loss components {sorted(unknown)}; expected some of {LOSS_COMPONENTS}.")
     terms = [w * losses[name].float() for name, w in weights.items() if w and losses.get(name) is not None]

@@ -157,19 +157,11 @@ def _left_pad_labelled(sequences, labels, pad_id) -> dict:
 
 
 def _left_pad(prompts, answers, pad_id) -> dict:
-    width = max(len(p) + len(a) for p, a in zip(prompts, answers))
-    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(prompts), width), -100, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for b, (prompt, answer) in enumerate(zip(prompts, answers)):
-        row = prompt + answer
-        input_ids[b, width - len(row):] = torch.tensor(row)
-        attention_mask[b, width - len(row):] = 1
-        if answer:
-            labels[b, width - len(answer):] = torch.tensor(answer)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if any(answers):
-        batch["labels"] = labels
+    """Prompt then answer per row, left-padded; labels on the answers only, and no labels without answers."""
+    batch = _left_pad_labelled([p + a for p, a in zip(prompts, answers)],
+                               [[-100] * len(p) + a for p, a in zip(prompts, answers)], pad_id)
+    if not any(answers):
+        del batch["labels"]
     return batch
 
 

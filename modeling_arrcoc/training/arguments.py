@@ -163,7 +163,8 @@ class ArrCocTrainingArguments(TrainingArguments):
         default=0.0,
         metadata=_help("Base pretraining only: weight of the language model's attention supervision (one head per "
                        "layer in llm_attention_layers, from each answer-predicting position toward that answer's "
-                       "patches; reader.py). Runs the language model with eager attention."),
+                       "patches; reader.py). Runs the language model with eager attention. Checked with the other "
+                       "loss weights (WEIGHTED_TERMS)."),
     )
     llm_attention_layers: list[int] = field(
         default_factory=lambda: [1],
@@ -316,10 +317,6 @@ class ArrCocTrainingArguments(TrainingArguments):
             self.training_views = {name: float(weight) for name, weight in views.items()}
         if self.distractor_curriculum_steps and self.training_views is None:
             raise ValueError("distractor_curriculum_steps needs training_views (it grows the views' tiers).")
-        if not (math.isfinite(self.loss_weight_llm_attention) and self.loss_weight_llm_attention >= 0):
-            raise ValueError(f"loss_weight_llm_attention must be finite and >= 0, got {self.loss_weight_llm_attention}.")
-        if self.loss_weight_llm_attention and self.questions_per_image < 1:
-            raise ValueError("loss_weight_llm_attention needs questions_per_image >= 1.")
 
     def _check_schedule_options(self):
         _check_at_least("max_nonfinite_steps", self.max_nonfinite_steps, 1)

@@ -51,23 +51,29 @@ def smallest_sufficient_tier(losses: torch.Tensor, tolerance: float, max_loss: f
 
 
 @torch.no_grad()
-def calibration_targets(model, inputs: dict, tolerance: float, max_loss: float | None = None,
-                        target: str = "loss") -> torch.Tensor:
-    """The oracle-minimal tier of each sample (`target` "exact" or "loss", see the module docstring): every tier is
-    run, SAM and the allocator only once."""
-    if target not in CALIBRATION_TARGETS:
-        raise ValueError(f"calibration target must be one of {CALIBRATION_TARGETS}, got {target!r}.")
+def tier_runs(model, inputs: dict) -> tuple:
+    """Every tier on `inputs` from one allocation plan (SAM and the allocator once, replanned per tier): (plan,
+    losses [B, T] as `per_sample_answer_loss`, exact [B, T] whether each tier's greedy answer is exact)."""
     inputs = dict(inputs)
     pixel_values, patch_features = inputs.pop("pixel_values", None), inputs.pop("patch_features", None)
     with _eval_mode(model):
-        # One allocation plan (SAM and the allocator once), replanned at each tier.
         plan = model.plan_allocation(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                      labels=inputs["labels"], pixel_values=pixel_values, patch_features=patch_features)
         runs = [per_sample_answer_loss(model, inputs, plan=model.model.replan(plan, value), with_exact=True)
                 for value in model.config.budgets]
+    return plan, torch.stack([loss for loss, _ in runs], dim=-1), torch.stack([exact for _, exact in runs], dim=-1)
+
+
+def calibration_targets(model, inputs: dict, tolerance: float, max_loss: float | None = None,
+                        target: str = "loss") -> torch.Tensor:
+    """The oracle-minimal tier of each sample (`target` "exact" or "loss", see the module docstring), from
+    `tier_runs`."""
+    if target not in CALIBRATION_TARGETS:
+        raise ValueError(f"calibration target must be one of {CALIBRATION_TARGETS}, got {target!r}.")
+    _, losses, exact = tier_runs(model, inputs)
     if target == "exact":
-        return smallest_exact_tier(torch.stack([exact for _, exact in runs], dim=-1))
-    return smallest_sufficient_tier(torch.stack([loss for loss, _ in runs], dim=-1), tolerance, max_loss)
+        return smallest_exact_tier(exact)
+    return smallest_sufficient_tier(losses, tolerance, max_loss)
 
 
 @torch.no_grad()
@@ -78,15 +84,13 @@ def fit_budget_temperature(model, collator, rows: list, batch_size: int = 16) ->
     with the number of rows. The predicted tier does not change; a token price then moves questions across tiers
     one by one."""
     logits, targets = [], []
-    with _eval_mode(model):
-        for start in range(0, len(rows), batch_size):
-            batch = collator(rows[start : start + batch_size])
-            inputs = {key: batch[key].to(model.device) for key in ("input_ids", "attention_mask", "labels",
-                                                                   "pixel_values")}
-            targets.append(calibration_targets(model, inputs, 0.0, target="exact"))
-            plan = model.plan_allocation(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                         labels=inputs["labels"], pixel_values=inputs["pixel_values"])
-            logits.append(plan.budget_logits.float())
+    for start in range(0, len(rows), batch_size):
+        batch = collator(rows[start : start + batch_size])
+        inputs = {key: batch[key].to(model.device) for key in ("input_ids", "attention_mask", "labels",
+                                                               "pixel_values")}
+        plan, _, exact = tier_runs(model, inputs)  # the plan's budget logits and the oracle, one SAM pass
+        logits.append(plan.budget_logits.float())
+        targets.append(smallest_exact_tier(exact))
     fit = statistics.fit_temperature(torch.cat(logits).cpu().numpy(), torch.cat(targets).cpu().numpy())
     model.config.budget_temperature = fit["temperature"]
     return {**fit, "rows": len(rows)}
@@ -118,6 +122,7 @@ __all__ = [
     "calibration_targets",
     "fit_budget_temperature",
     "smallest_exact_tier",
+    "tier_runs",
     "per_sample_answer_loss",
     "smallest_sufficient_tier",
     "step_tier",

@@ -51,7 +51,7 @@ from transformers.utils import logging
 
 from ..data.sampler import IndexedCollator, TierGroupedBatchSampler, curriculum_indices, question_tiers, with_sample_index
 from ..modeling_arrcoc import LOSS_COMPONENTS, answer_window, weighted_loss
-from .arguments import COMPONENTS, WEIGHTED_TERMS, ArrCocTrainingArguments
+from .arguments import COMPONENTS, TRAINER_TERMS, WEIGHTED_TERMS, ArrCocTrainingArguments
 from .calibration import calibration_targets, step_tier
 from .guards import NonFiniteGuard, NonFiniteLossError, SamFeatureCache, last_checkpoint
 from .optim import check_param_groups, component_param_groups
@@ -288,7 +288,7 @@ class ArrCocTrainer(Trainer):
         return weights
 
     def weighted_loss(self, components: dict, visual_token_counts, config) -> torch.Tensor:
-        loss = weighted_loss(components, self.loss_weights())
+        loss = weighted_loss(components, self.loss_weights(), extra_terms=TRAINER_TERMS)
         if self.args.grad_normalization == "visual_tokens":
             # Batches at large K send gradient through more visual tokens; scale them back to the mean tier.
             mean_tier = sum(min(b, config.num_patches) for b in config.budgets) / len(config.budgets)
