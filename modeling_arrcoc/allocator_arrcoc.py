@@ -122,8 +122,8 @@ class ArrCocCompressionHeads(nn.Module):
         # Zero-init: at the start a pretrained CLIP sees plain SAM features.
         self.fold_proj = ArrCocZeroInitLinear(channels, channels)
 
-    def forward(self, features, scores, counts):
-        kept_index, token_mask = top_k_raster(scores, counts)
+    def forward(self, features, scores, counts, static_tokens=None):
+        kept_index, token_mask = top_k_raster(scores, counts, k_max=static_tokens)
         batch = torch.arange(features.shape[0], device=features.device)[:, None]
         tokens = features[batch, kept_index]
         if self.fold_dropped:
@@ -164,10 +164,11 @@ def standardize(scores: torch.Tensor) -> torch.Tensor:
     return (scores - scores.mean(-1, keepdim=True)) / (scores.std(-1, keepdim=True) + 1e-6)
 
 
-def top_k_raster(scores: torch.Tensor, counts: torch.Tensor):
-    """Indices of each row's top-`counts[b]` scores in raster order, padded to the largest count."""
+def top_k_raster(scores: torch.Tensor, counts: torch.Tensor, k_max: int | None = None):
+    """Indices of each row's top-`counts[b]` scores in raster order, padded to the largest count. `k_max`: that
+    largest count when the caller knows it on the host (a fixed tier): nothing is read back, so it compiles whole."""
     num_patches = scores.shape[1]
-    k_max = int(counts.max())
+    k_max = int(counts.max()) if k_max is None else k_max
     order = scores.topk(k_max, dim=-1).indices
     valid = torch.arange(k_max, device=scores.device)[None] < counts[:, None]
     # Padding gets a sentinel past every real index, so an ascending sort puts it last.

@@ -113,7 +113,9 @@ class ArrCocAllocationPlan:
     patch_features: [B, N, C] SAM features. patch_scores / hotspot_scores: [B, N] the allocator's scores and its
     query-agnostic saliency. budget_logits: [B, n_tiers]. budget_tiers: [B] tier index per sample.
     visual_token_counts: [B] tokens each sample keeps. selection_scores: [B, N] what the top-K rule ranks by (None
-    for uniform pooling). selection: the selection rule's name.
+    for uniform pooling). selection: the selection rule's name. static_tokens: the tokens every sample keeps when
+    that is known on the host (a fixed tier, "full", or one tier group of an auto batch), else None: it fixes every
+    shape of the forward, so a forced tier compiles as one graph (`torch.compile(fullgraph=True)`) with no read-back.
     """
 
     patch_features: torch.Tensor
@@ -124,16 +126,44 @@ class ArrCocAllocationPlan:
     visual_token_counts: torch.Tensor
     selection_scores: torch.Tensor | None
     selection: str = "learned"
+    static_tokens: int | None = None
 
     def tier_groups(self) -> dict:
         """{tier index: sample indices} in ascending tier order: the batches generation runs without padding."""
         return {tier: (self.budget_tiers == tier).nonzero().flatten() for tier in self.budget_tiers.unique().tolist()}
 
-    def subset(self, index) -> "ArrCocAllocationPlan":
-        """The plan of the samples at `index` (decisions are per sample, so nothing is recomputed)."""
-        fields = {name: None if value is None or isinstance(value, str) else value[index]
-                  for name, value in vars(self).items()}
-        return ArrCocAllocationPlan(**{**fields, "selection": self.selection})
+    def tier_group(self, index) -> "ArrCocAllocationPlan":
+        """The plan of one tier group (`tier_groups`' samples `index`): every sample keeps the same number of tokens,
+        so the group's shapes are static (one compiled graph per tier group under "auto")."""
+        return self.subset(index, static_tokens=int(self.visual_token_counts[index[0]]))
+
+    def subset(self, index, static_tokens: int | None = None) -> "ArrCocAllocationPlan":
+        """The plan of the samples at `index` (decisions are per sample, so nothing is recomputed).
+        static_tokens: their common token count, when the caller knows it (one tier group); else the plan's own."""
+        fields = {name: value[index] for name, value in vars(self).items() if isinstance(value, torch.Tensor)}
+        static_tokens = self.static_tokens if static_tokens is None else static_tokens
+        return dataclasses.replace(self, **fields, static_tokens=static_tokens)
+
+
+# The plan's host-side decisions (the rule's name, a known token count) are pytree context, its tensors children:
+# torch.export / torch.compile outputs can then carry the plan (in `image_outputs`) like any model output.
+_PLAN_HOST_FIELDS = ("selection", "static_tokens")
+
+
+def _flatten_plan(plan):
+    names = tuple(field.name for field in dataclasses.fields(plan) if field.name not in _PLAN_HOST_FIELDS)
+    return [getattr(plan, name) for name in names], (names, *(getattr(plan, name) for name in _PLAN_HOST_FIELDS))
+
+
+def _unflatten_plan(children, context):
+    names, *host = context
+    return ArrCocAllocationPlan(**dict(zip(names, children)), **dict(zip(_PLAN_HOST_FIELDS, host)))
+
+
+torch.utils._pytree.register_pytree_node(
+    ArrCocAllocationPlan, _flatten_plan, _unflatten_plan,
+    serialized_type_name=f"{__name__}.ArrCocAllocationPlan",  # this module's own name: a remote-code copy differs
+)
 
 
 @dataclass
@@ -341,14 +371,17 @@ class ArrCocModel(ArrCocPreTrainedModel):
             patch_features=features, patch_scores=decision.patch_scores, hotspot_scores=decision.hotspot_scores,
             budget_logits=decision.budget_logits, budget_tiers=tiers, visual_token_counts=counts,
             selection_scores=selection_scores, selection=selection,
+            static_tokens=self.static_tokens(budget, features.shape[1]),
         )
 
     def replan(self, plan: ArrCocAllocationPlan, budget, budget_cost=0.0) -> ArrCocAllocationPlan:
         """`plan` at another budget: the allocator's scores are reused, only tiers and token counts change (the
         budget calibration runs every tier on one allocator forward). A "full" plan stays full."""
         budget = "full" if plan.selection == "full" else budget
-        counts, tiers = self.resolve_budget(budget, plan.budget_logits, plan.patch_features.shape[1], budget_cost)
-        return dataclasses.replace(plan, budget_tiers=tiers, visual_token_counts=counts)
+        num_patches = plan.patch_features.shape[1]
+        counts, tiers = self.resolve_budget(budget, plan.budget_logits, num_patches, budget_cost)
+        return dataclasses.replace(plan, budget_tiers=tiers, visual_token_counts=counts,
+                                   static_tokens=self.static_tokens(budget, num_patches))
 
     @staticmethod
     def _selection_scores(decision, selection, generator):
@@ -390,18 +423,30 @@ class ArrCocModel(ArrCocPreTrainedModel):
         counts = torch.tensor(config.budgets, device=device)[tiers].clamp(max=num_patches)
         return counts, tiers
 
+    def static_tokens(self, budget, num_patches) -> int | None:
+        """The tokens every sample keeps under `budget` when the host knows it without reading a tensor: "full"
+        or one tier for the whole batch (the counts `resolve_budget` gives, as a Python int); None under "auto"
+        and per-sample budgets, whose counts are data."""
+        if isinstance(budget, str):
+            return num_patches if budget == "full" else None
+        if isinstance(budget, (list, tuple, torch.Tensor)):
+            return None
+        return min(self.config.tier_value(self.config.tier_index(budget)), num_patches)
+
     def select(self, plan: ArrCocAllocationPlan) -> Selection:
         """The kept (or pooled) tokens of `plan`: top-K in raster order with dropped patches folded in, or
         DeepSeek-OCR-style uniform pooling."""
         if plan.selection == "uniform":
-            return self._uniform_selection(plan.patch_features, plan.visual_token_counts)
-        return self.allocator.compression_heads(plan.patch_features, plan.selection_scores, plan.visual_token_counts)
+            return self._uniform_selection(plan.patch_features, plan.visual_token_counts, plan.static_tokens)
+        return self.allocator.compression_heads(plan.patch_features, plan.selection_scores, plan.visual_token_counts,
+                                                static_tokens=plan.static_tokens)
 
-    def _uniform_selection(self, features, counts):
+    def _uniform_selection(self, features, counts, static_tokens=None):
         """DeepSeek-OCR-style fixed compression: average-pool the grid to K cells, whatever the question."""
-        if counts.unique().numel() != 1:
+        if static_tokens is None and counts.unique().numel() != 1:
             raise ValueError("Uniform pooling takes one budget per batch; group the batch by tier.")
-        count, grid = int(counts[0]), self.config.grid_size
+        count = int(counts[0]) if static_tokens is None else static_tokens
+        grid = self.config.grid_size
         rows, cols = self.config.pool_shape(count)
         eye = torch.eye(features.shape[1], dtype=features.dtype, device=features.device).view(-1, 1, *grid)
         weights = F.adaptive_avg_pool2d(eye, (rows, cols)).flatten(1).T.unsqueeze(0)  # [1, K, N]
@@ -468,7 +513,8 @@ class ArrCocModel(ArrCocPreTrainedModel):
         text_embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
         attention_mask = _ones_mask(text_embeds) if attention_mask is None else attention_mask
         return _splice(self.image_token_mask(input_ids, inputs_embeds), attention_mask, text_embeds,
-                       image.pooler_output, image.visual_token_mask, labels)[:4]
+                       image.pooler_output, image.visual_token_mask, labels,
+                       static_tokens=image.plan.static_tokens if image.plan is not None else None)[:4]
 
     def prepare_multimodal_inputs(
         self, input_ids=None, attention_mask=None, labels=None, plan=None, inputs_embeds=None, shift_labels=None,
@@ -507,7 +553,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
         text_embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
         *spliced, spliced_shift_labels = _splice(
             image_mask, attention_mask, text_embeds, image.pooler_output, image.visual_token_mask, labels,
-            shift_labels if splice_shift_labels else None,
+            shift_labels if splice_shift_labels else None, static_tokens=plan.static_tokens,
         )
         if shift_labels is not None and not splice_shift_labels:
             if shift_labels.shape[1] != spliced[0].shape[1]:
@@ -580,8 +626,11 @@ class ArrCocModel(ArrCocPreTrainedModel):
             if cache is None and not is_tracing(input_ids) and (input_ids == self.config.image_token_id).any():
                 raise ValueError("input_ids contain <image> tokens but no pixel_values were given.")
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        past_length = cache.get_seq_length() if cache is not None else 0
-        _check_context_length(past_length + inputs_embeds.shape[1], self.config.text_config)
+        if not is_tracing(inputs_embeds):
+            # Eager only: a static cache's length is a tensor read (a graph break); generate checked the whole
+            # context (prompt + max_new_tokens) before its first step.
+            past_length = cache.get_seq_length() if cache is not None else 0
+            _check_context_length(past_length + inputs_embeds.shape[1], self.config.text_config)
         outputs = self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             use_cache=use_cache, return_dict=True, **kwargs,
@@ -642,13 +691,17 @@ def _check_image_tokens(image_mask, attention_mask, image_token_id, images, foun
         raise ValueError(f"Got {images.shape[0]} images for {image_mask.shape[0]} samples with one <image> each.")
 
 
-def _splice(image_mask, attention_mask, text_embeds, visual_embeds, visual_mask, labels=None, shift_labels=None):
+def _splice(image_mask, attention_mask, text_embeds, visual_embeds, visual_mask, labels=None, shift_labels=None,
+            static_tokens=None):
     """Per sample: text before <image>, its K_i visual embeddings, text after; then left-pad to the longest.
 
     Returns (inputs_embeds, attention_mask, position_ids, labels, shift_labels). Labels get -100 on the visual
     tokens. Pre-shifted `shift_labels` (position t's target) get -100 on the token before the image and on the
     visual tokens but the last, which predicts the token after the image: they equal the spliced labels shifted.
     Vectorized (one scatter per tensor, no per-sample loop); the only data-dependent value is the output length.
+    With `static_tokens` (every sample keeps that many) the length is known on the host instead: the prompt's
+    padded length - 1 + K, which is the longest row's whenever one row is unpadded (as a processor pads); a batch
+    whose every row is padded keeps a padding column more. No tensor is read back, so the splice compiles whole.
     """
     keep = attention_mask.bool()
     is_image = keep & image_mask  # exactly one per row (checked by _check_image_tokens)
@@ -657,7 +710,7 @@ def _splice(image_mask, attention_mask, text_embeds, visual_embeds, visual_mask,
     rank = keep.long().cumsum(-1) - 1  # each kept position's index among its row's kept positions
     image_rank = (rank * is_image).sum(-1)
     lengths = keep.sum(-1) - 1 + counts
-    length = int(lengths.max())
+    length = int(lengths.max()) if static_tokens is None else attention_mask.shape[1] - 1 + static_tokens
     offset = length - lengths  # left padding of each row
     after_image = rank > image_rank[:, None]
     # Where each text / visual token goes; everything else goes to a dump column `length`, dropped at the end.
@@ -904,9 +957,12 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
                 budget_cost=budget_cost,
             )
         groups = plan.tier_groups()
+        if len(groups) == 1:
+            plan = plan.tier_group(next(iter(groups.values())))  # one tier for all: static shapes
         if not group_by_tier or kwargs.get("return_dict_in_generate", False) or len(groups) == 1:
             return _prepend_prompt(input_ids, self._generate_spliced(input_ids, attention_mask, plan, kwargs))
-        pieces = [(index, self._generate_spliced(input_ids[index], attention_mask[index], plan.subset(index), kwargs))
+        pieces = [(index, self._generate_spliced(input_ids[index], attention_mask[index], plan.tier_group(index),
+                                                 kwargs))
                   for index in groups.values()]
         return _prepend_prompt(input_ids, _reassemble(pieces, input_ids.shape[0], self._pad_token_id(kwargs)))
 
@@ -1026,30 +1082,34 @@ def efficiency_loss(budget_logits, budgets):
 def alignment_loss(patch_scores, patch_targets=None):
     """Cross-entropy of the patch-score distribution against the answer region where boxes exist; otherwise
     an anti-collapse term: KL of the batch-mean selection distribution from uniform, so the allocator cannot
-    settle on one fixed set of patches for every question."""
+    settle on one fixed set of patches for every question. Masked means, no boolean indexing or host branch: the
+    loss traces into the forward's one graph (torch.compile)."""
     log_probs = patch_scores.float().log_softmax(-1)
-    if patch_targets is not None:
-        mass = patch_targets.float().sum(-1)
-        has_box = mass > 0
-        if has_box.any():
-            target = patch_targets.float()[has_box] / mass[has_box, None]
-            return -(target * log_probs[has_box]).sum(-1).mean()
     mean_probs = log_probs.exp().mean(0)
-    return (mean_probs * (mean_probs.clamp(min=1e-12).log() + math.log(mean_probs.numel()))).sum()
+    anti_collapse = (mean_probs * (mean_probs.clamp(min=1e-12).log() + math.log(mean_probs.numel()))).sum()
+    if patch_targets is None:
+        return anti_collapse
+    mass = patch_targets.float().sum(-1)
+    has_box = mass > 0
+    target = patch_targets.float() / mass.clamp(min=1e-12)[:, None]
+    per_row = -(target * log_probs).sum(-1)
+    boxed = (per_row * has_box).sum() / has_box.sum().clamp(min=1)
+    return torch.where(has_box.any(), boxed, anti_collapse)
 
 
 def vet_kl_loss(visual_probs, visual_mask, token_targets=None):
     """Against a teacher: cross-entropy of each kept token's distribution with its patch's visual words
     ([B, K, M] ids, a uniform M-hot target). Without one: KL(visual-vocabulary usage || uniform), so the adapter
-    cannot collapse onto a few VET rows."""
-    if token_targets is not None:
-        valid = visual_mask.unsqueeze(-1) & (token_targets != -100)
-        if valid.any():
-            log_probs = visual_probs.float().clamp(min=1e-12).log()
-            picked = log_probs.gather(2, token_targets.clamp(min=0))
-            return -picked[valid].mean()
-    usage = visual_probs[visual_mask].float().mean(0)
-    return (usage * (usage.clamp(min=1e-12).log() + math.log(usage.numel()))).sum()
+    cannot collapse onto a few VET rows. Masked means, as in `alignment_loss`, so it compiles whole."""
+    kept = visual_mask.unsqueeze(-1).float()
+    usage = (visual_probs.float() * kept).sum((0, 1)) / kept.sum().clamp(min=1)
+    uniform_kl = (usage * (usage.clamp(min=1e-12).log() + math.log(usage.numel()))).sum()
+    if token_targets is None:
+        return uniform_kl
+    valid = visual_mask.unsqueeze(-1) & (token_targets != -100)
+    picked = visual_probs.float().clamp(min=1e-12).log().gather(2, token_targets.clamp(min=0))
+    teacher = -(picked * valid).sum() / valid.sum().clamp(min=1)
+    return torch.where(valid.any(), teacher, uniform_kl)
 
 
 def _token_targets(visual_targets, token_sources):

@@ -551,9 +551,10 @@ class ArrCocCompileExportTest(unittest.TestCase):
                 torch.testing.assert_close(exported.module()(**case).logits, model(**case).logits, msg=name)
 
     def test_torch_export(self):
-        """The whole multimodal forward at fixed shapes does not export yet (docs/conformance.md, D13): the number
-        of kept tokens, `int(counts.max())` in `top_k_raster`, is data-dependent (it follows the predicted tier).
-        Asserted as the documented limit, so the test fails the day the forward exports and the doc must change."""
+        """Under budget "auto" the whole multimodal forward does not export (docs/conformance.md, D13): the number
+        of kept tokens, `int(counts.max())` in `top_k_raster`, follows the predicted tier, so it is data. At a fixed
+        tier it exports (tests/test_compile.py). Asserted as the documented limit, so the test fails the day the
+        auto forward exports and the doc must change."""
         model, inputs, _ = _tiny()
         with self.assertRaises(Exception) as raised:
             torch.export.export(model, args=(), kwargs=inputs, strict=False)

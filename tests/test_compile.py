@@ -1,0 +1,140 @@
+"""A forced tier compiles whole (#23): at a fixed tier (or "full") every shape of the multimodal forward is known on
+the host (`ArrCocAllocationPlan.static_tokens`), so Dynamo traces one graph with no break, and the compiled forward
+answers as the eager one. Under "auto" the token count is data: generate runs one static plan per tier group."""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from modeling_arrcoc.modeling_arrcoc import _splice
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FIXED = [(4, "learned"), (16, "learned"), ("full", "learned"), (4, "uniform"), (16, "uniform")]
+
+
+def _explain(function, **inputs):
+    torch._dynamo.reset()
+    return torch._dynamo.explain(function)(**inputs)
+
+
+def _logits(model, budget, selection):
+    def forward(**inputs):
+        return model(**inputs, budget=budget, selection=selection, use_cache=False).logits
+    return forward
+
+
+@pytest.mark.parametrize("budget,selection", FIXED)
+def test_fixed_tier_forward_is_one_graph(tester, budget, selection):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    explained = _explain(_logits(model, budget, selection), **inputs)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_auto_budget_is_not_static(tester):
+    """The contrast that shows the check can fail: under "auto" the kept-token count is read back from a tensor."""
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    with torch.no_grad():
+        plan = model.model.plan_allocation(**{k: v for k, v in inputs.items() if k != "labels"}, budget="auto")
+    assert plan.static_tokens is None
+    assert _explain(_logits(model, "auto", "learned"), **inputs).graph_break_count > 0
+
+
+@pytest.mark.parametrize("budget,selection", [(4, "learned"), ("full", "learned"), (16, "uniform")])
+def test_fullgraph_compile_matches_eager(tester, budget, selection):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        eager = model(**inputs, budget=budget, selection=selection)
+        graph = compiled(**inputs, budget=budget, selection=selection)
+    torch.testing.assert_close(graph.logits, eager.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(graph.loss, eager.loss, atol=1e-5, rtol=1e-5)
+    assert torch.equal(graph.visual_token_counts, eager.visual_token_counts)
+
+
+def test_decode_step_is_one_graph(tester):
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    inputs.pop("labels")
+    with torch.no_grad():
+        prefill = model(**inputs, budget=4, use_cache=True)
+    next_token = prefill.logits[:, -1:].argmax(-1)
+    mask = torch.ones(next_token.shape[0], prefill.cache.get_seq_length() + 1, dtype=torch.long)
+
+    def step(input_ids, attention_mask):
+        return model(input_ids=input_ids, attention_mask=attention_mask, cache=prefill.cache, use_cache=True).logits
+    explained = _explain(step, input_ids=next_token, attention_mask=mask)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_tier_groups_of_an_auto_plan_are_static(tester):
+    """generate under "auto" (or per-sample budgets) runs each tier group as its own batch with a static plan."""
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    inputs.pop("labels")
+    budgets = [4, 16, 4]
+    with torch.no_grad():
+        plan = model.model.plan_allocation(**inputs, budget=budgets)
+    assert plan.static_tokens is None
+    groups = plan.tier_groups()
+    assert len(groups) == 2
+    for index in groups.values():
+        group = plan.tier_group(index)
+        assert group.static_tokens == budgets[int(index[0])]
+        assert torch.equal(group.visual_token_counts, torch.full_like(group.visual_token_counts, group.static_tokens))
+
+        def forward(input_ids, attention_mask):
+            return model(input_ids=input_ids, attention_mask=attention_mask, plan=group, use_cache=False).logits
+        explained = _explain(forward, input_ids=inputs["input_ids"][index], attention_mask=inputs["attention_mask"][index])
+        assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_static_splice_equals_measured_splice():
+    """The host-known length gives the same splice whenever one row is unpadded (as a processor pads), and a batch
+    whose every row is padded gets one more padding column with the same tokens after it."""
+    generator = torch.Generator().manual_seed(0)
+    batch, length, dim, tokens = 3, 7, 4, 5
+    text = torch.randn(batch, length, dim, generator=generator)
+    visual = torch.randn(batch, tokens, dim, generator=generator)
+    visual_mask = torch.ones(batch, tokens, dtype=torch.bool)
+    labels = torch.randint(0, 9, (batch, length), generator=generator)
+    image = torch.zeros(batch, length, dtype=torch.bool)
+    image[:, 3] = True
+    for pads in ((0, 2, 1), (1, 2, 1)):
+        mask = torch.stack([torch.arange(length) >= pad for pad in pads]).long()
+        measured = _splice(image, mask, text, visual, visual_mask, labels)
+        static = _splice(image, mask, text, visual, visual_mask, labels, static_tokens=tokens)
+        extra = static[0].shape[1] - measured[0].shape[1]
+        assert extra == (0 if 0 in pads else 1)
+        for got, want in zip(static[:4], measured[:4]):
+            assert torch.equal(got[:, extra:], want)
+        assert not static[1][:, :extra].any()
+
+
+def test_export_at_a_fixed_tier_matches_eager(tester):
+    """torch.export of the whole multimodal forward works once the tier is fixed (under "auto" it cannot: the
+    kept-token count is data; tests/test_transformers_common.py's test_torch_export holds that limit)."""
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    inputs.pop("labels")
+    case = {**inputs, "budget": 4, "use_cache": False}
+    exported = torch.export.export(model, args=(), kwargs=case, strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(**case).logits, model(**case).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [4, "auto"])
+def test_compiled_static_cache_generate_matches_eager(tester, budget):
+    """The documented route (docs/inference.md): a static cache and a compile config make transformers compile the
+    decode step (fullgraph); each tier group's prefill is static too. Same tokens as the eager dynamic-cache run."""
+    from transformers import CompileConfig
+
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    inputs.pop("labels")
+    config = CompileConfig(fullgraph=True, backend="aot_eager")
+    config._compile_all_devices = True  # transformers compiles on accelerators only unless told
+    torch._dynamo.reset()
+    eager = model.generate(**inputs, budget=budget, max_new_tokens=4, do_sample=False)
+    counters.clear()
+    compiled = model.generate(**inputs, budget=budget, max_new_tokens=4, do_sample=False,
+                              cache_implementation="static", compile_config=config)
+    assert counters["stats"]["unique_graphs"] >= 1  # the decode step did compile
+    assert torch.equal(compiled, eager)
