@@ -35,6 +35,9 @@ BENCHES = (
     ("token_cost", ["--repeats", "15"], ["--repeats", "1", "--new-tokens", "2"]),
     ("allocator_cost", FROM_TOKEN_COST, FROM_TOKEN_COST),
     ("prefill_grouping", ["--repeats", "11"], ["--repeats", "1"]),
+    # Prefill and decode apart, eager and compiled at three tiers (about 10 minutes, most of it compiling).
+    ("prefill_decode", ["--repeats", "5", "--tiers", "4", "64", "full"],
+     ["--repeats", "1", "--tiers", "4", "full", "--batch-sizes", "1", "--no-compile"]),
     ("training_throughput", ["--repeats", "7"], ["--repeats", "1", "--rows", "16"]),
     ("memory", ["--repeats", "3"], ["--repeats", "1"]),
     ("gpu_token_cost", ["--repeats", "10"], ["--repeats", "1", "--new-tokens", "2"]),
@@ -125,6 +128,7 @@ def summarize(output_dir, seconds: dict, total_seconds: float | None) -> dict:
         "prefill_grouping": _prefill(results["prefill_grouping"]),
         "gpu": _gpu(gpu),
         "base_scale": results.get("base_scale"),
+        "prefill_decode": results.get("prefill_decode"),
     }
     return summary
 
@@ -171,6 +175,10 @@ def markdown(summary: dict) -> str:
                       f"{common.fmt_range(p['speedup'], 2, 'x')}, from cached SAM features "
                       f"{common.fmt_range(p['speedup_cached_sam'], 2, 'x')} (LLM prefill positions "
                       f"{p['llm_prefill_positions']['grouped']} vs {p['llm_prefill_positions']['padded']})."]
+    if summary.get("prefill_decode"):
+        from bench.prefill_decode import markdown as prefill_decode_markdown
+
+        lines += ["", prefill_decode_markdown(summary["prefill_decode"]).rstrip()]
     if summary["gpu"]:
         lines += ["", *_gpu_section(summary["gpu"])]
     if summary.get("base_scale"):

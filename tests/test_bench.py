@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from bench import allocator_cost, common, flops, gpu_token_cost, memory, prefill_grouping, run_all, token_cost
+from bench import (allocator_cost, common, flops, gpu_token_cost, memory, prefill_decode, prefill_grouping, run_all,
+                   token_cost)
 from bench import training_throughput
 
 from conftest import ROOT
@@ -29,6 +30,7 @@ def results(tmp_path_factory):
         "training_throughput": training_throughput.run(TINY, repeats=1, rows=8, batch_size=4),
         "memory": memory.run(TINY, repeats=1, phases=("phase1",), steps=1, batch_size=2),
         "gpu_token_cost": {"skipped": "no CUDA device"},
+        "prefill_decode": prefill_decode.run(TINY, repeats=1, batch_sizes=(2,), tiers=[4], backend="aot_eager"),
     }
     for name, result in produced.items():
         common.write_result(name, result, out)
@@ -186,3 +188,29 @@ def test_run_all_summary_and_markdown(results):
     # Every benchmark's own report renders from its JSON too.
     for module in (token_cost, allocator_cost, training_throughput, memory, prefill_grouping, gpu_token_cost):
         assert module.markdown(common.read_result(module.NAME, out))
+
+
+def test_prefill_decode_fields(results):
+    """Prefill and decode apart, eager and compiled, each beside its own ideal (FLOPs; bytes read)."""
+    result = results[1]["prefill_decode"]
+    part = result["batch_sizes"]["2"]
+    assert result["tiers"] == ["4", "full"] and result["variants"] == ["eager", "compiled"]
+    assert set(part["compile_seconds"]) == {"4", "full"}
+    small, full = part["tiers"]["4"], part["tiers"]["full"]
+    assert small["prefill_ideal_speedup"] > 1 and small["decode_ideal_speedup"] > 1
+    assert full["prefill_ideal_speedup"] == full["decode_ideal_speedup"] == 1
+    for phase in ("prefill", "decode"):
+        for variant in ("eager", "compiled"):
+            _positive_ratio(small[f"{phase}_{variant}_speedup_vs_full"]["wall"])
+        _positive_ratio(small[f"{phase}_compiled_over_eager"]["wall"])
+    assert "Batch 2, decode" in prefill_decode.markdown(common.read_result("prefill_decode", results[0]))
+
+
+def test_decode_bytes_are_weights_plus_cache(tiny):
+    """One decode step reads the weights once and the KV cache at its length: the gap between two tiers is the
+    cache of the visual tokens they differ by, nothing else."""
+    config = tiny[0].config
+    text = config.text_config
+    head_dim = text.head_dim or text.hidden_size // text.num_attention_heads
+    gap = prefill_decode.decode_bytes(config, 16, 10, 3) - prefill_decode.decode_bytes(config, 4, 10, 3)
+    assert gap == 4 * 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * (16 - 4) * 3

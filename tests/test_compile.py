@@ -84,7 +84,8 @@ def test_tier_groups_of_an_auto_plan_are_static(tester):
 
         def forward(input_ids, attention_mask):
             return model(input_ids=input_ids, attention_mask=attention_mask, plan=group, use_cache=False).logits
-        explained = _explain(forward, input_ids=inputs["input_ids"][index], attention_mask=inputs["attention_mask"][index])
+        explained = _explain(forward, input_ids=inputs["input_ids"][index],
+                             attention_mask=inputs["attention_mask"][index])
         assert explained.graph_break_count == 0, explained.break_reasons
 
 

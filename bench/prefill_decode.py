@@ -1,0 +1,206 @@
+"""Prefill (time to first token) and decode (per new token) timed apart, eager and compiled, at each tier.
+
+The two phases have different limits, so each stands beside its own ideal:
+- prefill: pixels to the first token's logits (SAM, the allocator, selection, CLIP, the adapter, the splice and the
+  language model over the spliced prompt, with its KV cache built): one `model(**inputs, budget=tier,
+  use_cache=True, logits_to_keep=1)` call. Its ideal speed-up over full tokens is the FLOP ratio (bench/flops.py).
+- decode: one cached step of the language model (one new token per sample) after that prefill. It reads every
+  weight of the language model and the whole KV cache once, and does little arithmetic: its ideal speed-up is the
+  ratio of bytes read per step, weights plus the KV cache at the tier's K tokens.
+Each call runs eager and compiled (`torch.compile(fullgraph=True)`: at a fixed tier the forward is one graph,
+docs/inference.md), every variant of every tier interleaved in the same rounds, so the ratios come from one run.
+
+    python bench/prefill_decode.py [--preset demo] [--repeats 7] [--batch-sizes 1 8] [--tiers 4 64 full]
+                                   [--no-compile]
+
+Random weights: the cost does not depend on them. Writes outputs/bench/prefill_decode.json.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import common  # noqa: E402  (first: it pins the thread count before torch starts its pool)
+from bench.flops import query_flops, visual_tokens  # noqa: E402
+from bench.token_cost import bench_tiers  # noqa: E402
+
+import torch  # noqa: E402
+
+NAME = "prefill_decode"
+VARIANTS = ("eager", "compiled")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_common_args(parser, repeats=7)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--tiers", nargs="+", default=None, help="tiers to time (default: every tier, then full)")
+    parser.add_argument("--no-compile", action="store_true", help="eager only")
+    return parser.parse_args(argv)
+
+
+def _tier(value):
+    return value if value == "full" else int(value)
+
+
+class Phases:
+    """One batch's prefill and decode-step calls at one tier, eager or compiled."""
+
+    def __init__(self, model, inputs, tier, compiled=None):
+        self.model, self.inputs, self.tier = model, inputs, tier
+        self.forward = model if compiled is None else compiled
+        with torch.no_grad():
+            first = model(**inputs, budget=tier, use_cache=True, logits_to_keep=1)
+        self.cache, self.length = first.cache, first.cache.get_seq_length()
+        batch = inputs["input_ids"].shape[0]
+        self.token = first.logits[:, -1:].argmax(-1)
+        self.mask = torch.ones(batch, self.length + 1, dtype=torch.long)
+        self.position = torch.full((batch, 1), self.length)  # one past the longest row: timing, not answers
+
+    @torch.no_grad()
+    def prefill(self):
+        return self.forward(**self.inputs, budget=self.tier, use_cache=True, logits_to_keep=1).logits
+
+    @torch.no_grad()
+    def decode_step(self):
+        logits = self.forward(input_ids=self.token, attention_mask=self.mask, position_ids=self.position,
+                              cache=self.cache, use_cache=True, logits_to_keep=1).logits
+        self.cache.crop(-1)  # back to the prefill's length: every timed step sees the same cache
+        return logits
+
+
+def decode_bytes(config, tier, text_width, batch, bytes_per_value=4) -> int:
+    """Bytes one decode step reads: the language model's weights and head, and its KV cache at K visual tokens."""
+    text = config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    layer = (4 * text.hidden_size * text.num_attention_heads * head_dim  # q/o (k/v are smaller under GQA)
+             + 3 * text.hidden_size * text.intermediate_size)
+    weights = text.num_hidden_layers * layer + 2 * text.vocab_size * text.hidden_size
+    length = text_width - 1 + visual_tokens(config, tier)
+    cache = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * length * batch
+    return bytes_per_value * (weights + cache)
+
+
+def measure_batch(model, inputs, tiers, repeats, compile_model, warmup=1, backend="inductor") -> dict:
+    """{(phase, variant, tier): clock times}, every call interleaved in the same rounds."""
+    # Each tier and phase is its own graph (static shapes): room for all of them, or Dynamo falls back to eager.
+    torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)
+    calls, compile_seconds = {}, {}
+    for tier in tiers:
+        variants = {"eager": Phases(model, inputs, tier)}
+        if compile_model:
+            compiled = torch.compile(model, fullgraph=True, dynamic=False, backend=backend)
+            variants["compiled"] = Phases(model, inputs, tier, compiled)
+            start = time.perf_counter()
+            variants["compiled"].prefill()
+            variants["compiled"].decode_step()
+            compile_seconds[str(tier)] = time.perf_counter() - start
+        for variant, phases in variants.items():
+            calls[("prefill", variant, tier)] = phases.prefill
+            calls[("decode", variant, tier)] = phases.decode_step
+    return {"times": common.interleaved(calls, repeats, warmup=warmup), "compile_seconds": compile_seconds}
+
+
+def tier_report(config, raw, tier, width, batch, variants) -> dict:
+    flops, full_flops = (query_flops(config, t, width, 2, batch) for t in (tier, "full"))
+    prefill_flops = {t: sum(v for stage, v in f.items() if stage != "decode") for t, f in ((tier, flops),
+                                                                                      ("full", full_flops))}
+    report = {
+        "visual_tokens": visual_tokens(config, tier),
+        "prefill_ideal_speedup": prefill_flops["full"] / prefill_flops[tier],
+        "decode_ideal_speedup": decode_bytes(config, "full", width, batch) / decode_bytes(config, tier, width, batch),
+    }
+    for phase in ("prefill", "decode"):
+        for variant in variants:
+            times, full = raw[(phase, variant, tier)], raw[(phase, variant, "full")]
+            report[f"{phase}_{variant}_ms"] = common.clock_stats(times)
+            report[f"{phase}_{variant}_speedup_vs_full"] = common.clock_ratios(full, times)
+        if "compiled" in variants:
+            report[f"{phase}_compiled_over_eager"] = common.clock_ratios(raw[(phase, "eager", tier)],
+                                                                         raw[(phase, "compiled", tier)])
+    return report
+
+
+def run(preset="demo", repeats=7, batch_sizes=(1, 8), tiers=None, compile_model=True, threads=1,
+        backend="inductor") -> dict:
+    """backend: torch.compile's (the tests use "aot_eager": the same graphs, no code generation)."""
+    common.use_threads(threads)
+    model, processor = common.load_model(preset)
+    config = model.config
+    tiers = [_tier(t) for t in tiers] if tiers else bench_tiers(config)
+    tiers = tiers if "full" in tiers else [*tiers, "full"]
+    rows = common.synthetic_rows(config, max(batch_sizes))
+    variants = VARIANTS if compile_model else ("eager",)
+    result = {"preset": str(preset), "dtype": "float32", "repeats": repeats, "tiers": [str(t) for t in tiers],
+              "compile_backend": backend if compile_model else None,
+              "num_patches": config.num_patches, "variants": list(variants), "batch_sizes": {}}
+    for batch in batch_sizes:
+        inputs = dict(processor(images=[r["image"] for r in rows[:batch]],
+                                text=common.chat_texts(processor, rows[:batch]), return_tensors="pt"))
+        width = inputs["input_ids"].shape[1]
+        raw = measure_batch(model, inputs, tiers, repeats, compile_model, backend=backend)
+        result["batch_sizes"][str(batch)] = {
+            "text_width": width, "compile_seconds": raw["compile_seconds"],
+            "tiers": {str(t): tier_report(config, raw["times"], t, width, batch, variants) for t in tiers},
+        }
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _cells(r, phase, variants):
+    cells = []
+    for variant in variants:
+        ms = r[f"{phase}_{variant}_ms"]["wall"]["median"]
+        speedup = r[f"{phase}_{variant}_speedup_vs_full"]["wall"]["median"]
+        cells.append(f"{ms:.2f} ({speedup:.2f}x)")
+    ideal = r[f"{phase}_ideal_speedup"]
+    best = max(r[f"{phase}_{variant}_speedup_vs_full"]["wall"]["median"] for variant in variants)
+    cells += [f"{ideal:.2f}x", f"{100 * best / ideal:.0f}%"]
+    if "compiled" in variants:
+        cells.append(f"{r[f'{phase}_compiled_over_eager']['wall']['median']:.2f}x")
+    return cells
+
+
+def phase_table(part, phase, variants) -> str:
+    headers = ["tier", "visual tokens"] + [f"{v} ms (speed-up vs full)" for v in variants]
+    headers += ["ideal" + (" (FLOPs)" if phase == "prefill" else " (bytes read)"), "best of ideal"]
+    headers += ["compiled vs eager"] if "compiled" in variants else []
+    rows = [[tier, r["visual_tokens"], *_cells(r, phase, variants)] for tier, r in part["tiers"].items()]
+    return common.markdown_table(headers, rows)
+
+
+def markdown(result: dict) -> str:
+    variants = result["variants"]
+    lines = [f"**Prefill and decode, timed apart** (`bench/prefill_decode.py`, {result['preset']} preset, "
+             f"{result['dtype']}, random weights, {result['repeats']} interleaved rounds, medians; "
+             f"{common.machine_line(result)}). Prefill = pixels to the first token (vision, allocation, LLM over "
+             "the prompt, cache built); its ideal speed-up is the FLOP ratio. Decode = one cached step; its ideal "
+             "is the ratio of bytes read (LLM weights + KV cache at K tokens). Compiled = "
+             "`torch.compile(fullgraph=True)` at the tier."]
+    for batch, part in result["batch_sizes"].items():
+        for phase in ("prefill", "decode"):
+            lines += ["", f"Batch {batch}, {phase}:", "", phase_table(part, phase, variants)]
+        if part["compile_seconds"]:
+            seconds = ", ".join(f"{t}: {s:.0f} s" for t, s in part["compile_seconds"].items())
+            lines += ["", f"Compile time (first prefill + first decode step, per tier): {seconds}."]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    result = run(args.preset, args.repeats, args.batch_sizes, args.tiers, not args.no_compile, args.threads)
+    common.publish(NAME, result, args.output_dir, markdown)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["Phases", "decode_bytes", "markdown", "measure_batch", "run"]
