@@ -37,6 +37,21 @@
 
 Writes outputs/bench/base_scale.json (and the checkpoints, deleted afterwards unless --keep-checkpoints, under
 outputs/bench/base_components). About 15 minutes on 2 cores; peak RSS stays under ~9 GiB.
+
+The second preset, `--preset base_ovis25` (configs/model/base_ovis25: DeepSeek-OCR2's SAM, CLIP-L, Ovis2.5-2B),
+builds its checkpoints in those formats (PRESET_SOURCES): a DeepseekOcr2ForConditionalGeneration whose SAM has
+the preset's shape (its language model and Qwen2 encoder are 1-layer stand-ins, skipped by from_components), and
+an Ovis2_5ForConditionalGeneration with the preset's Qwen3-1.7B, the SigLIP2 ViT and a table of the preset's
+visual words plus Ovis' 4 indicator words. The weight check follows each tensor to its place (DeepSeek's SAM under
+`vision_encoder.`, Ovis2.5's table transposed into the VET) and lists what is left out by design. Loading it whole
+in float32 holds Ovis2.5's LLM and VET (~7 GiB) beside the new model (~9 GiB), ~18 GiB at peak (384 MiB per LLM
+layer over the 1-layer run's 8053 MiB): more than a 24 GiB machine has beside other work.
+`--text-layers N` keeps the LLM's first N decoder layers and every other part at its true size,
+the largest part that fits; `--load-only` stops after loading and the checks; `--parameters-only` counts every
+component at the preset's true size on the meta device. Each run also times each checkpoint's load alone
+(`load_sam`, `load_clip`, `load_text`) and records the peak RSS of from_components.
+
+    python bench/base_scale.py --preset base_ovis25 --text-layers 1 --load-only --threads 1   # ~2 min, ~8 GiB
 """
 
 import os
@@ -78,6 +93,18 @@ LOSS_WEIGHTS = {"answer": 1.0, "efficiency": 0.001, "alignment": 0.5, "vet_kl": 
 MIB = 2**20
 # CLIP tensors ArrCoc does not take: SAM's features replace CLIP's pixels (ArrCocClipEncoder.input_projection).
 CLIP_UNUSED = ("embeddings.patch_embedding.weight", "embeddings.class_embedding")
+# Checkpoint formats per preset (configs/model/<preset>/components.json names the Hub checkpoints): SAM + Qwen3 for
+# the base preset, DeepSeek-OCR2 (its SAM) + Ovis2.5 (Qwen3 and its VET) for base_ovis25.
+DEFAULT_SOURCES = {"sam": "sam", "text": "qwen3"}
+PRESET_SOURCES = {"base_ovis25": {"sam": "deepseek_ocr2", "text": "ovis2_5"}}
+DEEPSEEK_SAM = "model.vision_tower.sam_encoder."
+OVIS2_5_TABLE = "model.multi_modal_projector.visual_embeddings_table.weight"
+OVIS2_5_UNUSED = ("model.vision_tower.", "model.multi_modal_projector.visual_tokenizer.")
+OVIS2_5_INDICATORS = 4  # Ovis2.5's image / video start and end words, after the visual words
+SOURCE_LABELS = {"sam": "SAM", "deepseek_ocr2": "DeepSeek-OCR2", "qwen3": "Qwen3", "ovis2_5": "Ovis2.5"}
+UNUSED_LABELS = {"clip": "CLIP's patch and class embeddings",
+                 "deepseek_ocr2": "DeepSeek-OCR2's proj, Qwen2 encoder and LLM",
+                 "ovis2_5": "Ovis2.5's ViT and visual head, and its 4 indicator words"}
 # Frozen components that still carry the gradient (dX only) in phase 1; SAM is off the gradient path.
 TRAINED_PHASE1 = ("allocator", "select", "adapter")
 MEMORY_METHOD = (
@@ -104,6 +131,16 @@ def parse_args(argv=None):
                         help="where the component checkpoints go (default: <output-dir>/base_components)")
     parser.add_argument("--keep-checkpoints", action="store_true")
     parser.add_argument("--skip-ovis2", action="store_true")
+    parser.add_argument("--vision-source", choices=("sam", "deepseek_ocr2"), default=None,
+                        help="format of the vision checkpoint (default: the preset's, see PRESET_SOURCES)")
+    parser.add_argument("--text-source", choices=("qwen3", "ovis2_5"), default=None,
+                        help="format of the text checkpoint (default: the preset's)")
+    parser.add_argument("--text-layers", type=int, default=None,
+                        help="keep only the LLM's first N decoder layers (width, vocabulary and VET unchanged): "
+                             "the largest part of a preset that fits a machine's memory")
+    parser.add_argument("--load-only", action="store_true", help="save, assemble and check; no timed calls")
+    parser.add_argument("--parameters-only", action="store_true",
+                        help="count the parameters at the preset's size on the meta device (no weights) and stop")
     return parser.parse_args(argv)
 
 
@@ -146,22 +183,70 @@ def preset_config(preset="base"):
     return AutoConfig.from_pretrained(common.preset_path(preset))
 
 
-def component_models(config) -> dict:
-    """Builders of the three checkpoints at the preset's sub-config shapes (built one at a time)."""
+def preset_sources(preset) -> dict:
+    """The checkpoint formats a preset's components.json names (what the random checkpoints are built as)."""
+    return dict(PRESET_SOURCES.get(Path(str(preset)).name, DEFAULT_SOURCES))
+
+
+def _sub(sub_config) -> dict:
+    values = sub_config.to_dict()
+    for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "dtype"):
+        values.pop(key, None)
+    return values
+
+
+def component_models(config, sources=None, ovis_vision=None) -> dict:
+    """Builders of the three checkpoints at the preset's sub-config shapes (built one at a time), in the formats of
+    `sources` ({"sam": "sam" | "deepseek_ocr2", "text": "qwen3" | "ovis2_5"}); `ovis_vision`: the Ovis2.5 vision
+    config (default: Transformers' Ovis2_5VisionConfig, the SigLIP2-so400m ViT that from_components loads and drops)."""
     from transformers import (CLIPVisionConfig, CLIPVisionModel, Qwen3Config, Qwen3ForCausalLM, SamVisionConfig,
                               SamVisionModel)
 
-    def sub(sub_config):
-        values = sub_config.to_dict()
-        for key in ("model_type", "transformers_version", "architectures", "_name_or_path", "dtype"):
-            values.pop(key, None)
-        return values
-
+    sources = {**DEFAULT_SOURCES, **(sources or {})}
+    vision = {"sam": lambda: SamVisionModel(SamVisionConfig(**_sub(config.vision_config))),
+              "deepseek_ocr2": lambda: deepseek_ocr2_model(config)}
+    text = {"qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(**_sub(config.text_config))),
+            "ovis2_5": lambda: ovis2_5_model(config, ovis_vision)}
     return {
-        "sam": lambda: SamVisionModel(SamVisionConfig(**sub(config.vision_config))),
-        "clip": lambda: CLIPVisionModel(CLIPVisionConfig(**sub(config.clip_config))),
-        "text": lambda: Qwen3ForCausalLM(Qwen3Config(**sub(config.text_config))),
+        "sam": vision[sources["sam"]],
+        "clip": lambda: CLIPVisionModel(CLIPVisionConfig(**_sub(config.clip_config))),
+        "text": text[sources["text"]],
     }
+
+
+def deepseek_ocr2_model(config):
+    """A DeepSeek-OCR2 model whose SAM has the preset's shape (and DeepSeek's `proj`, which from_components drops).
+    Its language model and Qwen2 encoder are 1-layer stand-ins: from_components skips their layers at load, and
+    their true shapes are not in the installed code."""
+    from transformers import DeepseekOcr2Config, DeepseekOcr2ForConditionalGeneration
+
+    sam = {k: v for k, v in _sub(config.vision_config).items() if k not in ("num_pos_feats", "scale")}
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    return DeepseekOcr2ForConditionalGeneration(DeepseekOcr2Config(
+        vision_config=dict(sam_config=sam, encoder_config={**small, "num_key_value_heads": 1, "vocab_size": 16}),
+        text_config={**small, "vocab_size": 128, "mlp_layer_types": ["dense"], "n_routed_experts": 2,
+                     "num_experts_per_tok": 1, "moe_intermediate_size": 16, "n_shared_experts": 1}))
+
+
+def ovis2_5_model(config, ovis_vision=None):
+    """An Ovis2.5 model with the preset's LLM and a table of its visual words plus Ovis' 4 indicator words."""
+    from transformers import Ovis2_5Config, Ovis2_5ForConditionalGeneration
+
+    vision = {**(ovis_vision or {}), "vocab_size": config.visual_vocab_size + OVIS2_5_INDICATORS,
+              "num_visual_indicator_tokens": OVIS2_5_INDICATORS}
+    return Ovis2_5ForConditionalGeneration(Ovis2_5Config(
+        text_config=_sub(config.text_config), vision_config=vision,
+        tie_word_embeddings=config.text_config.tie_word_embeddings))
+
+
+def checkpoint_tensors(model, source: str) -> dict:
+    """The source model's state dict as ArrCoc takes it: Ovis2.5's table (a Linear, [hidden, words]) as the
+    visual-word rows ArrCoc's VET holds ([words, hidden], indicator words dropped); every other tensor as is."""
+    tensors = model.state_dict()
+    if source == "ovis2_5":
+        table = tensors[OVIS2_5_TABLE]
+        tensors[OVIS2_5_TABLE] = table.T[: table.shape[1] - OVIS2_5_INDICATORS]
+    return tensors
 
 
 def digest(tensor) -> str:
@@ -173,17 +258,19 @@ def digest(tensor) -> str:
     return h.hexdigest()
 
 
-def save_components(config, root: Path, seed: int = 0) -> tuple:
+def save_components(config, root: Path, seed: int = 0, sources=None, ovis_vision=None) -> tuple:
     """Save the three random-weight checkpoints under root/{sam,clip,text}; ({name: {key: digest}}, info)."""
     digests, info = {}, {}
-    for index, (name, build) in enumerate(component_models(config).items()):
+    sources = {**DEFAULT_SOURCES, **(sources or {})}
+    for index, (name, build) in enumerate(component_models(config, sources, ovis_vision).items()):
         start = time.perf_counter()
         torch.manual_seed(seed + index)
         model = build()
         model.save_pretrained(root / name)  # safetensors
-        digests[name] = {key: digest(value) for key, value in model.state_dict().items()}
+        tensors = checkpoint_tensors(model, sources.get(name, name))
+        digests[name] = {key: digest(value) for key, value in tensors.items()}
         info[name] = {
-            "class": type(model).__name__,
+            "class": type(model).__name__, "format": sources.get(name, name),
             "parameters": sum(p.numel() for p in model.parameters()),
             "bytes_on_disk": sum(f.stat().st_size for f in (root / name).iterdir()),
             "files": sorted(f.name for f in (root / name).iterdir()),
@@ -193,6 +280,27 @@ def save_components(config, root: Path, seed: int = 0) -> tuple:
         gc.collect()
         _malloc_trim()
     return digests, info
+
+
+def load_each(root: Path, config) -> dict:
+    """Where from_components' time goes: seconds to load each checkpoint alone with its own loader (files in the
+    page cache, as just written), and to build (initialise) the new ArrCoc model the weights are copied into."""
+    from transformers import CLIPVisionModel
+
+    from modeling_arrcoc import ArrCocForConditionalGeneration
+    from modeling_arrcoc.components import load_text_components, load_vision_components
+
+    loaders = {"sam": load_vision_components, "clip": CLIPVisionModel.from_pretrained, "text": load_text_components,
+               "build_arrcoc": lambda _: ArrCocForConditionalGeneration(config)}
+    seconds = {}
+    for name, load in loaders.items():
+        start = time.perf_counter()
+        loaded = load(str(root / name))
+        seconds[f"load_{name}"] = time.perf_counter() - start
+        del loaded
+        gc.collect()
+        _malloc_trim()
+    return seconds
 
 
 def arrcoc_settings(config) -> dict:
@@ -212,33 +320,49 @@ def assemble(config, root: Path):
         vision=str(root / "sam"), clip=str(root / "clip"), text=str(root / "text"), **arrcoc_settings(config))
 
 
-def model_tensor(model, component: str, key: str):
-    """Where checkpoint tensor `key` of `component` lives in the assembled model (None: not taken, by design)."""
+def unused_by_design(component: str, key: str, source: str) -> bool:
+    """Checkpoint tensors from_components leaves out on purpose: CLIP's patch and class embeddings (SAM feeds CLIP),
+    DeepSeek-OCR2's `proj` and everything outside its SAM encoder, Ovis2.5's ViT and visual head."""
+    if component == "clip":
+        return key.removeprefix("vision_model.") in CLIP_UNUSED
+    if source == "deepseek_ocr2":
+        return not key.startswith(DEEPSEEK_SAM) or key.startswith(DEEPSEEK_SAM + "proj.")
+    if source == "ovis2_5":
+        return key.startswith(OVIS2_5_UNUSED)
+    return False
+
+
+def model_tensor(model, component: str, key: str, source: str | None = None):
+    """Where checkpoint tensor `key` of `component` lives in the assembled model (None: not found)."""
     core = model.model
     if component == "sam":
+        key = "vision_encoder." + key.removeprefix(DEEPSEEK_SAM) if source == "deepseek_ocr2" else key
         return core.vision_tower.state_dict().get(key)
     if component == "clip":
         rest = key.removeprefix("vision_model.")  # the key as CLIPVisionModel's state_dict names it, or saved
-        if rest in CLIP_UNUSED:
-            return None
         if rest.startswith("embeddings.position_embedding."):
             return core.clip_encoder.position_embedding.state_dict().get(rest.rsplit(".", 1)[1])
         return core.clip_encoder.state_dict().get(rest)
     if key == "lm_head.weight":
         return model.lm_head.weight
-    return core.language_model.state_dict().get(key.removeprefix("model."))
+    if key == OVIS2_5_TABLE:
+        return core.quality_adapter.visual_embedding_table.weight
+    prefix = "model.language_model." if source == "ovis2_5" else "model."
+    return core.language_model.state_dict().get(key.removeprefix(prefix))
 
 
-def check_weights(model, digests: dict) -> dict:
+def check_weights(model, digests: dict, sources=None) -> dict:
     """Every checkpoint tensor against its place in the assembled model, bitwise."""
+    sources = {**DEFAULT_SOURCES, **(sources or {})}
     report, taken = {}, set()
     for component, table in digests.items():
+        source = sources.get(component, component)
         equal, mismatched, missing, unused = 0, [], [], []
         for key, expected in table.items():
-            if component == "clip" and key.removeprefix("vision_model.") in CLIP_UNUSED:
+            if unused_by_design(component, key, source):
                 unused.append(key)
                 continue
-            tensor = model_tensor(model, component, key)
+            tensor = model_tensor(model, component, key, source)
             if tensor is None:
                 missing.append(key)
                 continue
@@ -284,6 +408,47 @@ def parameter_counts(model) -> dict:
     from modeling_arrcoc.training.phases import component_parameters
 
     return {name: sum(p.numel() for p in params) for name, params in component_parameters(model).items()}
+
+
+def preset_parameters(config, sources=None, ovis_vision=None) -> dict:
+    """Parameters at the preset's own size, built on the meta device (shapes only, no memory): ArrCoc's per
+    component, and per source checkpoint its total and what from_components takes from it."""
+    from modeling_arrcoc import ArrCocForConditionalGeneration
+
+    sources = {**DEFAULT_SOURCES, **(sources or {})}
+    with torch.device("meta"):
+        arrcoc = parameter_counts(ArrCocForConditionalGeneration(config))
+        out = {}
+        for name, build in component_models(config, sources, ovis_vision).items():
+            model, source = build(), sources.get(name, name)
+            out[name] = {"class": type(model).__name__, "format": source,
+                         "parameters": sum(p.numel() for p in model.parameters()),
+                         "taken": sum(_taken(key, p, name, source) for key, p in model.named_parameters())}
+    return {"arrcoc": arrcoc, "arrcoc_total": sum(arrcoc.values()), "sources": out}
+
+
+def _taken(key, parameter, component, source) -> int:
+    if unused_by_design(component, key, source):
+        return 0
+    if key == OVIS2_5_TABLE:  # [hidden, words + indicators]: the indicator columns are dropped
+        return parameter.numel() - OVIS2_5_INDICATORS * parameter.shape[0]
+    return parameter.numel()
+
+
+def with_text_layers(config, layers: int):
+    """`config` with only the LLM's first `layers` decoder layers; every other shape unchanged."""
+    values = config.to_dict()
+    text = values["text_config"]
+    text.pop("layer_types", None)  # rebuilt for the new depth
+    text["num_hidden_layers"] = layers
+    text["max_window_layers"] = min(text.get("max_window_layers", layers), layers)
+    return type(config).from_dict(values)
+
+
+def result_name(preset, text_layers=None) -> str:
+    """outputs/bench/<name>.json: base_scale for the base preset (what run_all reads), else one per preset."""
+    name = NAME if Path(str(preset)).name == "base" else f"{NAME}_{Path(str(preset)).name}"
+    return name if text_layers is None else f"{name}_llm{text_layers}layers"
 
 
 def tiny_vision_configs(image_size=64, patch_size=8) -> tuple:
@@ -580,32 +745,37 @@ def smallest_vs_full(results: dict) -> dict:
 
 def run(config, checkpoint_dir: Path, rounds=1, items=ITEMS, tiers=None, full_train_step="skip",
         prompt_tokens=PROMPT_TOKENS, answer_tokens=ANSWER_TOKENS, threads=2, keep_checkpoints=False,
-        ovis2=True) -> dict:
-    """The whole benchmark for the shapes of `config` (an ArrCocConfig: the base preset, or a tiny one in tests)."""
+        ovis2=True, sources=None, ovis_vision=None) -> dict:
+    """The whole benchmark for the shapes of `config` (an ArrCocConfig: a base preset, or a tiny one in tests), its
+    checkpoints in the formats of `sources` (see `component_models`). The Ovis2 VET check runs on the Qwen3 route
+    only: an Ovis2.5 text checkpoint's VET is part of the main weight check."""
     common.use_threads(threads)
+    sources = {**DEFAULT_SOURCES, **(sources or {})}
     timings = {}
     checkpoint_dir = Path(checkpoint_dir)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     checkpoint_dir.mkdir(parents=True)
     try:
         start = time.perf_counter()
-        digests, checkpoints = save_components(config, checkpoint_dir)
+        digests, checkpoints = save_components(config, checkpoint_dir, sources=sources, ovis_vision=ovis_vision)
         timings["save_components"] = time.perf_counter() - start
         sizes = ", ".join(f"{k} {v['parameters'] / 1e6:.1f}M" for k, v in checkpoints.items())
         print(f"saved {sizes} "
               f"in {timings['save_components']:.0f} s", flush=True)
-        start = time.perf_counter()
-        model = assemble(config, checkpoint_dir)
-        timings["from_components"] = time.perf_counter() - start
+        timings.update(load_each(checkpoint_dir, config))
+        loaded = {}
+        load = probed(lambda: loaded.setdefault("model", assemble(config, checkpoint_dir)))
+        model = loaded["model"]
+        timings["from_components"], timings["from_components_cpu"] = load["wall"], load["cpu"]
         gc.collect()
         _malloc_trim()
         start = time.perf_counter()
-        weights = check_weights(model, digests)
+        weights = check_weights(model, digests, sources)
         timings["weight_check"] = time.perf_counter() - start
-        print(f"from_components in {timings['from_components']:.0f} s; every weight unchanged: "
-              f"{weights['all_equal']}", flush=True)
+        print(f"from_components in {timings['from_components']:.0f} s (peak RSS {load['peak_rss'] / MIB:.0f} MiB); "
+              f"every weight unchanged: {weights['all_equal']}", flush=True)
         ovis = None
-        if ovis2:
+        if ovis2 and sources["text"] == "qwen3":
             ovis = check_ovis2_vet(checkpoint_dir / "ovis2_check", config.visual_vocab_size,
                                    config.text_config.hidden_size)
             print(f"Ovis2 VET ({ovis['vet_shape'][0]} x {ovis['vet_shape'][1]}) unchanged: {ovis['ok']}", flush=True)
@@ -634,7 +804,9 @@ def run(config, checkpoint_dir: Path, rounds=1, items=ITEMS, tiers=None, full_tr
         "prompt_tokens": prompt_tokens, "answer_tokens": answer_tokens, "new_tokens": NEW_TOKENS,
         "tiers": [str(t) for t in tiers], "items": list(items), "full_train_step": full_train_step,
         "loss_weights": LOSS_WEIGHTS, "train_losses": calls.losses, "errors": calls.errors,
-        "checkpoints": checkpoints,
+        "sources": sources, "checkpoints": checkpoints,
+        "from_components_peak_rss_mib": load["peak_rss"] / MIB,
+        "from_components_rss_before_mib": load["rss_before"] / MIB,
         "parameters": parameter_counts(model),
         "trainable_parameters_phase1": sum(p.numel() for p in calls.trainable),
         "weight_check": weights,
@@ -659,17 +831,40 @@ def markdown(result: dict) -> str:
     equal = sum(c["equal"] for c in w["components"].values())
     total = sum(c["tensors"] - len(c["not_used_by_design"]) for c in w["components"].values())
     differ = result["config_differs_from_preset"]
+    sources = {**DEFAULT_SOURCES, **result.get("sources", {})}
+    names = " / ".join((SOURCE_LABELS[sources["sam"]], "CLIP", SOURCE_LABELS[sources["text"]]))
+    unused = [UNUSED_LABELS[k] for k in ("clip", sources["sam"], sources["text"]) if k in UNUSED_LABELS]
+    unused = f"{unused[0]} are unused by design" if len(unused) == 1 else "unused by design: " + "; ".join(unused)
+    preset = Path(str(result.get("preset", "base"))).name
+    title = "Base preset" if preset == "base" else f"`{preset}` preset"
+    peak = result.get("from_components_peak_rss_mib")
+    scope = "at its true sizes" if not result.get("text_layers") else (
+        f"with its LLM cut to {result['text_layers']} decoder layer(s), every other part at its true size")
     lines = [
-        f"**Base preset at its true sizes** (`bench/base_scale.py`, random float32 weights; SAM {s['sam_layers']}x"
+        f"**{title} {scope}** (`bench/base_scale.py`, random float32 weights; SAM {s['sam_layers']}x"
         f"{s['sam_hidden']} at {s['image_size']} px / patch {s['patch_size']} = {s['num_patches']} patches, CLIP "
         f"{s['clip_layers']}x{s['clip_hidden']}, LLM {s['llm_layers']}x{s['llm_hidden']}, vocab {s['llm_vocab']}; "
         f"parameters {counts}; {common.machine_line(result)}).", "",
-        f"Loading: `from_components` on locally saved SAM / CLIP / Qwen3 checkpoints took "
-        f"{result['seconds']['from_components']:.0f} s; {equal} of {total} checkpoint tensors arrived bitwise "
-        f"unchanged ({'all' if w['all_equal'] else 'NOT all'}; CLIP's patch and class embeddings are unused by "
-        f"design); LM head tied to the embeddings: {w['lm_head_tied_to_embeddings']}; sub-configs "
+        f"Loading: `from_components` on locally saved {names} checkpoints took "
+        f"{result['seconds']['from_components']:.0f} s{f' (peak RSS {peak:.0f} MiB)' if peak else ''}; {equal} of "
+        f"{total} checkpoint tensors arrived bitwise "
+        f"unchanged ({'all' if w['all_equal'] else 'NOT all'}; {unused}); "
+        f"LM head tied to the embeddings: {w['lm_head_tied_to_embeddings']}; sub-configs "
         f"{'DIFFER: ' + json.dumps(differ) if differ else 'match the preset'}.",
     ]
+    each = {k.removeprefix("load_"): v for k, v in result["seconds"].items() if k.startswith("load_")}
+    if each:
+        build = each.pop("build_arrcoc", None)
+        lines.append("Each checkpoint loaded alone (from_components' loader, files in the page cache): "
+                     + ", ".join(f"{k} {v:.1f} s" for k, v in each.items())
+                     + (f"; building the new ArrCoc model (initialisation) {build:.1f} s" if build else "") + ".")
+    at_size = result.get("parameters_at_preset_size")
+    if at_size:
+        arrcoc = ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in at_size["arrcoc"].items())
+        taken = ", ".join(f"{k} ({v['class']}) {v['parameters'] / 1e6:.1f}M, {v['taken'] / 1e6:.1f}M taken"
+                          for k, v in at_size["sources"].items())
+        lines.append(f"Parameters at the preset's own size (meta device, no weights): ArrCoc {arrcoc} "
+                     f"(total {at_size['arrcoc_total'] / 1e6:.1f}M); checkpoints: {taken}.")
     ovis = result.get("ovis2_vet_check")
     if ovis:
         lines.append(f"Ovis2: a VET of the preset's shape ({ovis['vet_shape'][0]} x {ovis['vet_shape'][1]}) on a "
@@ -686,10 +881,11 @@ def markdown(result: dict) -> str:
                          "-" if tier == "full" else f"{e['flop_ratio_vs_full']:.2f}x"])
     headers = ["call", "tier", "visual tokens", "wall s", "CPU s", "peak RSS MiB", "peak - before MiB", "GFLOPs",
                "speed-up vs full (wall)", "(CPU time)", "FLOP ratio"]
-    lines += ["", f"Batch 1, one {s['image_size']} px page, {result['prompt_tokens']}-token prompt, "
-                  f"{result['rounds']} round(s) (median shown), {result['threads']} torch threads; the FLOP ratio is "
-                  "full tokens' FLOPs over the tier's (bench/flops.py; train_step: base_scale.train_flops):", "",
-              common.markdown_table(headers, rows), ""]
+    if rows:  # none with --load-only
+        lines += ["", f"Batch 1, one {s['image_size']} px page, {result['prompt_tokens']}-token prompt, "
+                      f"{result['rounds']} round(s) (median shown), {result['threads']} torch threads; the FLOP ratio "
+                      "is full tokens' FLOPs over the tier's (bench/flops.py; train_step: base_scale.train_flops):", "",
+                  common.markdown_table(headers, rows), ""]
     for label, r in result["smallest_vs_full"].items():
         lines.append(f"- {label}: tier {r['tier']} is {r['speedup']:.2f}x faster than full tokens in wall time, "
                      f"{r['speedup_cpu_time']:.2f}x in CPU time; FLOP ratio {r['flop_ratio']:.2f}x; peak RSS "
@@ -713,14 +909,37 @@ def main(argv=None):
     args = parse_args(argv)
     checkpoint_dir = args.checkpoint_dir or args.output_dir / "base_components"
     config = preset_config(args.preset)
-    result = run(config, checkpoint_dir, args.repeats, args.items, args.tiers, args.full_train_step,
-                 threads=args.threads, keep_checkpoints=args.keep_checkpoints, ovis2=not args.skip_ovis2)
-    result["preset"] = str(args.preset)
-    common.publish(NAME, result, args.output_dir, markdown)
+    sources = preset_sources(args.preset)
+    sources.update({k: v for k, v in (("sam", args.vision_source), ("text", args.text_source)) if v})
+    at_size = preset_parameters(config, sources)
+    if args.parameters_only:
+        print(json.dumps(at_size, indent=2))
+        return
+    if args.text_layers is not None:
+        config = with_text_layers(config, args.text_layers)
+    items = [] if args.load_only else args.items
+    result = run(config, checkpoint_dir, args.repeats, items, args.tiers, args.full_train_step,
+                 threads=args.threads, keep_checkpoints=args.keep_checkpoints, ovis2=not args.skip_ovis2,
+                 sources=sources)
+    result.update(preset=str(args.preset), text_layers=args.text_layers, parameters_at_preset_size=at_size)
+    common.publish(result_name(args.preset, args.text_layers), result, args.output_dir, markdown)
 
 
 if __name__ == "__main__":
     main()
 
 
-__all__ = ["ITEMS", "check_weights", "make_inputs", "markdown", "run", "save_components", "train_flops"]
+__all__ = [
+    "ITEMS",
+    "PRESET_SOURCES",
+    "check_weights",
+    "component_models",
+    "make_inputs",
+    "markdown",
+    "preset_parameters",
+    "preset_sources",
+    "run",
+    "save_components",
+    "train_flops",
+    "with_text_layers",
+]

@@ -93,6 +93,82 @@ def test_result_json_fields(tiny_result):
     assert "| call | tier |" in text and "speed-up vs full" in text
 
 
+# --- the Ovis2.5 + DeepSeek-OCR2 preset (base_ovis25) ------------------------------------------------------------
+
+TINY_OVIS_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                        image_size=32, patch_size=8)
+OVIS25_SOURCES = {"sam": "deepseek_ocr2", "text": "ovis2_5"}
+MACHINE = {"cpu_count": 2, "usable_cores": 2, "torch_threads": 1, "torch": torch.__version__, "device": "cpu"}
+
+
+def test_the_ovis25_route_checks_every_weight_on_tiny_shapes(tmp_path):
+    """The benchmark's loading path in the base_ovis25 formats: DeepSeek-OCR2 (SAM) and Ovis2.5 (Qwen3 + VET)."""
+    config = tiny_config()
+    threads = torch.get_num_threads()
+    result = base_scale.run(config, tmp_path / "components", items=[], threads=1, sources=OVIS25_SOURCES,
+                            ovis_vision=TINY_OVIS_VISION)
+    torch.set_num_threads(threads)
+    check = result["weight_check"]
+    assert check["all_equal"] is True and result["config_differs_from_preset"] == {}
+    assert result["ovis2_vet_check"] is None and result["results"] == {}
+    sam, text = check["components"]["sam"], check["components"]["text"]
+    assert sam["equal"] == len(sam_keys(config)) and not sam["missing"]
+    assert any(".sam_encoder.proj." in k for k in sam["not_used_by_design"])
+    assert base_scale.OVIS2_5_TABLE not in text["not_used_by_design"]  # the VET is compared, transposed
+    assert any(k.startswith("model.vision_tower.") for k in text["not_used_by_design"])
+    assert result["checkpoints"]["text"]["format"] == "ovis2_5"
+    assert "DeepSeek-OCR2 / CLIP / Ovis2.5 checkpoints" in base_scale.markdown({**result, "machine": MACHINE})
+
+
+def sam_keys(config):
+    from transformers import SamVisionConfig, SamVisionModel
+
+    return SamVisionModel(SamVisionConfig(**base_scale._sub(config.vision_config))).state_dict()
+
+
+def test_the_ovis25_weight_check_catches_a_changed_vet_row(tmp_path):
+    config = tiny_config()
+    digests, _ = base_scale.save_components(config, tmp_path, sources=OVIS25_SOURCES, ovis_vision=TINY_OVIS_VISION)
+    model = base_scale.assemble(config, tmp_path)
+    assert base_scale.check_weights(model, digests, OVIS25_SOURCES)["all_equal"]
+    with torch.no_grad():
+        model.model.quality_adapter.visual_embedding_table.weight[-1, 0] += 1e-6
+    check = base_scale.check_weights(model, digests, OVIS25_SOURCES)
+    assert check["components"]["text"]["mismatched"] == [base_scale.OVIS2_5_TABLE]
+
+
+def test_the_ovis25_preset_has_ovis2_5_2b_and_deepseek_ocr2_shapes():
+    """Shapes only (no weights): the LLM is Qwen3-1.7B's, the VET has Ovis2.5's visual words without its indicator
+    words, the SAM is DeepSeek-OCR2's as Transformers defines it; the parameters are counted on the meta device."""
+    from transformers.models.deepseek_ocr2.configuration_deepseek_ocr2 import DeepseekOcr2SamVisionConfig
+    from transformers.models.ovis2_5.configuration_ovis2_5 import Ovis2_5VisionConfig
+
+    config = base_scale.preset_config("base_ovis25")
+    text, sam, ovis = config.text_config, DeepseekOcr2SamVisionConfig(), Ovis2_5VisionConfig()
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads,
+            text.head_dim, text.intermediate_size, text.vocab_size) == (2048, 28, 16, 8, 128, 6144, 151936)
+    assert text.rope_parameters["rope_theta"] == 1e6 and text.tie_word_embeddings and config.tie_word_embeddings
+    assert config.visual_vocab_size == ovis.vocab_size - ovis.num_visual_indicator_tokens == 65532
+    for key in base_scale.SHAPE_KEYS["vision_config"]:
+        want = getattr(sam, key)
+        assert getattr(config.vision_config, key) == (list(want) if isinstance(want, tuple) else want), key
+    assert base_scale.preset_sources("base_ovis25") == OVIS25_SOURCES
+    assert base_scale.preset_sources("base") == base_scale.DEFAULT_SOURCES
+    counts = base_scale.preset_parameters(config, OVIS25_SOURCES)
+    assert counts["arrcoc"]["language_model"] == 1_720_574_976 and counts["arrcoc"]["lm_head"] == 0  # tied
+    assert counts["arrcoc"]["vision_tower"] == counts["sources"]["sam"]["taken"]
+    assert counts["sources"]["text"]["taken"] == 1_720_574_976 + 65532 * 2048  # body + VET rows; head tied
+
+
+def test_text_layers_keeps_every_other_shape():
+    config = base_scale.preset_config("base_ovis25")
+    cut = base_scale.with_text_layers(config, 1)
+    assert cut.text_config.num_hidden_layers == 1 and len(cut.text_config.layer_types) == 1
+    assert base_scale.check_config(cut, config) == {"text_config.num_hidden_layers": [1, 28]}
+    assert base_scale.result_name("base_ovis25", 1) == "base_scale_base_ovis25_llm1layers"
+    assert base_scale.result_name("base") == "base_scale"
+
+
 def test_train_flops_model():
     config = tiny_config()
     small = base_scale.train_flops(config, 4, 28, 5)
