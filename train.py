@@ -35,6 +35,7 @@ from modeling_arrcoc.methods import learning_curve_methods
 from modeling_arrcoc.training.curves import LearningCurve, LearningCurveCallback
 from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.data.synthetic import FAMILIES, NUM_VISUAL_WORDS, SyntheticConfig, make_synthetic_suite
+from modeling_arrcoc.components import vision_normalization
 from modeling_arrcoc.lora import merge_lora
 from modeling_arrcoc.training.phases import apply_phase, trainable_parameter_counts
 from modeling_arrcoc.training.arguments import TRAINING_CONFIG, ArrCocTrainingArguments
@@ -159,7 +160,8 @@ def _from_components(preset: Path, dtype):
     settings = _arrcoc_settings(preset / "config.json")
     settings["image_token_id"] = tokenizer.convert_tokens_to_ids(BASE_IMAGE_TOKEN)
     model = ArrCocForConditionalGeneration.from_components(**components, dtype=dtype, **settings)
-    image_processor = ArrCocImageProcessor(size=model.config.vision_config.image_size)
+    image_processor = ArrCocImageProcessor(size=model.config.vision_config.image_size,
+                                           **vision_normalization(components["vision"]))
     return model, ArrCocProcessor(image_processor, tokenizer, image_token=BASE_IMAGE_TOKEN)
 
 

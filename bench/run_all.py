@@ -30,6 +30,7 @@ from bench import common  # noqa: E402
 from modeling_arrcoc.training.phases import COMPONENTS  # noqa: E402
 
 FROM_TOKEN_COST = ["--from-json", "{output_dir}/token_cost.json"]
+OVIS25_SCALE = "base_scale_base_ovis25_llm1layers"
 # (name, extra arguments, --quick arguments). token_cost runs before allocator_cost, which reuses its timings.
 BENCHES = (
     ("token_cost", ["--repeats", "15"], ["--repeats", "1", "--new-tokens", "2"]),
@@ -45,7 +46,13 @@ BENCHES = (
     # own thread count and preset come after (and override) the common arguments.
     ("base_scale", ["--preset", "base", "--threads", "2", "--full-train-step", "checkpointed"],
      ["--preset", "base", "--threads", "2", "--items", "forward", "--tiers", "64", "full", "--skip-ovis2"]),
+    # The 2026 preset (DeepSeek-OCR2's SAM, CLIP-L, Ovis2.5-2B): loaded from checkpoints in those formats with its LLM
+    # cut to one layer, every other part at its true size (the whole preset peaks near 18 GiB), and every
+    # component's parameters counted at the true size (about 2 minutes, 8 GiB).
+    (OVIS25_SCALE, ["--preset", "base_ovis25", "--text-layers", "1", "--load-only", "--threads", "1"],
+     ["--preset", "base_ovis25", "--text-layers", "1", "--load-only", "--threads", "1"]),
 )
+SCRIPTS = {OVIS25_SCALE: "base_scale"}  # results named apart from the script that writes them
 BENCH_DIR = Path(__file__).resolve().parent
 
 
@@ -63,8 +70,9 @@ def parse_args(argv=None):
 def run_bench(name, extra, preset, output_dir, threads) -> float:
     """Run bench/<name>.py in a fresh process; its output streams through. Returns its wall seconds."""
     args = [a.format(output_dir=output_dir) for a in extra]
-    command = [sys.executable, str(BENCH_DIR / f"{name}.py"), "--preset", str(preset), "--output-dir",
-               str(output_dir), "--threads", str(threads), *args]
+    script = BENCH_DIR / f"{SCRIPTS.get(name, name)}.py"
+    command = [sys.executable, str(script), "--preset", str(preset), "--output-dir", str(output_dir), "--threads",
+               str(threads), *args]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
@@ -129,6 +137,7 @@ def summarize(output_dir, seconds: dict, total_seconds: float | None) -> dict:
         "gpu": _gpu(gpu),
         "base_scale": results.get("base_scale"),
         "prefill_decode": results.get("prefill_decode"),
+        "base_scale_ovis25": results.get(OVIS25_SCALE),
     }
     return summary
 
@@ -185,6 +194,10 @@ def markdown(summary: dict) -> str:
         from bench.base_scale import markdown as base_scale_markdown
 
         lines += ["", base_scale_markdown(summary["base_scale"]).rstrip()]
+    if summary.get("base_scale_ovis25"):
+        from bench.base_scale import markdown as base_scale_markdown
+
+        lines += ["", base_scale_markdown(summary["base_scale_ovis25"]).rstrip()]
     lines += ["", "Full tables: `python bench/<name>.py` prints each; numbers in `outputs/bench/*.json`."]
     return "\n".join(lines) + "\n"
 

@@ -47,6 +47,16 @@ def load_vision_components(vision, dtype=None):
     return sam.config, sam.state_dict()
 
 
+# The pixel normalization each vision source was trained with (the image processor's mean and std). SAM's own
+# preprocessor uses ImageNet's, which is ArrCocImageProcessor's default; DeepSeek-OCR2 maps pixels to [-1, 1].
+VISION_NORMALIZATION = {"deepseek_ocr2": {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}}
+
+
+def vision_normalization(vision) -> dict:
+    """The image processor's `image_mean` / `image_std` for a vision checkpoint ({}: the processor's defaults)."""
+    return dict(VISION_NORMALIZATION.get(AutoConfig.from_pretrained(vision).model_type, {}))
+
+
 def deepseek_ocr2_sam(path, dtype=None):
     """DeepSeek-OCR2's SAM encoder as a transformers SAM vision tower: (SamVisionConfig, state dict).
 
@@ -203,4 +213,5 @@ __all__ = [
     "load_text_components",
     "load_vision_components",
     "ovis2_5_text",
+    "vision_normalization",
 ]

@@ -183,10 +183,11 @@ def test_run_all_summary_and_markdown(results):
     assert summary["gpu"] == {"skipped": "no CUDA device"}
     text = run_all.markdown(summary)
     for heading in ("Visual tokens vs time", "Training throughput", "Memory per phase", "Generate grouped by tier",
-                    "GPU"):
+                    "GPU", "Prefill and decode, timed apart"):
         assert heading in text
     # Every benchmark's own report renders from its JSON too.
-    for module in (token_cost, allocator_cost, training_throughput, memory, prefill_grouping, gpu_token_cost):
+    for module in (token_cost, allocator_cost, training_throughput, memory, prefill_grouping, gpu_token_cost,
+                   prefill_decode):
         assert module.markdown(common.read_result(module.NAME, out))
 
 
@@ -214,3 +215,10 @@ def test_decode_bytes_are_weights_plus_cache(tiny):
     head_dim = text.head_dim or text.hidden_size // text.num_attention_heads
     gap = prefill_decode.decode_bytes(config, 16, 10, 3) - prefill_decode.decode_bytes(config, 4, 10, 3)
     assert gap == 4 * 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * (16 - 4) * 3
+
+
+def test_every_bench_entry_names_a_script():
+    """run_all runs bench/<script>.py for each entry; a result named apart from its script is mapped to it."""
+    for name, _, _ in run_all.BENCHES:
+        assert (ROOT / "bench" / f"{run_all.SCRIPTS.get(name, name)}.py").exists(), name
+    assert run_all.SCRIPTS[run_all.OVIS25_SCALE] == "base_scale"

@@ -5,6 +5,7 @@ Each source is a tiny random model of the real Transformers class, written with 
 format: Ovis2.5's `vte.weight` as [words, hidden], DeepSeek-OCR2's `sam_model.*` keys) and loaded back by
 `from_components`, offline."""
 
+import numpy as np
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
@@ -226,6 +227,19 @@ def test_the_deepseek_tower_computes_deepseeks_neck_features(sources, assembled)
     torch.testing.assert_close(features, neck[0].flatten(2).transpose(1, 2), atol=1e-6, rtol=0)
     config = assembled["deepseek_ocr2"].config.vision_config
     assert config.model_type == "sam_vision_model" and not hasattr(config, "downsample_channels")
+
+
+def test_each_vision_source_gets_the_normalization_it_was_trained_with(sources):
+    """DeepSeek-OCR2 maps pixels to [-1, 1] (mean = std = 0.5); SAM keeps the processor's ImageNet defaults."""
+    from modeling_arrcoc import ArrCocImageProcessor
+    from modeling_arrcoc.components import vision_normalization
+
+    root, _ = sources
+    assert vision_normalization(str(root / "deepseek_ocr2")) == {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    assert vision_normalization(str(root / "sam")) == {}
+    processor = ArrCocImageProcessor(size=64, **vision_normalization(str(root / "deepseek_ocr2")))
+    white = processor(images=[np.full((64, 64, 3), 255, dtype=np.uint8)], return_tensors="pt")["pixel_values"]
+    assert torch.allclose(white, torch.ones_like(white))
 
 
 def test_a_deepseek_checkpoint_without_sam_weights_is_refused(sources, tmp_path):
