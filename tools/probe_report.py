@@ -15,7 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tools.render_readme import replace_block  # noqa: E402
+from modeling_arrcoc.evaluation.readme import fill_blocks  # noqa: E402
 
 
 def rows(folder: Path) -> list:
@@ -47,7 +47,7 @@ def main(argv=None) -> None:
     if target is None:
         print(table)
     else:
-        target.write_text(replace_block(target.read_text(), "probes", table))
+        fill_blocks(target, {"probes": table})
 
 
 if __name__ == "__main__":
