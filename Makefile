@@ -163,7 +163,8 @@ bench: venv
 app: venv
 	$(PY) app.py $(APP_ARGS)
 
-# Fills README.md's generated blocks from outputs/ and pretrained/ (never hand-typed numbers).
+# Fills the generated blocks of README.md (headline, heatmap) and docs/results.md (every table that runs past a
+# screen) from outputs/ and pretrained/ (never hand-typed numbers).
 readme: venv
 	$(PY) tools/render_readme.py
 

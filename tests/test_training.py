@@ -713,3 +713,19 @@ def test_probe_report_renders_every_recorded_point_into_its_block(tmp_path):
     text = doc.read_text()
     assert "old" not in text and text.startswith("x\n") and text.endswith("y\n")
     assert "| p | a probe | 100 | tier_4 accuracy 0.25 (global_count 0.00, local_color 0.50) |" in text
+
+
+def test_render_readme_pages_hold_exactly_the_blocks_it_fills(tmp_path):
+    """make readme fills README.md and docs/results.md: each page holds the blocks PAGES names for it and no other, so
+    a block moved between pages without its renderer (or the reverse) fails here, and a missing one is refused."""
+    from modeling_arrcoc.evaluation.readme import block_names, fill_blocks
+    from tools.render_readme import PAGES
+
+    for page, names in PAGES.items():
+        assert sorted(block_names((ROOT / page).read_text())) == sorted(names), page
+    page = tmp_path / "page.md"
+    page.write_text("<!-- BEGIN generated:a (x) -->\nold\n<!-- END generated:a -->\n")
+    fill_blocks(page, {"a": "new"})
+    assert page.read_text() == "<!-- BEGIN generated:a (x) -->\nnew\n<!-- END generated:a -->\n"
+    with pytest.raises(ValueError, match="page.md: no generated block named 'b'"):
+        fill_blocks(page, {"b": "body"})

@@ -1,33 +1,31 @@
-"""Fill README.md's generated blocks from what the repo's own commands wrote (`make readme`).
+"""Fill the generated blocks of README.md and docs/results.md from what the repo's own commands wrote (`make readme`).
 
-    demo      <- outputs/demo/eval.json                 (make demo)
-    baselines <- outputs/demo/baselines/eval.json       (make baselines)
-    heatmap   <- outputs/demo/heatmaps.png -> docs/heatmaps.png
-    pretrain  <- pretrained/demo-base/PROVENANCE.json   (make pretrain)
-    bench     <- outputs/bench/summary.md               (make bench)
+    README.md
+      headline  <- outputs/demo/eval.json                 (make demo)
+      heatmap   <- outputs/demo/heatmaps.png -> docs/heatmaps.png
+    docs/results.md (the tables that run past a screen; its figures lie beside it in docs/)
+      demo      <- outputs/demo/eval.json                 (make demo)
+      baselines <- outputs/demo/baselines/eval.json       (make baselines)
+      pretrain  <- pretrained/demo-base/PROVENANCE.json   (make pretrain)
+      bench     <- outputs/bench/summary.md               (make bench)
 
-A block whose source is missing is left as it is, so no number in the README is ever typed by hand.
+A block whose source is missing is left as it is, so no number in either page is ever typed by hand.
 """
 
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
 sys.path.insert(0, str(ROOT))
 
 from modeling_arrcoc.evaluation.model_card import RELEVANCE_TAG  # noqa: E402
+from modeling_arrcoc.evaluation.readme import fill_blocks  # noqa: E402
 from modeling_arrcoc.evaluation.report import headline  # noqa: E402
 
-
-def replace_block(text: str, name: str, body: str) -> str:
-    pattern = re.compile(rf"(<!-- BEGIN generated:{name}[^>]*-->\n).*?(<!-- END generated:{name} -->)", re.S)
-    if not pattern.search(text):
-        raise ValueError(f"README.md has no generated block named {name!r}")
-    return pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
+# Which page holds which block (tests/test_training.py checks the pages against it).
+PAGES = {"README.md": ("headline", "heatmap"), "docs/results.md": ("demo", "baselines", "pretrain", "bench")}
 
 
 def demo_block(report: dict) -> str:
@@ -54,7 +52,7 @@ def demo_block(report: dict) -> str:
         lines += ["", f"Budget calibration vs the oracle-minimal tier ({calibration['n'] - calibration['n_no_oracle']} "
                       f"samples with an oracle): exact {calibration['exact']:.2f}, within one tier "
                       f"{calibration['within_one']:.2f}, over {calibration['over']:.2f}, under {calibration['under']:.2f}."]
-    return "\n".join(lines + ["", "![accuracy vs visual tokens](docs/pareto.png)"])
+    return "\n".join(lines + ["", "![accuracy vs visual tokens](pareto.png)"])
 
 
 def headline_block(report: dict) -> str:
@@ -124,47 +122,54 @@ def curve_figures(provenance: dict) -> str:
     points = provenance.get("learning_curve", {}).get("points", [])
     if points:
         plot_learning_curve(points, ROOT / "docs/pretrain_curve.png", "make pretrain: held-out accuracy")
-        figures.append("![pretrain learning curve](docs/pretrain_curve.png)")
+        figures.append("![pretrain learning curve](pretrain_curve.png)")
     report = ROOT / "outputs/demo/learning_curve.png"  # make demo: every stage, pretrain to phase 3
     if report.exists():
         shutil.copyfile(report, ROOT / "docs/learning_curve.png")
-        figures.append("![learning curve of every stage](docs/learning_curve.png)")
+        figures.append("![learning curve of every stage](learning_curve.png)")
     return "\n\n" + "\n".join(figures) if figures else ""
 
 
-def main():
-    text = README.read_text()
-    sources = {
-        "demo": ROOT / "outputs/demo/eval.json",
-        "pretrain": ROOT / "pretrained/demo-base/PROVENANCE.json",
-        "bench": ROOT / "outputs/bench/summary.md",
-        "heatmap": ROOT / "outputs/demo/heatmaps.png",
-        "baselines": ROOT / "outputs/demo/baselines/eval.json",
-    }
-    if sources["demo"].exists():
-        report = json.loads(sources["demo"].read_text())
-        timing = ROOT / "outputs/demo/timing.json"
-        took = json.loads(timing.read_text()) if timing.exists() else None
-        text = replace_block(text, "demo", demo_block(report) + ("" if took is None else (
+def blocks() -> dict:
+    """Every block whose source exists, by name (copying the figures the blocks show into docs/)."""
+    out = {}
+    demo = ROOT / "outputs/demo/eval.json"
+    if demo.exists():
+        report = json.loads(demo.read_text())
+        took = read_json(ROOT / "outputs/demo/timing.json")
+        out["demo"] = demo_block(report) + ("" if took is None else (
             f"\n\n`make demo` took {took['seconds'] / 60:.1f} minutes on {took['cores']} cores (outputs/demo/timing.json)."
-        )))
-        text = replace_block(text, "headline", headline_block(report))
+        ))
+        out["headline"] = headline_block(report)
         shutil.copyfile(ROOT / "outputs/demo/pareto.png", ROOT / "docs/pareto.png")
-    if sources["baselines"].exists():
-        timing = ROOT / "outputs/demo/baselines/timing.json"
-        text = replace_block(text, "baselines", baselines_block(
-            json.loads(sources["baselines"].read_text()), json.loads(timing.read_text()) if timing.exists() else None))
-    if sources["heatmap"].exists():
-        shutil.copyfile(sources["heatmap"], ROOT / "docs/heatmaps.png")
-        text = replace_block(text, "heatmap", "![where each question pulled its tokens from](docs/heatmaps.png)")
-    if sources["pretrain"].exists():
-        provenance = json.loads(sources["pretrain"].read_text())
-        text = replace_block(text, "pretrain", pretrain_block(provenance) + curve_figures(provenance))
-    if sources["bench"].exists():
-        text = replace_block(text, "bench", sources["bench"].read_text())
-    README.write_text(text)
-    missing = [name for name, path in sources.items() if not path.exists()]
-    print("rendered README.md" + (f"; not yet produced: {', '.join(missing)}" if missing else ""), file=sys.stderr)
+    baselines = ROOT / "outputs/demo/baselines/eval.json"
+    if baselines.exists():
+        out["baselines"] = baselines_block(json.loads(baselines.read_text()),
+                                           read_json(ROOT / "outputs/demo/baselines/timing.json"))
+    heatmap = ROOT / "outputs/demo/heatmaps.png"
+    if heatmap.exists():
+        shutil.copyfile(heatmap, ROOT / "docs/heatmaps.png")
+        out["heatmap"] = "![where each question pulled its tokens from](docs/heatmaps.png)"
+    provenance = read_json(ROOT / "pretrained/demo-base/PROVENANCE.json")
+    if provenance is not None:
+        out["pretrain"] = pretrain_block(provenance) + curve_figures(provenance)
+    bench = ROOT / "outputs/bench/summary.md"
+    if bench.exists():
+        out["bench"] = bench.read_text()
+    return out
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def main():
+    rendered = blocks()
+    for page, names in PAGES.items():
+        fill_blocks(ROOT / page, {name: rendered[name] for name in names if name in rendered})
+    missing = [name for names in PAGES.values() for name in names if name not in rendered]
+    print(f"rendered {', '.join(PAGES)}" + (f"; not yet produced: {', '.join(missing)}" if missing else ""),
+          file=sys.stderr)
 
 
 if __name__ == "__main__":
