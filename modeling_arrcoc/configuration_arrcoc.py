@@ -3,9 +3,11 @@
 import math
 from typing import Literal
 
-from huggingface_hub.dataclasses import strict
+from huggingface_hub.dataclasses import strict, validated_field
 from transformers import AutoConfig, CLIPVisionConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+
+from .selection import SELECTION_METHODS, check_selection_method
 
 
 def tier_index(budget, budgets) -> int:
@@ -72,7 +74,8 @@ class ArrCocConfig(PreTrainedConfig):
             `plan_allocation` when the caller passes no `selection`: "learned" (ARR-COC: the allocator's scores),
             "uniform" (DeepSeek-OCR-style average pooling of the grid to K cells), "hotspot" (top-K by the
             allocator's query-independent saliency, VisionZip-style), "random" (K random patches) or "full"
-            (every patch, whatever the budget). A baseline trained with its own selection carries it here, so its
+            (every patch, whatever the budget), or another name registered in `selection.SELECTIONS_TABLE` (the
+            allowed values are read from it). A baseline trained with its own selection carries it here, so its
             checkpoint runs that selection without being told. (Query similarity, SparseVLM-style, is
             training-free and evaluation-only: it is not a selection a model is trained with.)
         relevance_tag (`bool`): whether the quality adapter adds each kept token's allocator relevance (a bounded
@@ -105,7 +108,8 @@ class ArrCocConfig(PreTrainedConfig):
     allocator_hidden_size: int = 256
     allocator_num_heads: int = 4
     fold_dropped: bool = True
-    selection_method: Literal["learned", "uniform", "hotspot", "random", "full"] = "learned"
+    # Checked against the selection table when set (not a Literal fixed at import: a registered method is accepted).
+    selection_method: str = validated_field(check_selection_method, default="learned")
     relevance_tag: bool = True
     budget_temperature: float = 1.0
     adapter_num_layers: int = 2
@@ -171,9 +175,6 @@ class ArrCocConfig(PreTrainedConfig):
         if not pairs:
             raise ValueError(f"Uniform pooling cannot make {count} tokens on a {grid[0]}x{grid[1]} grid.")
         return min(pairs, key=lambda rc: abs(math.log(rc[0] / rc[1]) - math.log(grid[0] / grid[1])))
-
-
-SELECTION_METHODS = ("learned", "uniform", "hotspot", "random", "full")
 
 
 __all__ = ["ArrCocClipVisionConfig", "ArrCocConfig", "SELECTION_METHODS", "budget_error", "tier_index"]

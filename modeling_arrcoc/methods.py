@@ -12,20 +12,11 @@ import re
 from dataclasses import dataclass
 
 from .configuration_arrcoc import tier_index
+# The baselines and their selections are derived from the selection table (selection.py), never listed here.
+from .selection import BASELINE_SELECTIONS, BASELINES, QUERY_SIM, SELECTION_BASELINES, SELECTIONS_TABLE
 
 SYNTHETIC = "synthetic"
 SYNTHETIC_METRIC = "exact_match"
-QUERY_SIM = "query_sim"
-# Baseline name -> the selection it swaps into the same checkpoint.
-BASELINE_SELECTIONS = {
-    "uniform_pool": "uniform",
-    "saliency_topk": "hotspot",
-    "random": "random",
-    "query_sim": QUERY_SIM,
-}
-BASELINES = tuple(BASELINE_SELECTIONS)
-# A trained model's own selection -> the baseline name of the same selection (curves and trained methods).
-SELECTION_BASELINES = {selection: name for name, selection in BASELINE_SELECTIONS.items() if selection != QUERY_SIM}
 TRAINED_PREFIX = "trained_"
 CORRECT_THRESHOLD = 0.5
 
@@ -152,7 +143,7 @@ def trained_methods(name: str, selection: str, budgets, budget="all", query_sim=
 
 def unsupported_reason(method: Method, config):
     """Why `method` cannot run on this checkpoint, or None. Only uniform pooling has a shape constraint."""
-    if method.selection != "uniform":
+    if not SELECTIONS_TABLE[method.selection].pools:
         return None
     try:
         config.pool_shape(config.num_patches if method.budget == "full" else min(method.budget, config.num_patches))

@@ -242,7 +242,7 @@ def test_query_sim_inputs_go_through_the_models_own_selection_path(tiny, rows):
     with torch.no_grad():
         learned = model.model.prepare_multimodal_inputs(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                                         budget=16, patch_features=batch.features)
-        batch.query_scores = learned.patch_scores
+        batch.external_scores["query_sim"] = learned.patch_scores
         plan = E.method_plan(model, batch, E.parse_method("query_sim@16", BUDGETS), None)
         ours = model.model.prepare_multimodal_inputs(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                                      plan=plan)

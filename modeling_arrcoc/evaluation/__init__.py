@@ -98,9 +98,9 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
       }
     }
 
-Layout: `methods` (the method vocabulary and the query-similarity baseline), `runner` (running methods over a
-dataset; `evaluate`), `report` (scores, calibration, per-tier buckets, predictions), `datasets`, `figures`,
-`model_card`.
+Layout: `methods` (the method vocabulary; each selection, the query-similarity baseline's scorer included, is an
+entry of the library's `selection` table), `runner` (running methods over a dataset; `evaluate`), `report` (scores,
+calibration, per-tier buckets, predictions), `datasets`, `figures`, `model_card`.
 """
 
 from ..methods import (
@@ -109,12 +109,14 @@ from ..methods import (
 )
 from .datasets import EvalData, load_eval_dataset
 from .figures import heatmap_rows, plot_heatmaps, plot_pareto
-from .query_similarity import query_similarity_scores
 from .report import (
     MethodRun, build_report, column, format_table, git_commit, per_tier_buckets, sample_scores,
     save_report, summarize_run, write_predictions,
 )
-from .runner import EvalBatch, TrainedCheckpoint, eval_batch, evaluate, method_plan, run_batch, run_methods
+from .runner import (
+    EvalBatch, TrainedCheckpoint, eval_batch, evaluate, external_selections, method_plan, run_batch, run_methods,
+)
+from ..selection import query_similarity_scores
 from ..statistics import oracle_tiers
 
 __all__ = [
@@ -133,6 +135,7 @@ __all__ = [
     "column",
     "eval_batch",
     "evaluate",
+    "external_selections",
     "format_table",
     "git_commit",
     "heatmap_rows",

@@ -14,15 +14,13 @@ import numpy as np
 from .. import statistics
 from ..explanation import explain, render_heatmap
 from ..methods import AUTO_COST
+from ..selection import BASELINE_STYLES
 from .report import column
 
 
+# ARR-COC's own series; each baseline's style is its selection's (selection.py's table).
 _SERIES_STYLE = {
     "tier": dict(color="tab:blue", marker="o", label="ARR-COC, forced tier"),
-    "uniform_pool": dict(color="tab:orange", marker="s", label="uniform pooling (DeepSeek-OCR-style)"),
-    "saliency_topk": dict(color="tab:green", marker="^", label="saliency top-K (VisionZip-style)"),
-    "query_sim": dict(color="tab:purple", marker="D", label="query similarity (SparseVLM-style)"),
-    "random": dict(color="tab:gray", marker="x", label="random K"),
     "full": dict(color="black", marker="P", label="full tokens"),
 }
 
@@ -39,7 +37,7 @@ def plot_pareto(report: dict, path) -> Path:
         if kind in ("auto", AUTO_COST):
             continue
         points.sort()
-        style = _SERIES_STYLE.get(kind, dict(marker=".", label=kind))
+        style = _SERIES_STYLE.get(kind) or BASELINE_STYLES.get(kind) or dict(marker=".", label=kind)
         ax.plot(*zip(*points), linestyle="-" if len(points) > 1 else "none", alpha=0.85, **style)
     _plot_envelope(ax, series.get("tier", []))
     if AUTO_COST in series:  # auto's own curve: the token price swept at inference, auto itself on it

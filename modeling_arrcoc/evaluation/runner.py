@@ -12,8 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..explanation import prompt_batch
-from ..methods import CORRECT_THRESHOLD, QUERY_SIM, SYNTHETIC_METRIC, Method, method_names, parse_method, unsupported_reason
-from .query_similarity import query_similarity_scores
+from ..methods import CORRECT_THRESHOLD, SYNTHETIC_METRIC, Method, method_names, parse_method, unsupported_reason
+from ..selection import SELECTIONS_TABLE
 from .report import MethodRun, build_report, column, git_commit, write_predictions
 
 
@@ -39,12 +39,19 @@ class EvalBatch:
     question_ids: torch.Tensor
     question_mask: torch.Tensor
     features: torch.Tensor
-    query_scores: torch.Tensor | None = None  # query_sim's patch scores, the same for every K
+    # {selection: [B, N] patch scores} of the external selections (query_sim), the same for every K
+    external_scores: dict = field(default_factory=dict)
 
 
-def eval_batch(model, processor, rows, with_query_scores=False) -> tuple:
+def external_selections(methods) -> list:
+    """The selections among `methods` whose scores are made outside the allocator, once per batch."""
+    names = dict.fromkeys(method.selection for method in methods)
+    return [name for name in names if SELECTIONS_TABLE[name].external is not None]
+
+
+def eval_batch(model, processor, rows, external=()) -> tuple:
     """Model inputs for rows, and the seconds of the work methods share on this batch: {"sam": s} (every method)
-    and {"query_sim": s} (every query_sim@K) when `with_query_scores`."""
+    and {selection: s} for each external selection in `external` (e.g. every query_sim@K), scored here once."""
     encoded = prompt_batch(processor, [r["image"] for r in rows], [r["question"] for r in rows])
     questions = processor.tokenizer([r["question"] for r in rows], add_special_tokens=False, padding=True,
                                     return_tensors="pt")
@@ -55,22 +62,23 @@ def eval_batch(model, processor, rows, with_query_scores=False) -> tuple:
     to = model.device
     batch = EvalBatch(encoded["input_ids"].to(to), encoded["attention_mask"].to(to), questions["input_ids"].to(to),
                       questions["attention_mask"].to(to), features)
-    if with_query_scores:
+    for name in external:
         start = time.perf_counter()
-        batch.query_scores = query_similarity_scores(model, features, batch.question_ids, batch.question_mask)
+        batch.external_scores[name] = SELECTIONS_TABLE[name].external(
+            model=model, patch_features=features, question_ids=batch.question_ids, question_mask=batch.question_mask)
         _synchronize(model)
-        shared[QUERY_SIM] = time.perf_counter() - start
+        shared[name] = time.perf_counter() - start
     return batch, shared
 
 
 def method_plan(model, batch: EvalBatch, method: Method, generator):
-    """The model's allocation plan for `method` on `batch`: its budget and selection (query_sim swaps in its own
-    scores and keeps everything else of the checkpoint's path)."""
-    query_sim = method.selection == QUERY_SIM
+    """The model's allocation plan for `method` on `batch`: its budget and selection (an external selection swaps
+    in its own scores and keeps everything else of the checkpoint's learned path)."""
+    external = SELECTIONS_TABLE[method.selection].external is not None
     return model.plan_allocation(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, patch_features=batch.features,
-        budget=method.budget, selection="learned" if query_sim else method.selection,
-        selection_scores=batch.query_scores if query_sim else None, generator=generator,
+        budget=method.budget, selection="learned" if external else method.selection,
+        selection_scores=batch.external_scores.get(method.selection), generator=generator,
         budget_cost=method.budget_cost,
     )
 
@@ -96,12 +104,12 @@ def run_methods(model, processor, dataset, methods, batch_size=8, max_new_tokens
     generator = torch.Generator().manual_seed(seed)  # random@K draws the same patches on every run
     if methods and len(dataset):
         _warm_up(model, processor, [dataset[i] for i in range(min(batch_size, len(dataset)))], methods[0])
-    with_query_scores = any(method.selection == QUERY_SIM for method in methods)
+    external = external_selections(methods)
     starts = range(0, len(dataset), batch_size)
     for start in tqdm(starts, desc="evaluating", unit="batch", disable=not progress):
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        # SAM (and query_sim's scoring) run once per batch; each method is charged their time, as a query pays it.
-        batch, shared = eval_batch(model, processor, rows, with_query_scores)
+        # SAM (and external scoring) run once per batch; each method is charged their time, as a query pays it.
+        batch, shared = eval_batch(model, processor, rows, external)
         for method in methods:
             begin = time.perf_counter()
             predictions, counts, tiers = run_batch(model, processor, batch, method, max_new_tokens, generator)
@@ -123,7 +131,7 @@ def _synchronize(model):
 def _warm_up(model, processor, rows, method):
     """One untimed batch first: the first calls pay one-off costs (allocator caches, kernel setup) that would
     otherwise land on whichever method happens to run first."""
-    batch, _ = eval_batch(model, processor, rows, method.selection == QUERY_SIM)
+    batch, _ = eval_batch(model, processor, rows, external_selections([method]))
     run_batch(model, processor, batch, method, 2, torch.Generator().manual_seed(0))
 
 
@@ -177,6 +185,7 @@ __all__ = [
     "TrainedCheckpoint",
     "eval_batch",
     "evaluate",
+    "external_selections",
     "method_plan",
     "run_batch",
     "run_methods",
