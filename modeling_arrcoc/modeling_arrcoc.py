@@ -1,8 +1,12 @@
-"""ArrCoc: SAM -> allocator -> CLIP -> quality adapter -> Qwen3/Ovis LLM, with a per-sample number of visual tokens."""
+"""ArrCoc: SAM -> allocator -> CLIP -> quality adapter -> Qwen3/Ovis LLM, with a per-sample number of visual tokens.
+
+The model classes. What they return is in `outputs_arrcoc` (the allocation plan and the outputs that carry it), the
+splice in `splice_arrcoc`, generation by tier in `generation_arrcoc`, the selection methods in `selection` and the
+loss terms in `losses`; the names users import from here are re-exported.
+"""
 
 import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -10,11 +14,6 @@ from torch.nn import functional as F
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPooling,
-    MultimodalBaseModelOutputWithPast,
-    MultimodalCausalLMOutputWithPast,
-)
 from transformers.models.clip.modeling_clip import CLIPEncoder
 from transformers.models.sam.modeling_sam import (
     SamVisionAttention,
@@ -29,155 +28,34 @@ from transformers.utils.import_utils import is_tracing
 
 from .adapter_arrcoc import ArrCocQualityAdapter
 from .allocator_arrcoc import ArrCocAllocator, Selection
-from .configuration_arrcoc import SELECTION_METHODS, ArrCocConfig
+from .configuration_arrcoc import ArrCocConfig
+from .generation_arrcoc import check_no_assisted_decoding, generate_by_tier, generation_pad_token_id
 from .layers_arrcoc import ArrCocZeroInitEmbedding, ArrCocZeroInitLinear
-
-SELECTIONS = SELECTION_METHODS  # learned, uniform, hotspot, random, full (the config's vocabulary)
-LOSS_COMPONENTS = ("answer", "efficiency", "alignment", "vet_kl")
-
-
-@dataclass
-class ArrCocModelOutputWithPast(MultimodalBaseModelOutputWithPast):
-    """
-    `ArrCocModel`'s output. last_hidden_state / cache / hidden_states / attentions: the language model's, over the
-    spliced sequence (each `<image>` replaced by its K_i visual tokens, rows left-padded to the longest).
-    image_outputs: the `ArrCocImageFeaturesOutput` of `get_image_features` (None on text-only steps); its
-        hidden_states / attentions are the vision tower's when asked for.
-    visual_token_counts: [B] tokens actually fed to the LLM per sample (0 for text-only decoding steps).
-    budget_logits: [B, n_tiers]; budget_tiers: [B] tier index used per sample.
-    patch_scores: [B, N] allocator scores; kept_patch_mask: [B, N] patches whose own position was kept.
-    visual_probs: [B, K_max, V] the adapter's distribution over the visual vocabulary (padded rows are 0).
-    labels / shift_labels: the targets given to `forward`, aligned with `last_hidden_state` (spliced like the
-        inputs: -100 on the visual tokens), for a head's loss. None when not given.
-    """
-
-    visual_token_counts: torch.LongTensor | None = None
-    budget_logits: torch.FloatTensor | None = None
-    budget_tiers: torch.LongTensor | None = None
-    patch_scores: torch.FloatTensor | None = None
-    kept_patch_mask: torch.BoolTensor | None = None
-    visual_probs: torch.FloatTensor | None = None
-    labels: torch.LongTensor | None = None
-    shift_labels: torch.LongTensor | None = None
-
-
-@dataclass
-class ArrCocCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
-    """
-    loss: weighted total of the components below (weights from `loss_weights`), None without labels.
-    logits / cache / hidden_states / attentions: the language model's, over the spliced sequence.
-    image_outputs: the `ArrCocImageFeaturesOutput` the visual tokens came from (None on text-only steps).
-    answer_loss / efficiency_loss / alignment_loss / vet_kl_loss: each component, None without labels.
-    visual_token_counts: [B] tokens actually fed to the LLM per sample (0 for text-only decoding steps).
-    budget_logits: [B, n_tiers]; budget_tiers: [B] tier index used per sample.
-    patch_scores: [B, N] allocator scores; kept_patch_mask: [B, N] patches whose own position was kept.
-    visual_probs: [B, K_max, V] the adapter's distribution over the visual vocabulary (padded rows are 0).
-    """
-
-    answer_loss: torch.FloatTensor | None = None
-    efficiency_loss: torch.FloatTensor | None = None
-    alignment_loss: torch.FloatTensor | None = None
-    vet_kl_loss: torch.FloatTensor | None = None
-    visual_token_counts: torch.LongTensor | None = None
-    budget_logits: torch.FloatTensor | None = None
-    budget_tiers: torch.LongTensor | None = None
-    patch_scores: torch.FloatTensor | None = None
-    kept_patch_mask: torch.BoolTensor | None = None
-    visual_probs: torch.FloatTensor | None = None
-
-
-@dataclass
-class ArrCocMultimodalInputs:
-    """What the LLM receives after splicing, plus what the allocator decided."""
-
-    inputs_embeds: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    labels: torch.Tensor | None
-    visual_token_counts: torch.Tensor
-    budget_logits: torch.Tensor
-    budget_tiers: torch.Tensor
-    patch_scores: torch.Tensor
-    kept_patch_mask: torch.Tensor
-    visual_probs: torch.Tensor
-    visual_mask: torch.Tensor
-    token_sources: torch.Tensor  # [B, K_max] the grid index each token mostly comes from
-    shift_labels: torch.Tensor | None = None  # pre-shifted targets, spliced like `labels`
-    image: "ArrCocImageFeaturesOutput | None" = None  # what `get_image_features` returned
-
-
-@dataclass
-class ArrCocAllocationPlan:
-    """Everything decided about one batch's visual tokens, computed once by `ArrCocModel.plan_allocation`.
-
-    patch_features: [B, N, C] SAM features. patch_scores / hotspot_scores: [B, N] the allocator's scores and its
-    query-agnostic saliency. budget_logits: [B, n_tiers]. budget_tiers: [B] tier index per sample.
-    visual_token_counts: [B] tokens each sample keeps. selection_scores: [B, N] what the top-K rule ranks by (None
-    for uniform pooling). selection: the selection rule's name. static_tokens: the tokens every sample keeps when
-    that is known on the host (a fixed tier, "full", or one tier group of an auto batch), else None: it fixes every
-    shape of the forward, so a forced tier compiles as one graph (`torch.compile(fullgraph=True)`) with no read-back.
-    """
-
-    patch_features: torch.Tensor
-    patch_scores: torch.Tensor
-    hotspot_scores: torch.Tensor
-    budget_logits: torch.Tensor
-    budget_tiers: torch.Tensor
-    visual_token_counts: torch.Tensor
-    selection_scores: torch.Tensor | None
-    selection: str = "learned"
-    static_tokens: int | None = None
-
-    def tier_groups(self) -> dict:
-        """{tier index: sample indices} in ascending tier order: the batches generation runs without padding."""
-        return {tier: (self.budget_tiers == tier).nonzero().flatten() for tier in self.budget_tiers.unique().tolist()}
-
-    def tier_group(self, index) -> "ArrCocAllocationPlan":
-        """The plan of one tier group (`tier_groups`' samples `index`): every sample keeps the same number of tokens,
-        so the group's shapes are static (one compiled graph per tier group under "auto")."""
-        return self.subset(index, static_tokens=int(self.visual_token_counts[index[0]]))
-
-    def subset(self, index, static_tokens: int | None = None) -> "ArrCocAllocationPlan":
-        """The plan of the samples at `index` (decisions are per sample, so nothing is recomputed).
-        static_tokens: their common token count, when the caller knows it (one tier group); else the plan's own."""
-        fields = {name: value[index] for name, value in vars(self).items() if isinstance(value, torch.Tensor)}
-        static_tokens = self.static_tokens if static_tokens is None else static_tokens
-        return dataclasses.replace(self, **fields, static_tokens=static_tokens)
-
-
-# The plan's host-side decisions (the rule's name, a known token count) are pytree context, its tensors children:
-# torch.export / torch.compile outputs can then carry the plan (in `image_outputs`) like any model output.
-_PLAN_HOST_FIELDS = ("selection", "static_tokens")
-
-
-def _flatten_plan(plan):
-    names = tuple(field.name for field in dataclasses.fields(plan) if field.name not in _PLAN_HOST_FIELDS)
-    return [getattr(plan, name) for name in names], (names, *(getattr(plan, name) for name in _PLAN_HOST_FIELDS))
-
-
-def _unflatten_plan(children, context):
-    names, *host = context
-    return ArrCocAllocationPlan(**dict(zip(names, children)), **dict(zip(_PLAN_HOST_FIELDS, host)))
-
-
-torch.utils._pytree.register_pytree_node(
-    ArrCocAllocationPlan, _flatten_plan, _unflatten_plan,
-    serialized_type_name=f"{__name__}.ArrCocAllocationPlan",  # this module's own name: a remote-code copy differs
+from .losses import (  # noqa: F401  (answer_window and the loss functions are re-exported from here)
+    LOSS_COMPONENTS,
+    LOSS_TERMS,
+    LossInputs,
+    alignment_loss,
+    answer_window,
+    efficiency_loss,
+    model_losses,
+    shifted_cross_entropy,
+    vet_kl_loss,
+    weighted_loss,
 )
+from .outputs_arrcoc import (
+    ArrCocAllocationPlan,
+    ArrCocCausalLMOutputWithPast,
+    ArrCocImageFeaturesOutput,
+    ArrCocModelOutputWithPast,
+    ArrCocMultimodalInputs,
+)
+from .selection import SELECTION_METHODS, SELECTIONS_TABLE, selection_method
+from .splice_arrcoc import check_context_length, check_image_tokens, ones_mask, splice
 
-
-@dataclass
-class ArrCocImageFeaturesOutput(BaseModelOutputWithPooling):
-    """`get_image_features`' output. pooler_output: [B, K_max, D_text] LLM-space visual embeddings (padded);
-    last_hidden_state: [B, K_max, D_clip] the CLIP encoder's output; visual_token_mask: [B, K_max] real tokens;
-    visual_probs: [B, K_max, V] the adapter's visual-word distribution; kept_patch_mask: [B, N]; token_sources:
-    [B, K_max] the grid index each token mostly comes from; plan: the allocation plan followed."""
-
-    visual_token_mask: torch.BoolTensor | None = None
-    visual_probs: torch.FloatTensor | None = None
-    kept_patch_mask: torch.BoolTensor | None = None
-    token_sources: torch.LongTensor | None = None
-    plan: ArrCocAllocationPlan | None = None
+SELECTIONS = SELECTION_METHODS  # learned, uniform, hotspot, random, full (the config's vocabulary, a live view)
+# The `*_loss` fields ArrCocCausalLMOutputWithPast declares; a term registered after import becomes an extra key.
+_DECLARED_FIELDS = frozenset(field.name for field in dataclasses.fields(ArrCocCausalLMOutputWithPast))
 
 
 class ArrCocClipEncoder(nn.Module):
@@ -322,7 +200,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
         """Prompt-token embeddings for the allocator (from `inputs_embeds` when given, else embedded `input_ids`).
         Answer tokens (labels != -100) never reach it."""
         embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
-        attention_mask = _ones_mask(embeds) if attention_mask is None else attention_mask
+        attention_mask = ones_mask(embeds) if attention_mask is None else attention_mask
         mask = attention_mask.bool() & ~self.image_token_mask(input_ids, inputs_embeds)
         if labels is not None:
             mask = mask & (labels == -100)
@@ -355,9 +233,8 @@ class ArrCocModel(ArrCocPreTrainedModel):
         budget_cost: the price of tokens under budget "auto" (see `resolve_budget`); 0 (default): the predicted tier.
         """
         selection = self.config.selection_method if selection is None else selection
-        if selection not in SELECTIONS:
-            raise ValueError(f"Unknown selection {selection!r}; expected one of {SELECTIONS}.")
-        budget = "full" if selection == "full" else budget
+        method = selection_method(selection)  # ValueError naming the table's selections
+        budget = "full" if method.every_patch else budget
         features = self.get_patch_features(pixel_values) if patch_features is None else patch_features
         if input_ids is None and inputs_embeds is None:
             question, question_mask = self._empty_question(features)
@@ -365,8 +242,8 @@ class ArrCocModel(ArrCocPreTrainedModel):
             question, question_mask = self.question_inputs(input_ids, attention_mask, labels, inputs_embeds)
         decision = self.allocator(features, question, question_mask)
         counts, tiers = self.resolve_budget(budget, decision.budget_logits, features.shape[1], budget_cost)
-        if selection_scores is None:
-            selection_scores = self._selection_scores(decision, selection, generator)
+        if selection_scores is None and method.scores is not None:  # uniform pooling ranks nothing
+            selection_scores = method.scores(decision=decision, generator=generator)
         return ArrCocAllocationPlan(
             patch_features=features, patch_scores=decision.patch_scores, hotspot_scores=decision.hotspot_scores,
             budget_logits=decision.budget_logits, budget_tiers=tiers, visual_token_counts=counts,
@@ -377,25 +254,11 @@ class ArrCocModel(ArrCocPreTrainedModel):
     def replan(self, plan: ArrCocAllocationPlan, budget, budget_cost=0.0) -> ArrCocAllocationPlan:
         """`plan` at another budget: the allocator's scores are reused, only tiers and token counts change (the
         budget calibration runs every tier on one allocator forward). A "full" plan stays full."""
-        budget = "full" if plan.selection == "full" else budget
+        budget = "full" if SELECTIONS_TABLE[plan.selection].every_patch else budget
         num_patches = plan.patch_features.shape[1]
         counts, tiers = self.resolve_budget(budget, plan.budget_logits, num_patches, budget_cost)
         return dataclasses.replace(plan, budget_tiers=tiers, visual_token_counts=counts,
                                    static_tokens=self.static_tokens(budget, num_patches))
-
-    @staticmethod
-    def _selection_scores(decision, selection, generator):
-        """What the top-K rule ranks patches by: the allocator's scores, its query-agnostic saliency, or noise.
-        Uniform pooling ranks nothing; "full" keeps every patch, ranked by constant scores (so its tokens carry
-        no relevance: each standardized score is 0, and the straight-through gate is exactly 1)."""
-        if selection == "uniform":
-            return None
-        if selection == "full":
-            return torch.zeros_like(decision.patch_scores)
-        if selection == "random":
-            shape, device = decision.patch_scores.shape, decision.patch_scores.device
-            return torch.rand(shape, generator=generator, device="cpu").to(device)
-        return decision.hotspot_scores if selection == "hotspot" else decision.patch_scores
 
     def resolve_budget(self, budget, budget_logits, num_patches, budget_cost=0.0):
         """Per-sample (token counts, tier indices) for `budget` (the tier rules live on the config).
@@ -436,7 +299,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
     def select(self, plan: ArrCocAllocationPlan) -> Selection:
         """The kept (or pooled) tokens of `plan`: top-K in raster order with dropped patches folded in, or
         DeepSeek-OCR-style uniform pooling."""
-        if plan.selection == "uniform":
+        if SELECTIONS_TABLE[plan.selection].pools:
             return self._uniform_selection(plan.patch_features, plan.visual_token_counts, plan.static_tokens)
         return self.allocator.compression_heads(plan.patch_features, plan.selection_scores, plan.visual_token_counts,
                                                 static_tokens=plan.static_tokens)
@@ -511,10 +374,11 @@ class ArrCocModel(ArrCocPreTrainedModel):
         in place of its `<image>` token, left-padded to the longest row. The text embeddings are `inputs_embeds`
         when given (the placeholder is then found in `input_ids`, or in `inputs_embeds` without them)."""
         text_embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
-        attention_mask = _ones_mask(text_embeds) if attention_mask is None else attention_mask
-        return _splice(self.image_token_mask(input_ids, inputs_embeds), attention_mask, text_embeds,
-                       image.pooler_output, image.visual_token_mask, labels,
-                       static_tokens=image.plan.static_tokens if image.plan is not None else None)[:4]
+        attention_mask = ones_mask(text_embeds) if attention_mask is None else attention_mask
+        return splice(image_mask=self.image_token_mask(input_ids, inputs_embeds), attention_mask=attention_mask,
+                      text_embeds=text_embeds, visual_embeds=image.pooler_output,
+                      visual_mask=image.visual_token_mask, labels=labels,
+                      static_tokens=image.plan.static_tokens if image.plan is not None else None)[:4]
 
     def prepare_multimodal_inputs(
         self, input_ids=None, attention_mask=None, labels=None, plan=None, inputs_embeds=None, shift_labels=None,
@@ -531,12 +395,13 @@ class ArrCocModel(ArrCocPreTrainedModel):
         if input_ids is None and inputs_embeds is None:
             raise ValueError("Images need a prompt: pass input_ids (or inputs_embeds) with one <image> per sample.")
         reference = input_ids if input_ids is not None else inputs_embeds
-        attention_mask = _ones_mask(reference) if attention_mask is None else attention_mask
+        attention_mask = ones_mask(reference) if attention_mask is None else attention_mask
         image_mask = self.image_token_mask(input_ids, inputs_embeds)
         images = plan.patch_features if plan is not None else _first_given(plan_kwargs.get("pixel_values"),
                                                                            plan_kwargs.get("patch_features"))
-        _check_image_tokens(image_mask, attention_mask, self.config.image_token_id, images,
-                            found_in="input_ids" if input_ids is not None else "inputs_embeds")
+        check_image_tokens(image_mask=image_mask, attention_mask=attention_mask,
+                           image_token_id=self.config.image_token_id, images=images,
+                           found_in="input_ids" if input_ids is not None else "inputs_embeds")
         splice_shift_labels = shift_labels is not None and shift_labels.shape[1] == reference.shape[1]
         answer_labels = labels
         if labels is None and splice_shift_labels:
@@ -551,9 +416,10 @@ class ArrCocModel(ArrCocPreTrainedModel):
             image = self.get_image_features(plan=plan, return_dict=True, **vision_kwargs)
         plan = image.plan
         text_embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
-        *spliced, spliced_shift_labels = _splice(
-            image_mask, attention_mask, text_embeds, image.pooler_output, image.visual_token_mask, labels,
-            shift_labels if splice_shift_labels else None, static_tokens=plan.static_tokens,
+        *spliced, spliced_shift_labels = splice(
+            image_mask=image_mask, attention_mask=attention_mask, text_embeds=text_embeds,
+            visual_embeds=image.pooler_output, visual_mask=image.visual_token_mask, labels=labels,
+            shift_labels=shift_labels if splice_shift_labels else None, static_tokens=plan.static_tokens,
         )
         if shift_labels is not None and not splice_shift_labels:
             if shift_labels.shape[1] != spliced[0].shape[1]:
@@ -562,12 +428,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
                     f"spliced sequence ({spliced[0].shape[1]}); got {tuple(shift_labels.shape)}."
                 )
             spliced_shift_labels = shift_labels
-        return ArrCocMultimodalInputs(
-            *spliced, visual_token_counts=image.visual_token_mask.sum(-1), budget_logits=plan.budget_logits,
-            budget_tiers=plan.budget_tiers, patch_scores=plan.patch_scores, kept_patch_mask=image.kept_patch_mask,
-            visual_probs=image.visual_probs, visual_mask=image.visual_token_mask, token_sources=image.token_sources,
-            shift_labels=spliced_shift_labels, image=image,
-        )
+        return ArrCocMultimodalInputs(*spliced, shift_labels=spliced_shift_labels, image=image)
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")
@@ -630,7 +491,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
             # Eager only: a static cache's length is a tensor read (a graph break); generate checked the whole
             # context (prompt + max_new_tokens) before its first step.
             past_length = cache.get_seq_length() if cache is not None else 0
-            _check_context_length(past_length + inputs_embeds.shape[1], self.config.text_config)
+            check_context_length(length=past_length + inputs_embeds.shape[1], text_config=self.config.text_config)
         outputs = self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             use_cache=use_cache, return_dict=True, **kwargs,
@@ -643,18 +504,12 @@ class ArrCocModel(ArrCocPreTrainedModel):
             image_outputs=multimodal.image if multimodal is not None else None,
             labels=labels,
             shift_labels=shift_labels,
-            **_decision_fields(multimodal, inputs_embeds.shape[0], inputs_embeds.device),
         )
 
 
 def _patch_sequence(features):
     """[B, C, H, W] feature map -> [B, H*W, C] raster-ordered patch sequence."""
     return features.flatten(2).transpose(1, 2)
-
-
-def _ones_mask(reference):
-    """An all-ones attention mask for [B, L] ids or [B, L, D] embeddings."""
-    return torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
 
 
 def _vision_kwargs(kwargs):
@@ -676,81 +531,6 @@ def _check_pixels(pixel_values):
     # the exact check only runs then, so a finite batch whose sum overflows is not refused.
     if not is_tracing(pixel_values) and not torch.isfinite(pixel_values.sum()) and not torch.isfinite(pixel_values).all():
         raise ValueError("pixel_values contain NaN or infinite values.")
-
-
-def _check_image_tokens(image_mask, attention_mask, image_token_id, images, found_in="input_ids"):
-    """Exactly one `<image>` placeholder per sample (`image_mask`, found in `found_in`) and one image each."""
-    per_sample = (image_mask & attention_mask.bool()).sum(-1)
-    if not is_tracing(image_mask) and (per_sample != 1).any():  # eager only, as in _check_pixels
-        hint = ("; with inputs_embeds alone, the placeholder is the position holding the <image> token's own "
-                "embedding: pass input_ids as well to mark it" if found_in == "inputs_embeds" else "")
-        raise ValueError(
-            f"Each sample needs exactly one <image> token (id {image_token_id}); found {per_sample.tolist()} in "
-            f"{found_in}{hint}. Several images per sample are not supported."
-        )
-    if images is None:
-        raise ValueError(f"{found_in} contain <image> tokens but no pixel_values were given.")
-    if images.shape[0] != image_mask.shape[0]:
-        raise ValueError(f"Got {images.shape[0]} images for {image_mask.shape[0]} samples with one <image> each.")
-
-
-def _splice(image_mask, attention_mask, text_embeds, visual_embeds, visual_mask, labels=None, shift_labels=None,
-            static_tokens=None):
-    """Per sample: text before <image>, its K_i visual embeddings, text after; then left-pad to the longest.
-
-    Returns (inputs_embeds, attention_mask, position_ids, labels, shift_labels). Labels get -100 on the visual
-    tokens. Pre-shifted `shift_labels` (position t's target) get -100 on the token before the image and on the
-    visual tokens but the last, which predicts the token after the image: they equal the spliced labels shifted.
-    Vectorized (one scatter per tensor, no per-sample loop); the only data-dependent value is the output length.
-    With `static_tokens` (every sample keeps that many) the length is known on the host instead: the prompt's
-    padded length - 1 + K, which is the longest row's whenever one row is unpadded (as a processor pads); a batch
-    whose every row is padded keeps a padding column more. No tensor is read back, so the splice compiles whole.
-    """
-    keep = attention_mask.bool()
-    is_image = keep & image_mask  # exactly one per row (checked by _check_image_tokens)
-    is_text = keep & ~image_mask
-    counts = visual_mask.sum(-1)
-    rank = keep.long().cumsum(-1) - 1  # each kept position's index among its row's kept positions
-    image_rank = (rank * is_image).sum(-1)
-    lengths = keep.sum(-1) - 1 + counts
-    length = int(lengths.max()) if static_tokens is None else attention_mask.shape[1] - 1 + static_tokens
-    offset = length - lengths  # left padding of each row
-    after_image = rank > image_rank[:, None]
-    # Where each text / visual token goes; everything else goes to a dump column `length`, dropped at the end.
-    text_at = offset[:, None] + rank + after_image * (counts[:, None] - 1)
-    text_at = torch.where(is_text, text_at, length)
-    visual_rank = visual_mask.long().cumsum(-1) - 1
-    visual_at = torch.where(visual_mask, offset[:, None] + image_rank[:, None] + visual_rank, length)
-
-    batch, dim = text_embeds.shape[0], text_embeds.shape[-1]
-    embeds = text_embeds.new_zeros(batch, length + 1, dim)
-    embeds = embeds.scatter(1, text_at.unsqueeze(-1).expand(-1, -1, dim), text_embeds)
-    visual = visual_embeds.to(text_embeds.dtype)
-    embeds = embeds.scatter(1, visual_at.unsqueeze(-1).expand(-1, -1, dim), visual)[:, :length].contiguous()
-    positions = torch.arange(length, device=text_embeds.device)
-    mask = (positions[None] >= offset[:, None]).long()
-
-    def scattered(values, extra=None):
-        out = torch.full((batch, length + 1), -100, dtype=torch.long, device=text_embeds.device)
-        out = out.scatter(1, text_at, values.long().to(out.device))
-        if extra is not None:
-            out = out.scatter(1, *extra)
-        return out[:, :length].contiguous()
-
-    spliced_labels = None if labels is None else scattered(labels)
-    spliced_shift_labels = None
-    if shift_labels is not None:
-        before_image = keep & (rank == image_rank[:, None] - 1)
-        last_visual = torch.where(counts > 0, offset + image_rank + counts - 1, length)
-        image_target = (shift_labels * is_image).sum(-1)
-        spliced_shift_labels = scattered(shift_labels.masked_fill(before_image, -100),
-                                         (last_visual[:, None], image_target[:, None].long()))
-    return embeds, mask, _position_ids(mask), spliced_labels, spliced_shift_labels
-
-
-def _position_ids(attention_mask):
-    # Left padding must not shift positions: the first real token is position 0 in every row.
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
 class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
@@ -838,7 +618,8 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         budget_cost: under "auto", the price of tokens (`ArrCocModel.resolve_budget`): 0 keeps the predicted
             tier, more buys fewer tokens, less buys more; the user's accuracy-vs-tokens trade-off, no retraining.
         selection: "learned" (allocator scores), "uniform" (fixed pooling), "hotspot" (query-agnostic
-            saliency top-K), "random" or "full" (every patch, whatever the budget); None (default): the model's
+            saliency top-K), "random", "full" (every patch, whatever the budget) or another method registered in
+            `selection.SELECTIONS_TABLE`; None (default): the model's
             own, `config.selection_method` ("learned" for ARR-COC; a trained baseline's checkpoint names its own).
             Another selection through this checkpoint is a diagnostic: its LLM learned to read its own selection
             (and, with `config.relevance_tag`, the allocator's relevance tag).
@@ -850,7 +631,7 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
             mean a uniform M-hot teacher distribution. With it, `vet_kl_loss` is the cross-entropy of the
             adapter's distribution against the teacher (the KL plus the teacher's entropy); without it, the KL
             of vocabulary usage from uniform.
-        loss_weights: weights of `LOSS_COMPONENTS` in `loss`; default {"answer": 1.0} (others 0).
+        loss_weights: weights of the loss terms (`losses.LOSS_TERMS`) in `loss`; default {"answer": 1.0} (others 0).
         logits_to_keep: as in Transformers' causal LMs: compute `logits` for the last `logits_to_keep` positions
             only (0: all). With labels, every label must lie in that window (the trainer keeps the answer's).
         shift_labels (in kwargs): pre-shifted targets (position t's target), as the trainer passes them under
@@ -860,7 +641,8 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
             allocator; without `labels`, the answer positions are read off `shift_labels`.
         num_items_in_batch (in kwargs): as in Transformers' causal LMs, the answer loss is then a sum over the
             labelled tokens divided by it (gradient accumulation).
-        return_dict=False returns a tuple; `past_key_values=` is the deprecated name of `cache`.
+        return_dict=False returns a tuple (the allocation decisions ride in its `image_outputs`, with the plan);
+        `past_key_values=` is the deprecated name of `cache`.
         """
         shift_labels = kwargs.pop("shift_labels", None)
         outputs = self.model(
@@ -873,26 +655,11 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         has_targets = labels is not None or shift_labels is not None
         logits, answer_loss = self._logits_and_answer_loss(outputs.last_hidden_state, labels, logits_to_keep,
                                                            shift_labels=shift_labels, **kwargs)
-        losses = self._auxiliary_losses(outputs, patch_targets, visual_targets) if has_targets else {}
-        losses["answer"] = answer_loss
-        return ArrCocCausalLMOutputWithPast(
-            loss=weighted_loss(losses, loss_weights) if has_targets else None,
-            logits=logits,
-            cache=outputs.cache,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_outputs=outputs.image_outputs,
-            answer_loss=answer_loss,
-            efficiency_loss=losses.get("efficiency"),
-            alignment_loss=losses.get("alignment"),
-            vet_kl_loss=losses.get("vet_kl"),
-            visual_token_counts=outputs.visual_token_counts,
-            budget_logits=outputs.budget_logits,
-            budget_tiers=outputs.budget_tiers,
-            patch_scores=outputs.patch_scores,
-            kept_patch_mask=outputs.kept_patch_mask,
-            visual_probs=outputs.visual_probs,
-        )
+        losses = {"answer": answer_loss}
+        if has_targets and outputs.image_outputs is not None:  # a text-only step has no visual terms
+            losses.update(model_losses(LossInputs(outputs=outputs, config=self.config, patch_targets=patch_targets,
+                                                  visual_targets=visual_targets)))
+        return _causal_lm_output(outputs, logits, losses, weighted_loss(losses, loss_weights) if has_targets else None)
 
     def _logits_and_answer_loss(self, hidden_states, labels, logits_to_keep, shift_labels=None, **kwargs):
         """Logits of the last `logits_to_keep` positions (all for 0) and the answer loss: the shifted cross-entropy
@@ -913,22 +680,11 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
             shift_labels = None if shift_labels is None else shift_labels[:, -logits_to_keep:]
         num_items_in_batch = kwargs.get("num_items_in_batch")
         if shift_labels is None and num_items_in_batch is None:
-            return logits, _shifted_ce(logits, labels)
+            return logits, shifted_cross_entropy(logits, labels)
         shift_labels = None if shift_labels is None else shift_labels.contiguous()
         loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
                                   shift_labels=shift_labels, num_items_in_batch=num_items_in_batch)
         return logits, loss
-
-    def _auxiliary_losses(self, outputs, patch_targets, visual_targets):
-        image = outputs.image_outputs
-        if image is None:
-            return {}
-        return {
-            "efficiency": efficiency_loss(outputs.budget_logits, self.config.budgets),
-            "alignment": alignment_loss(outputs.patch_scores, patch_targets),
-            "vet_kl": vet_kl_loss(outputs.visual_probs, image.visual_token_mask,
-                                  _token_targets(visual_targets, image.token_sources)),
-        }
 
     @torch.no_grad()
     def generate(self, input_ids=None, pixel_values=None, attention_mask=None, budget="auto",
@@ -948,26 +704,24 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
             return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if input_ids is None:
             raise ValueError("generate with images needs input_ids, with one <image> token per sample.")
-        _check_no_assisted_decoding(kwargs, self.generation_config)
+        check_no_assisted_decoding(kwargs=kwargs, default_config=self.generation_config)
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         images = plan.patch_features if plan is not None else _first_given(pixel_values, patch_features)
-        _check_image_tokens(input_ids == self.config.image_token_id, attention_mask, self.config.image_token_id,
-                            images)
+        check_image_tokens(image_mask=input_ids == self.config.image_token_id, attention_mask=attention_mask,
+                           image_token_id=self.config.image_token_id, images=images)
         if plan is None:
             plan = self.model.plan_allocation(
                 input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
                 patch_features=patch_features, budget=budget, selection=selection, generator=kwargs.pop("generator", None),
                 budget_cost=budget_cost,
             )
-        groups = plan.tier_groups()
-        if len(groups) == 1:
-            plan = plan.tier_group(next(iter(groups.values())))  # one tier for all: static shapes
-        if not group_by_tier or kwargs.get("return_dict_in_generate", False) or len(groups) == 1:
-            return _prepend_prompt(input_ids, self._generate_spliced(input_ids, attention_mask, plan, kwargs))
-        pieces = [(index, self._generate_spliced(input_ids[index], attention_mask[index], plan.tier_group(index),
-                                                 kwargs))
-                  for index in groups.values()]
-        return _prepend_prompt(input_ids, _reassemble(pieces, input_ids.shape[0], self._pad_token_id(kwargs)))
+        return generate_by_tier(
+            generate_group=lambda ids, mask, group: self._generate_spliced(ids, mask, group, kwargs),
+            input_ids=input_ids, attention_mask=attention_mask, plan=plan, group_by_tier=group_by_tier,
+            one_piece=kwargs.get("return_dict_in_generate", False),
+            pad_token_id=generation_pad_token_id(kwargs=kwargs, generation_config=self.generation_config,
+                                                 text_config=self.config.text_config),
+        )
 
     def _generate_spliced(self, input_ids, attention_mask, plan, kwargs):
         """Generate's own output (new tokens only) from the spliced embeddings of one batch."""
@@ -975,22 +729,13 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
                                                           plan=plan)
         generation_config = kwargs.get("generation_config") or self.generation_config
         max_new_tokens = kwargs.get("max_new_tokens", generation_config.max_new_tokens) or 0
-        _check_context_length(multimodal.inputs_embeds.shape[1] + max_new_tokens, self.config.text_config,
-                              max_new_tokens)
+        check_context_length(length=multimodal.inputs_embeds.shape[1] + max_new_tokens,
+                             text_config=self.config.text_config, max_new_tokens=max_new_tokens)
         # Image inputs are consumed here, once; generate's prefill then only sees the spliced embeddings.
         return super().generate(
             inputs_embeds=multimodal.inputs_embeds, attention_mask=multimodal.attention_mask,
             position_ids=multimodal.position_ids, **kwargs,
         )
-
-    def _pad_token_id(self, kwargs):
-        """The id generate itself pads finished rows with: pad_token_id, else the (first) eos_token_id."""
-        generation_config = kwargs.get("generation_config") or self.generation_config
-        for value in (kwargs.get("pad_token_id"), generation_config.pad_token_id, kwargs.get("eos_token_id"),
-                      generation_config.eos_token_id, self.config.text_config.pad_token_id):
-            if value is not None:
-                return value[0] if isinstance(value, (list, tuple)) else int(value)
-        return 0
 
     @classmethod
     def from_components(cls, vision, clip, text, dtype=None, **config_kwargs):
@@ -998,70 +743,6 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         from .components import assemble_from_components
 
         return assemble_from_components(cls, vision, clip, text, dtype=dtype, **config_kwargs)
-
-
-def _check_no_assisted_decoding(kwargs, default_config):
-    """Assisted decoding (an assistant model, prompt lookup or early exit) cannot run with images: generate
-    continues from spliced `inputs_embeds`, and a candidate generator has neither the prompt's ids nor the images
-    to hand to its draft model. Refuse it clearly instead of failing deep inside transformers."""
-    config = kwargs.get("generation_config") or default_config
-    asked = [name for name in ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
-             if kwargs.get(name) is not None or getattr(config, name, None) is not None]
-    if asked:
-        raise ValueError(
-            f"Assisted decoding ({', '.join(asked)}) is not supported with images: ArrCoc generates from spliced "
-            "inputs_embeds, which no candidate generator can hand to a draft model. Generate without it (text-only "
-            "prompts can use it)."
-        )
-
-
-def _prepend_prompt(input_ids, outputs):
-    """generate from embeddings returns only the new tokens; put the prompt back in front of each row."""
-    sequences = outputs if isinstance(outputs, torch.Tensor) else outputs.sequences
-    prompts = input_ids.repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
-    sequences = torch.cat([prompts, sequences.to(input_ids.device)], dim=-1)
-    if isinstance(outputs, torch.Tensor):
-        return sequences
-    outputs.sequences = sequences
-    return outputs
-
-
-def _reassemble(pieces, batch_size, pad_token_id):
-    """New tokens of each tier group back in input order; groups that stopped early are right-padded."""
-    first = pieces[0][1]
-    per_sample = first.shape[0] // pieces[0][0].numel()  # num_return_sequences
-    length = max(tokens.shape[1] for _, tokens in pieces)
-    out = first.new_full((batch_size, per_sample, length), pad_token_id)
-    for index, tokens in pieces:
-        tokens = tokens.view(index.numel(), per_sample, -1)
-        out[index.to(out.device), :, : tokens.shape[-1]] = tokens
-    return out.flatten(0, 1)
-
-
-def answer_window(labels: torch.Tensor) -> int:
-    """The smallest `logits_to_keep` that still predicts every label: labels sit at the end of each left-padded
-    row (prompt, then answer), and splicing the visual tokens in before them keeps their distance from the end."""
-    has_label = labels != -100
-    if not has_label.any():
-        return 1
-    first = has_label.int().argmax(-1)[has_label.any(-1)]
-    return int(labels.shape[1] - first.min()) + 1
-
-
-def _check_context_length(length, text_config, max_new_tokens=0):
-    """RoPE language models run past max_position_embeddings without an error and answer garbage; refuse."""
-    limit = text_config.max_position_embeddings
-    if limit is not None and length > limit:
-        extra = f" + max_new_tokens {max_new_tokens}" if max_new_tokens else ""
-        raise ValueError(
-            f"The input needs {length} positions (question and visual tokens{extra}) but the language model's "
-            f"context is {limit} (text_config.max_position_embeddings). Shorten the question, use a smaller budget "
-            "or generate fewer tokens."
-        )
-
-
-def _shifted_ce(logits, labels):
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
 
 def _priced_tiers(budget_logits, config, num_patches, budget_cost):
@@ -1076,78 +757,19 @@ def _priced_tiers(budget_logits, config, num_patches, budget_cost):
     return priced.argmax(-1)
 
 
-def efficiency_loss(budget_logits, budgets):
-    """Expected visual tokens under the predicted tier distribution, as a fraction of the largest tier."""
-    values = torch.tensor(budgets, dtype=budget_logits.dtype, device=budget_logits.device)
-    return (budget_logits.softmax(-1) @ values).mean() / values.max()
-
-
-def alignment_loss(patch_scores, patch_targets=None):
-    """Cross-entropy of the patch-score distribution against the answer region where boxes exist; otherwise
-    an anti-collapse term: KL of the batch-mean selection distribution from uniform, so the allocator cannot
-    settle on one fixed set of patches for every question. Masked means, no boolean indexing or host branch: the
-    loss traces into the forward's one graph (torch.compile)."""
-    log_probs = patch_scores.float().log_softmax(-1)
-    mean_probs = log_probs.exp().mean(0)
-    anti_collapse = (mean_probs * (mean_probs.clamp(min=1e-12).log() + math.log(mean_probs.numel()))).sum()
-    if patch_targets is None:
-        return anti_collapse
-    mass = patch_targets.float().sum(-1)
-    has_box = mass > 0
-    target = patch_targets.float() / mass.clamp(min=1e-12)[:, None]
-    per_row = -(target * log_probs).sum(-1)
-    boxed = (per_row * has_box).sum() / has_box.sum().clamp(min=1)
-    return torch.where(has_box.any(), boxed, anti_collapse)
-
-
-def vet_kl_loss(visual_probs, visual_mask, token_targets=None):
-    """Against a teacher: cross-entropy of each kept token's distribution with its patch's visual words
-    ([B, K, M] ids, a uniform M-hot target). Without one: KL(visual-vocabulary usage || uniform), so the adapter
-    cannot collapse onto a few VET rows. Masked means, as in `alignment_loss`, so it compiles whole."""
-    kept = visual_mask.unsqueeze(-1).float()
-    usage = (visual_probs.float() * kept).sum((0, 1)) / kept.sum().clamp(min=1)
-    uniform_kl = (usage * (usage.clamp(min=1e-12).log() + math.log(usage.numel()))).sum()
-    if token_targets is None:
-        return uniform_kl
-    valid = visual_mask.unsqueeze(-1) & (token_targets != -100)
-    picked = visual_probs.float().clamp(min=1e-12).log().gather(2, token_targets.clamp(min=0))
-    teacher = -(picked * valid).sum() / valid.sum().clamp(min=1)
-    return torch.where(valid.any(), teacher, uniform_kl)
-
-
-def _token_targets(visual_targets, token_sources):
-    """Each visual token's teacher id: that of the patch it was selected from (the dominant one if pooled)."""
-    if visual_targets is None:
-        return None
-    targets = visual_targets if visual_targets.ndim == 3 else visual_targets.unsqueeze(-1)
-    index = token_sources.unsqueeze(-1).expand(-1, -1, targets.shape[-1])
-    return targets.gather(1, index)  # [B, K, M]
-
-
-def weighted_loss(losses: dict, loss_weights: dict | None = None, extra_terms: tuple = ("budget",)) -> torch.Tensor:
-    """The one loss weighting: sum of weight x component over the components present (forward and the trainer
-    both call it). Unknown component names are an error; `extra_terms` are the caller's own terms besides the
-    model's (the trainer passes its list; forward keeps accepting a calibration weight it never computes). Without
-    weights the answer loss alone."""
-    weights = {"answer": 1.0} if loss_weights is None else loss_weights
-    unknown = set(weights) - set(LOSS_COMPONENTS) - set(extra_terms)
-    if unknown:
-        raise ValueError(f"Unknown loss components {sorted(unknown)}; expected some of {LOSS_COMPONENTS}.")
-    terms = [w * losses[name].float() for name, w in weights.items() if w and losses.get(name) is not None]
-    return torch.stack(terms).sum() if terms else losses["answer"]
-
-
-def _decision_fields(multimodal, batch, device):
-    if multimodal is None:
-        return {"visual_token_counts": torch.zeros(batch, dtype=torch.long, device=device)}
-    return {
-        "visual_token_counts": multimodal.visual_token_counts,
-        "budget_logits": multimodal.budget_logits,
-        "budget_tiers": multimodal.budget_tiers,
-        "patch_scores": multimodal.patch_scores,
-        "kept_patch_mask": multimodal.kept_patch_mask,
-        "visual_probs": multimodal.visual_probs,
-    }
+def _causal_lm_output(outputs, logits, losses: dict, loss) -> ArrCocCausalLMOutputWithPast:
+    """The base model's output with the head's logits, the total `loss` and each term in its `<name>_loss` field
+    (named by the loss table). A term registered after import has no declared field: it is set as an extra key,
+    read the same way (`outputs.<name>_loss`)."""
+    fields = {LOSS_TERMS[name].field: value for name, value in losses.items()}
+    declared = {field: value for field, value in fields.items() if field in _DECLARED_FIELDS}
+    result = ArrCocCausalLMOutputWithPast(
+        loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+        attentions=outputs.attentions, image_outputs=outputs.image_outputs, **declared,
+    )
+    for field in [field for field in fields if field not in declared]:
+        result[field] = fields[field]
+    return result
 
 
 __all__ = [

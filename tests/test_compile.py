@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from modeling_arrcoc.modeling_arrcoc import _splice
+from modeling_arrcoc.splice_arrcoc import splice as _splice
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

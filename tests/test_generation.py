@@ -69,7 +69,7 @@ def early_stop(new_tokens, candidates):
 
 
 def test_group_by_tier_pads_groups_that_stop_early(batch, monkeypatch):
-    import modeling_arrcoc.modeling_arrcoc as modeling
+    import modeling_arrcoc.generation_arrcoc as generation
 
     tester, model, inputs = batch
     tiers = [4, 16, 4, 100, 4]  # samples 1 and 3 are alone in their tier groups
@@ -78,8 +78,8 @@ def test_group_by_tier_pads_groups_that_stop_early(batch, monkeypatch):
     # Make one lone sample's token its end of sequence: its group stops early, the others go on.
     sample, step, eos = early_stop(reference[:, start:], candidates=(1, 3))
     lengths = []
-    reassemble = modeling._reassemble
-    monkeypatch.setattr(modeling, "_reassemble",
+    reassemble = generation.reassemble
+    monkeypatch.setattr(generation, "reassemble",
                         lambda pieces, *args: lengths.extend(t.shape[1] for _, t in pieces) or reassemble(pieces, *args))
     grouped = generate(model, inputs, budget=tiers, eos_token_id=eos)
     padded = generate(model, inputs, budget=tiers, eos_token_id=eos, group_by_tier=False)

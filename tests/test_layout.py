@@ -85,12 +85,26 @@ def test_data_never_imports_model_code():
         assert not model_code, f"{module_name(path)} imports {model_code}"
 
 
-@pytest.mark.parametrize("name", ["allocator_arrcoc", "adapter_arrcoc", "configuration_arrcoc", "metrics"])
+# The model file's seams (#24): the selection and loss tables, the records it returns, the splice and generation by
+# tier are building blocks the model imports, never the other way round.
+SEAMS = ["registry", "selection", "losses", "outputs_arrcoc", "splice_arrcoc", "generation_arrcoc"]
+
+
+@pytest.mark.parametrize("name", ["allocator_arrcoc", "adapter_arrcoc", "configuration_arrcoc", "metrics", *SEAMS])
 def test_building_blocks_never_import_the_model(name):
     imports = package_imports(PACKAGE / f"{name}.py")
     assert not any(m.startswith("modeling_arrcoc.modeling_arrcoc") for m in imports), imports
     if name == "metrics":
         assert not imports, f"metrics stand alone, but import {imports}"
+
+
+def test_the_model_names_no_trainer_term():
+    """The trainer's own loss terms (losses.TRAINER_TERMS) are weighted by the loss table, never named in the model."""
+    from modeling_arrcoc.losses import TRAINER_TERMS
+
+    tree = ast.parse((PACKAGE / "modeling_arrcoc.py").read_text())
+    named = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and node.value in TRAINER_TERMS}
+    assert TRAINER_TERMS and not named, f"modeling_arrcoc.py names the trainer's terms {sorted(named)}"
 
 
 def test_the_rule_catches_an_upward_import():

@@ -165,7 +165,7 @@ class ArrCocVisionText2TextModelTester:
 
 ROPE_SCALING_SKIP = (
     "feeds 1.5 x max_position_embeddings random ids (some of them <image>) with no pixels: ArrCoc refuses both by "
-    "design (_check_context_length, the <image>-without-pixel_values error)"
+    "design (check_context_length, the <image>-without-pixel_values error)"
 )
 
 

@@ -10,31 +10,39 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from ..configuration_arrcoc import SELECTION_METHODS
 from ..lora import DEFAULT_TARGET_MODULES
-from ..modeling_arrcoc import LOSS_COMPONENTS
+from ..losses import LOSS_TERMS, TRAINER_TERMS, WEIGHTED_TERMS
+from ..selection import FIXED_SELECTIONS, SELECTION_METHODS
 from .phases import BUDGET_MODES, COMPONENTS, PHASES, check_phase
 from .calibration import CALIBRATION_TARGETS
 from .reader import VIEWS
 from .teacher import ALIGNMENT_TARGETS, SCORINGS
 
 
-# The trainer's own terms: the budget calibration and the base's attention supervision (reader.py).
-TRAINER_TERMS = ("budget", "llm_attention")
-WEIGHTED_TERMS = LOSS_COMPONENTS + TRAINER_TERMS
 EVAL_BUDGETS = ("auto", "full", "heuristic")
 DEFAULT_GRAD_NORM_RANGES = {name: [1e-8, 100.0] for name in COMPONENTS}
 # train.py saves the run's resolved YAML under this name beside the final checkpoint; eval.py reads it.
 TRAINING_CONFIG = "training_config.yaml"
-# Fixed-compression baselines: K is given (a tier, or one drawn per step), never predicted per question.
-FIXED_SELECTIONS = ("uniform", "hotspot", "random")
+# FIXED_SELECTIONS (fixed-compression baselines: K is given, a tier or one drawn per step, never predicted per
+# question), WEIGHTED_TERMS and TRAINER_TERMS are the selection and loss tables' (selection.py, losses.py).
 
 
 def _help(text):
     return {"help": text}
 
 
+def _with_loss_weights(cls):
+    """One `loss_weight_<name>` field per loss term of `losses.LOSS_TERMS` (its default weight and help), added
+    before @dataclass collects the fields: HfArgumentParser and the YAML files see plain float fields. A term
+    registered after this module is imported has no field; its weight is the table's default (`loss_weight`)."""
+    for term in LOSS_TERMS.entries():
+        cls.__annotations__[term.argument] = float
+        setattr(cls, term.argument, field(default=term.weight, metadata=_help(term.help)))
+    return cls
+
+
 @dataclass
+@_with_loss_weights
 class ArrCocTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus ARR-COC's phase, learning rates, loss weights, budget and diagnostics settings.
 
@@ -57,12 +65,9 @@ class ArrCocTrainingArguments(TrainingArguments):
     learning_rate_quality_adapter: float | None = field(default=None, metadata=_help("Adapter LR; None = base LR."))
     learning_rate_language_model: float | None = field(default=None, metadata=_help("LLM LR (LoRA included)."))
     learning_rate_lm_head: float | None = field(default=None, metadata=_help("lm_head LR; None = the LLM's."))
-    loss_weight_answer: float = field(default=1.0, metadata=_help("Weight of the answer cross-entropy."))
-    loss_weight_efficiency: float = field(default=0.05, metadata=_help("Efficiency weight after its warm-up."))
+    # loss_weight_<name> for each loss term: added from the loss table by _with_loss_weights.
     efficiency_weight_start: float = field(default=0.001, metadata=_help("Efficiency weight at step 0."))
     efficiency_warmup_steps: int = field(default=0, metadata=_help("Linear ramp start -> final; 0 = no ramp."))
-    loss_weight_alignment: float = field(default=0.5, metadata=_help("Weight of the answer-region alignment loss."))
-    loss_weight_vet_kl: float = field(default=0.01, metadata=_help("Weight of the VET usage KL."))
     alignment_targets: str = field(
         default="boxes",
         metadata=_help(f"Where the alignment loss's per-patch targets come from, one of {list(ALIGNMENT_TARGETS)}: "
@@ -82,7 +87,6 @@ class ArrCocTrainingArguments(TrainingArguments):
                        "then reads its allocator's relevance tag) or 'full' (every patch, no tag: the LLM's reading "
                        "alone)."),
     )
-    loss_weight_budget: float = field(default=1.0, metadata=_help("Weight of the calibration cross-entropy."))
     train_budget: str = field(
         default="phase",
         metadata=_help(f"'phase' (the phase table's mode), one of {list(BUDGET_MODES)}, or a fixed tier value."),
@@ -159,13 +163,6 @@ class ArrCocTrainingArguments(TrainingArguments):
         default=0, metadata=_help("With training_views: the largest drawable tier grows from the smallest to full "
                                   "over this many steps (0: every tier from the start).")
     )
-    loss_weight_llm_attention: float = field(
-        default=0.0,
-        metadata=_help("Base pretraining only: weight of the language model's attention supervision (one head per "
-                       "layer in llm_attention_layers, from each answer-predicting position toward that answer's "
-                       "patches; reader.py). Runs the language model with eager attention. Checked with the other "
-                       "loss weights (WEIGHTED_TERMS)."),
-    )
     llm_attention_layers: list[int] = field(
         default_factory=lambda: [1],
         metadata=_help("LLM layers whose head 0 the attention loss supervises. Layer 1 reads the visual tokens before "
@@ -217,6 +214,11 @@ class ArrCocTrainingArguments(TrainingArguments):
             # on CPU): without use_cpu, accelerate would run each process alone instead of gloo DDP.
             self.use_cpu = True
         super().__post_init__()
+
+    def loss_weight(self, name: str) -> float:
+        """The configured weight of loss term `name` (the table's default for a term registered after import)."""
+        term = LOSS_TERMS[name]
+        return getattr(self, term.argument, term.weight)
 
     @property
     def training_budget(self) -> str:
@@ -280,7 +282,7 @@ class ArrCocTrainingArguments(TrainingArguments):
                              "alignment_targets: teacher to use it.")
 
     def _check_losses(self):
-        weights = {name: getattr(self, f"loss_weight_{name}") for name in WEIGHTED_TERMS}
+        weights = {name: self.loss_weight(name) for name in WEIGHTED_TERMS}
         weights["efficiency_start"] = self.efficiency_weight_start
         for name, value in weights.items():
             if not (math.isfinite(value) and value >= 0):
@@ -362,6 +364,7 @@ __all__ = [
     "DEFAULT_GRAD_NORM_RANGES",
     "EVAL_BUDGETS",
     "FIXED_SELECTIONS",
+    "TRAINER_TERMS",
     "TRAINING_CONFIG",
     "WEIGHTED_TERMS",
 ]

@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from .. import statistics
-from ..modeling_arrcoc import answer_window
+from ..losses import answer_window
 
 CALIBRATION_TARGETS = ("exact", "loss")
 

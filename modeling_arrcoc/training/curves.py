@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from ..methods import Method
 from ..metrics import per_task_mean
-from ..modeling_arrcoc import answer_window
+from ..losses import answer_window
 
 @torch.no_grad()
 def score_batches(model, batches, budget, selection) -> dict:

@@ -64,7 +64,7 @@ def llm_attention_loss(attentions, layers, input_ids, attention_mask, labels, im
 
     attentions: the language model's per-layer attention probabilities [B, H, L, L] over the spliced sequence.
     input_ids / attention_mask / labels: the prompt side (one `<image>` per row, left-padded), as the collator
-        built them; the visual tokens were spliced in at the `<image>` (ArrCocModel._splice's layout).
+        built them; the visual tokens were spliced in at the `<image>` (splice_arrcoc.splice's layout).
     visual_mask / token_sources: [B, K] which visual tokens are real and the patch each was taken from.
     turn_targets: [B, Q, N] each turn's answer coverage per patch (the collator's `turn_patch_targets`).
     Returns None when no turn has an answer among the visual tokens (nothing to supervise).

@@ -43,7 +43,7 @@ import torch
 from torch.nn import functional as F
 
 from ..data.collator import ALIGNMENT_TARGETS, TEACHER_COLUMN, ArrCocCollator
-from ..modeling_arrcoc import answer_window
+from ..losses import answer_window
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,8 @@ def teacher_patch_scores(model, batch: dict, scoring: str = "grad_input", select
 
 
 def visual_token_starts(input_ids, attention_mask, image_token_id, num_visual, spliced_length) -> torch.Tensor:
-    """[B] position of each row's first visual token in the spliced, left-padded sequence (`_splice`: text before
-    <image>, the visual tokens, text after, padded on the left to the longest row)."""
+    """[B] position of each row's first visual token in the spliced, left-padded sequence (`splice_arrcoc.splice`:
+    text before <image>, the visual tokens, text after, padded on the left to the longest row)."""
     kept = attention_mask.bool()
     at = ((input_ids == image_token_id) & kept).long().cumsum(-1)
     before = ((at == 0) & kept).sum(-1)  # attended tokens before <image>

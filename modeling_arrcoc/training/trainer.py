@@ -50,8 +50,8 @@ from transformers import EarlyStoppingCallback, Trainer
 from transformers.utils import logging
 
 from ..data.sampler import IndexedCollator, TierGroupedBatchSampler, curriculum_indices, question_tiers, with_sample_index
-from ..modeling_arrcoc import LOSS_COMPONENTS, answer_window, weighted_loss
-from .arguments import COMPONENTS, TRAINER_TERMS, WEIGHTED_TERMS, ArrCocTrainingArguments
+from ..losses import LOSS_COMPONENTS, LOSS_TERMS, WEIGHTED_TERMS, answer_window, weighted_loss
+from .arguments import COMPONENTS, ArrCocTrainingArguments
 from .calibration import calibration_targets, step_tier
 from .guards import NonFiniteGuard, NonFiniteLossError, SamFeatureCache, last_checkpoint
 from .optim import check_param_groups, component_param_groups
@@ -214,7 +214,8 @@ class ArrCocTrainer(Trainer):
         extra = {"output_attentions": True} if supervise_attention else {}
         window = answer_window(inputs["labels"]) if self.args.logits_on_labels_only else 0
         outputs = model(**inputs, budget=budget, logits_to_keep=window, **extra)
-        components = {name: getattr(outputs, f"{name}_loss") for name in LOSS_COMPONENTS}
+        # Every model term the loss table names, by its output field (None where it was not computed).
+        components = {name: getattr(outputs, LOSS_TERMS[name].field, None) for name in LOSS_COMPONENTS}
         if supervise_attention:
             image = outputs.image_outputs
             components["llm_attention"] = llm_attention_loss(
@@ -280,7 +281,7 @@ class ArrCocTrainer(Trainer):
     def loss_weights(self) -> dict[str, float]:
         """The weight of each loss term at the current step (the efficiency weight ramps up)."""
         args = self.args
-        weights = {name: getattr(args, f"loss_weight_{name}") for name in WEIGHTED_TERMS}
+        weights = {name: args.loss_weight(name) for name in WEIGHTED_TERMS}
         if args.efficiency_warmup_steps:
             progress = min(1.0, self.state.global_step / args.efficiency_warmup_steps)
             start = args.efficiency_weight_start
@@ -288,7 +289,7 @@ class ArrCocTrainer(Trainer):
         return weights
 
     def weighted_loss(self, components: dict, visual_token_counts, config) -> torch.Tensor:
-        loss = weighted_loss(components, self.loss_weights(), extra_terms=TRAINER_TERMS)
+        loss = weighted_loss(components, self.loss_weights())
         if self.args.grad_normalization == "visual_tokens":
             # Batches at large K send gradient through more visual tokens; scale them back to the mean tier.
             mean_tier = sum(min(b, config.num_patches) for b in config.budgets) / len(config.budgets)
@@ -411,9 +412,9 @@ class ArrCocTrainer(Trainer):
 
     def _record(self, mode: str, components: dict, outputs, budgets: list[int]):
         metrics = self._metrics[mode]
-        for name, value in components.items():
+        for name, value in components.items():  # logged under each term's output field, as the table names it
             if value is not None and torch.isfinite(value):
-                metrics[f"{name}_loss"].append(value.item())
+                metrics[LOSS_TERMS[name].field].append(value.item())
         metrics["visual_tokens_mean"].append(outputs.visual_token_counts.float().mean().item())
         shares = torch.bincount(outputs.budget_tiers, minlength=len(budgets)).float() / len(outputs.budget_tiers)
         for value, share in zip(budgets, shares.tolist()):
