@@ -399,6 +399,7 @@ def test_shipped_yamls_parse():
             phases[path.relative_to(ROOT / "configs").as_posix()] = args.phase
     assert phases == {"demo/phase1.yaml": "phase1", "demo/phase2.yaml": "phase2", "demo/phase3.yaml": "phase3",
                       "demo/pretrain.yaml": "pretrain", "demo/pretrain_reader.yaml": "phase2",
+                      "demo/pretrain_looks.yaml": "phase2",
                       "mixture_example.yaml": "phase1",
                       "phase0.yaml": "phase0", "phase1.yaml": "phase1",
                       "phase2.yaml": "phase2", "phase3.yaml": "phase3"}
