@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402  (first: it pins the thread count before torch starts its pool)
-from bench.flops import query_flops, visual_tokens  # noqa: E402
+from bench.flops import llm_flops, lm_head_flops, query_flops, visual_tokens  # noqa: E402
 from bench.token_cost import bench_tiers  # noqa: E402
 
 import torch  # noqa: E402
@@ -73,12 +73,12 @@ class Phases:
 
 
 def decode_bytes(config, tier, text_width, batch, bytes_per_value=4) -> int:
-    """Bytes one decode step reads: the language model's weights and head, and its KV cache at K visual tokens."""
+    """Bytes one decode step reads: every matrix of the language model and its head once (the FLOP model's own
+    layer structure, GQA included: one position's matmul FLOPs are 2 x their weights; the embedding lookup reads a
+    single row and is left out), and its KV cache at K visual tokens."""
     text = config.text_config
+    weights = (llm_flops(text, 1, 0) + lm_head_flops(text, 1)) // 2
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    layer = (4 * text.hidden_size * text.num_attention_heads * head_dim  # q/o (k/v are smaller under GQA)
-             + 3 * text.hidden_size * text.intermediate_size)
-    weights = text.num_hidden_layers * layer + 2 * text.vocab_size * text.hidden_size
     length = text_width - 1 + visual_tokens(config, tier)
     cache = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * length * batch
     return bytes_per_value * (weights + cache)

@@ -215,6 +215,12 @@ def test_decode_bytes_are_weights_plus_cache(tiny):
     head_dim = text.head_dim or text.hidden_size // text.num_attention_heads
     gap = prefill_decode.decode_bytes(config, 16, 10, 3) - prefill_decode.decode_bytes(config, 4, 10, 3)
     assert gap == 4 * 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * (16 - 4) * 3
+    # The weights part is every matrix the step multiplies by: the language model's linear layers and the head.
+    model = tiny[0]
+    matrices = sum(module.weight.numel() for module in model.model.language_model.modules()
+                   if isinstance(module, torch.nn.Linear)) + model.lm_head.weight.numel()
+    cache = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * (10 - 1 + 4) * 3
+    assert prefill_decode.decode_bytes(config, 4, 10, 3) == 4 * (matrices + cache)
 
 
 def test_every_bench_entry_names_a_script():
