@@ -269,11 +269,11 @@ class ArrCocModel(ArrCocPreTrainedModel):
         and a negative one more. Sweeping it traces auto's own accuracy-vs-tokens curve."""
         config = self.config
         batch, device = budget_logits.shape[0], budget_logits.device
+        static = self.static_tokens(budget, num_patches)
         if isinstance(budget, str) and budget == "auto":
             tiers = _priced_tiers(budget_logits, config, num_patches, budget_cost)
         elif isinstance(budget, str) and budget == "full":
             tiers = torch.full((batch,), config.full_tier, device=device)
-            return torch.full((batch,), num_patches, device=device), tiers
         elif isinstance(budget, (list, tuple, torch.Tensor)):
             values = budget.tolist() if isinstance(budget, torch.Tensor) else list(budget)
             if len(values) != batch:
@@ -283,13 +283,15 @@ class ArrCocModel(ArrCocPreTrainedModel):
             raise ValueError(config.budget_error(budget))
         else:
             tiers = torch.full((batch,), config.tier_index(budget), device=device)
+        if static is not None:  # one count for the batch: the host already knows it
+            return torch.full((batch,), static, device=device), tiers
         counts = torch.tensor(config.budgets, device=device)[tiers].clamp(max=num_patches)
         return counts, tiers
 
     def static_tokens(self, budget, num_patches) -> int | None:
         """The tokens every sample keeps under `budget` when the host knows it without reading a tensor: "full"
-        or one tier for the whole batch (the counts `resolve_budget` gives, as a Python int); None under "auto"
-        and per-sample budgets, whose counts are data."""
+        or one tier for the whole batch, as a Python int (`resolve_budget` fills its counts from it); None under
+        "auto" and per-sample budgets, whose counts are data."""
         if isinstance(budget, str):
             return num_patches if budget == "full" else None
         if isinstance(budget, (list, tuple, torch.Tensor)):
@@ -529,7 +531,8 @@ def _check_pixels(pixel_values):
     # The sum first: one reduction (0.08 ms for a batch of 8 demo pages) instead of an elementwise mask (9.8 ms,
     # 1.2 ms a query, the small-tier overhead #23 looked for); a NaN or inf anywhere makes the sum non-finite, and
     # the exact check only runs then, so a finite batch whose sum overflows is not refused.
-    if not is_tracing(pixel_values) and not torch.isfinite(pixel_values.sum()) and not torch.isfinite(pixel_values).all():
+    if (not is_tracing(pixel_values) and not torch.isfinite(pixel_values.sum())
+            and not torch.isfinite(pixel_values).all()):
         raise ValueError("pixel_values contain NaN or infinite values.")
 
 
