@@ -45,9 +45,13 @@ pretrain: venv
 	$(call started,outputs/demo/pretrain_reader)
 	$(PY) train.py configs/demo/pretrain_reader.yaml
 	$(call finished,outputs/demo/pretrain_reader)
-	$(PY) tools/export_base.py outputs/demo/pretrain_reader/checkpoint $(BASE) \
+	$(call started,outputs/demo/pretrain_looks)
+	$(PY) train.py configs/demo/pretrain_looks.yaml
+	$(call finished,outputs/demo/pretrain_looks)
+	$(PY) tools/export_base.py outputs/demo/pretrain_looks/checkpoint $(BASE) \
 		--config configs/demo/pretrain.yaml --curve outputs/demo/pretrain/learning_curve.json \
-		--config configs/demo/pretrain_reader.yaml --curve outputs/demo/pretrain_reader/learning_curve.json
+		--config configs/demo/pretrain_reader.yaml --curve outputs/demo/pretrain_reader/learning_curve.json \
+		--config configs/demo/pretrain_looks.yaml --curve outputs/demo/pretrain_looks/learning_curve.json
 
 DEMO := outputs/demo
 # The comparison (fair-evaluation protocol): ARR-COC, the uniform-pooling baseline (DeepSeek-OCR's analogue, trained at

@@ -35,7 +35,7 @@ from modeling_arrcoc.methods import learning_curve_methods
 from modeling_arrcoc.training.curves import LearningCurve, LearningCurveCallback
 from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.data.synthetic import FAMILIES, NUM_VISUAL_WORDS, SyntheticConfig, make_synthetic_suite
-from modeling_arrcoc.components import vision_normalization
+from modeling_arrcoc.components import component_sources, vision_normalization
 from modeling_arrcoc.lora import merge_lora
 from modeling_arrcoc.training.phases import apply_phase, trainable_parameter_counts
 from modeling_arrcoc.training.arguments import TRAINING_CONFIG, ArrCocTrainingArguments
@@ -153,15 +153,15 @@ def build_model_and_processor(model_args: ModelArguments):
 
 
 def _from_components(preset: Path, dtype):
-    """The base preset: pretrained SAM, CLIP and Qwen3 (components.json), ArrCoc's own settings (config.json),
+    """The base preset: pretrained SAM, CLIP and language model (components.json: sam, clip, llm), ArrCoc's own settings (config.json),
     the text checkpoint's tokenizer with Qwen's <|image_pad|> as the image token."""
-    components = json.loads((preset / "components.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(components["text"], padding_side="left")
+    components = component_sources(**json.loads((preset / "components.json").read_text()))
+    tokenizer = AutoTokenizer.from_pretrained(components["llm"], padding_side="left")
     settings = _arrcoc_settings(preset / "config.json")
     settings["image_token_id"] = tokenizer.convert_tokens_to_ids(BASE_IMAGE_TOKEN)
     model = ArrCocForConditionalGeneration.from_components(**components, dtype=dtype, **settings)
     image_processor = ArrCocImageProcessor(size=model.config.vision_config.image_size,
-                                           **vision_normalization(components["vision"]))
+                                           **vision_normalization(components["sam"]))
     return model, ArrCocProcessor(image_processor, tokenizer, image_token=BASE_IMAGE_TOKEN)
 
 

@@ -317,7 +317,7 @@ def assemble(config, root: Path):
     from modeling_arrcoc import ArrCocForConditionalGeneration
 
     return ArrCocForConditionalGeneration.from_components(
-        vision=str(root / "sam"), clip=str(root / "clip"), text=str(root / "text"), **arrcoc_settings(config))
+        sam=str(root / "sam"), clip=str(root / "clip"), llm=str(root / "text"), **arrcoc_settings(config))
 
 
 def unused_by_design(component: str, key: str, source: str) -> bool:
@@ -489,7 +489,7 @@ def check_ovis2_vet(root: Path, visual_vocab_size: int, hidden_size: int, text_v
     vet_shape = list(ovis.model.visual_embeddings_table.weight.shape)
     del ovis
     model = ArrCocForConditionalGeneration.from_components(
-        vision=str(root / "sam"), clip=str(root / "clip"), text=str(root / "ovis2"), budgets=[4, 16, 100],
+        sam=str(root / "sam"), clip=str(root / "clip"), llm=str(root / "ovis2"), budgets=[4, 16, 100],
         image_token_id=5, allocator_hidden_size=32, allocator_num_heads=2, adapter_num_layers=1, adapter_num_heads=2,
         num_vet_prototypes=8)
     result = {

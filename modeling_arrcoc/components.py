@@ -168,11 +168,32 @@ def copy_clip(clip_encoder, clip_model: CLIPVisionModel):
     clip_encoder.post_layernorm.load_state_dict(source.post_layernorm.state_dict())
 
 
-def assemble_from_components(cls, vision, clip, text, dtype=None, **config_kwargs):
+# The names `from_components` and a preset's components.json use for the three sources, and the older names each
+# still accepts (`vision=` for the SAM side, `text=` for the language side).
+COMPONENT_ALIASES = {"sam": "vision", "clip": None, "llm": "text"}
+
+
+def component_sources(**sources) -> dict:
+    """{"sam", "clip", "llm"} from keyword sources, each given once under its name or its older alias."""
+    unknown = set(sources) - set(COMPONENT_ALIASES) - {a for a in COMPONENT_ALIASES.values() if a}
+    if unknown:
+        raise TypeError(f"from_components: unknown source(s) {sorted(unknown)}; the sources are sam=, clip= and llm= "
+                        f"(vision= and text= are accepted for sam= and llm=).")
+    resolved = {}
+    for name, alias in COMPONENT_ALIASES.items():
+        given = {key: sources[key] for key in (name, alias) if key and sources.get(key) is not None}
+        if len(given) != 1:
+            raise TypeError(f"from_components needs the {name} checkpoint exactly once"
+                            f"{f' (as {name}= or {alias}=)' if alias else f' (as {name}=)'}; got {sorted(given) or 'none'}.")
+        resolved[name] = next(iter(given.values()))
+    return resolved
+
+
+def assemble_from_components(cls, sam, clip, llm, dtype=None, **config_kwargs):
     """`cls.from_components`: the three sources loaded, their weights copied bitwise into a new `cls` model."""
-    vision_config, vision_state = load_vision_components(vision, dtype=dtype)
+    vision_config, vision_state = load_vision_components(sam, dtype=dtype)
     clip_model = CLIPVisionModel.from_pretrained(clip, dtype=dtype)
-    body, lm_head, vet, text_config = load_text_components(text, dtype=dtype)
+    body, lm_head, vet, text_config = load_text_components(llm, dtype=dtype)
     if vet is not None:
         _check_visual_vocab(config_kwargs, vet)
     config = ArrCocConfig(
@@ -207,7 +228,9 @@ def _copy_lm_head(model, lm_head):
 
 
 __all__ = [
+    "COMPONENT_ALIASES",
     "assemble_from_components",
+    "component_sources",
     "copy_clip",
     "deepseek_ocr2_sam",
     "load_text_components",

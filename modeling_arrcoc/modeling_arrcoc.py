@@ -741,11 +741,14 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         )
 
     @classmethod
-    def from_components(cls, vision, clip, text, dtype=None, **config_kwargs):
-        """Assemble ArrCoc from pretrained SAM, CLIP and Qwen3 or Ovis2 checkpoints (Hub names or local dirs)."""
-        from .components import assemble_from_components
+    def from_components(cls, sam=None, clip=None, llm=None, dtype=None, *, vision=None, text=None, **config_kwargs):
+        """Assemble ArrCoc from pretrained checkpoints (Hub names or local dirs): `sam` a SAM or DeepSeek-OCR2
+        checkpoint, `clip` a CLIP vision model, `llm` a Qwen3, Ovis2 or Ovis2.5 checkpoint (docs/components.md).
+        `vision=` and `text=` are the older names of `sam=` and `llm=`."""
+        from .components import assemble_from_components, component_sources
 
-        return assemble_from_components(cls, vision, clip, text, dtype=dtype, **config_kwargs)
+        sources = component_sources(sam=sam, clip=clip, llm=llm, vision=vision, text=text)
+        return assemble_from_components(cls, **sources, dtype=dtype, **config_kwargs)
 
 
 def _priced_tiers(budget_logits, config, num_patches, budget_cost):

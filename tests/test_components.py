@@ -26,6 +26,7 @@ from transformers import (
 
 from conftest import ArrCocModelTester
 from modeling_arrcoc import ArrCocForConditionalGeneration
+from modeling_arrcoc.components import component_sources
 from modeling_arrcoc.lora import apply_lora
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,7 +35,7 @@ TESTER = ArrCocModelTester()
 VISUAL_WORDS, INDICATORS = 40, 4
 ARRCOC_SETTINGS = dict(budgets=TESTER.budgets, image_token_id=TESTER.image_token_id, allocator_hidden_size=32,
                        allocator_num_heads=2, adapter_num_layers=1, adapter_num_heads=2, num_vet_prototypes=8)
-ROUTES = {  # (vision, text) checkpoint directories
+ROUTES = {  # (sam, llm) checkpoint directories
     "ovis2_5": ("sam", "ovis2_5"),
     "deepseek_ocr2": ("deepseek_ocr2", "qwen3"),
     "both": ("deepseek_ocr2", "ovis2_5"),
@@ -88,7 +89,7 @@ def sources(tmp_path_factory):
 def assemble(root, route, **kwargs):
     vision, text = ROUTES[route]
     return ArrCocForConditionalGeneration.from_components(
-        vision=str(root / vision), clip=str(root / "clip"), text=str(root / text), **ARRCOC_SETTINGS, **kwargs)
+        sam=str(root / vision), clip=str(root / "clip"), llm=str(root / text), **ARRCOC_SETTINGS, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +143,32 @@ def loaded_pairs(model, route, models):
 
 def differing(pairs):
     return sorted(name for name, (got, want) in pairs.items() if got is None or not torch.equal(got, want))
+
+
+# --- the sources' names -------------------------------------------------------------------------------------
+
+
+def test_the_older_source_names_assemble_the_same_model(sources):
+    # vision= / text= are the names before Ovis2.5 and DeepSeek-OCR2 (a SAM either way, a language model either way);
+    # one seed, so that the new parts (allocator, adapter) start the same too.
+    root, _ = sources
+    vision, text = ROUTES["both"]
+    torch.manual_seed(0)
+    older = ArrCocForConditionalGeneration.from_components(
+        vision=str(root / vision), clip=str(root / "clip"), text=str(root / text), **ARRCOC_SETTINGS)
+    torch.manual_seed(0)
+    newer = assemble(root, "both").state_dict()
+    assert all(torch.equal(tensor, newer[name]) for name, tensor in older.state_dict().items())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"sam": "a", "vision": "b", "clip": "c", "llm": "d"}, "sam checkpoint exactly once"),
+    ({"clip": "c", "llm": "d"}, "sam checkpoint exactly once"),
+    ({"sam": "a", "clip": "c", "llm": "d", "siglip": "e"}, "unknown source"),
+])
+def test_a_source_given_twice_missing_or_unknown_is_named(kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        component_sources(**kwargs)
 
 
 # --- every loaded tensor, bitwise ----------------------------------------------------------------------------
@@ -204,8 +231,8 @@ def test_the_remote_code_ovis2_5_format_is_refused(tmp_path, sources):
     (tmp_path / "config.json").write_text('{"model_type": "ovis2_5", "llm_config": {"model_type": "qwen3"}, '
                                           '"vit_config": {"model_type": "siglip2_navit"}}')
     with pytest.raises(ValueError, match="remote-code format .* ovis-community/Ovis2.5-2B"):
-        ArrCocForConditionalGeneration.from_components(vision=str(sources[0] / "sam"), clip=str(sources[0] / "clip"),
-                                                       text=str(tmp_path), **ARRCOC_SETTINGS)
+        ArrCocForConditionalGeneration.from_components(sam=str(sources[0] / "sam"), clip=str(sources[0] / "clip"),
+                                                       llm=str(tmp_path), **ARRCOC_SETTINGS)
 
 
 # --- DeepSeek-OCR2: the SAM encoder, its neck kept, its projection dropped -----------------------------------
@@ -232,7 +259,7 @@ def test_the_deepseek_tower_computes_deepseeks_neck_features(sources, assembled)
 def test_each_vision_source_gets_the_normalization_it_was_trained_with(sources):
     """DeepSeek-OCR2 maps pixels to [-1, 1] (mean = std = 0.5); SAM keeps the processor's ImageNet defaults."""
     from modeling_arrcoc import ArrCocImageProcessor
-    from modeling_arrcoc.components import vision_normalization
+    from modeling_arrcoc.components import component_sources, vision_normalization
 
     root, _ = sources
     assert vision_normalization(str(root / "deepseek_ocr2")) == {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}
@@ -251,15 +278,15 @@ def test_a_deepseek_checkpoint_without_sam_weights_is_refused(sources, tmp_path)
     save_file({k: v for k, v in tensors.items() if "sam_model.blocks.1." not in k}, tmp_path / "model.safetensors",
               metadata={"format": "pt"})
     with pytest.raises(ValueError, match="no weights for DeepSeek-OCR2's SAM encoder"):
-        ArrCocForConditionalGeneration.from_components(vision=str(tmp_path), clip=str(root / "clip"),
-                                                       text=str(root / "qwen3"), **ARRCOC_SETTINGS)
+        ArrCocForConditionalGeneration.from_components(sam=str(tmp_path), clip=str(root / "clip"),
+                                                       llm=str(root / "qwen3"), **ARRCOC_SETTINGS)
 
 
 def test_a_vision_checkpoint_that_is_not_sam_is_refused(sources):
     root, _ = sources
     with pytest.raises(ValueError, match="'clip_vision_model' checkpoint"):
-        ArrCocForConditionalGeneration.from_components(vision=str(root / "clip"), clip=str(root / "clip"),
-                                                       text=str(root / "qwen3"), **ARRCOC_SETTINGS)
+        ArrCocForConditionalGeneration.from_components(sam=str(root / "clip"), clip=str(root / "clip"),
+                                                       llm=str(root / "qwen3"), **ARRCOC_SETTINGS)
 
 
 # --- forward, generate at each tier, save / reload -----------------------------------------------------------

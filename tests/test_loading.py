@@ -116,7 +116,7 @@ def save_tiny_components(root, tester):
 def test_from_components_loads_every_weight(tester, tmp_path):
     sam, clip, text = save_tiny_components(tmp_path, tester)
     model = ArrCocForConditionalGeneration.from_components(
-        vision=str(tmp_path / "sam"), clip=str(tmp_path / "clip"), text=str(tmp_path / "text"),
+        sam=str(tmp_path / "sam"), clip=str(tmp_path / "clip"), llm=str(tmp_path / "text"),
         budgets=tester.budgets, image_token_id=tester.image_token_id, allocator_hidden_size=32, allocator_num_heads=2,
         adapter_num_layers=1, adapter_num_heads=2, num_vet_prototypes=8, visual_vocab_size=64,
     )
@@ -150,7 +150,7 @@ def test_from_components_loads_ovis2_vet(tester, tmp_path):
     ovis = Ovis2ForConditionalGeneration(ovis_config)
     ovis.save_pretrained(tmp_path / "ovis")
     model = ArrCocForConditionalGeneration.from_components(
-        vision=str(tmp_path / "sam"), clip=str(tmp_path / "clip"), text=str(tmp_path / "ovis"),
+        sam=str(tmp_path / "sam"), clip=str(tmp_path / "clip"), llm=str(tmp_path / "ovis"),
         budgets=tester.budgets, image_token_id=tester.image_token_id, allocator_hidden_size=32, allocator_num_heads=2,
         adapter_num_layers=1, adapter_num_heads=2, num_vet_prototypes=8,
     )

@@ -598,13 +598,12 @@ def test_train_main_from_components(tmp_path, data_args, datasets):
     tokenizer.add_special_tokens({"additional_special_tokens": [train.BASE_IMAGE_TOKEN]})
     tiny.text_config.vocab_size = len(tokenizer)
     for name, component in (("sam", SamVisionModel(tiny.vision_config)), ("clip", CLIPVisionModel(tiny.clip_config)),
-                            ("text", Qwen3ForCausalLM(tiny.text_config))):
+                            ("llm", Qwen3ForCausalLM(tiny.text_config))):
         component.save_pretrained(tmp_path / name)
-    tokenizer.save_pretrained(tmp_path / "text")
+    tokenizer.save_pretrained(tmp_path / "llm")
     preset = tmp_path / "preset"
     preset.mkdir()
-    (preset / "components.json").write_text(json.dumps({k: str(tmp_path / k) for k in ("sam", "clip", "text")})
-                                            .replace('"sam"', '"vision"'))
+    (preset / "components.json").write_text(json.dumps({k: str(tmp_path / k) for k in ("sam", "clip", "llm")}))
     (preset / "config.json").write_text(tiny.to_json_string())
     trainer = train.main([tiny_yaml(tmp_path / "base.yaml", data_args, model_preset=str(preset), max_steps=1)])
     config = trainer.model.config

@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent / "configs" / "model"
 
 # Hub checkpoints the base preset is assembled from (ArrCocForConditionalGeneration.from_components).
 BASE_COMPONENTS = {
-    "vision": "facebook/sam-vit-base",
+    "sam": "facebook/sam-vit-base",
     "clip": "openai/clip-vit-large-patch14",
-    "text": "Qwen/Qwen3-0.6B",
+    "llm": "Qwen/Qwen3-0.6B",
 }
 
 
