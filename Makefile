@@ -35,9 +35,10 @@ DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its trai
 	on them and the overall accuracy is pulled down by them. The held-out test variant (other shades, layouts, glyph \
 	sizes) is read less well than the training one.
 
-# Two stages from random init, no relevance tag anywhere (a method-neutral base): the vision stage (SAM, CLIP, adapter
-# and ARR-COC's allocator; the reader's teacher and the answer boxes), then the reader (the language model learns to
-# answer at every view the compared methods feed it, with dense supervision: docs/demo_model.md).
+# Three stages from random init, no relevance tag anywhere (a method-neutral base): the vision stage (SAM, CLIP,
+# adapter and ARR-COC's allocator; the reader's teacher and the answer boxes), the reader (the language model learns to
+# answer at every view the compared methods feed it, with dense supervision), then the looks (the same reader on pages
+# of random shades, layouts and glyph sizes, for the held-out look): docs/demo_model.md.
 pretrain: venv
 	$(call started,outputs/demo/pretrain)
 	$(PY) train.py configs/demo/pretrain.yaml
