@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 
 from ..lora import DEFAULT_TARGET_MODULES
 from ..losses import LOSS_TERMS, TRAINER_TERMS, WEIGHTED_TERMS
+from ..provenance import TRAINING_CONFIG  # re-exported: where train.py saves the resolved YAML
 from ..selection import FIXED_SELECTIONS, SELECTION_METHODS
 from .phases import BUDGET_MODES, COMPONENTS, PHASES, check_phase
 from .calibration import CALIBRATION_TARGETS
@@ -21,8 +22,6 @@ from .teacher import ALIGNMENT_TARGETS, SCORINGS
 
 EVAL_BUDGETS = ("auto", "full", "heuristic")
 DEFAULT_GRAD_NORM_RANGES = {name: [1e-8, 100.0] for name in COMPONENTS}
-# train.py saves the run's resolved YAML under this name beside the final checkpoint; eval.py reads it.
-TRAINING_CONFIG = "training_config.yaml"
 # FIXED_SELECTIONS (fixed-compression baselines: K is given, a tier or one drawn per step, never predicted per
 # question), WEIGHTED_TERMS and TRAINER_TERMS are the selection and loss tables' (selection.py, losses.py).
 
