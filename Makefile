@@ -22,7 +22,7 @@ venv: $(VENV)/.installed
 # tests/test_transformers_common.py runs transformers' own common tests, which only its sdist ships: fetch them
 # (once per transformers version, into the git-ignored .transformers_tests/) before pytest.
 test: venv
-	$(PY) tools/fetch_transformers_tests.py
+	$(PY) -m tools.fetch_transformers_tests
 	$(PY) -m pytest -q tests
 
 # The shipped base the demo starts from (reproduced by `make pretrain`, which takes longer than the demo).
@@ -48,7 +48,7 @@ pretrain: venv
 	$(call started,outputs/demo/pretrain_looks)
 	$(PY) train.py configs/demo/pretrain_looks.yaml
 	$(call finished,outputs/demo/pretrain_looks)
-	$(PY) tools/export_base.py outputs/demo/pretrain_looks/checkpoint $(BASE) \
+	$(PY) -m tools.export_base outputs/demo/pretrain_looks/checkpoint $(BASE) \
 		--config configs/demo/pretrain.yaml --curve outputs/demo/pretrain/learning_curve.json \
 		--config configs/demo/pretrain_reader.yaml --curve outputs/demo/pretrain_reader/learning_curve.json \
 		--config configs/demo/pretrain_looks.yaml --curve outputs/demo/pretrain_looks/learning_curve.json
@@ -111,7 +111,7 @@ demo: venv
 	$(PARALLEL) demo-full demo-arrcoc demo-uniform
 	rm -rf $(DEMO)/checkpoint.tmp && cp -r $(DEMO)/phase3/checkpoint $(DEMO)/checkpoint.tmp
 	rm -rf $(DEMO)/checkpoint && mv $(DEMO)/checkpoint.tmp $(DEMO)/checkpoint
-	$(PY) tools/learning_report.py --output $(DEMO)/learning_curve.json --stage pretrain=$(BASE)/PROVENANCE.json \
+	$(PY) -m tools.learning_report --output $(DEMO)/learning_curve.json --stage pretrain=$(BASE)/PROVENANCE.json \
 		--stage phase1=$(DEMO)/phase1/learning_curve.json --stage phase2=$(DEMO)/phase2/learning_curve.json \
 		--stage phase3=$(DEMO)/phase3/learning_curve.json
 	$(PY) eval.py $(DEMO)/checkpoint --dataset synthetic --split test --budget all --num-samples 1200 $(EVAL_FAMILIES) \
@@ -161,7 +161,7 @@ baselines: venv
 	$(call finished,$(DEMO)/baselines)
 
 bench: venv
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all
 
 # The interactive app (docs/app.md) on 127.0.0.1:7860; e.g. make app APP_ARGS="--checkpoint DIR --port 7861".
 app: venv
@@ -170,10 +170,10 @@ app: venv
 # Fills the generated blocks of README.md (headline, heatmap) and docs/results.md (every table that runs past a
 # screen) from outputs/ and pretrained/ (never hand-typed numbers).
 readme: venv
-	$(PY) tools/render_readme.py
+	$(PY) -m tools.render_readme
 
 presets: venv
-	$(PY) tools/make_presets.py
+	$(PY) -m tools.make_presets
 
 clean:
 	rm -rf outputs/demo outputs/bench

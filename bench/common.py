@@ -24,7 +24,6 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -32,9 +31,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # the benchmarks run from a checkout, installed or not
+from modeling_arrcoc.provenance import REPO_ROOT as ROOT  # noqa: E402  (the checkout: presets, outputs)
 
 OUTPUT_DIR = ROOT / "outputs" / "bench"
 PRESETS = ROOT / "configs" / "model"

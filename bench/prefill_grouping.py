@@ -6,7 +6,7 @@ decisions give such mixes). "Prefill" is generate(max_new_tokens=1): SAM, alloca
 prefill, i.e. the time to the first token. A second measurement starts from cached SAM features, the case
 where grouping changes the largest share of the work.
 
-    python bench/prefill_grouping.py [--repeats 9] [--tiers 4 4 8 8 16 16 64 256] [--threads 1]
+    python -m bench.prefill_grouping [--repeats 9] [--tiers 4 4 8 8 16 16 64 256] [--threads 1]
 
 One thread by default (see bench/common.py). Prints min/median/max per mode, in wall time and in process CPU
 time (steadier on a shared machine), and the speed-up (padded / grouped) per round as min/median/max; writes
@@ -14,16 +14,12 @@ outputs/bench/prefill_grouping.json.
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common  # first: it pins the thread count before torch starts its pool
 
-from bench import common  # noqa: E402  (first: it pins the thread count before torch starts its pool)
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
 NAME = "prefill_grouping"
 MODES = ("grouped", "padded")

@@ -40,7 +40,7 @@ if not (FETCHED / "transformers_tests" / "__init__.py").is_file():
     # Not a skip: a missing suite must not look like a passing one.
     raise RuntimeError(
         f"Transformers' common tests for transformers {TRANSFORMERS_VERSION} are not in {FETCHED}. Fetch them with\n"
-        f"    {Path(sys.executable).name} tools/fetch_transformers_tests.py\n"
+        f"    {Path(sys.executable).name} -m tools.fetch_transformers_tests\n"
         "(`make test` does this before running pytest)."
     )
 try:

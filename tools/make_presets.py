@@ -1,19 +1,16 @@
 """Write the model presets under configs/model/: tiny (tests), demo (the embedded CPU default), base (real
-checkpoints). Run `python tools/make_presets.py`; the output is committed, so tests and the demo load it offline.
+checkpoints). Run `python -m tools.make_presets`; the output is committed, so tests and the demo load it offline.
 """
 
 import argparse
 import json
 from pathlib import Path
 
-import sys
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from modeling_arrcoc import ArrCocConfig, ArrCocImageProcessor, ArrCocProcessor
+from modeling_arrcoc.provenance import REPO_ROOT
 from modeling_arrcoc.tokenization_arrcoc import build_tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent / "configs" / "model"
+ROOT = REPO_ROOT / "configs" / "model"
 
 # Hub checkpoints the base preset is assembled from (ArrCocForConditionalGeneration.from_components).
 BASE_COMPONENTS = {
