@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modeling_arrcoc.data.collator import chat_prompt
+
 NAME = "prefill_grouping"
 MODES = ("grouped", "padded")
 QUESTIONS = (
@@ -60,9 +62,7 @@ def build(preset, tiers):
     size = model.config.vision_config.image_size
     rng = np.random.default_rng(0)
     pages = [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in tiers]
-    chats = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTIONS[i % len(QUESTIONS)]}]}]
-             for i in range(len(tiers))]
-    texts = processor.apply_chat_template(chats, add_generation_prompt=True)
+    texts = [chat_prompt(processor, QUESTIONS[i % len(QUESTIONS)]) for i in range(len(tiers))]
     return model, processor(images=pages, text=texts)
 
 
