@@ -63,7 +63,10 @@ DEMO := outputs/demo
 DEMO_STEPS_1 := max_steps=200
 DEMO_STEPS_2 := max_steps=300
 DEMO_STEPS_3 := max_steps=150
-UNIFORM_METHOD := selection_method=uniform relevance_tag=false train_budget=random eval_budget=16
+# The tier the fixed-compression baselines' training runs evaluate at (eval_budget): they have no learned budget, so
+# 'auto' is refused for them; one value for all of them (uniform, saliency, random).
+FIXED_EVAL_BUDGET := 16
+UNIFORM_METHOD := selection_method=uniform relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
 FULL_METHOD := selection_method=full relevance_tag=false
 # $(1): name under outputs/demo/ ("." for ARR-COC itself), $(2): train.py overrides that define the method.
 define train_method
@@ -125,8 +128,8 @@ demo: venv
 #   (one K drawn per step), without the tag;
 # - ablations of ARR-COC: no relevance tag; no fold of dropped patches; learned selection at one constant tier,
 #   auto's rounded mean tokens in the demo (tier 4).
-SALIENCY_METHOD := selection_method=hotspot relevance_tag=false train_budget=random eval_budget=16
-RANDOM_METHOD := selection_method=random relevance_tag=false train_budget=random eval_budget=16
+SALIENCY_METHOD := selection_method=hotspot relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
+RANDOM_METHOD := selection_method=random relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
 NOTAG_METHOD := relevance_tag=false
 NOFOLD_METHOD := relevance_tag=true fold_dropped=false
 CONSTANT_TIER := 4
