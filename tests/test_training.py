@@ -384,6 +384,9 @@ def test_yaml_unknown_keys_are_rejected(tmp_path):
     (dict(phase="phase1", group_by_tier=True), "group_by_tier needs"),
     (dict(grad_norm_ranges={"sam": [0, 1]}), "unknown component 'sam'"),
     (dict(early_stopping_patience=2), "needs load_best_model_at_end"),
+    (dict(train_tier_weights=[0.5, 0.5]), "key each weight by its tier"),
+    (dict(train_tier_weights={4: -1.0, 16: 1.0}), "non-negative"),
+    (dict(train_tier_weights={4: 0.0}), "positive sum"),
 ])
 def test_arguments_are_validated_early(bad, message, tmp_path):
     with pytest.raises(ValueError, match=message):
@@ -710,6 +713,47 @@ def test_step_tier_weights_shape_the_multi_budget_draw():
     assert {step_tier(0, step, 3) for step in range(200)} == {0, 1, 2}
     with pytest.raises(ValueError, match="3 tiers"):
         step_tier(0, 0, 3, [1.0, 1.0])
+
+
+def test_tier_weights_are_keyed_by_tier_value(tmp_path, processor):
+    """train_tier_weights names tiers by value: {16: 1.0} draws tier 16 at every step (a tier left out weighs 0),
+    whatever the tier's position; a tier the model does not have is refused, naming it and the model's tiers."""
+    from modeling_arrcoc.training.calibration import step_tier
+
+    model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(TINY_PRESET, **TINY_OVERRIDES))
+    budgets = model.config.budgets
+    assert budgets == [4, 16, 100]
+
+    def arguments(weights):
+        return ArrCocTrainingArguments(output_dir=str(tmp_path), report_to="none", phase="pretrain",
+                                       train_budget="random", calibration_every=0, train_tier_weights=weights)
+
+    args = arguments({16: 1.0})
+    assert args.tier_weights(budgets) == [0.0, 1.0, 0.0]
+    apply_phase(model, "pretrain")
+    trainer = ArrCocTrainer(model=model, args=args, data_collator=ArrCocCollator(processor, patch_size=8))
+    drawn = set()
+    for step in range(200):
+        trainer.state.global_step = step
+        drawn.add(trainer.budget_for("train", None, budgets))
+    assert drawn == {16}
+    ends = arguments({100: 1.0, 4: 3.0}).tier_weights(budgets)  # key order does not matter, the tier values do
+    assert ends == [3.0, 0.0, 1.0]
+    assert {budgets[step_tier(0, step, 3, ends)] for step in range(200)} == {4, 100}
+    assert arguments({"16": 1}).train_tier_weights == {16: 1.0}, "JSON keys (training_args.json) read as tiers"
+    unknown = arguments({8: 0.5, 16: 0.5})
+    with pytest.raises(ValueError, match=r"names tier 8, which this model does not have; its tiers are \[4, 16, 100\]"):
+        ArrCocTrainer(model=model, args=unknown, data_collator=ArrCocCollator(processor, patch_size=8))
+    with pytest.raises(ValueError, match="names tier 8"):
+        recipe.apply_method(model, unknown)
+
+
+def test_tier_weights_override_parses_from_the_command_line():
+    _, _, args = recipe.parse_config([str(ROOT / "configs/demo/pretrain.yaml"), "output_dir=/tmp/unused",
+                                      "train_tier_weights={4: 1.0}"])
+    assert args.train_tier_weights == {4: 1.0} and args.tier_weights([4, 8, 16, 64, 256]) == [1.0, 0, 0, 0, 0]
+    _, _, shipped = recipe.parse_config([str(ROOT / "configs/demo/pretrain.yaml"), "output_dir=/tmp/unused"])
+    assert shipped.tier_weights([4, 8, 16, 64, 256]) == [0.35, 0.3, 0.15, 0.1, 0.1]
 
 
 def test_probe_report_renders_every_recorded_point_into_its_block(tmp_path):

@@ -174,7 +174,7 @@ def add_alignment_targets(train_dataset, args, model_config):
 def apply_method(model, args) -> str:
     """Write the run's `selection_method`, `relevance_tag` and `fold_dropped` (when given) into the model config,
     the one place they are set, so the checkpoint carries its own method; check the budgets fit the resulting
-    selection; return the line that says what the run trains."""
+    selection and the tier weights name the model's tiers; return the line that says what the run trains."""
     config = model.config
     for name in ("selection_method", "relevance_tag", "fold_dropped"):
         if getattr(args, name) is not None:
@@ -182,6 +182,7 @@ def apply_method(model, args) -> str:
     # The compression heads were built from the loaded config: the fold is their flag too (a reload reads config).
     model.model.allocator.compression_heads.fold_dropped = config.fold_dropped
     args.check_selection(config.selection_method)
+    args.tier_weights(config.budgets)  # a weighted tier the model lacks fails here, before any data is built
     budget = "every patch (train_budget ignored)" if config.selection_method == "full" else args.training_budget
     return (f"method: selection_method={config.selection_method} relevance_tag={config.relevance_tag} "
             f"fold_dropped={config.fold_dropped}; training budget {budget}")
