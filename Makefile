@@ -101,7 +101,7 @@ demo-uniform: venv
 demo-full: venv
 	$(call train_method,full,$(FULL_METHOD))
 
-# Wall-clock seconds of a target, written beside its results (the README quotes them): $(1) folder.
+# Wall-clock seconds of a target, written beside its results (docs/results.md quotes them): $(1) folder.
 define started
 	@mkdir -p $(1) && date +%s > $(1)/started
 endef

@@ -210,7 +210,7 @@ def read_result(name: str, output_dir=OUTPUT_DIR) -> dict | None:
 
 
 def publish(name: str, result: dict, output_dir, markdown, device: str = "cpu") -> Path:
-    """Write a script's JSON, then print its table as read back from disk (what run_all and README use)."""
+    """Write a script's JSON, then print its table as read back from disk (what run_all and docs/results.md use)."""
     path = write_result(name, result, output_dir, device=device)
     print(markdown(read_result(name, output_dir)))
     print(f"wrote {path}")

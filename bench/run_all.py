@@ -1,4 +1,4 @@
-"""Run every benchmark, one at a time, and write the README's performance section (`make bench`).
+"""Run every benchmark, one at a time, and write the performance section of docs/results.md (`make bench`).
 
 Each benchmark runs as its own subprocess (a fresh process: no benchmark inherits another's memory peak or
 allocator state), prints its full tables and writes outputs/bench/<name>.json. Then this script reads the JSONs
@@ -6,7 +6,7 @@ and writes
 - outputs/bench/summary.json: the headline figures of every benchmark, the machine, the commit, and how long
   each benchmark and the whole run took;
 - outputs/bench/summary.md: a short markdown section generated from summary.json (`make readme` puts it in the
-  README's Performance section).
+  Performance section of docs/results.md, which the README links).
 The repeats below keep `make bench` under 15 minutes on the 2-core machine with one thread (about 5 minutes
 measured, with another process on the other core); --quick runs one round of each (a smoke run, not a
 measurement).
@@ -78,7 +78,7 @@ def run_bench(name, extra, preset, output_dir, threads) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Headline figures (summary.json) and the README section (summary.md)
+# Headline figures (summary.json) and the docs/results.md section (summary.md)
 # ---------------------------------------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ hidden from training (issue #16).
    box patch kept) at `auto` and each small tier, with 95% bootstrap intervals and paired differences
    (statistics.py).
 
-Writes outputs/teacher_vs_boxes.json and outputs/teacher_vs_boxes.md (the tables README's "On real datasets" quotes).
+Writes outputs/teacher_vs_boxes.json and outputs/teacher_vs_boxes.md (the tables docs/training.md's "Without answer boxes" quotes).
 """
 
 import argparse
