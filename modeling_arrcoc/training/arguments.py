@@ -374,7 +374,8 @@ def _tier_weights(value) -> dict | None:
     try:
         weights = {int(tier): float(weight) for tier, weight in value.items()}
     except (TypeError, ValueError):
-        raise ValueError(f"train_tier_weights maps tier values (integers) to weights (numbers), got {value!r}.") from None
+        raise ValueError(f"train_tier_weights maps tier values (integers) to weights (numbers), got "
+                         f"{value!r}.") from None
     if not weights or any(not math.isfinite(w) or w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
         raise ValueError(f"train_tier_weights must be finite, non-negative, with a positive sum, got {value!r}.")
     return weights

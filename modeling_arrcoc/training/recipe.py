@@ -118,8 +118,8 @@ def build_model_and_processor(model_args: ModelArguments):
 
 
 def _from_components(preset: Path, dtype):
-    """The base preset: pretrained SAM, CLIP and language model (components.json: sam, clip, llm), ArrCoc's own settings (config.json),
-    the text checkpoint's tokenizer with Qwen's <|image_pad|> as the image token."""
+    """The base preset: pretrained SAM, CLIP and language model (components.json: sam, clip, llm), ArrCoc's own
+    settings (config.json), the text checkpoint's tokenizer with Qwen's <|image_pad|> as the image token."""
     components = component_sources(**json.loads((preset / "components.json").read_text()))
     tokenizer = AutoTokenizer.from_pretrained(components["llm"], padding_side="left")
     settings = _arrcoc_settings(preset / "config.json")
