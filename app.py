@@ -14,7 +14,6 @@ import argparse
 import os
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 # Set before gradio is imported: it reads this at import time, and the app must not phone home (no network in CI).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -28,8 +27,9 @@ import modeling_arrcoc  # noqa: E402,F401  (registers ArrCoc with the Auto class
 from modeling_arrcoc.data.collator import chat_prompt  # noqa: E402
 from modeling_arrcoc.data.synthetic import make_synthetic_suite  # noqa: E402
 from modeling_arrcoc.explanation import explain, render_heatmap  # noqa: E402
+from modeling_arrcoc.provenance import REPO_ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent  # defaults resolve from the repository, whatever the working directory
+ROOT = REPO_ROOT  # defaults resolve from the repository, whatever the working directory
 TRAINED_CHECKPOINT = ROOT / "outputs" / "demo" / "checkpoint"  # written by `make demo`
 SHIPPED_BASE = ROOT / "pretrained" / "demo-base"
 MAX_NEW_TOKENS = 8  # synthetic answers are a few characters; the demo never needs more
