@@ -22,7 +22,7 @@ venv: $(VENV)/.installed
 # tests/test_transformers_common.py runs transformers' own common tests, which only its sdist ships: fetch them
 # (once per transformers version, into the git-ignored .transformers_tests/) before pytest.
 test: venv
-	$(PY) tools/fetch_transformers_tests.py
+	$(PY) -m tools.fetch_transformers_tests
 	$(PY) -m pytest -q tests
 
 # The shipped base the demo starts from (reproduced by `make pretrain`, which takes longer than the demo).
@@ -49,7 +49,7 @@ pretrain: venv
 	$(call started,outputs/demo/pretrain_looks)
 	$(PY) train.py configs/demo/pretrain_looks.yaml
 	$(call finished,outputs/demo/pretrain_looks)
-	$(PY) tools/export_base.py outputs/demo/pretrain_looks/checkpoint $(BASE) \
+	$(PY) -m tools.export_base outputs/demo/pretrain_looks/checkpoint $(BASE) \
 		--config configs/demo/pretrain.yaml --curve outputs/demo/pretrain/learning_curve.json \
 		--config configs/demo/pretrain_reader.yaml --curve outputs/demo/pretrain_reader/learning_curve.json \
 		--config configs/demo/pretrain_looks.yaml --curve outputs/demo/pretrain_looks/learning_curve.json
@@ -64,7 +64,10 @@ DEMO := outputs/demo
 DEMO_STEPS_1 := max_steps=200
 DEMO_STEPS_2 := max_steps=300
 DEMO_STEPS_3 := max_steps=150
-UNIFORM_METHOD := selection_method=uniform relevance_tag=false train_budget=random eval_budget=16
+# The tier the fixed-compression baselines' training runs evaluate at (eval_budget): they have no learned budget, so
+# 'auto' is refused for them; one value for all of them (uniform, saliency, random).
+FIXED_EVAL_BUDGET := 16
+UNIFORM_METHOD := selection_method=uniform relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
 FULL_METHOD := selection_method=full relevance_tag=false
 # $(1): name under outputs/demo/ ("." for ARR-COC itself), $(2): train.py overrides that define the method.
 define train_method
@@ -99,7 +102,7 @@ demo-uniform: venv
 demo-full: venv
 	$(call train_method,full,$(FULL_METHOD))
 
-# Wall-clock seconds of a target, written beside its results (the README quotes them): $(1) folder.
+# Wall-clock seconds of a target, written beside its results (docs/results.md quotes them): $(1) folder.
 define started
 	@mkdir -p $(1) && date +%s > $(1)/started
 endef
@@ -112,7 +115,7 @@ demo: venv
 	$(PARALLEL) demo-full demo-arrcoc demo-uniform
 	rm -rf $(DEMO)/checkpoint.tmp && cp -r $(DEMO)/phase3/checkpoint $(DEMO)/checkpoint.tmp
 	rm -rf $(DEMO)/checkpoint && mv $(DEMO)/checkpoint.tmp $(DEMO)/checkpoint
-	$(PY) tools/learning_report.py --output $(DEMO)/learning_curve.json --stage pretrain=$(BASE)/PROVENANCE.json \
+	$(PY) -m tools.learning_report --output $(DEMO)/learning_curve.json --stage pretrain=$(BASE)/PROVENANCE.json \
 		--stage phase1=$(DEMO)/phase1/learning_curve.json --stage phase2=$(DEMO)/phase2/learning_curve.json \
 		--stage phase3=$(DEMO)/phase3/learning_curve.json
 	$(PY) eval.py $(DEMO)/checkpoint --dataset synthetic --split test --budget all --num-samples 1200 $(EVAL_FAMILIES) \
@@ -126,8 +129,8 @@ demo: venv
 #   (one K drawn per step), without the tag;
 # - ablations of ARR-COC: no relevance tag; no fold of dropped patches; learned selection at one constant tier,
 #   auto's rounded mean tokens in the demo (tier 4).
-SALIENCY_METHOD := selection_method=hotspot relevance_tag=false train_budget=random eval_budget=16
-RANDOM_METHOD := selection_method=random relevance_tag=false train_budget=random eval_budget=16
+SALIENCY_METHOD := selection_method=hotspot relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
+RANDOM_METHOD := selection_method=random relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
 NOTAG_METHOD := relevance_tag=false
 NOFOLD_METHOD := relevance_tag=true fold_dropped=false
 CONSTANT_TIER := 4
@@ -162,7 +165,7 @@ baselines: venv
 	$(call finished,$(DEMO)/baselines)
 
 bench: venv
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all
 
 # The interactive app (docs/app.md) on 127.0.0.1:7860; e.g. make app APP_ARGS="--checkpoint DIR --port 7861".
 app: venv
@@ -171,10 +174,10 @@ app: venv
 # Fills the generated blocks of README.md (headline, heatmap) and docs/results.md (every table that runs past a
 # screen) from outputs/ and pretrained/ (never hand-typed numbers).
 readme: venv
-	$(PY) tools/render_readme.py
+	$(PY) -m tools.render_readme
 
 presets: venv
-	$(PY) tools/make_presets.py
+	$(PY) -m tools.make_presets
 
 clean:
 	rm -rf outputs/demo outputs/bench

@@ -14,7 +14,6 @@ import argparse
 import os
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 # Set before gradio is imported: it reads this at import time, and the app must not phone home (no network in CI).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -25,10 +24,12 @@ from PIL import Image  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
 import modeling_arrcoc  # noqa: E402,F401  (registers ArrCoc with the Auto classes)
+from modeling_arrcoc.data.collator import chat_prompt  # noqa: E402
 from modeling_arrcoc.data.synthetic import make_synthetic_suite  # noqa: E402
 from modeling_arrcoc.explanation import explain, render_heatmap  # noqa: E402
+from modeling_arrcoc.provenance import REPO_ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent  # defaults resolve from the repository, whatever the working directory
+ROOT = REPO_ROOT  # defaults resolve from the repository, whatever the working directory
 TRAINED_CHECKPOINT = ROOT / "outputs" / "demo" / "checkpoint"  # written by `make demo`
 SHIPPED_BASE = ROOT / "pretrained" / "demo-base"
 MAX_NEW_TOKENS = 8  # synthetic answers are a few characters; the demo never needs more
@@ -89,9 +90,9 @@ def parse_budget(value) -> str | int:
 
 
 def prompt_inputs(processor, images, questions):
-    """Chat-template prompts (one <image> each) and pixel values, as in docs/inference.md."""
-    chats = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in questions]
-    return processor(images=list(images), text=processor.apply_chat_template(chats, add_generation_prompt=True))
+    """Chat-template prompts (one <image> each, the package's `chat_prompt`) and pixel values, as in
+    docs/inference.md."""
+    return processor(images=list(images), text=[chat_prompt(processor, question) for question in questions])
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ baselines through the same checkpoint (a diagnostic) and baselines trained with 
 Reads top to bottom: checkpoint + processor (from_pretrained on the directory) -> dataset (the synthetic suite at the
 checkpoint's geometry, or a Hub dataset with its own metric) -> methods -> evaluation -> OUTPUT_DIR/eval.json,
 pareto.png, heatmaps.png, predictions.jsonl -> table on stdout -> model card (optional). The report format is
-documented in modeling_arrcoc/evaluation.py.
+documented in modeling_arrcoc/evaluation/__init__.py.
 """
 
 import argparse
@@ -24,26 +24,25 @@ import yaml
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_arrcoc  # noqa: F401  (registers ArrCoc with the Auto classes)
+from modeling_arrcoc.data.recipe import data_arguments
+from modeling_arrcoc.data.synthetic import FAMILIES
 from modeling_arrcoc.evaluation import (
     BASELINES,
     SYNTHETIC,
     TrainedCheckpoint,
     evaluate,
     format_table,
-    git_commit,
     load_eval_dataset,
     method_names,
     plot_heatmaps,
     plot_pareto,
     save_report,
+    trained_families,
     trained_methods,
 )
 from modeling_arrcoc.evaluation.model_card import write_model_card
 from modeling_arrcoc.methods import parse_cost
-from modeling_arrcoc.data.synthetic import FAMILIES
-from modeling_arrcoc.training.arguments import TRAINING_CONFIG
-
-ROOT = Path(__file__).resolve().parent
+from modeling_arrcoc.provenance import git_commit, read_training_config, repo_path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -131,57 +130,13 @@ def trained_from(text: str) -> tuple:
     return name, path
 
 
-def training_stages(checkpoint) -> list | None:
-    """The resolved YAML of every training stage behind `checkpoint`: its own `training_config.yaml` (train.py), then
-    its `init_from`'s, recursively; a shipped base's stages from its PROVENANCE.json (tools/export_base.py). None
-    when a link of the chain is not recorded."""
-    path = repo_path(checkpoint)
-    if (path / TRAINING_CONFIG).exists():
-        return stages_up_to(yaml.safe_load((path / TRAINING_CONFIG).read_text()) or {})
-    if (path / "PROVENANCE.json").exists():
-        stages = json.loads((path / "PROVENANCE.json").read_text())["stages"]
-        return [yaml.safe_load(stage["training_config"]) or {} for stage in stages]
-    return None
-
-
-def stages_up_to(values: dict) -> list | None:
-    """The stages behind one training YAML (its `init_from`'s, recursively), then the YAML itself; None when a link
-    of the chain is not recorded."""
-    earlier = training_stages(values["init_from"]) if values.get("init_from") else []
-    return None if earlier is None else earlier + [values]
-
-
-def trained_families(checkpoint, training_configs=()) -> list | None:
-    """Task families with training rows behind `checkpoint` (its recorded stages, plus `training_configs` YAMLs
-    and theirs): each synthetic stage's `synthetic_families` (all families when unset). None when a stage is not
-    recorded or trained on a Hub dataset (its families are unknown here)."""
-    given = []
-    for path in training_configs:
-        stages = stages_up_to(yaml.safe_load(Path(path).read_text()) or {})
-        if stages is None:
-            return None
-        given += stages
-    stages = (training_stages(checkpoint) or []) + given
-    if not stages or any(stage.get("dataset", SYNTHETIC) != SYNTHETIC for stage in stages):
-        return None
-    return sorted({family for stage in stages for family in stage.get("synthetic_families") or FAMILIES})
-
-
-def repo_path(path) -> Path:
-    """Relative paths in the training YAMLs are relative to the repository (as train.py reads them)."""
-    candidate = Path(path)
-    return candidate if candidate.exists() or candidate.is_absolute() else ROOT / candidate
-
-
 def load_trained(name, path, device, budget, baselines) -> TrainedCheckpoint:
     """A trained checkpoint, its methods at its own selection, and what the report records about it."""
     model, processor = load_checkpoint(path, device)
     config = model.config
-    config_path = Path(path) / TRAINING_CONFIG
     record = {"checkpoint": str(path), "selection_method": config.selection_method,
               "relevance_tag": config.relevance_tag, "fold_dropped": config.fold_dropped,
-              "training_config": yaml.safe_load(config_path.read_text()) if config_path.exists() else None,
-              "trained_families": trained_families(path)}
+              "training_config": read_training_config(path), "trained_families": trained_families(path)}
     methods = trained_methods(name, config.selection_method, config.budgets, budget, query_sim="query_sim" in baselines)
     return TrainedCheckpoint(name, model, processor, methods, record)
 
@@ -200,7 +155,8 @@ def evaluate_mixture(args, argv: list) -> dict:
     different metrics are not averaged. A source without `eval_split` (train-only) is skipped."""
     from modeling_arrcoc.data.mixture import SYNTHETIC, parse_mixture
 
-    sources = parse_mixture((yaml.safe_load(repo_path(args.dataset_mixture).read_text()) or {}).get("dataset_mixture"))
+    values = yaml.safe_load(repo_path(args.dataset_mixture).read_text()) or {}
+    sources = parse_mixture(data_arguments(values).dataset_mixture)
     base, skip = [], False
     for item in argv:  # every option but --dataset-mixture; the per-source options are appended (last one wins)
         if skip or item.startswith("--dataset-mixture"):
@@ -245,7 +201,7 @@ def main(argv=None) -> dict:
     methods = method_names(model.config.budgets, args.budget, baselines, args.budget_costs)
     trained = [load_trained(name, path, args.device, args.budget, baselines) for name, path in args.method]
     meta = {"checkpoint": str(args.checkpoint), "dataset": args.dataset, "dataset_source": data.source,
-            "split": data.split, "commit": git_commit(ROOT), "evaluated_families": args.synthetic_families,
+            "split": data.split, "commit": git_commit(), "evaluated_families": args.synthetic_families,
             "trained_families": trained_families(args.checkpoint, args.training_config)}
     output_dir = Path(args.output_dir)
     report = evaluate(model, processor, data.dataset, data.metric, methods, args.batch_size, args.max_new_tokens,

@@ -10,21 +10,18 @@ so nothing is measured twice) or a fresh one. Also counted: how many times `gene
 batch, forced tier vs `budget="auto"` (with `group_by_tier`, auto decides the tiers on the whole batch first,
 then each tier group prepares its inputs, which runs the scorer again).
 
-    python bench/allocator_cost.py [--preset demo] [--repeats 7] [--from-json outputs/bench/token_cost.json]
+    python -m bench.allocator_cost [--preset demo] [--repeats 7] [--from-json outputs/bench/token_cost.json]
 """
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common  # first: it pins the thread count before torch starts its pool
+from bench import token_cost
+from bench.flops import allocator_flops
 
-from bench import common  # noqa: E402  (first: it pins the thread count before torch starts its pool)
-from bench import token_cost  # noqa: E402
-from bench.flops import allocator_flops  # noqa: E402
-
-import torch  # noqa: E402
+import torch
 
 NAME = "allocator_cost"
 TARGET_SHARE = 0.05

@@ -33,7 +33,7 @@
    Peak memory: see `MEMORY_METHOD`. Next to each tier's speed-up over full tokens stands its FLOP ratio (the
    model of bench/flops.py; for the training step `train_flops` below extends it to the backward pass).
 
-    python bench/base_scale.py [--repeats 1] [--threads 2] [--full-train-step checkpointed]
+    python -m bench.base_scale [--repeats 1] [--threads 2] [--full-train-step checkpointed]
 
 Writes outputs/bench/base_scale.json (and the checkpoints, deleted afterwards unless --keep-checkpoints, under
 outputs/bench/base_components). About 15 minutes on 2 cores; peak RSS stays under ~9 GiB.
@@ -51,7 +51,7 @@ the largest part that fits; `--load-only` stops after loading and the checks; `-
 component at the preset's true size on the meta device. Each run also times each checkpoint's load alone
 (`load_sam`, `load_clip`, `load_text`) and records the peak RSS of from_components.
 
-    python bench/base_scale.py --preset base_ovis25 --text-layers 1 --load-only --threads 1   # ~2 min, ~8 GiB
+    python -m bench.base_scale --preset base_ovis25 --text-layers 1 --load-only --threads 1   # ~2 min, ~8 GiB
 """
 
 import os
@@ -72,8 +72,6 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402  (first: it sets the environment before torch starts its pool)
 from bench.flops import STAGES, lm_head_flops, query_flops, visual_tokens  # noqa: E402

@@ -24,7 +24,6 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -32,9 +31,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # the benchmarks run from a checkout, installed or not
+from modeling_arrcoc.provenance import REPO_ROOT as ROOT  # noqa: E402  (the checkout: presets, outputs)
 
 OUTPUT_DIR = ROOT / "outputs" / "bench"
 PRESETS = ROOT / "configs" / "model"
@@ -213,7 +210,7 @@ def read_result(name: str, output_dir=OUTPUT_DIR) -> dict | None:
 
 
 def publish(name: str, result: dict, output_dir, markdown, device: str = "cpu") -> Path:
-    """Write a script's JSON, then print its table as read back from disk (what run_all and README use)."""
+    """Write a script's JSON, then print its table as read back from disk (what run_all and docs/results.md use)."""
     path = write_result(name, result, output_dir, device=device)
     print(markdown(read_result(name, output_dir)))
     print(f"wrote {path}")

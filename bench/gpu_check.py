@@ -1,6 +1,6 @@
 """One command for one GPU (under 10 minutes on an H100): the base preset at its real shapes, bf16, random weights.
 
-    python bench/gpu_check.py [--output-dir outputs/bench] [--parts forward engine trainer] [--budget-s 540]
+    python -m bench.gpu_check [--output-dir outputs/bench] [--parts forward engine trainer] [--budget-s 540]
 
 Nothing is downloaded (the GPU machine has no network): the model is built from configs/model/base/config.json
 with random weights, directly on the GPU. Three parts, in this order; each one that fails prints
@@ -20,7 +20,8 @@ the run. A time budget (--budget-s, default 540 s) caps the subprocesses so that
    to compile), batch 4 at the budget the allocator picks ("auto", as phase 1 trains), each step timed with
    synchronization. Runs in a subprocess (one process group of size 1).
 3. trainer: the repository's own path, `accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml
-   --num_processes 1 ... train.main(<yaml>)`: ArrCocTrainer with its phase-1 losses and budget calibration, bf16
+   --num_processes 1 ...` running train.py's recipe (`modeling_arrcoc.training.recipe.main(<yaml>)`):
+   ArrCocTrainer with its phase-1 losses and budget calibration, bf16
    mixed precision, 5 steps of batch 4 on synthetic 1024 px pages. The model preset is the base config.json next
    to the shipped tiny/demo tokenizer (Qwen's tokenizer cannot be downloaded there; its `<image>` id replaces
    Qwen's image token id). Reports that the run really was DeepSpeed at ZeRO stage 2, the losses, the runtime
@@ -51,16 +52,14 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common  # first: it pins the thread count before torch starts its pool
 
-from bench import common  # noqa: E402  (first: it pins the thread count before torch starts its pool)
-
-import torch  # noqa: E402
+import torch
 
 NAME = "gpu_check"
 SKIPPED = "skipped: no CUDA device"
 PARTS = ("forward", "engine", "trainer")
-SCRIPT = Path(__file__).resolve()
+MODULE = "bench.gpu_check"  # the children run this module again (python -m, from the repository root)
 LOSS_WEIGHTS = {"answer": 1.0, "efficiency": 0.001, "alignment": 0.5, "vet_kl": 0.01}
 TOKENIZER_PRESET = common.PRESETS / "tiny"  # the shipped tokenizer (the demo preset has the same one)
 
@@ -324,7 +323,7 @@ def engine_part(args, work: Path, timeout) -> dict:
                                 "batch_size": args.train_batch_size}))
     env = {**child_env(args.threads), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    return run_child("engine", [sys.executable, str(SCRIPT), "--child", "engine", "--spec", str(spec)], spec, timeout,
+    return run_child("engine", [sys.executable, "-m", MODULE, "--child", "engine", "--spec", str(spec)], spec, timeout,
                      env)
 
 
@@ -385,13 +384,14 @@ def accelerate_config(args, work: Path) -> Path:
 
 
 def trainer_child(spec: dict) -> dict:
-    import train
     from accelerate.utils import DistributedType
+
+    from modeling_arrcoc.training.recipe import main as train_main
 
     if on_gpu(spec["device"]):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    trainer = train.main([spec["yaml"]])
+    trainer = train_main([spec["yaml"]])
     seconds = time.perf_counter() - start
     state = trainer.accelerator.state
     plugin = getattr(state, "deepspeed_plugin", None)
@@ -420,7 +420,7 @@ def trainer_part(args, config, work: Path, timeout) -> dict:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config(args, work)),
                "--num_processes", "1", "--num_machines", "1", "--mixed_precision",
                "bf16" if on_gpu(args.device) else "no", "--dynamo_backend", "no", "--main_process_port",
-               str(free_port()), str(SCRIPT), "--child", "trainer", "--spec", str(spec)]
+               str(free_port()), "--module", MODULE, "--child", "trainer", "--spec", str(spec)]
     return run_child("trainer", command, spec, timeout, child_env(args.threads))
 
 

@@ -12,7 +12,7 @@ On a machine without CUDA it prints "skipped: no CUDA device", writes a JSON tha
 `make bench` runs it everywhere. `--device cpu` runs the same code path on the CPU (bf16, sdpa), which is how
 the tests check it without a GPU.
 
-    python bench/gpu_token_cost.py [--preset demo] [--repeats 10] [--batch-sizes 1 8] [--device cuda]
+    python -m bench.gpu_token_cost [--preset demo] [--repeats 10] [--batch-sizes 1 8] [--device cuda]
 
 Writes outputs/bench/gpu_token_cost.json.
 """
@@ -20,14 +20,11 @@ Writes outputs/bench/gpu_token_cost.json.
 import argparse
 import importlib.util
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common  # first: it pins the thread count before torch starts its pool
+from bench import token_cost
 
-from bench import common  # noqa: E402  (first: it pins the thread count before torch starts its pool)
-from bench import token_cost  # noqa: E402
-
-import torch  # noqa: E402
+import torch
 
 NAME = "gpu_token_cost"
 SKIPPED = "skipped: no CUDA device"

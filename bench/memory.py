@@ -16,7 +16,7 @@ training steps at batch 8 at the largest tier (the largest activations). It repo
   peak (ru_maxrss) is kept as well.
 Repeats run the phases round-robin, one subprocess at a time; RSS figures are min/median/max over them.
 
-    python bench/memory.py [--preset demo] [--repeats 2] [--steps 2] [--phases pretrain phase0 ...]
+    python -m bench.memory [--preset demo] [--repeats 2] [--steps 2] [--phases pretrain phase0 ...]
 
 Writes outputs/bench/memory.json.
 """
@@ -29,14 +29,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common  # first: it pins the thread count before torch starts its pool
 
-from bench import common  # noqa: E402  (first: it pins the thread count before torch starts its pool)
+import psutil
+import torch
 
-import psutil  # noqa: E402
-import torch  # noqa: E402
-
-from modeling_arrcoc.modeling_arrcoc import answer_window  # noqa: E402
+from modeling_arrcoc.modeling_arrcoc import answer_window
 
 NAME = "memory"
 PHASES = ("pretrain", "phase0", "phase1", "phase2", "phase3")
@@ -168,7 +166,7 @@ def phase_memory(preset, phase, steps=2, batch_size=8) -> dict:
 
 
 def child(preset, phase, steps, batch_size, threads) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", phase, "--preset", str(preset),
+    command = [sys.executable, "-m", "bench.memory", "--child", phase, "--preset", str(preset),
                "--steps", str(steps), "--batch-size", str(batch_size), "--threads", str(threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=common.ROOT)

@@ -10,24 +10,20 @@ The two phases have different limits, so each stands beside its own ideal:
 Each call runs eager and compiled (`torch.compile(fullgraph=True)`: at a fixed tier the forward is one graph,
 docs/inference.md), every variant of every tier interleaved in the same rounds, so the ratios come from one run.
 
-    python bench/prefill_decode.py [--preset demo] [--repeats 7] [--batch-sizes 1 8] [--tiers 4 64 full]
+    python -m bench.prefill_decode [--preset demo] [--repeats 7] [--batch-sizes 1 8] [--tiers 4 64 full]
                                    [--no-compile]
 
 Random weights: the cost does not depend on them. Writes outputs/bench/prefill_decode.json.
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common  # first: it pins the thread count before torch starts its pool
+from bench.flops import llm_flops, lm_head_flops, query_flops, visual_tokens
+from bench.token_cost import bench_tiers
 
-from bench import common  # noqa: E402  (first: it pins the thread count before torch starts its pool)
-from bench.flops import llm_flops, lm_head_flops, query_flops, visual_tokens  # noqa: E402
-from bench.token_cost import bench_tiers  # noqa: E402
-
-import torch  # noqa: E402
+import torch
 
 NAME = "prefill_decode"
 VARIANTS = ("eager", "compiled")

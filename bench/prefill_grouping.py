@@ -6,7 +6,7 @@ decisions give such mixes). "Prefill" is generate(max_new_tokens=1): SAM, alloca
 prefill, i.e. the time to the first token. A second measurement starts from cached SAM features, the case
 where grouping changes the largest share of the work.
 
-    python bench/prefill_grouping.py [--repeats 9] [--tiers 4 4 8 8 16 16 64 256] [--threads 1]
+    python -m bench.prefill_grouping [--repeats 9] [--tiers 4 4 8 8 16 16 64 256] [--threads 1]
 
 One thread by default (see bench/common.py). Prints min/median/max per mode, in wall time and in process CPU
 time (steadier on a shared machine), and the speed-up (padded / grouped) per round as min/median/max; writes
@@ -14,16 +14,14 @@ outputs/bench/prefill_grouping.json.
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common  # first: it pins the thread count before torch starts its pool
 
-from bench import common  # noqa: E402  (first: it pins the thread count before torch starts its pool)
+import numpy as np
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from modeling_arrcoc.data.collator import chat_prompt
 
 NAME = "prefill_grouping"
 MODES = ("grouped", "padded")
@@ -64,9 +62,7 @@ def build(preset, tiers):
     size = model.config.vision_config.image_size
     rng = np.random.default_rng(0)
     pages = [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in tiers]
-    chats = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTIONS[i % len(QUESTIONS)]}]}]
-             for i in range(len(tiers))]
-    texts = processor.apply_chat_template(chats, add_generation_prompt=True)
+    texts = [chat_prompt(processor, QUESTIONS[i % len(QUESTIONS)]) for i in range(len(tiers))]
     return model, processor(images=pages, text=texts)
 
 

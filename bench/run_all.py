@@ -1,4 +1,4 @@
-"""Run every benchmark, one at a time, and write the README's performance section (`make bench`).
+"""Run every benchmark, one at a time, and write the performance section of docs/results.md (`make bench`).
 
 Each benchmark runs as its own subprocess (a fresh process: no benchmark inherits another's memory peak or
 allocator state), prints its full tables and writes outputs/bench/<name>.json. Then this script reads the JSONs
@@ -6,12 +6,12 @@ and writes
 - outputs/bench/summary.json: the headline figures of every benchmark, the machine, the commit, and how long
   each benchmark and the whole run took;
 - outputs/bench/summary.md: a short markdown section generated from summary.json (`make readme` puts it in the
-  README's Performance section).
+  Performance section of docs/results.md, which the README links).
 The repeats below keep `make bench` under 15 minutes on the 2-core machine with one thread (about 5 minutes
 measured, with another process on the other core); --quick runs one round of each (a smoke run, not a
 measurement).
 
-    python bench/run_all.py [--preset demo] [--quick] [--only token_cost memory ...]
+    python -m bench.run_all [--preset demo] [--quick] [--only token_cost memory ...]
 """
 
 import argparse
@@ -23,11 +23,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common
 
-from bench import common  # noqa: E402
-
-from modeling_arrcoc.training.phases import COMPONENTS  # noqa: E402
+from modeling_arrcoc.training.phases import COMPONENTS
 
 FROM_TOKEN_COST = ["--from-json", "{output_dir}/token_cost.json"]
 OVIS25_SCALE = "base_scale_base_ovis25_llm1layers"
@@ -53,7 +51,6 @@ BENCHES = (
      ["--preset", "base_ovis25", "--text-layers", "1", "--load-only", "--threads", "1"]),
 )
 SCRIPTS = {OVIS25_SCALE: "base_scale"}  # results named apart from the script that writes them
-BENCH_DIR = Path(__file__).resolve().parent
 
 
 def parse_args(argv=None):
@@ -68,10 +65,10 @@ def parse_args(argv=None):
 
 
 def run_bench(name, extra, preset, output_dir, threads) -> float:
-    """Run bench/<name>.py in a fresh process; its output streams through. Returns its wall seconds."""
+    """Run bench/<name>.py in a fresh process (`python -m bench.<name>` from the repository root); its output
+    streams through. Returns its wall seconds."""
     args = [a.format(output_dir=output_dir) for a in extra]
-    script = BENCH_DIR / f"{SCRIPTS.get(name, name)}.py"
-    command = [sys.executable, str(script), "--preset", str(preset), "--output-dir", str(output_dir), "--threads",
+    command = [sys.executable, "-m", f"bench.{SCRIPTS.get(name, name)}", "--preset", str(preset), "--output-dir", str(output_dir), "--threads",
                str(threads), *args]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
@@ -81,7 +78,7 @@ def run_bench(name, extra, preset, output_dir, threads) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Headline figures (summary.json) and the README section (summary.md)
+# Headline figures (summary.json) and the docs/results.md section (summary.md)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -198,7 +195,7 @@ def markdown(summary: dict) -> str:
         from bench.base_scale import markdown as base_scale_markdown
 
         lines += ["", base_scale_markdown(summary["base_scale_ovis25"]).rstrip()]
-    lines += ["", "Full tables: `python bench/<name>.py` prints each; numbers in `outputs/bench/*.json`."]
+    lines += ["", "Full tables: `python -m bench.<name>` prints each; numbers in `outputs/bench/*.json`."]
     return "\n".join(lines) + "\n"
 
 

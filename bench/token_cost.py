@@ -12,24 +12,20 @@ FLOPs from the configs (bench/flops.py, checked here against torch's FLOP counte
 says how close the implementation gets to the limit the FLOPs set. A least-squares fit time = a + b x FLOPs over
 the tiers separates the fixed per-query cost (Python, dispatch, the processor) from the part that scales.
 
-    python bench/token_cost.py [--preset demo] [--repeats 7] [--batch-sizes 1 8] [--new-tokens 8]
+    python -m bench.token_cost [--preset demo] [--repeats 7] [--batch-sizes 1 8] [--new-tokens 8]
 
 Random weights: the cost does not depend on them. Writes outputs/bench/token_cost.json.
 """
 
 import argparse
 import contextlib
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common  # first: it pins the thread count before torch starts its pool
+from bench.flops import STAGES, counted_flops, query_flops, visual_tokens
 
-from bench import common  # noqa: E402  (first: it pins the thread count before torch starts its pool)
-from bench.flops import STAGES, counted_flops, query_flops, visual_tokens  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from modeling_arrcoc.modeling_arrcoc import ArrCocImageFeaturesOutput  # noqa: E402
+from modeling_arrcoc.modeling_arrcoc import ArrCocImageFeaturesOutput
 
 NAME = "token_cost"
 TIMED_STAGES = ("processor", "sam", "allocator", "select", "clip", "adapter", "splice", "prefill", "decode")

@@ -15,23 +15,19 @@ Variants, each one epoch over the pool per round, all interleaved in the same ro
 Reported: samples/s min/median/max, each variant's time over the baseline's per round, the padding share of
 visual-token slots and of LLM positions, and the LM head's share of the LLM forward FLOPs.
 
-    python bench/training_throughput.py [--preset demo] [--repeats 4] [--rows 32] [--batch-size 8]
+    python -m bench.training_throughput [--preset demo] [--repeats 4] [--rows 32] [--batch-size 8]
 
 Writes outputs/bench/training_throughput.json.
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import common  # first: it pins the thread count before torch starts its pool
+from bench.flops import llm_flops, lm_head_flops
 
-from bench import common  # noqa: E402  (first: it pins the thread count before torch starts its pool)
-from bench.flops import llm_flops, lm_head_flops  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from modeling_arrcoc.modeling_arrcoc import answer_window  # noqa: E402
+from modeling_arrcoc.modeling_arrcoc import answer_window
 
 NAME = "training_throughput"
 LOSS_WEIGHTS = {"answer": 1.0, "efficiency": 0.001, "alignment": 0.5, "vet_kl": 0.01}

@@ -1,12 +1,10 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parent.parent  # on sys.path through setup.cfg's `pythonpath = .`
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One thread: on a shared 2-core machine, small ops with two threads ran 10-100x slower under load.
@@ -16,7 +14,8 @@ TINY_PRESET = ROOT / "configs" / "model" / "tiny"
 
 
 class ArrCocModelTester:
-    """Tiny configs (hidden 32, 2 layers) and inputs, in the transformers test style."""
+    """The tiny model's config (hidden 32, 2 layers; tools/make_presets.py) and inputs, in the transformers test
+    style."""
 
     def __init__(self, batch_size=3, image_size=64, patch_size=8, vocab_size=99, image_token_id=5, budgets=(4, 16, 100)):
         self.batch_size = batch_size
@@ -32,27 +31,14 @@ class ArrCocModelTester:
         return (self.image_size // self.patch_size) ** 2
 
     def get_config(self, **overrides):
+        """The tiny model (tools/make_presets.py's one definition) at this tester's geometry, vocabulary and tiers."""
         from modeling_arrcoc import ArrCocConfig
+        from tools.make_presets import tiny_parts, tiny_text_config
 
-        kwargs = dict(
-            vision_config=dict(
-                hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=self.image_size,
-                patch_size=self.patch_size, output_channels=16, window_size=4, global_attn_indexes=[1], mlp_dim=64,
-                initializer_range=0.02,
-            ),
-            clip_config=dict(
-                hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                image_size=self.image_size, patch_size=self.patch_size,
-            ),
-            text_config=dict(
-                hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                intermediate_size=64, vocab_size=self.vocab_size, pad_token_id=self.pad_token_id, eos_token_id=2,
-                max_position_embeddings=512,
-            ),
-            budgets=self.budgets, image_token_id=self.image_token_id, allocator_hidden_size=32,
-            allocator_num_heads=2, adapter_num_layers=1, adapter_num_heads=2, num_vet_prototypes=8,
-            visual_vocab_size=64,
-        )
+        text_config = dict(tiny_text_config(self.vocab_size, max_positions=512), pad_token_id=self.pad_token_id,
+                           eos_token_id=2)
+        kwargs = dict(**tiny_parts(self.image_size, self.patch_size), text_config=text_config, budgets=self.budgets,
+                      image_token_id=self.image_token_id, visual_vocab_size=64)
         kwargs.update(overrides)
         return ArrCocConfig(**kwargs)
 

@@ -183,7 +183,7 @@ def test_train_flops_model():
 def test_gpu_check_skips_without_cuda(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the skip path does not apply")
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--output-dir", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--output-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert gpu_check.SKIPPED in done.stdout
@@ -194,7 +194,7 @@ def test_gpu_check_cpu_tiny_runs_every_part(tmp_path):
     """The GPU command's code path on the CPU: forward per tier, DeepSpeed ZeRO-2 through deepspeed.initialize and
     through train.py under accelerate launch (float32, gloo), each part reporting ok."""
     pytest.importorskip("deepspeed")
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--device", "cpu", "--tiny",
+    done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--tiny",
                            "--output-dir", str(tmp_path), "--repeats", "1", "--batch-sizes", "1", "2", "--steps", "3",
                            "--threads", "1"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

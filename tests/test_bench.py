@@ -165,7 +165,7 @@ def test_gpu_token_cost_runs_its_code_path_on_cpu():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
 def test_gpu_token_cost_skips_cleanly_without_cuda(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_token_cost.py"), "--output-dir", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "bench.gpu_token_cost", "--output-dir", str(tmp_path)],
                           capture_output=True, text=True, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert gpu_token_cost.SKIPPED in done.stdout
@@ -224,7 +224,7 @@ def test_decode_bytes_are_weights_plus_cache(tiny):
 
 
 def test_every_bench_entry_names_a_script():
-    """run_all runs bench/<script>.py for each entry; a result named apart from its script is mapped to it."""
+    """run_all runs `python -m bench.<script>` for each entry; a result named apart from its script is mapped to it."""
     for name, _, _ in run_all.BENCHES:
         assert (ROOT / "bench" / f"{run_all.SCRIPTS.get(name, name)}.py").exists(), name
     assert run_all.SCRIPTS[run_all.OVIS25_SCALE] == "base_scale"

@@ -5,7 +5,6 @@ checkpoint trained with a selection runs it without being told.
 The tester's tiers are (4, 16, 100) on an 8x8 grid: tier 100 keeps all N = 64 patches."""
 
 import json
-import sys
 
 import pytest
 import torch
@@ -13,22 +12,23 @@ import yaml
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
-from conftest import ROOT, TINY_PRESET, ArrCocModelTester
+from conftest import TINY_PRESET, ArrCocModelTester
 from modeling_arrcoc import ArrCocConfig
 from modeling_arrcoc import evaluation as E
 from modeling_arrcoc.configuration_arrcoc import SELECTION_METHODS
 from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.data.synthetic import FAMILIES, NUM_VISUAL_WORDS
+from modeling_arrcoc.evaluation import trained_families
 from modeling_arrcoc.explanation import prompt_batch
 from modeling_arrcoc.methods import learning_curve_methods
 from modeling_arrcoc.modeling_arrcoc import SELECTIONS
+from modeling_arrcoc.provenance import TRAINING_CONFIG
+from modeling_arrcoc.training import recipe
 from modeling_arrcoc.training.arguments import ArrCocTrainingArguments
 from modeling_arrcoc.training.phases import apply_phase
 from modeling_arrcoc.training.trainer import ArrCocTrainer
 
-sys.path.insert(0, str(ROOT))
-import eval as eval_script  # noqa: E402
-import train  # noqa: E402
+import eval as eval_script  # its main and argument parsing are what these tests run
 
 ALL_PATCHES = 100  # a tier above the grid: K = N
 
@@ -191,7 +191,7 @@ def test_trainer_refuses_arguments_not_written_into_the_model(tmp_path):
     collator = ArrCocCollator(AutoProcessor.from_pretrained(TINY_PRESET), patch_size=8)
     with pytest.raises(ValueError, match="write it into the model config"):
         ArrCocTrainer(model=model, args=args, data_collator=collator)
-    train.apply_method(model, args)
+    recipe.apply_method(model, args)
     ArrCocTrainer(model=model, args=args, data_collator=collator)
 
 
@@ -204,12 +204,12 @@ def test_train_main_writes_the_baselines_method_into_its_checkpoint(tmp_path, ca
                   learning_curve_every=2, learning_curve_samples=4, output_dir=str(tmp_path / "out"))
     path = tmp_path / "baseline.yaml"
     path.write_text(yaml.safe_dump(config))
-    trainer = train.main([str(path), "selection_method=uniform", "relevance_tag=false", "train_budget=random"])
+    trainer = recipe.main([str(path), "selection_method=uniform", "relevance_tag=false", "train_budget=random"])
     assert "method: selection_method=uniform relevance_tag=False" in capsys.readouterr().out
     final = tmp_path / "out" / "checkpoint"
     saved = AutoConfig.from_pretrained(final)
     assert (saved.selection_method, saved.relevance_tag) == ("uniform", False)
-    recorded = yaml.safe_load((final / train.TRAINING_CONFIG).read_text())
+    recorded = yaml.safe_load((final / TRAINING_CONFIG).read_text())
     assert recorded["selection_method"] == "uniform" and recorded["relevance_tag"] is False
     assert recorded["synthetic_families"] == ["local_color", "global_count"]
     assert not any("budget_loss" in h for h in trainer.state.log_history), "no budget to calibrate"
@@ -221,7 +221,7 @@ def test_the_no_fold_ablation_is_written_into_the_model_and_its_checkpoint(tmp_p
     model = ArrCocModelTester().get_model()
     assert model.model.allocator.compression_heads.fold_dropped
     args = ArrCocTrainingArguments(output_dir=str(tmp_path), fold_dropped=False, report_to="none")
-    assert "fold_dropped=False" in train.apply_method(model, args)
+    assert "fold_dropped=False" in recipe.apply_method(model, args)
     heads = model.model.allocator.compression_heads
     assert not heads.fold_dropped, "the heads built before apply_method stop folding too"
     model.save_pretrained(tmp_path / "no_fold")
@@ -240,7 +240,7 @@ def save_checkpoint(path, training_config=None, **overrides):
     AutoModelForImageTextToText.from_config(config).save_pretrained(path)
     AutoProcessor.from_pretrained(TINY_PRESET).save_pretrained(path)
     if training_config is not None:
-        (path / train.TRAINING_CONFIG).write_text(yaml.safe_dump(training_config))
+        (path / TRAINING_CONFIG).write_text(yaml.safe_dump(training_config))
     return str(path)
 
 
@@ -305,16 +305,16 @@ def test_trained_families_follow_the_chain_of_training_stages(tmp_path):
         path.mkdir()
     stages = [{"training_config": yaml.safe_dump({"synthetic_families": ["local_color"], "init_from": "gone"})}]
     (base / "PROVENANCE.json").write_text(json.dumps({"stages": stages}))
-    (phase1 / train.TRAINING_CONFIG).write_text(yaml.safe_dump({"init_from": str(base),
+    (phase1 / TRAINING_CONFIG).write_text(yaml.safe_dump({"init_from": str(base),
                                                                 "synthetic_families": ["global_count"]}))
-    (phase2 / train.TRAINING_CONFIG).write_text(yaml.safe_dump({"init_from": str(phase1)}))
-    assert eval_script.trained_families(phase1) == ["global_count", "local_color"]
-    assert eval_script.trained_families(phase2) == sorted(FAMILIES), "no synthetic_families: every family"
-    assert eval_script.trained_families(tmp_path / "nothing") is None, "not recorded: unknown"
-    (phase1 / train.TRAINING_CONFIG).write_text(yaml.safe_dump({"init_from": str(tmp_path / "missing")}))
-    assert eval_script.trained_families(phase2) is None, "a link of the chain is not recorded"
-    (phase1 / train.TRAINING_CONFIG).write_text(yaml.safe_dump({"dataset": "docvqa"}))
-    assert eval_script.trained_families(phase1) is None, "a Hub dataset's families are unknown here"
+    (phase2 / TRAINING_CONFIG).write_text(yaml.safe_dump({"init_from": str(phase1)}))
+    assert trained_families(phase1) == ["global_count", "local_color"]
+    assert trained_families(phase2) == sorted(FAMILIES), "no synthetic_families: every family"
+    assert trained_families(tmp_path / "nothing") is None, "not recorded: unknown"
+    (phase1 / TRAINING_CONFIG).write_text(yaml.safe_dump({"init_from": str(tmp_path / "missing")}))
+    assert trained_families(phase2) is None, "a link of the chain is not recorded"
+    (phase1 / TRAINING_CONFIG).write_text(yaml.safe_dump({"dataset": "docvqa"}))
+    assert trained_families(phase1) is None, "a Hub dataset's families are unknown here"
     given = tmp_path / "given.yaml"
     given.write_text(yaml.safe_dump({"init_from": str(base), "synthetic_families": ["chart"]}))
-    assert eval_script.trained_families(tmp_path / "nothing", [given]) == ["chart", "local_color"]
+    assert trained_families(tmp_path / "nothing", [given]) == ["chart", "local_color"]

@@ -7,7 +7,6 @@ Streaming, a weighted mixture of sources and teacher pseudo-labels (no boxes in 
 import io
 import json
 import shutil
-import sys
 
 import datasets
 import pyarrow as pa
@@ -16,15 +15,14 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from transformers import AutoConfig
 
-from conftest import ROOT, TINY_PRESET
-
-sys.path.insert(0, str(ROOT))
-import eval as eval_script  # noqa: E402
-import train  # noqa: E402
-from modeling_arrcoc.data.hub import COMMON_FEATURES, load_hub_dataset  # noqa: E402
-from modeling_arrcoc.data.mixture import parse_mixture  # noqa: E402
-from modeling_arrcoc.data.synthetic import make_synthetic_suite  # noqa: E402
+import eval as eval_script  # its main is what these tests run, as `python eval.py` would
+from conftest import TINY_PRESET
+from modeling_arrcoc.data.hub import COMMON_FEATURES, load_hub_dataset
+from modeling_arrcoc.data.mixture import parse_mixture
+from modeling_arrcoc.data.synthetic import make_synthetic_suite
+from modeling_arrcoc.training import recipe
 
 NUM_ROWS = 12
 METRICS = {"docvqa": "anls", "chartqa": "relaxed_accuracy", "vqav2": "vqa_accuracy"}
@@ -178,7 +176,7 @@ def test_train_and_evaluate_on_a_local_hub_copy(name, hub_dirs, pages, tmp_path)
     assert isinstance(rows[0]["image"], Image.Image) and rows[0]["answers"][0] == pages[0]["answers"][0]
     assert rows[0]["boxes"] == [] and rows[0]["task"] == name
 
-    trainer = train.main([tiny_yaml(tmp_path / "run.yaml"), f"dataset={name}", f"dataset_path={hub_dirs[name]}",
+    trainer = recipe.main([tiny_yaml(tmp_path / "run.yaml"), f"dataset={name}", f"dataset_path={hub_dirs[name]}",
                           f"train_split={train_split}"])
     assert trainer.state.global_step == 2
     report = evaluate(tmp_path / "out" / "checkpoint", tmp_path / "eval", "--dataset", name, "--dataset-path",
@@ -197,10 +195,10 @@ def test_streaming_a_local_copy_trains(hub_dirs, tmp_path):
 
     config = tiny_yaml(tmp_path / "stream.yaml", dataset="chartqa", dataset_path=hub_dirs["chartqa"], streaming=True)
     with pytest.raises(ValueError, match="max_steps"):
-        train.main([config, "max_steps=-1", "num_train_epochs=1"])
+        recipe.main([config, "max_steps=-1", "num_train_epochs=1"])
     with pytest.raises(ValueError, match="cache_sam_features"):
-        train.main([config, "cache_sam_features=true"])
-    trainer = train.main([config, "max_steps=4"])  # 4 steps x 4 rows > 12 rows: the stream is read again
+        recipe.main([config, "cache_sam_features=true"])
+    trainer = recipe.main([config, "max_steps=4"])  # 4 steps x 4 rows > 12 rows: the stream is read again
     assert trainer.state.global_step == 4 and not hasattr(trainer.train_dataset, "__len__")
 
 
@@ -208,7 +206,7 @@ def test_mixture_with_teacher_targets_trains_and_each_source_keeps_its_metric(hu
     """A weighted mixture of the three sources, none with answer boxes, trained with teacher pseudo-labels (the
     teacher: a tiny checkpoint trained first on DocVQA), then evaluated per source with each source's metric."""
     teacher = tmp_path / "teacher"
-    train.main([tiny_yaml(tmp_path / "teacher.yaml", output_dir=str(teacher)), "dataset=docvqa",
+    recipe.main([tiny_yaml(tmp_path / "teacher.yaml", output_dir=str(teacher)), "dataset=docvqa",
                 f"dataset_path={hub_dirs['docvqa']}", "train_split=validation", "max_steps=1"])
     mixture = [{"name": "docvqa", "path": hub_dirs["docvqa"], "split": "validation", "eval_split": "validation",
                 "weight": 0.5},
@@ -218,7 +216,7 @@ def test_mixture_with_teacher_targets_trains_and_each_source_keeps_its_metric(hu
     config = tiny_yaml(tmp_path / "mixture.yaml", dataset_mixture=mixture, mixture_seed=3,
                        alignment_targets="teacher", teacher_checkpoint=str(teacher / "checkpoint"),
                        max_eval_samples=8)
-    trainer = train.main([config])
+    trainer = recipe.main([config])
     rows = trainer.train_dataset
     tasks = rows["task"]
     assert set(tasks) == {"docvqa", "chartqa", "vqav2"} and len(rows) >= 3 * NUM_ROWS  # all_exhausted
@@ -242,9 +240,9 @@ def test_mixture_with_teacher_targets_trains_and_each_source_keeps_its_metric(hu
 
 
 def load_mixture_tasks(config):
-    _, data_args, _ = train.parse_config([config])
-    model_config = train.AutoConfig.from_pretrained(TINY_PRESET)
-    return train.build_datasets(data_args, model_config)[0]["task"]
+    _, data_args, _ = recipe.parse_config([config])
+    model_config = AutoConfig.from_pretrained(TINY_PRESET)
+    return recipe.build_datasets(data_args, model_config)[0]["task"]
 
 
 def test_mixture_entries_are_checked():

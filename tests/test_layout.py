@@ -6,10 +6,11 @@ evaluation never import each other. The allocator and the adapter never import t
 Nothing in the package imports the scripts (train.py, eval.py, app.py, bench/, tools/). And the scripts import no
 scripts: what train.py, eval.py, app.py, tools/ and bench/ share lives in the package. bench/ is one package (`bench`)
 whose modules share its helpers (bench.common, bench.flops, ...), so imports inside bench/ are allowed; bench/ from
-outside it is not.
+outside it is not. No script or test edits sys.path: scripts run as modules from the repository root.
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -119,9 +120,6 @@ def test_the_rule_catches_an_upward_import():
 SCRIPTS = sorted([*ROOT.glob("*.py"), *(ROOT / "tools").glob("*.py"), *(ROOT / "bench").glob("*.py")])
 TOP_LEVEL = {path.stem for path in ROOT.glob("*.py")}  # train, eval, app
 TOOLS = {path.stem for path in (ROOT / "tools").glob("*.py")}  # also caught bare, as after a sys.path insert of tools/
-# Scripts that still import train.py: #24 item 3 moves what they share into the package; drop the entry then (the
-# strict xfail fails as soon as the import is gone).
-STILL_IMPORT_A_SCRIPT = {"bench/gpu_check.py", "tools/teacher_vs_boxes.py"}
 
 
 def check_imports_no_script(path, text=None):
@@ -134,10 +132,7 @@ def check_imports_no_script(path, text=None):
     assert not found, f"{path.relative_to(ROOT)} imports a script: {sorted(found)}"
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(path, marks=pytest.mark.xfail(strict=True, reason="imports train.py until #24 item 3"))
-    if str(path.relative_to(ROOT)) in STILL_IMPORT_A_SCRIPT else path for path in SCRIPTS
-], ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_scripts_import_no_scripts(path):
     check_imports_no_script(path)
 
@@ -154,3 +149,35 @@ def test_the_script_rule_catches_a_script_import():
             check_imports_no_script(path, path.read_text() + f"\n{line}\n")
     path = ROOT / "bench/token_cost.py"
     check_imports_no_script(path, path.read_text() + "\nfrom bench.flops import generate_flops\n")
+
+
+# -- no sys.path edits ---------------------------------------------------------------------------------------------
+
+# Scripts run as modules from the repository root (`python -m bench.run_all`, `python -m tools.export_base`), tests get
+# the root from setup.cfg's `pythonpath = .`, and the package is installed (editable) by `make venv`: no file needs to
+# put a directory on sys.path. One exception: test_transformers_common.py puts the fetched, version-named copy of
+# transformers' own test tree (.transformers_tests/<version>: its `transformers_tests` package and the `utils` modules
+# those import as top-level ones) on sys.path, a path known only at run time, which a static `pythonpath` cannot name.
+SYS_PATH_EDIT = re.compile(r"sys\.path\.(insert|append|extend)\(")
+SYS_PATH_EXCEPTIONS = {"tests/test_transformers_common.py"}
+EDITABLE = sorted([*ROOT.glob("*.py"), *(ROOT / "tools").rglob("*.py"), *(ROOT / "bench").rglob("*.py"),
+                   *(ROOT / "tests").rglob("*.py")])
+
+
+def check_no_sys_path_edit(path, text=None):
+    lines = [number for number, line in enumerate((path.read_text() if text is None else text).splitlines(), 1)
+             if SYS_PATH_EDIT.search(line)]
+    assert not lines, f"{path.relative_to(ROOT)} edits sys.path (lines {lines}): run it as a module from the root"
+
+
+@pytest.mark.parametrize("path", [path for path in EDITABLE if str(path.relative_to(ROOT)) not in SYS_PATH_EXCEPTIONS],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_file_edits_sys_path(path):
+    check_no_sys_path_edit(path)
+
+
+def test_the_sys_path_rule_catches_an_insert():
+    path = ROOT / "tools/probe_report.py"
+    with pytest.raises(AssertionError, match="edits sys.path"):
+        check_no_sys_path_edit(path, path.read_text() + "\nsys.path." + "insert(0, str(ROOT))\n")  # split: not here
+    assert all((ROOT / name).exists() for name in SYS_PATH_EXCEPTIONS), "an exception names a file that is gone"

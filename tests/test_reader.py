@@ -129,7 +129,7 @@ def test_reader_stage_trains_a_step_in_each_view(views, tmp_path, datasets, proc
     model.config.relevance_tag = False
     args = make_args(tmp_path, "pretrain", max_steps=2, training_views=views, train_budget="random",
                      questions_per_image=3, loss_weight_llm_attention=1.0, llm_attention_layers=[1],
-                     calibration_every=0, train_tier_weights=[1.0, 1.0, 0.0])
+                     calibration_every=0, train_tier_weights={4: 1.0, 16: 1.0})
     apply_phase(model, "pretrain")
     trainer = ArrCocTrainer(model=model, args=args, data_collator=ArrCocCollator(processor, patch_size=8,
                                                                                questions_per_image=3),
@@ -153,7 +153,7 @@ def test_reader_stage_trains_a_step_in_each_view(views, tmp_path, datasets, proc
 def test_sparse_view_keeps_the_answers_in_the_forward(tmp_path, datasets, processor):  # noqa: F811
     model = tiny_model()
     args = make_args(tmp_path, "pretrain", training_views={"sparse": 1.0}, train_budget="random",
-                     train_tier_weights=[0.0, 1.0, 0.0], calibration_every=0, questions_per_image=2)
+                     train_tier_weights={16: 1.0}, calibration_every=0, questions_per_image=2)
     apply_phase(model, "pretrain")
     trainer = ArrCocTrainer(model=model, args=args, data_collator=ArrCocCollator(processor, patch_size=8,
                                                                                questions_per_image=2),

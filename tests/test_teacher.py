@@ -2,7 +2,6 @@
 answer (for the teacher only), cached on disk and reused by a second run; the collator's alignment_targets."""
 
 import json
-import sys
 
 import datasets
 import pytest
@@ -10,15 +9,13 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-from conftest import ROOT, TINY_PRESET
-
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
-from modeling_arrcoc.data.collator import ArrCocCollator  # noqa: E402
-from modeling_arrcoc.data.synthetic import NUM_VISUAL_WORDS, make_synthetic_suite  # noqa: E402
-from modeling_arrcoc.training import teacher as teacher_module  # noqa: E402
-from modeling_arrcoc.training.arguments import ArrCocTrainingArguments  # noqa: E402
-from modeling_arrcoc.training.teacher import (  # noqa: E402
+from conftest import TINY_PRESET
+from modeling_arrcoc.data.collator import ArrCocCollator
+from modeling_arrcoc.data.synthetic import NUM_VISUAL_WORDS, make_synthetic_suite
+from modeling_arrcoc.training import recipe
+from modeling_arrcoc.training import teacher as teacher_module
+from modeling_arrcoc.training.arguments import ArrCocTrainingArguments
+from modeling_arrcoc.training.teacher import (
     add_teacher_targets,
     load_teacher,
     resample_to_grid,
@@ -181,7 +178,7 @@ def test_train_py_with_teacher_targets_reuses_them_on_a_second_run(suite_dir, ch
                   teacher_checkpoint=str(checkpoint), learning_curve_every=2, learning_curve_samples=4)
     path = tmp_path / "teacher.yaml"
     path.write_text(yaml.safe_dump(config))
-    trainer = train.main([str(path)])
+    trainer = recipe.main([str(path)])
     history = [h for h in trainer.state.log_history if "alignment_loss" in h]
     assert history and all(h["alignment_loss"] > 0 for h in history)
     cached = list((tmp_path / "out" / "teacher_targets").iterdir())
@@ -190,5 +187,5 @@ def test_train_py_with_teacher_targets_reuses_them_on_a_second_run(suite_dir, ch
     assert curve["points"][-1]["methods"]["auto"]["coverage"] is not None  # curves score the true boxes' coverage
 
     monkeypatch.setattr(teacher_module, "load_teacher", lambda *a, **k: pytest.fail("teacher loaded again"))
-    again = train.main([str(path)])
+    again = recipe.main([str(path)])
     assert again.train_dataset["teacher_targets"] == trainer.train_dataset["teacher_targets"]

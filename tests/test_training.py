@@ -1,6 +1,7 @@
 """Training: phases, optimizer groups, loss weights, calibration, exact resume, non-finite steps, YAML, train.py,
 tier-grouped batches, cached SAM features, 2-process DDP. Tiny preset (64 px, 8 px patches), a few steps each."""
 
+import dataclasses
 import json
 import os
 import runpy
@@ -25,9 +26,7 @@ from modeling_arrcoc.training.calibration import smallest_sufficient_tier
 from modeling_arrcoc.training.guards import NonFiniteLossError, SamFeatureCache
 from modeling_arrcoc.training.optim import check_param_groups
 from modeling_arrcoc.training.trainer import ArrCocTrainer
-
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
+from modeling_arrcoc.training import recipe
 
 # Every trainable parameter must change: fold_key too, which learns through the compression heads' straight-through
 # fold assignment (it took no gradient while the assignment was a bare argmax).
@@ -40,14 +39,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def data_args(tmp_path_factory):
-    return train.DataArguments(synthetic_num_train=24, synthetic_num_validation=8,
-                               synthetic_cache_dir=str(tmp_path_factory.mktemp("synthetic")))
+    return recipe.DataArguments(synthetic_num_train=24, synthetic_num_validation=8,
+                                synthetic_cache_dir=str(tmp_path_factory.mktemp("synthetic")))
 
 
 @pytest.fixture(scope="module")
 def datasets(data_args):
     config = AutoConfig.from_pretrained(TINY_PRESET, **TINY_OVERRIDES)
-    return train.build_datasets(data_args, config)
+    return recipe.build_datasets(data_args, config)
 
 
 @pytest.fixture(scope="module")
@@ -373,7 +372,7 @@ def test_yaml_unknown_keys_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="not used by the HfArgumentParser"):
         HfArgumentParser(ArrCocTrainingArguments).parse_yaml_file(str(path), allow_extra_keys=False)
     with pytest.raises(ValueError, match="did you mean 'learning_rate'"):
-        train.parse_config([str(path)])
+        recipe.parse_config([str(path)])
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -385,6 +384,9 @@ def test_yaml_unknown_keys_are_rejected(tmp_path):
     (dict(phase="phase1", group_by_tier=True), "group_by_tier needs"),
     (dict(grad_norm_ranges={"sam": [0, 1]}), "unknown component 'sam'"),
     (dict(early_stopping_patience=2), "needs load_best_model_at_end"),
+    (dict(train_tier_weights=[0.5, 0.5]), "key each weight by its tier"),
+    (dict(train_tier_weights={4: -1.0, 16: 1.0}), "non-negative"),
+    (dict(train_tier_weights={4: 0.0}), "positive sum"),
 ])
 def test_arguments_are_validated_early(bad, message, tmp_path):
     with pytest.raises(ValueError, match=message):
@@ -395,7 +397,7 @@ def test_shipped_yamls_parse():
     phases = {}
     for path in sorted((ROOT / "configs").rglob("*.yaml")):
         if "accelerate" not in path.parts:  # bf16 (base preset YAMLs) needs a GPU: this machine has none
-            model_args, _, args = train.parse_config([str(path), "output_dir=/tmp/unused", "bf16=false"])
+            model_args, _, args = recipe.parse_config([str(path), "output_dir=/tmp/unused", "bf16=false"])
             phases[path.relative_to(ROOT / "configs").as_posix()] = args.phase
     assert phases == {"demo/phase1.yaml": "phase1", "demo/phase2.yaml": "phase2", "demo/phase3.yaml": "phase3",
                       "demo/pretrain.yaml": "pretrain", "demo/pretrain_reader.yaml": "phase2",
@@ -406,6 +408,19 @@ def test_shipped_yamls_parse():
 
 
 # --- data: grouped batches, cached SAM features -------------------------------------------------------------------
+
+
+def test_recorded_stages_are_read_by_the_recipes_own_keys(tmp_path):
+    """eval.py follows a checkpoint's stages through `init_from` and reads their data keys as DataArguments: the
+    library's name for the chain's key is the recipe's field, and a recorded YAML reads back with train.py's
+    defaults."""
+    from modeling_arrcoc.data.recipe import data_arguments
+    from modeling_arrcoc.provenance import INIT_FROM, stages_up_to
+
+    assert INIT_FROM in {f.name for f in dataclasses.fields(recipe.ModelArguments)}
+    data = data_arguments({"synthetic_families": ["chart"], "phase": "phase1", INIT_FROM: None})
+    assert data.synthetic_families == ["chart"] and data.dataset == recipe.DataArguments().dataset
+    assert stages_up_to({INIT_FROM: str(tmp_path / "not-recorded")}) is None
 
 
 def test_tier_grouped_batches(datasets):
@@ -511,7 +526,7 @@ def test_train_main_smoke(tmp_path, data_args, datasets):
     config = tiny_yaml(tmp_path / "phase1.yaml", data_args, cache_sam_features=True, max_steps=8,
                        eval_strategy="steps", eval_steps=4, save_strategy="steps", save_steps=4, save_total_limit=1,
                        load_best_model_at_end=True, metric_for_best_model="answer_loss", early_stopping_patience=3)
-    trainer = train.main([config, "calibration_every=2", "learning_curve_every=4", "learning_curve_samples=8"])
+    trainer = recipe.main([config, "calibration_every=2", "learning_curve_every=4", "learning_curve_samples=8"])
     final = tmp_path / "out" / "checkpoint"
     assert (final / "model.safetensors").exists() and (final / "training_args.json").exists()
     assert not list(final.glob("*.bin")) and not list(final.glob("*.pt"))
@@ -561,7 +576,7 @@ def single_process_run(tmp_path_factory, data_args, datasets):
     path = tmp_path_factory.mktemp("single")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    trainer = train.main([tiny_yaml(path / "single.yaml", data_args, gradient_accumulation_steps=2, **DISTRIBUTED),
+    trainer = recipe.main([tiny_yaml(path / "single.yaml", data_args, gradient_accumulation_steps=2, **DISTRIBUTED),
                           f"output_dir={path / 'out'}"])
     torch.set_num_threads(threads)
     return trainer
@@ -571,7 +586,9 @@ def launch_two_processes(tmp_path, data_args, launcher_args, script=ROOT / "trai
     command = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
                tiny_yaml(tmp_path / "run.yaml", data_args, **DISTRIBUTED), f"output_dir={tmp_path / 'out'}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    # The checkout's package for a script outside it (the NaN test's): an installed copy could be another checkout's.
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "x 2 processes" in result.stdout  # really two ranks, not two independent runs
@@ -595,7 +612,7 @@ def test_train_main_from_components(tmp_path, data_args, datasets):
 
     tiny = AutoConfig.from_pretrained(TINY_PRESET, **TINY_OVERRIDES)
     tokenizer = AutoTokenizer.from_pretrained(TINY_PRESET)
-    tokenizer.add_special_tokens({"additional_special_tokens": [train.BASE_IMAGE_TOKEN]})
+    tokenizer.add_special_tokens({"additional_special_tokens": [recipe.BASE_IMAGE_TOKEN]})
     tiny.text_config.vocab_size = len(tokenizer)
     for name, component in (("sam", SamVisionModel(tiny.vision_config)), ("clip", CLIPVisionModel(tiny.clip_config)),
                             ("llm", Qwen3ForCausalLM(tiny.text_config))):
@@ -605,11 +622,11 @@ def test_train_main_from_components(tmp_path, data_args, datasets):
     preset.mkdir()
     (preset / "components.json").write_text(json.dumps({k: str(tmp_path / k) for k in ("sam", "clip", "llm")}))
     (preset / "config.json").write_text(tiny.to_json_string())
-    trainer = train.main([tiny_yaml(tmp_path / "base.yaml", data_args, model_preset=str(preset), max_steps=1)])
+    trainer = recipe.main([tiny_yaml(tmp_path / "base.yaml", data_args, model_preset=str(preset), max_steps=1)])
     config = trainer.model.config
     assert config.budgets == [4, 16, 100] and config.visual_vocab_size == TINY_OVERRIDES["visual_vocab_size"]
-    assert config.image_token_id == tokenizer.convert_tokens_to_ids(train.BASE_IMAGE_TOKEN)
-    assert AutoProcessor.from_pretrained(tmp_path / "out" / "checkpoint").image_token == train.BASE_IMAGE_TOKEN
+    assert config.image_token_id == tokenizer.convert_tokens_to_ids(recipe.BASE_IMAGE_TOKEN)
+    assert AutoProcessor.from_pretrained(tmp_path / "out" / "checkpoint").image_token == recipe.BASE_IMAGE_TOKEN
 
 
 def test_ddp_two_processes_match_one_process(tmp_path, data_args, single_process_run):
@@ -631,8 +648,7 @@ def test_deepspeed_zero2_two_processes_match_one_process(tmp_path, data_args, si
 NAN_AT_STEP_2 = """
 import sys
 
-sys.path.insert(0, {root!r})
-import train
+from modeling_arrcoc.training.recipe import main
 from modeling_arrcoc.training.trainer import ArrCocTrainer
 
 weighted_loss = ArrCocTrainer.weighted_loss
@@ -650,7 +666,7 @@ def nan_at_step_2(self, *args, **kwargs):
 
 if __name__ == "__main__":
     ArrCocTrainer.weighted_loss = nan_at_step_2
-    train.main(sys.argv[1:])
+    main(sys.argv[1:])
 """
 
 
@@ -660,12 +676,12 @@ def test_deepspeed_skips_a_nonfinite_step(tmp_path, data_args, monkeypatch):
     # so weights, the learning-rate schedule and the losses of the other steps agree.
     pytest.importorskip("deepspeed")
     script = tmp_path / "nan_train.py"
-    script.write_text(NAN_AT_STEP_2.format(root=str(ROOT)))
+    script.write_text(NAN_AT_STEP_2)
     injected = runpy.run_path(str(script), run_name="nan_train")["nan_at_step_2"]
     monkeypatch.setattr(ArrCocTrainer, "weighted_loss", injected)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    single = train.main([tiny_yaml(tmp_path / "single.yaml", data_args, gradient_accumulation_steps=2, **DISTRIBUTED),
+    single = recipe.main([tiny_yaml(tmp_path / "single.yaml", data_args, gradient_accumulation_steps=2, **DISTRIBUTED),
                          f"output_dir={tmp_path / 'single'}"])
     torch.set_num_threads(threads)
     assert single.nonfinite.total == 1
@@ -699,6 +715,47 @@ def test_step_tier_weights_shape_the_multi_budget_draw():
         step_tier(0, 0, 3, [1.0, 1.0])
 
 
+def test_tier_weights_are_keyed_by_tier_value(tmp_path, processor):
+    """train_tier_weights names tiers by value: {16: 1.0} draws tier 16 at every step (a tier left out weighs 0),
+    whatever the tier's position; a tier the model does not have is refused, naming it and the model's tiers."""
+    from modeling_arrcoc.training.calibration import step_tier
+
+    model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(TINY_PRESET, **TINY_OVERRIDES))
+    budgets = model.config.budgets
+    assert budgets == [4, 16, 100]
+
+    def arguments(weights):
+        return ArrCocTrainingArguments(output_dir=str(tmp_path), report_to="none", phase="pretrain",
+                                       train_budget="random", calibration_every=0, train_tier_weights=weights)
+
+    args = arguments({16: 1.0})
+    assert args.tier_weights(budgets) == [0.0, 1.0, 0.0]
+    apply_phase(model, "pretrain")
+    trainer = ArrCocTrainer(model=model, args=args, data_collator=ArrCocCollator(processor, patch_size=8))
+    drawn = set()
+    for step in range(200):
+        trainer.state.global_step = step
+        drawn.add(trainer.budget_for("train", None, budgets))
+    assert drawn == {16}
+    ends = arguments({100: 1.0, 4: 3.0}).tier_weights(budgets)  # key order does not matter, the tier values do
+    assert ends == [3.0, 0.0, 1.0]
+    assert {budgets[step_tier(0, step, 3, ends)] for step in range(200)} == {4, 100}
+    assert arguments({"16": 1}).train_tier_weights == {16: 1.0}, "JSON keys (training_args.json) read as tiers"
+    unknown = arguments({8: 0.5, 16: 0.5})
+    with pytest.raises(ValueError, match=r"names tier 8, which this model does not have; its tiers are \[4, 16, 100\]"):
+        ArrCocTrainer(model=model, args=unknown, data_collator=ArrCocCollator(processor, patch_size=8))
+    with pytest.raises(ValueError, match="names tier 8"):
+        recipe.apply_method(model, unknown)
+
+
+def test_tier_weights_override_parses_from_the_command_line():
+    _, _, args = recipe.parse_config([str(ROOT / "configs/demo/pretrain.yaml"), "output_dir=/tmp/unused",
+                                      "train_tier_weights={4: 1.0}"])
+    assert args.train_tier_weights == {4: 1.0} and args.tier_weights([4, 8, 16, 64, 256]) == [1.0, 0, 0, 0, 0]
+    _, _, shipped = recipe.parse_config([str(ROOT / "configs/demo/pretrain.yaml"), "output_dir=/tmp/unused"])
+    assert shipped.tier_weights([4, 8, 16, 64, 256]) == [0.35, 0.3, 0.15, 0.1, 0.1]
+
+
 def test_probe_report_renders_every_recorded_point_into_its_block(tmp_path):
     from tools.probe_report import main as probe_main
 
@@ -707,7 +764,7 @@ def test_probe_report_renders_every_recorded_point_into_its_block(tmp_path):
     point = {"tier_4": {"accuracy": 0.25, "per_task": {"local_color": 0.5, "global_count": 0.0}}}
     (tmp_path / "p.json").write_text(json.dumps({"points": [{"step": 100, "methods": point}]}))
     doc = tmp_path / "doc.md"
-    doc.write_text("x\n<!-- BEGIN generated:probes (python tools/probe_report.py) -->\nold\n"
+    doc.write_text("x\n<!-- BEGIN generated:probes (python -m tools.probe_report) -->\nold\n"
                    "<!-- END generated:probes -->\ny\n")
     probe_main([str(tmp_path), "--write", str(doc)])
     text = doc.read_text()

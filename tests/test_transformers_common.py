@@ -40,7 +40,7 @@ if not (FETCHED / "transformers_tests" / "__init__.py").is_file():
     # Not a skip: a missing suite must not look like a passing one.
     raise RuntimeError(
         f"Transformers' common tests for transformers {TRANSFORMERS_VERSION} are not in {FETCHED}. Fetch them with\n"
-        f"    {Path(sys.executable).name} tools/fetch_transformers_tests.py\n"
+        f"    {Path(sys.executable).name} -m tools.fetch_transformers_tests\n"
         "(`make test` does this before running pytest)."
     )
 try:
@@ -76,13 +76,15 @@ from modeling_arrcoc import (
     ArrCocModel,
     ArrCocProcessor,
 )
+from tools.make_presets import tiny_parts, tiny_text_config
 
 torch_device = "cpu"
 
 
 class ArrCocVisionText2TextModelTester:
-    """Tiny ArrCoc (the shipped tiny preset's shapes: SAM / CLIP / Qwen3 of hidden 32 and 2 layers, 64 px images on
-    an 8x8 patch grid) with inputs in the in-tree VLM testers' style (llava, ovis2).
+    """Tiny ArrCoc (the tiny model of tools/make_presets.py, the shipped tiny preset's definition: SAM / CLIP / Qwen3 of
+    hidden 32 and 2 layers, 64 px images on an 8x8 patch grid) with inputs in the in-tree VLM testers' style (llava,
+    ovis2).
 
     ArrCoc replaces each sample's single `<image>` token by K visual tokens, K picked by the allocator among
     `config.budgets`. The common tests compare output shapes against fixed lengths, so the tester's config has one
@@ -110,20 +112,13 @@ class ArrCocVisionText2TextModelTester:
         self.image_size = 64
         self.patch_size = 8
         self.num_channels = 3
-        self.vision_config = vision_config or {
-            "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": self.image_size,
-            "patch_size": self.patch_size, "output_channels": 16, "window_size": 4, "global_attn_indexes": [1],
-            "mlp_dim": 64, "initializer_range": 0.02,
-        }
-        self.clip_config = clip_config or {
-            "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-            "image_size": self.image_size, "patch_size": self.patch_size,
-        }
-        self.text_config = text_config or {
-            "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-            "head_dim": 16, "intermediate_size": 64, "vocab_size": 99, "pad_token_id": 0, "eos_token_id": 2,
-            "max_position_embeddings": 512,
-        }
+        # The tiny model's sub-configs and sizes, from their one definition (tools/make_presets.py).
+        tiny = tiny_parts(self.image_size, self.patch_size)
+        self.vision_config = vision_config or tiny["vision_config"]
+        self.clip_config = clip_config or tiny["clip_config"]
+        self.text_config = text_config or {**tiny_text_config(99, max_positions=512), "pad_token_id": 0,
+                                           "eos_token_id": 2}
+        self.arrcoc_sizes = {name: value for name, value in tiny.items() if not name.endswith("_config")}
         self.vocab_size = self.text_config["vocab_size"]
         self.pad_token_id = self.text_config["pad_token_id"]
         self.hidden_size = self.text_config["hidden_size"]
@@ -140,12 +135,8 @@ class ArrCocVisionText2TextModelTester:
             text_config=copy.deepcopy(self.text_config),
             budgets=[self.num_image_tokens],
             image_token_id=self.image_token_id,
-            allocator_hidden_size=32,
-            allocator_num_heads=2,
-            adapter_num_layers=1,
-            adapter_num_heads=2,
-            num_vet_prototypes=8,
             visual_vocab_size=64,
+            **self.arrcoc_sizes,
         )
 
     def prepare_config_and_inputs(self):

@@ -1,7 +1,7 @@
 """Is a re-run the same model? Compares two checkpoints' weights and, where both runs wrote one, their held-out
 learning curves (`learning_curve.json` beside each checkpoint directory).
 
-    python tools/compare_checkpoints.py outputs/demo/pretrain/checkpoint /tmp/rerun/checkpoint
+    python -m tools.compare_checkpoints outputs/demo/pretrain/checkpoint /tmp/rerun/checkpoint
 
 Prints the largest absolute weight difference over all tensors and whether the curves are identical; exits 1 if
 the tensor names or shapes differ.

@@ -1,11 +1,11 @@
 """Export a pretrained demo checkpoint as the shipped base: half-precision safetensors, processor, provenance.
 
-    python tools/export_base.py outputs/demo/pretrain_reader/checkpoint pretrained/demo-base \
+    python -m tools.export_base outputs/demo/pretrain_looks/checkpoint pretrained/demo-base \
         --config configs/demo/pretrain.yaml --curve outputs/demo/pretrain/learning_curve.json ...  # one pair per stage
 
 The base is stored in float16 to keep the repository small (~12 MB for the demo preset); `from_pretrained(...,
 dtype=torch.float32)` widens it again for training. PROVENANCE.json records the command, the commit, and each
-training stage's YAML and held-out learning curve (`make pretrain` gives its two stages in order).
+training stage's YAML and held-out learning curve (`make pretrain` gives its stages in order).
 """
 
 import argparse
@@ -13,24 +13,14 @@ import json
 import os
 import platform
 import shutil
-import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
+from modeling_arrcoc.provenance import PROVENANCE, git_commit, stage_record, stage_start_steps
 
 
 def provenance(source: Path, configs: list[Path], curves: list[Path]) -> dict:
@@ -47,15 +37,13 @@ def provenance(source: Path, configs: list[Path], curves: list[Path]) -> dict:
                     "platform": platform.platform(), "torch": torch.__version__},
         "stages": [],
     }
-    joined, start = [], 0
-    for config, curve in zip(configs, curves):
-        points = json.loads(curve.read_text())["points"]
+    points = [json.loads(curve.read_text())["points"] for curve in curves]
+    joined = []
+    for config, curve, stage_points, start in zip(configs, curves, points, stage_start_steps(points)):
         timing = curve.parent / "timing.json"  # make pretrain writes each stage's wall time beside its curve
-        record["stages"].append({"config": str(config), "training_config": config.read_text(), "start_step": start,
-                                 "wall_seconds": json.loads(timing.read_text())["seconds"] if timing.exists() else None,
-                                 "learning_curve": {"points": points}})
-        joined += [{**point, "step": point["step"] + start, "stage": config.stem} for point in points]
-        start += points[-1]["step"] if points else 0
+        seconds = json.loads(timing.read_text())["seconds"] if timing.exists() else None
+        record["stages"].append(stage_record(config, stage_points, start, seconds))
+        joined += [{**point, "step": point["step"] + start, "stage": config.stem} for point in stage_points]
     record["learning_curve"] = {"points": joined}
     return record
 
@@ -69,7 +57,7 @@ def export(source: Path, target: Path, configs: list[Path], curves: list[Path]):
     processor.save_pretrained(staging)
     for code in staging.glob("*.py"):
         code.unlink()  # the base is read with the package imported; no stale copies of its source
-    (staging / "PROVENANCE.json").write_text(json.dumps(provenance(source, configs, curves), indent=2) + "\n")
+    (staging / PROVENANCE).write_text(json.dumps(provenance(source, configs, curves), indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)  # the shipped base is replaced whole or not at all
 

@@ -1,6 +1,6 @@
 """Fetch the installed Transformers version's own test suite (its sdist's `tests/`) into a git-ignored folder.
 
-    python tools/fetch_transformers_tests.py [--dest .transformers_tests] [--force]
+    python -m tools.fetch_transformers_tests [--dest .transformers_tests] [--force]
 
 The common tests (ModelTesterMixin, GenerationTesterMixin, ConfigTester, ProcessorTesterMixin) are not part of the
 installed `transformers` wheel; they live in the source distribution's `tests/` package. This tool downloads the

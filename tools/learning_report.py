@@ -1,6 +1,6 @@
 """The demo's learning-curve report: every stage's held-out curve on one step axis.
 
-    python tools/learning_report.py --output outputs/demo/learning_curve.json \
+    python -m tools.learning_report --output outputs/demo/learning_curve.json \
         --stage pretrain=pretrained/demo-base/PROVENANCE.json --stage phase1=outputs/demo/phase1/learning_curve.json ...
 
 The pretrain stage comes from the shipped base's provenance (make demo does not re-run it); each later stage from
@@ -10,12 +10,10 @@ points}]}, steps counted from the start of the pretrain) and a PNG beside it, on
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from modeling_arrcoc.training.curves import plot_learning_curve, write_json_atomic  # noqa: E402
+from modeling_arrcoc.provenance import stage_start_steps
+from modeling_arrcoc.training.curves import plot_learning_curve, write_json_atomic
 
 
 def expand(name: str, path: Path) -> list[tuple[str, list]]:
@@ -32,12 +30,11 @@ def expand(name: str, path: Path) -> list[tuple[str, list]]:
 
 
 def combine(stages: list[tuple[str, Path]]) -> dict:
-    combined, start = [], 0
-    for name, path in stages:
-        for stage_name, points in expand(name, path):
-            combined.append({"name": stage_name, "source": str(path), "start_step": start, "points": points})
-            start += points[-1]["step"]
-    return {"stages": combined}
+    """Every stage's curve, each starting where the previous one ended (as the base's PROVENANCE joins them)."""
+    expanded = [(stage_name, points, path) for name, path in stages for stage_name, points in expand(name, path)]
+    starts = stage_start_steps([points for _, points, _ in expanded])
+    return {"stages": [{"name": stage_name, "source": str(path), "start_step": start, "points": points}
+                       for (stage_name, points, path), start in zip(expanded, starts)]}
 
 
 def plot(report: dict, path: Path):

@@ -1,19 +1,16 @@
 """Write the model presets under configs/model/: tiny (tests), demo (the embedded CPU default), base (real
-checkpoints). Run `python tools/make_presets.py`; the output is committed, so tests and the demo load it offline.
+checkpoints). Run `python -m tools.make_presets`; the output is committed, so tests and the demo load it offline.
 """
 
 import argparse
 import json
 from pathlib import Path
 
-import sys
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from modeling_arrcoc import ArrCocConfig, ArrCocImageProcessor, ArrCocProcessor
+from modeling_arrcoc.provenance import REPO_ROOT
 from modeling_arrcoc.tokenization_arrcoc import build_tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent / "configs" / "model"
+ROOT = REPO_ROOT / "configs" / "model"
 
 # Hub checkpoints the base preset is assembled from (ArrCocForConditionalGeneration.from_components).
 BASE_COMPONENTS = {
@@ -54,16 +51,34 @@ def qwen3(hidden, layers, heads, kv_heads, vocab, max_positions):
     )
 
 
+# The tiny model, defined once: SAM, CLIP and a Qwen3 of hidden 32 and 2 layers, the ArrCoc parts at their smallest.
+# The tiny preset on disk (configs/model/tiny) is written from it, and the tests' in-memory configs
+# (tests/conftest.py's ArrCocModelTester, tests/test_transformers_common.py's tester) are built with it.
+TINY_TEXT = (32, 2, 2, 1)  # Qwen3: hidden, layers, attention heads, key/value heads
+
+
+def tiny_parts(image_size: int = 64, patch_size: int = 8) -> dict:
+    """ArrCocConfig arguments of the tiny model but its text config, budgets and vocabularies: the SAM and CLIP
+    configs for `image_size` pages on a `patch_size` grid, and the allocator / adapter sizes."""
+    return dict(
+        vision_config=sam(32, 2, 2, image_size, patch_size, 16, 4, [1]),
+        clip_config=clip(32, 2, 2, image_size, patch_size),
+        allocator_hidden_size=32, allocator_num_heads=2, adapter_num_layers=1, adapter_num_heads=2,
+        num_vet_prototypes=8,
+    )
+
+
+def tiny_text_config(vocab_size: int, max_positions: int = 2048) -> dict:
+    """The tiny model's Qwen3 config for a `vocab_size` tokenizer."""
+    return qwen3(*TINY_TEXT, vocab_size, max_positions)
+
+
 PRESETS = {
     # Tests: 64 px pages, 8x8 = 64 patches; the 100 tier is larger than the grid on purpose (keeps all patches).
     "tiny": dict(
         image_size=64, vocab=512,
-        config=dict(
-            vision_config=sam(32, 2, 2, 64, 8, 16, 4, [1]), clip_config=clip(32, 2, 2, 64, 8),
-            budgets=[4, 16, 100], allocator_hidden_size=32, allocator_num_heads=2, adapter_num_layers=1,
-            adapter_num_heads=2, num_vet_prototypes=8, visual_vocab_size=128,
-        ),
-        text=(32, 2, 2, 1, 512),
+        config=dict(**tiny_parts(64, 8), budgets=[4, 16, 100], visual_vocab_size=128),
+        text=(*TINY_TEXT, 512),
     ),
     # The embedded default: 256 px pages, 16 px glyph cells aligned to a 16x16 = 256 patch grid. Sized from
     # docs/design.md's measured costs ("What things cost here") so a training step at full tokens stays around a second on 2 cores.

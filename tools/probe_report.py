@@ -1,7 +1,7 @@
 """Render the learning probes of docs/probes/ (probes.yaml + each probe's learning_curve.json) as a markdown table:
 held-out (validation) accuracy per method at each recorded step, or answer-box coverage where the probe says so.
 
-    python tools/probe_report.py [docs/probes] [--write docs/demo_model.md]
+    python -m tools.probe_report [docs/probes] [--write docs/demo_model.md]
 
 With --write, the table replaces the `generated:probes` block of that markdown file.
 """
@@ -12,10 +12,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from modeling_arrcoc.evaluation.readme import fill_blocks  # noqa: E402
+from modeling_arrcoc.evaluation.readme import fill_blocks
 
 
 def rows(folder: Path) -> list:

@@ -4,26 +4,22 @@ how well each layer's hidden state at the visual positions still encodes the cel
 tokens, scored on the other half), and where each head of each layer looks from the answer-predicting position
 (attention mass on the answer cell).
 
-    python tools/reader_probe.py CHECKPOINT [--pages 8] [--tokens 4]
+    python -m tools.reader_probe CHECKPOINT [--pages 8] [--tokens 4]
 
 docs/demo_model.md uses it to show why supervising the attention of layers 1-3 kept the answers at chance: layer 0
 rewrote the visual positions and the digits were gone from them by layer 1.
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import modeling_arrcoc  # noqa: F401, E402  (registers the Auto classes)
-from modeling_arrcoc.data import render_sample  # noqa: E402
-from modeling_arrcoc.data.collator import ArrCocCollator  # noqa: E402
-from modeling_arrcoc.training.reader import llm_attention_loss, sparse_view_scores  # noqa: E402
-from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
+import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
+from modeling_arrcoc.data import render_sample
+from modeling_arrcoc.data.collator import ArrCocCollator
+from modeling_arrcoc.training.reader import llm_attention_loss, sparse_view_scores
 
 
 def ridge_accuracy(features: torch.Tensor, labels: torch.Tensor, classes: int = 10) -> float:

@@ -17,12 +17,10 @@ import shutil
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from modeling_arrcoc.evaluation.model_card import RELEVANCE_TAG  # noqa: E402
-from modeling_arrcoc.evaluation.readme import fill_blocks  # noqa: E402
-from modeling_arrcoc.evaluation.report import headline  # noqa: E402
+from modeling_arrcoc.evaluation.model_card import RELEVANCE_TAG
+from modeling_arrcoc.evaluation.readme import fill_blocks
+from modeling_arrcoc.evaluation.report import headline
+from modeling_arrcoc.provenance import PROVENANCE, REPO_ROOT as ROOT
 
 # Which page holds which block (tests/test_training.py checks the pages against it).
 PAGES = {"README.md": ("headline", "heatmap"), "docs/results.md": ("demo", "baselines", "pretrain", "bench")}
@@ -150,7 +148,7 @@ def blocks() -> dict:
     if heatmap.exists():
         shutil.copyfile(heatmap, ROOT / "docs/heatmaps.png")
         out["heatmap"] = "![where each question pulled its tokens from](docs/heatmaps.png)"
-    provenance = read_json(ROOT / "pretrained/demo-base/PROVENANCE.json")
+    provenance = read_json(ROOT / "pretrained/demo-base" / PROVENANCE)
     if provenance is not None:
         out["pretrain"] = pretrain_block(provenance) + curve_figures(provenance)
     bench = ROOT / "outputs/bench/summary.md"

@@ -1,8 +1,8 @@
 """Teacher pseudo-labels vs true answer boxes for the alignment loss, measured on the synthetic suite with its boxes
 hidden from training (issue #16).
 
-    python tools/teacher_vs_boxes.py                       # ~25 min on 2 busy CPU cores
-    python tools/teacher_vs_boxes.py --steps 40 --num-eval 32 --work-dir /tmp/tvb   # a quick smoke run
+    python -m tools.teacher_vs_boxes                       # ~25 min on 2 busy CPU cores
+    python -m tools.teacher_vs_boxes --steps 40 --num-eval 32 --work-dir /tmp/tvb   # a quick smoke run
 
 1. Teacher labels: the shipped base (`pretrained/demo-base`) at full tokens scores every patch of each training
    question (training/teacher.py, gradient x input of its answer loss); reported: how often its top-K patches cover
@@ -18,7 +18,7 @@ hidden from training (issue #16).
    box patch kept) at `auto` and each small tier, with 95% bootstrap intervals and paired differences
    (statistics.py).
 
-Writes outputs/teacher_vs_boxes.json and outputs/teacher_vs_boxes.md (the tables README's "On real datasets" quotes).
+Writes outputs/teacher_vs_boxes.json and outputs/teacher_vs_boxes.md (the tables docs/training.md's "Without answer boxes" quotes).
 """
 
 import argparse
@@ -29,15 +29,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import train  # noqa: E402
-from modeling_arrcoc import ArrCocForConditionalGeneration  # noqa: E402
-from modeling_arrcoc.data.collator import ArrCocCollator  # noqa: E402
-from modeling_arrcoc.modeling_arrcoc import answer_window  # noqa: E402
-from modeling_arrcoc.statistics import bootstrap_interval, paired_difference  # noqa: E402
-from modeling_arrcoc.training.teacher import add_teacher_targets, load_teacher, teacher_patch_scores  # noqa: E402
+from modeling_arrcoc import ArrCocForConditionalGeneration
+from modeling_arrcoc.data.collator import ArrCocCollator
+from modeling_arrcoc.data.recipe import DataArguments, build_datasets
+from modeling_arrcoc.modeling_arrcoc import answer_window
+from modeling_arrcoc.provenance import git_commit, repo_path
+from modeling_arrcoc.statistics import bootstrap_interval, paired_difference
+from modeling_arrcoc.training.recipe import main as train_main
+from modeling_arrcoc.training.teacher import add_teacher_targets, load_teacher, teacher_patch_scores
 
 # Student runs: name -> (alignment_targets, teacher_selection). "teacher_no_tag": the same teacher at full tokens
 # without its allocator's relevance tag in the LLM input (selection "full"), i.e. the LLM's reading alone.
@@ -69,9 +68,9 @@ def parse_args(argv=None):
 
 
 def data_arguments(args, num_train):
-    return train.DataArguments(synthetic_num_train=num_train, synthetic_num_validation=args.num_eval,
-                               synthetic_families=list(args.families), synthetic_seed=0,
-                               synthetic_cache_dir=str(Path(args.work_dir) / "synthetic"))
+    return DataArguments(synthetic_num_train=num_train, synthetic_num_validation=args.num_eval,
+                         synthetic_families=list(args.families), synthetic_seed=0,
+                         synthetic_cache_dir=str(Path(args.work_dir) / "synthetic"))
 
 
 def batches(collator, dataset, size):
@@ -123,7 +122,7 @@ def teacher_label_coverage(args, labelled, validation, processor, config):
     scored = {name: [] for name in variants}
     scored["base allocator's own scores"] = []
     val_targets, val_tasks = [], []
-    models = {scoring: load_teacher(repo(args.teacher), scoring)[0] for scoring in ("grad_input", "attention")}
+    models = {scoring: load_teacher(repo_path(args.teacher), scoring)[0] for scoring in ("grad_input", "attention")}
     for rows, batch in batches(boxes, validation, args.batch_size):
         val_targets.append(batch["patch_targets"])
         val_tasks += [row["task"] for row in rows]
@@ -147,12 +146,12 @@ def fresh_allocator_base(args, path: Path):
     """The shipped base with a freshly initialized allocator (seeded), saved as a checkpoint to start from."""
     from transformers import AutoProcessor
 
-    base = ArrCocForConditionalGeneration.from_pretrained(repo(args.teacher), dtype=torch.float32)
+    base = ArrCocForConditionalGeneration.from_pretrained(repo_path(args.teacher), dtype=torch.float32)
     torch.manual_seed(args.seed)
     fresh = ArrCocForConditionalGeneration(base.config)
     base.model.allocator.load_state_dict(fresh.model.allocator.state_dict())
     base.save_pretrained(path)
-    AutoProcessor.from_pretrained(repo(args.teacher)).save_pretrained(path)
+    AutoProcessor.from_pretrained(repo_path(args.teacher)).save_pretrained(path)
     return path
 
 
@@ -170,11 +169,11 @@ def train_student(args, condition, start, num_train):
         f"efficiency_warmup_steps={args.steps // 2}", "logging_steps=20",
     ]
     if targets == "teacher":
-        overrides.append(f"teacher_checkpoint={repo(args.teacher)}")
+        overrides.append(f"teacher_checkpoint={repo_path(args.teacher)}")
     if selection is not None:
         overrides.append(f"teacher_selection={selection}")
     start_time = time.perf_counter()
-    train.main([str(repo(args.config))] + overrides)
+    train_main([str(repo_path(args.config))] + overrides)
     return output / "checkpoint", time.perf_counter() - start_time
 
 
@@ -283,23 +282,18 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def repo(path) -> Path:
-    candidate = Path(path)
-    return candidate if candidate.is_absolute() or candidate.exists() else ROOT / candidate
-
-
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     begin = time.perf_counter()
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    model, processor = load_teacher(repo(args.teacher))
+    model, processor = load_teacher(repo_path(args.teacher))
     config = model.config
     num_train = args.steps * args.batch_size  # each training row seen once
-    train_rows, validation = train.build_datasets(data_arguments(args, num_train), config)
+    train_rows, validation = build_datasets(data_arguments(args, num_train), config)
     # Each teacher condition's run (output_dir work/<condition>) reads these cached scores back.
-    labelled = {condition: add_teacher_targets(train_rows, repo(args.teacher), config.grid_size,
+    labelled = {condition: add_teacher_targets(train_rows, repo_path(args.teacher), config.grid_size,
                                                work / condition / "teacher_targets", selection=selection,
                                                batch_size=args.batch_size, progress=True)
                 for condition, (targets, selection) in CONDITIONS.items()
@@ -308,7 +302,7 @@ def main(argv=None):
     print("teacher labels: coverage of the true boxes", flush=True)
     labels = teacher_label_coverage(args, labelled, validation, processor, config)
 
-    start = fresh_allocator_base(args, work / "start") if not args.keep_allocator else repo(args.teacher)
+    start = fresh_allocator_base(args, work / "start") if not args.keep_allocator else repo_path(args.teacher)
     budgets = ["auto"] + args.eval_tiers
     per_sample = {"start (step 0)": score_student(start, validation, budgets, args.batch_size)}
     seconds = {}
@@ -318,11 +312,9 @@ def main(argv=None):
         print(f"{condition}: trained in {seconds[condition]:.0f} s", flush=True)
     tasks = list(validation["task"])
     students = summarize_students(per_sample, tasks, args.seed)
-    from modeling_arrcoc.evaluation.report import git_commit
-
     record = {
-        "meta": {"command": " ".join(["python tools/teacher_vs_boxes.py"] + (sys.argv[1:] if argv is None else argv)),
-                 "commit": git_commit(ROOT), "teacher": args.teacher, "scoring": "grad_input", "steps": args.steps,
+        "meta": {"command": " ".join(["python -m tools.teacher_vs_boxes"] + (sys.argv[1:] if argv is None else argv)),
+                 "commit": git_commit(), "teacher": args.teacher, "scoring": "grad_input", "steps": args.steps,
                  "batch_size": args.batch_size, "num_train": num_train, "num_eval": len(validation),
                  "families": list(args.families), "seed": args.seed, "fresh_allocator": not args.keep_allocator,
                  "tiers": list(config.budgets), "train_seconds": seconds,
@@ -331,7 +323,7 @@ def main(argv=None):
         "students": students,
         "paired": paired({k: v for k, v in per_sample.items() if k in CONDITIONS}, args.seed),
     }
-    output = repo(args.output) if not Path(args.output).is_absolute() else Path(args.output)
+    output = repo_path(args.output) if not Path(args.output).is_absolute() else Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(record, indent=1))
     table = markdown(record)

@@ -100,14 +100,15 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
 
 Layout: `methods` (the method vocabulary; each selection, the query-similarity baseline's scorer included, is an
 entry of the library's `selection` table), `runner` (running methods over a dataset; `evaluate`), `report` (scores,
-calibration, per-tier buckets, predictions), `datasets`, `figures`, `model_card`.
+calibration, per-tier buckets, predictions), `datasets` (and the families a checkpoint was trained on), `figures`,
+`model_card`, `readme` (the generated blocks of the markdown pages).
 """
 
 from ..methods import (
     BASELINE_SELECTIONS, BASELINES, CORRECT_THRESHOLD, QUERY_SIM, SYNTHETIC, SYNTHETIC_METRIC, Method,
     learning_curve_methods, method_names, parse_method, tier_value, trained_methods, unsupported_reason,
 )
-from .datasets import EvalData, load_eval_dataset
+from .datasets import EvalData, load_eval_dataset, trained_families
 from .figures import heatmap_rows, plot_heatmaps, plot_pareto
 from .report import (
     MethodRun, build_report, column, format_table, git_commit, per_tier_buckets, sample_scores,
@@ -155,6 +156,7 @@ __all__ = [
     "save_report",
     "summarize_run",
     "tier_value",
+    "trained_families",
     "trained_methods",
     "unsupported_reason",
     "write_predictions",

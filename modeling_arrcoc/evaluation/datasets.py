@@ -1,10 +1,16 @@
-"""Evaluation datasets: the synthetic suite at the checkpoint's geometry, or a Hub dataset with its own metric.
+"""Evaluation datasets: the synthetic suite at the checkpoint's geometry, or a Hub dataset with its own metric; and
+the synthetic families a checkpoint was trained on (read from its recorded training stages).
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from ..data import HUB_DATASETS, SyntheticConfig, load_hub_dataset, make_synthetic_suite, resolve_name
+import yaml
+
+from ..data import FAMILIES, HUB_DATASETS, SyntheticConfig, load_hub_dataset, make_synthetic_suite, resolve_name
+from ..data.recipe import data_arguments
 from ..methods import SYNTHETIC, SYNTHETIC_METRIC
+from ..provenance import stages_up_to, training_stages
 
 
 @dataclass
@@ -44,7 +50,25 @@ def load_eval_dataset(name: str, split=None, num_samples=None, image_size=256, p
     return EvalData(dataset, spec.metric, spec.repo_id, split)
 
 
+def trained_families(checkpoint, training_configs=()) -> list | None:
+    """Task families with training rows behind `checkpoint` (its recorded stages, plus `training_configs` YAMLs
+    and theirs): each synthetic stage's `synthetic_families` (all families when unset). None when a stage is not
+    recorded or trained on a Hub dataset (its families are unknown here). Each stage's data keys are read as
+    train.py read them (`data_arguments`: same names, same defaults)."""
+    given = []
+    for path in training_configs:
+        stages = stages_up_to(yaml.safe_load(Path(path).read_text()) or {})
+        if stages is None:
+            return None
+        given += stages
+    data = [data_arguments(stage) for stage in (training_stages(checkpoint) or []) + given]
+    if not data or any(stage.dataset != SYNTHETIC for stage in data):
+        return None
+    return sorted({family for stage in data for family in stage.synthetic_families or FAMILIES})
+
+
 __all__ = [
     "EvalData",
     "load_eval_dataset",
+    "trained_families",
 ]

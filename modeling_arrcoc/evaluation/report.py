@@ -6,7 +6,6 @@ reference, tier policies, the envelope of constant tier policies, chance and the
 
 import json
 import math
-import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 from .. import statistics
 from ..metrics import METRICS, calibration_stats, normalize_vqa_answer, per_task_mean, token_stats
 from ..methods import AUTO_COST, CORRECT_THRESHOLD, TRAINED_PREFIX, Method
+from ..provenance import git_commit  # re-exported: the report records the evaluating commit
 
 
 @dataclass
@@ -312,18 +312,6 @@ def headline(report: dict) -> list:
     if unseen:
         lines.append(f"Families no training stage saw: {', '.join(unseen)}.")
     return lines
-
-
-def git_commit(path=None):
-    """`git rev-parse HEAD` of the code doing the evaluation, or None outside a git checkout."""
-    where = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if result.returncode != 0:
-        return None
-    return result.stdout.strip() or None
 
 
 def column(dataset, name) -> list:

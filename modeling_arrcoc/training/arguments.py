@@ -8,10 +8,12 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+import yaml
 from transformers import TrainingArguments
 
 from ..lora import DEFAULT_TARGET_MODULES
 from ..losses import LOSS_TERMS, TRAINER_TERMS, WEIGHTED_TERMS
+from ..provenance import TRAINING_CONFIG  # re-exported: where train.py saves the resolved YAML
 from ..selection import FIXED_SELECTIONS, SELECTION_METHODS
 from .phases import BUDGET_MODES, COMPONENTS, PHASES, check_phase
 from .calibration import CALIBRATION_TARGETS
@@ -21,8 +23,6 @@ from .teacher import ALIGNMENT_TARGETS, SCORINGS
 
 EVAL_BUDGETS = ("auto", "full", "heuristic")
 DEFAULT_GRAD_NORM_RANGES = {name: [1e-8, 100.0] for name in COMPONENTS}
-# train.py saves the run's resolved YAML under this name beside the final checkpoint; eval.py reads it.
-TRAINING_CONFIG = "training_config.yaml"
 # FIXED_SELECTIONS (fixed-compression baselines: K is given, a tier or one drawn per step, never predicted per
 # question), WEIGHTED_TERMS and TRAINER_TERMS are the selection and loss tables' (selection.py, losses.py).
 
@@ -91,12 +91,13 @@ class ArrCocTrainingArguments(TrainingArguments):
         default="phase",
         metadata=_help(f"'phase' (the phase table's mode), one of {list(BUDGET_MODES)}, or a fixed tier value."),
     )
-    train_tier_weights: list[float] | None = field(
+    train_tier_weights: dict | None = field(
         default=None,
-        metadata=_help("Relative weights of the tiers in the 'random' (multi-budget) draw, one per config.budgets "
-                       "entry; None = uniform. Few tokens make the language model's lookup far faster to learn "
-                       "(8 tokens: learned in ~300 steps; 64 tokens: 24% after 400, measured), so the demo "
-                       "pretrain favours small tiers."),
+        metadata=_help("Relative weights of the tiers in the 'random' (multi-budget) draw, keyed by tier value, e.g. "
+                       "{4: 0.5, 8: 0.35, 16: 0.15}; a tier of the model left out has weight 0 (never drawn), a tier "
+                       "the model does not have is an error (tier_weights). None = uniform. Few tokens make the "
+                       "language model's lookup far faster to learn (8 tokens: learned in ~300 steps; 64 tokens: 24% "
+                       "after 400, measured), so the demo pretrain favours small tiers."),
     )
     eval_budget: str = field(default="auto", metadata=_help(f"One of {list(EVAL_BUDGETS)} or a fixed tier value."))
     selection_method: str | None = field(
@@ -220,6 +221,18 @@ class ArrCocTrainingArguments(TrainingArguments):
         term = LOSS_TERMS[name]
         return getattr(self, term.argument, term.weight)
 
+    def tier_weights(self, budgets) -> list[float] | None:
+        """`train_tier_weights` as one weight per entry of the model's `budgets` (a tier left out weighs 0), for the
+        multi-budget draw (calibration.step_tier); None when unset (a uniform draw). A tier the model does not have
+        is an error naming it and the model's tiers: weights keyed by value cannot silently shift onto other tiers."""
+        if self.train_tier_weights is None:
+            return None
+        unknown = sorted(set(self.train_tier_weights) - set(budgets))
+        if unknown:
+            raise ValueError(f"train_tier_weights names tier {', '.join(map(str, unknown))}, which this model does not "
+                             f"have; its tiers are {list(budgets)}.")
+        return [self.train_tier_weights.get(tier, 0.0) for tier in budgets]
+
     @property
     def training_budget(self) -> str:
         """The budget mode of the training forward, after resolving 'phase' through the phase table."""
@@ -325,8 +338,7 @@ class ArrCocTrainingArguments(TrainingArguments):
         _check_at_least("heuristic_short_words", self.heuristic_short_words, 0)
         if not 0 < self.tier_collapse_share <= 1:
             raise ValueError(f"tier_collapse_share must be in (0, 1], got {self.tier_collapse_share}.")
-        if self.train_tier_weights is not None and (min(self.train_tier_weights) < 0 or sum(self.train_tier_weights) <= 0):
-            raise ValueError(f"train_tier_weights must be non-negative with a positive sum, got {self.train_tier_weights}.")
+        self.train_tier_weights = _tier_weights(self.train_tier_weights)
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must be False: ArrCocCollator reads the raw rows.")
         if self.curriculum_easy_steps and not self.curriculum_easy_families:
@@ -346,6 +358,27 @@ def _check_budget(name, value, modes):
 def _check_at_least(name, value, low):
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}.")
+
+
+def _tier_weights(value) -> dict | None:
+    """{tier value: weight} with int keys (YAML gives ints; JSON, e.g. training_args.json, gives strings) and float
+    weights, each finite and >= 0, with a positive sum. A list is refused: positional weights silently moved to
+    other tiers whenever the tier list changed."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # a command line or JSON text: {4: 0.5} or {"4": 0.5}
+        value = yaml.safe_load(value)
+    if not isinstance(value, dict):
+        raise ValueError(f"train_tier_weights maps tier values to weights, e.g. {{4: 0.5, 8: 0.35, 16: 0.15}}; got "
+                         f"{value!r} (a list by position is no longer read: key each weight by its tier).")
+    try:
+        weights = {int(tier): float(weight) for tier, weight in value.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"train_tier_weights maps tier values (integers) to weights (numbers), got "
+                         f"{value!r}.") from None
+    if not weights or any(not math.isfinite(w) or w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"train_tier_weights must be finite, non-negative, with a positive sum, got {value!r}.")
+    return weights
 
 
 def _grad_norm_ranges(value) -> dict:

@@ -13,12 +13,12 @@ with each visual token, through every layer of the LLM, at the cost of one backw
 "attention" (the LLM's attention from the positions that predict answer tokens to the visual tokens, averaged over
 heads and layers; the teacher is loaded with attn_implementation "eager" for it) is offered for comparison: on the
 shipped demo base it put the answer box in its top 4 patches for 41% of validation questions, gradient x input for
-77% (tools/teacher_vs_boxes.py measures both; README "On real datasets").
+77% (tools/teacher_vs_boxes.py measures both; docs/training.md, "Without answer boxes").
 
 Which forward the teacher runs: budget "full" with the checkpoint's own selection (`teacher_selection` None), so an
 ARR-COC teacher's LLM also reads its allocator's relevance tag, as it was trained to; `teacher_selection: full` feeds
 every patch without the tag (the LLM's reading alone). On the shipped demo base most of the localization comes
-through the tag (8% of answer boxes in the top 4 without it, 75% with it; README "On real datasets").
+through the tag (8% of answer boxes in the top 4 without it, 75% with it; docs/training.md, "Without answer boxes").
 
 The answer tokens are read by the TEACHER only, to make labels. The student still never sees them: its collator
 puts them in `labels`, and the model masks labels != -100 out of the allocator's question input.

@@ -152,6 +152,7 @@ class ArrCocTrainer(Trainer):
             value = getattr(self.args, name)
             if value.isdigit() and int(value) not in budgets:
                 raise ValueError(f"{name}={value} is not a tier of this model; its tiers are {budgets}.")
+        self.args.tier_weights(budgets)  # every weighted tier is one of the model's (raises naming it otherwise)
         # The model's own selection and tag are what forward uses: the arguments' must already be written there.
         for name in ("selection_method", "relevance_tag"):
             wanted = getattr(self.args, name)
@@ -242,7 +243,7 @@ class ArrCocTrainer(Trainer):
         budget. "sparse" plans the selection here (answer patches + random distractors) and passes the plan."""
         args, budgets = self.args, model.config.budgets
         cap = curriculum_tier_cap(self.state.global_step, args.distractor_curriculum_steps, len(budgets))
-        weights = (args.train_tier_weights or [1.0] * len(budgets))[: cap + 1]
+        weights = (args.tier_weights(budgets) or [1.0] * len(budgets))[: cap + 1]
         weights = weights if sum(weights) > 0 else [0.0] * cap + [1.0]
         tier = budgets[step_tier(args.seed, self.state.global_step, cap + 1, weights)]
         if view == "full" and budgets[cap] < model.config.num_patches:
@@ -272,7 +273,7 @@ class ArrCocTrainer(Trainer):
         if name in ("auto", "full"):
             return name
         if name == "random":
-            tier = step_tier(self.args.seed, self.state.global_step, len(budgets), self.args.train_tier_weights)
+            tier = step_tier(self.args.seed, self.state.global_step, len(budgets), self.args.tier_weights(budgets))
             return budgets[tier]
         if name == "heuristic":
             return [budgets[t] for t in tiers.tolist()]
