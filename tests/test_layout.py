@@ -154,12 +154,10 @@ def test_the_script_rule_catches_a_script_import():
 # -- no sys.path edits ---------------------------------------------------------------------------------------------
 
 # Scripts run as modules from the repository root (`python -m bench.run_all`, `python -m tools.export_base`), tests get
-# the root from setup.cfg's `pythonpath = .`, and the package is installed (editable) by `make venv`: no file needs to
-# put a directory on sys.path. One exception: test_transformers_common.py puts the fetched, version-named copy of
-# transformers' own test tree (.transformers_tests/<version>: its `transformers_tests` package and the `utils` modules
-# those import as top-level ones) on sys.path, a path known only at run time, which a static `pythonpath` cannot name.
+# the root and the fetched transformers suite (`.transformers_tests/current`, which the fetch tool points at the
+# installed version) from setup.cfg's `pythonpath`, and the package is installed (editable) by `make venv`: no file
+# puts a directory on sys.path.
 SYS_PATH_EDIT = re.compile(r"sys\.path\.(insert|append|extend)\(")
-SYS_PATH_EXCEPTIONS = {"tests/test_transformers_common.py"}
 EDITABLE = sorted([*ROOT.glob("*.py"), *(ROOT / "tools").rglob("*.py"), *(ROOT / "bench").rglob("*.py"),
                    *(ROOT / "tests").rglob("*.py")])
 
@@ -170,8 +168,7 @@ def check_no_sys_path_edit(path, text=None):
     assert not lines, f"{path.relative_to(ROOT)} edits sys.path (lines {lines}): run it as a module from the root"
 
 
-@pytest.mark.parametrize("path", [path for path in EDITABLE if str(path.relative_to(ROOT)) not in SYS_PATH_EXCEPTIONS],
-                         ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", EDITABLE, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_file_edits_sys_path(path):
     check_no_sys_path_edit(path)
 
@@ -180,4 +177,3 @@ def test_the_sys_path_rule_catches_an_insert():
     path = ROOT / "tools/probe_report.py"
     with pytest.raises(AssertionError, match="edits sys.path"):
         check_no_sys_path_edit(path, path.read_text() + "\nsys.path." + "insert(0, str(ROOT))\n")  # split: not here
-    assert all((ROOT / name).exists() for name in SYS_PATH_EXCEPTIONS), "an exception names a file that is gone"

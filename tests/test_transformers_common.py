@@ -8,9 +8,9 @@ Transformers is held to. They are not in the installed wheel: `tools/fetch_trans
 How they are imported: the sdist's tests are a package named `tests`, which would collide with this repository's own
 `tests/` directory (pytest imports its conftest from here). The fetch tool therefore extracts that package under the
 name `transformers_tests` and rewrites its absolute `tests.` imports to `transformers_tests.` once, at extraction
-(its relative `from ..x import` imports keep working because the package layout is unchanged). Putting
-`.transformers_tests/<version>` on sys.path then makes `import transformers_tests.test_modeling_common` an ordinary
-import: no import hooks, no module aliasing, and nothing named `tests` is shadowed. Modules of the source repository
+(its relative `from ..x import` imports keep working because the package layout is unchanged), and points
+`.transformers_tests/current` at `.transformers_tests/<version>`. setup.cfg's `pythonpath` names `current`, which makes
+`import transformers_tests.test_modeling_common` an ordinary import: no import hooks, no module aliasing, and nothing named `tests` is shadowed. Modules of the source repository
 that the sdist does not ship are replaced by the stand-ins in tests/transformers_suite/ (see its README.md; the
 generate and torch.export common tests are among them, so ArrCoc's own checks of those are below).
 
@@ -35,11 +35,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY_PRESET = ROOT / "configs" / "model" / "tiny"
 TRANSFORMERS_VERSION = importlib.metadata.version("transformers")
 FETCHED = ROOT / ".transformers_tests" / TRANSFORMERS_VERSION
+# setup.cfg's pythonpath names `.transformers_tests/current`; the fetch tool points it at the installed version.
+CURRENT = ROOT / ".transformers_tests" / "current"
 
-if not (FETCHED / "transformers_tests" / "__init__.py").is_file():
+if not (FETCHED / "transformers_tests" / "__init__.py").is_file() or CURRENT.resolve() != FETCHED.resolve():
     # Not a skip: a missing suite must not look like a passing one.
     raise RuntimeError(
-        f"Transformers' common tests for transformers {TRANSFORMERS_VERSION} are not in {FETCHED}. Fetch them with\n"
+        f"Transformers' common tests for transformers {TRANSFORMERS_VERSION} are not in {FETCHED}, or {CURRENT} does "
+        f"not point there. Fetch them with\n"
         f"    {Path(sys.executable).name} -m tools.fetch_transformers_tests\n"
         "(`make test` does this before running pytest)."
     )
@@ -49,8 +52,6 @@ except ImportError as error:
     raise RuntimeError(
         "Transformers' common tests need the `parameterized` package: pip install parameterized"
     ) from error
-
-sys.path.insert(0, str(FETCHED))
 
 # Transformers registers its own pytest marks (torch_compile_test, generate, ...) in its pyproject, not here.
 with warnings.catch_warnings():

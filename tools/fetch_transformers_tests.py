@@ -24,6 +24,7 @@ Only the standard library and pip are used; nothing is copied into the repositor
 """
 
 import argparse
+import os
 import importlib.metadata
 import re
 import shutil
@@ -135,9 +136,28 @@ def extract_tests(archive: Path, out: Path) -> None:
             (sub / "__init__.py").touch()
 
 
+# `<dest>/current` points at the fetched version: setup.cfg's static `pythonpath` names it, so no test edits sys.path.
+CURRENT = "current"
+
+
+def point_current(dest: Path, version: str) -> None:
+    """Make `<dest>/current` a link to `<dest>/<version>` (replaced atomically: a link renamed over the old one)."""
+    link, staged = dest / CURRENT, dest / f".{CURRENT}.{os.getpid()}"
+    staged.unlink(missing_ok=True)
+    staged.symlink_to(version, target_is_directory=True)
+    staged.replace(link)
+
+
 def fetch(dest: Path = DEFAULT_DEST, version: str | None = None, force: bool = False) -> Path:
-    """Make sure `<dest>/<version>/transformers_tests` exists; returns `<dest>/<version>` (put it on sys.path)."""
+    """Make sure `<dest>/<version>/transformers_tests` exists and `<dest>/current` points at it; returns
+    `<dest>/<version>`."""
     version = version or installed_version()
+    root = _fetch(dest, version, force)
+    point_current(dest, version)
+    return root
+
+
+def _fetch(dest: Path, version: str, force: bool) -> Path:
     root = target_dir(dest, version)
     if is_present(root) and not force:
         install_stand_ins(root)
