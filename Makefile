@@ -31,9 +31,9 @@ BASE := pretrained/demo-base
 DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its training) and its language model reads \
 	local reading and counting at every view without a tag, but not yet well: the full-resolution reference stays far \
 	below the 0.90 a strong reader would give (docs/demo_model.md has the curve and the next levers). Region rows and \
-	charts are not taught: they are in neither the base's reader stage nor the phases, so every method is at chance \
-	on them and the overall accuracy is pulled down by them. The held-out test variant (other shades, layouts, glyph \
-	sizes) is read less well than the training one.
+	charts are not taught: they are in neither the base's reader stage nor the phases, so the evaluation leaves them \
+	out (every method would be at chance on them). The held-out test variant (other shades, layouts, glyph sizes) is \
+	read less well than the training one; the base's looks stage narrows that gap but does not close it.
 
 # Three stages from random init, no relevance tag anywhere (a method-neutral base): the vision stage (SAM, CLIP,
 # adapter and ARR-COC's allocator; the reader's teacher and the answer boxes), the reader (the language model learns to
