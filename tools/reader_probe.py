@@ -4,7 +4,7 @@ how well each layer's hidden state at the visual positions still encodes the cel
 tokens, scored on the other half), and where each head of each layer looks from the answer-predicting position
 (attention mass on the answer cell).
 
-    python -m tools.reader_probe CHECKPOINT [--pages 8] [--tokens 4]
+    python -m tools.reader_probe CHECKPOINT [--pages 8] [--tokens 4] [--variant heldout]
 
 docs/demo_model.md uses it to show why supervising the attention of layers 1-3 kept the answers at chance: layer 0
 rewrote the visual positions and the digits were gone from them by layer 1.
@@ -34,11 +34,11 @@ def ridge_accuracy(features: torch.Tensor, labels: torch.Tensor, classes: int = 
 
 
 @torch.no_grad()
-def probe(checkpoint: str, pages: int = 8, seed: int = 14, tokens: int | None = None) -> dict:
+def probe(checkpoint: str, pages: int = 8, seed: int = 14, tokens: int | None = None, variant: str = "standard") -> dict:
     model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
     model.model.language_model.set_attn_implementation("eager")
-    rows = [render_sample("local_color", np.random.default_rng([seed, i])) for i in range(pages)]
+    rows = [render_sample("local_color", np.random.default_rng([seed, i]), variant=variant) for i in range(pages)]
     batch = ArrCocCollator(processor)(rows)
     prompt = {key: batch[key] for key in ("input_ids", "attention_mask", "labels")}
     if tokens is None:
@@ -80,9 +80,10 @@ def main(argv=None):
     parser.add_argument("checkpoint")
     parser.add_argument("--pages", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=None, help="the sparse view at this many tokens (default: all)")
+    parser.add_argument("--variant", default="standard", help="page look: standard, heldout (the test split's) or randomized")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    result = probe(args.checkpoint, args.pages, tokens=args.tokens)
+    result = probe(args.checkpoint, args.pages, tokens=args.tokens, variant=args.variant)
     print(f"{result['visual_tokens']} visual tokens; the answer's digit is the argmax on "
           f"{result['first_answer_token_accuracy']:.2f} of the pages")
     print("digit decodable at the visual positions, input of layer 0..L:",
