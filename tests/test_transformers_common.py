@@ -10,16 +10,16 @@ How they are imported: the sdist's tests are a package named `tests`, which woul
 name `transformers_tests` and rewrites its absolute `tests.` imports to `transformers_tests.` once, at extraction
 (its relative `from ..x import` imports keep working because the package layout is unchanged), and points
 `.transformers_tests/current` at `.transformers_tests/<version>`. setup.cfg's `pythonpath` names `current`, which makes
-`import transformers_tests.test_modeling_common` an ordinary import: no import hooks, no module aliasing, and nothing named `tests` is shadowed. Modules of the source repository
-that the sdist does not ship are replaced by the stand-ins in tests/transformers_suite/ (see its README.md; the
-generate and torch.export common tests are among them, so ArrCoc's own checks of those are below).
+`import transformers_tests.test_modeling_common` an ordinary import: no import hooks, no module aliasing, and nothing
+named `tests` is shadowed. Modules of the source repository that the sdist does not ship are replaced by the stand-ins
+in tests/transformers_suite/ (see its README.md; the generate and torch.export common tests are among them, so
+ArrCoc's own checks of those are below).
 
 Skipped tests carry a one-line reason each (tests that cannot apply to this architecture or this machine). Genuine
 failures are left failing on purpose and listed, with their root cause and proposed fix, in docs/conformance.md.
 """
 
 import copy
-import importlib.metadata
 import inspect
 import sys
 import tempfile
@@ -31,14 +31,16 @@ from unittest import mock
 import pytest
 import torch
 
+from tools import fetch_transformers_tests as fetch_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY_PRESET = ROOT / "configs" / "model" / "tiny"
-TRANSFORMERS_VERSION = importlib.metadata.version("transformers")
-FETCHED = ROOT / ".transformers_tests" / TRANSFORMERS_VERSION
+TRANSFORMERS_VERSION = fetch_tool.installed_version()
+FETCHED = fetch_tool.target_dir(fetch_tool.DEFAULT_DEST, TRANSFORMERS_VERSION)
 # setup.cfg's pythonpath names `.transformers_tests/current`; the fetch tool points it at the installed version.
-CURRENT = ROOT / ".transformers_tests" / "current"
+CURRENT = fetch_tool.DEFAULT_DEST / fetch_tool.CURRENT
 
-if not (FETCHED / "transformers_tests" / "__init__.py").is_file() or CURRENT.resolve() != FETCHED.resolve():
+if not fetch_tool.is_present(FETCHED) or CURRENT.resolve() != FETCHED.resolve():
     # Not a skip: a missing suite must not look like a passing one.
     raise RuntimeError(
         f"Transformers' common tests for transformers {TRANSFORMERS_VERSION} are not in {FETCHED}, or {CURRENT} does "

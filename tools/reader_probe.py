@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
-from modeling_arrcoc.data import render_sample
+from modeling_arrcoc.data import VARIANTS, render_sample
 from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.training.reader import llm_attention_loss, sparse_view_scores
 
@@ -34,7 +34,8 @@ def ridge_accuracy(features: torch.Tensor, labels: torch.Tensor, classes: int = 
 
 
 @torch.no_grad()
-def probe(checkpoint: str, pages: int = 8, seed: int = 14, tokens: int | None = None, variant: str = "standard") -> dict:
+def probe(checkpoint: str, pages: int = 8, seed: int = 14, tokens: int | None = None,
+          variant: str = "standard") -> dict:
     model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
     model.model.language_model.set_attn_implementation("eager")
@@ -80,7 +81,8 @@ def main(argv=None):
     parser.add_argument("checkpoint")
     parser.add_argument("--pages", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=None, help="the sparse view at this many tokens (default: all)")
-    parser.add_argument("--variant", default="standard", help="page look: standard, heldout (the test split's) or randomized")
+    parser.add_argument("--variant", default="standard", choices=VARIANTS,
+                        help="page look ('heldout' is the test split's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     result = probe(args.checkpoint, args.pages, tokens=args.tokens, variant=args.variant)
