@@ -35,14 +35,18 @@ DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its trai
 	out (every method would be at chance on them). The held-out test variant (other shades, layouts, glyph sizes) is \
 	read less well than the training one; the base's looks stage narrows that gap but does not close it.
 
-# Three stages from random init, no relevance tag anywhere (a method-neutral base): the vision stage (SAM, CLIP,
-# adapter and ARR-COC's allocator; the reader's teacher and the answer boxes), the reader (the language model learns to
-# answer at every view the compared methods feed it, with dense supervision), then the looks (the same reader on pages
-# of random shades, layouts and glyph sizes, for the held-out look): docs/demo_model.md.
+# Four stages from random init, no relevance tag anywhere (a method-neutral base): the vision stage (SAM, CLIP,
+# adapter and ARR-COC's allocator; the reader's teacher and the answer boxes), the same vision stage continued on pages
+# of random shades, layouts and glyph sizes (visual tokens for the held-out look), the reader (the language model learns
+# to answer at every view the compared methods feed it, with dense supervision), then the looks (the same reader on the
+# random looks): docs/demo_model.md.
 pretrain: venv
 	$(call started,outputs/demo/pretrain)
 	$(PY) train.py configs/demo/pretrain.yaml
 	$(call finished,outputs/demo/pretrain)
+	$(call started,outputs/demo/pretrain_vision_looks)
+	$(PY) train.py configs/demo/pretrain_vision_looks.yaml
+	$(call finished,outputs/demo/pretrain_vision_looks)
 	$(call started,outputs/demo/pretrain_reader)
 	$(PY) train.py configs/demo/pretrain_reader.yaml
 	$(call finished,outputs/demo/pretrain_reader)
@@ -51,6 +55,7 @@ pretrain: venv
 	$(call finished,outputs/demo/pretrain_looks)
 	$(PY) -m tools.export_base outputs/demo/pretrain_looks/checkpoint $(BASE) \
 		--config configs/demo/pretrain.yaml --curve outputs/demo/pretrain/learning_curve.json \
+		--config configs/demo/pretrain_vision_looks.yaml --curve outputs/demo/pretrain_vision_looks/learning_curve.json \
 		--config configs/demo/pretrain_reader.yaml --curve outputs/demo/pretrain_reader/learning_curve.json \
 		--config configs/demo/pretrain_looks.yaml --curve outputs/demo/pretrain_looks/learning_curve.json
 

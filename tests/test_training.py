@@ -400,7 +400,8 @@ def test_shipped_yamls_parse():
             model_args, _, args = recipe.parse_config([str(path), "output_dir=/tmp/unused", "bf16=false"])
             phases[path.relative_to(ROOT / "configs").as_posix()] = args.phase
     assert phases == {"demo/phase1.yaml": "phase1", "demo/phase2.yaml": "phase2", "demo/phase3.yaml": "phase3",
-                      "demo/pretrain.yaml": "pretrain", "demo/pretrain_reader.yaml": "phase2",
+                      "demo/pretrain.yaml": "pretrain", "demo/pretrain_vision_looks.yaml": "pretrain",
+                      "demo/pretrain_reader.yaml": "phase2",
                       "demo/pretrain_looks.yaml": "phase2",
                       "mixture_example.yaml": "phase1",
                       "phase0.yaml": "phase0", "phase1.yaml": "phase1",
