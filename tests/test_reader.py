@@ -16,6 +16,7 @@ from modeling_arrcoc.training.reader import (
     answer_prediction_positions,
     curriculum_tier_cap,
     llm_attention_loss,
+    query_side_attentions,
     sparse_view_scores,
     step_view,
 )
@@ -123,6 +124,60 @@ def test_attention_loss_reads_the_answer_tokens_attention():
                               token_sources, turn_targets) is None
 
 
+def _reader_batch(tmp_path, datasets, processor, model, **overrides):  # noqa: F811
+    args = make_args(tmp_path, "pretrain", training_views={"sparse": 1.0}, train_budget="random",
+                     train_tier_weights={4: 1.0, 16: 1.0}, calibration_every=0, questions_per_image=2, **overrides)
+    apply_phase(model, "pretrain")
+    trainer = ArrCocTrainer(model=model, args=args, data_collator=ArrCocCollator(processor, patch_size=8,
+                                                                               questions_per_image=2),
+                            train_dataset=datasets[0], processing_class=processor)
+    batch = dict(trainer._prepare_inputs(next(iter(trainer.get_train_dataloader()))))
+    for key in ("sample_index", "budget_tier", "turn_patch_targets"):
+        batch.pop(key, None)
+    return trainer, batch
+
+
+@pytest.mark.parametrize("head", [0, 1])  # the tiny LLM: 2 query heads share 1 key head
+def test_query_side_attention_is_the_models_own_in_value(head, tmp_path, datasets, processor):  # noqa: F811
+    """Recomputed from each layer's input (left padding, rotary positions, grouped key heads), one head's attention
+    equals the eager attention the model returns, at every real query position."""
+    model = tiny_model()
+    model.model.language_model.set_attn_implementation("eager")
+    _, batch = _reader_batch(tmp_path, datasets, processor, model)
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch, budget=16, output_attentions=True, output_hidden_states=True)
+    layers = list(range(model.config.text_config.num_hidden_layers))
+    recomputed = query_side_attentions(model.model.language_model, out.hidden_states, layers, head,
+                                       batch["input_ids"], batch["attention_mask"], model.config.image_token_id,
+                                       out.image_outputs.visual_token_mask)
+    real = batch["attention_mask"].sum(-1) - 1 + out.image_outputs.visual_token_mask.sum(-1)  # spliced row lengths
+    length = out.attentions[0].shape[-1]
+    assert len(set(real.tolist())) > 1  # rows of different lengths: the left padding is exercised
+    for layer in layers:
+        for b in range(len(real)):
+            rows = slice(length - int(real[b]), length)
+            torch.testing.assert_close(recomputed[layer][b, 0, rows], out.attentions[layer][b, head, rows].float(),
+                                       atol=1e-5, rtol=1e-4)
+
+
+def test_query_side_attention_gives_the_visual_tokens_no_gradient(tmp_path, datasets, processor):  # noqa: F811
+    """A loss on layer 0's recomputed head reaches the text embeddings and the head's projections, never the vision
+    side: the visual positions' input is detached in its path."""
+    model = tiny_model()
+    _, batch = _reader_batch(tmp_path, datasets, processor, model)
+    out = model(**batch, budget=16, output_hidden_states=True)
+    attention = query_side_attentions(model.model.language_model, out.hidden_states, [0], 0, batch["input_ids"],
+                                      batch["attention_mask"], model.config.image_token_id,
+                                      out.image_outputs.visual_token_mask)[0]
+    model.zero_grad(set_to_none=True)
+    attention[:, 0, -1].square().sum().backward()
+    vision = [p.grad for name, p in model.named_parameters() if "quality_adapter" in name and p.requires_grad]
+    assert vision and all(grad is None or not grad.any() for grad in vision)
+    assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert model.model.language_model.layers[0].self_attn.k_proj.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("views", [{"full": 1.0}, {"sparse": 1.0}, {"pooled": 1.0}])
 def test_reader_stage_trains_a_step_in_each_view(views, tmp_path, datasets, processor):  # noqa: F811
     model = tiny_model()
@@ -145,6 +200,20 @@ def test_reader_stage_trains_a_step_in_each_view(views, tmp_path, datasets, proc
         assert attention and attention[-1] > 0
     if "full" in views:
         assert counts == [model.config.num_patches]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer.train()
+    assert any(not torch.equal(before[name], p) for name, p in model.named_parameters())
+
+
+def test_query_side_attention_loss_trains_a_step(tmp_path, datasets, processor):  # noqa: F811
+    model = tiny_model()
+    trainer, _ = _reader_batch(tmp_path, datasets, processor, model, max_steps=2, loss_weight_llm_attention=1.0,
+                               llm_attention_layers=[1], llm_attention_query_side=True)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, dict(batch))
+    attention = trainer._metrics["train"].get("llm_attention_loss")
+    assert attention and attention[-1] > 0
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainer.train()
     assert any(not torch.equal(before[name], p) for name, p in model.named_parameters())

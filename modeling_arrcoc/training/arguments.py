@@ -170,6 +170,12 @@ class ArrCocTrainingArguments(TrainingArguments):
                        "later layers rewrite them; supervising layers 2-3 too made layer 0 overwrite the digits at the "
                        "visual positions (measured: the glyph was linearly decodable there at 0.30 after layer 0)."),
     )
+    llm_attention_query_side: bool = field(
+        default=False,
+        metadata=_help("The attention loss on the supervised heads recomputed from each layer's input with the visual "
+                       "positions detached: it moves where the head looks, never the visual tokens (at weight 1.0 on "
+                       "the model's own attention, layer 0 rewrote the visual positions and erased the digits)."),
+    )
     logits_on_labels_only: bool = field(default=True, metadata=_help("LM head only where labels exist (faster)."))
     grad_normalization: str = field(
         default="none", metadata=_help("'none' or 'visual_tokens': scale each batch's loss by mean tier K / its K.")

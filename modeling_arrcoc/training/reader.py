@@ -13,6 +13,9 @@ distractors, so the base's reading stage offers denser supervision (docs/demo_mo
   pulled toward that turn's answer patches (cross-entropy of its attention over the visual tokens against the
   answer region). A base-pretraining loss only: no compared method's phases use it, and it reads the answer boxes,
   which only the reader's own training sees (the allocator never sees answer tokens).
+- `query_side_attentions`: the supervised heads' attention recomputed from each layer's input with the visual
+  positions detached, so that the loss can move where the head looks (its queries, its key projection) but cannot
+  rewrite the visual tokens themselves (a strong loss on the model's own attention made layer 0 erase the digits).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import random
 
 import torch
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 VIEWS = ("full", "sparse", "pooled")
 
@@ -57,28 +61,71 @@ def answer_prediction_positions(labels: torch.Tensor) -> list[list[int]]:
     return [torch.nonzero(row).flatten().tolist() for row in starts]
 
 
+def spliced_layout(input_ids, attention_mask, image_token_id, visual_mask, length: int):
+    """Where each row's visual tokens sit in the spliced sequence of `length` (splice_arrcoc.splice's layout: the
+    prompt left-padded, its `<image>` replaced by the row's K_i tokens): (left padding [B], prompt rank of each
+    prompt token [B, L], first visual position [B], visual token count [B])."""
+    keep = attention_mask.bool()
+    rank = keep.long().cumsum(-1) - 1
+    image_rank = (rank * (keep & (input_ids == image_token_id))).sum(-1)
+    counts = visual_mask.sum(-1)
+    offset = length - (keep.sum(-1) - 1 + counts)
+    return offset, rank, offset + image_rank, counts
+
+
+def query_side_attentions(language_model, hidden_states, layers, head, input_ids, attention_mask, image_token_id,
+                          visual_mask) -> dict:
+    """{layer: [B, 1, L, L]}: head `head`'s attention probabilities in each of `layers`, recomputed from the layer's
+    input (`hidden_states[layer]`, the model's `output_hidden_states`) with the visual positions detached. Equal to
+    the model's own attention in value; in gradient, only the queries, the key projection and what feeds the text
+    positions learn from a loss on it, never the visual tokens. Llama-family attention (q/k projections, optional
+    q/k norms, rotary positions), as the presets' Qwen3."""
+    length = hidden_states[0].shape[1]
+    offset, _, first_visual, counts = spliced_layout(input_ids, attention_mask, image_token_id, visual_mask, length)
+    position = torch.arange(length, device=hidden_states[0].device)
+    valid = position[None] >= offset[:, None]  # [B, L]: not left padding
+    visual = (position[None] >= first_visual[:, None]) & (position[None] < (first_visual + counts)[:, None])
+    position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    allowed = valid[:, None, :] & torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()[None]
+    result = {}
+    for layer in layers:
+        block = language_model.layers[layer]
+        attention = block.self_attn
+        hidden = torch.where(visual[..., None], hidden_states[layer].detach(), hidden_states[layer])
+        normed = block.input_layernorm(hidden)
+        shape = (*normed.shape[:-1], -1, attention.head_dim)
+        query = getattr(attention, "q_norm", torch.nn.Identity())(attention.q_proj(normed).view(shape))
+        key = getattr(attention, "k_norm", torch.nn.Identity())(attention.k_proj(normed).view(shape))
+        kv_head = head // (query.shape[2] // key.shape[2])
+        query, key = query[:, :, head : head + 1].transpose(1, 2), key[:, :, kv_head : kv_head + 1].transpose(1, 2)
+        cos, sin = language_model.rotary_emb(hidden, position_ids)
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        scores = (query @ key.transpose(-1, -2)).float() * attention.scaling
+        scores = scores.masked_fill(~allowed[:, None], torch.finfo(scores.dtype).min)
+        result[layer] = scores.softmax(-1)
+    return result
+
+
 def llm_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
                        token_sources, turn_targets, head: int = 0) -> torch.Tensor | None:
     """Cross-entropy of one head's attention (per supervised layer) from each answer-predicting position over the
     visual tokens, against that turn's answer patches: -log(attention mass on the answer's tokens).
 
-    attentions: the language model's per-layer attention probabilities [B, H, L, L] over the spliced sequence.
+    attentions: per supervised layer, attention probabilities [B, H, L, L] over the spliced sequence (the language
+        model's own, indexed by layer; or `query_side_attentions`' one head, with head 0).
     input_ids / attention_mask / labels: the prompt side (one `<image>` per row, left-padded), as the collator
         built them; the visual tokens were spliced in at the `<image>` (splice_arrcoc.splice's layout).
     visual_mask / token_sources: [B, K] which visual tokens are real and the patch each was taken from.
     turn_targets: [B, Q, N] each turn's answer coverage per patch (the collator's `turn_patch_targets`).
     Returns None when no turn has an answer among the visual tokens (nothing to supervise).
     """
-    length = attentions[0].shape[-1]
-    keep = attention_mask.bool()
-    rank = keep.long().cumsum(-1) - 1
-    image_rank = (rank * (keep & (input_ids == image_token_id))).sum(-1)
-    counts = visual_mask.sum(-1)
-    offset = length - (keep.sum(-1) - 1 + counts)  # each spliced row's left padding
+    length = attentions[layers[0]].shape[-1]
+    offset, rank, first_visual, counts = spliced_layout(input_ids, attention_mask, image_token_id, visual_mask,
+                                                        length)
     terms = []
     for b, positions in enumerate(answer_prediction_positions(labels)):
         count = int(counts[b])
-        visual_at = int(offset[b] + image_rank[b])
+        visual_at = int(first_visual[b])
         for turn, position in enumerate(positions[: turn_targets.shape[1]]):
             on_answer = turn_targets[b, turn][token_sources[b, :count]] > 0
             if not on_answer.any():
@@ -95,6 +142,8 @@ __all__ = [
     "answer_prediction_positions",
     "curriculum_tier_cap",
     "llm_attention_loss",
+    "query_side_attentions",
     "sparse_view_scores",
+    "spliced_layout",
     "step_view",
 ]

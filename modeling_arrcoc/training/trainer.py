@@ -56,7 +56,8 @@ from .calibration import calibration_targets, step_tier
 from .guards import NonFiniteGuard, NonFiniteLossError, SamFeatureCache, last_checkpoint
 from .optim import check_param_groups, component_param_groups
 from .phases import PHASES, component_parameters, trainable_parameter_counts
-from .reader import curriculum_tier_cap, llm_attention_loss, sparse_view_scores, step_view
+from .reader import (curriculum_tier_cap, llm_attention_loss, query_side_attentions, sparse_view_scores,
+                     step_view)
 
 logger = logging.get_logger(__name__)
 
@@ -101,8 +102,9 @@ class ArrCocTrainer(Trainer):
             if not args.llm_attention_layers or any(not 0 <= i < layers for i in args.llm_attention_layers):
                 raise ValueError(f"llm_attention_layers must be layers of the language model (0-{layers - 1}), got "
                                  f"{args.llm_attention_layers}.")
-            # Attention probabilities are only returned by eager attention (sdpa computes them fused).
-            model.model.language_model.set_attn_implementation("eager")
+            if not args.llm_attention_query_side:
+                # Attention probabilities are only returned by eager attention (sdpa computes them fused).
+                model.model.language_model.set_attn_implementation("eager")
         if args.early_stopping_patience is not None:
             self.add_callback(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
 
@@ -212,18 +214,15 @@ class ArrCocTrainer(Trainer):
             budget = self._view_inputs(unwrapped, inputs, view, turn_targets)
         supervise_attention = (mode == "train" and self.args.loss_weight_llm_attention > 0
                                and turn_targets is not None and view != "pooled")
-        extra = {"output_attentions": True} if supervise_attention else {}
+        extra = {}
+        if supervise_attention:  # the query-side loss recomputes its heads from the layers' inputs
+            extra = {"output_hidden_states" if self.args.llm_attention_query_side else "output_attentions": True}
         window = answer_window(inputs["labels"]) if self.args.logits_on_labels_only else 0
         outputs = model(**inputs, budget=budget, logits_to_keep=window, **extra)
         # Every model term the loss table names, by its output field (None where it was not computed).
         components = {name: getattr(outputs, LOSS_TERMS[name].field, None) for name in LOSS_COMPONENTS}
         if supervise_attention:
-            image = outputs.image_outputs
-            components["llm_attention"] = llm_attention_loss(
-                outputs.attentions, self.args.llm_attention_layers, inputs["input_ids"], inputs["attention_mask"],
-                inputs["labels"], unwrapped.config.image_token_id, image.visual_token_mask, image.token_sources,
-                turn_targets,
-            )
+            components["llm_attention"] = self.attention_supervision(unwrapped, inputs, outputs, turn_targets)
         if mode == "train" and self._calibration_due(unwrapped):
             components["budget"] = self.calibration_loss(unwrapped, inputs, outputs.budget_logits)
         loss = self.weighted_loss(components, outputs.visual_token_counts, unwrapped.config)
@@ -231,6 +230,20 @@ class ArrCocTrainer(Trainer):
         if mode == "train" and self._deepspeed_step_is_next():
             loss = self._deepspeed_poison(model, loss)
         return (loss, outputs) if return_outputs else loss
+
+    def attention_supervision(self, model, inputs, outputs, turn_targets):
+        """The reader stage's attention loss (reader.py) on the model's own attention, or on its heads recomputed
+        with the visual positions detached (llm_attention_query_side)."""
+        image, layers = outputs.image_outputs, self.args.llm_attention_layers
+        attentions = outputs.attentions  # head 0 of each layer is supervised; recomputed, it is the only head
+        if self.args.llm_attention_query_side:
+            attentions = query_side_attentions(
+                model.model.language_model, outputs.hidden_states, layers, 0, inputs["input_ids"],
+                inputs["attention_mask"], model.config.image_token_id, image.visual_token_mask,
+            )
+        return llm_attention_loss(attentions, layers, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+                                  model.config.image_token_id, image.visual_token_mask, image.token_sources,
+                                  turn_targets, head=0)
 
     def view_for(self, mode: str) -> str | None:
         """This training step's view (reader.py), or None: the model's own selection at the phase's budget."""
