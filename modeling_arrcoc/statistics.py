@@ -400,20 +400,23 @@ def frontier_difference(auto_scores: Sequence[float], auto_tokens: Sequence[floa
 
 
 def fit_temperature(logits, targets, grid=None) -> dict:
-    """The temperature T that minimizes the negative log-likelihood of `targets` ([N] class indices) under
-    softmax(logits / T) ([N, C]), searched on a log grid (default 1/8 to 16): {"temperature", "nll", "nll_at_1"}.
-    Calibrates how peaked the budget predictor's tier probabilities are without changing its argmax."""
+    """The temperature T that minimizes the cross-entropy of `targets` ([N] class indices, or [N, C] class
+    probabilities) under softmax(logits / T) ([N, C]), searched on a log grid (default 1/8 to 16): {"temperature",
+    "nll", "nll_at_1"}. Calibrates how peaked the budget predictor's tier probabilities are without changing its
+    argmax."""
     logits = np.asarray(logits, np.float64)
-    targets = np.asarray(targets, np.int64)
-    if logits.ndim != 2 or len(logits) != len(targets) or len(targets) == 0:
+    targets = np.asarray(targets)
+    if logits.ndim != 2 or len(logits) != len(targets) or len(targets) == 0 or targets.shape[1:] not in ((),
+                                                                                                      logits.shape[1:]):
         raise ValueError(f"logits must be [N, C] with one target per row, got {logits.shape} and {targets.shape}")
+    soft = np.eye(logits.shape[1])[targets.astype(np.int64)] if targets.ndim == 1 else targets.astype(np.float64)
     grid = np.geomspace(0.125, 16.0, 49) if grid is None else np.asarray(grid, np.float64)
 
     def nll(temperature):
         scaled = logits / temperature
         scaled = scaled - scaled.max(-1, keepdims=True)
         log_probs = scaled - np.log(np.exp(scaled).sum(-1, keepdims=True))
-        return float(-log_probs[np.arange(len(targets)), targets].mean())
+        return float(-(soft * log_probs).sum(-1).mean())
 
     losses = [nll(t) for t in grid]
     best = int(np.argmin(losses))

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from modeling_arrcoc.allocator_arrcoc import relevance_profile
-from modeling_arrcoc.training.calibration import calibration_targets, per_sample_answer_loss, smallest_exact_tier
+from modeling_arrcoc.training.calibration import (
+    answering_tiers,
+    calibration_targets,
+    per_sample_answer_loss,
+    smallest_exact_tier,
+)
 
 
 def test_relevance_profile_is_the_mass_each_tier_keeps():
@@ -84,6 +89,31 @@ def test_exact_calibration_targets_follow_the_oracle(tester, monkeypatch):
         calibration_targets(model, inputs, 0.05, target="best")
 
 
+def test_accuracy_targets_share_the_answering_tiers(tester, monkeypatch):
+    """"accuracy": every tier that answers exactly shares the target (uniform when none does), so over questions of
+    one kind the predictor learns how often each tier answers, not which small tier happened to."""
+    exact = torch.tensor([[False, True, True], [False, False, False], [True, False, False]])
+    torch.testing.assert_close(answering_tiers(exact), torch.tensor([[0.0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3],
+                                                                     [1.0, 0.0, 0.0]]))
+    model = tester.get_model()
+    inputs = tester.prepare_inputs()
+    table = {4: [False, False, True], 16: [True, False, False], 100: [True, False, True]}
+
+    def fake(model, inputs, plan=None, budget="auto", with_exact=False):
+        value = model.config.budgets[int(plan.budget_tiers[0])]
+        return torch.zeros(3), torch.tensor(table[value])
+
+    monkeypatch.setattr("modeling_arrcoc.training.calibration.per_sample_answer_loss", fake)
+    targets = calibration_targets(model, inputs, 0.05, target="accuracy")
+    torch.testing.assert_close(targets, torch.tensor([[0.0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.0, 0.5]]))
+    # Over many questions of one kind, the tier that answers most carries the most target mass, where the
+    # oracle-minimal target puts most on the smallest tier that sometimes answers.
+    rng = np.random.default_rng(0)
+    answers = torch.from_numpy(rng.random((4000, 3)) < np.array([0.23, 0.28, 0.35]))
+    assert answering_tiers(answers).mean(0).argmax() == 2
+    assert torch.bincount(smallest_exact_tier(answers), minlength=3).argmax() == 0
+
+
 # --- the token price's temperature ----------------------------------------------------------------------------------
 
 
@@ -100,6 +130,9 @@ def test_fit_temperature_recovers_the_sampling_temperature():
     assert abs(np.log(fit["temperature"] / true_temperature)) < 0.15 and fit["nll"] < fit["nll_at_1"]
     with pytest.raises(ValueError, match="one target per row"):
         statistics.fit_temperature(logits, targets[:10])
+    # Soft targets (the "accuracy" calibration's): the cross-entropy is lowest at the temperature that made them.
+    soft = statistics.fit_temperature(logits, probs)
+    assert abs(np.log(soft["temperature"] / true_temperature)) < 0.05 and soft["nll"] < soft["nll_at_1"]
 
 
 def test_temperature_spreads_a_price_over_questions_but_keeps_the_predicted_tier(tester):

@@ -3,6 +3,7 @@ tier-grouped batches, cached SAM features, 2-process DDP. Tiny preset (64 px, 8 
 
 import dataclasses
 import json
+import math
 import os
 import runpy
 import subprocess
@@ -194,6 +195,22 @@ def test_loss_weights_applied_as_configured(tmp_path, datasets, processor):
         expected = (out.answer_loss + efficiency * out.efficiency_loss + 0.25 * out.alignment_loss
                     + 2.0 * out.vet_kl_loss + 0.7 * budget_loss)
         torch.testing.assert_close(loss, expected.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["exact", "loss", "accuracy"])
+def test_budget_calibration_trains_the_predictor_toward_each_target(target, tmp_path, datasets, processor):
+    """Each calibration target (class indices or, for "accuracy", tier probabilities) gives a finite budget loss whose
+    gradient reaches the budget predictor."""
+    trainer = make_trainer(tmp_path, datasets, processor, "phase1", calibration_target=target, loss_weight_budget=1.0)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    trainer.model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    budget_loss = trainer._metrics["train"]["budget_loss"][-1]
+    assert math.isfinite(budget_loss) and budget_loss > 0
+    loss.backward()
+    grads = [p.grad for name, p in trainer.model.named_parameters() if "budget_predictor" in name and p.requires_grad]
+    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_visual_token_grad_normalization(tmp_path, datasets, processor):

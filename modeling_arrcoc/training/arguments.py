@@ -126,9 +126,10 @@ class ArrCocTrainingArguments(TrainingArguments):
     calibration_tolerance: float = field(default=0.05, metadata=_help("Nats/token a smaller tier may lose."))
     calibration_target: str = field(
         default="loss",
-        metadata=_help("The calibration's tier: 'exact' (the smallest tier whose greedy answer is exactly right, the "
-                       "evaluation's oracle; none -> the smallest) or 'loss' (the smallest within "
-                       "calibration_tolerance of the best loss)."),
+        metadata=_help("The calibration's target: 'exact' (the smallest tier whose greedy answer is exactly right, "
+                       "the evaluation's oracle; none -> the smallest), 'loss' (the smallest within "
+                       "calibration_tolerance of the best loss) or 'accuracy' (shared by every tier that answers "
+                       "exactly: the predictor learns how often each tier answers; training/calibration.py)."),
     )
     fit_budget_temperature: int = field(
         default=0,

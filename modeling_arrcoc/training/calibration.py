@@ -1,9 +1,14 @@
 """Budget calibration targets and the multi-budget tier of a step.
 
-Two targets, `calibration_target` in the arguments: "exact" (the smallest tier whose greedy answer is exactly right,
-read off the teacher-forced logits: every answer token is the argmax; no tier right -> the smallest, nothing to buy),
-which is the evaluation's oracle-minimal tier, and "loss" (the smallest tier whose answer loss is within a tolerance
-of the sample's best).
+Three targets, `calibration_target` in the arguments:
+- "exact": the smallest tier whose greedy answer is exactly right (read off the teacher-forced logits: every answer
+  token is the argmax; no tier right -> the smallest, nothing to buy), the evaluation's oracle-minimal tier;
+- "loss": the smallest tier whose answer loss is within a tolerance of the sample's best;
+- "accuracy": a soft target shared by every tier whose greedy answer is exact (uniform when none is). Over the
+  questions of a kind, the predictor's probability of a tier then follows how often that tier answers them, so its
+  argmax is the tier that answers most, and a token price trades accuracy for tokens from there. The two minimal
+  targets put every question some small tier happens to answer on that tier: for a reader that is right on 0.23
+  of counting questions at 4 tokens and 0.35 at 16, the most frequent minimal tier is still 4.
 """
 
 import random
@@ -15,7 +20,7 @@ from torch.nn import functional as F
 from .. import statistics
 from ..losses import answer_window
 
-CALIBRATION_TARGETS = ("exact", "loss")
+CALIBRATION_TARGETS = ("exact", "loss", "accuracy")
 
 
 def per_sample_answer_loss(model, inputs: dict, plan=None, budget="auto", with_exact=False):
@@ -38,6 +43,14 @@ def per_sample_answer_loss(model, inputs: dict, plan=None, budget="auto", with_e
 def smallest_exact_tier(exact: torch.Tensor) -> torch.Tensor:
     """[B, T] whether each tier answers exactly -> [B] the smallest such tier; none -> tier 0 (nothing to buy)."""
     return exact.int().argmax(-1)  # argmax returns the first True, and 0 for an all-False row
+
+
+def answering_tiers(exact: torch.Tensor) -> torch.Tensor:
+    """[B, T] whether each tier answers exactly -> [B, T] a distribution shared by the tiers that answer; uniform
+    over every tier when none does (that question says nothing about which tier to buy)."""
+    shares = exact.float()
+    shares[shares.sum(-1) == 0] = 1.0
+    return shares / shares.sum(-1, keepdim=True)
 
 
 def smallest_sufficient_tier(losses: torch.Tensor, tolerance: float, max_loss: float | None = None) -> torch.Tensor:
@@ -66,21 +79,29 @@ def tier_runs(model, inputs: dict) -> tuple:
 
 def calibration_targets(model, inputs: dict, tolerance: float, max_loss: float | None = None,
                         target: str = "loss") -> torch.Tensor:
-    """The oracle-minimal tier of each sample (`target` "exact" or "loss", see the module docstring), from
-    `tier_runs`."""
+    """Each sample's calibration target from `tier_runs` (`target`, see the module docstring): [B] the oracle-minimal
+    tier ("exact", "loss") or [B, T] tier probabilities ("accuracy"); `F.cross_entropy` takes either."""
     if target not in CALIBRATION_TARGETS:
         raise ValueError(f"calibration target must be one of {CALIBRATION_TARGETS}, got {target!r}.")
     _, losses, exact = tier_runs(model, inputs)
+    return tier_targets(losses, exact, target, tolerance, max_loss)
+
+
+def tier_targets(losses, exact, target: str, tolerance: float = 0.0, max_loss: float | None = None):
+    """`calibration_targets` from per-tier losses and exact flags ([B, T] each): one rule per target name."""
     if target == "exact":
         return smallest_exact_tier(exact)
+    if target == "accuracy":
+        return answering_tiers(exact)
     return smallest_sufficient_tier(losses, tolerance, max_loss)
 
 
 @torch.no_grad()
-def fit_budget_temperature(model, collator, rows: list, batch_size: int = 16) -> dict:
+def fit_budget_temperature(model, collator, rows: list, batch_size: int = 16, target: str = "exact") -> dict:
     """Fit `config.budget_temperature` on held-out `rows` (one question each): the temperature under which the budget
-    predictor's tier probabilities best fit each row's oracle-minimal tier (the smallest whose greedy answer is
-    exact; none -> the smallest), by `statistics.fit_temperature`. Writes it into `model.config` and returns the fit
+    predictor's tier probabilities best fit each row's calibration target (`target`, as it was trained: "exact" the
+    oracle-minimal tier, "accuracy" the answering tiers; "loss" is fitted to "exact"), by
+    `statistics.fit_temperature`. Writes it into `model.config` and returns the fit
     with the number of rows. The predicted tier does not change; a token price then moves questions across tiers
     one by one."""
     logits, targets = [], []
@@ -88,9 +109,9 @@ def fit_budget_temperature(model, collator, rows: list, batch_size: int = 16) ->
         batch = collator(rows[start : start + batch_size])
         inputs = {key: batch[key].to(model.device) for key in ("input_ids", "attention_mask", "labels",
                                                                "pixel_values")}
-        plan, _, exact = tier_runs(model, inputs)  # the plan's budget logits and the oracle, one SAM pass
+        plan, losses, exact = tier_runs(model, inputs)  # the plan's budget logits and the oracle, one SAM pass
         logits.append(plan.budget_logits.float())
-        targets.append(smallest_exact_tier(exact))
+        targets.append(tier_targets(losses, exact, "accuracy" if target == "accuracy" else "exact"))
     fit = statistics.fit_temperature(torch.cat(logits).cpu().numpy(), torch.cat(targets).cpu().numpy())
     model.config.budget_temperature = fit["temperature"]
     return {**fit, "rows": len(rows)}
@@ -122,6 +143,8 @@ __all__ = [
     "calibration_targets",
     "fit_budget_temperature",
     "smallest_exact_tier",
+    "answering_tiers",
+    "tier_targets",
     "tier_runs",
     "per_sample_answer_loss",
     "smallest_sufficient_tier",

@@ -271,7 +271,7 @@ def temperature_fit(model, args, eval_dataset, collator):
     if not args.fit_budget_temperature or eval_dataset is None or model.config.selection_method != "learned":
         return
     rows = [eval_dataset[i] for i in range(min(args.fit_budget_temperature, len(eval_dataset)))]
-    fit = fit_budget_temperature(model, collator, rows)
+    fit = fit_budget_temperature(model, collator, rows, target=args.calibration_target)
     if args.process_index == 0:
         print(f"budget temperature {fit['temperature']:.3g} on {fit['rows']} validation rows (oracle-tier NLL "
               f"{fit['nll']:.3f}, {fit['nll_at_1']:.3f} at 1)")
