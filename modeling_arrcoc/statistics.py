@@ -400,8 +400,8 @@ def frontier_difference(auto_scores: Sequence[float], auto_tokens: Sequence[floa
 
 
 def fit_temperature(logits, targets, grid=None) -> dict:
-    """The temperature T that minimizes the cross-entropy of `targets` ([N] class indices, or [N, C] class
-    probabilities) under softmax(logits / T) ([N, C]), searched on a log grid (default 1/8 to 16): {"temperature",
+    """The temperature T that minimizes the cross-entropy of `targets` ([N] class indices, or [N, C] non-negative
+    class weights: -sum weight x log-probability per row) under softmax(logits / T) ([N, C]), searched on a log grid (default 1/8 to 16): {"temperature",
     "nll", "nll_at_1"}. Calibrates how peaked the budget predictor's tier probabilities are without changing its
     argmax."""
     logits = np.asarray(logits, np.float64)
@@ -409,7 +409,12 @@ def fit_temperature(logits, targets, grid=None) -> dict:
     if logits.ndim != 2 or len(logits) != len(targets) or len(targets) == 0 or targets.shape[1:] not in ((),
                                                                                                       logits.shape[1:]):
         raise ValueError(f"logits must be [N, C] with one target per row, got {logits.shape} and {targets.shape}")
-    soft = np.eye(logits.shape[1])[targets.astype(np.int64)] if targets.ndim == 1 else targets.astype(np.float64)
+    if targets.ndim == 1 and (targets.dtype.kind not in "iu" or targets.min() < 0 or targets.max() >= logits.shape[1]):
+        raise ValueError(f"class-index targets must be integers in [0, {logits.shape[1]}), got {targets.dtype} "
+                         f"from {targets.min()} to {targets.max()}")
+    if targets.ndim == 2 and targets.min() < 0:
+        raise ValueError("target weights must be non-negative")
+    soft = np.eye(logits.shape[1])[targets] if targets.ndim == 1 else targets.astype(np.float64)
     grid = np.geomspace(0.125, 16.0, 49) if grid is None else np.asarray(grid, np.float64)
 
     def nll(temperature):

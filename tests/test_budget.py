@@ -90,10 +90,10 @@ def test_exact_calibration_targets_follow_the_oracle(tester, monkeypatch):
 
 
 def test_accuracy_targets_share_the_answering_tiers(tester, monkeypatch):
-    """"accuracy": every tier that answers exactly shares the target (uniform when none does), so over questions of
-    one kind the predictor learns how often each tier answers, not which small tier happened to."""
+    """"accuracy": weight 1 on every tier that answers exactly (none when no tier does), so over questions of one kind
+    the predictor learns how often each tier answers, not which small tier happened to."""
     exact = torch.tensor([[False, True, True], [False, False, False], [True, False, False]])
-    torch.testing.assert_close(answering_tiers(exact), torch.tensor([[0.0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3],
+    torch.testing.assert_close(answering_tiers(exact), torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0],
                                                                      [1.0, 0.0, 0.0]]))
     model = tester.get_model()
     inputs = tester.prepare_inputs()
@@ -105,13 +105,18 @@ def test_accuracy_targets_share_the_answering_tiers(tester, monkeypatch):
 
     monkeypatch.setattr("modeling_arrcoc.training.calibration.per_sample_answer_loss", fake)
     targets = calibration_targets(model, inputs, 0.05, target="accuracy")
-    torch.testing.assert_close(targets, torch.tensor([[0.0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.0, 0.5]]))
+    torch.testing.assert_close(targets, torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]))
     # Over many questions of one kind, the tier that answers most carries the most target mass, where the
     # oracle-minimal target puts most on the smallest tier that sometimes answers.
     rng = np.random.default_rng(0)
     answers = torch.from_numpy(rng.random((4000, 3)) < np.array([0.23, 0.28, 0.35]))
     assert answering_tiers(answers).mean(0).argmax() == 2
     assert torch.bincount(smallest_exact_tier(answers), minlength=3).argmax() == 0
+    # Not nested: tier 0 alone answers 10 questions, tiers 1 and 2 together answer 12. The loss's minimum over these
+    # questions (p proportional to the mean weight) ranks the tiers by how many they answer.
+    answers = torch.tensor([[True, False, False]] * 10 + [[False, True, True]] * 12)
+    weights = answering_tiers(answers).mean(0)
+    assert weights[1] == weights[2] > weights[0]
 
 
 # --- the token price's temperature ----------------------------------------------------------------------------------
@@ -130,6 +135,10 @@ def test_fit_temperature_recovers_the_sampling_temperature():
     assert abs(np.log(fit["temperature"] / true_temperature)) < 0.15 and fit["nll"] < fit["nll_at_1"]
     with pytest.raises(ValueError, match="one target per row"):
         statistics.fit_temperature(logits, targets[:10])
+    with pytest.raises(ValueError, match="integers in"):
+        statistics.fit_temperature(logits, targets + 5)
+    with pytest.raises(ValueError, match="integers in"):
+        statistics.fit_temperature(logits, targets.astype(float))
     # Soft targets (the "accuracy" calibration's): the cross-entropy is lowest at the temperature that made them.
     soft = statistics.fit_temperature(logits, probs)
     assert abs(np.log(soft["temperature"] / true_temperature)) < 0.05 and soft["nll"] < soft["nll_at_1"]

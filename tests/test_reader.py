@@ -162,8 +162,9 @@ def test_query_side_attention_is_the_models_own_in_value(head, tmp_path, dataset
 
 
 def test_query_side_attention_gives_the_visual_tokens_no_gradient(tmp_path, datasets, processor):  # noqa: F811
-    """A loss on layer 0's recomputed head reaches the text embeddings and the head's projections, never the vision
-    side: the visual positions' input is detached in its path."""
+    """A loss on layer 0's recomputed head reaches the head's projections, never the vision side: the visual
+    positions' input is detached in its path (at later layers the text positions still carry the earlier layers'
+    reading of the visual tokens; reader.py)."""
     model = tiny_model()
     _, batch = _reader_batch(tmp_path, datasets, processor, model)
     out = model(**batch, budget=16, output_hidden_states=True)
@@ -272,3 +273,5 @@ def test_reader_options_are_validated(tmp_path):
         make_args(tmp_path, "pretrain", distractor_curriculum_steps=10)
     with pytest.raises(ValueError, match="questions_per_image"):
         make_args(tmp_path, "pretrain", questions_per_image=0)
+    with pytest.raises(ValueError, match="needs loss_weight_llm_attention"):
+        make_args(tmp_path, "pretrain", llm_attention_query_side=True)

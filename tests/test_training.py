@@ -198,9 +198,19 @@ def test_loss_weights_applied_as_configured(tmp_path, datasets, processor):
 
 
 @pytest.mark.parametrize("target", ["exact", "loss", "accuracy"])
-def test_budget_calibration_trains_the_predictor_toward_each_target(target, tmp_path, datasets, processor):
-    """Each calibration target (class indices or, for "accuracy", tier probabilities) gives a finite budget loss whose
-    gradient reaches the budget predictor."""
+def test_budget_calibration_trains_the_predictor_toward_each_target(target, tmp_path, datasets, processor,
+                                                                   monkeypatch):
+    """Each calibration target (class indices or, for "accuracy", tier weights) gives a finite budget loss whose
+    gradient reaches the budget predictor. An untrained tiny model answers nothing, so which tiers answer is given:
+    the largest tier, and the smallest on every other row."""
+    def answers(model, inputs, plan=None, budget="auto", with_exact=False):
+        tier = int(plan.budget_tiers[0])
+        rows = inputs["input_ids"].shape[0]
+        exact = torch.full((rows,), tier == len(model.config.budgets) - 1)
+        exact[::2] |= tier == 0
+        return torch.full((rows,), 1.0 / (tier + 1)), exact
+
+    monkeypatch.setattr("modeling_arrcoc.training.calibration.per_sample_answer_loss", answers)
     trainer = make_trainer(tmp_path, datasets, processor, "phase1", calibration_target=target, loss_weight_budget=1.0)
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     trainer.model.train()

@@ -174,8 +174,9 @@ class ArrCocTrainingArguments(TrainingArguments):
     llm_attention_query_side: bool = field(
         default=False,
         metadata=_help("The attention loss on the supervised heads recomputed from each layer's input with the visual "
-                       "positions detached: it moves where the head looks, never the visual tokens (at weight 1.0 on "
-                       "the model's own attention, layer 0 rewrote the visual positions and erased the digits)."),
+                       "positions' input detached: it moves where the head looks, not the keys it is matched against "
+                       "(at weight 1.0 on the model's own attention, layer 0 rewrote the visual positions and erased "
+                       "the digits). Needs loss_weight_llm_attention > 0."),
     )
     logits_on_labels_only: bool = field(default=True, metadata=_help("LM head only where labels exist (faster)."))
     grad_normalization: str = field(
@@ -339,6 +340,9 @@ class ArrCocTrainingArguments(TrainingArguments):
             self.training_views = {name: float(weight) for name, weight in views.items()}
         if self.distractor_curriculum_steps and self.training_views is None:
             raise ValueError("distractor_curriculum_steps needs training_views (it grows the views' tiers).")
+        if self.llm_attention_query_side and not self.loss_weight_llm_attention:
+            raise ValueError("llm_attention_query_side recomputes the attention loss's heads: it needs "
+                             "loss_weight_llm_attention > 0.")
 
     def _check_schedule_options(self):
         _check_at_least("max_nonfinite_steps", self.max_nonfinite_steps, 1)

@@ -4,11 +4,13 @@ Three targets, `calibration_target` in the arguments:
 - "exact": the smallest tier whose greedy answer is exactly right (read off the teacher-forced logits: every answer
   token is the argmax; no tier right -> the smallest, nothing to buy), the evaluation's oracle-minimal tier;
 - "loss": the smallest tier whose answer loss is within a tolerance of the sample's best;
-- "accuracy": a soft target shared by every tier whose greedy answer is exact (uniform when none is). Over the
-  questions of a kind, the predictor's probability of a tier then follows how often that tier answers them, so its
-  argmax is the tier that answers most, and a token price trades accuracy for tokens from there. The two minimal
-  targets put every question some small tier happens to answer on that tier: for a reader that is right on 0.23
-  of counting questions at 4 tokens and 0.35 at 16, the most frequent minimal tier is still 4.
+- "accuracy": weight 1 on every tier whose greedy answer is exact (none: no weight), so the loss is
+  -sum over answering tiers of log p(tier). Over the questions of a kind its minimum is p(tier) proportional to how
+  often the tier answers them: the argmax is the tier that answers most, and a token price trades accuracy for
+  tokens from there. The two minimal targets put every question some small tier happens to answer on that tier: for
+  a reader that is right on 0.23 of counting questions at 4 tokens and 0.35 at 16, the most frequent minimal tier is
+  still 4. (Sharing one unit among the answering tiers would learn each tier's share of the credit instead, which
+  favours a tier that alone answers a few questions over two that together answer more.)
 """
 
 import random
@@ -46,11 +48,10 @@ def smallest_exact_tier(exact: torch.Tensor) -> torch.Tensor:
 
 
 def answering_tiers(exact: torch.Tensor) -> torch.Tensor:
-    """[B, T] whether each tier answers exactly -> [B, T] a distribution shared by the tiers that answer; uniform
-    over every tier when none does (that question says nothing about which tier to buy)."""
-    shares = exact.float()
-    shares[shares.sum(-1) == 0] = 1.0
-    return shares / shares.sum(-1, keepdim=True)
+    """[B, T] whether each tier answers exactly -> [B, T] target weights for `F.cross_entropy`: 1 on each tier that
+    answers, so a row's loss is -sum of their log-probabilities (a question no tier answers says nothing about which
+    tier to buy: weight 0)."""
+    return exact.to(torch.float32)
 
 
 def smallest_sufficient_tier(losses: torch.Tensor, tolerance: float, max_loss: float | None = None) -> torch.Tensor:

@@ -14,8 +14,10 @@ distractors, so the base's reading stage offers denser supervision (docs/demo_mo
   answer region). A base-pretraining loss only: no compared method's phases use it, and it reads the answer boxes,
   which only the reader's own training sees (the allocator never sees answer tokens).
 - `query_side_attentions`: the supervised heads' attention recomputed from each layer's input with the visual
-  positions detached, so that the loss can move where the head looks (its queries, its key projection) but cannot
-  rewrite the visual tokens themselves (a strong loss on the model's own attention made layer 0 erase the digits).
+  positions' input detached, so that the loss moves where the head looks (its queries, its key projection) but not
+  the keys it is matched against (a strong loss on the model's own attention made layer 0 rewrite the visual
+  positions and erase the digits). At layer 0 nothing on the vision side learns from it; at a later layer the
+  text positions' input still depends on the visual tokens through the earlier layers, and that path stays open.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import random
 
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from ..splice_arrcoc import position_ids as spliced_position_ids
 
 VIEWS = ("full", "sparse", "pooled")
 
@@ -76,21 +80,25 @@ def spliced_layout(input_ids, attention_mask, image_token_id, visual_mask, lengt
 def query_side_attentions(language_model, hidden_states, layers, head, input_ids, attention_mask, image_token_id,
                           visual_mask) -> dict:
     """{layer: [B, 1, L, L]}: head `head`'s attention probabilities in each of `layers`, recomputed from the layer's
-    input (`hidden_states[layer]`, the model's `output_hidden_states`) with the visual positions detached. Equal to
-    the model's own attention in value; in gradient, only the queries, the key projection and what feeds the text
-    positions learn from a loss on it, never the visual tokens. Llama-family attention (q/k projections, optional
-    q/k norms, rotary positions), as the presets' Qwen3."""
+    input (`hidden_states[layer]`, the model's `output_hidden_states`) with the visual positions' input detached.
+    Equal to the model's own attention in value; in gradient, the queries, the key projection and what feeds the
+    text positions learn from a loss on it, and the visual positions' input to the layer does not. Llama-family
+    attention (q/k projections, optional q/k norms, full rotary positions, no sliding window), as the presets'
+    Qwen3."""
     length = hidden_states[0].shape[1]
     offset, _, first_visual, counts = spliced_layout(input_ids, attention_mask, image_token_id, visual_mask, length)
     position = torch.arange(length, device=hidden_states[0].device)
     valid = position[None] >= offset[:, None]  # [B, L]: not left padding
     visual = (position[None] >= first_visual[:, None]) & (position[None] < (first_visual + counts)[:, None])
-    position_ids = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    position_ids = spliced_position_ids(valid.long())
     allowed = valid[:, None, :] & torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()[None]
     result = {}
     for layer in layers:
         block = language_model.layers[layer]
         attention = block.self_attn
+        if getattr(attention, "sliding_window", None):
+            raise ValueError(f"query_side_attentions recomputes full causal attention; layer {layer} uses a sliding "
+                             f"window of {attention.sliding_window}.")
         hidden = torch.where(visual[..., None], hidden_states[layer].detach(), hidden_states[layer])
         normed = block.input_layernorm(hidden)
         shape = (*normed.shape[:-1], -1, attention.head_dim)

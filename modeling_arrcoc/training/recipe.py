@@ -273,8 +273,8 @@ def temperature_fit(model, args, eval_dataset, collator):
     rows = [eval_dataset[i] for i in range(min(args.fit_budget_temperature, len(eval_dataset)))]
     fit = fit_budget_temperature(model, collator, rows, target=args.calibration_target)
     if args.process_index == 0:
-        print(f"budget temperature {fit['temperature']:.3g} on {fit['rows']} validation rows (oracle-tier NLL "
-              f"{fit['nll']:.3f}, {fit['nll_at_1']:.3f} at 1)")
+        print(f"budget temperature {fit['temperature']:.3g} on {fit['rows']} validation rows (cross-entropy to the "
+              f"{args.calibration_target} target {fit['nll']:.3f}, {fit['nll_at_1']:.3f} at 1)")
 
 
 def pickle_free(checkpoint: Path, args):

@@ -317,7 +317,7 @@ class ArrCocTrainer(Trainer):
         return any(p.requires_grad for p in model.model.allocator.budget_predictor.parameters())
 
     def calibration_loss(self, model, inputs: dict, budget_logits: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the first rows' budget logits toward their oracle-minimal tiers."""
+        """Cross-entropy of the first rows' budget logits toward their calibration targets (calibration.py)."""
         count = min(self.args.calibration_samples, budget_logits.shape[0])
         part = {key: value[:count] for key, value in inputs.items() if isinstance(value, torch.Tensor)}
         targets = calibration_targets(model, part, self.args.calibration_tolerance, self.args.calibration_max_loss,
