@@ -33,7 +33,7 @@ DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its trai
 	below the 0.90 a strong reader would give (docs/demo_model.md has the curve and the next levers). Region rows and \
 	charts are not taught: they are in neither the base's reader stage nor the phases, so the evaluation leaves them \
 	out (every method would be at chance on them). The held-out test variant (other shades, layouts, glyph sizes) is \
-	read less well than the training one; the base's looks stage narrows that gap but does not close it.
+	read less well than the training one; the base's two stages on random page looks narrow that gap but do not close it.
 
 # Four stages from random init, no relevance tag anywhere (a method-neutral base): the vision stage (SAM, CLIP,
 # adapter and ARR-COC's allocator; the reader's teacher and the answer boxes), the same vision stage continued on pages
