@@ -401,9 +401,9 @@ def frontier_difference(auto_scores: Sequence[float], auto_tokens: Sequence[floa
 
 def fit_temperature(logits, targets, grid=None) -> dict:
     """The temperature T that minimizes the cross-entropy of `targets` ([N] class indices, or [N, C] non-negative
-    class weights: -sum weight x log-probability per row) under softmax(logits / T) ([N, C]), searched on a log grid (default 1/8 to 16): {"temperature",
-    "nll", "nll_at_1"}. Calibrates how peaked the budget predictor's tier probabilities are without changing its
-    argmax."""
+    class weights: -sum weight x log-probability per row) under softmax(logits / T) ([N, C]), searched on a log grid
+    (default 1/8 to 16): {"temperature", "nll", "nll_at_1"}. Calibrates how peaked the budget predictor's tier
+    probabilities are without changing its argmax."""
     logits = np.asarray(logits, np.float64)
     targets = np.asarray(targets)
     if logits.ndim != 2 or len(logits) != len(targets) or len(targets) == 0 or targets.shape[1:] not in ((),

@@ -81,7 +81,7 @@ def tier_runs(model, inputs: dict) -> tuple:
 def calibration_targets(model, inputs: dict, tolerance: float, max_loss: float | None = None,
                         target: str = "loss") -> torch.Tensor:
     """Each sample's calibration target from `tier_runs` (`target`, see the module docstring): [B] the oracle-minimal
-    tier ("exact", "loss") or [B, T] tier probabilities ("accuracy"); `F.cross_entropy` takes either."""
+    tier ("exact", "loss") or [B, T] tier weights ("accuracy"); `F.cross_entropy` takes either."""
     if target not in CALIBRATION_TARGETS:
         raise ValueError(f"calibration target must be one of {CALIBRATION_TARGETS}, got {target!r}.")
     _, losses, exact = tier_runs(model, inputs)

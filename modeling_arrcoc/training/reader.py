@@ -92,6 +92,7 @@ def query_side_attentions(language_model, hidden_states, layers, head, input_ids
     visual = (position[None] >= first_visual[:, None]) & (position[None] < (first_visual + counts)[:, None])
     position_ids = spliced_position_ids(valid.long())
     allowed = valid[:, None, :] & torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()[None]
+    cos, sin = language_model.rotary_emb(hidden_states[0], position_ids)  # the same positions at every layer
     result = {}
     for layer in layers:
         block = language_model.layers[layer]
@@ -106,7 +107,6 @@ def query_side_attentions(language_model, hidden_states, layers, head, input_ids
         key = getattr(attention, "k_norm", torch.nn.Identity())(attention.k_proj(normed).view(shape))
         kv_head = head // (query.shape[2] // key.shape[2])
         query, key = query[:, :, head : head + 1].transpose(1, 2), key[:, :, kv_head : kv_head + 1].transpose(1, 2)
-        cos, sin = language_model.rotary_emb(hidden, position_ids)
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         scores = (query @ key.transpose(-1, -2)).float() * attention.scaling
         scores = scores.masked_fill(~allowed[:, None], torch.finfo(scores.dtype).min)
