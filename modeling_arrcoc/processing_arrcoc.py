@@ -41,6 +41,28 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# The same chat with the question before the image in each turn ("What digit is red?\n<image>"). In a causal language
+# model the visual tokens then see the question, so each can mark itself as relevant on the way in, and the answer
+# position looks for marked tokens instead of matching the question against every token: a lookup among hundreds of
+# distractors becomes a lookup among the few question words (docs/design.md). A prompt layout, the same for every
+# method; a checkpoint's processor stores the template it was trained with (chat_template.jinja).
+QUESTION_FIRST_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% for item in message['content'] %}{% if item['type'] == 'image' %}{{ '\\n' }}<image>{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)  # ('\\n' as an expression: the renderer's trim_blocks drops a newline that follows a tag)
+PROMPT_LAYOUTS = {"image_first": CHAT_TEMPLATE, "question_first": QUESTION_FIRST_CHAT_TEMPLATE}
+
+
+def prompt_layout_template(layout: str, image_token: str = "<image>") -> str:
+    """The chat template of a prompt layout (`PROMPT_LAYOUTS`), with the tokenizer's image token in place."""
+    if layout not in PROMPT_LAYOUTS:
+        raise ValueError(f"prompt_layout must be one of {list(PROMPT_LAYOUTS)}, got {layout!r}.")
+    return PROMPT_LAYOUTS[layout].replace("<image>", image_token)
+
 # Modes whose values are not 8-bit: their own range is stretched to 8 bits instead of being clipped to white.
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 # Keys that omni-modal callers of `apply_chat_template` may pass along; empty or false values carry nothing here.
@@ -348,7 +370,7 @@ class ArrCocProcessor(ProcessorMixin):
         self.image_token = image_token
         if chat_template is None:
             # The default template writes the processor's own image token (e.g. Qwen's <|image_pad|>).
-            chat_template = CHAT_TEMPLATE.replace("<image>", image_token)
+            chat_template = prompt_layout_template("image_first", image_token)
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
@@ -510,4 +532,5 @@ def _has_text(message):
                for item in content or [])
 
 
-__all__ = ["ArrCocImageProcessor", "ArrCocImagesKwargs", "ArrCocProcessor", "ArrCocProcessorKwargs", "CHAT_TEMPLATE"]
+__all__ = ["ArrCocImageProcessor", "ArrCocImagesKwargs", "ArrCocProcessor", "ArrCocProcessorKwargs", "CHAT_TEMPLATE",
+           "PROMPT_LAYOUTS", "QUESTION_FIRST_CHAT_TEMPLATE", "prompt_layout_template"]

@@ -3,6 +3,7 @@ positive. No timing assertions: times on this machine swing by +-30% (docs/desig
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -207,6 +208,22 @@ def test_prefill_decode_fields(results):
     assert "Batch 2, decode" in prefill_decode.markdown(common.read_result("prefill_decode", results[0]))
 
 
+def test_prefill_decode_builds_inputs_for_a_preset_without_a_processor(tmp_path):
+    """A components preset (the base) has no processor offline: load_model says so (None), and prefill_decode then
+    times base_scale's fixed prompt, one row per sample, which the model runs at a tier."""
+    preset = tmp_path / "components_preset"
+    shutil.copytree(common.preset_path(TINY), preset)
+    (preset / "components.json").write_text("{}")
+    model, processor = common.load_model(preset)
+    assert processor is None and common.load_model(TINY)[1] is not None
+    inputs = prefill_decode.query_inputs(model.config, None, common.synthetic_rows(model.config, 3))
+    assert inputs["input_ids"].shape[0] == inputs["pixel_values"].shape[0] == 3
+    assert (inputs["input_ids"] == model.config.image_token_id).sum(1).tolist() == [1, 1, 1]
+    with torch.no_grad():
+        logits = model(**inputs, budget=4, use_cache=True, logits_to_keep=1).logits
+    assert logits.shape[:2] == (3, 1) and torch.isfinite(logits).all()
+
+
 def test_decode_bytes_are_weights_plus_cache(tiny):
     """One decode step reads the weights once and the KV cache at its length: the gap between two tiers is the
     cache of the visual tokens they differ by, nothing else."""
@@ -228,3 +245,8 @@ def test_every_bench_entry_names_a_script():
     for name, _, _ in run_all.BENCHES:
         assert (ROOT / "bench" / f"{run_all.SCRIPTS.get(name, name)}.py").exists(), name
     assert run_all.SCRIPTS[run_all.OVIS25_SCALE] == "base_scale"
+    # The base preset's prefill/decode entry reads the file its script writes for that preset.
+    extra = dict((name, args) for name, args, _ in run_all.BENCHES)[run_all.PREFILL_DECODE_BASE]
+    preset = extra[extra.index("--preset") + 1]
+    assert prefill_decode.result_name(preset) == run_all.PREFILL_DECODE_BASE
+    assert prefill_decode.result_name("demo") == prefill_decode.NAME

@@ -10,7 +10,7 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from conftest import TINY_PRESET
-from modeling_arrcoc.processing_arrcoc import ArrCocImageProcessor, ArrCocProcessorKwargs
+from modeling_arrcoc.processing_arrcoc import ArrCocImageProcessor, ArrCocProcessorKwargs, prompt_layout_template
 
 SIZE = 64
 
@@ -132,3 +132,25 @@ def test_chat_messages_as_objects(processor):
     assert processor.apply_chat_template(objects, tokenize=False) == processor.apply_chat_template(dicts, tokenize=False)
     with pytest.raises(ValueError, match="conversation has no text"):
         processor.apply_chat_template([Message("user", [{"type": "image"}, TextBlock("  ")])])
+
+
+def test_question_first_prompt_layout(processor, tmp_path):
+    """The question-first chat template puts each turn's question before its image, saves with the processor, and
+    yields the same tokens as the default layout apart from where the image token sits."""
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What digit is red?"}]}]
+    image_first = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    question_first = AutoProcessor.from_pretrained(TINY_PRESET)
+    question_first.chat_template = prompt_layout_template("question_first", question_first.image_token)
+    text = question_first.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    image = question_first.image_token
+    assert text.index("What digit is red?") < text.index(image) and text.count(image) == 1
+    assert image_first.index(image) < image_first.index("What digit is red?")
+    assert sorted(text) == sorted(image_first)  # the same characters, the image moved
+    later_turn = [{"role": "user", "content": [{"type": "text", "text": "What digit is blue?"}]}]
+    assert question_first.apply_chat_template(later_turn, tokenize=False) == processor.apply_chat_template(
+        later_turn, tokenize=False)  # turns without an image do not change
+    question_first.save_pretrained(tmp_path)
+    assert AutoProcessor.from_pretrained(tmp_path).apply_chat_template(
+        chat, add_generation_prompt=True, tokenize=False) == text
+    with pytest.raises(ValueError, match="prompt_layout must be one of"):
+        prompt_layout_template("image_last")

@@ -814,3 +814,20 @@ def test_render_readme_pages_hold_exactly_the_blocks_it_fills(tmp_path):
     assert page.read_text() == "<!-- BEGIN generated:a (x) -->\nnew\n<!-- END generated:a -->\n"
     with pytest.raises(ValueError, match="page.md: no generated block named 'b'"):
         fill_blocks(page, {"b": "body"})
+
+
+def test_prompt_layout_sets_the_processors_chat_template(datasets):
+    """`prompt_layout: question_first` gives a processor whose collated prompts hold each question before its image,
+    and the model trains on them (finite loss, gradient to the language model)."""
+    model_args = recipe.ModelArguments(model_preset=str(TINY_PRESET), config_overrides=TINY_OVERRIDES,
+                                       prompt_layout="question_first")
+    model, processor = recipe.build_model_and_processor(model_args)
+    rows = [datasets[0][i] for i in range(2)]
+    batch = ArrCocCollator(processor, patch_size=8, questions_per_image=2)(rows)
+    prompt = processor.tokenizer.decode(batch["input_ids"][0])
+    assert prompt.index(rows[0]["question"]) < prompt.index(processor.image_token)
+    output = model(**batch)
+    output.loss.backward()
+    assert torch.isfinite(output.loss) and model.get_input_embeddings().weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="prompt_layout must be one of"):
+        recipe.build_model_and_processor(dataclasses.replace(model_args, prompt_layout="image_last"))

@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor,
 from transformers import set_seed
 
 from .. import ArrCocConfig, ArrCocForConditionalGeneration, ArrCocImageProcessor, ArrCocProcessor
+from ..processing_arrcoc import PROMPT_LAYOUTS, prompt_layout_template
 from ..components import component_sources, vision_normalization
 from ..data.collator import ArrCocCollator
 from ..data.recipe import DataArguments, build_datasets, build_mixture
@@ -53,6 +54,9 @@ class ModelArguments:
         "help": "Preset config fields to change before the model is built, e.g. {visual_vocab_size: 128}."})
     dtype: str = field(default="float32", metadata={
         "help": "Weights dtype for training (the shipped demo base is stored in float16; mixed precision is bf16)."})
+    prompt_layout: str | None = field(default=None, metadata={
+        "help": f"Where the image goes in each chat turn, one of {list(PROMPT_LAYOUTS)}: the processor's chat template "
+                "is set to it and saved with every checkpoint. None: keep the starting processor's."})
 
 
 # The three argument groups of one YAML, in the order parse_config returns them.
@@ -102,7 +106,14 @@ def _numbers_from_strings(values: dict):
 
 def build_model_and_processor(model_args: ModelArguments):
     """(model, processor) the run starts from: `init_from`'s checkpoint, else the preset (from_config, or
-    from_components when it names pretrained parts)."""
+    from_components when it names pretrained parts), with the chat template of `prompt_layout` when it is given."""
+    model, processor = _starting_model_and_processor(model_args)
+    if model_args.prompt_layout is not None:
+        processor.chat_template = prompt_layout_template(model_args.prompt_layout, processor.image_token)
+    return model, processor
+
+
+def _starting_model_and_processor(model_args: ModelArguments):
     dtype = getattr(torch, model_args.dtype)
     if model_args.init_from:
         source = repo_path(model_args.init_from)
