@@ -63,7 +63,9 @@ def add_common_args(parser, repeats: int):
 
 
 def load_model(preset, device="cpu", dtype=None, attn_implementation=None, seed: int = 0):
-    """A random-weight model and its processor from a preset: costs do not depend on trained weights."""
+    """A random-weight model and its processor from a preset: costs do not depend on trained weights. A preset of
+    pretrained components (components.json: the base) ships no processor, since its tokenizer is the text
+    checkpoint's, which this offline machine does not have: its processor is None (see `query_inputs`)."""
     import modeling_arrcoc  # noqa: F401  registers the Auto classes
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -74,7 +76,8 @@ def load_model(preset, device="cpu", dtype=None, attn_implementation=None, seed:
     if dtype is not None:
         kwargs["dtype"] = dtype  # at construction: flash attention checks the dtype when it is chosen
     model = AutoModelForImageTextToText.from_config(config, **kwargs).to(device)
-    return model.eval(), AutoProcessor.from_pretrained(path)
+    processor = None if (path / "components.json").exists() else AutoProcessor.from_pretrained(path)
+    return model.eval(), processor
 
 
 def synthetic_rows(config, count: int, seed: int = 0) -> list[dict]:

@@ -13,11 +13,13 @@ docs/inference.md), every variant of every tier interleaved in the same rounds, 
     python -m bench.prefill_decode [--preset demo] [--repeats 7] [--batch-sizes 1 8] [--tiers 4 64 full]
                                    [--no-compile]
 
-Random weights: the cost does not depend on them. Writes outputs/bench/prefill_decode.json.
+Random weights: the cost does not depend on them. Writes outputs/bench/prefill_decode.json (demo preset), else
+prefill_decode_<preset>.json. The base preset ships no processor offline: it times base_scale's fixed prompt.
 """
 
 import argparse
 import time
+from pathlib import Path
 
 from bench import common  # first: it pins the thread count before torch starts its pool
 from bench.flops import llm_flops, lm_head_flops, query_flops, visual_tokens
@@ -120,6 +122,19 @@ def tier_report(config, raw, tier, width, batch, variants) -> dict:
     return report
 
 
+def query_inputs(config, processor, rows) -> dict:
+    """The batch's prompts and pixels: chat prompts from the preset's processor, or, for a preset without one (the
+    base: no tokenizer offline), base_scale's fixed prompt of ordinary token ids with one <image>, repeated per row
+    (the same length and image as base_scale times)."""
+    if processor is not None:
+        return dict(processor(images=[r["image"] for r in rows], text=common.chat_texts(processor, rows),
+                              return_tensors="pt"))
+    from bench.base_scale import make_inputs
+
+    query = make_inputs(config)["query"]
+    return {key: value.expand(len(rows), *value.shape[1:]).contiguous() for key, value in query.items()}
+
+
 def run(preset="demo", repeats=7, batch_sizes=(1, 8), tiers=None, compile_model=True, threads=1,
         backend="inductor") -> dict:
     """backend: torch.compile's (the tests use "aot_eager": the same graphs, no code generation)."""
@@ -134,8 +149,7 @@ def run(preset="demo", repeats=7, batch_sizes=(1, 8), tiers=None, compile_model=
               "compile_backend": backend if compile_model else None,
               "num_patches": config.num_patches, "variants": list(variants), "batch_sizes": {}}
     for batch in batch_sizes:
-        inputs = dict(processor(images=[r["image"] for r in rows[:batch]],
-                                text=common.chat_texts(processor, rows[:batch]), return_tensors="pt"))
+        inputs = query_inputs(config, processor, rows[:batch])
         width = inputs["input_ids"].shape[1]
         raw = measure_batch(model, inputs, tiers, repeats, compile_model, backend=backend)
         result["batch_sizes"][str(batch)] = {
@@ -189,10 +203,16 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def result_name(preset) -> str:
+    """outputs/bench/<name>.json: prefill_decode for the demo preset (the default), else one per preset."""
+    name = Path(str(preset)).name
+    return NAME if name == "demo" else f"{NAME}_{name}"
+
+
 def main(argv=None):
     args = parse_args(argv)
     result = run(args.preset, args.repeats, args.batch_sizes, args.tiers, not args.no_compile, args.threads)
-    common.publish(NAME, result, args.output_dir, markdown)
+    common.publish(result_name(args.preset), result, args.output_dir, markdown)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from modeling_arrcoc.training.phases import COMPONENTS
 
 FROM_TOKEN_COST = ["--from-json", "{output_dir}/token_cost.json"]
 OVIS25_SCALE = "base_scale_base_ovis25_llm1layers"
+PREFILL_DECODE_BASE = "prefill_decode_base"
 # (name, extra arguments, --quick arguments). token_cost runs before allocator_cost, which reuses its timings.
 BENCHES = (
     ("token_cost", ["--repeats", "15"], ["--repeats", "1", "--new-tokens", "2"]),
@@ -44,13 +45,19 @@ BENCHES = (
     # own thread count and preset come after (and override) the common arguments.
     ("base_scale", ["--preset", "base", "--threads", "2", "--full-train-step", "checkpointed"],
      ["--preset", "base", "--threads", "2", "--items", "forward", "--tiers", "64", "full", "--skip-ovis2"]),
+    # Prefill at the base preset's true sizes, batch 1, tier 64 against full tokens, eager and compiled (#23's CPU
+    # target: tier 64's prefill speed-up at least 80% of its FLOP ratio; about 25 minutes on 2 cores).
+    (PREFILL_DECODE_BASE, ["--preset", "base", "--threads", "2", "--batch-sizes", "1", "--tiers", "64", "full",
+                           "--repeats", "3"],
+     ["--preset", "base", "--threads", "2", "--batch-sizes", "1", "--tiers", "64", "full", "--repeats", "1",
+      "--no-compile"]),
     # The 2026 preset (DeepSeek-OCR2's SAM, CLIP-L, Ovis2.5-2B): loaded from checkpoints in those formats with its LLM
     # cut to one layer, every other part at its true size (the whole preset peaks near 18 GiB), and every
     # component's parameters counted at the true size (about 2 minutes, 8 GiB).
     (OVIS25_SCALE, ["--preset", "base_ovis25", "--text-layers", "1", "--load-only", "--threads", "1"],
      ["--preset", "base_ovis25", "--text-layers", "1", "--load-only", "--threads", "1"]),
 )
-SCRIPTS = {OVIS25_SCALE: "base_scale"}  # results named apart from the script that writes them
+SCRIPTS = {OVIS25_SCALE: "base_scale", PREFILL_DECODE_BASE: "prefill_decode"}  # results named apart from the script that writes them
 
 
 def parse_args(argv=None):
@@ -134,6 +141,7 @@ def summarize(output_dir, seconds: dict, total_seconds: float | None) -> dict:
         "gpu": _gpu(gpu),
         "base_scale": results.get("base_scale"),
         "prefill_decode": results.get("prefill_decode"),
+        "prefill_decode_base": results.get(PREFILL_DECODE_BASE),
         "base_scale_ovis25": results.get(OVIS25_SCALE),
     }
     return summary
@@ -185,6 +193,10 @@ def markdown(summary: dict) -> str:
         from bench.prefill_decode import markdown as prefill_decode_markdown
 
         lines += ["", prefill_decode_markdown(summary["prefill_decode"]).rstrip()]
+    if summary.get("prefill_decode_base"):
+        from bench.prefill_decode import markdown as prefill_decode_markdown
+
+        lines += ["", prefill_decode_markdown(summary["prefill_decode_base"]).rstrip()]
     if summary["gpu"]:
         lines += ["", *_gpu_section(summary["gpu"])]
     if summary.get("base_scale"):
