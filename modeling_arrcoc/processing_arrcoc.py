@@ -42,10 +42,11 @@ CHAT_TEMPLATE = (
 )
 
 # The same chat with the question before the image in each turn ("What digit is red?\n<image>"). In a causal language
-# model the visual tokens then see the question, so each can mark itself as relevant on the way in, and the answer
-# position looks for marked tokens instead of matching the question against every token: a lookup among hundreds of
-# distractors becomes a lookup among the few question words (docs/design.md). A prompt layout, the same for every
-# method; a checkpoint's processor stores the template it was trained with (chat_template.jinja).
+# model the visual tokens then see the question, so each could mark itself as relevant on the way in, and the answer
+# position would look for marked tokens instead of matching the question against every token. Measured on the demo's
+# reader stage it reads no better than the default (docs/demo_model.md, probe reader_question_first), so the default
+# stays image first. A prompt layout is the same for every method; a checkpoint's processor stores the template it
+# was trained with (chat_template.jinja).
 QUESTION_FIRST_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
