@@ -215,6 +215,33 @@ def constant_tier_policies(scores_by_tier, counts_by_tier) -> list:
              "n": int(scores.shape[1])} for t in range(scores.shape[0])]
 
 
+def family_router(scores_by_tier, counts_by_tier, tasks: Sequence[Hashable]) -> dict:
+    """The best router that knows only each question's family: per family, the constant tier that scores best on that
+    family's questions (ties: the fewer tokens), chosen on the very questions it is scored on, so an upper bound for
+    any allocation by family alone. Tables as `constant_tier_policies`; `tasks[i]` is sample i's family.
+
+    Returns ``{"tiers": {family: tier index}, "scores": [...], "tokens": [...], "accuracy", "mean_tokens", "n"}``
+    (per-sample scores and tokens of the routed tiers, for paired comparisons). ValueError on mismatched lengths.
+    """
+    scores, counts = _matrix(scores_by_tier, "scores_by_tier"), _matrix(counts_by_tier, "counts_by_tier")
+    if scores.shape != counts.shape:
+        raise ValueError(f"scores_by_tier is {scores.shape} (tiers, samples) but counts_by_tier is {counts.shape}")
+    tasks = np.asarray(list(tasks), dtype=object)
+    if tasks.shape != (scores.shape[1],):
+        raise ValueError(f"tasks has {tasks.shape[0]} entries for {scores.shape[1]} samples")
+    chosen, routed = {}, np.zeros(scores.shape[1], dtype=int)
+    for family in sorted(set(tasks.tolist()), key=str):
+        rows = tasks == family
+        chosen[family] = int(min(range(scores.shape[0]),
+                                 key=lambda t: (-scores[t, rows].mean(), counts[t, rows].mean())))
+        routed[rows] = chosen[family]
+    picked = np.arange(scores.shape[1])
+    routed_scores, routed_tokens = scores[routed, picked], counts[routed, picked]
+    return {"tiers": chosen, "scores": routed_scores.tolist(), "tokens": routed_tokens.tolist(),
+            "accuracy": float(routed_scores.mean()), "mean_tokens": float(routed_tokens.mean()),
+            "n": int(scores.shape[1])}
+
+
 def oracle_tiers(correct_by_tier) -> list:
     """Per sample, the smallest tier index whose run answers it (`correct_by_tier[t][i]` truthy), None where no
     tier does: the oracle-minimal tier that budget calibration is measured against."""
@@ -435,6 +462,7 @@ __all__ = [
     "chance_level",
     "constant_tier_policies",
     "envelope_vertices",
+    "family_router",
     "fit_temperature",
     "frontier_at",
     "frontier_difference",

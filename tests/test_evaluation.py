@@ -462,6 +462,14 @@ def test_policies_frontier_chance_and_unseen_families(tiny):
     assert policies["oracle"] == {"accuracy": 1.0, "mean_tokens": 25.0, "n": 4, "n_no_oracle": 0}
     assert policies["auto"] == {"accuracy": 0.75, "mean_tokens": 10.0, "n": 4}
     assert policies["calibration"]["exact"] == 0.5 and policies["calibration"]["constant_tier"] == 1
+    # The family router: local_color's best tier is 16 (tier 100 ties at more tokens), global_count's 100 (64 tokens).
+    router = policies["family_router"]
+    assert router["tiers"] == {"global_count": 100, "local_color": 16}
+    assert (router["accuracy"], router["mean_tokens"], router["n"]) == (1.0, 40.0, 4)
+    assert router["minus_envelope"]["frontier_accuracy"] == pytest.approx(0.875)  # tiers 16 and 100, halfway
+    assert router["minus_envelope"]["difference"] == pytest.approx(0.125)
+    assert router["auto_minus_it"]["difference"] == pytest.approx(-0.25)
+    assert "global_count 100, local_color 16): 1.000 at 40.0 tokens, +12.5 points" in " ".join(headline(report))
     frontier = report["frontier"]
     weight = (10 - 4) / (16 - 4)  # the envelope mixes tiers 4 and 16 linearly in tokens
     assert (frontier["lower_tier"], frontier["upper_tier"]) == (4, 16) and frontier["weight"] == pytest.approx(weight)

@@ -215,6 +215,21 @@ def test_constant_tier_policies():
         constant_tier_policies(CORRECT, COUNTS[:2])
 
 
+def test_family_router_picks_each_familys_best_tier():
+    # Family "a" (samples 0, 1, 4): every tier answers 2 of 3, tier 0 is the cheapest; family "b" (2, 3): tier 2.
+    router = statistics.family_router(CORRECT, COUNTS, ["a", "a", "b", "b", "a"])
+    assert router["tiers"] == {"a": 0, "b": 2}
+    assert router["scores"] == [CORRECT[0][0], CORRECT[0][1], CORRECT[2][2], CORRECT[2][3], CORRECT[0][4]]
+    assert router["tokens"] == [64, 64, 256, 250, 64]
+    assert router["accuracy"] == pytest.approx(np.mean(router["scores"])) and router["n"] == 5
+    # It knows the family only: never above the oracle router, never below the best constant tier.
+    best = max(p["accuracy"] for p in constant_tier_policies(CORRECT, COUNTS))
+    assert best <= router["accuracy"] <= oracle_policy(CORRECT, COUNTS)["accuracy"]
+    assert statistics.family_router(CORRECT, COUNTS, ["a"] * 5)["tiers"] == {"a": 2}  # one family: the best tier
+    with pytest.raises(ValueError, match="tasks has 4 entries for 5 samples"):
+        statistics.family_router(CORRECT, COUNTS, ["a"] * 4)
+
+
 def test_oracle_policy_on_a_hand_built_table():
     oracle = oracle_policy(CORRECT, COUNTS)
     assert oracle["tiers"] == [0, 1, 2, None, 0]

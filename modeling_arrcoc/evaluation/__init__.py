@@ -69,7 +69,11 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
       "policies": {"constant": [{"tier", "budget", "accuracy", "mean_tokens", "n"}], "best_constant": {...},
                    "oracle": {"accuracy", "mean_tokens", "n", "n_no_oracle"}, "auto": {"accuracy", "mean_tokens", "n"},
                    "calibration": {"exact", "constant_tier", "constant_exact", "difference", "low", "high", "n",
-                                   "n_no_oracle"}} | null,                 # null unless auto and every tier ran
+                                   "n_no_oracle"},
+                   "family_router": {"tiers": {"<task family>": int}, "accuracy", "mean_tokens", "n",
+                                     "minus_envelope": {"difference", "low", "high", "frontier_accuracy"},
+                                     "auto_minus_it": {"difference", "low", "high", "n"}}} | null,
+                                                                           # null unless auto and every tier ran
       "frontier": {"difference", "low", "high", "n", "lower_tier", "upper_tier", "weight", "auto_mean_tokens",
                    "frontier_accuracy", "extrapolated"} | null,  # auto - constant tiers' envelope at auto's tokens
       "auto_curve": [{"method", "budget_cost", "accuracy", ... as frontier}] | null,  # auto at each token price

@@ -110,7 +110,7 @@ def build_report(runs, references, tasks, metric, config, meta=None, correct_thr
     return {"methods": methods, "calibration": calibration, "per_tier": per_tier, "skipped": skipped or {},
             "meta": meta, "trained_methods": trained or {},
             "comparisons": comparisons(runs, scores, methods, seed),
-            "policies": policies(runs, scores, budgets, oracles, correct_threshold, seed),
+            "policies": policies(runs, scores, budgets, oracles, correct_threshold, seed, tasks),
             "frontier": frontier(runs, scores, budgets, seed),
             "auto_curve": auto_curve(runs, scores, budgets, seed),
             "chance": statistics.chance_level([refs[0] for refs in references], tasks, _chance_key(metric)),
@@ -189,10 +189,12 @@ def _forced_tiers(runs, budgets) -> list:
     return [f"tier_{value}" for value in budgets if f"tier_{value}" in runs]
 
 
-def policies(runs, scores, budgets, oracles, threshold, seed) -> dict | None:
+def policies(runs, scores, budgets, oracles, threshold, seed, tasks=None) -> dict | None:
     """The budget policy next to the simple ones: each constant tier (always tier K), the oracle router (the
-    smallest correct tier; an upper bound for any router), auto, and the calibration of auto's tiers against the
-    best constant tier predictor. None unless auto and every forced tier ran."""
+    smallest correct tier; an upper bound for any router), the family router (the best tier per family, chosen in
+    hindsight: what allocation by family alone can reach, against the envelope and against auto, paired), auto, and
+    the calibration of auto's tiers against the best constant tier predictor. None unless auto and every forced
+    tier ran."""
     names = [f"tier_{value}" for value in budgets]
     if "auto" not in runs or any(name not in runs for name in names):
         return None
@@ -206,8 +208,22 @@ def policies(runs, scores, budgets, oracles, threshold, seed) -> dict | None:
     auto = runs["auto"]
     auto_policy = {"accuracy": float(np.mean(scores["auto"])), "mean_tokens": float(np.mean(auto.visual_token_counts)),
                    "n": len(scores["auto"])}
-    return {"constant": constant, "best_constant": best, "oracle": oracle, "auto": auto_policy,
-            "calibration": statistics.calibration_vs_constant(auto.budget_tiers, oracles, seed=seed)}
+    result = {"constant": constant, "best_constant": best, "oracle": oracle, "auto": auto_policy,
+              "calibration": statistics.calibration_vs_constant(auto.budget_tiers, oracles, seed=seed)}
+    if tasks is not None:
+        result["family_router"] = _family_router(runs, scores, budgets, names, counts, tasks, seed)
+    return result
+
+
+def _family_router(runs, scores, budgets, names, counts, tasks, seed) -> dict:
+    routed = statistics.family_router([scores[name] for name in names], counts, tasks)
+    tier_scores = {budgets[t]: scores[name] for t, name in enumerate(names)}
+    tier_tokens = {budgets[t]: counts[t] for t in range(len(names))}
+    versus = statistics.frontier_difference(routed["scores"], routed["tokens"], tier_scores, tier_tokens, seed=seed)
+    return {"tiers": {family: budgets[t] for family, t in routed["tiers"].items()},
+            "accuracy": routed["accuracy"], "mean_tokens": routed["mean_tokens"], "n": routed["n"],
+            "minus_envelope": {k: versus[k] for k in ("difference", "low", "high", "frontier_accuracy")},
+            "auto_minus_it": statistics.paired_difference(scores["auto"], routed["scores"], seed=seed)}
 
 
 def frontier(runs, scores, budgets, seed) -> dict | None:
@@ -299,6 +315,13 @@ def headline(report: dict) -> list:
                      f"the envelope of constant tiers with an interval above 0 at {above} of {len(curve)} points; "
                      + "; ".join(f"{point['method']} {point['accuracy']:.3f} at {point['auto_mean_tokens']:.1f} tokens, "
                                  f"{_interval(point)}" for point in curve) + ".")
+    router = (report.get("policies") or {}).get("family_router")
+    if router:
+        tiers = ", ".join(f"{family} {tier}" for family, tier in sorted(router["tiers"].items()))
+        lines.append(f"Allocation by family alone (the best tier of each family, chosen on these very questions: "
+                     f"{tiers}): {router['accuracy']:.3f} at {router['mean_tokens']:.1f} tokens, "
+                     f"{_interval(router['minus_envelope'])} over the envelope at its tokens; auto minus it "
+                     f"{_interval(router['auto_minus_it'])}.")
     calibration = (report.get("policies") or {}).get("calibration")
     if calibration and calibration.get("exact") is not None:
         lines.append(f"Budget calibration: auto's tier equals the oracle-minimal tier on {calibration['exact']:.2f} "
