@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench import common  # first: it pins the thread count before torch starts its pool
 from bench.flops import llm_flops, lm_head_flops, query_flops, visual_tokens
-from bench.token_cost import bench_tiers
+from bench.token_cost import Query, bench_tiers
 
 import torch
 
@@ -37,6 +37,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--tiers", nargs="+", default=None, help="tiers to time (default: every tier, then full)")
     parser.add_argument("--no-compile", action="store_true", help="eager only")
+    parser.add_argument("--components", action="store_true",
+                        help="also time each component of the prefill and one decode step (SAM, allocator, "
+                             "selection, CLIP, adapter, splice, LLM prefill, decode), eager, in the same rounds")
     return parser.parse_args(argv)
 
 
@@ -82,8 +85,14 @@ def decode_bytes(config, tier, text_width, batch, bytes_per_value=4) -> int:
     return bytes_per_value * (weights + cache)
 
 
-def measure_batch(model, inputs, tiers, repeats, compile_model, warmup=1, backend="inductor") -> dict:
-    """{(phase, variant, tier): clock times}, every call interleaved in the same rounds."""
+COMPONENTS = ("sam", "allocator", "select", "clip", "adapter", "splice", "prefill", "decode")
+
+
+def measure_batch(model, inputs, tiers, repeats, compile_model, warmup=1, backend="inductor",
+                  components=False) -> dict:
+    """{(phase, variant, tier): clock times}, every call interleaved in the same rounds; with `components`, also
+    each tier's stage-by-stage pipeline (token_cost's `Query.stages`: the prefill's components, then one decode
+    step), its seconds per stage kept per round."""
     # Each tier and phase is its own graph (static shapes): room for all of them, or Dynamo falls back to eager.
     torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)
     calls, compile_seconds = {}, {}
@@ -99,7 +108,22 @@ def measure_batch(model, inputs, tiers, repeats, compile_model, warmup=1, backen
         for variant, phases in variants.items():
             calls[("prefill", variant, tier)] = phases.prefill
             calls[("decode", variant, tier)] = phases.decode_step
-    return {"times": common.interleaved(calls, repeats, warmup=warmup), "compile_seconds": compile_seconds}
+    staged = {tier: [] for tier in tiers}
+    if components:
+        query = Query(model, None, None, inputs=inputs)
+        for tier in tiers:  # new_tokens=2: the prefill's first token, then one cached decode step
+            calls[("components", "eager", tier)] = lambda tier=tier: staged[tier].append(query.stages(tier, 2)[1])
+    times = common.interleaved(calls, repeats, warmup=warmup)
+    return {"times": times, "compile_seconds": compile_seconds,
+            "components": {tier: rounds[warmup:] for tier, rounds in staged.items() if rounds}}
+
+
+def component_report(rounds: list) -> dict:
+    """{stage: ms stats over the rounds} of one tier's stage-by-stage pipeline, and each stage's share of their
+    sum (medians)."""
+    report = {stage: common.ms([r[stage] for r in rounds]) for stage in COMPONENTS}
+    total = sum(entry["median"] for entry in report.values())
+    return {"ms": report, "share": {stage: report[stage]["median"] / total for stage in COMPONENTS}}
 
 
 def tier_report(config, raw, tier, width, batch, variants) -> dict:
@@ -136,7 +160,7 @@ def query_inputs(config, processor, rows) -> dict:
 
 
 def run(preset="demo", repeats=7, batch_sizes=(1, 8), tiers=None, compile_model=True, threads=1,
-        backend="inductor") -> dict:
+        backend="inductor", components=False) -> dict:
     """backend: torch.compile's (the tests use "aot_eager": the same graphs, no code generation)."""
     common.use_threads(threads)
     model, processor = common.load_model(preset)
@@ -151,11 +175,14 @@ def run(preset="demo", repeats=7, batch_sizes=(1, 8), tiers=None, compile_model=
     for batch in batch_sizes:
         inputs = query_inputs(config, processor, rows[:batch])
         width = inputs["input_ids"].shape[1]
-        raw = measure_batch(model, inputs, tiers, repeats, compile_model, backend=backend)
+        raw = measure_batch(model, inputs, tiers, repeats, compile_model, backend=backend, components=components)
         result["batch_sizes"][str(batch)] = {
             "text_width": width, "compile_seconds": raw["compile_seconds"],
             "tiers": {str(t): tier_report(config, raw["times"], t, width, batch, variants) for t in tiers},
         }
+        if raw["components"]:
+            result["batch_sizes"][str(batch)]["components"] = {
+                str(t): component_report(rounds) for t, rounds in raw["components"].items()}
     return result
 
 
@@ -186,6 +213,12 @@ def phase_table(part, phase, variants) -> str:
     return common.markdown_table(headers, rows)
 
 
+def components_table(components: dict) -> str:
+    rows = [[tier] + [f"{c['ms'][stage]['median']:.1f} ({100 * c['share'][stage]:.0f}%)" for stage in COMPONENTS]
+            for tier, c in components.items()]
+    return common.markdown_table(["tier", *COMPONENTS], rows)
+
+
 def markdown(result: dict) -> str:
     variants = result["variants"]
     lines = [f"**Prefill and decode, timed apart** (`bench/prefill_decode.py`, {result['preset']} preset, "
@@ -197,6 +230,9 @@ def markdown(result: dict) -> str:
     for batch, part in result["batch_sizes"].items():
         for phase in ("prefill", "decode"):
             lines += ["", f"Batch {batch}, {phase}:", "", phase_table(part, phase, variants)]
+        if part.get("components"):
+            lines += ["", f"Batch {batch}, components (eager, ms, share of their sum):", "",
+                      components_table(part["components"])]
         if part["compile_seconds"]:
             seconds = ", ".join(f"{t}: {s:.0f} s" for t, s in part["compile_seconds"].items())
             lines += ["", f"Compile time (first prefill + first decode step, per tier): {seconds}."]
@@ -211,7 +247,8 @@ def result_name(preset) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    result = run(args.preset, args.repeats, args.batch_sizes, args.tiers, not args.no_compile, args.threads)
+    result = run(args.preset, args.repeats, args.batch_sizes, args.tiers, not args.no_compile, args.threads,
+                 components=args.components)
     common.publish(result_name(args.preset), result, args.output_dir, markdown)
 
 

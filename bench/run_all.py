@@ -36,7 +36,7 @@ BENCHES = (
     ("allocator_cost", FROM_TOKEN_COST, FROM_TOKEN_COST),
     ("prefill_grouping", ["--repeats", "11"], ["--repeats", "1"]),
     # Prefill and decode apart, eager and compiled at three tiers (about 10 minutes, most of it compiling).
-    ("prefill_decode", ["--repeats", "5", "--tiers", "4", "64", "full"],
+    ("prefill_decode", ["--repeats", "5", "--tiers", "4", "64", "full", "--components"],
      ["--repeats", "1", "--tiers", "4", "full", "--batch-sizes", "1", "--no-compile"]),
     ("training_throughput", ["--repeats", "7"], ["--repeats", "1", "--rows", "16"]),
     ("memory", ["--repeats", "3"], ["--repeats", "1"]),
@@ -45,10 +45,11 @@ BENCHES = (
     # own thread count and preset come after (and override) the common arguments.
     ("base_scale", ["--preset", "base", "--threads", "2", "--full-train-step", "checkpointed"],
      ["--preset", "base", "--threads", "2", "--items", "forward", "--tiers", "64", "full", "--skip-ovis2"]),
-    # Prefill at the base preset's true sizes, batch 1, tier 64 against full tokens, eager and compiled (#23's CPU
-    # target: tier 64's prefill speed-up at least 80% of its FLOP ratio; about 25 minutes on 2 cores).
+    # Prefill at the base preset's true sizes, batch 1, tier 64 against full tokens, eager and compiled, with each
+    # component's time (#23's CPU target: tier 64's prefill speed-up at least 80% of its FLOP ratio; about 30 minutes
+    # on 2 cores; batch 8 at full tokens would take 10 minutes a call).
     (PREFILL_DECODE_BASE, ["--preset", "base", "--threads", "2", "--batch-sizes", "1", "--tiers", "64", "full",
-                           "--repeats", "3"],
+                           "--repeats", "3", "--components"],
      ["--preset", "base", "--threads", "2", "--batch-sizes", "1", "--tiers", "64", "full", "--repeats", "1",
       "--no-compile"]),
     # The 2026 preset (DeepSeek-OCR2's SAM, CLIP-L, Ovis2.5-2B): loaded from checkpoints in those formats with its LLM

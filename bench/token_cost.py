@@ -52,14 +52,18 @@ def bench_tiers(config) -> list:
 class Query:
     """A batch of pages and questions on one device, run end to end or stage by stage."""
 
-    def __init__(self, model, processor, rows, device="cpu", dtype=torch.float32, sync=common.no_sync):
-        self.model, self.processor, self.sync = model, processor, sync
-        self.images = [row["image"] for row in rows]
-        self.texts = common.chat_texts(processor, rows)
+    def __init__(self, model, processor, rows, device="cpu", dtype=torch.float32, sync=common.no_sync, inputs=None):
+        """`inputs`: the batch's model inputs, built already (a preset without a processor); `process` then hands
+        them on and `rows` is unused."""
+        self.model, self.processor, self.sync, self.inputs = model, processor, sync, inputs
+        if inputs is None:
+            self.images = [row["image"] for row in rows]
+            self.texts = common.chat_texts(processor, rows)
         self.device, self.dtype = device, dtype
 
     def process(self):
-        inputs = self.processor(images=self.images, text=self.texts, return_tensors="pt")
+        inputs = dict(self.inputs) if self.inputs is not None else self.processor(
+            images=self.images, text=self.texts, return_tensors="pt")
         inputs = {key: value.to(self.device) for key, value in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return inputs

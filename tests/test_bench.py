@@ -31,7 +31,8 @@ def results(tmp_path_factory):
         "training_throughput": training_throughput.run(TINY, repeats=1, rows=8, batch_size=4),
         "memory": memory.run(TINY, repeats=1, phases=("phase1",), steps=1, batch_size=2),
         "gpu_token_cost": {"skipped": "no CUDA device"},
-        "prefill_decode": prefill_decode.run(TINY, repeats=1, batch_sizes=(2,), tiers=[4], backend="aot_eager"),
+        "prefill_decode": prefill_decode.run(TINY, repeats=1, batch_sizes=(2,), tiers=[4], backend="aot_eager",
+                                             components=True),
     }
     for name, result in produced.items():
         common.write_result(name, result, out)
@@ -206,6 +207,13 @@ def test_prefill_decode_fields(results):
             _positive_ratio(small[f"{phase}_{variant}_speedup_vs_full"]["wall"])
         _positive_ratio(small[f"{phase}_compiled_over_eager"]["wall"])
     assert "Batch 2, decode" in prefill_decode.markdown(common.read_result("prefill_decode", results[0]))
+    # The components of one prefill and one decode step, per tier, with their shares of the sum.
+    components = part["components"]
+    assert set(components) == {"4", "full"}
+    for tier in components.values():
+        assert set(tier["ms"]) == set(prefill_decode.COMPONENTS) and all(v["median"] > 0 for v in tier["ms"].values())
+        assert sum(tier["share"].values()) == pytest.approx(1.0)
+    assert "Batch 2, components" in prefill_decode.markdown(common.read_result("prefill_decode", results[0]))
 
 
 def test_prefill_decode_builds_inputs_for_a_preset_without_a_processor(tmp_path):
