@@ -62,21 +62,27 @@ def add_common_args(parser, repeats: int):
     return parser
 
 
-def load_model(preset, device="cpu", dtype=None, attn_implementation=None, seed: int = 0):
+def load_model(preset, device="cpu", dtype=None, attn_implementation=None, seed: int = 0,
+               needs_processor: bool = True):
     """A random-weight model and its processor from a preset: costs do not depend on trained weights. A preset of
-    pretrained components (components.json: the base) ships no processor, since its tokenizer is the text
-    checkpoint's, which this offline machine does not have: its processor is None (see `query_inputs`)."""
+    pretrained components (components.json: the base) ships no processor files (its tokenizer would be the text
+    checkpoint's): a benchmark that can build its own inputs passes `needs_processor=False` and gets None (see
+    prefill_decode's `query_inputs`); any other gets a clear error."""
     import modeling_arrcoc  # noqa: F401  registers the Auto classes
+    from modeling_arrcoc.components import is_components_preset
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     path = preset_path(preset)
+    if needs_processor and is_components_preset(path):
+        raise ValueError(f"preset {preset}: a preset of pretrained components ships no processor, and this benchmark "
+                         "needs one; time it with bench.prefill_decode or bench.base_scale, which build its inputs.")
     config = AutoConfig.from_pretrained(path)
     torch.manual_seed(seed)
     kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     if dtype is not None:
         kwargs["dtype"] = dtype  # at construction: flash attention checks the dtype when it is chosen
     model = AutoModelForImageTextToText.from_config(config, **kwargs).to(device)
-    processor = None if (path / "components.json").exists() else AutoProcessor.from_pretrained(path)
+    processor = None if is_components_preset(path) else AutoProcessor.from_pretrained(path)
     return model.eval(), processor
 
 

@@ -11,7 +11,7 @@ Each call runs eager and compiled (`torch.compile(fullgraph=True)`: at a fixed t
 docs/inference.md), every variant of every tier interleaved in the same rounds, so the ratios come from one run.
 
     python -m bench.prefill_decode [--preset demo] [--repeats 7] [--batch-sizes 1 8] [--tiers 4 64 full]
-                                   [--no-compile]
+                                   [--no-compile] [--components]
 
 Random weights: the cost does not depend on them. Writes outputs/bench/prefill_decode.json (demo preset), else
 prefill_decode_<preset>.json. The base preset ships no processor offline: it times base_scale's fixed prompt.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench import common  # first: it pins the thread count before torch starts its pool
 from bench.flops import llm_flops, lm_head_flops, query_flops, visual_tokens
-from bench.token_cost import Query, bench_tiers
+from bench.token_cost import TIMED_STAGES, Query, bench_tiers
 
 import torch
 
@@ -85,7 +85,7 @@ def decode_bytes(config, tier, text_width, batch, bytes_per_value=4) -> int:
     return bytes_per_value * (weights + cache)
 
 
-COMPONENTS = ("sam", "allocator", "select", "clip", "adapter", "splice", "prefill", "decode")
+COMPONENTS = tuple(stage for stage in TIMED_STAGES if stage != "processor")  # the model's own, inputs built once
 
 
 def measure_batch(model, inputs, tiers, repeats, compile_model, warmup=1, backend="inductor",
@@ -110,7 +110,7 @@ def measure_batch(model, inputs, tiers, repeats, compile_model, warmup=1, backen
             calls[("decode", variant, tier)] = phases.decode_step
     staged = {tier: [] for tier in tiers}
     if components:
-        query = Query(model, None, None, inputs=inputs)
+        query = Query(model, inputs=inputs)
         for tier in tiers:  # new_tokens=2: the prefill's first token, then one cached decode step
             calls[("components", "eager", tier)] = lambda tier=tier: staged[tier].append(query.stages(tier, 2)[1])
     times = common.interleaved(calls, repeats, warmup=warmup)
@@ -163,13 +163,14 @@ def run(preset="demo", repeats=7, batch_sizes=(1, 8), tiers=None, compile_model=
         backend="inductor", components=False) -> dict:
     """backend: torch.compile's (the tests use "aot_eager": the same graphs, no code generation)."""
     common.use_threads(threads)
-    model, processor = common.load_model(preset)
+    model, processor = common.load_model(preset, needs_processor=False)
     config = model.config
     tiers = [_tier(t) for t in tiers] if tiers else bench_tiers(config)
     tiers = tiers if "full" in tiers else [*tiers, "full"]
     rows = common.synthetic_rows(config, max(batch_sizes))
     variants = VARIANTS if compile_model else ("eager",)
     result = {"preset": str(preset), "dtype": "float32", "repeats": repeats, "tiers": [str(t) for t in tiers],
+              "prompt": "chat template" if processor is not None else "base_scale's fixed token ids",
               "compile_backend": backend if compile_model else None,
               "num_patches": config.num_patches, "variants": list(variants), "batch_sizes": {}}
     for batch in batch_sizes:
@@ -226,7 +227,8 @@ def markdown(result: dict) -> str:
              f"{common.machine_line(result)}). Prefill = pixels to the first token (vision, allocation, LLM over "
              "the prompt, cache built); its ideal speed-up is the FLOP ratio. Decode = one cached step; its ideal "
              "is the ratio of bytes read (LLM weights + KV cache at K tokens). Compiled = "
-             "`torch.compile(fullgraph=True)` at the tier."]
+             "`torch.compile(fullgraph=True)` at the tier."
+             + (f" Prompt: {result['prompt']}." if result.get("prompt") else "")]
     for batch, part in result["batch_sizes"].items():
         for phase in ("prefill", "decode"):
             lines += ["", f"Batch {batch}, {phase}:", "", phase_table(part, phase, variants)]
@@ -256,4 +258,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["Phases", "decode_bytes", "markdown", "measure_batch", "run"]
+__all__ = ["COMPONENTS", "NAME", "Phases", "component_report", "components_table", "decode_bytes", "markdown",
+           "measure_batch", "query_inputs", "result_name", "run"]

@@ -7,9 +7,9 @@ and writes
   each benchmark and the whole run took;
 - outputs/bench/summary.md: a short markdown section generated from summary.json (`make readme` puts it in the
   Performance section of docs/results.md, which the README links).
-The repeats below keep `make bench` under 15 minutes on the 2-core machine with one thread (about 5 minutes
-measured, with another process on the other core); --quick runs one round of each (a smoke run, not a
-measurement).
+The demo preset's benchmarks take about 15 minutes on the 2-core machine (prefill_decode's compiling most of
+it); the base preset's take longer: base_scale about 23 minutes and prefill_decode_base about 30 (each entry's
+comment), so `make bench` takes about 70 minutes; --quick runs one round of each (a smoke run, not a measurement).
 
     python -m bench.run_all [--preset demo] [--quick] [--only token_cost memory ...]
 """
@@ -58,7 +58,8 @@ BENCHES = (
     (OVIS25_SCALE, ["--preset", "base_ovis25", "--text-layers", "1", "--load-only", "--threads", "1"],
      ["--preset", "base_ovis25", "--text-layers", "1", "--load-only", "--threads", "1"]),
 )
-SCRIPTS = {OVIS25_SCALE: "base_scale", PREFILL_DECODE_BASE: "prefill_decode"}  # results named apart from the script that writes them
+# Results named apart from the script that writes them.
+SCRIPTS = {OVIS25_SCALE: "base_scale", PREFILL_DECODE_BASE: "prefill_decode"}
 
 
 def parse_args(argv=None):
@@ -142,7 +143,7 @@ def summarize(output_dir, seconds: dict, total_seconds: float | None) -> dict:
         "gpu": _gpu(gpu),
         "base_scale": results.get("base_scale"),
         "prefill_decode": results.get("prefill_decode"),
-        "prefill_decode_base": results.get(PREFILL_DECODE_BASE),
+        PREFILL_DECODE_BASE: results.get(PREFILL_DECODE_BASE),
         "base_scale_ovis25": results.get(OVIS25_SCALE),
     }
     return summary
@@ -190,14 +191,11 @@ def markdown(summary: dict) -> str:
                       f"{common.fmt_range(p['speedup'], 2, 'x')}, from cached SAM features "
                       f"{common.fmt_range(p['speedup_cached_sam'], 2, 'x')} (LLM prefill positions "
                       f"{p['llm_prefill_positions']['grouped']} vs {p['llm_prefill_positions']['padded']})."]
-    if summary.get("prefill_decode"):
-        from bench.prefill_decode import markdown as prefill_decode_markdown
+    for name in ("prefill_decode", PREFILL_DECODE_BASE):
+        if summary.get(name):
+            from bench.prefill_decode import markdown as prefill_decode_markdown
 
-        lines += ["", prefill_decode_markdown(summary["prefill_decode"]).rstrip()]
-    if summary.get("prefill_decode_base"):
-        from bench.prefill_decode import markdown as prefill_decode_markdown
-
-        lines += ["", prefill_decode_markdown(summary["prefill_decode_base"]).rstrip()]
+            lines += ["", prefill_decode_markdown(summary[name]).rstrip()]
     if summary["gpu"]:
         lines += ["", *_gpu_section(summary["gpu"])]
     if summary.get("base_scale"):
@@ -320,4 +318,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["BENCHES", "markdown", "summarize"]
+__all__ = ["BENCHES", "OVIS25_SCALE", "PREFILL_DECODE_BASE", "SCRIPTS", "markdown", "summarize"]

@@ -52,9 +52,10 @@ def bench_tiers(config) -> list:
 class Query:
     """A batch of pages and questions on one device, run end to end or stage by stage."""
 
-    def __init__(self, model, processor, rows, device="cpu", dtype=torch.float32, sync=common.no_sync, inputs=None):
-        """`inputs`: the batch's model inputs, built already (a preset without a processor); `process` then hands
-        them on and `rows` is unused."""
+    def __init__(self, model, processor=None, rows=None, device="cpu", dtype=torch.float32, sync=common.no_sync,
+                 inputs=None):
+        """`processor` and `rows` build the batch's inputs on every call; or `inputs`, built already (a preset
+        without a processor), which `process` hands on."""
         self.model, self.processor, self.sync, self.inputs = model, processor, sync, inputs
         if inputs is None:
             self.images = [row["image"] for row in rows]

@@ -11,6 +11,7 @@ Each source is chosen by `AutoConfig.from_pretrained(path).model_type`.
 
 import contextlib
 import dataclasses
+from pathlib import Path
 
 import torch
 from transformers import (
@@ -173,6 +174,15 @@ def copy_clip(clip_encoder, clip_model: CLIPVisionModel):
 COMPONENT_ALIASES = {"sam": "vision", "clip": None, "llm": "text"}
 
 
+COMPONENTS_FILE = "components.json"  # a preset of pretrained parts names them here (configs/model/base)
+
+
+def is_components_preset(preset) -> bool:
+    """Whether a preset directory names pretrained components (components.json) rather than being built from its
+    config alone; such a preset ships no processor: its tokenizer is the text checkpoint's."""
+    return (Path(preset) / COMPONENTS_FILE).exists()
+
+
 def component_sources(**sources) -> dict:
     """{"sam", "clip", "llm"} from keyword sources, each given once under its name or its older alias."""
     unknown = set(sources) - set(COMPONENT_ALIASES) - {a for a in COMPONENT_ALIASES.values() if a}
@@ -228,11 +238,13 @@ def _copy_lm_head(model, lm_head):
 
 
 __all__ = [
+    "COMPONENTS_FILE",
     "COMPONENT_ALIASES",
     "assemble_from_components",
     "component_sources",
     "copy_clip",
     "deepseek_ocr2_sam",
+    "is_components_preset",
     "load_text_components",
     "load_vision_components",
     "ovis2_5_text",

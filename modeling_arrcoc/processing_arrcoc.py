@@ -64,6 +64,7 @@ def prompt_layout_template(layout: str, image_token: str = "<image>") -> str:
         raise ValueError(f"prompt_layout must be one of {list(PROMPT_LAYOUTS)}, got {layout!r}.")
     return PROMPT_LAYOUTS[layout].replace("<image>", image_token)
 
+
 # Modes whose values are not 8-bit: their own range is stretched to 8 bits instead of being clipped to white.
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 # Keys that omni-modal callers of `apply_chat_template` may pass along; empty or false values carry nothing here.

@@ -187,6 +187,13 @@ def test_run_all_summary_and_markdown(results):
     for heading in ("Visual tokens vs time", "Training throughput", "Memory per phase", "Generate grouped by tier",
                     "GPU", "Prefill and decode, timed apart"):
         assert heading in text
+    assert summary[run_all.PREFILL_DECODE_BASE] is None and text.count("Prefill and decode, timed apart") == 1
+    # The base preset's prefill/decode result, when there, gets its own block beside the demo preset's.
+    base = {**common.read_result(prefill_decode.NAME, out), "preset": "base"}
+    common.write_result(run_all.PREFILL_DECODE_BASE, base, out)
+    text = run_all.markdown(run_all.summarize(out, {"token_cost": 1.0}, 1.0))
+    assert text.count("Prefill and decode, timed apart") == 2 and "base preset" in text
+    assert text.count("components (eager") == 2
     # Every benchmark's own report renders from its JSON too.
     for module in (token_cost, allocator_cost, training_throughput, memory, prefill_grouping, gpu_token_cost,
                    prefill_decode):
@@ -212,17 +219,19 @@ def test_prefill_decode_fields(results):
     assert set(components) == {"4", "full"}
     for tier in components.values():
         assert set(tier["ms"]) == set(prefill_decode.COMPONENTS) and all(v["median"] > 0 for v in tier["ms"].values())
-        assert sum(tier["share"].values()) == pytest.approx(1.0)
     assert "Batch 2, components" in prefill_decode.markdown(common.read_result("prefill_decode", results[0]))
 
 
 def test_prefill_decode_builds_inputs_for_a_preset_without_a_processor(tmp_path):
-    """A components preset (the base) has no processor offline: load_model says so (None), and prefill_decode then
-    times base_scale's fixed prompt, one row per sample, which the model runs at a tier."""
+    """A components preset (the base) ships no processor: load_model refuses it to a benchmark that needs one and
+    gives None to one that does not; prefill_decode then times base_scale's fixed prompt, one row per sample, which
+    the model runs at a tier."""
     preset = tmp_path / "components_preset"
     shutil.copytree(common.preset_path(TINY), preset)
     (preset / "components.json").write_text("{}")
-    model, processor = common.load_model(preset)
+    with pytest.raises(ValueError, match="ships no processor, and this benchmark needs one"):
+        common.load_model(preset)
+    model, processor = common.load_model(preset, needs_processor=False)
     assert processor is None and common.load_model(TINY)[1] is not None
     inputs = prefill_decode.query_inputs(model.config, None, common.synthetic_rows(model.config, 3))
     assert inputs["input_ids"].shape[0] == inputs["pixel_values"].shape[0] == 3

@@ -451,6 +451,11 @@ def test_ablations_are_compared_at_their_auto_and_at_auto_s_tier_and_token_price
     assert comparisons["auto_vs_ablation"]["trained_no_tag"]["difference"] == pytest.approx(0.5)
     assert comparisons["auto_vs_baseline"] == {} and comparisons["baselines_with_fewer_tokens"] == []
     assert any("the ablation `trained_no_tag`" in line for line in headline(report))
+    # An ablation trained and evaluated at auto's nearest tier (the constant-tier one) answers the same at @16 as at
+    # its own budget: compared once.
+    runs["trained_no_tag"] = E.MethodRun(learned("trained_no_tag", 16), ["1", "2", "3", "4"], [16] * 4, [1] * 4, 1.0)
+    report = E.build_report(runs, [["1"], ["2"], ["3"], ["4"]], ["local_color"] * 4, "exact_match", config)
+    assert list(report["comparisons"]["auto_vs_ablation"]) == ["trained_no_tag"]
 
 
 def test_policies_frontier_chance_and_unseen_families(tiny):

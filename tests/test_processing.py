@@ -145,6 +145,7 @@ def test_question_first_prompt_layout(processor, tmp_path):
     image = question_first.image_token
     assert text.index("What digit is red?") < text.index(image) and text.count(image) == 1
     assert image_first.index(image) < image_first.index("What digit is red?")
+    assert text == f"<|im_start|>user\nWhat digit is red?\n{image}<|im_end|>\n<|im_start|>assistant\n"
     assert sorted(text) == sorted(image_first)  # the same characters, the image moved
     later_turn = [{"role": "user", "content": [{"type": "text", "text": "What digit is blue?"}]}]
     assert question_first.apply_chat_template(later_turn, tokenize=False) == processor.apply_chat_template(

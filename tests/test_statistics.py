@@ -31,8 +31,8 @@ paired_difference = statistics.paired_difference
 def test_public_names():
     assert sorted(statistics.__all__) == [
         "accuracy_with_intervals", "bootstrap_interval", "calibration_vs_constant", "chance_level",
-        "constant_tier_policies", "envelope_vertices", "fit_temperature", "frontier_at", "frontier_difference",
-        "oracle_policy", "oracle_tiers", "paired_difference"]
+        "constant_tier_policies", "envelope_vertices", "family_router", "fit_temperature", "frontier_at",
+        "frontier_difference", "oracle_policy", "oracle_tiers", "paired_difference"]
     assert all(callable(getattr(statistics, name)) for name in statistics.__all__)
 
 FAST = {"n_resamples": 500}

@@ -173,7 +173,7 @@ def comparisons(runs, scores, methods, seed) -> dict | None:
     tiers = {run.method.budget for run in runs.values() if _is_ablation(run) and isinstance(run.method.budget, int)}
     nearest = min(tiers, key=lambda k: abs(math.log2(k) - math.log2(max(auto_tokens, 1e-9)))) if tiers else None
     ablations = [name for name, run in runs.items() if _is_ablation(run) and (
-        name == run.method.kind or run.method.budget == nearest)]
+        name == run.method.kind or (run.method.budget == nearest and not _repeats_own_run(name, run, runs, scores)))]
     return {
         "auto_vs_ablation": {name: _paired(scores, methods, "auto", name, seed) for name in ablations},
         "auto_vs_tier": {name: _paired(scores, methods, "auto", name, seed)
@@ -185,11 +185,19 @@ def comparisons(runs, scores, methods, seed) -> dict | None:
     }
 
 
+def _repeats_own_run(name, run, runs, scores) -> bool:
+    """Whether an ablation's forced-tier run answers exactly as its own run (the constant-tier ablation evaluated at
+    the tier it was trained at): one comparison, not two identical ones."""
+    own = runs.get(run.method.kind)
+    return (own is not None and list(own.visual_token_counts) == list(run.visual_token_counts)
+            and list(scores[run.method.kind]) == list(scores[name]))
+
+
 def _forced_tiers(runs, budgets) -> list:
     return [f"tier_{value}" for value in budgets if f"tier_{value}" in runs]
 
 
-def policies(runs, scores, budgets, oracles, threshold, seed, tasks=None) -> dict | None:
+def policies(runs, scores, budgets, oracles, threshold, seed, tasks) -> dict | None:
     """The budget policy next to the simple ones: each constant tier (always tier K), the oracle router (the
     smallest correct tier; an upper bound for any router), the family router (the best tier per family, chosen in
     hindsight: what allocation by family alone can reach, against the envelope and against auto, paired), auto, and
@@ -208,17 +216,16 @@ def policies(runs, scores, budgets, oracles, threshold, seed, tasks=None) -> dic
     auto = runs["auto"]
     auto_policy = {"accuracy": float(np.mean(scores["auto"])), "mean_tokens": float(np.mean(auto.visual_token_counts)),
                    "n": len(scores["auto"])}
-    result = {"constant": constant, "best_constant": best, "oracle": oracle, "auto": auto_policy,
-              "calibration": statistics.calibration_vs_constant(auto.budget_tiers, oracles, seed=seed)}
-    if tasks is not None:
-        result["family_router"] = _family_router(runs, scores, budgets, names, counts, tasks, seed)
-    return result
+    return {"constant": constant, "best_constant": best, "oracle": oracle, "auto": auto_policy,
+            "calibration": statistics.calibration_vs_constant(auto.budget_tiers, oracles, seed=seed),
+            "family_router": _family_router(runs, scores, budgets, names, tasks, seed)}
 
 
-def _family_router(runs, scores, budgets, names, counts, tasks, seed) -> dict:
-    routed = statistics.family_router([scores[name] for name in names], counts, tasks)
-    tier_scores = {budgets[t]: scores[name] for t, name in enumerate(names)}
-    tier_tokens = {budgets[t]: counts[t] for t in range(len(names))}
+def _family_router(runs, scores, budgets, names, tasks, seed) -> dict:
+    """The family router's tiers, accuracy and tokens, minus the constant tiers' envelope at its tokens and auto
+    minus it (both paired on the same questions)."""
+    tier_scores, tier_tokens = _tier_tables(runs, scores, names)
+    routed = statistics.family_router(list(tier_scores.values()), list(tier_tokens.values()), tasks)
     versus = statistics.frontier_difference(routed["scores"], routed["tokens"], tier_scores, tier_tokens, seed=seed)
     return {"tiers": {family: budgets[t] for family, t in routed["tiers"].items()},
             "accuracy": routed["accuracy"], "mean_tokens": routed["mean_tokens"], "n": routed["n"],
@@ -247,11 +254,15 @@ def auto_curve(runs, scores, budgets, seed) -> list | None:
     return sorted(curve, key=lambda point: point["auto_mean_tokens"])
 
 
+def _tier_tables(runs, scores, names) -> tuple:
+    """({tier value: per-sample scores}, {tier value: per-sample tokens}) of the forced-tier runs `names`, in order."""
+    return ({runs[tier].method.budget: scores[tier] for tier in names},
+            {runs[tier].method.budget: runs[tier].visual_token_counts for tier in names})
+
+
 def _versus_frontier(runs, scores, budgets, name, seed) -> dict:
     """Method `name` minus the constant tiers' envelope at its own mean tokens (statistics.frontier_difference)."""
-    names = _forced_tiers(runs, budgets)
-    tier_scores = {runs[tier].method.budget: scores[tier] for tier in names}
-    tier_tokens = {runs[tier].method.budget: runs[tier].visual_token_counts for tier in names}
+    tier_scores, tier_tokens = _tier_tables(runs, scores, _forced_tiers(runs, budgets))
     return statistics.frontier_difference(scores[name], runs[name].visual_token_counts, tier_scores, tier_tokens,
                                           seed=seed)
 
@@ -268,7 +279,8 @@ def _interval(entry: dict) -> str:
 def headline(report: dict) -> list:
     """The comparison as it stands, in sentences, from the report alone (the README and the model card lead with
     it): auto vs the trained uniform-pooling baseline at equal or more mean tokens, vs the trained full-resolution
-    reference, vs the constant tiers' envelope, calibration vs the best constant tier, chance and unseen families."""
+    reference, vs the constant tiers' envelope, auto's curve over token prices, the family router (what allocation
+    by family alone reaches), calibration vs the best constant tier, chance and unseen families."""
     comparisons, lines = report.get("comparisons") or {}, []
     methods, n = report["methods"], report["meta"].get("num_samples")
     chance = ((report.get("chance") or {}).get("overall") or {}).get("majority")

@@ -28,11 +28,11 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor,
 from transformers import set_seed
 
 from .. import ArrCocConfig, ArrCocForConditionalGeneration, ArrCocImageProcessor, ArrCocProcessor
-from ..processing_arrcoc import PROMPT_LAYOUTS, prompt_layout_template
-from ..components import component_sources, vision_normalization
+from ..components import COMPONENTS_FILE, component_sources, is_components_preset, vision_normalization
 from ..data.collator import ArrCocCollator
 from ..data.recipe import DataArguments, build_datasets, build_mixture
 from ..lora import merge_lora
+from ..processing_arrcoc import PROMPT_LAYOUTS, prompt_layout_template
 from ..methods import learning_curve_methods
 from ..provenance import TRAINING_CONFIG, repo_path
 from .arguments import ArrCocTrainingArguments
@@ -107,6 +107,8 @@ def _numbers_from_strings(values: dict):
 def build_model_and_processor(model_args: ModelArguments):
     """(model, processor) the run starts from: `init_from`'s checkpoint, else the preset (from_config, or
     from_components when it names pretrained parts), with the chat template of `prompt_layout` when it is given."""
+    if model_args.prompt_layout is not None:
+        prompt_layout_template(model_args.prompt_layout)  # a bad name fails now, not after minutes of loading
     model, processor = _starting_model_and_processor(model_args)
     if model_args.prompt_layout is not None:
         processor.chat_template = prompt_layout_template(model_args.prompt_layout, processor.image_token)
@@ -114,6 +116,7 @@ def build_model_and_processor(model_args: ModelArguments):
 
 
 def _starting_model_and_processor(model_args: ModelArguments):
+    """(model, processor) as stored: `init_from`'s checkpoint, else the preset."""
     dtype = getattr(torch, model_args.dtype)
     if model_args.init_from:
         source = repo_path(model_args.init_from)
@@ -122,7 +125,7 @@ def _starting_model_and_processor(model_args: ModelArguments):
         model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
         return model, AutoProcessor.from_pretrained(source)
     preset = repo_path(model_args.model_preset)
-    if (preset / "components.json").exists():
+    if is_components_preset(preset):
         return _from_components(preset, dtype)
     config = AutoConfig.from_pretrained(preset, **(model_args.config_overrides or {}))
     return AutoModelForImageTextToText.from_config(config, dtype=dtype), AutoProcessor.from_pretrained(preset)
@@ -131,7 +134,7 @@ def _starting_model_and_processor(model_args: ModelArguments):
 def _from_components(preset: Path, dtype):
     """The base preset: pretrained SAM, CLIP and language model (components.json: sam, clip, llm), ArrCoc's own
     settings (config.json), the text checkpoint's tokenizer with Qwen's <|image_pad|> as the image token."""
-    components = component_sources(**json.loads((preset / "components.json").read_text()))
+    components = component_sources(**json.loads((preset / COMPONENTS_FILE).read_text()))
     tokenizer = AutoTokenizer.from_pretrained(components["llm"], padding_side="left")
     settings = _arrcoc_settings(preset / "config.json")
     settings["image_token_id"] = tokenizer.convert_tokens_to_ids(BASE_IMAGE_TOKEN)
