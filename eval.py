@@ -41,7 +41,7 @@ from modeling_arrcoc.evaluation import (
     trained_methods,
 )
 from modeling_arrcoc.evaluation.model_card import write_model_card
-from modeling_arrcoc.methods import parse_cost
+from modeling_arrcoc.methods import parse_cost, trained_own_budget
 from modeling_arrcoc.provenance import git_commit, read_training_config, repo_path
 
 
@@ -134,10 +134,12 @@ def load_trained(name, path, device, budget, baselines) -> TrainedCheckpoint:
     """A trained checkpoint, its methods at its own selection, and what the report records about it."""
     model, processor = load_checkpoint(path, device)
     config = model.config
+    training = read_training_config(path)
     record = {"checkpoint": str(path), "selection_method": config.selection_method,
               "relevance_tag": config.relevance_tag, "fold_dropped": config.fold_dropped,
-              "training_config": read_training_config(path), "trained_families": trained_families(path)}
-    methods = trained_methods(name, config.selection_method, config.budgets, budget, query_sim="query_sim" in baselines)
+              "training_config": training, "trained_families": trained_families(path)}
+    methods = trained_methods(name, config.selection_method, config.budgets, budget, query_sim="query_sim" in baselines,
+                              own_budget=trained_own_budget(training, config.budgets))
     return TrainedCheckpoint(name, model, processor, methods, record)
 
 

@@ -118,13 +118,15 @@ def learning_curve_methods(budgets, include_full=True, selection="learned") -> l
     return [parse_method(name, budgets) for name in names + (["full"] if include_full else [])]
 
 
-def trained_methods(name: str, selection: str, budgets, budget="all", query_sim=False) -> list:
+def trained_methods(name: str, selection: str, budgets, budget="all", query_sim=False, own_budget="auto") -> list:
     """The methods of a trained checkpoint called `name` whose own selection is `selection`, for a CLI budget
     choice (as `method_names`): a "full" model once (`trained_<name>`); a fixed-compression baseline at each tier
     (`trained_<name>@<K>`); a learned (ARR-COC-like, e.g. an ablation) model at auto (`trained_<name>`) and each
     tier. With budget "full", everything runs at full tokens. With `query_sim`, a "full" model is also run with
     the training-free query-similarity selection at each tier (`trained_<name>+query_sim@<K>`): SparseVLM-style
-    pruning applied, as it is meant to be, to a model trained at full resolution."""
+    pruning applied, as it is meant to be, to a model trained at full resolution. `own_budget`: where a learned
+    model's own run (`trained_<name>`) runs: "auto", or the tier it was trained and validated at (the constant-tier
+    ablation, whose budget predictor never trains)."""
     kind = f"{TRAINED_PREFIX}{name}"
     if budget in ("all", "auto"):
         tiers = list(budgets)
@@ -137,8 +139,17 @@ def trained_methods(name: str, selection: str, budgets, budget="all", query_sim=
         return [Method(kind, "full", "full", kind)] + (extra if query_sim else [])
     if budget == "full":
         return [Method(f"{kind}@full", "full", selection, kind)]
-    head = [Method(kind, "auto", selection, kind)] if selection == "learned" and budget in ("all", "auto") else []
+    head = [Method(kind, own_budget, selection, kind)] if selection == "learned" and budget in ("all", "auto") else []
     return head + [Method(f"{kind}@{k}", k, selection, kind) for k in tiers]
+
+
+def trained_own_budget(training: dict | None, budgets):
+    """Where a learned checkpoint's own run goes (`trained_methods`' `own_budget`), from its resolved training YAML:
+    the tier it was trained and validated at when its training fixed one (`train_budget` and `eval_budget` the same
+    tier value: the constant-tier ablation), else auto."""
+    training = training or {}
+    tier = training.get("eval_budget")
+    return tier if isinstance(tier, int) and tier in budgets and training.get("train_budget") == tier else "auto"
 
 
 def unsupported_reason(method: Method, config):
@@ -171,5 +182,6 @@ __all__ = [
     "parse_method",
     "tier_value",
     "trained_methods",
+    "trained_own_budget",
     "unsupported_reason",
 ]

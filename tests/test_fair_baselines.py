@@ -318,3 +318,18 @@ def test_trained_families_follow_the_chain_of_training_stages(tmp_path):
     given = tmp_path / "given.yaml"
     given.write_text(yaml.safe_dump({"init_from": str(base), "synthetic_families": ["chart"]}))
     assert trained_families(tmp_path / "nothing", [given]) == ["chart", "local_color"]
+
+
+def test_a_learned_checkpoint_trained_at_one_tier_runs_there_as_its_own_method():
+    """The constant-tier ablation's budget predictor never trains: its own run is the tier it was trained and
+    validated at, not auto (then the report compares it once, its `@tier` run being the same)."""
+    from modeling_arrcoc.methods import trained_methods, trained_own_budget
+
+    budgets = [4, 8, 16]
+    assert trained_own_budget({"train_budget": 8, "eval_budget": 8}, budgets) == 8
+    for training in (None, {}, {"train_budget": "random", "eval_budget": 8}, {"train_budget": 8, "eval_budget": "auto"},
+                     {"train_budget": 32, "eval_budget": 32}):
+        assert trained_own_budget(training, budgets) == "auto", training
+    own = trained_methods("constant", "learned", budgets, own_budget=8)[0]
+    assert (own.name, own.budget, own.selection) == ("trained_constant", 8, "learned")
+    assert trained_methods("no_tag", "learned", budgets)[0].budget == "auto"
