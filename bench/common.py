@@ -73,7 +73,8 @@ def load_model(preset, device="cpu", dtype=None, attn_implementation=None, seed:
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     path = preset_path(preset)
-    if needs_processor and is_components_preset(path):
+    no_processor = is_components_preset(path)
+    if needs_processor and no_processor:
         raise ValueError(f"preset {preset}: a preset of pretrained components ships no processor, and this benchmark "
                          "needs one; time it with bench.prefill_decode or bench.base_scale, which build its inputs.")
     config = AutoConfig.from_pretrained(path)
@@ -82,7 +83,7 @@ def load_model(preset, device="cpu", dtype=None, attn_implementation=None, seed:
     if dtype is not None:
         kwargs["dtype"] = dtype  # at construction: flash attention checks the dtype when it is chosen
     model = AutoModelForImageTextToText.from_config(config, **kwargs).to(device)
-    processor = None if is_components_preset(path) else AutoProcessor.from_pretrained(path)
+    processor = None if no_processor else AutoProcessor.from_pretrained(path)
     return model.eval(), processor
 
 

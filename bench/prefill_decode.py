@@ -146,16 +146,15 @@ def tier_report(config, raw, tier, width, batch, variants) -> dict:
     return report
 
 
-def query_inputs(config, processor, rows) -> dict:
-    """The batch's prompts and pixels: chat prompts from the preset's processor, or, for a preset without one (the
-    base: no tokenizer offline), base_scale's fixed prompt of ordinary token ids with one <image>, repeated per row
-    (the same length and image as base_scale times)."""
+def query_inputs(model, processor, rows) -> dict:
+    """The batch's prompts and pixels: chat prompts from the preset's processor (token_cost's `Query`, as every
+    benchmark builds them), or, for a preset without one (the base ships none), base_scale's fixed prompt of
+    ordinary token ids with one <image>, repeated per row (the same length and image as base_scale times)."""
     if processor is not None:
-        return dict(processor(images=[r["image"] for r in rows], text=common.chat_texts(processor, rows),
-                              return_tensors="pt"))
+        return Query(model, processor, rows).process()
     from bench.base_scale import make_inputs
 
-    query = make_inputs(config)["query"]
+    query = make_inputs(model.config)["query"]
     return {key: value.expand(len(rows), *value.shape[1:]).contiguous() for key, value in query.items()}
 
 
@@ -174,7 +173,7 @@ def run(preset="demo", repeats=7, batch_sizes=(1, 8), tiers=None, compile_model=
               "compile_backend": backend if compile_model else None,
               "num_patches": config.num_patches, "variants": list(variants), "batch_sizes": {}}
     for batch in batch_sizes:
-        inputs = query_inputs(config, processor, rows[:batch])
+        inputs = query_inputs(model, processor, rows[:batch])
         width = inputs["input_ids"].shape[1]
         raw = measure_batch(model, inputs, tiers, repeats, compile_model, backend=backend, components=components)
         result["batch_sizes"][str(batch)] = {

@@ -140,7 +140,8 @@ def trained_methods(name: str, selection: str, budgets, budget="all", query_sim=
     if budget == "full":
         return [Method(f"{kind}@full", "full", selection, kind)]
     head = [Method(kind, own_budget, selection, kind)] if selection == "learned" and budget in ("all", "auto") else []
-    return head + [Method(f"{kind}@{k}", k, selection, kind) for k in tiers]
+    own = {own_budget} if head else set()  # its own run already covers that tier: not evaluated twice
+    return head + [Method(f"{kind}@{k}", k, selection, kind) for k in tiers if k not in own]
 
 
 def trained_own_budget(training: dict | None, budgets):

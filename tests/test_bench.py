@@ -233,7 +233,7 @@ def test_prefill_decode_builds_inputs_for_a_preset_without_a_processor(tmp_path)
         common.load_model(preset)
     model, processor = common.load_model(preset, needs_processor=False)
     assert processor is None and common.load_model(TINY)[1] is not None
-    inputs = prefill_decode.query_inputs(model.config, None, common.synthetic_rows(model.config, 3))
+    inputs = prefill_decode.query_inputs(model, None, common.synthetic_rows(model.config, 3))
     assert inputs["input_ids"].shape[0] == inputs["pixel_values"].shape[0] == 3
     assert (inputs["input_ids"] == model.config.image_token_id).sum(1).tolist() == [1, 1, 1]
     with torch.no_grad():

@@ -332,4 +332,6 @@ def test_a_learned_checkpoint_trained_at_one_tier_runs_there_as_its_own_method()
         assert trained_own_budget(training, budgets) == "auto", training
     own = trained_methods("constant", "learned", budgets, own_budget=8)[0]
     assert (own.name, own.budget, own.selection) == ("trained_constant", 8, "learned")
+    assert [m.name for m in trained_methods("constant", "learned", budgets, own_budget=8)] == [
+        "trained_constant", "trained_constant@4", "trained_constant@16"]  # tier 8 is not evaluated twice
     assert trained_methods("no_tag", "learned", budgets)[0].budget == "auto"

@@ -173,7 +173,7 @@ def comparisons(runs, scores, methods, seed) -> dict | None:
     tiers = {run.method.budget for run in runs.values() if _is_ablation(run) and isinstance(run.method.budget, int)}
     nearest = min(tiers, key=lambda k: abs(math.log2(k) - math.log2(max(auto_tokens, 1e-9)))) if tiers else None
     ablations = [name for name, run in runs.items() if _is_ablation(run) and (
-        name == run.method.kind or (run.method.budget == nearest and not _repeats_own_run(name, run, runs, scores)))]
+        name == run.method.kind or (run.method.budget == nearest and not _own_run_at(run, runs, nearest)))]
     return {
         "auto_vs_ablation": {name: _paired(scores, methods, "auto", name, seed) for name in ablations},
         "auto_vs_tier": {name: _paired(scores, methods, "auto", name, seed)
@@ -185,12 +185,11 @@ def comparisons(runs, scores, methods, seed) -> dict | None:
     }
 
 
-def _repeats_own_run(name, run, runs, scores) -> bool:
-    """Whether an ablation's forced-tier run answers exactly as its own run (the constant-tier ablation evaluated at
-    the tier it was trained at): one comparison, not two identical ones."""
+def _own_run_at(run, runs, tier) -> bool:
+    """Whether an ablation's own run already runs at `tier` (the constant-tier ablation, evaluated at the tier it was
+    trained at): then it is compared once, as itself."""
     own = runs.get(run.method.kind)
-    return (own is not None and list(own.visual_token_counts) == list(run.visual_token_counts)
-            and list(scores[run.method.kind]) == list(scores[name]))
+    return own is not None and own.method.budget == tier
 
 
 def _forced_tiers(runs, budgets) -> list:

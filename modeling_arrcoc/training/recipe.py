@@ -32,8 +32,8 @@ from ..components import COMPONENTS_FILE, component_sources, is_components_prese
 from ..data.collator import ArrCocCollator
 from ..data.recipe import DataArguments, build_datasets, build_mixture
 from ..lora import merge_lora
-from ..processing_arrcoc import PROMPT_LAYOUTS, prompt_layout_template
 from ..methods import learning_curve_methods
+from ..processing_arrcoc import PROMPT_LAYOUTS, prompt_layout_template
 from ..provenance import TRAINING_CONFIG, repo_path
 from .arguments import ArrCocTrainingArguments
 from .calibration import fit_budget_temperature
