@@ -17,6 +17,7 @@ from modeling_arrcoc.training.reader import (
     curriculum_tier_cap,
     llm_attention_loss,
     query_side_attentions,
+    scale_attention_logits,
     sparse_view_scores,
     step_view,
 )
@@ -177,6 +178,33 @@ def test_query_side_attention_gives_the_visual_tokens_no_gradient(tmp_path, data
     assert vision and all(grad is None or not grad.any() for grad in vision)
     assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
     assert model.model.language_model.layers[0].self_attn.k_proj.weight.grad.abs().sum() > 0
+
+
+def test_attention_logit_scale_multiplies_every_layers_logits(tmp_path, datasets, processor):  # noqa: F811
+    """After scale_attention_logits(s), layer 0's log-attention differences between two keys are s times the
+    original's in every head: the softmax's logits are multiplied by s (QK-norm's bound lifted). Later layers read
+    layer 0's changed output, so only their norm weights are compared (tests/test_training.py)."""
+    model = tiny_model()
+    model.model.language_model.set_attn_implementation("eager")
+    _, batch = _reader_batch(tmp_path, datasets, processor, model)
+    model.eval()
+
+    def log_attention_margins():
+        with torch.no_grad():
+            out = model(**batch, budget=16, output_attentions=True)
+        # The last position (a real token in every left-padded row) against its first two real keys' logits.
+        rows = [attention[:, :, -1].double().clamp(min=1e-30).log() for attention in out.attentions]
+        first = out.attentions[0].shape[-1] - batch["attention_mask"].sum(-1).min()
+        return torch.stack([row[..., -1] - row[..., int(first)] for row in rows])
+
+    before = log_attention_margins()
+    assert scale_attention_logits(model.model.language_model, scale=3.0) == model.config.text_config.num_hidden_layers
+    torch.testing.assert_close(log_attention_margins()[0], 3.0 * before[0], atol=1e-4, rtol=1e-3)
+    assert before[0].abs().min() > 1e-3  # margins that could have failed to scale
+    with pytest.raises(ValueError, match="must be positive"):
+        scale_attention_logits(model.model.language_model, scale=0.0)
+    with pytest.raises(ValueError, match="has none"):
+        scale_attention_logits(torch.nn.Linear(2, 2), scale=2.0)
 
 
 @pytest.mark.parametrize("views", [{"full": 1.0}, {"sparse": 1.0}, {"pooled": 1.0}])

@@ -831,3 +831,19 @@ def test_prompt_layout_sets_the_processors_chat_template(datasets):
     assert torch.isfinite(output.loss) and model.get_input_embeddings().weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="prompt_layout must be one of"):
         recipe.build_model_and_processor(dataclasses.replace(model_args, prompt_layout="image_last"))
+
+
+def test_llm_attention_scale_scales_the_query_and_key_norms_once():
+    """`llm_attention_scale: s` starts the run from the preset's weights with every layer's query and key norm weights
+    times sqrt(s) (the attention logits times s; tests/test_reader.py), and nothing else changed."""
+    model_args = recipe.ModelArguments(model_preset=str(TINY_PRESET), config_overrides=TINY_OVERRIDES)
+    torch.manual_seed(0)
+    plain, _ = recipe.build_model_and_processor(model_args)
+    torch.manual_seed(0)
+    scaled, _ = recipe.build_model_and_processor(dataclasses.replace(model_args, llm_attention_scale=4.0))
+    changed = {name for name, weight in scaled.state_dict().items()
+               if not torch.equal(weight, plain.state_dict()[name])}
+    assert changed and all(name.endswith(("q_norm.weight", "k_norm.weight")) for name in changed)
+    assert len(changed) == 2 * scaled.config.text_config.num_hidden_layers
+    for name in changed:
+        torch.testing.assert_close(scaled.state_dict()[name], 2.0 * plain.state_dict()[name])

@@ -18,6 +18,12 @@ distractors, so the base's reading stage offers denser supervision (docs/demo_mo
   the keys it is matched against (a strong loss on the model's own attention made layer 0 rewrite the visual
   positions and erase the digits). At layer 0 nothing on the vision side learns from it; at a later layer the
   text positions' input still depends on the visual tokens through the earlier layers, and that path stays open.
+- `scale_attention_logits`: a language model with QK-norm (Qwen3 normalises every head's query and key) bounds each
+  attention logit by sqrt(head_dim) x its norms' weights, about 8 at initialisation for 64-dim heads. Putting most of
+  a head's mass on one token among 256 needs a logit margin of about ln(255) + 2, near that bound, so a lookup among
+  all patches cannot become sharp while the norms' weights (trained like any weight, about the learning rate a
+  step) stay near 1. Scaling both norms' weights raises the bound, as QKNorm (Henry et al., 2020) sets its logit
+  scale from the sequence length; the model stays a plain checkpoint of its own class.
 """
 
 from __future__ import annotations
@@ -145,12 +151,30 @@ def llm_attention_loss(attentions, layers, input_ids, attention_mask, labels, im
     return torch.stack(terms).mean() if terms else None
 
 
+def scale_attention_logits(language_model, scale: float) -> int:
+    """Multiply every attention logit of `language_model` by `scale`: each layer's query and key norm weights are
+    multiplied by sqrt(scale) (in place; they keep training). Returns the number of layers changed. A model without
+    per-head query and key norms (the logits' bound this lifts) is refused."""
+    if scale <= 0:
+        raise ValueError(f"llm_attention_scale must be positive, got {scale}.")
+    layers = [module for module in language_model.modules() if hasattr(module, "q_norm") and hasattr(module, "k_norm")]
+    if not layers:
+        raise ValueError(f"llm_attention_scale scales the query and key norms of a QK-norm language model (Qwen3); "
+                         f"{type(language_model).__name__} has none.")
+    with torch.no_grad():
+        for attention in layers:
+            attention.q_norm.weight.mul_(scale**0.5)
+            attention.k_norm.weight.mul_(scale**0.5)
+    return len(layers)
+
+
 __all__ = [
     "VIEWS",
     "answer_prediction_positions",
     "curriculum_tier_cap",
     "llm_attention_loss",
     "query_side_attentions",
+    "scale_attention_logits",
     "sparse_view_scores",
     "spliced_layout",
     "step_view",

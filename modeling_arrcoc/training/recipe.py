@@ -39,6 +39,7 @@ from .arguments import ArrCocTrainingArguments
 from .calibration import fit_budget_temperature
 from .curves import LearningCurve, LearningCurveCallback
 from .phases import apply_phase, trainable_parameter_counts
+from .reader import scale_attention_logits
 from .trainer import ArrCocTrainer
 
 BASE_IMAGE_TOKEN = "<|image_pad|>"  # Qwen's image placeholder token
@@ -57,6 +58,10 @@ class ModelArguments:
     prompt_layout: str | None = field(default=None, metadata={
         "help": f"Where the image goes in each chat turn, one of {list(PROMPT_LAYOUTS)}: the processor's chat template "
                 "is set to it and saved with every checkpoint. None: keep the starting processor's."})
+    llm_attention_scale: float | None = field(default=None, metadata={
+        "help": "Multiply the language model's attention logits by this factor once, when the run starts (its "
+                "query and key norms' weights, training/reader.py scale_attention_logits): QK-norm caps a logit near "
+                "sqrt(head_dim), too flat to pick one token among 256. None: the starting weights as stored."})
 
 
 # The three argument groups of one YAML, in the order parse_config returns them.
@@ -106,12 +111,16 @@ def _numbers_from_strings(values: dict):
 
 def build_model_and_processor(model_args: ModelArguments):
     """(model, processor) the run starts from: `init_from`'s checkpoint, else the preset (from_config, or
-    from_components when it names pretrained parts), with the chat template of `prompt_layout` when it is given."""
+    from_components when it names pretrained parts), with the chat template of `prompt_layout` and the attention
+    logits scaled by `llm_attention_scale` when they are given."""
     if model_args.prompt_layout is not None:
         prompt_layout_template(model_args.prompt_layout)  # a bad name fails now, not after minutes of loading
     model, processor = _starting_model_and_processor(model_args)
     if model_args.prompt_layout is not None:
         processor.chat_template = prompt_layout_template(model_args.prompt_layout, processor.image_token)
+    if model_args.llm_attention_scale is not None:
+        # Before training, so a resumed run's checkpoint weights (already scaled) replace these.
+        scale_attention_logits(model.model.language_model, scale=model_args.llm_attention_scale)
     return model, processor
 
 
