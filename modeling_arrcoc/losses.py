@@ -144,11 +144,15 @@ for _term in (
         "Base pretraining only: weight of the language model's attention supervision (one head per layer in "
         "llm_attention_layers, from each answer-predicting position toward that answer's patches; reader.py). Runs "
         "the language model with eager attention. Checked with the other loss weights (WEIGHTED_TERMS).")),
+    LossTerm("question_attention", 0.0, computed_by="trainer", help=(
+        "Base pretraining only: weight of the question-attention supervision (head 0 of each layer in "
+        "question_attention_layers, from each answer-predicting position toward the word its question asks "
+        "about, the collator's question_keys; reader.py). Runs the language model with eager attention.")),
 ):
     LOSS_TERMS.register(_term)
 
 LOSS_COMPONENTS = LOSS_TERMS.names(lambda term: term.computed_by == "model")  # answer, efficiency, alignment, vet_kl
-TRAINER_TERMS = LOSS_TERMS.names(lambda term: term.computed_by == "trainer")  # budget, llm_attention
+TRAINER_TERMS = LOSS_TERMS.names(lambda term: term.computed_by == "trainer")  # budget, llm_attention, question_attention
 WEIGHTED_TERMS = LOSS_TERMS.names()
 
 

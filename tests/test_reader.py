@@ -2,6 +2,8 @@
 trains on (full, sparse answer + distractors, pooled), the distractor curriculum and the language model's attention
 supervision. Tiny preset, CPU."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,12 +13,14 @@ from conftest import TINY_PRESET
 
 from modeling_arrcoc.data import render_sample
 from modeling_arrcoc.data.collator import ArrCocCollator, row_turns
+from modeling_arrcoc.data.synthetic import COLOR_NAMES
 from modeling_arrcoc.training.phases import apply_phase
 from modeling_arrcoc.training.reader import (
     answer_prediction_positions,
     curriculum_tier_cap,
     llm_attention_loss,
     query_side_attentions,
+    question_attention_loss,
     scale_attention_logits,
     sparse_view_scores,
     step_view,
@@ -123,6 +127,65 @@ def test_attention_loss_reads_the_answer_tokens_attention():
     turn_targets[0, :, :] = 0.0
     assert llm_attention_loss([attention], [0], input_ids, attention_mask, labels, image_id, visual_mask,
                               token_sources, turn_targets) is None
+
+
+@pytest.mark.parametrize("key_after_image", [True, False])
+def test_question_attention_loss_reads_the_key_words_attention(key_after_image):
+    """Hand-made attention: the loss is -log(mass on the turn's key-word tokens), whose spliced positions move by
+    the image's K - 1 extra tokens when the word follows the image (image first) and not when it precedes it."""
+    image_id, visual = 5, 3
+    # Prompt: [pad, k, <image>, q, a0] or [pad, <image>, k, q, a0]; turn 0's key word is k.
+    input_ids = torch.tensor([[0, 9, image_id, 2, 7]] if not key_after_image else [[0, image_id, 9, 2, 7]])
+    attention_mask = torch.tensor([[0, 1, 1, 1, 1]])
+    labels = torch.tensor([[-100, -100, -100, -100, 7]])
+    key_tokens = (input_ids == 9)[:, None]  # [B, Q=1, L]
+    length = 4 - 1 + visual  # spliced: 4 kept tokens, the placeholder replaced by 3 visual tokens
+    key_at = visual if key_after_image else 0  # [v, v, v, k, q, a0] or [k, v, v, v, q, a0]
+    attention = torch.zeros(1, 1, length, length)
+    attention[0, 0, length - 2, key_at] = 0.25  # a0 is predicted from the position before it
+    loss = question_attention_loss([attention], [0], input_ids, attention_mask, labels, image_id,
+                                   torch.ones(1, visual, dtype=torch.bool), key_tokens)
+    torch.testing.assert_close(loss, -torch.log(torch.tensor(0.25)))
+    assert question_attention_loss([attention], [0], input_ids, attention_mask, labels, image_id,
+                                   torch.ones(1, visual, dtype=torch.bool), torch.zeros_like(key_tokens)) is None
+
+
+def test_question_keys_mark_each_turns_asked_word(processor):  # noqa: F811
+    """The collator's `turn_key_tokens` hold, per turn, the tokens of the colour that turn's question names; the
+    prompts are unchanged, and a single question gives the single-question prompt."""
+    rows = page_rows(count=4) + page_rows("global_count", count=2)
+    for per_image in (1, 3):
+        plain = ArrCocCollator(processor, patch_size=8, questions_per_image=per_image)(rows)
+        keyed = ArrCocCollator(processor, patch_size=8, questions_per_image=per_image, question_keys=True)(rows)
+        assert torch.equal(plain["input_ids"], keyed["input_ids"]) and torch.equal(plain["labels"], keyed["labels"])
+        for b, row in enumerate(rows):
+            turns = row_turns(row, per_image)
+            for q, (question, _, _) in enumerate(turns):
+                word = processor.tokenizer.decode(keyed["input_ids"][b][keyed["turn_key_tokens"][b, q]]).strip()
+                assert word and f" {word} " in f" {question} " and word in COLOR_NAMES, (question, word)
+            assert not keyed["turn_key_tokens"][b, len(turns):].any()
+
+
+def test_question_attention_trains_layer_0(tmp_path, datasets, processor):  # noqa: F811
+    """A training step with the question-attention loss: the loss is logged and reaches layer 0's queries and keys
+    (the visual attention loss is off, so nothing else asks for attention)."""
+    model = tiny_model()
+    args = make_args(tmp_path, "pretrain", max_steps=1, training_views={"pooled": 1.0}, train_budget="random",
+                     questions_per_image=2, loss_weight_question_attention=1.0, calibration_every=0,
+                     train_tier_weights={4: 1.0, 16: 1.0})
+    apply_phase(model, "pretrain")
+    collator = ArrCocCollator(processor, patch_size=8, questions_per_image=2, question_keys=True)
+    trainer = ArrCocTrainer(model=model, args=args, data_collator=collator, train_dataset=datasets[0],
+                            processing_class=processor)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, dict(batch)).backward()
+    logged = trainer._metrics["train"].get("question_attention_loss")
+    assert logged and logged[-1] > 0
+    assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="question_attention_layers must be layers"):
+        ArrCocTrainer(model=model, args=dataclasses.replace(args, question_attention_layers=[9]),
+                      data_collator=collator, train_dataset=datasets[0], processing_class=processor)
 
 
 def _reader_batch(tmp_path, datasets, processor, model, **overrides):  # noqa: F811

@@ -451,3 +451,16 @@ def test_randomized_pages_vary_their_look_but_never_take_the_heldout_values(tmp_
     assert [suite[split][0]["variant"] for split in synthetic.SPLITS] == ["randomized", "randomized", "heldout"]
     with pytest.raises(ValueError, match="train_variant"):
         SyntheticConfig(train_variant="fancy")
+
+
+def test_question_key_span_finds_each_templates_slot():
+    """The asked word of every templated question (colour or bar) is found where the template put it; a question
+    with no slot, or no template, has none."""
+    for templates in synthetic.QUESTION_TEMPLATES.values():
+        for template in templates:
+            slot = "{color}" in template and synthetic.COLOR_NAMES or "{bar}" in template and synthetic.BAR_LABELS
+            for word in slot or [None]:
+                question = template.format(color=word, bar=word)
+                span = synthetic.question_key_span(question)
+                assert (question[slice(*span)] if span else None) == word, question
+    assert synthetic.question_key_span("What is the red digit") is None  # not a template's question

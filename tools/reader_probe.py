@@ -2,7 +2,8 @@
 at K tokens of the reader stage's sparse view (the answer cell plus random distractors),
 how well each layer's hidden state at the visual positions still encodes the cell's digit (a ridge probe on half the
 tokens, scored on the other half), and where each head of each layer looks from the answer-predicting position
-(attention mass on the answer cell).
+(attention mass on the answer cell, and on the page's other key-colour digits: the cells a colour-blind lookup
+would confuse with it).
 
     python -m tools.reader_probe CHECKPOINT [--pages 8] [--tokens 4] [--variant heldout]
 
@@ -20,6 +21,8 @@ import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
 from modeling_arrcoc.data import VARIANTS, render_sample
 from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.training.reader import llm_attention_loss, sparse_view_scores
+
+KEY_INK_WORDS = (12, 17)  # the reading teacher's ink words of the five key colours (data/synthetic.py)
 
 
 def ridge_accuracy(features: torch.Tensor, labels: torch.Tensor, classes: int = 10) -> float:
@@ -67,12 +70,18 @@ def probe(checkpoint: str, pages: int = 8, seed: int = 14, tokens: int | None = 
     for hidden in out.hidden_states:
         tokens = torch.cat([hidden[b, first[b] : first[b] + count] for b in range(pages)])
         decodable.append(ridge_accuracy(tokens[has_digit], glyphs[has_digit] - 1))
-    turn_targets = batch["patch_targets"][:, None]
-    attention = [[float(torch.exp(-llm_attention_loss(
-        out.attentions, [layer], batch["input_ids"], batch["attention_mask"], batch["labels"],
-        model.config.image_token_id, image.visual_token_mask, image.token_sources, turn_targets, head=head)))
-        for head in range(out.attentions[layer].shape[1])] for layer in range(len(out.attentions))]
-    return {"glyph_decodable_per_layer_input": decodable, "answer_attention_per_layer_head": attention,
+    answer = batch["patch_targets"] > 0
+    ink = batch["visual_targets"][..., 1]
+    other_keys = (ink >= KEY_INK_WORDS[0]) & (ink < KEY_INK_WORDS[1]) & ~answer  # the page's other colours' digits
+
+    def mass(cells):  # [layer][head]: attention mass on `cells` from the answer-predicting position
+        return [[float(torch.exp(-llm_attention_loss(
+            out.attentions, [layer], batch["input_ids"], batch["attention_mask"], batch["labels"],
+            model.config.image_token_id, image.visual_token_mask, image.token_sources, cells[:, None].float(),
+            head=head))) for head in range(out.attentions[layer].shape[1])] for layer in range(len(out.attentions))]
+
+    return {"glyph_decodable_per_layer_input": decodable, "answer_attention_per_layer_head": mass(answer),
+            "other_key_attention_per_layer_head": mass(other_keys),
             "first_answer_token_accuracy": accuracy, "visual_tokens": count}
 
 
@@ -92,7 +101,8 @@ def main(argv=None):
           " ".join(f"{value:.2f}" for value in result["glyph_decodable_per_layer_input"]))
     for layer, heads in enumerate(result["answer_attention_per_layer_head"]):
         print(f"layer {layer}: attention mass on the answer cell per head (geometric mean over pages):",
-              " ".join(f"{value:.2f}" for value in heads))
+              " ".join(f"{value:.2f}" for value in heads), "| on the other key-colour digits:",
+              " ".join(f"{value:.2f}" for value in result["other_key_attention_per_layer_head"][layer]))
 
 
 if __name__ == "__main__":

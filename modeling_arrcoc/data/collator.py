@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .synthetic import question_key_span
 from .targets import answer_patch_targets
 
 ALIGNMENT_TARGETS = ("boxes", "teacher", "none")
@@ -44,6 +45,11 @@ class ArrCocCollator:
             supervision for a reader learning to find one token among many). Every turn's answer region is then in
             `turn_patch_targets` ([B, Q, N], zero rows where a sample has fewer turns), and `patch_targets` is
             their union (the allocator reads every question of the chat). 1 (default): one question per image.
+        question_keys: with answers, also `turn_key_tokens` ([B, Q, L] bool): per turn, the prompt tokens of the word
+            its question asks about (its colour or bar, `synthetic.question_key_span`; none for other questions),
+            which the reader stage's question-attention loss reads (training/reader.py). Every batch is then built
+            as a chat of turns (one turn when questions_per_image is 1: the same tokens as the single-question
+            prompt).
         alignment_targets: where `patch_targets` come from: "boxes" (answer-box coverage, where rows have a
             `boxes` column), "teacher" (the rows' `teacher_targets` column, per-patch scores of a teacher model,
             see training/teacher.py; none for rows without it) or "none" (never: the alignment loss then
@@ -56,6 +62,7 @@ class ArrCocCollator:
     keep_columns: tuple = ()
     alignment_targets: str = "boxes"
     questions_per_image: int = 1
+    question_keys: bool = False
 
     def __post_init__(self):
         if not isinstance(self.questions_per_image, int) or self.questions_per_image < 1:
@@ -66,7 +73,7 @@ class ArrCocCollator:
 
     def __call__(self, rows: list[dict]) -> dict:
         tokenizer = self.processor.tokenizer
-        if self.with_answers and self.questions_per_image > 1:
+        if self.with_answers and (self.questions_per_image > 1 or self.question_keys):
             return self._multi_turn(rows)
         prompts = [tokenizer(chat_prompt(self.processor, row["question"]), add_special_tokens=False).input_ids
                    for row in rows]
@@ -78,21 +85,28 @@ class ArrCocCollator:
         later turn's prompt (no image) and answer; labels on every answer token."""
         tokenizer = self.processor.tokenizer
         separator = tokenizer("\n", add_special_tokens=False).input_ids  # the chat template's newline after a turn
-        prompts, answers, turn_boxes = [], [], []
+        prompts, answers, turn_boxes, turn_keys = [], [], [], []
         for row in rows:
             turns = row_turns(row, self.questions_per_image)
-            ids, labels = [], []
+            ids, labels, keys = [], [], []
             for index, (question, answer, _) in enumerate(turns):
-                prompt = tokenizer(chat_prompt(self.processor, question, with_image=index == 0),
-                                   add_special_tokens=False).input_ids
-                prompt = prompt if index == 0 else separator + prompt
+                text = chat_prompt(self.processor, question, with_image=index == 0)
+                encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=self.question_keys)
+                start = len(ids) + (0 if index == 0 else len(separator))  # where this turn's prompt begins
+                if self.question_keys:
+                    keys.append([start + i for i in _key_tokens(text, question, encoded["offset_mapping"])])
+                prompt = encoded.input_ids if index == 0 else separator + encoded.input_ids
                 reply = self._encode_answer(answer)
                 ids += prompt + reply
                 labels += [-100] * len(prompt) + reply
             prompts.append(ids)
             answers.append(labels)
             turn_boxes.append([boxes for _, _, boxes in turns])
+            turn_keys.append(keys)
         batch = _left_pad_labelled(prompts, answers, tokenizer.pad_token_id)
+        if self.question_keys:
+            batch["turn_key_tokens"] = _turn_key_mask(turn_keys, [len(ids) for ids in prompts],
+                                                      batch["input_ids"].shape[1])
         batch = self._finish(rows, batch, with_targets=False)
         if all("boxes" in row for row in rows):
             turns = self._turn_targets(rows, turn_boxes)
@@ -141,6 +155,25 @@ class ArrCocCollator:
         scale = size / max(width, height)  # the processor resizes the longest side to `size`
         scaled = [[coordinate * scale for coordinate in box] for box in boxes]
         return answer_patch_targets(scaled, size, self.patch_size)
+
+
+def _key_tokens(text: str, question: str, offsets) -> list[int]:
+    """Indices of the tokens of `text` (a chat prompt) that overlap the word its `question` asks about."""
+    span = question_key_span(question)
+    if span is None:
+        return []
+    at = text.rfind(question)  # the question is the prompt's last user text
+    start, end = at + span[0], at + span[1]
+    return [i for i, (first, last) in enumerate(offsets) if first < end and last > start]
+
+
+def _turn_key_mask(turn_keys, lengths, width: int) -> torch.Tensor:
+    """[B, Q, width] bool: each turn's key-word tokens in the left-padded rows."""
+    mask = torch.zeros(len(turn_keys), max(len(keys) for keys in turn_keys), width, dtype=torch.bool)
+    for b, (keys, length) in enumerate(zip(turn_keys, lengths)):
+        for q, indices in enumerate(keys):
+            mask[b, q, [width - length + i for i in indices]] = True
+    return mask
 
 
 def _left_pad_labelled(sequences, labels, pad_id) -> dict:

@@ -24,6 +24,7 @@ import functools
 import hashlib
 import io
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,29 @@ KEY_COLORS = {
         "purple": (170, 75, 205),
     },
 }
+
+
+def question_key_span(question: str) -> tuple | None:
+    """(start, end) characters of the word a synthetic question asks about (the colour or bar its template fills:
+    "red" in "What is the red digit?"); None for a question no template makes, or one with no slot ("Which bar is
+    the tallest?")."""
+    for pattern in _TEMPLATE_PATTERNS:
+        match = pattern.fullmatch(question)
+        if match:
+            return match.span("key")
+    return None
+
+
+def _template_pattern(template: str) -> re.Pattern:
+    """A template as a regex with its one slot ({color} / {bar}) as the named group "key"."""
+    before, _, rest = template.partition("{")
+    after = rest.partition("}")[2]
+    return re.compile(re.escape(before) + r"(?P<key>\w+)" + re.escape(after))
+
+
+_TEMPLATE_PATTERNS = [_template_pattern(template) for templates in QUESTION_TEMPLATES.values()
+                      for template in templates if "{" in template]
+
 KEY_COLORS["randomized"] = KEY_COLORS["standard"]  # its pages move these shades (STYLES["randomized"].key_jitter)
 
 
@@ -780,6 +804,7 @@ if __name__ == "__main__":
 
 __all__ = [
     "BAR_LABELS",
+    "question_key_span",
     "COLOR_NAMES",
     "FAMILIES",
     "FEATURES",

@@ -171,6 +171,12 @@ class ArrCocTrainingArguments(TrainingArguments):
                        "later layers rewrite them; supervising layers 2-3 too made layer 0 overwrite the digits at the "
                        "visual positions (measured: the glyph was linearly decodable there at 0.30 after layer 0)."),
     )
+    question_attention_layers: list[int] = field(
+        default_factory=lambda: [0],
+        metadata=_help("LLM layers whose head 0 the question-attention loss supervises (loss_weight_question_attention): "
+                       "layer 0 brings the question's key word to the answer position before layer 1 looks it up among "
+                       "the visual tokens."),
+    )
     llm_attention_query_side: bool = field(
         default=False,
         metadata=_help("The attention loss on the supervised heads recomputed from each layer's input with the visual "

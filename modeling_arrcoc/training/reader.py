@@ -18,6 +18,9 @@ distractors, so the base's reading stage offers denser supervision (docs/demo_mo
   the keys it is matched against (a strong loss on the model's own attention made layer 0 rewrite the visual
   positions and erase the digits). At layer 0 nothing on the vision side learns from it; at a later layer the
   text positions' input still depends on the visual tokens through the earlier layers, and that path stays open.
+- `question_attention_loss`: the first hop of the same lookup, on the text side: from each answer-predicting
+  position, one head is pulled toward the word the turn's question asks about (its colour), so that the position
+  that must find the red cell carries "red" (the collator's `question_keys`). Base pretraining only, like the above.
 - `scale_attention_logits`: a language model with QK-norm (Qwen3 normalises every head's query and key) bounds each
   attention logit by sqrt(head_dim) x its norms' weights, about 8 at initialisation for 64-dim heads. Putting most of
   a head's mass on one token among 256 needs a logit margin of about ln(255) + 2, near that bound, so a lookup among
@@ -133,21 +136,55 @@ def llm_attention_loss(attentions, layers, input_ids, attention_mask, labels, im
     turn_targets: [B, Q, N] each turn's answer coverage per patch (the collator's `turn_patch_targets`).
     Returns None when no turn has an answer among the visual tokens (nothing to supervise).
     """
+    def answer_tokens(b, turn, layout):
+        offset, rank, first_visual, counts = layout
+        count = int(counts[b])
+        on_answer = turn_targets[b, turn][token_sources[b, :count]] > 0
+        return first_visual[b] + torch.nonzero(on_answer).flatten()
+
+    return _turn_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
+                                turn_targets.shape[1], answer_tokens, head)
+
+
+def question_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
+                            turn_key_tokens, head: int = 0) -> torch.Tensor | None:
+    """Cross-entropy of one head's attention (per supervised layer) from each answer-predicting position over the
+    sequence, against the word that turn's question asks about: -log(attention mass on its tokens). It teaches the
+    first hop of the lookup, bringing "red" to the position that must then find the red cell among the visual tokens
+    (docs/demo_model.md: without it, the supervised head split its mass over every key-coloured cell).
+
+    turn_key_tokens: [B, Q, L] the collator's per-turn key-word tokens on the prompt side (`question_keys`); the
+    other arguments as `llm_attention_loss`'s. Returns None when no turn has a key word (nothing to supervise).
+    """
+    image_at = (input_ids == image_token_id).int().argmax(-1)
+
+    def key_tokens(b, turn, layout):
+        offset, rank, _, counts = layout
+        keys = torch.nonzero(turn_key_tokens[b, turn]).flatten()
+        after_image = (keys > image_at[b]).long()  # the image's K tokens replace its one placeholder
+        return offset[b] + rank[b, keys] + after_image * (counts[b] - 1)
+
+    return _turn_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
+                                turn_key_tokens.shape[1], key_tokens, head)
+
+
+def _turn_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
+                         num_turns: int, targets, head: int) -> torch.Tensor | None:
+    """Mean over turns and layers of -log(head `head`'s attention mass, from the turn's answer-predicting position,
+    on the spliced positions `targets(b, turn, layout)` gives); turns without targets are skipped."""
     length = attentions[layers[0]].shape[-1]
-    offset, rank, first_visual, counts = spliced_layout(input_ids, attention_mask, image_token_id, visual_mask,
-                                                        length)
+    layout = spliced_layout(input_ids, attention_mask, image_token_id, visual_mask, length)
+    offset, rank, _, counts = layout
     terms = []
     for b, positions in enumerate(answer_prediction_positions(labels)):
-        count = int(counts[b])
-        visual_at = int(first_visual[b])
-        for turn, position in enumerate(positions[: turn_targets.shape[1]]):
-            on_answer = turn_targets[b, turn][token_sources[b, :count]] > 0
-            if not on_answer.any():
+        for turn, position in enumerate(positions[:num_turns]):
+            where = targets(b, turn, layout)
+            if where.numel() == 0:
                 continue
-            query = int(offset[b] + rank[b, position] + count - 1)  # the position sits after the image
+            query = int(offset[b] + rank[b, position] + counts[b] - 1)  # the position sits after the image
             for layer in layers:
-                weights = attentions[layer][b, head, query, visual_at : visual_at + count]
-                terms.append(-torch.log(weights[on_answer].sum().float().clamp(min=1e-6)))
+                weights = attentions[layer][b, head, query, where]
+                terms.append(-torch.log(weights.sum().float().clamp(min=1e-6)))
     return torch.stack(terms).mean() if terms else None
 
 
@@ -173,6 +210,7 @@ __all__ = [
     "answer_prediction_positions",
     "curriculum_tier_cap",
     "llm_attention_loss",
+    "question_attention_loss",
     "query_side_attentions",
     "scale_attention_logits",
     "sparse_view_scores",

@@ -264,11 +264,12 @@ def build_trainer(model_args, data_args, args):
     check_streaming(train_dataset, args)
     train_dataset = add_alignment_targets(train_dataset, args, model.config)
     collator = ArrCocCollator(processor, patch_size=model.config.vision_config.patch_size,
-                              alignment_targets=args.alignment_targets, questions_per_image=args.questions_per_image)
+                              alignment_targets=args.alignment_targets, questions_per_image=args.questions_per_image,
+                              question_keys=args.loss_weight_question_attention > 0)
     # Learning curves measure coverage of the true answer boxes, whatever the training targets, one question per image
     # as evaluation asks them.
     curves = learning_curve_callbacks(data_args, args, eval_dataset, dataclasses.replace(
-        collator, alignment_targets="boxes", questions_per_image=1), model.config)
+        collator, alignment_targets="boxes", questions_per_image=1, question_keys=False), model.config)
     trainer = ArrCocTrainer(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                             eval_dataset=eval_dataset if args.eval_strategy != "no" else None,
                             processing_class=processor, callbacks=curves)
@@ -281,7 +282,8 @@ def save_final(trainer, collator, eval_dataset, argv: list[str]):
     args = trainer.args
     final = Path(args.output_dir) / "checkpoint"
     merge_lora(trainer.model)  # a plain checkpoint: LoRA (if any) folded into the LLM weights
-    temperature_fit(trainer.model, args, eval_dataset, dataclasses.replace(collator, questions_per_image=1))
+    one_question = dataclasses.replace(collator, questions_per_image=1, question_keys=False)  # as evaluation asks
+    temperature_fit(trainer.model, args, eval_dataset, one_question)
     trainer.save_model(str(final))  # safetensors weights + the processor, on the main process
     if args.process_index == 0:
         pickle_free(final, args)

@@ -56,10 +56,16 @@ from .calibration import calibration_targets, step_tier
 from .guards import NonFiniteGuard, NonFiniteLossError, SamFeatureCache, last_checkpoint
 from .optim import check_param_groups, component_param_groups
 from .phases import PHASES, component_parameters, trainable_parameter_counts
-from .reader import (curriculum_tier_cap, llm_attention_loss, query_side_attentions, sparse_view_scores,
-                     step_view)
+from .reader import (curriculum_tier_cap, llm_attention_loss, query_side_attentions, question_attention_loss,
+                     sparse_view_scores, step_view)
 
 logger = logging.get_logger(__name__)
+
+
+def _check_layers(model, name: str, layers: list):
+    count = model.config.text_config.num_hidden_layers
+    if not layers or any(not 0 <= i < count for i in layers):
+        raise ValueError(f"{name} must be layers of the language model (0-{count - 1}), got {layers}.")
 
 
 def _check_phase_applied(model, args):
@@ -97,14 +103,13 @@ class ArrCocTrainer(Trainer):
         self.nonfinite = NonFiniteGuard(args.max_nonfinite_steps)
         self.feature_cache = self._make_feature_cache(model)
         self._check_model(model)
-        if args.loss_weight_llm_attention:
-            layers = model.config.text_config.num_hidden_layers
-            if not args.llm_attention_layers or any(not 0 <= i < layers for i in args.llm_attention_layers):
-                raise ValueError(f"llm_attention_layers must be layers of the language model (0-{layers - 1}), got "
-                                 f"{args.llm_attention_layers}.")
-            if not args.llm_attention_query_side:
-                # Attention probabilities are only returned by eager attention (sdpa computes them fused).
-                model.model.language_model.set_attn_implementation("eager")
+        for weight, name in (("llm_attention", "llm_attention_layers"),
+                             ("question_attention", "question_attention_layers")):
+            if args.loss_weight(weight):
+                _check_layers(model, name, getattr(args, name))
+        if args.loss_weight_question_attention or (args.loss_weight_llm_attention and not args.llm_attention_query_side):
+            # Attention probabilities are only returned by eager attention (sdpa computes them fused).
+            model.model.language_model.set_attn_implementation("eager")
         if args.early_stopping_patience is not None:
             self.add_callback(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_threshold))
 
@@ -205,6 +210,7 @@ class ArrCocTrainer(Trainer):
         mode = "train" if model.training else "eval"
         sample_index, tiers = inputs.pop("sample_index", None), inputs.pop("budget_tier", None)
         turn_targets = inputs.pop("turn_patch_targets", None)
+        key_tokens = inputs.pop("turn_key_tokens", None)
         unwrapped = self.accelerator.unwrap_model(model)
         if self.feature_cache is not None and sample_index is not None:
             inputs["patch_features"] = self.feature_cache.lookup(unwrapped, inputs.pop("pixel_values"), sample_index)
@@ -214,15 +220,23 @@ class ArrCocTrainer(Trainer):
             budget = self._view_inputs(unwrapped, inputs, view, turn_targets)
         supervise_attention = (mode == "train" and self.args.loss_weight_llm_attention > 0
                                and turn_targets is not None and view != "pooled")
+        supervise_question = (mode == "train" and self.args.loss_weight_question_attention > 0
+                              and key_tokens is not None)
         extra = {}
         if supervise_attention:  # the query-side loss recomputes its heads from the layers' inputs
             extra = {"output_hidden_states" if self.args.llm_attention_query_side else "output_attentions": True}
+        if supervise_question:
+            extra["output_attentions"] = True
         window = answer_window(inputs["labels"]) if self.args.logits_on_labels_only else 0
         outputs = model(**inputs, budget=budget, logits_to_keep=window, **extra)
         # Every model term the loss table names, by its output field (None where it was not computed).
         components = {name: getattr(outputs, LOSS_TERMS[name].field, None) for name in LOSS_COMPONENTS}
         if supervise_attention:
             components["llm_attention"] = self.attention_supervision(unwrapped, inputs, outputs, turn_targets)
+        if supervise_question:
+            components["question_attention"] = question_attention_loss(
+                outputs.attentions, self.args.question_attention_layers, inputs["input_ids"], inputs["attention_mask"],
+                inputs["labels"], unwrapped.config.image_token_id, outputs.image_outputs.visual_token_mask, key_tokens)
         if mode == "train" and self._calibration_due(unwrapped):
             components["budget"] = self.calibration_loss(unwrapped, inputs, outputs.budget_logits)
         loss = self.weighted_loss(components, outputs.visual_token_counts, unwrapped.config)
