@@ -148,11 +148,15 @@ for _term in (
         "Base pretraining only: weight of the question-attention supervision (head 0 of each layer in "
         "question_attention_layers, from each answer-predicting position toward the word its question asks "
         "about, the collator's question_keys; reader.py). Runs the language model with eager attention.")),
+    LossTerm("llm_visual_words", 0.0, computed_by="trainer", help=(
+        "Base pretraining only: weight of the visual words read back from the language model's hidden states at the "
+        "visual positions at the input of each layer in llm_visual_words_layers (through the visual embedding "
+        "table, against the reading teacher; reader.py), so early layers keep what later ones match and read.")),
 ):
     LOSS_TERMS.register(_term)
 
 LOSS_COMPONENTS = LOSS_TERMS.names(lambda term: term.computed_by == "model")  # answer, efficiency, alignment, vet_kl
-TRAINER_TERMS = LOSS_TERMS.names(lambda term: term.computed_by == "trainer")  # budget, llm_attention, question_attention
+TRAINER_TERMS = LOSS_TERMS.names(lambda term: term.computed_by == "trainer")  # budget, llm_attention, question_attention, llm_visual_words
 WEIGHTED_TERMS = LOSS_TERMS.names()
 
 

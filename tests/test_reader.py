@@ -24,6 +24,7 @@ from modeling_arrcoc.training.reader import (
     scale_attention_logits,
     sparse_view_scores,
     step_view,
+    visual_words_loss,
 )
 from modeling_arrcoc.training.trainer import ArrCocTrainer
 
@@ -166,13 +167,14 @@ def test_question_keys_mark_each_turns_asked_word(processor):  # noqa: F811
             assert not keyed["turn_key_tokens"][b, len(turns):].any()
 
 
-def test_question_attention_trains_layer_0(tmp_path, datasets, processor):  # noqa: F811
-    """A training step with the question-attention loss: the loss is logged and reaches layer 0's queries and keys
-    (the visual attention loss is off, so nothing else asks for attention)."""
+@pytest.mark.parametrize("words", [0.0, 1.0])
+def test_question_attention_trains_layer_0(words, tmp_path, datasets, processor):  # noqa: F811
+    """A training step with the question-attention loss (and the visual words read back after layer 0): each loss is
+    logged and reaches layer 0's queries (the visual attention loss is off, so nothing else asks for attention)."""
     model = tiny_model()
     args = make_args(tmp_path, "pretrain", max_steps=1, training_views={"pooled": 1.0}, train_budget="random",
                      questions_per_image=2, loss_weight_question_attention=1.0, calibration_every=0,
-                     train_tier_weights={4: 1.0, 16: 1.0})
+                     train_tier_weights={4: 1.0, 16: 1.0}, loss_weight_llm_visual_words=words)
     apply_phase(model, "pretrain")
     collator = ArrCocCollator(processor, patch_size=8, questions_per_image=2, question_keys=True)
     trainer = ArrCocTrainer(model=model, args=args, data_collator=collator, train_dataset=datasets[0],
@@ -182,10 +184,35 @@ def test_question_attention_trains_layer_0(tmp_path, datasets, processor):  # no
     trainer.compute_loss(trainer.model, dict(batch)).backward()
     logged = trainer._metrics["train"].get("question_attention_loss")
     assert logged and logged[-1] > 0
+    assert bool(trainer._metrics["train"].get("llm_visual_words_loss")) == bool(words)
     assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="question_attention_layers must be layers"):
         ArrCocTrainer(model=model, args=dataclasses.replace(args, question_attention_layers=[9]),
                       data_collator=collator, train_dataset=datasets[0], processing_class=processor)
+
+
+def test_visual_words_loss_reads_each_visual_position_through_the_table():
+    """Hand-made hidden states: a visual position that holds its word's table row costs almost nothing, one that holds
+    another word's row costs the temperature; text positions are never read, and tokens without words are skipped."""
+    image_id = 5
+    input_ids = torch.tensor([[0, 1, image_id, 2], [1, image_id, 2, 3]])  # row 0 left-padded
+    attention_mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    visual_mask = torch.tensor([[True, True], [True, False]])  # row 1 has one real visual token
+    table = torch.eye(4)
+    targets = torch.tensor([[[2], [3]], [[1], [-100]]])  # [B, K, M=1]
+    length = 4  # row 0: 3 kept tokens - 1 + 2 visual; row 1: 4 - 1 + 1
+    hidden = torch.zeros(2, length, 4)
+    hidden[0, 1], hidden[0, 2] = table[2], table[3]  # [q, v0, v1, q]
+    hidden[1, 1] = table[1]  # [q, v0, q, q]
+    hidden[:, -1], hidden[1, 2] = table[0], table[0]  # text positions, never read
+    args = (input_ids, attention_mask, image_id, visual_mask, targets, table)
+    right = visual_words_loss([hidden], [0], *args)
+    assert right < 1e-3
+    hidden[0, 2] = table[0]
+    # The wrong row: its word's logit 0 against 10 for the row's word, so -log softmax = log(e^10 + 3).
+    torch.testing.assert_close(visual_words_loss([hidden], [0], *args) * 3,
+                               right * 2 + torch.log(torch.exp(torch.tensor(10.0)) + 3))
+    assert visual_words_loss([hidden], [0], *args[:4], torch.full_like(targets, -100), table) is None
 
 
 def _reader_batch(tmp_path, datasets, processor, model, **overrides):  # noqa: F811

@@ -177,6 +177,11 @@ class ArrCocTrainingArguments(TrainingArguments):
                        "layer 0 brings the question's key word to the answer position before layer 1 looks it up among "
                        "the visual tokens."),
     )
+    llm_visual_words_layers: list[int] = field(
+        default_factory=lambda: [1],
+        metadata=_help("Hidden states (the input of these LLM layers) whose visual positions must still name their "
+                       "visual words (loss_weight_llm_visual_words): [1] is layer 0's output."),
+    )
     llm_attention_query_side: bool = field(
         default=False,
         metadata=_help("The attention loss on the supervised heads recomputed from each layer's input with the visual "

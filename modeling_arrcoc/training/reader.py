@@ -21,6 +21,9 @@ distractors, so the base's reading stage offers denser supervision (docs/demo_mo
 - `question_attention_loss`: the first hop of the same lookup, on the text side: from each answer-predicting
   position, one head is pulled toward the word the turn's question asks about (its colour), so that the position
   that must find the red cell carries "red" (the collator's `question_keys`). Base pretraining only, like the above.
+- `visual_words_loss`: the reading teacher's words read back from the language model's hidden states at the visual
+  positions after its first layers, so that a layer cannot erase what a later layer's lookup must match (the key
+  colour) or read (the digit). Base pretraining only.
 - `scale_attention_logits`: a language model with QK-norm (Qwen3 normalises every head's query and key) bounds each
   attention logit by sqrt(head_dim) x its norms' weights, about 8 at initialisation for 64-dim heads. Putting most of
   a head's mass on one token among 256 needs a logit margin of about ln(255) + 2, near that bound, so a lookup among
@@ -188,6 +191,35 @@ def _turn_attention_loss(attentions, layers, input_ids, attention_mask, labels, 
     return torch.stack(terms).mean() if terms else None
 
 
+def visual_words_loss(hidden_states, layers, input_ids, attention_mask, image_token_id, visual_mask, token_targets,
+                      word_embeddings, temperature: float = 10.0) -> torch.Tensor | None:
+    """Cross-entropy of the visual words each visual token's hidden state still names at the input of each layer in
+    `layers` (hidden_states[layer]), read through the visual embedding table it was made from (cosine to each
+    word's row, times `temperature`; the table detached, so only the language model learns), against the reading
+    teacher's words of its patch (uniform over them). At layer 0's input the tokens are the table's mixes; a layer that
+    rewrites them (the reader stage's layer 0 erased the key colour: 0.98 decodable at its input, about 0.35 after
+    it, docs/demo_model.md) is pulled back to keep them.
+
+    token_targets: [B, K, M] word ids per visual token (losses.token_targets; -100: none). Returns None when no token
+    has a word."""
+    length = hidden_states[0].shape[1]
+    _, _, first_visual, counts = spliced_layout(input_ids, attention_mask, image_token_id, visual_mask, length)
+    rows = torch.nn.functional.normalize(word_embeddings.detach().float(), dim=-1)  # [V, D]
+    width = visual_mask.shape[1]
+    index = first_visual[:, None] + torch.arange(width, device=visual_mask.device)[None]  # [B, K]
+    index = index.clamp(max=length - 1)
+    valid = visual_mask[..., None] & (token_targets != -100)  # [B, K, M]
+    if not valid.any():
+        return None
+    terms = []
+    for layer in layers:
+        hidden = hidden_states[layer].gather(1, index[..., None].expand(-1, -1, hidden_states[layer].shape[-1]))
+        logits = temperature * torch.nn.functional.normalize(hidden.float(), dim=-1) @ rows.T  # [B, K, V]
+        picked = logits.log_softmax(-1).gather(2, token_targets.clamp(min=0))
+        terms.append(-(picked * valid).sum() / valid.sum())
+    return torch.stack(terms).mean()
+
+
 def scale_attention_logits(language_model, scale: float) -> int:
     """Multiply every attention logit of `language_model` by `scale`: each layer's query and key norm weights are
     multiplied by sqrt(scale) (in place; they keep training). Returns the number of layers changed. A model without
@@ -216,4 +248,5 @@ __all__ = [
     "sparse_view_scores",
     "spliced_layout",
     "step_view",
+    "visual_words_loss",
 ]

@@ -50,14 +50,14 @@ from transformers import EarlyStoppingCallback, Trainer
 from transformers.utils import logging
 
 from ..data.sampler import IndexedCollator, TierGroupedBatchSampler, curriculum_indices, question_tiers, with_sample_index
-from ..losses import LOSS_COMPONENTS, LOSS_TERMS, WEIGHTED_TERMS, answer_window, weighted_loss
+from ..losses import LOSS_COMPONENTS, LOSS_TERMS, WEIGHTED_TERMS, answer_window, token_targets, weighted_loss
 from .arguments import COMPONENTS, ArrCocTrainingArguments
 from .calibration import calibration_targets, step_tier
 from .guards import NonFiniteGuard, NonFiniteLossError, SamFeatureCache, last_checkpoint
 from .optim import check_param_groups, component_param_groups
 from .phases import PHASES, component_parameters, trainable_parameter_counts
 from .reader import (curriculum_tier_cap, llm_attention_loss, query_side_attentions, question_attention_loss,
-                     sparse_view_scores, step_view)
+                     sparse_view_scores, step_view, visual_words_loss)
 
 logger = logging.get_logger(__name__)
 
@@ -104,7 +104,8 @@ class ArrCocTrainer(Trainer):
         self.feature_cache = self._make_feature_cache(model)
         self._check_model(model)
         for weight, name in (("llm_attention", "llm_attention_layers"),
-                             ("question_attention", "question_attention_layers")):
+                             ("question_attention", "question_attention_layers"),
+                             ("llm_visual_words", "llm_visual_words_layers")):
             if args.loss_weight(weight):
                 _check_layers(model, name, getattr(args, name))
         if args.loss_weight_question_attention or (args.loss_weight_llm_attention and not args.llm_attention_query_side):
@@ -222,11 +223,15 @@ class ArrCocTrainer(Trainer):
                                and turn_targets is not None and view != "pooled")
         supervise_question = (mode == "train" and self.args.loss_weight_question_attention > 0
                               and key_tokens is not None)
+        supervise_words = (mode == "train" and self.args.loss_weight_llm_visual_words > 0
+                           and inputs.get("visual_targets") is not None)
         extra = {}
         if supervise_attention:  # the query-side loss recomputes its heads from the layers' inputs
             extra = {"output_hidden_states" if self.args.llm_attention_query_side else "output_attentions": True}
         if supervise_question:
             extra["output_attentions"] = True
+        if supervise_words:
+            extra["output_hidden_states"] = True
         window = answer_window(inputs["labels"]) if self.args.logits_on_labels_only else 0
         outputs = model(**inputs, budget=budget, logits_to_keep=window, **extra)
         # Every model term the loss table names, by its output field (None where it was not computed).
@@ -237,6 +242,13 @@ class ArrCocTrainer(Trainer):
             components["question_attention"] = question_attention_loss(
                 outputs.attentions, self.args.question_attention_layers, inputs["input_ids"], inputs["attention_mask"],
                 inputs["labels"], unwrapped.config.image_token_id, outputs.image_outputs.visual_token_mask, key_tokens)
+        if supervise_words:
+            image = outputs.image_outputs
+            components["llm_visual_words"] = visual_words_loss(
+                outputs.hidden_states, self.args.llm_visual_words_layers, inputs["input_ids"],
+                inputs["attention_mask"], unwrapped.config.image_token_id, image.visual_token_mask,
+                token_targets(inputs["visual_targets"], image.token_sources),
+                unwrapped.model.quality_adapter.visual_embedding_table.weight)
         if mode == "train" and self._calibration_due(unwrapped):
             components["budget"] = self.calibration_loss(unwrapped, inputs, outputs.budget_logits)
         loss = self.weighted_loss(components, outputs.visual_token_counts, unwrapped.config)
