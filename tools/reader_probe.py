@@ -5,7 +5,7 @@ tokens, scored on the other half), and where each head of each layer looks from 
 (attention mass on the answer cell, and on the page's other key-colour digits: the cells a colour-blind lookup
 would confuse with it).
 
-    python -m tools.reader_probe CHECKPOINT [--pages 8] [--tokens 4] [--variant heldout]
+    python -m tools.reader_probe CHECKPOINT [--pages 8] [--tokens 4] [--variant heldout] [--decode-pages 512]
 
 docs/demo_model.md uses it to show why supervising the attention of layers 1-3 kept the answers at chance: layer 0
 rewrote the visual positions and the digits were gone from them by layer 1.
@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
-from modeling_arrcoc.data import VARIANTS, render_sample
+from modeling_arrcoc.data import COLOR_NAMES, VARIANTS, render_sample
 from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.training.reader import llm_attention_loss, sparse_view_scores
 
@@ -85,6 +85,46 @@ def probe(checkpoint: str, pages: int = 8, seed: int = 14, tokens: int | None = 
             "first_answer_token_accuracy": accuracy, "visual_tokens": count}
 
 
+@torch.no_grad()
+def colour_decodability(checkpoint: str, pages: int = 512, seed: int = 21, variant: str = "standard",
+                        batch_size: int = 16) -> dict:
+    """The lookup's two hops, as linear probes (ridge, fit on the first half of the examples, scored on the rest)
+    over local_color pages at full tokens, at the input of each LLM layer (0..L):
+    - `question_colour_at_answer`: the colour the question names, at the position that predicts the answer (the
+      first hop brings it there; 5-way, chance 0.2);
+    - `key_colour_at_visual`: the ink colour of each key-coloured visual token, at its own position (what the
+      second hop's keys must still carry to tell the asked colour from the page's other key colours)."""
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    collator = ArrCocCollator(processor)
+    asked, asked_labels, keys, key_labels = None, [], None, []
+    for start in range(0, pages, batch_size):
+        rows = [render_sample("local_color", np.random.default_rng([seed, i]), variant=variant)
+                for i in range(start, min(start + batch_size, pages))]
+        batch = collator(rows)
+        out = model(**{key: batch[key] for key in ("input_ids", "attention_mask", "labels", "pixel_values")},
+                    budget="full", output_hidden_states=True)
+        image, states = out.image_outputs, out.hidden_states
+        asked, keys = asked or [[] for _ in states], keys or [[] for _ in states]
+        length = batch["labels"].shape[1]
+        before_answer = states[0].shape[1] - (length - (batch["labels"] != -100).int().argmax(-1)) - 1
+        count = int(image.visual_token_mask.sum(-1)[0])
+        first = states[0].shape[1] - count - (batch["attention_mask"].shape[1] - 1 -
+                                              (batch["input_ids"] == model.config.image_token_id).int().argmax(-1))
+        ink = batch["visual_targets"][..., 1].gather(1, image.token_sources)
+        for b, row in enumerate(rows):
+            coloured = (ink[b] >= KEY_INK_WORDS[0]) & (ink[b] < KEY_INK_WORDS[1])
+            for layer, hidden in enumerate(states):
+                asked[layer].append(hidden[b, before_answer[b]])
+                keys[layer].append(hidden[b, first[b] : first[b] + count][coloured])
+            asked_labels.append(next(i for i, name in enumerate(COLOR_NAMES) if f" {name} " in row["question"]))
+            key_labels.append(ink[b][coloured] - KEY_INK_WORDS[0])
+    asked_labels, key_labels = torch.tensor(asked_labels), torch.cat(key_labels)
+    return {"question_colour_at_answer": [ridge_accuracy(torch.stack(f), asked_labels, 5) for f in asked],
+            "key_colour_at_visual": [ridge_accuracy(torch.cat(f), key_labels, 5) for f in keys],
+            "pages": pages, "key_tokens": len(key_labels)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
@@ -92,6 +132,8 @@ def main(argv=None):
     parser.add_argument("--tokens", type=int, default=None, help="the sparse view at this many tokens (default: all)")
     parser.add_argument("--variant", default="standard", choices=VARIANTS,
                         help="page look ('heldout' is the test split's)")
+    parser.add_argument("--decode-pages", type=int, default=0,
+                        help="also probe the lookup's two hops over this many pages (colour_decodability; 512+)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     result = probe(args.checkpoint, args.pages, tokens=args.tokens, variant=args.variant)
@@ -103,6 +145,13 @@ def main(argv=None):
         print(f"layer {layer}: attention mass on the answer cell per head (geometric mean over pages):",
               " ".join(f"{value:.2f}" for value in heads), "| on the other key-colour digits:",
               " ".join(f"{value:.2f}" for value in result["other_key_attention_per_layer_head"][layer]))
+    if args.decode_pages:
+        hops = colour_decodability(args.checkpoint, args.decode_pages, variant=args.variant)
+        print(f"over {hops['pages']} pages ({hops['key_tokens']} key-coloured tokens), input of layer 0..L, chance 0.2:")
+        print("  the question's colour decodable at the answer-predicting position:",
+              " ".join(f"{value:.2f}" for value in hops["question_colour_at_answer"]))
+        print("  the key colour decodable at the key-coloured visual positions:",
+              " ".join(f"{value:.2f}" for value in hops["key_colour_at_visual"]))
 
 
 if __name__ == "__main__":
