@@ -20,9 +20,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
 from modeling_arrcoc.data import COLOR_NAMES, VARIANTS, render_sample
 from modeling_arrcoc.data.collator import ArrCocCollator
-from modeling_arrcoc.training.reader import llm_attention_loss, sparse_view_scores
-
-KEY_INK_WORDS = (12, 17)  # the reading teacher's ink words of the five key colours (data/synthetic.py)
+from modeling_arrcoc.data.synthetic import DARK_WORD, FIRST_KEY_WORD, question_key_span
+from modeling_arrcoc.training.reader import (answer_prediction_positions, llm_attention_loss, sparse_view_scores,
+                                             spliced_layout)
 
 
 def ridge_accuracy(features: torch.Tensor, labels: torch.Tensor, classes: int = 10) -> float:
@@ -72,7 +72,7 @@ def probe(checkpoint: str, pages: int = 8, seed: int = 14, tokens: int | None = 
         decodable.append(ridge_accuracy(tokens[has_digit], glyphs[has_digit] - 1))
     answer = batch["patch_targets"] > 0
     ink = batch["visual_targets"][..., 1]
-    other_keys = (ink >= KEY_INK_WORDS[0]) & (ink < KEY_INK_WORDS[1]) & ~answer  # the page's other colours' digits
+    other_keys = (ink >= FIRST_KEY_WORD) & (ink < DARK_WORD) & ~answer  # the page's other colours' digits
 
     def mass(cells):  # [layer][head]: attention mass on `cells` from the answer-predicting position
         return [[float(torch.exp(-llm_attention_loss(
@@ -106,19 +106,19 @@ def colour_decodability(checkpoint: str, pages: int = 512, seed: int = 21, varia
                     budget="full", output_hidden_states=True)
         image, states = out.image_outputs, out.hidden_states
         asked, keys = asked or [[] for _ in states], keys or [[] for _ in states]
-        length = batch["labels"].shape[1]
-        before_answer = states[0].shape[1] - (length - (batch["labels"] != -100).int().argmax(-1)) - 1
-        count = int(image.visual_token_mask.sum(-1)[0])
-        first = states[0].shape[1] - count - (batch["attention_mask"].shape[1] - 1 -
-                                              (batch["input_ids"] == model.config.image_token_id).int().argmax(-1))
+        offset, rank, first, counts = spliced_layout(batch["input_ids"], batch["attention_mask"],
+                                                     model.config.image_token_id, image.visual_token_mask,
+                                                     states[0].shape[1])
         ink = batch["visual_targets"][..., 1].gather(1, image.token_sources)
-        for b, row in enumerate(rows):
-            coloured = (ink[b] >= KEY_INK_WORDS[0]) & (ink[b] < KEY_INK_WORDS[1])
+        for b, (row, positions) in enumerate(zip(rows, answer_prediction_positions(batch["labels"]))):
+            before_answer = int(offset[b] + rank[b, positions[0]] + counts[b] - 1)  # it sits after the image
+            count = int(counts[b])
+            coloured = (ink[b, :count] >= FIRST_KEY_WORD) & (ink[b, :count] < DARK_WORD)
             for layer, hidden in enumerate(states):
-                asked[layer].append(hidden[b, before_answer[b]])
+                asked[layer].append(hidden[b, before_answer])
                 keys[layer].append(hidden[b, first[b] : first[b] + count][coloured])
-            asked_labels.append(next(i for i, name in enumerate(COLOR_NAMES) if f" {name} " in row["question"]))
-            key_labels.append(ink[b][coloured] - KEY_INK_WORDS[0])
+            asked_labels.append(COLOR_NAMES.index(row["question"][slice(*question_key_span(row["question"]))]))
+            key_labels.append(ink[b, :count][coloured] - FIRST_KEY_WORD)
     asked_labels, key_labels = torch.tensor(asked_labels), torch.cat(key_labels)
     return {"question_colour_at_answer": [ridge_accuracy(torch.stack(f), asked_labels, 5) for f in asked],
             "key_colour_at_visual": [ridge_accuracy(torch.cat(f), key_labels, 5) for f in keys],

@@ -608,7 +608,8 @@ def render_sample(
 # Glyph words: 0 empty, 1 + d digit d, 11 square. Ink words: 12 + c key colour c, 17 dark ink; an empty cell has
 # the empty word twice. Shades of a key colour (held-out variant) map to the same word.
 NUM_VISUAL_WORDS = 18
-SQUARE_WORD, DARK_WORD = 11, 17
+SQUARE_WORD, FIRST_KEY_WORD = 11, 12
+DARK_WORD = FIRST_KEY_WORD + len(COLOR_NAMES)  # 17: the key colours' ink words are FIRST_KEY_WORD..DARK_WORD - 1
 
 
 def visual_words(page: _Page) -> np.ndarray:
@@ -617,7 +618,7 @@ def visual_words(page: _Page) -> np.ndarray:
     for d, styles in enumerate(page.bank.digits):
         glyph[np.isin(page.glyph, styles)] = 1 + d
     glyph[np.isin(page.glyph, page.bank.squares)] = SQUARE_WORD
-    ink = np.where(page.key >= 0, 12 + page.key, DARK_WORD)
+    ink = np.where(page.key >= 0, FIRST_KEY_WORD + page.key, DARK_WORD)
     ink = np.where(glyph == 0, 0, ink)
     return np.stack([glyph, ink], axis=-1).reshape(-1, 2)
 
@@ -804,10 +805,11 @@ if __name__ == "__main__":
 
 __all__ = [
     "BAR_LABELS",
-    "question_key_span",
     "COLOR_NAMES",
+    "DARK_WORD",
     "FAMILIES",
     "FEATURES",
+    "FIRST_KEY_WORD",
     "KEY_COLORS",
     "LAYOUTS",
     "NUM_VISUAL_WORDS",
@@ -820,6 +822,7 @@ __all__ = [
     "glyph_templates",
     "make_synthetic_suite",
     "pooled_view",
+    "question_key_span",
     "render_sample",
     "sample_rng",
     "token_pooled_view",

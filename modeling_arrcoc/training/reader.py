@@ -159,12 +159,11 @@ def question_attention_loss(attentions, layers, input_ids, attention_mask, label
     turn_key_tokens: [B, Q, L] the collator's per-turn key-word tokens on the prompt side (`question_keys`); the
     other arguments as `llm_attention_loss`'s. Returns None when no turn has a key word (nothing to supervise).
     """
-    image_at = (input_ids == image_token_id).int().argmax(-1)
-
     def key_tokens(b, turn, layout):
-        offset, rank, _, counts = layout
+        offset, rank, first_visual, counts = layout
         keys = torch.nonzero(turn_key_tokens[b, turn]).flatten()
-        after_image = (keys > image_at[b]).long()  # the image's K tokens replace its one placeholder
+        # The image's K tokens replace its one placeholder, whose prompt rank is first_visual - offset.
+        after_image = (rank[b, keys] > first_visual[b] - offset[b]).long()
         return offset[b] + rank[b, keys] + after_image * (counts[b] - 1)
 
     return _turn_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
