@@ -36,12 +36,22 @@ def ridge_accuracy(features: torch.Tensor, labels: torch.Tensor, classes: int = 
     return float(((features[half:] @ weights).argmax(-1) == labels[half:]).float().mean())
 
 
-@torch.no_grad()
-def probe(checkpoint: str, pages: int = 8, seed: int = 14, tokens: int | None = None,
-          variant: str = "standard") -> dict:
+def load(checkpoint: str):
+    """The checkpoint's model (float32, eval) and processor, loaded once for every probe below."""
     model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    model.model.language_model.set_attn_implementation("eager")
+    return model, AutoProcessor.from_pretrained(checkpoint)
+
+
+def key_coloured(ink: torch.Tensor) -> torch.Tensor:
+    """Which reading-teacher ink words are a key colour (not dark ink, not an empty cell)."""
+    return (ink >= FIRST_KEY_WORD) & (ink < DARK_WORD)
+
+
+@torch.no_grad()
+def probe(model, processor, pages: int = 8, seed: int = 14, tokens: int | None = None,
+          variant: str = "standard") -> dict:
+    attention = model.model.language_model.config._attn_implementation  # restored after, for the next probe
+    model.model.language_model.set_attn_implementation("eager")  # output_attentions needs the eager kernel
     rows = [render_sample("local_color", np.random.default_rng([seed, i]), variant=variant) for i in range(pages)]
     batch = ArrCocCollator(processor)(rows)
     prompt = {key: batch[key] for key in ("input_ids", "attention_mask", "labels")}
@@ -60,9 +70,8 @@ def probe(checkpoint: str, pages: int = 8, seed: int = 14, tokens: int | None = 
     predicted = out.logits[torch.arange(pages), out.logits.shape[1] - from_end].argmax(-1)
     digits = processor.tokenizer.convert_tokens_to_ids([str(d) for d in range(10)])
     accuracy = float((predicted == torch.tensor(digits)[answers]).float().mean())
-    # Where the visual tokens sit in the spliced sequence: the layer-0 input equals their embeddings there.
-    first = [int(((out.hidden_states[0][b] - image.pooler_output[b, 0]).abs().sum(-1) < 1e-4).nonzero()[0, 0])
-             for b in range(pages)]
+    first = spliced_layout(batch["input_ids"], batch["attention_mask"], model.config.image_token_id,
+                           image.visual_token_mask, out.hidden_states[0].shape[1])[2]
     sources = image.token_sources[..., None].expand(-1, -1, 2)
     glyphs = batch["visual_targets"].gather(1, sources)[..., 0].reshape(-1)
     has_digit = (glyphs >= 1) & (glyphs <= 10)
@@ -72,7 +81,7 @@ def probe(checkpoint: str, pages: int = 8, seed: int = 14, tokens: int | None = 
         decodable.append(ridge_accuracy(tokens[has_digit], glyphs[has_digit] - 1))
     answer = batch["patch_targets"] > 0
     ink = batch["visual_targets"][..., 1]
-    other_keys = (ink >= FIRST_KEY_WORD) & (ink < DARK_WORD) & ~answer  # the page's other colours' digits
+    other_keys = key_coloured(ink) & ~answer  # the page's other colours' digits
 
     def mass(cells):  # [layer][head]: attention mass on `cells` from the answer-predicting position
         return [[float(torch.exp(-llm_attention_loss(
@@ -80,13 +89,15 @@ def probe(checkpoint: str, pages: int = 8, seed: int = 14, tokens: int | None = 
             model.config.image_token_id, image.visual_token_mask, image.token_sources, cells[:, None].float(),
             head=head))) for head in range(out.attentions[layer].shape[1])] for layer in range(len(out.attentions))]
 
-    return {"glyph_decodable_per_layer_input": decodable, "answer_attention_per_layer_head": mass(answer),
-            "other_key_attention_per_layer_head": mass(other_keys),
-            "first_answer_token_accuracy": accuracy, "visual_tokens": count}
+    result = {"glyph_decodable_per_layer_input": decodable, "answer_attention_per_layer_head": mass(answer),
+              "other_key_attention_per_layer_head": mass(other_keys),
+              "first_answer_token_accuracy": accuracy, "visual_tokens": count}
+    model.model.language_model.set_attn_implementation(attention)
+    return result
 
 
 @torch.no_grad()
-def colour_decodability(checkpoint: str, pages: int = 512, seed: int = 21, variant: str = "standard",
+def colour_decodability(model, processor, pages: int = 512, seed: int = 21, variant: str = "standard",
                         batch_size: int = 16) -> dict:
     """The lookup's two hops, as linear probes (ridge, fit on the first half of the examples, scored on the rest)
     over local_color pages at full tokens, at the input of each LLM layer (0..L):
@@ -94,8 +105,6 @@ def colour_decodability(checkpoint: str, pages: int = 512, seed: int = 21, varia
       first hop brings it there; 5-way, chance 0.2);
     - `key_colour_at_visual`: the ink colour of each key-coloured visual token, at its own position (what the
       second hop's keys must still carry to tell the asked colour from the page's other key colours)."""
-    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(checkpoint)
     collator = ArrCocCollator(processor)
     asked, asked_labels, keys, key_labels = None, [], None, []
     for start in range(0, pages, batch_size):
@@ -113,7 +122,7 @@ def colour_decodability(checkpoint: str, pages: int = 512, seed: int = 21, varia
         for b, (row, positions) in enumerate(zip(rows, answer_prediction_positions(batch["labels"]))):
             before_answer = int(offset[b] + rank[b, positions[0]] + counts[b] - 1)  # it sits after the image
             count = int(counts[b])
-            coloured = (ink[b, :count] >= FIRST_KEY_WORD) & (ink[b, :count] < DARK_WORD)
+            coloured = key_coloured(ink[b, :count])
             for layer, hidden in enumerate(states):
                 asked[layer].append(hidden[b, before_answer])
                 keys[layer].append(hidden[b, first[b] : first[b] + count][coloured])
@@ -136,7 +145,8 @@ def main(argv=None):
                         help="also probe the lookup's two hops over this many pages (colour_decodability; 512+)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    result = probe(args.checkpoint, args.pages, tokens=args.tokens, variant=args.variant)
+    model, processor = load(args.checkpoint)
+    result = probe(model, processor, args.pages, tokens=args.tokens, variant=args.variant)
     print(f"{result['visual_tokens']} visual tokens; the answer's digit is the argmax on "
           f"{result['first_answer_token_accuracy']:.2f} of the pages")
     print("digit decodable at the visual positions, input of layer 0..L:",
@@ -146,7 +156,7 @@ def main(argv=None):
               " ".join(f"{value:.2f}" for value in heads), "| on the other key-colour digits:",
               " ".join(f"{value:.2f}" for value in result["other_key_attention_per_layer_head"][layer]))
     if args.decode_pages:
-        hops = colour_decodability(args.checkpoint, args.decode_pages, variant=args.variant)
+        hops = colour_decodability(model, processor, args.decode_pages, variant=args.variant)
         print(f"over {hops['pages']} pages ({hops['key_tokens']} key-coloured tokens), input of layer 0..L, chance 0.2:")
         print("  the question's colour decodable at the answer-predicting position:",
               " ".join(f"{value:.2f}" for value in hops["question_colour_at_answer"]))
