@@ -137,12 +137,14 @@ demo: venv
 # - baselines: saliency top-K (VisionZip-style: SAM's query-agnostic hotspots) and random K, trained at every tier
 #   (one K drawn per step), without the tag;
 # - ablations of ARR-COC: no relevance tag; no fold of dropped patches; learned selection at one constant tier,
-#   the tier nearest auto's mean tokens in the demo (9.1 tokens: tier 8).
+#   tier 64: auto spends about 130 tokens in the demo, between tiers 64 and 256, and its token-price curve passes
+#   near 64 tokens (auto(cost=0.08), about 72), where the ablation meets auto at about equal tokens; a fixed tier
+#   of 256 would keep every patch, leaving no selection to ablate.
 SALIENCY_METHOD := selection_method=hotspot relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
 RANDOM_METHOD := selection_method=random relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
 NOTAG_METHOD := relevance_tag=false
 NOFOLD_METHOD := relevance_tag=true fold_dropped=false
-CONSTANT_TIER := 8
+CONSTANT_TIER := 64
 CONSTANT_METHOD := relevance_tag=true train_budget=$(CONSTANT_TIER) eval_budget=$(CONSTANT_TIER) calibration_every=0 loss_weight_budget=0.0 \
 	loss_weight_efficiency=0.0
 # Which runs `make baselines` trains and evaluates; a subset is allowed (make baselines BASELINE_RUNS=no_tag), each run

@@ -250,6 +250,39 @@ def oracle_tiers(correct_by_tier) -> list:
     return [int(t) if ok else None for t, ok in zip(first, answered)]
 
 
+def stable_tiers(correct_by_tier) -> list:
+    """Per sample, the smallest tier index from which every larger tier answers too: the tier where reading holds,
+    so a smaller tier's lucky guess (right at 4 tokens, wrong at 8 and 16) does not count as the question's need.
+    None where the largest tier does not answer. Equals `oracle_tiers` wherever answering never stops as tokens
+    grow, and is never below it."""
+    correct = _matrix(correct_by_tier, "correct_by_tier") != 0
+    holds = np.flip(np.logical_and.accumulate(np.flip(correct, axis=0), axis=0), axis=0)  # every tier >= t answers
+    first = np.argmax(holds, axis=0)
+    return [int(t) if ok else None for t, ok in zip(first, holds[-1])]
+
+
+def family_means(values: Sequence[float | None], tasks: Sequence[Hashable], n_resamples: int = 2000,
+                 confidence: float = 0.95, seed: int = 0) -> dict:
+    """The mean of per-sample `values` per family, with its bootstrap interval: ``{family: {"mean", "low", "high",
+    "n"}}``; a None value leaves its sample out (a family with none kept: Nones and n 0). With the tokens of each
+    sample's oracle tier (`tier_tokens`), how many tokens each family needs."""
+    _same_length(values=values, tasks=tasks)
+    result = {}
+    for family in sorted(set(tasks), key=str):
+        kept = [value for value, task in zip(values, tasks) if task == family and value is not None]
+        result[family] = (bootstrap_interval(kept, n_resamples, confidence, seed) if kept
+                          else {"mean": None, "low": None, "high": None, "n": 0})
+    return result
+
+
+def tier_tokens(tiers: Sequence[int | None], counts_by_tier) -> list:
+    """Per sample, the measured tokens of its tier (`counts_by_tier[tiers[i]][i]`, None where the tier is None)."""
+    counts = _matrix(counts_by_tier, "counts_by_tier")
+    if len(tiers) != counts.shape[1]:
+        raise ValueError(f"tiers has {len(tiers)} entries for {counts.shape[1]} samples in counts_by_tier")
+    return [None if t is None else float(counts[t, i]) for i, t in enumerate(tiers)]
+
+
 def oracle_policy(correct_by_tier, counts_by_tier) -> dict:
     """The oracle router: per sample, the smallest tier that answers correctly. An upper bound for any router
     over these tiers (best accuracy, and the fewest tokens at that accuracy).
@@ -468,5 +501,8 @@ __all__ = [
     "frontier_difference",
     "oracle_policy",
     "oracle_tiers",
+    "stable_tiers",
+    "family_means",
+    "tier_tokens",
     "paired_difference",
 ]

@@ -456,6 +456,12 @@ def test_ablations_are_compared_at_their_auto_and_at_auto_s_tier_and_token_price
     runs["trained_no_tag"] = E.MethodRun(learned("trained_no_tag", 16), ["1", "2", "3", "4"], [16] * 4, [1] * 4, 1.0)
     report = E.build_report(runs, [["1"], ["2"], ["3"], ["4"]], ["local_color"] * 4, "exact_match", config)
     assert list(report["comparisons"]["auto_vs_ablation"]) == ["trained_no_tag"]
+    # Auto's curve meets each ablation at about its tokens: auto (10 tokens) the 4-token one above, auto(cost=1)
+    # (16 tokens, right on question 1 only) this 16-token one.
+    assert comparisons["auto_curve_vs_ablation"]["trained_no_tag"]["auto_point"] == "auto"
+    equal = report["comparisons"]["auto_curve_vs_ablation"]["trained_no_tag"]
+    assert equal["auto_point"] == "auto(cost=1)" and equal["difference"] == pytest.approx(-0.75)
+    assert "`trained_no_tag` at about its tokens (auto(cost=1), 0.250 at 16.0 tokens" in " ".join(headline(report))
 
 
 def test_policies_frontier_chance_and_unseen_families(tiny):
@@ -484,6 +490,38 @@ def test_policies_frontier_chance_and_unseen_families(tiny):
     assert (chance["majority"], chance["n_distinct"]) == (0.5, 2)
     assert report["unseen_families"] == ["global_count"]
     assert measured_report(tiny[0].config)["unseen_families"] is None, "no training record: unknown"
+
+
+def test_need_counts_a_lucky_small_tier_as_no_need(tiny):
+    # Question 0 is answered at 4 tokens, missed at 16 and answered at 64: its oracle-minimal tier is 4, a guess;
+    # the stable tier (every larger tier answers) is 100 (64 tokens).
+    runs = {
+        "auto": hand_run("auto", BUDGETS, ["1", "2", "3", "x"], [4, 4, 16, 16], [0, 0, 1, 1]),
+        "auto(cost=-2)": hand_run("auto(cost=-2)", BUDGETS, ["1", "2", "3", "4"], [64] * 4, [2] * 4),
+        "tier_4": hand_run("tier_4", BUDGETS, ["1", "x", "x", "x"], [4] * 4, [0] * 4),
+        "tier_16": hand_run("tier_16", BUDGETS, ["x", "2", "3", "x"], [16] * 4, [1] * 4),
+        "tier_100": hand_run("tier_100", BUDGETS, ["1", "2", "3", "4"], [64] * 4, [2] * 4),
+    }
+    tasks = ["local_color", "local_color", "global_count", "global_count"]
+    report = E.build_report(runs, [["1"], ["2"], ["3"], ["4"]], tasks, "exact_match", tiny[0].config)
+    need = report["policies"]["need"]
+    assert need["oracle_minimal"]["local_color"]["mean"] == 10.0  # 4 and 16 tokens
+    assert need["stable"]["local_color"]["mean"] == 40.0  # 64 and 16
+    assert need["stable"]["global_count"]["mean"] == need["oracle_minimal"]["global_count"]["mean"] == 40.0
+    assert need["spent"]["auto"]["local_color"]["mean"] == 4.0 and need["spent"]["auto"]["global_count"]["n"] == 2
+    assert set(need["spent"]) == set(need["calibration_stable"]) == {"auto", "auto(cost=-2)"}
+    # Stable tiers 2, 1, 1, 2: auto (0, 0, 1, 1) matches one; the best constant (1, the smaller of a tie) two.
+    auto = need["calibration_stable"]["auto"]
+    assert (auto["exact"], auto["constant_tier"], auto["constant_exact"]) == (0.25, 1, 0.5)
+    assert need["calibration_stable"]["auto(cost=-2)"]["exact"] == 0.5
+    assert "the closest price, auto(cost=-2), on 0.50" in " ".join(headline(report))
+    assert report["policies"]["calibration"]["exact"] == 0.5, "the oracle-minimal calibration is unchanged"
+    from tools.render_readme import need_table
+
+    table = need_table(need)
+    assert table[2] == "| mean visual tokens (95% interval) | global_count | local_color | tier = stable tier |"
+    assert "| stable tier | 40.0 [16.0, 64.0] | 40.0 [16.0, 64.0] |  |" in table
+    assert "| auto | 16.0 [16.0, 16.0] | 4.0 [4.0, 4.0] | 0.25 |" in table
 
 
 def test_a_report_without_auto_has_no_comparisons(tiny):

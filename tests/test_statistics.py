@@ -31,8 +31,9 @@ paired_difference = statistics.paired_difference
 def test_public_names():
     assert sorted(statistics.__all__) == [
         "accuracy_with_intervals", "bootstrap_interval", "calibration_vs_constant", "chance_level",
-        "constant_tier_policies", "envelope_vertices", "family_router", "fit_temperature", "frontier_at",
-        "frontier_difference", "oracle_policy", "oracle_tiers", "paired_difference"]
+        "constant_tier_policies", "envelope_vertices", "family_means", "family_router", "fit_temperature",
+        "frontier_at", "frontier_difference", "oracle_policy", "oracle_tiers", "paired_difference", "stable_tiers",
+        "tier_tokens"]
     assert all(callable(getattr(statistics, name)) for name in statistics.__all__)
 
 FAST = {"n_resamples": 500}
@@ -247,6 +248,34 @@ def test_oracle_policy_accepts_booleans_and_rejects_ragged_tables():
         oracle_policy([[1, 0], [1]], [[1, 1], [1, 1]])
     with pytest.raises(ValueError, match="no tiers"):
         oracle_policy([], [])
+
+
+def test_stable_tier_ignores_a_lucky_smaller_tier():
+    # Sample 0 is right at tiers 0-1 but not at the largest: no tier from which reading holds. Sample 4 is right at
+    # tier 0, wrong at 1, right at 2: its oracle-minimal tier is 0 (a guess), its stable tier 2.
+    assert statistics.oracle_tiers(CORRECT) == [0, 1, 2, None, 0]
+    assert statistics.stable_tiers(CORRECT) == [None, 1, 2, None, 2]
+    # Where answering never stops as tokens grow, the two agree.
+    monotone = [[0, 1, 0], [1, 1, 0], [1, 1, 1]]
+    assert statistics.stable_tiers(monotone) == statistics.oracle_tiers(monotone) == [1, 0, 2]
+    with pytest.raises(ValueError, match="length mismatch"):
+        statistics.stable_tiers([[1, 0], [1]])
+
+
+def test_tier_tokens_and_family_means():
+    tokens = statistics.tier_tokens([None, 1, 2, None, 2], COUNTS)
+    assert tokens == [None, 144.0, 256.0, None, 256.0]
+    means = statistics.family_means(tokens, ["a", "a", "b", "b", "c"], **FAST)
+    assert means["a"]["mean"] == 144.0 and means["a"]["n"] == 1 and means["a"]["low"] == means["a"]["high"] == 144.0
+    assert means["b"]["mean"] == 256.0 and means["c"]["n"] == 1
+    empty = statistics.family_means([None, 3.0], ["a", "b"], **FAST)
+    assert empty["a"] == {"mean": None, "low": None, "high": None, "n": 0} and empty["b"]["mean"] == 3.0
+    spread = statistics.family_means([4.0, 256.0, 4.0, 256.0], ["a"] * 4, **FAST)["a"]
+    assert spread["low"] < spread["mean"] == 130.0 < spread["high"]
+    with pytest.raises(ValueError, match="tiers has 2 entries for 5 samples"):
+        statistics.tier_tokens([0, 1], COUNTS)
+    with pytest.raises(ValueError, match="length mismatch"):
+        statistics.family_means([1.0], ["a", "b"])
 
 
 def test_calibration_vs_constant():

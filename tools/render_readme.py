@@ -50,7 +50,27 @@ def demo_block(report: dict) -> str:
         lines += ["", f"Budget calibration vs the oracle-minimal tier ({calibration['n'] - calibration['n_no_oracle']} "
                       f"samples with an oracle): exact {calibration['exact']:.2f}, within one tier "
                       f"{calibration['within_one']:.2f}, over {calibration['over']:.2f}, under {calibration['under']:.2f}."]
+    need = (report.get("policies") or {}).get("need")
+    if need:
+        lines += ["", *need_table(need)]
     return "\n".join(lines + ["", "![accuracy vs visual tokens](pareto.png)"])
+
+
+def need_table(need: dict) -> list:
+    """Mean tokens per family: what the oracle tiers need and what auto spends at each price, with intervals."""
+    def cell(entry):
+        return "n/a" if entry["mean"] is None else f"{entry['mean']:.1f} [{entry['low']:.1f}, {entry['high']:.1f}]"
+
+    columns = {"oracle-minimal tier": need["oracle_minimal"], "stable tier": need["stable"], **need["spent"]}
+    families = sorted(need["stable"])
+    rows = ["| mean visual tokens (95% interval) | " + " | ".join(families) + " | tier = stable tier |",
+            "|---" * (len(families) + 2) + "|"]
+    for name, per_family in columns.items():
+        match = need["calibration_stable"].get(name)
+        exact = "" if match is None or match["exact"] is None else f"{match['exact']:.2f}"
+        rows.append(f"| {name} | " + " | ".join(cell(per_family[f]) for f in families) + f" | {exact} |")
+    return ["Tokens per family against need (the stable tier: the smallest from which every larger tier answers; "
+            "the oracle-minimal tier counts a lucky guess at a smaller tier too):", "", *rows]
 
 
 def headline_block(report: dict) -> str:

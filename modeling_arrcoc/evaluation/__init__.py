@@ -30,6 +30,8 @@ latency, since every query pays for it.
 Budget calibration: each sample's oracle tier is the smallest tier whose forced run (``tier_<K>``) answers it
 correctly (metric score >= ``correct_threshold``), None when no tier does; ``auto``'s chosen tier is compared
 with it by `metrics.calibration_stats`. Calibration therefore runs every tier (they are reported as methods).
+The stable tier (``policies.need``) is the smallest tier from which every larger tier answers: the oracle-minimal
+tier counts a guess that a small tier happens to get right, the stable tier does not.
 
 Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractions in [0, 1])::
 
@@ -60,6 +62,8 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
       "comparisons": {                    # paired differences auto - other on the same questions, null without auto
         "auto_vs_ablation": {"<method>": {... as below}},  # trained learned-selection models: at their auto and
                                                            # at the tier nearest auto's mean tokens
+        "auto_curve_vs_ablation": {"<method>": {... as below, "auto_point": str}},  # each ablation's own run vs
+                                                           # the auto or auto(cost=C) run nearest its tokens
         "auto_vs_tier": {"tier_<K>": {"difference", "low", "high", "n", "accuracy": [auto, other],
                                       "mean_visual_tokens": [auto, other]}},
         "auto_vs_baseline": {"<method>": {... as above, "trained": bool}},  # baselines with >= auto's mean tokens
@@ -70,6 +74,10 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
                    "oracle": {"accuracy", "mean_tokens", "n", "n_no_oracle"}, "auto": {"accuracy", "mean_tokens", "n"},
                    "calibration": {"exact", "constant_tier", "constant_exact", "difference", "low", "high", "n",
                                    "n_no_oracle"},
+                   "need": {"oracle_minimal" | "stable": {"<task family>": {"mean", "low", "high", "n"}},  # tokens
+                            "spent": {"auto" | "auto(cost=C)": {"<task family>": {...}}},  # of each priced run
+                            "calibration_stable": {"auto" | "auto(cost=C)": {... as calibration}}},
+                                                  # stable tier: the smallest from which every larger tier answers
                    "family_router": {"tiers": {"<task family>": int}, "accuracy", "mean_tokens", "n",
                                      "minus_envelope": {"difference", "low", "high", "frontier_accuracy"},
                                      "auto_minus_it": {"difference", "low", "high", "n"}}} | null,

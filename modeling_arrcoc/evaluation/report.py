@@ -176,6 +176,7 @@ def comparisons(runs, scores, methods, seed) -> dict | None:
         name == run.method.kind or (run.method.budget == nearest and not _own_run_at(run, runs, nearest)))]
     return {
         "auto_vs_ablation": {name: _paired(scores, methods, "auto", name, seed) for name in ablations},
+        "auto_curve_vs_ablation": _curve_vs_ablations(runs, scores, methods, seed),
         "auto_vs_tier": {name: _paired(scores, methods, "auto", name, seed)
                          for name, run in runs.items() if run.method.kind == "tier"},
         "auto_vs_baseline": {name: {**_paired(scores, methods, "auto", name, seed),
@@ -183,6 +184,18 @@ def comparisons(runs, scores, methods, seed) -> dict | None:
         "baselines_with_fewer_tokens": [name for name in baselines if name not in fair],
         "auto_vs_trained_full": references,
     }
+
+
+def _curve_vs_ablations(runs, scores, methods, seed) -> dict:
+    """Each ablation's own run against the point of auto's token-price curve (auto or `auto(cost=C)`) nearest its
+    mean tokens in log2: the comparison at about equal tokens, where auto itself spends more or fewer."""
+    priced = [name for name, run in runs.items() if run.method.kind in ("auto", AUTO_COST)]
+    result = {}
+    for name in (n for n, run in runs.items() if _is_ablation(run) and n == run.method.kind):
+        tokens = max(methods[name]["mean_visual_tokens"], 1e-9)
+        point = min(priced, key=lambda p: abs(math.log2(max(methods[p]["mean_visual_tokens"], 1e-9) / tokens)))
+        result[name] = {**_paired(scores, methods, point, name, seed), "auto_point": point}
+    return result
 
 
 def _own_run_at(run, runs, tier) -> bool:
@@ -209,7 +222,8 @@ def policies(runs, scores, budgets, oracles, threshold, seed, tasks) -> dict | N
     constant = statistics.constant_tier_policies([scores[name] for name in names], counts)
     for entry in constant:
         entry["budget"] = budgets[entry["tier"]]
-    oracle = statistics.oracle_policy([[s >= threshold for s in scores[name]] for name in names], counts)
+    correct = [[s >= threshold for s in scores[name]] for name in names]
+    oracle = statistics.oracle_policy(correct, counts)
     oracle.pop("tiers")  # per sample: the calibration already summarizes them
     best = max(constant, key=lambda entry: (entry["accuracy"], -entry["mean_tokens"]))
     auto = runs["auto"]
@@ -217,7 +231,24 @@ def policies(runs, scores, budgets, oracles, threshold, seed, tasks) -> dict | N
                    "n": len(scores["auto"])}
     return {"constant": constant, "best_constant": best, "oracle": oracle, "auto": auto_policy,
             "calibration": statistics.calibration_vs_constant(auto.budget_tiers, oracles, seed=seed),
+            "need": _need(runs, oracles, statistics.stable_tiers(correct), counts, tasks, seed),
             "family_router": _family_router(runs, scores, budgets, names, tasks, seed)}
+
+
+def _need(runs, oracles, stable, counts, tasks, seed) -> dict:
+    """What each question needs and what auto (at every token price) spent: per family, the mean tokens of the
+    oracle-minimal tier, of the stable tier (the smallest from which every larger tier answers: a lucky guess at a
+    smaller tier is not a need) and of each priced auto run, with intervals; and each priced run's tiers against the
+    stable tier (exact match, next to the best constant tier predictor on the same questions)."""
+    priced = {name: run for name, run in runs.items() if run.method.kind in ("auto", AUTO_COST)}
+    return {
+        "oracle_minimal": statistics.family_means(statistics.tier_tokens(oracles, counts), tasks, seed=seed),
+        "stable": statistics.family_means(statistics.tier_tokens(stable, counts), tasks, seed=seed),
+        "spent": {name: statistics.family_means(run.visual_token_counts, tasks, seed=seed)
+                  for name, run in priced.items()},
+        "calibration_stable": {name: statistics.calibration_vs_constant(run.budget_tiers, stable, seed=seed)
+                               for name, run in priced.items()},
+    }
 
 
 def _family_router(runs, scores, budgets, names, tasks, seed) -> dict:
@@ -312,6 +343,11 @@ def headline(report: dict) -> list:
     for name, entry in (comparisons.get("auto_vs_ablation") or {}).items():
         lines.append(f"vs the ablation `{name}` ({entry['accuracy'][1]:.3f} at {entry['mean_visual_tokens'][1]:.1f} "
                      f"tokens{weak(entry['accuracy'][1])}): {_interval(entry)}.")
+    for name, entry in (comparisons.get("auto_curve_vs_ablation") or {}).items():
+        if entry["auto_point"] != "auto":
+            lines.append(f"vs the ablation `{name}` at about its tokens ({entry['auto_point']}, "
+                         f"{entry['accuracy'][0]:.3f} at {entry['mean_visual_tokens'][0]:.1f} tokens, against "
+                         f"{entry['accuracy'][1]:.3f} at {entry['mean_visual_tokens'][1]:.1f}): {_interval(entry)}.")
     front = report.get("frontier")
     if front:
         between = (f"tier {front['lower_tier']}" if front["lower_tier"] == front["upper_tier"]
@@ -338,6 +374,9 @@ def headline(report: dict) -> list:
         lines.append(f"Budget calibration: auto's tier equals the oracle-minimal tier on {calibration['exact']:.2f} "
                      f"of the {calibration['n']} questions some tier answers; always tier index "
                      f"{calibration['constant_tier']} scores {calibration['constant_exact']:.2f} on the same questions.")
+    need = (report.get("policies") or {}).get("need")
+    if need:
+        lines.append(_need_line(need))
     chance = (report.get("chance") or {}).get("per_task")
     if chance:
         lines.append("Chance (the most common answer per family): " + ", ".join(
@@ -346,6 +385,20 @@ def headline(report: dict) -> list:
     if unseen:
         lines.append(f"Families no training stage saw: {', '.join(unseen)}.")
     return lines
+
+
+def _need_line(need: dict) -> str:
+    """Auto's tiers against the stable tier (the need without lucky guesses), at price 0 and at the price that
+    matches it best."""
+    matches = {name: entry for name, entry in need["calibration_stable"].items() if entry["exact"] is not None}
+    if not matches:
+        return "No question is answered by every tier from some tier up: no stable tier to follow."
+    best = max(matches, key=lambda name: matches[name]["exact"])
+    auto = matches.get("auto", matches[best])
+    return (f"Need (the stable tier: the smallest from which every larger tier answers, {auto['n']} questions): auto's "
+            f"tier equals it on {auto['exact']:.2f}, always tier index {auto['constant_tier']} on "
+            f"{auto['constant_exact']:.2f}; the closest price, {best}, on {matches[best]['exact']:.2f} "
+            f"({_interval(matches[best])} over that constant).")
 
 
 def column(dataset, name) -> list:
