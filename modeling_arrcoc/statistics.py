@@ -280,7 +280,10 @@ def tier_tokens(tiers: Sequence[int | None], counts_by_tier) -> list:
     counts = _matrix(counts_by_tier, "counts_by_tier")
     if len(tiers) != counts.shape[1]:
         raise ValueError(f"tiers has {len(tiers)} entries for {counts.shape[1]} samples in counts_by_tier")
-    return [None if t is None else float(counts[t, i]) for i, t in enumerate(tiers)]
+    bad = [t for t in tiers if t is not None and not 0 <= int(t) < counts.shape[0]]
+    if bad:
+        raise ValueError(f"tier index {bad[0]} outside the {counts.shape[0]} tiers of counts_by_tier")
+    return [None if t is None else float(counts[int(t), i]) for i, t in enumerate(tiers)]
 
 
 def oracle_policy(correct_by_tier, counts_by_tier) -> dict:

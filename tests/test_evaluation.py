@@ -459,9 +459,19 @@ def test_ablations_are_compared_at_their_auto_and_at_auto_s_tier_and_token_price
     # Auto's curve meets each ablation at about its tokens: auto (10 tokens) the 4-token one above, auto(cost=1)
     # (16 tokens, right on question 1 only) this 16-token one.
     assert comparisons["auto_curve_vs_ablation"]["trained_no_tag"]["auto_point"] == "auto"
-    equal = report["comparisons"]["auto_curve_vs_ablation"]["trained_no_tag"]
-    assert equal["auto_point"] == "auto(cost=1)" and equal["difference"] == pytest.approx(-0.75)
-    assert "`trained_no_tag` at about its tokens (auto(cost=1), 0.250 at 16.0 tokens" in " ".join(headline(report))
+    assert comparisons["auto_curve_vs_ablation"]["trained_no_tag"]["difference"] == pytest.approx(0.5)
+    equal = report["comparisons"]["auto_curve_vs_ablation"]
+    assert list(equal) == ["trained_no_tag"], "only each ablation's own run, not its forced tiers"
+    assert equal["trained_no_tag"]["auto_point"] == "auto(cost=1)"
+    assert equal["trained_no_tag"]["difference"] == pytest.approx(-0.75)
+    assert "(auto(cost=1), 0.250 at 16.0 tokens, against 1.000 at 16.0)" in " ".join(headline(report))
+    # Nearest in log2, not in tokens: at 6 tokens, auto's 10 (x1.7) is nearer than auto(cost=9)'s 3 (/2), though
+    # 3 is nearer in tokens.
+    runs["auto(cost=9)"] = hand_run("auto(cost=9)", BUDGETS, ["x"] * 4, [3] * 4, [0] * 4)
+    runs["trained_no_tag"] = E.MethodRun(learned("trained_no_tag", "auto"), ["x"] * 4, [4, 4, 8, 8], [0, 0, 1, 1],
+                                         1.0)
+    report = E.build_report(runs, [["1"], ["2"], ["3"], ["4"]], ["local_color"] * 4, "exact_match", config)
+    assert report["comparisons"]["auto_curve_vs_ablation"]["trained_no_tag"]["auto_point"] == "auto"
 
 
 def test_policies_frontier_chance_and_unseen_families(tiny):
@@ -514,14 +524,23 @@ def test_need_counts_a_lucky_small_tier_as_no_need(tiny):
     auto = need["calibration_stable"]["auto"]
     assert (auto["exact"], auto["constant_tier"], auto["constant_exact"]) == (0.25, 1, 0.5)
     assert need["calibration_stable"]["auto(cost=-2)"]["exact"] == 0.5
-    assert "the closest price, auto(cost=-2), on 0.50" in " ".join(headline(report))
+    assert "the best-matching price (chosen on these questions), auto(cost=-2), on 0.50" in " ".join(headline(report))
+    assert (auto["over"], auto["under"]) == (0.0, 0.75)
     assert report["policies"]["calibration"]["exact"] == 0.5, "the oracle-minimal calibration is unchanged"
     from tools.render_readme import need_table
 
     table = need_table(need)
-    assert table[2] == "| mean visual tokens (95% interval) | global_count | local_color | tier = stable tier |"
+    assert table[2] == ("| mean visual tokens (95% interval) | global_count | local_color | share with tier = stable "
+                        "tier |")
     assert "| stable tier | 40.0 [16.0, 64.0] | 40.0 [16.0, 64.0] |  |" in table
     assert "| auto | 16.0 [16.0, 16.0] | 4.0 [4.0, 4.0] | 0.25 |" in table
+    # A question the largest tier misses has no stable tier: it leaves every row but the oracle-minimal one.
+    runs["tier_100"] = hand_run("tier_100", BUDGETS, ["1", "2", "3", "x"], [64] * 4, [2] * 4)
+    report = E.build_report(runs, [["1"], ["2"], ["3"], ["4"]], tasks, "exact_match", tiny[0].config)
+    need = report["policies"]["need"]
+    assert need["stable"]["global_count"]["n"] == need["spent"]["auto"]["global_count"]["n"] == 1
+    assert need["spent"]["auto"]["global_count"]["mean"] == 16.0 and need["oracle_minimal"]["global_count"]["n"] == 1
+    assert need["calibration_stable"]["auto"]["n_no_oracle"] == 1
 
 
 def test_a_report_without_auto_has_no_comparisons(tiny):

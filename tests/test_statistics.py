@@ -258,6 +258,8 @@ def test_stable_tier_ignores_a_lucky_smaller_tier():
     # Where answering never stops as tokens grow, the two agree.
     monotone = [[0, 1, 0], [1, 1, 0], [1, 1, 1]]
     assert statistics.stable_tiers(monotone) == statistics.oracle_tiers(monotone) == [1, 0, 2]
+    # Five tiers: right at 0, 1, 3 and 4 -> every tier from 3 up; right everywhere but the largest -> None.
+    assert statistics.stable_tiers([[1, 1], [1, 1], [0, 1], [1, 1], [1, 0]]) == [3, None]
     with pytest.raises(ValueError, match="length mismatch"):
         statistics.stable_tiers([[1, 0], [1]])
 
@@ -265,6 +267,10 @@ def test_stable_tier_ignores_a_lucky_smaller_tier():
 def test_tier_tokens_and_family_means():
     tokens = statistics.tier_tokens([None, 1, 2, None, 2], COUNTS)
     assert tokens == [None, 144.0, 256.0, None, 256.0]
+    # Each sample's own measured count at its tier (sample 2 at tier 0 has 60, sample 3 at tier 1 has 140).
+    assert statistics.tier_tokens([0, 1, 0, 1, None], COUNTS) == [64.0, 144.0, 60.0, 140.0, None]
+    with pytest.raises(ValueError, match="tier index -1 outside the 3 tiers"):
+        statistics.tier_tokens([-1, 0, 0, 0, 0], COUNTS)
     means = statistics.family_means(tokens, ["a", "a", "b", "b", "c"], **FAST)
     assert means["a"]["mean"] == 144.0 and means["a"]["n"] == 1 and means["a"]["low"] == means["a"]["high"] == 144.0
     assert means["b"]["mean"] == 256.0 and means["c"]["n"] == 1

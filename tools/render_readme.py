@@ -63,14 +63,17 @@ def need_table(need: dict) -> list:
 
     columns = {"oracle-minimal tier": need["oracle_minimal"], "stable tier": need["stable"], **need["spent"]}
     families = sorted(need["stable"])
-    rows = ["| mean visual tokens (95% interval) | " + " | ".join(families) + " | tier = stable tier |",
+    sizes = ", ".join(f"{family} {need['stable'][family]['n']}" for family in families)
+    rows = ["| mean visual tokens (95% interval) | " + " | ".join(families) + " | share with tier = stable tier |",
             "|---" * (len(families) + 2) + "|"]
     for name, per_family in columns.items():
         match = need["calibration_stable"].get(name)
         exact = "" if match is None or match["exact"] is None else f"{match['exact']:.2f}"
         rows.append(f"| {name} | " + " | ".join(cell(per_family[f]) for f in families) + f" | {exact} |")
-    return ["Tokens per family against need (the stable tier: the smallest from which every larger tier answers; "
-            "the oracle-minimal tier counts a lucky guess at a smaller tier too):", "", *rows]
+    return ["Tokens per family against need. The stable tier is the smallest from which every larger tier answers; "
+            "it and auto's rows count the questions the largest tier answers (" + sizes + "). The oracle-minimal "
+            "tier, on the questions some tier answers, also counts a small tier's lucky guess; one unlucky miss at a "
+            "larger tier raises the stable tier.", "", *rows]
 
 
 def headline_block(report: dict) -> str:

@@ -62,8 +62,8 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
       "comparisons": {                    # paired differences auto - other on the same questions, null without auto
         "auto_vs_ablation": {"<method>": {... as below}},  # trained learned-selection models: at their auto and
                                                            # at the tier nearest auto's mean tokens
-        "auto_curve_vs_ablation": {"<method>": {... as below, "auto_point": str}},  # each ablation's own run vs
-                                                           # the auto or auto(cost=C) run nearest its tokens
+        "auto_curve_vs_ablation": {"<method>": {... as below, "auto_point": str}},  # auto_point - the ablation's
+                                                           # own run; auto_point: the priced auto nearest its tokens
         "auto_vs_tier": {"tier_<K>": {"difference", "low", "high", "n", "accuracy": [auto, other],
                                       "mean_visual_tokens": [auto, other]}},
         "auto_vs_baseline": {"<method>": {... as above, "trained": bool}},  # baselines with >= auto's mean tokens
@@ -75,9 +75,11 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
                    "calibration": {"exact", "constant_tier", "constant_exact", "difference", "low", "high", "n",
                                    "n_no_oracle"},
                    "need": {"oracle_minimal" | "stable": {"<task family>": {"mean", "low", "high", "n"}},  # tokens
-                            "spent": {"auto" | "auto(cost=C)": {"<task family>": {...}}},  # of each priced run
-                            "calibration_stable": {"auto" | "auto(cost=C)": {... as calibration}}},
-                                                  # stable tier: the smallest from which every larger tier answers
+                            "spent": {"auto" | "auto(cost=C)": {"<task family>": {...}}},  # each priced run's,
+                                                  # on the questions with a stable tier (as "stable")
+                            "calibration_stable": {"auto" | "auto(cost=C)": {... as calibration, "over", "under"}}},
+                                                  # stable tier: the smallest from which every larger tier answers;
+                                                  # n_no_oracle here: questions the largest tier misses
                    "family_router": {"tiers": {"<task family>": int}, "accuracy", "mean_tokens", "n",
                                      "minus_envelope": {"difference", "low", "high", "frontier_accuracy"},
                                      "auto_minus_it": {"difference", "low", "high", "n"}}} | null,

@@ -188,7 +188,8 @@ def comparisons(runs, scores, methods, seed) -> dict | None:
 
 def _curve_vs_ablations(runs, scores, methods, seed) -> dict:
     """Each ablation's own run against the point of auto's token-price curve (auto or `auto(cost=C)`) nearest its
-    mean tokens in log2: the comparison at about equal tokens, where auto itself spends more or fewer."""
+    mean tokens in log2: the comparison at about equal tokens, where auto itself spends more or fewer (the
+    difference is that point minus the ablation; both token counts are reported)."""
     priced = [name for name, run in runs.items() if run.method.kind in ("auto", AUTO_COST)]
     result = {}
     for name in (n for n, run in runs.items() if _is_ablation(run) and n == run.method.kind):
@@ -237,17 +238,25 @@ def policies(runs, scores, budgets, oracles, threshold, seed, tasks) -> dict | N
 
 def _need(runs, oracles, stable, counts, tasks, seed) -> dict:
     """What each question needs and what auto (at every token price) spent: per family, the mean tokens of the
-    oracle-minimal tier, of the stable tier (the smallest from which every larger tier answers: a lucky guess at a
-    smaller tier is not a need) and of each priced auto run, with intervals; and each priced run's tiers against the
-    stable tier (exact match, next to the best constant tier predictor on the same questions)."""
+    oracle-minimal tier (on the questions some tier answers), of the stable tier and of each priced auto run (both on
+    the questions the largest tier answers, so the two compare question by question), with intervals; and each
+    priced run's tiers against the stable tier: exact match next to the best constant tier predictor, and the shares
+    over and under it. The stable tier is the smallest from which every larger tier answers: a small tier's lucky
+    guess is not a need (one unlucky miss at a larger tier raises it, and a guess at the largest still counts)."""
     priced = {name: run for name, run in runs.items() if run.method.kind in ("auto", AUTO_COST)}
+    kept = [tier is not None for tier in stable]
+
+    def stable_match(run):
+        over_under = calibration_stats(run.budget_tiers, stable)
+        return {**statistics.calibration_vs_constant(run.budget_tiers, stable, seed=seed),
+                "over": over_under["over"], "under": over_under["under"]}
+
     return {
         "oracle_minimal": statistics.family_means(statistics.tier_tokens(oracles, counts), tasks, seed=seed),
         "stable": statistics.family_means(statistics.tier_tokens(stable, counts), tasks, seed=seed),
-        "spent": {name: statistics.family_means(run.visual_token_counts, tasks, seed=seed)
-                  for name, run in priced.items()},
-        "calibration_stable": {name: statistics.calibration_vs_constant(run.budget_tiers, stable, seed=seed)
-                               for name, run in priced.items()},
+        "spent": {name: statistics.family_means([t if k else None for t, k in zip(run.visual_token_counts, kept)],
+                                                tasks, seed=seed) for name, run in priced.items()},
+        "calibration_stable": {name: stable_match(run) for name, run in priced.items()},
     }
 
 
@@ -309,8 +318,9 @@ def _interval(entry: dict) -> str:
 def headline(report: dict) -> list:
     """The comparison as it stands, in sentences, from the report alone (the README and the model card lead with
     it): auto vs the trained uniform-pooling baseline at equal or more mean tokens, vs the trained full-resolution
-    reference, vs the constant tiers' envelope, auto's curve over token prices, the family router (what allocation
-    by family alone reaches), calibration vs the best constant tier, chance and unseen families."""
+    reference, vs each ablation (at auto and at the point of auto's price curve nearest its tokens), vs the constant
+    tiers' envelope, auto's curve over token prices, the family router (what allocation by family alone reaches),
+    calibration vs the best constant tier, the need (the stable tier), chance and unseen families."""
     comparisons, lines = report.get("comparisons") or {}, []
     methods, n = report["methods"], report["meta"].get("num_samples")
     chance = ((report.get("chance") or {}).get("overall") or {}).get("majority")
@@ -345,7 +355,8 @@ def headline(report: dict) -> list:
                      f"tokens{weak(entry['accuracy'][1])}): {_interval(entry)}.")
     for name, entry in (comparisons.get("auto_curve_vs_ablation") or {}).items():
         if entry["auto_point"] != "auto":
-            lines.append(f"vs the ablation `{name}` at about its tokens ({entry['auto_point']}, "
+            lines.append(f"vs the ablation `{name}` at the point of auto's curve nearest its tokens "
+                         f"({entry['auto_point']}, "
                          f"{entry['accuracy'][0]:.3f} at {entry['mean_visual_tokens'][0]:.1f} tokens, against "
                          f"{entry['accuracy'][1]:.3f} at {entry['mean_visual_tokens'][1]:.1f}): {_interval(entry)}.")
     front = report.get("frontier")
@@ -388,17 +399,19 @@ def headline(report: dict) -> list:
 
 
 def _need_line(need: dict) -> str:
-    """Auto's tiers against the stable tier (the need without lucky guesses), at price 0 and at the price that
-    matches it best."""
+    """Auto's tiers against the stable tier (what a question needs, a small tier's lucky guess aside), at price 0
+    and at the price that matches it best."""
     matches = {name: entry for name, entry in need["calibration_stable"].items() if entry["exact"] is not None}
     if not matches:
-        return "No question is answered by every tier from some tier up: no stable tier to follow."
+        return "The largest tier answers no question: no stable tier to follow."
     best = max(matches, key=lambda name: matches[name]["exact"])
     auto = matches.get("auto", matches[best])
-    return (f"Need (the stable tier: the smallest from which every larger tier answers, {auto['n']} questions): auto's "
-            f"tier equals it on {auto['exact']:.2f}, always tier index {auto['constant_tier']} on "
-            f"{auto['constant_exact']:.2f}; the closest price, {best}, on {matches[best]['exact']:.2f} "
-            f"({_interval(matches[best])} over that constant).")
+    return (f"Need (the stable tier: the smallest from which every larger tier answers, on the {auto['n']} questions "
+            f"the largest tier answers): auto's tier equals it on {auto['exact']:.2f} (over it on {auto['over']:.2f}, "
+            f"under on {auto['under']:.2f}), always tier index {auto['constant_tier']} on "
+            f"{auto['constant_exact']:.2f}; "
+            f"the best-matching price (chosen on these questions), {best}, on {matches[best]['exact']:.2f}, "
+            f"{_interval(matches[best])} over that constant.")
 
 
 def column(dataset, name) -> list:
