@@ -171,7 +171,7 @@ def comparisons(runs, scores, methods, seed) -> dict | None:
         }
     # Each ablation at its own auto and at the tier nearest auto's mean tokens (the constant-tier ablation's).
     tiers = {run.method.budget for run in runs.values() if _is_ablation(run) and isinstance(run.method.budget, int)}
-    nearest = min(tiers, key=lambda k: abs(math.log2(k) - math.log2(max(auto_tokens, 1e-9)))) if tiers else None
+    nearest = _nearest_in_log2(tiers, auto_tokens, lambda k: k) if tiers else None
     ablations = [name for name, run in runs.items() if _is_ablation(run) and (
         name == run.method.kind or (run.method.budget == nearest and not _own_run_at(run, runs, nearest)))]
     return {
@@ -190,13 +190,23 @@ def _curve_vs_ablations(runs, scores, methods, seed) -> dict:
     """Each ablation's own run against the point of auto's token-price curve (auto or `auto(cost=C)`) nearest its
     mean tokens in log2: the comparison at about equal tokens, where auto itself spends more or fewer (the
     difference is that point minus the ablation; both token counts are reported)."""
-    priced = [name for name, run in runs.items() if run.method.kind in ("auto", AUTO_COST)]
     result = {}
     for name in (n for n, run in runs.items() if _is_ablation(run) and n == run.method.kind):
-        tokens = max(methods[name]["mean_visual_tokens"], 1e-9)
-        point = min(priced, key=lambda p: abs(math.log2(max(methods[p]["mean_visual_tokens"], 1e-9) / tokens)))
+        point = _nearest_in_log2(_priced(runs), methods[name]["mean_visual_tokens"],
+                                 lambda p: methods[p]["mean_visual_tokens"])
         result[name] = {**_paired(scores, methods, point, name, seed), "auto_point": point}
     return result
+
+
+def _nearest_in_log2(candidates, tokens, tokens_of):
+    """The candidate whose tokens (`tokens_of(candidate)`) are nearest `tokens` in log2 (a ratio, not a difference:
+    16 is nearer 10 than 4 is)."""
+    return min(candidates, key=lambda c: abs(math.log2(max(tokens_of(c), 1e-9)) - math.log2(max(tokens, 1e-9))))
+
+
+def _priced(runs) -> dict:
+    """ARR-COC's own auto runs, at price 0 and at every token price (`auto(cost=C)`): the points of auto's curve."""
+    return {name: run for name, run in runs.items() if run.method.kind in ("auto", AUTO_COST)}
 
 
 def _own_run_at(run, runs, tier) -> bool:
@@ -243,7 +253,7 @@ def _need(runs, oracles, stable, counts, tasks, seed) -> dict:
     priced run's tiers against the stable tier: exact match next to the best constant tier predictor, and the shares
     over and under it. The stable tier is the smallest from which every larger tier answers: a small tier's lucky
     guess is not a need (one unlucky miss at a larger tier raises it, and a guess at the largest still counts)."""
-    priced = {name: run for name, run in runs.items() if run.method.kind in ("auto", AUTO_COST)}
+    priced = _priced(runs)
     kept = [tier is not None for tier in stable]
 
     def stable_match(run):
@@ -285,7 +295,7 @@ def auto_curve(runs, scores, budgets, seed) -> list | None:
     """Auto at every token price evaluated (`auto(cost=C)`, and auto itself at 0), cheapest first: its cost, mean
     tokens, accuracy and its difference to the constant tiers' envelope at its own mean tokens (paired, with the
     interval). Auto's curve lies above the frontier where those differences are positive. None without a price."""
-    priced = {name: run for name, run in runs.items() if run.method.kind in ("auto", AUTO_COST)}
+    priced = _priced(runs)
     if len(priced) < 2 or not _forced_tiers(runs, budgets):
         return None
     curve = [{"method": name, "budget_cost": run.method.budget_cost, "accuracy": float(np.mean(scores[name])),
