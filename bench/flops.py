@@ -12,7 +12,8 @@ Counting rules (forward pass, batch of B samples, FLOPs = 2 x multiply-adds, as 
   3x3 conv). Independent of the budget K.
 - Allocator (N patches, Q question tokens): patch and question projections, hotspot MLP, question-to-patch
   cross-attention (O(N Q)), budget predictor. Independent of K. Its compression heads (counted as the "select"
-  stage) fold every dropped patch into its most similar kept one: O(N K).
+  stage) keep the top K; with `fold_dropped` (off by default) they also fold every dropped patch into its most
+  similar kept one: O(N K).
 - CLIP encoder on K tokens: input projection, position embeddings gathered by a dense one-hot product (O(K N),
   as implemented), per layer O(K) linear terms and O(K^2) attention.
 - Quality adapter on K tokens: cross-attention to P prototypes (the prototype keys/values are projected per

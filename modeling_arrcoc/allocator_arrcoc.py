@@ -100,7 +100,8 @@ def relevance_profile(patch_scores: torch.Tensor, budgets) -> torch.Tensor:
 
 
 class ArrCocCompressionHeads(nn.Module):
-    """Keep the top-K patches in raster order and fold each dropped patch into its most similar kept one.
+    """Keep the top-K patches in raster order and, with `fold_dropped` (off by default), fold each dropped patch
+    into its most similar kept one.
 
     Each kept token's standardized score goes along (`Selection.token_scores`) for the quality adapter.
     Scores get gradients from the answer loss through it and through a straight-through gate: kept tokens are multiplied by

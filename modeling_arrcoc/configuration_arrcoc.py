@@ -69,7 +69,9 @@ class ArrCocConfig(PreTrainedConfig):
         allocator_hidden_size (`int`): width of the allocator's scorer; its cost grows with it.
         allocator_num_heads (`int`): heads of the question-to-patch cross-attention.
         fold_dropped (`bool`): whether the compression heads fold dropped patches into their most similar kept
-            patch (dropped content is summarized) or discard them.
+            patch (dropped content is summarized) or discard them. Off by default: a folded token mixes the cell
+            the question asks about with the dropped ones, as a pooled token does, and ARR-COC trained with the
+            fold read worse at every tier below full (docs/results.md, the fold ablation).
         selection_method (`str`): the model's own patch selection, used by `forward` / `generate` /
             `plan_allocation` when the caller passes no `selection`: "learned" (ARR-COC: the allocator's scores),
             "uniform" (DeepSeek-OCR-style average pooling of the grid to K cells), "hotspot" (top-K by the
@@ -107,7 +109,7 @@ class ArrCocConfig(PreTrainedConfig):
     image_token_id: int = 151665
     allocator_hidden_size: int = 256
     allocator_num_heads: int = 4
-    fold_dropped: bool = True
+    fold_dropped: bool = False
     # Checked against the selection table when set (not a Literal fixed at import: a registered method is accepted).
     selection_method: str = validated_field(check_selection_method, default="learned")
     relevance_tag: bool = True

@@ -299,8 +299,8 @@ class ArrCocModel(ArrCocPreTrainedModel):
         return min(self.config.tier_value(self.config.tier_index(budget)), num_patches)
 
     def select(self, plan: ArrCocAllocationPlan) -> Selection:
-        """The kept (or pooled) tokens of `plan`: top-K in raster order with dropped patches folded in, or
-        DeepSeek-OCR-style uniform pooling."""
+        """The kept (or pooled) tokens of `plan`: top-K in raster order (dropped patches folded in when
+        `config.fold_dropped`), or DeepSeek-OCR-style uniform pooling."""
         if SELECTIONS_TABLE[plan.selection].pools:
             return self._uniform_selection(plan.patch_features, plan.visual_token_counts, plan.static_tokens)
         return self.allocator.compression_heads(plan.patch_features, plan.selection_scores, plan.visual_token_counts,

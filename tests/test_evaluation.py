@@ -1,6 +1,7 @@
 """Evaluation: methods, measured tokens, scoring, calibration, the JSON report, figures, eval.py and the model card."""
 
 import argparse
+import copy
 import json
 import subprocess
 from pathlib import Path
@@ -360,6 +361,19 @@ def test_model_card_from_a_hand_made_report(tmp_path, tiny):
     assert "0.667" in card and "12.0" in card and "phase 1: allocator" in card
 
 
+def test_model_card_architecture_says_whether_dropped_patches_are_folded(tmp_path, tiny):
+    """The card describes the evaluated checkpoint's own compression (fold_dropped, recorded in the report's meta),
+    not the library default."""
+    config = copy.deepcopy(tiny[0].config)  # the fixture's model is shared
+    runs = {"auto": hand_run("auto", BUDGETS, ["1", "2"], [4, 16], [0, 1])}
+    for fold, words in ((True, "folded into their most similar kept one"), (False, "discarded, not folded")):
+        config.fold_dropped = fold
+        report = E.build_report(runs, [["1"], ["2"]], ["a", "b"], "anls", config, meta={"checkpoint": "ckpt/x"})
+        assert report["meta"]["fold_dropped"] is fold
+        architecture = write_model_card(report, tmp_path / f"card_{fold}.md").read_text().split("## Architecture")[1]
+        assert words in architecture.split("##")[0]
+
+
 def test_cli_on_a_local_copy_of_a_hub_dataset_uses_its_metric(checkpoint, tmp_path):
     import datasets
 
@@ -430,6 +444,39 @@ def test_auto_is_compared_paired_with_tiers_fair_baselines_and_the_trained_refer
     reference = comparisons["auto_vs_trained_full"]["trained_ref"]
     assert reference["difference"] == pytest.approx(-0.25) and reference["accuracy_kept"] == 0.75
     assert reference["token_share"] == pytest.approx(10 / 64) and reference["mean_visual_tokens"] == [10.0, 64.0]
+
+
+def test_auto_s_price_curve_is_compared_with_the_reference_and_the_headline_takes_an_eighth_of_its_tokens(tiny):
+    runs = {
+        "auto": hand_run("auto", BUDGETS, ["1", "2", "3", "x"], [4, 4, 16, 16], [0, 0, 1, 1]),
+        # 8 tokens = 1/8 of the reference's 64: inside the share; 9 would not be.
+        "auto(cost=1)": hand_run("auto(cost=1)", BUDGETS, ["1", "2", "x", "x"], [8] * 4, [1] * 4),
+        "auto(cost=2)": hand_run("auto(cost=2)", BUDGETS, ["1", "x", "x", "x"], [4] * 4, [0] * 4),
+        "trained_ref": E.MethodRun(E.Method("trained_ref", "full", "full", "trained_ref"), ["1", "2", "3", "4"],
+                                   [64] * 4, [2] * 4, 1.0),
+    }
+    report = E.build_report(runs, [["1"], ["2"], ["3"], ["4"]], ["local_color"] * 4, "exact_match", tiny[0].config)
+    curve = report["comparisons"]["auto_curve_vs_trained_full"]["trained_ref"]
+    assert [p["method"] for p in curve] == ["auto(cost=2)", "auto(cost=1)", "auto"], "ordered by mean tokens"
+    assert [p["token_share"] for p in curve] == [4 / 64, 8 / 64, 10 / 64]
+    assert [p["accuracy_kept"] for p in curve] == [0.25, 0.5, 0.75]
+    assert curve[1]["difference"] == pytest.approx(-0.5) and curve[1]["low"] <= -0.5 <= curve[1]["high"]
+    line = next(line for line in headline(report) if line.startswith("Auto's curve at an eighth"))
+    assert "`auto(cost=1)`, 0.500 at 8.0 tokens, 12.5% of `trained_ref`'s): 50% of its accuracy" in line
+    runs["auto(cost=1)"] = hand_run("auto(cost=1)", BUDGETS, ["1", "2", "x", "x"], [9] * 4, [1] * 4)
+    report = E.build_report(runs, [["1"], ["2"], ["3"], ["4"]], ["local_color"] * 4, "exact_match", tiny[0].config)
+    assert "`auto(cost=2)`" in next(line for line in headline(report) if line.startswith("Auto's curve at an eighth"))
+    del runs["auto(cost=2)"]
+    report = E.build_report(runs, [["1"], ["2"], ["3"], ["4"]], ["local_color"] * 4, "exact_match", tiny[0].config)
+    assert not any(line.startswith("Auto's curve at an eighth") for line in headline(report)), "no point that cheap"
+    # A reference that never answers: no share of its accuracy, said as such (and flagged at chance), no crash.
+    runs["auto(cost=2)"] = hand_run("auto(cost=2)", BUDGETS, ["1", "x", "x", "x"], [4] * 4, [0] * 4)
+    runs["trained_ref"] = E.MethodRun(E.Method("trained_ref", "full", "full", "trained_ref"), ["x"] * 4, [64] * 4,
+                                      [2] * 4, 1.0)
+    report = E.build_report(runs, [["1"], ["2"], ["3"], ["4"]], ["local_color"] * 4, "exact_match", tiny[0].config)
+    assert all(p["accuracy_kept"] is None for p in report["comparisons"]["auto_curve_vs_trained_full"]["trained_ref"])
+    line = next(line for line in headline(report) if line.startswith("Auto's curve at an eighth"))
+    assert "n/a of its accuracy" in line
 
 
 def test_ablations_are_compared_at_their_auto_and_at_auto_s_tier_and_token_prices_are_not_baselines(tiny):

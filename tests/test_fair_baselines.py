@@ -217,9 +217,10 @@ def test_train_main_writes_the_baselines_method_into_its_checkpoint(tmp_path, ca
     assert list(curve["points"][-1]["methods"]) == ["uniform_pool@4", "uniform_pool@16", "uniform_pool@100", "full"]
 
 
-def test_the_no_fold_ablation_is_written_into_the_model_and_its_checkpoint(tmp_path):
+def test_fold_dropped_from_the_run_is_written_into_the_model_and_its_checkpoint(tmp_path):
+    """The demo's phases turn the fold off on a base trained with it (ARR-COC's default since the fold ablation)."""
     model = ArrCocModelTester().get_model()
-    assert model.model.allocator.compression_heads.fold_dropped
+    assert model.model.allocator.compression_heads.fold_dropped, "the tiny preset folds, as the demo base does"
     args = ArrCocTrainingArguments(output_dir=str(tmp_path), fold_dropped=False, report_to="none")
     assert "fold_dropped=False" in recipe.apply_method(model, args)
     heads = model.model.allocator.compression_heads

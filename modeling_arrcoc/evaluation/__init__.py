@@ -68,7 +68,11 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
                                       "mean_visual_tokens": [auto, other]}},
         "auto_vs_baseline": {"<method>": {... as above, "trained": bool}},  # baselines with >= auto's mean tokens
         "baselines_with_fewer_tokens": [str],                              # listed, not compared
-        "auto_vs_trained_full": {"<method>": {... as above, "accuracy_kept": float, "token_share": float}}
+        "auto_vs_trained_full": {"<method>": {... as above, "method": "auto", "accuracy_kept": float | null,
+                                              "token_share": float}},  # null: the reference scores 0
+        "auto_curve_vs_trained_full": {"<method>": [{... as auto_vs_trained_full, "method": "auto" | "auto(cost=C)"}]}
+                                          # every point of auto's price curve, by mean tokens; accuracy and
+                                          # mean_visual_tokens are [that point, the reference]
       },
       "policies": {"constant": [{"tier", "budget", "accuracy", "mean_tokens", "n"}], "best_constant": {...},
                    "oracle": {"accuracy", "mean_tokens", "n", "n_no_oracle"}, "auto": {"accuracy", "mean_tokens", "n"},
@@ -106,7 +110,7 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
         "checkpoint", "dataset", "dataset_source", "split": str, "num_samples": int,
         "commit": str | null,             # git rev-parse HEAD of the evaluating code
         "created": str,                   # ISO 8601, UTC
-        "metric": str, "correct_threshold": float, "budgets": [int], "grid_size": [rows, cols],
+        "metric": str, "correct_threshold": float, "budgets": [int], "fold_dropped": bool, "grid_size": [rows, cols],
         "num_patches": int, "batch_size": int, "max_new_tokens": int, "seed": int, "device": str,
         "trained_families": [str] | null  # eval.py: from the training YAMLs behind the checkpoint
       }

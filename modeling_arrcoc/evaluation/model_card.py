@@ -169,11 +169,14 @@ print(processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_spec
 def _architecture(report, extra) -> str:
     meta = report["meta"]
     rows, cols = meta["grid_size"]
+    # Reports written before the key existed came from folding checkpoints (the old default).
+    dropped = ("folded into their most similar kept one" if meta.get("fold_dropped", True)
+               else "discarded, not folded into the kept ones")
     text = (
         f"SAM ViT encoder over the whole page ({rows}x{cols} = {meta['num_patches']} patches) -> allocator "
         "(query-independent hotspot detector + question-to-patch cross-attention -> patch scores; budget predictor "
         f"-> one tier of {meta['budgets']}) -> compression heads (top-K patches in raster order, dropped patches "
-        "folded into their most similar kept one) -> CLIP transformer fed the K selected features with their grid "
+        f"{dropped}) -> CLIP transformer fed the K selected features with their grid "
         "positions -> quality adapter (tier-conditioned normalization, VET prototypes, Ovis-style probabilistic "
         "visual embedding table) -> Qwen3 language model, with the K embeddings spliced in at the `<image>` token."
     )

@@ -115,7 +115,8 @@ class ArrCocTrainingArguments(TrainingArguments):
     fold_dropped: bool | None = field(
         default=None,
         metadata=_help("Whether dropped patches are folded into their nearest kept token, written into the model "
-                       "config before training (None: keep the model's). The no-fold ablation: false."),
+                       "config before training (None: keep the model's). ARR-COC's demo phases: false; the fold "
+                       "ablation: true."),
     )
     heuristic_short_words: int = field(default=5, metadata=_help("Heuristic: at most this many words = short."))
     group_by_tier: bool = field(
