@@ -100,11 +100,10 @@ EVAL_FAMILIES := --synthetic-families local_color,local_key,global_count
 DEMO_CONFIGS := --training-config configs/demo/phase1.yaml --training-config configs/demo/phase2.yaml \
 	--training-config configs/demo/phase3.yaml
 # auto at several token prices (generate's budget_cost, nats per doubling of tokens): auto's own accuracy-vs-tokens
-# curve on the Pareto plot. Chosen on 480 validation questions of the standard-look phases' checkpoint to spread the
-# curve between the smallest tier and full; the tier probabilities learnt from the "accuracy" calibration set the
-# price at which each family leaves 256 tokens. On the random-look phases the same prices give 7 points from 6 to 241
-# mean tokens on the test split (results.md), with nothing between 6 and 90.
-BUDGET_COSTS := --budget-costs=-0.03,0.02,0.05,0.08,0.11,0.25
+# curve on the Pareto plot. Chosen on 480 validation questions (eval.py --split validation) of the no-fold
+# checkpoint trained by these phases, to spread the curve between the smallest tier and full: there the prices gave
+# about 177, 94, 50, 28, 20 and 9 mean tokens around auto's own 68 (-0.1 was added for the top of the curve).
+BUDGET_COSTS := --budget-costs=-0.1,-0.05,-0.02,0.02,0.04,0.05,0.08
 
 .PHONY: demo-arrcoc demo-uniform demo-full
 ARRCOC_METHOD := relevance_tag=true
@@ -140,24 +139,25 @@ demo: venv
 # same steps, and evaluated with the demo's models on the same questions (query_sim included):
 # - baselines: saliency top-K (VisionZip-style: SAM's query-agnostic hotspots) and random K, trained at every tier
 #   (one K drawn per step), without the tag;
-# - ablations of ARR-COC: no relevance tag; no fold of dropped patches; learned selection at one constant tier,
-#   tier 64: auto spends between tiers 64 and 256 in the demo, and the report also compares the ablation with the
-#   point of auto's token-price curve nearest its tokens; a fixed tier of 256 would keep every patch, leaving no
-#   selection to ablate.
+# - ablations of ARR-COC: no relevance tag; the fold of dropped patches into the kept tokens turned on (off in
+#   ARR-COC and every method since it cost 18 points at tier 4: configs/demo/phase1.yaml); learned selection at one
+#   constant tier, tier 64, the tier nearest auto's mean tokens in the demo (the report also compares the ablation
+#   with the point of auto's token-price curve nearest its tokens); a fixed tier of 256 would keep every patch,
+#   leaving no selection to ablate.
 SALIENCY_METHOD := selection_method=hotspot relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
 RANDOM_METHOD := selection_method=random relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
 NOTAG_METHOD := relevance_tag=false
-NOFOLD_METHOD := relevance_tag=true fold_dropped=false
+FOLD_METHOD := relevance_tag=true fold_dropped=true
 CONSTANT_TIER := 64
 CONSTANT_METHOD := relevance_tag=true train_budget=$(CONSTANT_TIER) eval_budget=$(CONSTANT_TIER) calibration_every=0 loss_weight_budget=0.0 \
 	loss_weight_efficiency=0.0
 # Which runs `make baselines` trains and evaluates; a subset is allowed (make baselines BASELINE_RUNS=no_tag), each run
 # evaluated under its report name.
-BASELINE_RUNS ?= saliency random no_tag no_fold constant_tier
+BASELINE_RUNS ?= saliency random no_tag fold constant_tier
 REPORT_NAME_saliency := saliency_topk
 REPORT_NAME_random := random
 REPORT_NAME_no_tag := ablation_no_tag
-REPORT_NAME_no_fold := ablation_no_fold
+REPORT_NAME_fold := ablation_fold
 REPORT_NAME_constant_tier := ablation_constant_tier
 BASELINE_TRAINED := $(foreach run,$(BASELINE_RUNS),--method $(REPORT_NAME_$(run))=$(DEMO)/$(run)/phase3/checkpoint)
 .PHONY: $(addprefix baseline-,$(BASELINE_RUNS))
@@ -167,8 +167,8 @@ baseline-random: venv
 	$(call train_method,random,$(RANDOM_METHOD))
 baseline-no_tag: venv
 	$(call train_method,no_tag,$(NOTAG_METHOD))
-baseline-no_fold: venv
-	$(call train_method,no_fold,$(NOFOLD_METHOD))
+baseline-fold: venv
+	$(call train_method,fold,$(FOLD_METHOD))
 baseline-constant_tier: venv
 	$(call train_method,constant_tier,$(CONSTANT_METHOD))
 
