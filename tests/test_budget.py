@@ -11,6 +11,7 @@ from modeling_arrcoc.training.calibration import (
     calibration_targets,
     per_sample_answer_loss,
     smallest_exact_tier,
+    stable_tier_weights,
 )
 
 
@@ -117,6 +118,30 @@ def test_accuracy_targets_share_the_answering_tiers(tester, monkeypatch):
     answers = torch.tensor([[True, False, False]] * 10 + [[False, True, True]] * 12)
     weights = answering_tiers(answers).mean(0)
     assert weights[1] == weights[2] > weights[0]
+
+
+def test_stable_targets_weigh_the_tier_from_which_every_larger_tier_answers(tester, monkeypatch):
+    """"stable": a lucky small tier (right at 4, wrong at 16) is not the need; the tier from which reading holds is;
+    a question the largest tier misses says nothing (a zero row)."""
+    exact = torch.tensor([[True, False, True], [False, True, True], [True, True, False], [True, True, True]])
+    torch.testing.assert_close(stable_tier_weights(exact), torch.tensor(
+        [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
+    model = tester.get_model()
+    inputs = tester.prepare_inputs()
+    table = {4: [False, False, True], 16: [True, False, False], 100: [True, False, True]}
+
+    def fake(model, inputs, plan=None, budget="auto", with_exact=False):
+        value = model.config.budgets[int(plan.budget_tiers[0])]
+        return torch.zeros(3), torch.tensor(table[value])
+
+    monkeypatch.setattr("modeling_arrcoc.training.calibration.per_sample_answer_loss", fake)
+    targets = calibration_targets(model, inputs, 0.05, target="stable")
+    # Sample 1 answers at 16 and 100 (stable 16); sample 2 nowhere; sample 3 at 4 and 100, not 16 (stable 100).
+    torch.testing.assert_close(targets, torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    logits = torch.zeros(3, 3, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(logits, targets)
+    loss.backward()
+    assert torch.isfinite(loss) and logits.grad[1].abs().sum() == 0, "a zero row adds no gradient"
 
 
 # --- the token price's temperature ----------------------------------------------------------------------------------

@@ -129,13 +129,15 @@ class ArrCocTrainingArguments(TrainingArguments):
         default="loss",
         metadata=_help("The calibration's target: 'exact' (the smallest tier whose greedy answer is exactly right, "
                        "the evaluation's oracle; none -> the smallest), 'loss' (the smallest within "
-                       "calibration_tolerance of the best loss) or 'accuracy' (shared by every tier that answers "
-                       "exactly: the predictor learns how often each tier answers; training/calibration.py)."),
+                       "calibration_tolerance of the best loss), 'accuracy' (shared by every tier that answers "
+                       "exactly: the predictor learns how often each tier answers) or 'stable' (the smallest tier "
+                       "from which every larger tier answers: the evaluation's need; training/calibration.py)."),
     )
     fit_budget_temperature: int = field(
         default=0,
         metadata=_help("After training, fit the budget predictor's temperature (config.budget_temperature, used by a "
-                       "token price) on this many validation rows against their oracle-minimal tiers; 0 = off."),
+                       "token price) on this many validation rows against their calibration_target ('loss': the "
+                       "oracle-minimal tier); 0 = off."),
     )
     calibration_max_loss: float | None = field(
         default=None, metadata=_help("Nats/token above which a tier does not answer; unanswered -> smallest tier.")

@@ -1,6 +1,6 @@
 """Budget calibration targets and the multi-budget tier of a step.
 
-Three targets, `calibration_target` in the arguments:
+Four targets, `calibration_target` in the arguments:
 - "exact": the smallest tier whose greedy answer is exactly right (read off the teacher-forced logits: every answer
   token is the argmax; no tier right -> the smallest, nothing to buy), the evaluation's oracle-minimal tier;
 - "loss": the smallest tier whose answer loss is within a tolerance of the sample's best;
@@ -11,6 +11,10 @@ Three targets, `calibration_target` in the arguments:
   a reader that is right on 0.23 of counting questions at 4 tokens and 0.35 at 16, the most frequent minimal tier is
   still 4. (Sharing one unit among the answering tiers would learn each tier's share of the credit instead, which
   favours a tier that alone answers a few questions over two that together answer more.)
+- "stable": weight 1 on the stable tier, the smallest from which every larger tier answers exactly
+  (`statistics.stable_tiers`, the evaluation's need), so a small tier's lucky guess is not a need and a question is
+  not sent to a large tier merely because large tiers answer more often; a question the largest tier does not
+  answer says nothing (weight 0).
 """
 
 import random
@@ -22,7 +26,7 @@ from torch.nn import functional as F
 from .. import statistics
 from ..losses import answer_window
 
-CALIBRATION_TARGETS = ("exact", "loss", "accuracy")
+CALIBRATION_TARGETS = ("exact", "loss", "accuracy", "stable")
 
 
 def per_sample_answer_loss(model, inputs: dict, plan=None, budget="auto", with_exact=False):
@@ -54,6 +58,16 @@ def answering_tiers(exact: torch.Tensor) -> torch.Tensor:
     return exact.to(torch.float32)
 
 
+def stable_tier_weights(exact: torch.Tensor) -> torch.Tensor:
+    """[B, T] whether each tier answers exactly -> [B, T] target weights for `F.cross_entropy`: 1 on each row's
+    stable tier (`statistics.stable_tiers`), a row of zeros where the largest tier does not answer."""
+    weights = torch.zeros(exact.shape, dtype=torch.float32, device=exact.device)
+    for row, tier in enumerate(statistics.stable_tiers(exact.T.cpu().numpy())):
+        if tier is not None:
+            weights[row, tier] = 1.0
+    return weights
+
+
 def smallest_sufficient_tier(losses: torch.Tensor, tolerance: float, max_loss: float | None = None) -> torch.Tensor:
     """[B, T] losses per tier -> [B] index of the smallest tier within `tolerance` of the sample's best; with
     `max_loss`, rows whose best loss exceeds it (no tier answers) get tier 0."""
@@ -81,7 +95,7 @@ def tier_runs(model, inputs: dict) -> tuple:
 def calibration_targets(model, inputs: dict, tolerance: float, max_loss: float | None = None,
                         target: str = "loss") -> torch.Tensor:
     """Each sample's calibration target from `tier_runs` (`target`, see the module docstring): [B] the oracle-minimal
-    tier ("exact", "loss") or [B, T] tier weights ("accuracy"); `F.cross_entropy` takes either."""
+    tier ("exact", "loss") or [B, T] tier weights ("accuracy", "stable"); `F.cross_entropy` takes either."""
     if target not in CALIBRATION_TARGETS:
         raise ValueError(f"calibration target must be one of {CALIBRATION_TARGETS}, got {target!r}.")
     _, losses, exact = tier_runs(model, inputs)
@@ -94,6 +108,8 @@ def tier_targets(losses, exact, target: str, tolerance: float = 0.0, max_loss: f
         return smallest_exact_tier(exact)
     if target == "accuracy":
         return answering_tiers(exact)
+    if target == "stable":
+        return stable_tier_weights(exact)
     return smallest_sufficient_tier(losses, tolerance, max_loss)
 
 
@@ -101,7 +117,7 @@ def tier_targets(losses, exact, target: str, tolerance: float = 0.0, max_loss: f
 def fit_budget_temperature(model, collator, rows: list, batch_size: int = 16, target: str = "exact") -> dict:
     """Fit `config.budget_temperature` on held-out `rows` (one question each): the temperature under which the budget
     predictor's tier probabilities best fit each row's calibration target (`target`, as it was trained: "exact" the
-    oracle-minimal tier, "accuracy" the answering tiers; "loss" is fitted to "exact"), by
+    oracle-minimal tier, "accuracy" the answering tiers, "stable" the stable tier; "loss" is fitted to "exact"), by
     `statistics.fit_temperature`. Writes it into `model.config` and returns the fit
     with the number of rows. The predicted tier does not change; a token price then moves questions across tiers
     one by one."""
@@ -112,7 +128,7 @@ def fit_budget_temperature(model, collator, rows: list, batch_size: int = 16, ta
                                                                "pixel_values")}
         plan, losses, exact = tier_runs(model, inputs)  # the plan's budget logits and the oracle, one SAM pass
         logits.append(plan.budget_logits.float())
-        targets.append(tier_targets(losses, exact, "accuracy" if target == "accuracy" else "exact"))
+        targets.append(tier_targets(losses, exact, target if target in ("accuracy", "stable") else "exact"))
     fit = statistics.fit_temperature(torch.cat(logits).cpu().numpy(), torch.cat(targets).cpu().numpy())
     model.config.budget_temperature = fit["temperature"]
     return {**fit, "rows": len(rows)}
@@ -145,6 +161,7 @@ __all__ = [
     "fit_budget_temperature",
     "smallest_exact_tier",
     "answering_tiers",
+    "stable_tier_weights",
     "tier_targets",
     "tier_runs",
     "per_sample_answer_loss",
