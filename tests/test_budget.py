@@ -71,23 +71,33 @@ def test_exact_flag_is_greedy_decoding(tester):
     assert exact.tolist() == [False, True, True]
 
 
-def test_exact_calibration_targets_follow_the_oracle(tester, monkeypatch):
+# Which tiers answer exactly, per sample (tiers 4, 16, 100), for the target tests: the first answers at 16 and 100,
+# the second nowhere, the third at 4 and 100 but not 16 (a lucky small tier).
+TIER_TABLE = {4: [False, False, True], 16: [True, False, False], 100: [True, False, True]}
+
+
+def targets_from_table(tester, monkeypatch, target, patch_features=False):
+    """`calibration_targets` of three tiny-model samples whose per-tier exactness is TIER_TABLE (the forward per tier
+    is faked: the targets, not the model, are under test)."""
     model = tester.get_model()
     inputs = tester.prepare_inputs()
-    inputs.pop("pixel_values")
-    inputs["patch_features"] = torch.randn(3, tester.num_patches, 16)
-    # Which tiers answer exactly, per sample (tiers 4, 16, 100): the first answers at 16, the second nowhere, the third
-    # at 4 only (smaller is enough even when a larger tier misses).
-    table = {4: [False, False, True], 16: [True, False, False], 100: [True, False, True]}
+    if patch_features:
+        inputs.pop("pixel_values")
+        inputs["patch_features"] = torch.randn(3, tester.num_patches, 16)
 
     def fake(model, inputs, plan=None, budget="auto", with_exact=False):
         value = model.config.budgets[int(plan.budget_tiers[0])]
-        return torch.zeros(3), torch.tensor(table[value])
+        return torch.zeros(3), torch.tensor(TIER_TABLE[value])
 
     monkeypatch.setattr("modeling_arrcoc.training.calibration.per_sample_answer_loss", fake)
-    assert calibration_targets(model, inputs, 0.05, target="exact").tolist() == [1, 0, 0]
+    return calibration_targets(model, inputs, 0.05, target=target)
+
+
+def test_exact_calibration_targets_follow_the_oracle(tester, monkeypatch):
+    # The third sample answers at 4: smaller is enough even when a larger tier misses.
+    assert targets_from_table(tester, monkeypatch, "exact", patch_features=True).tolist() == [1, 0, 0]
     with pytest.raises(ValueError, match="calibration target"):
-        calibration_targets(model, inputs, 0.05, target="best")
+        targets_from_table(tester, monkeypatch, "best")
 
 
 def test_accuracy_targets_share_the_answering_tiers(tester, monkeypatch):
@@ -96,16 +106,7 @@ def test_accuracy_targets_share_the_answering_tiers(tester, monkeypatch):
     exact = torch.tensor([[False, True, True], [False, False, False], [True, False, False]])
     torch.testing.assert_close(answering_tiers(exact), torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0],
                                                                      [1.0, 0.0, 0.0]]))
-    model = tester.get_model()
-    inputs = tester.prepare_inputs()
-    table = {4: [False, False, True], 16: [True, False, False], 100: [True, False, True]}
-
-    def fake(model, inputs, plan=None, budget="auto", with_exact=False):
-        value = model.config.budgets[int(plan.budget_tiers[0])]
-        return torch.zeros(3), torch.tensor(table[value])
-
-    monkeypatch.setattr("modeling_arrcoc.training.calibration.per_sample_answer_loss", fake)
-    targets = calibration_targets(model, inputs, 0.05, target="accuracy")
+    targets = targets_from_table(tester, monkeypatch, "accuracy")
     torch.testing.assert_close(targets, torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]))
     # Over many questions of one kind, the tier that answers most carries the most target mass, where the
     # oracle-minimal target puts most on the smallest tier that sometimes answers.
@@ -126,16 +127,7 @@ def test_stable_targets_weigh_the_tier_from_which_every_larger_tier_answers(test
     exact = torch.tensor([[True, False, True], [False, True, True], [True, True, False], [True, True, True]])
     torch.testing.assert_close(stable_tier_weights(exact), torch.tensor(
         [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
-    model = tester.get_model()
-    inputs = tester.prepare_inputs()
-    table = {4: [False, False, True], 16: [True, False, False], 100: [True, False, True]}
-
-    def fake(model, inputs, plan=None, budget="auto", with_exact=False):
-        value = model.config.budgets[int(plan.budget_tiers[0])]
-        return torch.zeros(3), torch.tensor(table[value])
-
-    monkeypatch.setattr("modeling_arrcoc.training.calibration.per_sample_answer_loss", fake)
-    targets = calibration_targets(model, inputs, 0.05, target="stable")
+    targets = targets_from_table(tester, monkeypatch, "stable")
     # Sample 1 answers at 16 and 100 (stable 16); sample 2 nowhere; sample 3 at 4 and 100, not 16 (stable 100).
     torch.testing.assert_close(targets, torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
     logits = torch.zeros(3, 3, requires_grad=True)
