@@ -2,8 +2,9 @@
 
 The allocator is two stages of the token-cost breakdown: the scorer (question embeddings, hotspot detector,
 question-to-patch cross-attention, budget predictor; independent of K) and the compression heads ("select":
-top-K, plus folding the dropped patches into the kept ones when the config folds; O(N K)). Its time share is (allocator + select) / the
-sum of all stages, per round, as min/median/max; its FLOP share comes from bench/flops.py.
+top-K, plus folding the dropped patches into the kept ones when the config folds; O(N K)). Its time share is
+(allocator + select) / the sum of all stages, per round, as min/median/max; its FLOP share comes from
+bench/flops.py.
 
 The timings are the token-cost run's (`--from-json outputs/bench/token_cost.json`, as `bench/run_all.py` does,
 so nothing is measured twice) or a fresh one. Also counted: how many times `generate` runs the scorer per

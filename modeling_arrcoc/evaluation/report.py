@@ -166,11 +166,12 @@ def comparisons(runs, scores, methods, seed) -> dict | None:
     auto_tokens = methods["auto"]["mean_visual_tokens"]
     baselines = [name for name, run in runs.items() if _is_baseline(run)]
     fair = [name for name in baselines if methods[name]["mean_visual_tokens"] >= auto_tokens - 1e-9]
-    full_names = [n for n, run in runs.items() if _is_trained_full(run)]
-    references = {name: _against_reference(scores, methods, "auto", name, seed) for name in full_names}
+    # Every point of auto's price curve against each trained full-token reference; auto's own entry is one of them.
     by_tokens = sorted(_priced(runs), key=lambda p: (methods[p]["mean_visual_tokens"], p))  # ties: by name
     curve_vs_references = {name: [_against_reference(scores, methods, p, name, seed) for p in by_tokens]
-                            for name in full_names}
+                           for name, run in runs.items() if _is_trained_full(run)}
+    references = {name: next(point for point in curve if point["method"] == "auto")
+                  for name, curve in curve_vs_references.items()}
     # Each ablation at its own auto and at the tier nearest auto's mean tokens (the constant-tier ablation's).
     tiers = {run.method.budget for run in runs.values() if _is_ablation(run) and isinstance(run.method.budget, int)}
     nearest = _nearest_in_log2(tiers, auto_tokens, lambda k: k) if tiers else None
