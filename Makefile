@@ -100,10 +100,12 @@ EVAL_FAMILIES := --synthetic-families local_color,local_key,global_count
 DEMO_CONFIGS := --training-config configs/demo/phase1.yaml --training-config configs/demo/phase2.yaml \
 	--training-config configs/demo/phase3.yaml
 # auto at several token prices (generate's budget_cost, nats per doubling of tokens): auto's own accuracy-vs-tokens
-# curve on the Pareto plot. Chosen on 480 validation questions (eval.py --split validation) of the no-fold
+# curve on the Pareto plot. Chosen on 480 validation questions (eval.py --split validation) of ARR-COC's phase-3
 # checkpoint trained by these phases, to spread the curve between the smallest tier and full: there the prices gave
-# about 177, 94, 50, 28, 20 and 9 mean tokens around auto's own 68 (-0.1 was added for the top of the curve).
-BUDGET_COSTS := --budget-costs=-0.1,-0.05,-0.02,0.02,0.04,0.05,0.08
+# about 227, 108, 63, 46, 29, 24, 12 and 6.5 mean tokens around auto's own 84. The curve is steep between 0.009 and
+# 0.01 (31 to 12 tokens), so 0.0094 and 0.0096 fill it; 0.0096 is the point meant to sit under an eighth of full
+# tokens with room for the test pages' slightly larger spend.
+BUDGET_COSTS := --budget-costs=-0.02,-0.005,0.003,0.006,0.0094,0.0096,0.01,0.06
 
 .PHONY: demo-arrcoc demo-uniform demo-full
 ARRCOC_METHOD := relevance_tag=true
