@@ -1,6 +1,7 @@
 """Figures of an evaluation: the accuracy-vs-tokens Pareto plot and a grid of allocation heatmaps.
 """
 
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -48,7 +49,11 @@ def plot_pareto(report: dict, path) -> Path:
         (x, y), = series["auto"]
         ax.scatter([x], [y], s=260, marker="*", color="crimson", edgecolor="black", zorder=5,
                    label="ARR-COC auto (allocator's budget)")
-        ax.annotate(f"auto: {y:.3f} @ {x:.1f} tok", (x, y), textcoords="offset points", xytext=(8, 8))
+        # The label goes on the side with room: right of the star in the axis' left half (log tokens), else left.
+        tokens = [point[0] for points in series.values() for point in points]
+        left = math.log(x) > (math.log(min(tokens)) + math.log(max(tokens))) / 2
+        ax.annotate(f"auto: {y:.3f} @ {x:.1f} tok", (x, y), textcoords="offset points", xytext=(-8 if left else 8, 8),
+                    ha="right" if left else "left")
     _pareto_axes(ax, report)
     return _save(figure, path)
 
