@@ -8,8 +8,9 @@ and writes
 - outputs/bench/summary.md: a short markdown section generated from summary.json (`make readme` puts it in the
   Performance section of docs/results.md, which the README links).
 The demo preset's benchmarks take about 15 minutes on the 2-core machine (prefill_decode's compiling most of
-it); the base preset's take longer: base_scale about 23 minutes and prefill_decode_base about 30 (each entry's
-comment), so `make bench` takes about 70 minutes; --quick runs one round of each (a smoke run, not a measurement).
+it); the base preset's take longer: base_scale about 23 minutes, prefill_decode_base about 30 and decode_gqa about
+8 (each entry's comment), so `make bench` takes about 80 minutes; --quick runs one round of each (a smoke run, not
+a measurement).
 
     python -m bench.run_all [--preset demo] [--quick] [--only token_cost memory ...]
 """
@@ -52,6 +53,10 @@ BENCHES = (
                            "--repeats", "3", "--components"],
      ["--preset", "base", "--threads", "2", "--batch-sizes", "1", "--tiers", "64", "full", "--repeats", "1",
       "--no-compile"]),
+    # The base preset's decode step at tier 64 and full tokens: dynamic and static cache, eager, compiled and compiled
+    # with the grouped-query switch (why compiled decode at full tokens ran slower than eager; about 8 minutes).
+    ("decode_gqa", ["--preset", "base", "--threads", "2", "--tiers", "64", "full", "--repeats", "5"],
+     ["--tiers", "4", "full", "--repeats", "1", "--backend", "aot_eager"]),
     # The 2026 preset (DeepSeek-OCR2's SAM, CLIP-L, Ovis2.5-2B): loaded from checkpoints in those formats with its LLM
     # cut to one layer, every other part at its true size (the whole preset peaks near 18 GiB), and every
     # component's parameters counted at the true size (about 2 minutes, 8 GiB).
@@ -144,6 +149,7 @@ def summarize(output_dir, seconds: dict, total_seconds: float | None) -> dict:
         "base_scale": results.get("base_scale"),
         "prefill_decode": results.get("prefill_decode"),
         PREFILL_DECODE_BASE: results.get(PREFILL_DECODE_BASE),
+        "decode_gqa": results.get("decode_gqa"),
         "base_scale_ovis25": results.get(OVIS25_SCALE),
     }
     return summary
@@ -196,6 +202,10 @@ def markdown(summary: dict) -> str:
             from bench.prefill_decode import markdown as prefill_decode_markdown
 
             lines += ["", prefill_decode_markdown(summary[name]).rstrip()]
+    if summary.get("decode_gqa"):
+        from bench.decode_gqa import markdown as decode_gqa_markdown
+
+        lines += ["", decode_gqa_markdown(summary["decode_gqa"]).rstrip()]
     if summary["gpu"]:
         lines += ["", *_gpu_section(summary["gpu"])]
     if summary.get("base_scale"):

@@ -267,3 +267,22 @@ def test_every_bench_entry_names_a_script():
     preset = extra[extra.index("--preset") + 1]
     assert prefill_decode.result_name(preset) == run_all.PREFILL_DECODE_BASE
     assert prefill_decode.result_name("demo") == prefill_decode.NAME
+
+
+def test_decode_gqa_times_every_cache_and_variant_and_they_answer_alike(tmp_path):
+    from bench import decode_gqa
+
+    result = decode_gqa.run(TINY, tiers=[4, "full"], repeats=1, backend="aot_eager")
+    assert result["heads"] > result["key_value_heads"]  # a grouped-query model, or the switch changes nothing
+    names = {f"{kind}/{name}" for kind in decode_gqa.CACHES for name in decode_gqa.VARIANTS}
+    for tier in ("4", "full"):
+        entry = result["tiers"][tier]
+        assert set(entry["ms"]) == names
+        assert set(entry["over_eager"]) == set(entry["max_abs_logit_difference"]) == names - {"dynamic/eager"}
+        for name in entry["over_eager"]:
+            _positive_ratio(entry["over_eager"][name]["wall"])
+            assert entry["max_abs_logit_difference"][name] < 1e-4
+    assert result["tiers"]["full"]["cache_length"] > result["tiers"]["4"]["cache_length"]
+    assert decode_gqa.FORCE_GQA not in os.environ  # the switch is on for the trace only
+    common.write_result(decode_gqa.NAME, result, tmp_path)
+    assert "| full |" in decode_gqa.markdown(common.read_result(decode_gqa.NAME, tmp_path))

@@ -139,3 +139,46 @@ def test_compiled_static_cache_generate_matches_eager(tester, budget):
                               cache_implementation="static", compile_config=config)
     assert counters["stats"]["unique_graphs"] >= 1  # the decode step did compile
     assert torch.equal(compiled, eager)
+
+
+def _decode_graphs(model, inputs):
+    """The FX graphs Dynamo hands its backend for one compiled decode step after a tier-4 prefill."""
+    graphs = []
+
+    def capture(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+    with torch.no_grad():
+        prefill = model(**inputs, budget=4, use_cache=True)
+        token = prefill.logits[:, -1:].argmax(-1)
+        mask = torch.ones(token.shape[0], prefill.cache.get_seq_length() + 1, dtype=torch.long)
+        torch._dynamo.reset()
+        step = torch.compile(lambda **kw: model(**kw).logits, fullgraph=True, backend=capture)
+        logits = step(input_ids=token, attention_mask=mask, cache=prefill.cache, use_cache=True)
+        prefill.cache.crop(-1)
+        eager = model(input_ids=token, attention_mask=mask, cache=prefill.cache, use_cache=True).logits
+    return graphs, logits, eager
+
+
+def _repeats_the_cache(graphs) -> bool:
+    """transformers' repeat_kv: a 5-D expand of each key/value head over the query heads it serves."""
+    return any(node.op == "call_method" and node.target == "expand" and node.meta["example_value"].dim() == 5
+               for graph in graphs for node in graph.graph.nodes)
+
+
+def test_compiled_decode_reads_the_grouped_cache_only_with_the_switch(tester, monkeypatch):
+    """Why compiled decode ran slower than eager at full tokens (bench/decode_gqa.py, docs/inference.md): traced, the
+    decode step copies the cache once per query head (transformers packs the heads in eager mode only);
+    TRANSFORMERS_SDPA_FORCE_GQA=1 at trace time makes SDPA read the grouped heads itself. Same logits either way."""
+    model, inputs = tester.get_model(), tester.prepare_inputs()
+    inputs.pop("labels")
+    text = model.config.text_config
+    assert text.num_attention_heads > text.num_key_value_heads
+    monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
+    graphs, logits, eager = _decode_graphs(model, inputs)
+    assert _repeats_the_cache(graphs)
+    torch.testing.assert_close(logits, eager, atol=1e-5, rtol=1e-5)
+    monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "1")
+    graphs, logits, eager = _decode_graphs(model, inputs)
+    assert graphs and not _repeats_the_cache(graphs)
+    torch.testing.assert_close(logits, eager, atol=1e-5, rtol=1e-5)

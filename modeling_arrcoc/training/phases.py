@@ -43,8 +43,8 @@ PHASES = {
         ("clip_encoder", "quality_adapter"), "random", ("llm_unfreeze_last_n", "lora_rank"),
         "teach CLIP and the adapter every tier",
     ),
-    # Every tier, not auto's: trained at its own predicted tiers, phase 3 narrowed the reading to them (docs/demo_model.md,
-    # "Phase 3 now trains every tier"); the budget predictor still learns from the trainer's calibration.
+    # Every tier, not auto's: trained at its own predicted tiers, phase 3 narrowed the reading to them
+    # (docs/demo_model.md, "Phase 3 now trains every tier"); the budget predictor still learns from calibration.
     "phase3": PhaseSpec(COMPONENTS, "random", (), "everything, per-component learning rates, every tier"),
 }
 
