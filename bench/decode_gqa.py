@@ -5,7 +5,7 @@ a static cache is written in place. At a decode step (one query position) transf
 grouped-query model's query heads over its key/value heads, so attention reads the cache as it is stored, but only
 in eager mode (`is_torchdynamo_compiling()`): traced, it repeats every key/value head once per query head it serves,
 one more copy of the cache. `TRANSFORMERS_SDPA_FORCE_GQA=1` makes SDPA take the grouped heads itself (`enable_gqa`),
-compiled or not; transformers reads the variable when it traces, so a compiled step keeps what it saw then.
+compiled or not; transformers reads it when the step is traced, and Dynamo traces again if it changes.
 
 This times the preset's language model (random weights) for one decode step with a cache as long as the prompt plus
 a tier's visual tokens, for each cache kind: eager, compiled, and compiled with the switch, all interleaved in one
@@ -15,6 +15,7 @@ run (the two compiled steps are two functions, so each keeps its own graph).
 """
 
 import argparse
+import functools
 import os
 
 from bench import common  # first: it pins the thread count before torch starts its pool
@@ -53,7 +54,7 @@ def language_model(preset, layers=None, seed=0):
 
 
 CACHES = ("dynamic", "static")
-STATIC_ROOM = 64  # static-cache positions past the prompt: one per timed step (every variant's steps advance it)
+STATIC_ROOM = 64  # static-cache positions past the prompt: one per step of a variant (each has its own cache)
 
 
 class DecodeStep:
@@ -104,14 +105,19 @@ def compiled_steps(model, backend):
     return torch.compile(plain, **compile_), torch.compile(grouped, **compile_)
 
 
-def traced_with_switch(call):
-    """Run `call` (a first, tracing call) with the switch on, then restore the environment: eager stays as shipped."""
+def with_switch(call):
+    """Run `call` with the switch on, then restore the environment, so eager runs as shipped. Every call of the
+    switched step goes through here: Dynamo guards on the environment variables a trace read, so a call without
+    the switch would trace the step again without it."""
     before = os.environ.get(FORCE_GQA)
     os.environ[FORCE_GQA] = "1"
     try:
         return call()
     finally:
-        os.environ.pop(FORCE_GQA) if before is None else os.environ.__setitem__(FORCE_GQA, before)
+        if before is None:
+            os.environ.pop(FORCE_GQA)
+        else:
+            os.environ[FORCE_GQA] = before
 
 
 def measure_tier(model, length, repeats, backend) -> dict:
@@ -125,8 +131,10 @@ def measure_tier(model, length, repeats, backend) -> dict:
         for name, forward in zip(VARIANTS, (model, plain, grouped)):
             # A static cache is written in place: each variant gets its own, filled by the same prefill.
             decode = shared or DecodeStep(model, length, kind)
-            step = (lambda d, f: lambda: d.step(f))(decode, forward)
-            first[kind][name] = traced_with_switch(step) if name == "compiled_gqa" else step()
+            step = functools.partial(decode.step, forward)
+            if name == "compiled_gqa":
+                step = functools.partial(with_switch, step)
+            first[kind][name] = step()
             calls[f"{kind}/{name}"] = step
     times = common.interleaved(calls, repeats)
     eager = f"{CACHES[0]}/eager"
@@ -141,6 +149,10 @@ def measure_tier(model, length, repeats, backend) -> dict:
 
 
 def run(preset="base", tiers=("64", "full"), repeats=5, threads=1, layers=None, backend="inductor") -> dict:
+    if repeats + 2 > STATIC_ROOM:  # the first step, the warm-up round and the timed ones each fill a static slot
+        raise ValueError(f"repeats must be at most {STATIC_ROOM - 2}: the static cache has {STATIC_ROOM} free slots.")
+    if os.environ.get(FORCE_GQA, "0") == "1":
+        raise ValueError(f"unset {FORCE_GQA}: with it set, 'compiled' and 'compiled_gqa' would be the same step.")
     common.use_threads(threads)
     config, model = language_model(preset, layers)
     text = model.config
@@ -181,4 +193,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["CACHES", "FORCE_GQA", "VARIANTS", "markdown", "run"]
+__all__ = ["CACHES", "FORCE_GQA", "NAME", "VARIANTS", "markdown", "run", "with_switch"]

@@ -272,7 +272,13 @@ def test_every_bench_entry_names_a_script():
 def test_decode_gqa_times_every_cache_and_variant_and_they_answer_alike(tmp_path):
     from bench import decode_gqa
 
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     result = decode_gqa.run(TINY, tiers=[4, "full"], repeats=1, backend="aot_eager")
+    # One graph per cache kind and compiled step at each tier: the switched step is never traced again without the
+    # switch (Dynamo guards on the environment variables a trace read).
+    assert counters["stats"]["unique_graphs"] == 2 * len(decode_gqa.CACHES) * 2
     assert result["heads"] > result["key_value_heads"]  # a grouped-query model, or the switch changes nothing
     names = {f"{kind}/{name}" for kind in decode_gqa.CACHES for name in decode_gqa.VARIANTS}
     for tier in ("4", "full"):
