@@ -66,7 +66,7 @@ class DecodeStep:
     def __init__(self, model, length, cache="dynamic"):
         from transformers import DynamicCache, StaticCache
 
-        self.model, self.kind = model, cache
+        self.kind = cache
         self.cache = (DynamicCache(config=model.config) if cache == "dynamic"
                       else StaticCache(config=model.config, max_cache_len=length + STATIC_ROOM))
         with torch.no_grad():

@@ -53,16 +53,21 @@ def test_fullgraph_compile_matches_eager(tester, budget, selection):
     assert torch.equal(graph.visual_token_counts, eager.visual_token_counts)
 
 
+def _prefilled(model, inputs):
+    """(cache, next token, attention mask) after a tier-4 prefill: the inputs of one decode step."""
+    with torch.no_grad():
+        prefill = model(**inputs, budget=4, use_cache=True)
+    token = prefill.logits[:, -1:].argmax(-1)
+    return prefill.cache, token, torch.ones(token.shape[0], prefill.cache.get_seq_length() + 1, dtype=torch.long)
+
+
 def test_decode_step_is_one_graph(tester):
     model, inputs = tester.get_model(), tester.prepare_inputs()
     inputs.pop("labels")
-    with torch.no_grad():
-        prefill = model(**inputs, budget=4, use_cache=True)
-    next_token = prefill.logits[:, -1:].argmax(-1)
-    mask = torch.ones(next_token.shape[0], prefill.cache.get_seq_length() + 1, dtype=torch.long)
+    cache, next_token, mask = _prefilled(model, inputs)
 
     def step(input_ids, attention_mask):
-        return model(input_ids=input_ids, attention_mask=attention_mask, cache=prefill.cache, use_cache=True).logits
+        return model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=True).logits
     explained = _explain(step, input_ids=next_token, attention_mask=mask)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
@@ -148,15 +153,13 @@ def _decode_graphs(model, inputs):
     def capture(graph_module, example_inputs):
         graphs.append(graph_module)
         return graph_module.forward
+    cache, token, mask = _prefilled(model, inputs)
     with torch.no_grad():
-        prefill = model(**inputs, budget=4, use_cache=True)
-        token = prefill.logits[:, -1:].argmax(-1)
-        mask = torch.ones(token.shape[0], prefill.cache.get_seq_length() + 1, dtype=torch.long)
         torch._dynamo.reset()
         step = torch.compile(lambda **kw: model(**kw).logits, fullgraph=True, backend=capture)
-        logits = step(input_ids=token, attention_mask=mask, cache=prefill.cache, use_cache=True)
-        prefill.cache.crop(-1)
-        eager = model(input_ids=token, attention_mask=mask, cache=prefill.cache, use_cache=True).logits
+        logits = step(input_ids=token, attention_mask=mask, cache=cache, use_cache=True)
+        cache.crop(-1)
+        eager = model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True).logits
     return graphs, logits, eager
 
 
