@@ -13,7 +13,7 @@ from conftest import TINY_PRESET
 
 from modeling_arrcoc.data import render_sample
 from modeling_arrcoc.data.collator import ArrCocCollator, row_turns
-from modeling_arrcoc.data.synthetic import COLOR_NAMES
+from modeling_arrcoc.data.synthetic import COLOR_NAMES, COUNT_FAMILIES
 from modeling_arrcoc.training.phases import apply_phase
 from modeling_arrcoc.training.reader import (
     answer_prediction_positions,
@@ -130,6 +130,38 @@ def test_attention_loss_reads_the_answer_tokens_attention():
                               token_sources, turn_targets) is None
 
 
+def test_count_target_keeps_a_sink_whose_share_is_the_count():
+    """For a count, attention with all its mass on the counted tokens loses n (their average does not depend on it):
+    the target is uniform over the n counted tokens and the answer-predicting position itself, as a KL divergence,
+    0 when matched. Rows not marked as counts keep -log(mass)."""
+    image_id = 5
+    # Prompt: [q, <image>, q, a0]; 3 visual tokens -> spliced [q, v0, v1, v2, q, a0]; a0 is predicted from 4.
+    input_ids = torch.tensor([[1, image_id, 2, 7]])
+    attention_mask, labels = torch.ones(1, 4, dtype=torch.long), torch.tensor([[-100, -100, -100, 7]])
+    visual_mask, token_sources = torch.ones(1, 3, dtype=torch.bool), torch.tensor([[10, 20, 30]])
+    turn_targets = torch.zeros(1, 1, 64)
+    turn_targets[0, 0, [10, 30]] = 1.0  # two counted squares: v0 and v2
+
+    def loss(row, count):
+        attention = torch.zeros(1, 1, 6, 6)
+        attention[0, 0, 4] = torch.tensor(row)
+        return llm_attention_loss([attention], [0], input_ids, attention_mask, labels, image_id, visual_mask,
+                                  token_sources, turn_targets, count_rows=torch.tensor([count]))
+
+    counted_and_sink = [0.0, 1 / 3, 0.0, 1 / 3, 1 / 3, 0.0]
+    counted_only = [0.0, 0.5, 0.0, 0.5, 0.0, 0.0]
+    torch.testing.assert_close(loss(counted_and_sink, True), torch.tensor(0.0))
+    assert loss(counted_only, True) > 3.0  # no mass on the sink: n is lost
+    torch.testing.assert_close(loss(counted_only, False), torch.tensor(0.0))  # not a count: mass on the answer
+    torch.testing.assert_close(loss(counted_and_sink, False), -torch.log(torch.tensor(2 / 3)))
+
+
+def test_collator_marks_count_rows(processor):  # noqa: F811
+    rows = page_rows(count=2) + page_rows("global_count", count=2)
+    batch = ArrCocCollator(processor, patch_size=8, questions_per_image=2)(rows)
+    assert batch["count_answers"].tolist() == [row["task"] in COUNT_FAMILIES for row in rows] == [False] * 2 + [True] * 2
+
+
 @pytest.mark.parametrize("key_after_image", [True, False])
 def test_question_attention_loss_reads_the_key_words_attention(key_after_image):
     """Hand-made attention: the loss is -log(mass on the turn's key-word tokens), whose spliced positions move by
@@ -223,7 +255,7 @@ def _reader_batch(tmp_path, datasets, processor, model, **overrides):  # noqa: F
                                                                                questions_per_image=2),
                             train_dataset=datasets[0], processing_class=processor)
     batch = dict(trainer._prepare_inputs(next(iter(trainer.get_train_dataloader()))))
-    for key in ("sample_index", "budget_tier", "turn_patch_targets"):
+    for key in ("sample_index", "budget_tier", "turn_patch_targets", "count_answers"):
         batch.pop(key, None)
     return trainer, batch
 
@@ -322,6 +354,25 @@ def test_reader_stage_trains_a_step_in_each_view(views, tmp_path, datasets, proc
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainer.train()
     assert any(not torch.equal(before[name], p) for name, p in model.named_parameters())
+
+
+def test_count_sink_changes_the_attention_loss_of_count_rows_only(tmp_path, datasets, processor):  # noqa: F811
+    """The trainer hands the collator's count flags to the attention loss only with llm_attention_count_sink; the
+    same batch's loss then differs exactly when it holds a count question."""
+    losses, counts = [], []
+    for sink in (False, True):
+        torch.manual_seed(0)
+        trainer, _ = _reader_batch(tmp_path, datasets, processor, tiny_model(), loss_weight_llm_attention=1.0,
+                                   llm_attention_layers=[1], llm_attention_count_sink=sink)
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        counts.append(bool(batch["count_answers"].any()))
+        trainer.model.train()
+        trainer.compute_loss(trainer.model, dict(batch))
+        losses.append(trainer._metrics["train"]["llm_attention_loss"][-1])
+    assert counts == [True, True], "the tiny train split's first batch should hold a count question"
+    assert losses[0] != pytest.approx(losses[1])
+    with pytest.raises(ValueError, match="count_sink"):
+        make_args(tmp_path, "pretrain", llm_attention_count_sink=True)
 
 
 def test_query_side_attention_loss_trains_a_step(tmp_path, datasets, processor):  # noqa: F811

@@ -219,7 +219,7 @@ def test_local_color_box_holds_the_one_digit_of_that_colour():
             pixels = np.asarray(row["image"])
             colour = _page_colour(seed, variant, _asked_colour(row["question"]))
             cell = _cell(pixels, row["boxes"][0])
-            assert _colour_fraction(cell, colour) > 0.05  # the cell is inked in the asked colour
+            assert _colour_fraction(cell, colour) > 0.02  # the cell is inked in the asked colour (antialiased)
             assert _colour_fraction(pixels, colour) * 256 * 256 < 1.2 * PATCH * PATCH  # and nowhere else
             assert str(_read_digit(_ink(cell, _background(pixels)), templates)) == row["answers"][0]
 
@@ -236,7 +236,7 @@ def test_marker_families_read_the_cells_right_of_the_square(family):
             assert len(boxes) == len(row["answers"][0]) == (1 if family == "local_key" else 3)
             x0, y0, x1, y1 = boxes[0]
             marker = _cell(pixels, [x0 - PATCH, y0, x0, y1])
-            assert _colour_fraction(marker, _page_colour(seed, variant, _asked_colour(row["question"]))) > 0.2
+            assert _colour_fraction(marker, _page_colour(seed, variant, _asked_colour(row["question"]))) > 0.15
             assert all(b[0] == x0 + i * PATCH and b[1] == y0 for i, b in enumerate(boxes))  # one row, in order
             for box in boxes:  # answer digits wear distractor grey: only the relation to the square marks them
                 cell = _cell(pixels, box).astype(np.float32)
@@ -254,7 +254,7 @@ def test_global_count_boxes_are_every_square_of_that_colour():
             colour = _page_colour(seed, variant, _asked_colour(row["question"]))
             cells = pixels.reshape(16, PATCH, 16, PATCH, 3).transpose(0, 2, 1, 3, 4)
             hits = np.linalg.norm(cells - np.asarray(colour, np.float32), axis=-1) < 40
-            squares = {(int(r) * PATCH, int(c) * PATCH) for r, c in zip(*np.nonzero(hits.mean((2, 3)) > 0.2))}
+            squares = {(int(r) * PATCH, int(c) * PATCH) for r, c in zip(*np.nonzero(hits.mean((2, 3)) > 0.15))}
             assert len(squares) == int(row["answers"][0]) == len(row["boxes"])
             assert squares == {(int(b[1]), int(b[0])) for b in row["boxes"]}
 
@@ -436,9 +436,11 @@ def test_randomized_pages_vary_their_look_but_never_take_the_heldout_values(tmp_
     assert np.ptp([look["ink_range"][0] for look in looks]) > 30
     # ...while the held-out variant's exact glyph sizes, offsets, square margins, layout and bar look stay out.
     standard, heldout = STYLES["randomized"], STYLES["heldout"]
-    assert not set(standard.font_scales) & set(heldout.font_scales)
-    assert not set(synthetic._cell_units(standard.square_margins, PATCH)) & set(
-        synthetic._cell_units(heldout.square_margins, PATCH))
+    sizes = {variant: {synthetic._font_size(scale, PATCH, style.pixel_step) for scale in style.font_scales}
+             for variant, style in (("randomized", standard), ("heldout", heldout))}
+    assert not sizes["randomized"] & sizes["heldout"]
+    assert not set(synthetic._cell_units(standard.square_margins, PATCH, standard.pixel_step)) & set(
+        synthetic._cell_units(heldout.square_margins, PATCH, heldout.pixel_step))
     assert not set(standard.layouts) & set(heldout.layouts)
     assert not set(standard.bar_colors) & set(heldout.bar_colors) and not set(standard.bar_widths) & set(
         heldout.bar_widths)
@@ -451,6 +453,28 @@ def test_randomized_pages_vary_their_look_but_never_take_the_heldout_values(tmp_
     assert [suite[split][0]["variant"] for split in synthetic.SPLITS] == ["randomized", "randomized", "heldout"]
     with pytest.raises(ValueError, match="train_variant"):
         SyntheticConfig(train_variant="fancy")
+
+
+def test_half_pixel_looks_fill_the_gaps_between_whole_pixels():
+    """The randomized look draws glyphs supersampled on a half-pixel grid and squares with partial coverage;
+    whole-pixel looks render exactly as before, and no randomized glyph equals a held-out one pixel for pixel."""
+    def centre_x(mask):
+        return float((mask.sum(0) * np.arange(mask.shape[1])).sum() / mask.sum())
+
+    left, half, right = (synthetic._digit_mask(3, 18.5, dx, 0, 16, supersample=4) for dx in (0, 0.5, 1))
+    assert centre_x(left) + 0.3 < centre_x(half) < centre_x(right) - 0.3
+    assert synthetic._digit_mask(3, 19, 0, 0, 16).max() == 1.0  # whole pixels: the font's own rendering
+    square = synthetic._square_mask(2.5, 0, 0, 16)
+    assert square[0, 0] == 0 and square[2, 5] == 0.5 and square[2, 2] == 0.25 and square[8, 8] == 1
+    assert synthetic._square_mask(3, 1, -1, 16).sum() == 100
+    np.testing.assert_array_equal(synthetic._square_mask(3, 1, -1, 16)[2:12, 4:14], 1)
+    randomized, heldout = synthetic._glyph_bank(PATCH, "randomized"), synthetic._glyph_bank(PATCH, "heldout")
+    assert len(randomized.digits[0]) > 4 * len(heldout.digits[0])
+    for d in range(10):
+        gap = np.abs(randomized.masks[randomized.digits[d]][:, None] - heldout.masks[heldout.digits[d]][None])
+        assert gap.sum((2, 3)).min() > 1.0, f"a randomized {d} draws a held-out {d}"
+    squares = np.abs(randomized.masks[randomized.squares][:, None] - heldout.masks[heldout.squares][None])
+    assert squares.sum((2, 3)).min() > 1.0
 
 
 def test_question_key_span_finds_each_templates_slot():

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .synthetic import question_key_span
+from .synthetic import COUNT_FAMILIES, question_key_span
 from .targets import answer_patch_targets
 
 ALIGNMENT_TARGETS = ("boxes", "teacher", "none")
@@ -43,7 +43,8 @@ class ArrCocCollator:
         questions_per_image: with answers, up to this many questions about each image in one chat (the row's own,
             then its `extra_questions`), each answer supervised: one vision pass, several supervised lookups (dense
             supervision for a reader learning to find one token among many). Every turn's answer region is then in
-            `turn_patch_targets` ([B, Q, N], zero rows where a sample has fewer turns), and `patch_targets` is
+            `turn_patch_targets` ([B, Q, N], zero rows where a sample has fewer turns), `count_answers` ([B],
+            rows whose answer is the number of their boxes), and `patch_targets` is
             their union (the allocator reads every question of the chat). 1 (default): one question per image.
         question_keys: with answers, also `turn_key_tokens` ([B, Q, L] bool): per turn, the prompt tokens of the word
             its question asks about (its colour or bar, `synthetic.question_key_span`; none for other questions),
@@ -111,6 +112,7 @@ class ArrCocCollator:
         if all("boxes" in row for row in rows):
             turns = self._turn_targets(rows, turn_boxes)
             batch["turn_patch_targets"] = turns
+            batch["count_answers"] = torch.tensor([row.get("task") in COUNT_FAMILIES for row in rows])
             if self.alignment_targets == "boxes":
                 batch["patch_targets"] = turns.amax(1)
         return batch

@@ -14,7 +14,8 @@ Rows follow the common schema shared with the Hub adapters: image, question, ans
 boxes ([x0, y0, x1, y1] pixel boxes of the answer region), task, source, variant. The ``heldout`` variant
 changes layout, glyph size and offset, ink and key-colour shades, background tint and chart styling, so that
 the test split measures generalisation rather than memorised pixels. The ``randomized`` variant, a training option
-(``SyntheticConfig.train_variant``), draws every page's look from ranges that cover that kind of change.
+(``SyntheticConfig.train_variant``), draws every page's look from ranges that cover that kind of change, its glyphs
+and squares on a half-pixel grid, never the held-out values.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 FAMILIES = ("local_color", "local_key", "region_row", "global_count", "chart")
+# Families whose answer is the number of their answer boxes (the reader stage's count-aware attention target).
+COUNT_FAMILIES = ("global_count",)
 VARIANTS = ("standard", "heldout", "randomized")
 SPLITS = ("train", "validation", "test")
 COLOR_NAMES = ("red", "green", "blue", "orange", "purple")
@@ -114,6 +117,12 @@ class _Style:
     bar_colors: tuple
     bar_widths: tuple
     chart_face: tuple
+    # Precision of glyph sizes, offsets and square margins, in pixels of a 16 px cell, and the supersampling that
+    # renders glyphs between whole pixels. The randomized look draws half pixels, so that the vision side sees sizes
+    # and offsets between the whole-pixel values: on whole pixels it read the held-out look's 19 px glyphs and 2 px
+    # offsets, which fall in gaps of the training looks, worse (docs/demo_model.md, "Half-pixel looks").
+    pixel_step: float = 1.0
+    supersample: int = 1
 
 
 # Text-like layouts: (shortest, longest) run of glyphs ("words"), (smallest, largest) gap between runs, share of
@@ -143,15 +152,17 @@ STYLES = {
         chart_face=("#ffffff",),
     ),
     # A training option (synthetic_train_variant: randomized): every page draws its look from ranges that cover the
-    # held-out variant's kind of change but never its exact values. Not the demo's default: measured, its stage-1
-    # allocator kept the answer cell at tier 4 on 0.28 of pages (0.69 with "standard") and the LLM stage after it did
-    # not learn to answer in 3000 steps (docs/demo_model.md).
+    # held-out variant's kind of change but never its exact values. The demo trains on it after the standard look
+    # (make pretrain's stages 2 and 4, the phases); from the first step its stage-1 allocator kept the answer cell at
+    # tier 4 on 0.28 of pages (0.69 with "standard") and the LLM stage after it did not learn (docs/demo_model.md).
     "randomized": _Style(
-        font_scales=(1.0625, 1.125, 1.25, 1.3125),
-        glyph_dx=(-3, -1, 0, 1, 3),
-        glyph_dy=(-1, 0, 1),
-        square_margins=(1, 2, 4),
-        square_jitter=(-2, 0, 2),
+        # 17-21 px and offsets of -3..3 px in half pixels, supersampled, never 19 px or +-2 px (the held-out look's);
+        # a supersampled glyph is never pixel-equal to the held-out look's hinted ones (tests/test_synthetic.py).
+        font_scales=(1.0625, 1.09375, 1.125, 1.15625, 1.21875, 1.25, 1.28125, 1.3125),
+        glyph_dx=(-3, -2.5, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2.5, 3),
+        glyph_dy=(-1, -0.5, 0, 0.5, 1),
+        square_margins=(1, 1.5, 2, 2.5, 3.5, 4),  # never 3, the held-out margin
+        square_jitter=(-2, -1.5, -0.5, 0, 0.5, 1.5, 2),  # never +-1, the held-out jitter
         ink_range=(0, 110),
         ink_spread=50.0,
         background=((250, 250, 250), (244, 244, 244), (255, 255, 255)),
@@ -162,6 +173,8 @@ STYLES = {
         bar_colors=("#1f77b4", "#4a6fa5", "#2b5d8a", "#17becf", "#e377c2", "#bcbd22"),
         bar_widths=(0.55, 0.6, 0.7),
         chart_face=("#ffffff", "#f7f7f7", "#fbf8f0"),
+        pixel_step=0.5,
+        supersample=4,
     ),
     "heldout": _Style(
         font_scales=(1.1875,),
@@ -236,23 +249,38 @@ class _Bank:
     squares: np.ndarray  # bank indices of every square style
 
 
-def _digit_mask(digit: int, font_size: int, dx: int, dy: int, patch: int) -> np.ndarray:
-    canvas = Image.new("L", (patch, patch), 0)
-    font = ImageFont.load_default(size=font_size)
-    ImageDraw.Draw(canvas).text((patch / 2 + dx, patch / 2 + dy), str(digit), fill=255, font=font, anchor="mm")
-    return np.asarray(canvas, np.float32) / 255.0
+def _digit_mask(digit: int, font_size: float, dx: float, dy: float, patch: int, supersample: int = 1) -> np.ndarray:
+    # Supersampled, a glyph is drawn `supersample` times larger and box-filtered down: sizes and offsets on a finer
+    # grid than whole pixels, and an antialiasing unlike the font's own hinted rendering at whole sizes.
+    side = patch * supersample
+    canvas = Image.new("L", (side, side), 0)
+    font = ImageFont.load_default(size=font_size * supersample)
+    position = ((patch / 2 + dx) * supersample, (patch / 2 + dy) * supersample)
+    ImageDraw.Draw(canvas).text(position, str(digit), fill=255, font=font, anchor="mm")
+    pixels = np.asarray(canvas, np.float32) / 255.0
+    return pixels.reshape(patch, supersample, patch, supersample).mean(axis=(1, 3))
 
 
-def _square_mask(margin: int, dx: int, dy: int, patch: int) -> np.ndarray:
-    mask = np.zeros((patch, patch), np.float32)
+def _interval_coverage(lo: float, hi: float, patch: int) -> np.ndarray:
+    # How much of each pixel [i, i + 1) the interval [lo, hi) covers: 0/1 on whole pixels, partial at a half.
+    edges = np.arange(patch, dtype=np.float32)
+    return np.clip(np.minimum(edges + 1, hi) - np.maximum(edges, lo), 0.0, 1.0)
+
+
+def _square_mask(margin: float, dx: float, dy: float, patch: int) -> np.ndarray:
     lo, hi = margin, patch - margin
-    mask[max(lo + dy, 0) : min(hi + dy, patch), max(lo + dx, 0) : min(hi + dx, patch)] = 1.0
-    return mask
+    return np.outer(_interval_coverage(lo + dy, hi + dy, patch), _interval_coverage(lo + dx, hi + dx, patch))
 
 
-def _cell_units(values: Sequence[float], patch: int) -> list:
-    # Offsets are written for a 16 px cell; scale them so other patch sizes keep the same look.
-    return sorted({int(round(v * patch / 16)) for v in values})
+def _cell_units(values: Sequence[float], patch: int, step: float = 1.0) -> list:
+    # Offsets are written for a 16 px cell; scale them so other patch sizes keep the same look, on the style's grid.
+    if step == 1.0:
+        return sorted({int(round(v * patch / 16)) for v in values})
+    return sorted({round(v * patch / 16 / step) * step for v in values})
+
+
+def _font_size(scale: float, patch: int, step: float) -> float:
+    return round(scale * patch) if step == 1.0 else round(scale * patch / step) * step
 
 
 @functools.lru_cache(maxsize=None)
@@ -262,15 +290,15 @@ def _glyph_bank(patch: int, variant: str) -> _Bank:
     digits = []
     for digit in range(10):
         start = len(masks)
-        for scale in style.font_scales:
-            for dx in _cell_units(style.glyph_dx, patch):
-                for dy in _cell_units(style.glyph_dy, patch):
-                    masks.append(_digit_mask(digit, round(scale * patch), dx, dy, patch))
+        for size in sorted({_font_size(scale, patch, style.pixel_step) for scale in style.font_scales}):
+            for dx in _cell_units(style.glyph_dx, patch, style.pixel_step):
+                for dy in _cell_units(style.glyph_dy, patch, style.pixel_step):
+                    masks.append(_digit_mask(digit, size, dx, dy, patch, style.supersample))
         digits.append(np.arange(start, len(masks)))
     start = len(masks)
-    for margin in _cell_units(style.square_margins, patch):
-        for dx in _cell_units(style.square_jitter, patch):
-            for dy in _cell_units(style.square_jitter, patch):
+    for margin in _cell_units(style.square_margins, patch, style.pixel_step):
+        for dx in _cell_units(style.square_jitter, patch, style.pixel_step):
+            for dy in _cell_units(style.square_jitter, patch, style.pixel_step):
                 masks.append(_square_mask(margin, dx, dy, patch))
     return _Bank(np.stack(masks), tuple(digits), np.arange(start, len(masks)))
 
@@ -806,6 +834,7 @@ if __name__ == "__main__":
 __all__ = [
     "BAR_LABELS",
     "COLOR_NAMES",
+    "COUNT_FAMILIES",
     "DARK_WORD",
     "FAMILIES",
     "FEATURES",

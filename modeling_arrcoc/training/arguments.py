@@ -185,6 +185,13 @@ class ArrCocTrainingArguments(TrainingArguments):
         metadata=_help("Hidden states (the input of these LLM layers) whose visual positions must still name their "
                        "visual words (loss_weight_llm_visual_words): [1] is layer 0's output."),
     )
+    llm_attention_count_sink: bool = field(
+        default=False,
+        metadata=_help("For questions whose answer is a count (data.COUNT_FAMILIES), the attention loss's target is "
+                       "uniform over the counted tokens and the answer-predicting position itself: the sink's share "
+                       "1/(n+1) carries n, where mass on the counted tokens alone averages them and loses n. Needs "
+                       "loss_weight_llm_attention > 0."),
+    )
     llm_attention_query_side: bool = field(
         default=False,
         metadata=_help("The attention loss on the supervised heads recomputed from each layer's input with the visual "
@@ -354,6 +361,9 @@ class ArrCocTrainingArguments(TrainingArguments):
             self.training_views = {name: float(weight) for name, weight in views.items()}
         if self.distractor_curriculum_steps and self.training_views is None:
             raise ValueError("distractor_curriculum_steps needs training_views (it grows the views' tiers).")
+        if self.llm_attention_count_sink and not self.loss_weight_llm_attention:
+            raise ValueError("llm_attention_count_sink changes the attention loss's target for counts: it needs "
+                             "loss_weight_llm_attention > 0.")
         if self.llm_attention_query_side and not self.loss_weight_llm_attention:
             raise ValueError("llm_attention_query_side recomputes the attention loss's heads: it needs "
                              "loss_weight_llm_attention > 0.")

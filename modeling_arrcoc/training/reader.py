@@ -34,6 +34,7 @@ distractors, so the base's reading stage offers denser supervision (docs/demo_mo
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -127,9 +128,15 @@ def query_side_attentions(language_model, hidden_states, layers, head, input_ids
 
 
 def llm_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
-                       token_sources, turn_targets, head: int = 0) -> torch.Tensor | None:
+                       token_sources, turn_targets, head: int = 0,
+                       count_rows: torch.Tensor | None = None) -> torch.Tensor | None:
     """Cross-entropy of one head's attention (per supervised layer) from each answer-predicting position over the
     visual tokens, against that turn's answer patches: -log(attention mass on the answer's tokens).
+
+    A count is different: attention with all its mass on n answer tokens averages them, and the average of n equal
+    tokens does not depend on n. For rows in `count_rows` ([B] bool; the collator's `count_answers`) the target is
+    instead uniform over the n answer tokens and the answer-predicting position itself, a sink whose share 1/(n+1)
+    is the count; the loss is the KL divergence from that target (0 when attention matches it).
 
     attentions: per supervised layer, attention probabilities [B, H, L, L] over the spliced sequence (the language
         model's own, indexed by layer; or `query_side_attentions`' one head, with head 0).
@@ -146,7 +153,7 @@ def llm_attention_loss(attentions, layers, input_ids, attention_mask, labels, im
         return first_visual[b] + torch.nonzero(on_answer).flatten()
 
     return _turn_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
-                                turn_targets.shape[1], answer_tokens, head)
+                                turn_targets.shape[1], answer_tokens, head, count_rows)
 
 
 def question_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
@@ -171,9 +178,10 @@ def question_attention_loss(attentions, layers, input_ids, attention_mask, label
 
 
 def _turn_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
-                         num_turns: int, targets, head: int) -> torch.Tensor | None:
+                         num_turns: int, targets, head: int, count_rows=None) -> torch.Tensor | None:
     """Mean over turns and layers of -log(head `head`'s attention mass, from the turn's answer-predicting position,
-    on the spliced positions `targets(b, turn, layout)` gives); turns without targets are skipped."""
+    on the spliced positions `targets(b, turn, layout)` gives), or for `count_rows` the KL divergence from uniform
+    over those positions and the query itself (`llm_attention_loss`); turns without targets are skipped."""
     length = attentions[layers[0]].shape[-1]
     layout = spliced_layout(input_ids, attention_mask, image_token_id, visual_mask, length)
     offset, rank, _, counts = layout
@@ -184,9 +192,15 @@ def _turn_attention_loss(attentions, layers, input_ids, attention_mask, labels, 
             if where.numel() == 0:
                 continue
             query = int(offset[b] + rank[b, position] + counts[b] - 1)  # the position sits after the image
+            counting = count_rows is not None and bool(count_rows[b])
+            if counting:
+                where = torch.cat([where, where.new_tensor([query])])
             for layer in layers:
-                weights = attentions[layer][b, head, query, where]
-                terms.append(-torch.log(weights.sum().float().clamp(min=1e-6)))
+                weights = attentions[layer][b, head, query, where].float()
+                if counting:  # KL(uniform over `where` || attention) = -mean log p - log |where|
+                    terms.append(-torch.log(weights.clamp(min=1e-6)).mean() - math.log(where.numel()))
+                else:
+                    terms.append(-torch.log(weights.sum().clamp(min=1e-6)))
     return torch.stack(terms).mean() if terms else None
 
 

@@ -211,6 +211,7 @@ class ArrCocTrainer(Trainer):
         mode = "train" if model.training else "eval"
         sample_index, tiers = inputs.pop("sample_index", None), inputs.pop("budget_tier", None)
         turn_targets = inputs.pop("turn_patch_targets", None)
+        count_rows = inputs.pop("count_answers", None)
         key_tokens = inputs.pop("turn_key_tokens", None)
         unwrapped = self.accelerator.unwrap_model(model)
         if self.feature_cache is not None and sample_index is not None:
@@ -237,7 +238,8 @@ class ArrCocTrainer(Trainer):
         # Every model term the loss table names, by its output field (None where it was not computed).
         components = {name: getattr(outputs, LOSS_TERMS[name].field, None) for name in LOSS_COMPONENTS}
         if supervise_attention:
-            components["llm_attention"] = self.attention_supervision(unwrapped, inputs, outputs, turn_targets)
+            components["llm_attention"] = self.attention_supervision(unwrapped, inputs, outputs, turn_targets,
+                                                                     count_rows)
         if supervise_question:
             components["question_attention"] = question_attention_loss(
                 outputs.attentions, self.args.question_attention_layers, inputs["input_ids"], inputs["attention_mask"],
@@ -257,7 +259,7 @@ class ArrCocTrainer(Trainer):
             loss = self._deepspeed_poison(model, loss)
         return (loss, outputs) if return_outputs else loss
 
-    def attention_supervision(self, model, inputs, outputs, turn_targets):
+    def attention_supervision(self, model, inputs, outputs, turn_targets, count_rows=None):
         """The reader stage's attention loss (reader.py) on the model's own attention, or on its heads recomputed
         with the visual positions detached (llm_attention_query_side)."""
         image, layers = outputs.image_outputs, self.args.llm_attention_layers
@@ -269,7 +271,8 @@ class ArrCocTrainer(Trainer):
             )
         return llm_attention_loss(attentions, layers, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
                                   model.config.image_token_id, image.visual_token_mask, image.token_sources,
-                                  turn_targets, head=0)
+                                  turn_targets, head=0,
+                                  count_rows=count_rows if self.args.llm_attention_count_sink else None)
 
     def view_for(self, mode: str) -> str | None:
         """This training step's view (reader.py), or None: the model's own selection at the phase's budget."""
