@@ -43,6 +43,27 @@ CLOCKS = ("wall", "cpu")
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# transformers' SDPA path lays a grouped-query model's query heads over its key/value heads only in eager mode; traced,
+# it repeats every key/value head per query head (a copy of the KV cache) unless this is set when the graph is traced
+# (docs/inference.md). Compiled benchmarks trace and call with it on.
+FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+def with_switch(call):
+    """Run `call` with FORCE_GQA on, then restore the environment, so eager runs as shipped. Every call of a switched
+    compiled function goes through here: Dynamo guards on the environment variables a trace read, so a call without
+    the switch would trace it again without it."""
+    before = os.environ.get(FORCE_GQA)
+    os.environ[FORCE_GQA] = "1"
+    try:
+        return call()
+    finally:
+        if before is None:
+            os.environ.pop(FORCE_GQA)
+        else:
+            os.environ[FORCE_GQA] = before
+
+
 def use_threads(threads: int = 1) -> int:
     torch.set_num_threads(threads)
     return torch.get_num_threads()
@@ -251,6 +272,7 @@ def machine_line(result: dict) -> str:
 
 
 __all__ = [
+    "FORCE_GQA",
     "CLOCKS",
     "OUTPUT_DIR",
     "ROOT",
@@ -275,5 +297,6 @@ __all__ = [
     "synthetic_rows",
     "timed",
     "use_threads",
+    "with_switch",
     "write_result",
 ]

@@ -24,7 +24,8 @@ from bench.flops import visual_tokens
 import torch
 
 NAME = "decode_gqa"
-FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
+FORCE_GQA = common.FORCE_GQA
+with_switch = common.with_switch
 TEXT_WIDTH = 32  # prompt positions besides the visual tokens
 VARIANTS = ("eager", "compiled", "compiled_gqa")
 
@@ -58,31 +59,38 @@ STATIC_ROOM = 64  # static-cache positions past the prompt: one per step of a va
 
 
 class DecodeStep:
-    """One decode step after a prefill of `length` positions. A dynamic cache (transformers' default) grows by
-    concatenation, a copy of the whole cache per layer and step, and is cropped back after each step so every step
-    sees the same cache; a static cache (generate's `cache_implementation="static"`, the documented compiled route)
-    is written in place, one position further each step."""
+    """One decode step (one new token per row) after a prefill that filled `cache` to `length` positions and chose
+    `token` ([B, 1]). A dynamic cache (transformers' default) grows by concatenation, a copy of the whole cache per
+    layer and step, and is cropped back after each step so every step sees the same cache; a static cache
+    (generate's `cache_implementation="static"`, the documented compiled route) is written in place, one position
+    further each step. prefill_decode times the multimodal model's step with it, and this file the bare LM's."""
 
-    def __init__(self, model, length, cache="dynamic"):
+    def __init__(self, cache, token, length, kind="dynamic"):
+        self.cache, self.token, self.kind = cache, token, kind
+        self.batch = token.shape[0]
+        self.mask = torch.ones(self.batch, length + 1, dtype=torch.long)
+        self.length = self.next = length
+
+    @classmethod
+    def after_prompt(cls, model, length, kind="dynamic"):
+        """The bare language model's step after a prompt of `length` random tokens, in a new cache of `kind`."""
         from transformers import DynamicCache, StaticCache
 
-        self.kind = cache
-        self.cache = (DynamicCache(config=model.config) if cache == "dynamic"
-                      else StaticCache(config=model.config, max_cache_len=length + STATIC_ROOM))
+        cache = (DynamicCache(config=model.config) if kind == "dynamic"
+                 else StaticCache(config=model.config, max_cache_len=length + STATIC_ROOM))
         with torch.no_grad():
             ids = torch.randint(0, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
-            first = model(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=1)
-        self.token = first.logits[:, -1:].argmax(-1)
-        self.mask = torch.ones(1, length + 1, dtype=torch.long)
-        self.length = self.next = length
+            first = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        return cls(cache, first.logits[:, -1:].argmax(-1), length, kind)
 
     def step(self, forward):
         dynamic = self.kind == "dynamic"
-        position = torch.tensor([[self.length if dynamic else self.next]])
+        # One past the longest row (timing, not answers); a static step writes the next free slot.
+        position = torch.full((self.batch, 1), self.length if dynamic else self.next)
         if dynamic:
             mask = self.mask
         else:  # the static cache's full width (a fixed shape: one graph), open up to this step's slot
-            mask = torch.zeros(1, self.length + STATIC_ROOM, dtype=torch.long)
+            mask = torch.zeros(self.batch, self.length + STATIC_ROOM, dtype=torch.long)
             mask[:, :self.next + 1] = 1
         with torch.no_grad():
             logits = forward(input_ids=self.token, position_ids=position, cache=self.cache, use_cache=True,
@@ -105,32 +113,17 @@ def compiled_steps(model, backend):
     return torch.compile(plain, **compile_), torch.compile(grouped, **compile_)
 
 
-def with_switch(call):
-    """Run `call` with the switch on, then restore the environment, so eager runs as shipped. Every call of the
-    switched step goes through here: Dynamo guards on the environment variables a trace read, so a call without
-    the switch would trace the step again without it."""
-    before = os.environ.get(FORCE_GQA)
-    os.environ[FORCE_GQA] = "1"
-    try:
-        return call()
-    finally:
-        if before is None:
-            os.environ.pop(FORCE_GQA)
-        else:
-            os.environ[FORCE_GQA] = before
-
-
 def measure_tier(model, length, repeats, backend) -> dict:
     """Every cache kind x variant, interleaved in one set of rounds; each compiled step is traced on first use."""
     torch._dynamo.reset()
     calls, first = {}, {}
     for kind in CACHES:
         plain, grouped = compiled_steps(model, backend)
-        shared = DecodeStep(model, length, kind) if kind == "dynamic" else None
+        shared = DecodeStep.after_prompt(model, length, kind) if kind == "dynamic" else None
         first[kind] = {}
         for name, forward in zip(VARIANTS, (model, plain, grouped)):
             # A static cache is written in place: each variant gets its own, filled by the same prefill.
-            decode = shared or DecodeStep(model, length, kind)
+            decode = shared or DecodeStep.after_prompt(model, length, kind)
             step = functools.partial(decode.step, forward)
             if name == "compiled_gqa":
                 step = functools.partial(with_switch, step)
@@ -193,4 +186,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["CACHES", "FORCE_GQA", "NAME", "VARIANTS", "markdown", "run", "with_switch"]
+__all__ = ["CACHES", "FORCE_GQA", "NAME", "VARIANTS", "DecodeStep", "markdown", "run", "with_switch"]

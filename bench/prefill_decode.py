@@ -8,7 +8,8 @@ The two phases have different limits, so each stands beside its own ideal:
   weight of the language model and the whole KV cache once, and does little arithmetic: its ideal speed-up is the
   ratio of bytes read per step, weights plus the KV cache at the tier's K tokens.
 Each call runs eager and compiled (`torch.compile(fullgraph=True)`: at a fixed tier the forward is one graph,
-docs/inference.md), every variant of every tier interleaved in the same rounds, so the ratios come from one run.
+docs/inference.md; with the grouped-query switch on, as that page advises), every variant of every tier interleaved
+in the same rounds, so the ratios come from one run.
 
     python -m bench.prefill_decode [--preset demo] [--repeats 7] [--batch-sizes 1 8] [--tiers 4 64 full]
                                    [--no-compile] [--components]
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench import common  # first: it pins the thread count before torch starts its pool
+from bench.decode_gqa import DecodeStep
 from bench.flops import llm_flops, lm_head_flops, query_flops, visual_tokens
 from bench.token_cost import TIMED_STAGES, Query, bench_tiers
 
@@ -48,29 +50,27 @@ def _tier(value):
 
 
 class Phases:
-    """One batch's prefill and decode-step calls at one tier, eager or compiled."""
+    """One batch's prefill and decode-step calls at one tier, eager or compiled. Compiled calls run with the
+    grouped-query switch on (common.with_switch), the route docs/inference.md documents for compiling."""
 
     def __init__(self, model, inputs, tier, compiled=None):
         self.model, self.inputs, self.tier = model, inputs, tier
         self.forward = model if compiled is None else compiled
+        self.switched = compiled is not None
         with torch.no_grad():
             first = model(**inputs, budget=tier, use_cache=True, logits_to_keep=1)
-        self.cache, self.length = first.cache, first.cache.get_seq_length()
-        batch = inputs["input_ids"].shape[0]
-        self.token = first.logits[:, -1:].argmax(-1)
-        self.mask = torch.ones(batch, self.length + 1, dtype=torch.long)
-        self.position = torch.full((batch, 1), self.length)  # one past the longest row: timing, not answers
+        self.decoder = DecodeStep(first.cache, first.logits[:, -1:].argmax(-1), first.cache.get_seq_length())
 
-    @torch.no_grad()
     def prefill(self):
-        return self.forward(**self.inputs, budget=self.tier, use_cache=True, logits_to_keep=1).logits
+        return self._call(lambda: self.forward(**self.inputs, budget=self.tier, use_cache=True,
+                                               logits_to_keep=1).logits)
+
+    def decode_step(self):
+        return self._call(lambda: self.decoder.step(self.forward))
 
     @torch.no_grad()
-    def decode_step(self):
-        logits = self.forward(input_ids=self.token, attention_mask=self.mask, position_ids=self.position,
-                              cache=self.cache, use_cache=True, logits_to_keep=1).logits
-        self.cache.crop(-1)  # back to the prefill's length: every timed step sees the same cache
-        return logits
+    def _call(self, call):
+        return common.with_switch(call) if self.switched else call()
 
 
 def decode_bytes(config, tier, text_width, batch, bytes_per_value=4) -> int:
@@ -226,7 +226,8 @@ def markdown(result: dict) -> str:
              f"{common.machine_line(result)}). Prefill = pixels to the first token (vision, allocation, LLM over "
              "the prompt, cache built); its ideal speed-up is the FLOP ratio. Decode = one cached step; its ideal "
              "is the ratio of bytes read (LLM weights + KV cache at K tokens). Compiled = "
-             "`torch.compile(fullgraph=True)` at the tier."
+             f"`torch.compile(fullgraph=True)` at the tier, traced and run with `{common.FORCE_GQA}=1` "
+             "(docs/inference.md)."
              + (f" Prompt: {result['prompt']}." if result.get("prompt") else "")]
     for batch, part in result["batch_sizes"].items():
         for phase in ("prefill", "decode"):

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -292,3 +293,22 @@ def test_decode_gqa_times_every_cache_and_variant_and_they_answer_alike(tmp_path
     assert decode_gqa.FORCE_GQA not in os.environ  # the switch is on for the trace only
     common.write_result(decode_gqa.NAME, result, tmp_path)
     assert "| full |" in decode_gqa.markdown(common.read_result(decode_gqa.NAME, tmp_path))
+
+
+def test_prefill_decode_compiled_calls_run_with_the_switch(monkeypatch):
+    """The compiled variant traces and runs with the grouped-query switch (docs/inference.md's compiled route), the
+    eager one without it, and the environment is as it was after either."""
+    seen = []
+    monkeypatch.delenv(common.FORCE_GQA, raising=False)
+
+    class Recorder(torch.nn.Module):
+        def forward(self, **kwargs):
+            seen.append(os.environ.get(common.FORCE_GQA))
+            return types.SimpleNamespace(logits=torch.zeros(1, 1, 3))
+
+    phases = prefill_decode.Phases.__new__(prefill_decode.Phases)
+    phases.inputs, phases.tier, phases.forward = {}, 4, Recorder()
+    for switched in (False, True):
+        phases.switched = switched
+        phases.prefill()
+    assert seen == [None, "1"] and common.FORCE_GQA not in os.environ

@@ -488,3 +488,24 @@ def test_question_key_span_finds_each_templates_slot():
                 span = synthetic.question_key_span(question)
                 assert (question[slice(*span)] if span else None) == word, question
     assert synthetic.question_key_span("What is the red digit") is None  # not a template's question
+
+
+def test_heldout_factor_probe_changes_one_factor_and_restores_the_look():
+    """tools/reader_probe's held-out factors name real fields of the look; inside `heldout_look` held-out pages take
+    the replaced value, and the look (and its cached glyph bank) is the held-out one again after, even on error."""
+    from tools.reader_probe import HELDOUT_FACTORS, heldout_look
+
+    fields = {field.name for field in dataclasses.fields(STYLES["heldout"])}
+    assert all(set(change) <= fields for change in HELDOUT_FACTORS.values())
+    original = _sample("local_color", 3, "heldout")
+    bank = synthetic._glyph_bank(PATCH, "heldout").masks.copy()
+    with heldout_look(**HELDOUT_FACTORS["standard glyph sizes and offsets"]):
+        changed = synthetic._glyph_bank(PATCH, "heldout").masks
+        assert changed.shape != bank.shape or not np.array_equal(changed, bank)
+        standard = synthetic._glyph_bank(PATCH, "standard")
+        digits = 1 + sum(len(styles) for styles in standard.digits)  # the empty cell, then every digit style
+        np.testing.assert_array_equal(changed[:digits], standard.masks[:digits])
+    with pytest.raises(RuntimeError), heldout_look(layouts=("uniform",)):
+        raise RuntimeError("probe failed")
+    np.testing.assert_array_equal(synthetic._glyph_bank(PATCH, "heldout").masks, bank)
+    assert np.array_equal(np.asarray(_sample("local_color", 3, "heldout")["image"]), np.asarray(original["image"]))

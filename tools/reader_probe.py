@@ -6,12 +6,15 @@ tokens, scored on the other half), and where each head of each layer looks from 
 would confuse with it).
 
     python -m tools.reader_probe CHECKPOINT [--pages 8] [--tokens 4] [--variant heldout] [--decode-pages 512]
+                                            [--heldout-factors 48]
 
 docs/demo_model.md uses it to show why supervising the attention of layers 1-3 kept the answers at chance: layer 0
 rewrote the visual positions and the digits were gone from them by layer 1.
 """
 
 import argparse
+import contextlib
+import dataclasses
 
 import numpy as np
 import torch
@@ -20,6 +23,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
 from modeling_arrcoc.data import COLOR_NAMES, VARIANTS, render_sample
 from modeling_arrcoc.data.collator import ArrCocCollator
+from modeling_arrcoc.data import synthetic
 from modeling_arrcoc.data.synthetic import DARK_WORD, FIRST_KEY_WORD, question_key_span
 from modeling_arrcoc.training.reader import (answer_prediction_positions, llm_attention_loss, sparse_view_scores,
                                              spliced_layout)
@@ -134,6 +138,45 @@ def colour_decodability(model, processor, pages: int = 512, seed: int = 21, vari
             "pages": pages, "key_tokens": len(key_labels)}
 
 
+_STANDARD = synthetic.STYLES["standard"]
+# One held-out factor at a time set back to the standard look's value (the look every stage trains on first).
+HELDOUT_FACTORS = {
+    "held-out look": {},
+    "standard glyph sizes (18, 20 px)": {"font_scales": _STANDARD.font_scales},
+    "standard glyph offsets (-1..1 px)": {"glyph_dx": _STANDARD.glyph_dx},
+    "standard glyph sizes and offsets": {"font_scales": _STANDARD.font_scales, "glyph_dx": _STANDARD.glyph_dx},
+    "standard ink (0-60)": {"ink_range": _STANDARD.ink_range, "ink_spread": _STANDARD.ink_spread},
+    "standard page colours": {"background": _STANDARD.background},
+    "standard layout (uniform)": {"layouts": _STANDARD.layouts},
+}
+
+
+@contextlib.contextmanager
+def heldout_look(**change):
+    """Held-out pages with some of their look replaced, restored after (the glyph bank is cached per look)."""
+    original = synthetic.STYLES["heldout"]
+    synthetic.STYLES["heldout"] = dataclasses.replace(original, **change)
+    synthetic._glyph_bank.cache_clear()
+    try:
+        yield
+    finally:
+        synthetic.STYLES["heldout"] = original
+        synthetic._glyph_bank.cache_clear()
+
+
+def heldout_factors(model, processor, pages: int = 48) -> dict:
+    """Which factor of the held-out look hides the digit: for each of HELDOUT_FACTORS, the digit's decodability
+    from the visual tokens at the language model's input (full tokens, local_color pages) and the first answer
+    token's accuracy."""
+    result = {}
+    for name, change in HELDOUT_FACTORS.items():
+        with heldout_look(**change):
+            probed = probe(model, processor, pages, variant="heldout")
+        result[name] = {"digit_decodable_at_input": probed["glyph_decodable_per_layer_input"][0],
+                        "first_answer_token_accuracy": probed["first_answer_token_accuracy"]}
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
@@ -143,6 +186,8 @@ def main(argv=None):
                         help="page look ('heldout' is the test split's)")
     parser.add_argument("--decode-pages", type=int, default=0,
                         help="also probe the lookup's two hops over this many pages (colour_decodability; 512+)")
+    parser.add_argument("--heldout-factors", type=int, default=0,
+                        help="also probe each held-out factor over this many pages (heldout_factors; 48)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model, processor = load(args.checkpoint)
@@ -162,6 +207,11 @@ def main(argv=None):
               " ".join(f"{value:.2f}" for value in hops["question_colour_at_answer"]))
         print("  the key colour decodable at the key-coloured visual positions:",
               " ".join(f"{value:.2f}" for value in hops["key_colour_at_visual"]))
+    if args.heldout_factors:
+        print(f"held-out local_color pages ({args.heldout_factors}), one factor set back to the standard look's:")
+        for name, values in heldout_factors(model, processor, args.heldout_factors).items():
+            print(f"  {name:34s} digit decodable at the LLM's input {values['digit_decodable_at_input']:.3f}, "
+                  f"first answer token right {values['first_answer_token_accuracy']:.2f}")
 
 
 if __name__ == "__main__":
