@@ -154,6 +154,13 @@ def test_count_target_keeps_a_sink_whose_share_is_the_count():
     assert loss(counted_only, True) > 3.0  # no mass on the sink: n is lost
     torch.testing.assert_close(loss(counted_only, False), torch.tensor(0.0))  # not a count: mass on the answer
     torch.testing.assert_close(loss(counted_and_sink, False), -torch.log(torch.tensor(2 / 3)))
+    # A count may have its own head: head 1 holds the count pattern, head 0 the cell lookup's.
+    attention = torch.zeros(1, 2, 6, 6)
+    attention[0, 0, 4], attention[0, 1, 4] = torch.tensor(counted_only), torch.tensor(counted_and_sink)
+    for head, expected in ((None, loss(counted_only, True)), (1, torch.tensor(0.0))):
+        torch.testing.assert_close(llm_attention_loss([attention], [0], input_ids, attention_mask, labels, image_id,
+                                                      visual_mask, token_sources, turn_targets,
+                                                      count_rows=torch.tensor([True]), count_head=head), expected)
 
 
 def test_collator_marks_count_rows(processor):  # noqa: F811

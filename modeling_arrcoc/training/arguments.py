@@ -192,6 +192,12 @@ class ArrCocTrainingArguments(TrainingArguments):
                        "1/(n+1) carries n, where mass on the counted tokens alone averages them and loses n. Needs "
                        "loss_weight_llm_attention > 0."),
     )
+    llm_attention_count_head: int = field(
+        default=0,
+        metadata=_help("With llm_attention_count_sink: the head of each supervised layer whose attention the count target "
+                       "shapes (0: the same head as the cell lookup's; measured, sharing head 0 traded local_key for "
+                       "counting, docs/demo_model.md)."),
+    )
     llm_attention_query_side: bool = field(
         default=False,
         metadata=_help("The attention loss on the supervised heads recomputed from each layer's input with the visual "
@@ -364,6 +370,8 @@ class ArrCocTrainingArguments(TrainingArguments):
         if self.llm_attention_count_sink and not self.loss_weight_llm_attention:
             raise ValueError("llm_attention_count_sink changes the attention loss's target for counts: it needs "
                              "loss_weight_llm_attention > 0.")
+        if self.llm_attention_count_head and self.llm_attention_query_side:
+            raise ValueError("llm_attention_query_side recomputes head 0 only; llm_attention_count_head must be 0 with it.")
         if self.llm_attention_query_side and not self.loss_weight_llm_attention:
             raise ValueError("llm_attention_query_side recomputes the attention loss's heads: it needs "
                              "loss_weight_llm_attention > 0.")

@@ -129,14 +129,15 @@ def query_side_attentions(language_model, hidden_states, layers, head, input_ids
 
 def llm_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
                        token_sources, turn_targets, head: int = 0,
-                       count_rows: torch.Tensor | None = None) -> torch.Tensor | None:
+                       count_rows: torch.Tensor | None = None, count_head: int | None = None) -> torch.Tensor | None:
     """Cross-entropy of one head's attention (per supervised layer) from each answer-predicting position over the
     visual tokens, against that turn's answer patches: -log(attention mass on the answer's tokens).
 
     A count is different: attention with all its mass on n answer tokens averages them, and the average of n equal
     tokens does not depend on n. For rows in `count_rows` ([B] bool; the collator's `count_answers`) the target is
     instead uniform over the n answer tokens and the answer-predicting position itself, a sink whose share 1/(n+1)
-    is the count; the loss is the KL divergence from that target (0 when attention matches it).
+    is the count; the loss is the KL divergence from that target (0 when attention matches it). `count_head` (default
+    `head`) is the head supervised for counts: one head holding both patterns gave up part of the cell lookup.
 
     attentions: per supervised layer, attention probabilities [B, H, L, L] over the spliced sequence (the language
         model's own, indexed by layer; or `query_side_attentions`' one head, with head 0).
@@ -153,7 +154,7 @@ def llm_attention_loss(attentions, layers, input_ids, attention_mask, labels, im
         return first_visual[b] + torch.nonzero(on_answer).flatten()
 
     return _turn_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
-                                turn_targets.shape[1], answer_tokens, head, count_rows)
+                                turn_targets.shape[1], answer_tokens, head, count_rows, count_head)
 
 
 def question_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
@@ -178,7 +179,8 @@ def question_attention_loss(attentions, layers, input_ids, attention_mask, label
 
 
 def _turn_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
-                         num_turns: int, targets, head: int, count_rows=None) -> torch.Tensor | None:
+                         num_turns: int, targets, head: int, count_rows=None,
+                         count_head: int | None = None) -> torch.Tensor | None:
     """Mean over turns and layers of -log(head `head`'s attention mass, from the turn's answer-predicting position,
     on the spliced positions `targets(b, turn, layout)` gives), or for `count_rows` the KL divergence from uniform
     over those positions and the query itself (`llm_attention_loss`); turns without targets are skipped."""
@@ -195,8 +197,9 @@ def _turn_attention_loss(attentions, layers, input_ids, attention_mask, labels, 
             counting = count_rows is not None and bool(count_rows[b])
             if counting:
                 where = torch.cat([where, where.new_tensor([query])])
+            supervised = count_head if counting and count_head is not None else head
             for layer in layers:
-                weights = attentions[layer][b, head, query, where].float()
+                weights = attentions[layer][b, supervised, query, where].float()
                 if counting:  # KL(uniform over `where` || attention) = -mean log p - log |where|
                     terms.append(-torch.log(weights.clamp(min=1e-6)).mean() - math.log(where.numel()))
                 else:
