@@ -24,8 +24,6 @@ from bench.flops import visual_tokens
 import torch
 
 NAME = "decode_gqa"
-FORCE_GQA = common.FORCE_GQA
-with_switch = common.with_switch
 TEXT_WIDTH = 32  # prompt positions besides the visual tokens
 VARIANTS = ("eager", "compiled", "compiled_gqa")
 
@@ -126,7 +124,7 @@ def measure_tier(model, length, repeats, backend) -> dict:
             decode = shared or DecodeStep.after_prompt(model, length, kind)
             step = functools.partial(decode.step, forward)
             if name == "compiled_gqa":
-                step = functools.partial(with_switch, step)
+                step = functools.partial(common.with_switch, step)
             first[kind][name] = step()
             calls[f"{kind}/{name}"] = step
     times = common.interleaved(calls, repeats)
@@ -144,8 +142,8 @@ def measure_tier(model, length, repeats, backend) -> dict:
 def run(preset="base", tiers=("64", "full"), repeats=5, threads=1, layers=None, backend="inductor") -> dict:
     if repeats + 2 > STATIC_ROOM:  # the first step, the warm-up round and the timed ones each fill a static slot
         raise ValueError(f"repeats must be at most {STATIC_ROOM - 2}: the static cache has {STATIC_ROOM} free slots.")
-    if os.environ.get(FORCE_GQA, "0") == "1":
-        raise ValueError(f"unset {FORCE_GQA}: with it set, 'compiled' and 'compiled_gqa' would be the same step.")
+    if os.environ.get(common.FORCE_GQA, "0") == "1":
+        raise ValueError(f"unset {common.FORCE_GQA}: with it set, 'compiled' and 'compiled_gqa' would be the same step.")
     common.use_threads(threads)
     config, model = language_model(preset, layers)
     text = model.config
@@ -162,7 +160,7 @@ def markdown(result: dict) -> str:
              f"preset's language model, {result['layers']} layers, {result['heads']} query / "
              f"{result['key_value_heads']} key-value heads, random weights, {result['repeats']} interleaved rounds, "
              f"medians; {common.machine_line(result)}). Each cell: ms (speed-up over eager with the dynamic cache, "
-             f"transformers' default); the switch is `{FORCE_GQA}=1` at trace time.", ""]
+             f"transformers' default); the switch is `{common.FORCE_GQA}=1` at trace time.", ""]
     rows = []
     for tier, r in result["tiers"].items():
         def cell(name):
@@ -186,4 +184,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["CACHES", "FORCE_GQA", "NAME", "VARIANTS", "DecodeStep", "markdown", "run", "with_switch"]
+__all__ = ["CACHES", "NAME", "VARIANTS", "DecodeStep", "markdown", "run"]

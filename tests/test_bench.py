@@ -290,7 +290,7 @@ def test_decode_gqa_times_every_cache_and_variant_and_they_answer_alike(tmp_path
             _positive_ratio(entry["over_eager"][name]["wall"])
             assert entry["max_abs_logit_difference"][name] < 1e-4
     assert result["tiers"]["full"]["cache_length"] > result["tiers"]["4"]["cache_length"]
-    assert decode_gqa.FORCE_GQA not in os.environ  # the switch is on for the trace only
+    assert common.FORCE_GQA not in os.environ  # the switch is on for the trace only
     common.write_result(decode_gqa.NAME, result, tmp_path)
     assert "| full |" in decode_gqa.markdown(common.read_result(decode_gqa.NAME, tmp_path))
 

@@ -272,15 +272,18 @@ def _square_mask(margin: float, dx: float, dy: float, patch: int) -> np.ndarray:
     return np.outer(_interval_coverage(lo + dy, hi + dy, patch), _interval_coverage(lo + dx, hi + dx, patch))
 
 
+def _on_grid(value: float, step: float) -> float:
+    # Whole pixels stay ints, as the looks drawn before the half-pixel grid had them (same banks, same pages).
+    return int(round(value)) if step == 1.0 else round(value / step) * step
+
+
 def _cell_units(values: Sequence[float], patch: int, step: float = 1.0) -> list:
     # Offsets are written for a 16 px cell; scale them so other patch sizes keep the same look, on the style's grid.
-    if step == 1.0:
-        return sorted({int(round(v * patch / 16)) for v in values})
-    return sorted({round(v * patch / 16 / step) * step for v in values})
+    return sorted({_on_grid(v * patch / 16, step) for v in values})
 
 
 def _font_size(scale: float, patch: int, step: float) -> float:
-    return round(scale * patch) if step == 1.0 else round(scale * patch / step) * step
+    return _on_grid(scale * patch, step)
 
 
 @functools.lru_cache(maxsize=None)
