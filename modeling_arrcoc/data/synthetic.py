@@ -608,7 +608,7 @@ def render_sample(
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if family == "chart":
         pixels, qas = _render_chart(rng, image_size, variant)
-        words = [[-100, -100]] * (image_size // patch_size) ** 2  # charts have no per-cell reading labels
+        words = [[-100, -100, -100]] * (image_size // patch_size) ** 2  # charts have no per-cell reading labels
     elif family in _PAGE_FAMILIES:
         _check_geometry(image_size, patch_size)
         page = _new_page(rng, image_size, patch_size, variant)
@@ -638,20 +638,29 @@ def render_sample(
 # shared VET rows: "red 4" and "red 7" share the "red" row, and the language model learns "red" once.
 # Glyph words: 0 empty, 1 + d digit d, 11 square. Ink words: 12 + c key colour c, 17 dark ink; an empty cell has
 # the empty word twice. Shades of a key colour (held-out variant) map to the same word.
-NUM_VISUAL_WORDS = 18
+# A third word, the cell's context: 18 + c for a digit right of a key square of colour c (-100 elsewhere). A digit
+# read by its marker ("the digit right of the red square") is in dark ink like every distractor, so its own two
+# words cannot say which marker it follows; a lookup from the question must find that in the digit's token itself.
+# Measured (docs/demo_model.md, "Which marker"): where no stage taught it, the marker's colour was not decodable
+# from the digit's token (0.25, chance 0.2) and half the local_key answers were another marker's digit.
+NUM_VISUAL_WORDS = 23
 SQUARE_WORD, FIRST_KEY_WORD = 11, 12
 DARK_WORD = FIRST_KEY_WORD + len(COLOR_NAMES)  # 17: the key colours' ink words are FIRST_KEY_WORD..DARK_WORD - 1
+FIRST_CONTEXT_WORD = DARK_WORD + 1  # 18: "right of a key square of colour c" is FIRST_CONTEXT_WORD + c
 
 
 def visual_words(page: _Page) -> np.ndarray:
-    """[G * G, 2] (glyph word, ink word) of every cell, in raster order."""
+    """[G * G, 3] (glyph word, ink word, context word or -100) of every cell, in raster order."""
     glyph = np.zeros(page.glyph.shape, np.int64)
     for d, styles in enumerate(page.bank.digits):
         glyph[np.isin(page.glyph, styles)] = 1 + d
     glyph[np.isin(page.glyph, page.bank.squares)] = SQUARE_WORD
     ink = np.where(page.key >= 0, FIRST_KEY_WORD + page.key, DARK_WORD)
     ink = np.where(glyph == 0, 0, ink)
-    return np.stack([glyph, ink], axis=-1).reshape(-1, 2)
+    context = np.full(glyph.shape, -100, np.int64)
+    after_marker = (glyph[:, 1:] >= 1) & (glyph[:, 1:] <= 10) & (glyph[:, :-1] == SQUARE_WORD) & (page.key[:, :-1] >= 0)
+    context[:, 1:] = np.where(after_marker, FIRST_CONTEXT_WORD + page.key[:, :-1], -100)
+    return np.stack([glyph, ink, context], axis=-1).reshape(-1, 3)
 
 
 def corpus_text() -> str:
@@ -841,6 +850,7 @@ __all__ = [
     "DARK_WORD",
     "FAMILIES",
     "FEATURES",
+    "FIRST_CONTEXT_WORD",
     "FIRST_KEY_WORD",
     "KEY_COLORS",
     "LAYOUTS",
