@@ -184,4 +184,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["CACHES", "NAME", "VARIANTS", "DecodeStep", "markdown", "run"]
+__all__ = ["CACHES", "NAME", "STATIC_ROOM", "VARIANTS", "DecodeStep", "markdown", "run"]

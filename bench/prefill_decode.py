@@ -4,9 +4,11 @@ The two phases have different limits, so each stands beside its own ideal:
 - prefill: pixels to the first token's logits (SAM, the allocator, selection, CLIP, the adapter, the splice and the
   language model over the spliced prompt, with its KV cache built): one `model(**inputs, budget=tier,
   use_cache=True, logits_to_keep=1)` call. Its ideal speed-up over full tokens is the FLOP ratio (bench/flops.py).
-- decode: one cached step of the language model (one new token per sample) after that prefill. It reads every
-  weight of the language model and the whole KV cache once, and does little arithmetic: its ideal speed-up is the
-  ratio of bytes read per step, weights plus the KV cache at the tier's K tokens.
+- decode: one cached step of the language model (one new token per sample) after that prefill, in a static cache
+  the prefill wrote (the route docs/inference.md documents; the default dynamic cache copies itself at every step,
+  bench/decode_gqa.py). It reads every weight of the language model and the whole KV cache once, and does little
+  arithmetic: its ideal speed-up is the ratio of bytes read per step, weights plus the KV cache at the tier's K
+  tokens.
 Each call runs eager and compiled (`torch.compile(fullgraph=True)`: at a fixed tier the forward is one graph,
 docs/inference.md; with the grouped-query switch on, as that page advises), every variant of every tier interleaved
 in the same rounds, so the ratios come from one run.
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 
 from bench import common  # first: it pins the thread count before torch starts its pool
-from bench.decode_gqa import DecodeStep
+from bench.decode_gqa import STATIC_ROOM, DecodeStep
 from bench.flops import llm_flops, lm_head_flops, query_flops, visual_tokens
 from bench.token_cost import TIMED_STAGES, Query, bench_tiers
 
@@ -51,15 +53,22 @@ def _tier(value):
 
 class Phases:
     """One batch's prefill and decode-step calls at one tier, eager or compiled. Compiled calls run with the
-    grouped-query switch on (common.with_switch), the route docs/inference.md documents for compiling."""
+    grouped-query switch on (common.with_switch), the route docs/inference.md documents for compiling. The decode
+    steps continue a static cache that an eager multimodal prefill of the same inputs wrote (each Phases its own,
+    since steps write it in place), `STATIC_ROOM` positions past the prompt."""
 
     def __init__(self, model, inputs, tier, compiled=None):
+        from transformers import StaticCache
+
         self.model, self.inputs, self.tier = model, inputs, tier
         self.forward = model if compiled is None else compiled
         self.switched = compiled is not None
         with torch.no_grad():
             first = model(**inputs, budget=tier, use_cache=True, logits_to_keep=1)
-        self.decoder = DecodeStep(first.cache, first.logits[:, -1:].argmax(-1), first.cache.get_seq_length())
+            length = first.cache.get_seq_length()
+            cache = StaticCache(config=model.config.get_text_config(), max_cache_len=length + STATIC_ROOM)
+            model(**inputs, budget=tier, cache=cache, use_cache=True, logits_to_keep=1)
+        self.decoder = DecodeStep(cache, first.logits[:, -1:].argmax(-1), length, kind="static")
 
     def prefill(self):
         return self._call(lambda: self.forward(**self.inputs, budget=self.tier, use_cache=True,
@@ -161,6 +170,9 @@ def query_inputs(model, processor, rows) -> dict:
 def run(preset="demo", repeats=7, batch_sizes=(1, 8), tiers=None, compile_model=True, threads=1,
         backend="inductor", components=False) -> dict:
     """backend: torch.compile's (the tests use "aot_eager": the same graphs, no code generation)."""
+    if repeats + 3 > STATIC_ROOM:  # compile's first step, the warm-up round and the timed ones each fill a slot
+        raise ValueError(f"repeats must be at most {STATIC_ROOM - 3}: the decode step's static cache has "
+                         f"{STATIC_ROOM} free positions.")
     common.use_threads(threads)
     model, processor = common.load_model(preset, needs_processor=False)
     config = model.config
@@ -224,7 +236,8 @@ def markdown(result: dict) -> str:
     lines = [f"**Prefill and decode, timed apart** (`bench/prefill_decode.py`, {result['preset']} preset, "
              f"{result['dtype']}, random weights, {result['repeats']} interleaved rounds, medians; "
              f"{common.machine_line(result)}). Prefill = pixels to the first token (vision, allocation, LLM over "
-             "the prompt, cache built); its ideal speed-up is the FLOP ratio. Decode = one cached step; its ideal "
+             "the prompt, cache built); its ideal speed-up is the FLOP ratio. Decode = one cached step in a static cache; "
+             "its ideal "
              "is the ratio of bytes read (LLM weights + KV cache at K tokens). Compiled = "
              f"`torch.compile(fullgraph=True)` at the tier, traced and run with `{common.FORCE_GQA}=1` "
              "(docs/inference.md)."

@@ -14,6 +14,7 @@ import torch
 from bench import (allocator_cost, common, flops, gpu_token_cost, memory, prefill_decode, prefill_grouping, run_all,
                    token_cost)
 from bench import training_throughput
+from bench.decode_gqa import STATIC_ROOM, DecodeStep
 
 from conftest import ROOT
 
@@ -312,3 +313,21 @@ def test_prefill_decode_compiled_calls_run_with_the_switch(monkeypatch):
         phases.switched = switched
         phases.prefill()
     assert seen == [None, "1"] and common.FORCE_GQA not in os.environ
+
+
+def test_prefill_decode_steps_a_static_cache_the_prefill_wrote(tiny):
+    """The timed decode step continues a static cache written by the multimodal prefill (docs/inference.md's route
+    at many visual tokens), in place, and answers as a step of transformers' default dynamic cache does."""
+    model, processor = tiny
+    inputs = prefill_decode.query_inputs(model, processor, common.synthetic_rows(model.config, 2))
+    phases = prefill_decode.Phases(model, inputs, 4)
+    assert type(phases.decoder.cache).__name__ == "StaticCache"
+    start = phases.decoder.next
+    static = phases.decode_step()
+    assert phases.decoder.next == start + 1  # written in place, one position further
+    with torch.no_grad():
+        first = model(**inputs, budget=4, use_cache=True, logits_to_keep=1)
+    dynamic = DecodeStep(first.cache, first.logits[:, -1:].argmax(-1), first.cache.get_seq_length()).step(model)
+    torch.testing.assert_close(static, dynamic, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="static cache"):
+        prefill_decode.run(TINY, repeats=STATIC_ROOM)

@@ -6,7 +6,7 @@ tokens, scored on the other half), and where each head of each layer looks from 
 would confuse with it).
 
     python -m tools.reader_probe CHECKPOINT [--pages 8] [--tokens 4] [--variant heldout] [--decode-pages 512]
-                                            [--heldout-factors 48]
+                                            [--heldout-factors 48] [--marker-pages 96]
 
 docs/demo_model.md uses it to show why supervising the attention of layers 1-3 kept the answers at chance: layer 0
 rewrote the visual positions and the digits were gone from them by layer 1.
@@ -177,6 +177,76 @@ def heldout_factors(model, processor, pages: int = 48) -> dict:
     return result
 
 
+def _cells(boxes_per_row: list, grid: int, patch: int) -> torch.Tensor:
+    """[B, 1, G * G] one turn's target: 1 on the cells of each row's boxes."""
+    cells = torch.zeros(len(boxes_per_row), 1, grid * grid)
+    for b, boxes in enumerate(boxes_per_row):
+        for x0, y0, _, _ in boxes:
+            cells[b, 0, int(y0 // patch) * grid + int(x0 // patch)] = 1
+    return cells
+
+
+@torch.no_grad()
+def marker_lookup(model, processor, pages: int = 96, seed: int = 5, variant: str = "standard",
+                  batch_size: int = 16) -> dict:
+    """local_key at full tokens: "the digit right of the red square" is dark like every other digit, so the lookup
+    must find the marker's colour in the digit's own token. Reports
+    - `answers`: the share of first answer tokens that are the asked digit, another marker's digit (the page's other
+      runs: a colour-blind lookup) or anything else;
+    - `marker_colour_decodable`: the colour of the square left of each run's digit, linearly decodable from the
+      digit's token at the input of each LLM layer (ridge, 5-way, chance 0.2);
+    - `attention`: layer 1 head 0's mass (the supervised head; geometric mean over pages) on the asked digit, on
+      the asked square and on the other runs' digits."""
+    attention = model.model.language_model.config._attn_implementation
+    model.model.language_model.set_attn_implementation("eager")
+    digits = processor.tokenizer.convert_tokens_to_ids([str(d) for d in range(10)])
+    grid = model.config.grid_size[1]  # cells per row of the model's patch grid (the collator's targets)
+    answers = {"asked digit": 0, "another marker's digit": 0, "other": 0}
+    features, colours, masses = {}, [], {"asked digit": [], "asked square": [], "other markers' digits": []}
+    for start in range(0, pages, batch_size):
+        rows = [render_sample("local_key", np.random.default_rng([seed, i]), variant=variant)
+                for i in range(start, min(start + batch_size, pages))]
+        patch = rows[0]["image"].width // grid
+        batch = ArrCocCollator(processor)(rows)
+        prompt = {key: batch[key] for key in ("input_ids", "attention_mask", "labels")}
+        out = model(**prompt, pixel_values=batch["pixel_values"], budget="full", output_attentions=True,
+                    output_hidden_states=True)
+        image = out.image_outputs
+        first_answer = (batch["labels"] != -100).int().argmax(-1)
+        from_end = batch["labels"].shape[1] - first_answer + 1
+        predicted = out.logits[torch.arange(len(rows)), out.logits.shape[1] - from_end].argmax(-1).tolist()
+        first = spliced_layout(batch["input_ids"], batch["attention_mask"], model.config.image_token_id,
+                               image.visual_token_mask, out.hidden_states[0].shape[1])[2]
+        for b, row in enumerate(rows):
+            if predicted[b] == digits[int(row["answers"][0])]:
+                answers["asked digit"] += 1
+            elif predicted[b] in [digits[int(answer)] for answer in row["extra_answers"]]:
+                answers["another marker's digit"] += 1
+            else:
+                answers["other"] += 1
+            for question, boxes in zip([row["question"]] + row["extra_questions"], [row["boxes"]] + row["extra_boxes"]):
+                cell = int(boxes[0][1] // patch) * grid + int(boxes[0][0] // patch)
+                position = int(torch.nonzero(image.token_sources[b] == cell)[0])
+                for layer, hidden in enumerate(out.hidden_states):
+                    features.setdefault(layer, []).append(hidden[b, first[b] + position])
+                colours.append(COLOR_NAMES.index(question[slice(*question_key_span(question))]))
+        squares = [[[x0 - patch, y0, x1 - patch, y1] for x0, y0, x1, y1 in row["boxes"]] for row in rows]
+        others = [[box for boxes in row["extra_boxes"] for box in boxes] for row in rows]
+        for name, boxes in (("asked digit", [row["boxes"] for row in rows]), ("asked square", squares),
+                            ("other markers' digits", others)):
+            loss = llm_attention_loss(out.attentions, [1], batch["input_ids"], batch["attention_mask"],
+                                      batch["labels"], model.config.image_token_id, image.visual_token_mask,
+                                      image.token_sources, _cells(boxes, grid, patch), head=0)
+            masses[name].append(float(torch.exp(-loss)))
+    model.model.language_model.set_attn_implementation(attention)
+    labels = torch.tensor(colours)
+    return {"answers": {name: count / pages for name, count in answers.items()},
+            "marker_colour_decodable": [ridge_accuracy(torch.stack(features[layer]), labels, 5)
+                                        for layer in sorted(features)],
+            "attention": {name: float(np.exp(np.mean(np.log(values)))) for name, values in masses.items()},
+            "pages": pages, "digits": len(labels)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
@@ -188,6 +258,8 @@ def main(argv=None):
                         help="also probe the lookup's two hops over this many pages (colour_decodability; 512+)")
     parser.add_argument("--heldout-factors", type=int, default=0,
                         help="also probe each held-out factor over this many pages (heldout_factors; 48)")
+    parser.add_argument("--marker-pages", type=int, default=0,
+                        help="also probe local_key's marker lookup over this many pages (marker_lookup; 96)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model, processor = load(args.checkpoint)
@@ -212,6 +284,14 @@ def main(argv=None):
         for name, values in heldout_factors(model, processor, args.heldout_factors).items():
             print(f"  {name:34s} digit decodable at the LLM's input {values['digit_decodable_at_input']:.3f}, "
                   f"first answer token right {values['first_answer_token_accuracy']:.2f}")
+    if args.marker_pages:
+        marker = marker_lookup(model, processor, args.marker_pages, variant=args.variant)
+        print(f"local_key, {marker['pages']} pages, full tokens; first answer token:",
+              ", ".join(f"{name} {share:.3f}" for name, share in marker["answers"].items()))
+        print(f"  the marker's colour decodable at its run's digit ({marker['digits']} digits), input of layer 0..L, "
+              "chance 0.2:", " ".join(f"{value:.2f}" for value in marker["marker_colour_decodable"]))
+        print("  layer 1 head 0 attention mass:",
+              ", ".join(f"{name} {value:.3f}" for name, value in marker["attention"].items()))
 
 
 if __name__ == "__main__":
