@@ -414,37 +414,35 @@ def test_visual_words_describe_the_answer_cell():
     for seed in range(5):
         row = render_sample("local_color", np.random.default_rng(seed))
         words = np.array(row["visual_targets"])
-        assert words.shape == (256, 3) and words[:, :2].min() >= 0 and words.max() < NUM_VISUAL_WORDS
+        assert words.shape == (256, 2) and words.min() >= 0 and words.max() < NUM_VISUAL_WORDS
         x0, y0, _, _ = row["boxes"][0]
         cell = int(y0 // 16) * 16 + int(x0 // 16)
         colour = COLOR_NAMES.index(row["question"].split()[3])
-        assert words[cell].tolist() == [1 + int(row["answers"][0]), 12 + colour, -100]
+        assert words[cell].tolist() == [1 + int(row["answers"][0]), 12 + colour]
         glyph, ink = words[:, 0], words[:, 1]
         assert ((glyph == 0) == (ink == 0)).all(), "empty cells, and only they, have the empty ink word"
         assert (ink[(glyph > 0) & (ink != 12 + colour)] >= 12).all()
         assert (ink == DARK_WORD).sum() > 100, "most glyphs are dark distractors"
     chart = render_sample("chart", np.random.default_rng(0))
-    assert {tuple(w) for w in chart["visual_targets"]} == {(-100, -100, -100)}
+    assert {tuple(w) for w in chart["visual_targets"]} == {(-100, -100)}
 
 
-def test_context_word_names_the_marker_a_digit_follows():
-    from modeling_arrcoc.data.synthetic import COLOR_NAMES, DARK_WORD, FIRST_CONTEXT_WORD, SQUARE_WORD, render_sample
+def test_a_marked_digit_takes_its_markers_key_word():
+    """local_key's asked digit is dark like every distractor; its key word is its marker's colour, so the question's
+    colour finds it as it finds a red digit. Only digits right of a key square are marked."""
+    from modeling_arrcoc.data.synthetic import COLOR_NAMES, FIRST_KEY_WORD, SQUARE_WORD, render_sample
 
     for seed in range(5):
         row = render_sample("local_key", np.random.default_rng(seed))
-        words = np.array(row["visual_targets"]).reshape(16, 16, 3)
+        words = np.array(row["visual_targets"]).reshape(16, 16, 2)
         for question, boxes in zip([row["question"]] + row["extra_questions"], [row["boxes"]] + row["extra_boxes"]):
-            x0, y0, _, _ = boxes[0]
-            r, c = int(y0 // 16), int(x0 // 16)
+            r, c = int(boxes[0][1] // 16), int(boxes[0][0] // 16)
             colour = COLOR_NAMES.index(question.split()[6])
-            # The asked digit is dark like every distractor; only its context word says which marker it follows.
-            digit = int(row["answers"][0]) if question == row["question"] else None
-            assert words[r, c, 1:].tolist() == [DARK_WORD, FIRST_CONTEXT_WORD + colour]
-            assert digit is None or words[r, c, 0] == 1 + digit
-            assert words[r, c - 1, 0] == SQUARE_WORD
-        has_context = words[..., 2] != -100
-        assert has_context.sum() == 1 + len(row["extra_questions"]), "only digits right of a key square have one"
-        assert (words[:, :-1][has_context[:, 1:], 0] == SQUARE_WORD).all()
+            assert words[r, c - 1].tolist() == [SQUARE_WORD, FIRST_KEY_WORD + colour]
+            assert 1 <= words[r, c, 0] <= 10 and words[r, c, 1] == FIRST_KEY_WORD + colour
+        keyed_digits = (words[..., 0] >= 1) & (words[..., 0] <= 10) & (words[..., 1] >= FIRST_KEY_WORD) & (
+            words[..., 1] < FIRST_KEY_WORD + len(COLOR_NAMES))
+        assert keyed_digits.sum() == 1 + len(row["extra_questions"]), "only the marked digits take a key colour"
 
 
 def test_randomized_pages_vary_their_look_but_never_take_the_heldout_values(tmp_path):

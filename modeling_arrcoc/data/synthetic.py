@@ -608,7 +608,7 @@ def render_sample(
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if family == "chart":
         pixels, qas = _render_chart(rng, image_size, variant)
-        words = [[-100, -100, -100]] * (image_size // patch_size) ** 2  # charts have no per-cell reading labels
+        words = [[-100, -100]] * (image_size // patch_size) ** 2  # charts have no per-cell reading labels
     elif family in _PAGE_FAMILIES:
         _check_geometry(image_size, patch_size)
         page = _new_page(rng, image_size, patch_size, variant)
@@ -634,33 +634,34 @@ def render_sample(
 
 
 # Visual words: what each cell shows, a reading teacher for the adapter's visual vocabulary (VET loss). Each cell
-# has two words, its glyph and its ink, so the teacher distribution is two-hot and a cell's embedding mixes two
+# has two words, its glyph and its key, so the teacher distribution is two-hot and a cell's embedding mixes two
 # shared VET rows: "red 4" and "red 7" share the "red" row, and the language model learns "red" once.
-# Glyph words: 0 empty, 1 + d digit d, 11 square. Ink words: 12 + c key colour c, 17 dark ink; an empty cell has
+# Glyph words: 0 empty, 1 + d digit d, 11 square. Key words: 12 + c key colour c, 17 dark ink; an empty cell has
 # the empty word twice. Shades of a key colour (held-out variant) map to the same word.
-# A third word, the cell's context: 18 + c for a digit right of a key square of colour c (-100 elsewhere). A digit
-# read by its marker ("the digit right of the red square") is in dark ink like every distractor, so its own two
-# words cannot say which marker it follows; a lookup from the question must find that in the digit's token itself.
-# Measured (docs/demo_model.md, "Which marker"): where no stage taught it, the marker's colour was not decodable
-# from the digit's token (0.25, chance 0.2) and half the local_key answers were another marker's digit.
-NUM_VISUAL_WORDS = 23
+# A cell's key is its ink's colour, or, for a digit right of a key-coloured square (the marker families' runs), the
+# square's: "the digit right of the red square" is in dark ink like every distractor, so only its key word can say
+# which marker it follows, and the question's colour then finds it as it finds a red digit (local_color's lookup).
+# Measured (docs/demo_model.md, "Which marker"): with dark as that digit's word the marker's colour was not decodable
+# from the digit's token on the half-pixel base (0.25, chance 0.2) and half its local_key answers were another
+# marker's digit; a separate word for "right of a red square" made the vision side carry it (1.00) but kept the
+# reader stage on its plateau (reader_context_word).
+NUM_VISUAL_WORDS = 18
 SQUARE_WORD, FIRST_KEY_WORD = 11, 12
-DARK_WORD = FIRST_KEY_WORD + len(COLOR_NAMES)  # 17: the key colours' ink words are FIRST_KEY_WORD..DARK_WORD - 1
-FIRST_CONTEXT_WORD = DARK_WORD + 1  # 18: "right of a key square of colour c" is FIRST_CONTEXT_WORD + c
+DARK_WORD = FIRST_KEY_WORD + len(COLOR_NAMES)  # 17: the key colours' words are FIRST_KEY_WORD..DARK_WORD - 1
 
 
 def visual_words(page: _Page) -> np.ndarray:
-    """[G * G, 3] (glyph word, ink word, context word or -100) of every cell, in raster order."""
+    """[G * G, 2] (glyph word, key word) of every cell, in raster order."""
     glyph = np.zeros(page.glyph.shape, np.int64)
     for d, styles in enumerate(page.bank.digits):
         glyph[np.isin(page.glyph, styles)] = 1 + d
     glyph[np.isin(page.glyph, page.bank.squares)] = SQUARE_WORD
-    ink = np.where(page.key >= 0, FIRST_KEY_WORD + page.key, DARK_WORD)
+    key = page.key.copy()
+    marked = (glyph[:, 1:] >= 1) & (glyph[:, 1:] <= 10) & (glyph[:, :-1] == SQUARE_WORD) & (page.key[:, :-1] >= 0)
+    key[:, 1:] = np.where(marked & (key[:, 1:] < 0), page.key[:, :-1], key[:, 1:])
+    ink = np.where(key >= 0, FIRST_KEY_WORD + key, DARK_WORD)
     ink = np.where(glyph == 0, 0, ink)
-    context = np.full(glyph.shape, -100, np.int64)
-    after_marker = (glyph[:, 1:] >= 1) & (glyph[:, 1:] <= 10) & (glyph[:, :-1] == SQUARE_WORD) & (page.key[:, :-1] >= 0)
-    context[:, 1:] = np.where(after_marker, FIRST_CONTEXT_WORD + page.key[:, :-1], -100)
-    return np.stack([glyph, ink, context], axis=-1).reshape(-1, 3)
+    return np.stack([glyph, ink], axis=-1).reshape(-1, 2)
 
 
 def corpus_text() -> str:
@@ -850,7 +851,6 @@ __all__ = [
     "DARK_WORD",
     "FAMILIES",
     "FEATURES",
-    "FIRST_CONTEXT_WORD",
     "FIRST_KEY_WORD",
     "KEY_COLORS",
     "LAYOUTS",
