@@ -29,9 +29,9 @@ test: venv
 BASE := pretrained/demo-base
 # Stated on the model card (no numbers: those come from eval.json); revised when make demo's results change.
 DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its training) and its language model reads \
-	local reading and counting at every view without a tag, but not yet well: the full-resolution reference stays \
-	below the 0.90 a strong reader would give, and reads local_key least well (docs/demo_model.md has the curve and the \
-	next levers). Region rows and \
+	local reading and counting at every view without a tag, but not yet as well as a strong reader would: the \
+	full-resolution reference stays below 0.90 on the held-out look (docs/demo_model.md has the curves and the next \
+	levers). Region rows and \
 	charts are not taught: they are in neither the base's reader stage nor the phases, so the evaluation leaves them \
 	out (every method would be at chance on them). The held-out test variant (other shades, layouts, glyph sizes) is \
 	read less well than the training one; the base's stages and the phases on random page looks narrow that gap but do \
