@@ -25,6 +25,7 @@ from modeling_arrcoc.data import COLOR_NAMES, VARIANTS, render_sample
 from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.data import synthetic
 from modeling_arrcoc.data.synthetic import DARK_WORD, FIRST_KEY_WORD, question_key_span
+from modeling_arrcoc.data.targets import answer_patch_targets
 from modeling_arrcoc.training.reader import (answer_prediction_positions, llm_attention_loss, sparse_view_scores,
                                              spliced_layout)
 
@@ -51,11 +52,34 @@ def key_coloured(ink: torch.Tensor) -> torch.Tensor:
     return (ink >= FIRST_KEY_WORD) & (ink < DARK_WORD)
 
 
+@contextlib.contextmanager
+def eager_attention(model):
+    """The language model on the eager kernel (output_attentions needs it), its own restored after."""
+    language_model = model.model.language_model
+    attention = language_model.config._attn_implementation
+    language_model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        language_model.set_attn_implementation(attention)
+
+
+def first_answer_predictions(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B] the argmax token at each row's position before its first answer token (prompts left-padded, so that
+    position's distance from the end is the same in the prompt and in the spliced sequence the logits cover)."""
+    first_answer = (labels != -100).int().argmax(-1)
+    from_end = labels.shape[1] - first_answer + 1
+    return logits[torch.arange(len(labels)), logits.shape[1] - from_end].argmax(-1)
+
+
 @torch.no_grad()
 def probe(model, processor, pages: int = 8, seed: int = 14, tokens: int | None = None,
           variant: str = "standard") -> dict:
-    attention = model.model.language_model.config._attn_implementation  # restored after, for the next probe
-    model.model.language_model.set_attn_implementation("eager")  # output_attentions needs the eager kernel
+    with eager_attention(model):
+        return _probe(model, processor, pages, seed, tokens, variant)
+
+
+def _probe(model, processor, pages, seed, tokens, variant) -> dict:
     rows = [render_sample("local_color", np.random.default_rng([seed, i]), variant=variant) for i in range(pages)]
     batch = ArrCocCollator(processor)(rows)
     prompt = {key: batch[key] for key in ("input_ids", "attention_mask", "labels")}
@@ -69,9 +93,7 @@ def probe(model, processor, pages: int = 8, seed: int = 14, tokens: int | None =
     image = out.image_outputs
     count = int(image.visual_token_mask.sum(-1)[0])
     answers = torch.tensor([int(row["answers"][0]) for row in rows])
-    first_answer = (batch["labels"] != -100).int().argmax(-1)
-    from_end = batch["labels"].shape[1] - first_answer + 1  # the position before the answer, from the end
-    predicted = out.logits[torch.arange(pages), out.logits.shape[1] - from_end].argmax(-1)
+    predicted = first_answer_predictions(out.logits, batch["labels"])
     digits = processor.tokenizer.convert_tokens_to_ids([str(d) for d in range(10)])
     accuracy = float((predicted == torch.tensor(digits)[answers]).float().mean())
     first = spliced_layout(batch["input_ids"], batch["attention_mask"], model.config.image_token_id,
@@ -93,11 +115,9 @@ def probe(model, processor, pages: int = 8, seed: int = 14, tokens: int | None =
             model.config.image_token_id, image.visual_token_mask, image.token_sources, cells[:, None].float(),
             head=head))) for head in range(out.attentions[layer].shape[1])] for layer in range(len(out.attentions))]
 
-    result = {"glyph_decodable_per_layer_input": decodable, "answer_attention_per_layer_head": mass(answer),
-              "other_key_attention_per_layer_head": mass(other_keys),
-              "first_answer_token_accuracy": accuracy, "visual_tokens": count}
-    model.model.language_model.set_attn_implementation(attention)
-    return result
+    return {"glyph_decodable_per_layer_input": decodable, "answer_attention_per_layer_head": mass(answer),
+            "other_key_attention_per_layer_head": mass(other_keys),
+            "first_answer_token_accuracy": accuracy, "visual_tokens": count}
 
 
 @torch.no_grad()
@@ -177,13 +197,10 @@ def heldout_factors(model, processor, pages: int = 48) -> dict:
     return result
 
 
-def _cells(boxes_per_row: list, grid: int, patch: int) -> torch.Tensor:
-    """[B, 1, G * G] one turn's target: 1 on the cells of each row's boxes."""
-    cells = torch.zeros(len(boxes_per_row), 1, grid * grid)
-    for b, boxes in enumerate(boxes_per_row):
-        for x0, y0, _, _ in boxes:
-            cells[b, 0, int(y0 // patch) * grid + int(x0 // patch)] = 1
-    return cells
+def _patch_targets(boxes_per_row: list, rows: list, patch: int) -> torch.Tensor:
+    """[B, 1, N] one turn's target for llm_attention_loss: each row's boxes as answer-patch coverage."""
+    return torch.from_numpy(np.stack([answer_patch_targets(boxes, (row["image"].height, row["image"].width), patch)
+                                      for boxes, row in zip(boxes_per_row, rows)]))[:, None]
 
 
 @torch.no_grad()
@@ -197,8 +214,11 @@ def marker_lookup(model, processor, pages: int = 96, seed: int = 5, variant: str
       digit's token at the input of each LLM layer (ridge, 5-way, chance 0.2);
     - `attention`: layer 1 head 0's mass (the supervised head; geometric mean over pages) on the asked digit, on
       the asked square and on the other runs' digits."""
-    attention = model.model.language_model.config._attn_implementation
-    model.model.language_model.set_attn_implementation("eager")
+    with eager_attention(model):
+        return _marker_lookup(model, processor, pages, seed, variant, batch_size)
+
+
+def _marker_lookup(model, processor, pages, seed, variant, batch_size) -> dict:
     digits = processor.tokenizer.convert_tokens_to_ids([str(d) for d in range(10)])
     grid = model.config.grid_size[1]  # cells per row of the model's patch grid (the collator's targets)
     answers = {"asked digit": 0, "another marker's digit": 0, "other": 0}
@@ -212,9 +232,7 @@ def marker_lookup(model, processor, pages: int = 96, seed: int = 5, variant: str
         out = model(**prompt, pixel_values=batch["pixel_values"], budget="full", output_attentions=True,
                     output_hidden_states=True)
         image = out.image_outputs
-        first_answer = (batch["labels"] != -100).int().argmax(-1)
-        from_end = batch["labels"].shape[1] - first_answer + 1
-        predicted = out.logits[torch.arange(len(rows)), out.logits.shape[1] - from_end].argmax(-1).tolist()
+        predicted = first_answer_predictions(out.logits, batch["labels"]).tolist()
         first = spliced_layout(batch["input_ids"], batch["attention_mask"], model.config.image_token_id,
                                image.visual_token_mask, out.hidden_states[0].shape[1])[2]
         for b, row in enumerate(rows):
@@ -236,9 +254,8 @@ def marker_lookup(model, processor, pages: int = 96, seed: int = 5, variant: str
                             ("other markers' digits", others)):
             loss = llm_attention_loss(out.attentions, [1], batch["input_ids"], batch["attention_mask"],
                                       batch["labels"], model.config.image_token_id, image.visual_token_mask,
-                                      image.token_sources, _cells(boxes, grid, patch), head=0)
+                                      image.token_sources, _patch_targets(boxes, rows, patch), head=0)
             masses[name].append(float(torch.exp(-loss)))
-    model.model.language_model.set_attn_implementation(attention)
     labels = torch.tensor(colours)
     return {"answers": {name: count / pages for name, count in answers.items()},
             "marker_colour_decodable": [ridge_accuracy(torch.stack(features[layer]), labels, 5)
