@@ -63,11 +63,11 @@ class Phases:
         self.model, self.inputs, self.tier = model, inputs, tier
         self.forward = model if compiled is None else compiled
         self.switched = compiled is not None
+        # The prompt's <image> becomes the tier's K visual tokens in every row (decode_bytes counts the same cache).
+        length = inputs["input_ids"].shape[1] - 1 + visual_tokens(model.config, tier)
+        cache = StaticCache(config=model.config.get_text_config(), max_cache_len=length + STATIC_ROOM)
         with torch.no_grad():
-            first = model(**inputs, budget=tier, use_cache=True, logits_to_keep=1)
-            length = first.cache.get_seq_length()
-            cache = StaticCache(config=model.config.get_text_config(), max_cache_len=length + STATIC_ROOM)
-            model(**inputs, budget=tier, cache=cache, use_cache=True, logits_to_keep=1)
+            first = model(**inputs, budget=tier, cache=cache, use_cache=True, logits_to_keep=1)
         self.decoder = DecodeStep(cache, first.logits[:, -1:].argmax(-1), length, kind="static")
 
     def prefill(self):
@@ -236,9 +236,8 @@ def markdown(result: dict) -> str:
     lines = [f"**Prefill and decode, timed apart** (`bench/prefill_decode.py`, {result['preset']} preset, "
              f"{result['dtype']}, random weights, {result['repeats']} interleaved rounds, medians; "
              f"{common.machine_line(result)}). Prefill = pixels to the first token (vision, allocation, LLM over "
-             "the prompt, cache built); its ideal speed-up is the FLOP ratio. Decode = one cached step in a static cache; "
-             "its ideal "
-             "is the ratio of bytes read (LLM weights + KV cache at K tokens). Compiled = "
+             "the prompt, cache built); its ideal speed-up is the FLOP ratio. Decode = one cached step in a static "
+             "cache; its ideal is the ratio of bytes read (LLM weights + KV cache at K tokens). Compiled = "
              f"`torch.compile(fullgraph=True)` at the tier, traced and run with `{common.FORCE_GQA}=1` "
              "(docs/inference.md)."
              + (f" Prompt: {result['prompt']}." if result.get("prompt") else "")]
