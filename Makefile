@@ -103,11 +103,10 @@ DEMO_CONFIGS := --training-config configs/demo/phase1.yaml --training-config con
 # auto at several token prices (generate's budget_cost, nats per doubling of tokens): auto's own accuracy-vs-tokens
 # curve on the Pareto plot. Chosen on 480 validation questions (eval.py --split validation) of ARR-COC's phase-3
 # checkpoint trained by these phases on the shipped base, to spread the curve between the smallest tier and full:
-# there the prices gave about 41, 29, 23, 19, 11 and 8.4 mean tokens (-0.02 and 0.006, not swept there: 82 and 50 on
-# test) around auto's own 53. The
-# curve is steep between 0.01 (47 tokens) and 0.02 (11), so 0.011-0.018 fill it; 0.014 is the point meant to sit
-# under an eighth of full tokens with room for the test pages' slightly larger spend.
-BUDGET_COSTS := --budget-costs=-0.02,0.006,0.011,0.014,0.016,0.018,0.02,0.06
+# there auto's own price (0) spent 36 tokens, and -0.02, -0.015, 0.003, 0.011, 0.014 and 0.06 spent 142, 57, 28, 18.5,
+# 11.7 and 9.1 (-0.012 gave 43, 0.006-0.008 27, 0.02-0.03 11.7 again: left out as repeats). The jump from 57 to 137
+# tokens lies between -0.015 and -0.018: the tier logits put most questions' second choice at 256.
+BUDGET_COSTS := --budget-costs=-0.02,-0.015,0.003,0.011,0.014,0.06
 
 .PHONY: demo-arrcoc demo-uniform demo-full
 ARRCOC_METHOD := relevance_tag=true
