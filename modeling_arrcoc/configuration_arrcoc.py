@@ -87,6 +87,10 @@ class ArrCocConfig(PreTrainedConfig):
             is set (`budget_cost`): log-probabilities of logits / temperature. Fitted on validation questions at the
             end of training (`fit_budget_temperature`), so that a price moves questions across tiers one by one
             rather than all at once; it never changes the predicted tier (price 0).
+        budget_cost (`float`): the model's own price of tokens under budget "auto", used when a call gives none
+            (`ArrCocModel.resolve_budget`): 0 keeps the predicted tier. Fitted with the temperature at the end of
+            training (`fit_budget_cost`): of a grid of prices, the one whose validation answers lie furthest above
+            the constant tiers' envelope at their mean tokens. The demo's "auto" is this price.
         adapter_num_layers (`int`): prototype cross-attention layers in the quality adapter.
         adapter_num_heads (`int`): heads of those layers.
         num_vet_prototypes (`int`): learnable prototypes the visual tokens attend to.
@@ -114,6 +118,7 @@ class ArrCocConfig(PreTrainedConfig):
     selection_method: str = validated_field(check_selection_method, default="learned")
     relevance_tag: bool = True
     budget_temperature: float = 1.0
+    budget_cost: float = 0.0
     adapter_num_layers: int = 2
     adapter_num_heads: int = 4
     num_vet_prototypes: int = 64
@@ -129,6 +134,9 @@ class ArrCocConfig(PreTrainedConfig):
             raise ValueError(f"budgets must be positive, unique and ascending, got {self.budgets}")
         if not (math.isfinite(self.budget_temperature) and self.budget_temperature > 0):
             raise ValueError(f"budget_temperature must be a positive number, got {self.budget_temperature}")
+        if isinstance(self.budget_cost, bool) or not math.isfinite(self.budget_cost):
+            raise ValueError(f"budget_cost must be a finite number (the price of tokens under 'auto'), got "
+                             f"{self.budget_cost!r}")
         for name in ("allocator_hidden_size", "adapter_num_layers", "num_vet_prototypes", "visual_vocab_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -29,7 +29,9 @@ class Method:
     budget: object
     selection: str
     kind: str  # "auto", "tier", "full" or a baseline name: the series it belongs to on the Pareto plot
-    budget_cost: float = 0.0  # the price of tokens under "auto" (the model's resolve_budget): auto's own curve
+    # The price of tokens under "auto" (the model's resolve_budget): auto's own curve. None: the model's own price
+    # (config.budget_cost, fitted on validation); the evaluation records the value it ran at.
+    budget_cost: float | None = None
 
 
 AUTO_COST = "auto_cost"  # the kind of auto at a user-chosen token price, `auto(cost=C)`
@@ -50,14 +52,15 @@ def method_names(budgets, budget="all", baselines=BASELINES, budget_costs=()) ->
 
     Baselines run at every tier for "all" and "auto" (so that auto has a baseline at each budget around it), at
     the chosen tier otherwise, and not at all for "full". `budget_costs` add auto at each token price (with "all"
-    and "auto"): auto's own accuracy-vs-tokens curve.
+    and "auto"): auto's own accuracy-vs-tokens curve ("auto" itself is at the model's own price, 0 is the predicted
+    tier).
     """
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"Unknown baselines {sorted(unknown)}; expected some of {BASELINES}.")
     if budget in ("all", "auto"):
         tiers = list(budgets)
-        names = ["auto"] + [auto_cost_name(c) for c in budget_costs if float(c) != 0.0]
+        names = ["auto"] + list(dict.fromkeys(auto_cost_name(c) for c in budget_costs))
         names += [f"tier_{k}" for k in tiers] + ["full"] if budget == "all" else []
     elif budget == "full":
         return ["full"]

@@ -217,7 +217,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
 
     def plan_allocation(
         self, input_ids=None, attention_mask=None, pixel_values=None, patch_features=None, labels=None, budget="auto",
-        selection=None, selection_scores=None, generator=None, inputs_embeds=None, budget_cost=0.0,
+        selection=None, selection_scores=None, generator=None, inputs_embeds=None, budget_cost=None,
     ) -> ArrCocAllocationPlan:
         """Run SAM (unless `patch_features` are given) and the allocator once, and decide each sample's tier, token
         count and ranking scores. `forward`, `generate`, evaluation, explanation, the trainer and the benchmarks
@@ -230,7 +230,8 @@ class ArrCocModel(ArrCocPreTrainedModel):
         generator: the random generator of selection="random".
         inputs_embeds: the prompt's embeddings, read instead of embedding `input_ids`. With neither, the allocator
             plans for an empty question (its query-agnostic path).
-        budget_cost: the price of tokens under budget "auto" (see `resolve_budget`); 0 (default): the predicted tier.
+        budget_cost: the price of tokens under budget "auto" (see `resolve_budget`); None (default): the model's own,
+            `config.budget_cost`; 0: the predicted tier.
         """
         selection = self.config.selection_method if selection is None else selection
         method = selection_method(selection)  # ValueError naming the table's selections
@@ -251,7 +252,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
             static_tokens=self.static_tokens(budget, features.shape[1]),
         )
 
-    def replan(self, plan: ArrCocAllocationPlan, budget, budget_cost=0.0) -> ArrCocAllocationPlan:
+    def replan(self, plan: ArrCocAllocationPlan, budget, budget_cost=None) -> ArrCocAllocationPlan:
         """`plan` at another budget: the allocator's scores are reused, only tiers and token counts change (the
         budget calibration runs every tier on one allocator forward). A "full" plan stays full."""
         budget = "full" if SELECTIONS_TABLE[plan.selection].every_patch else budget
@@ -260,13 +261,14 @@ class ArrCocModel(ArrCocPreTrainedModel):
         return dataclasses.replace(plan, budget_tiers=tiers, visual_token_counts=counts,
                                    static_tokens=self.static_tokens(budget, num_patches))
 
-    def resolve_budget(self, budget, budget_logits, num_patches, budget_cost=0.0):
+    def resolve_budget(self, budget, budget_logits, num_patches, budget_cost=None):
         """Per-sample (token counts, tier indices) for `budget` (the tier rules live on the config).
 
         Under "auto", `budget_cost` is the user's price of tokens, chosen at inference without retraining: each
         tier scores its predicted log-probability minus `budget_cost` x log2(its tokens), so 0 keeps the predicted
         tier, a positive cost buys fewer tokens (1.0: a tier must be twice as likely to be worth twice the tokens)
-        and a negative one more. Sweeping it traces auto's own accuracy-vs-tokens curve."""
+        and a negative one more. Sweeping it traces auto's own accuracy-vs-tokens curve. None: the model's own price,
+        `config.budget_cost` (fitted on validation at the end of training; 0 unless fitted)."""
         config = self.config
         batch, device = budget_logits.shape[0], budget_logits.device
         static = self.static_tokens(budget, num_patches)
@@ -335,7 +337,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
         selection: str | None = None,
         selection_scores: torch.FloatTensor | None = None,
         generator: torch.Generator | None = None,
-        budget_cost: float = 0.0,
+        budget_cost: float | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | ArrCocImageFeaturesOutput:
         """Visual embeddings of each image for its question, as a model output: `pooler_output` [B, K_max, D]
@@ -450,7 +452,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
         shift_labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         generator: torch.Generator | None = None,
-        budget_cost: float = 0.0,
+        budget_cost: float | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | ArrCocModelOutputWithPast:
         r"""
@@ -612,14 +614,15 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         use_cache: bool | None = None,
         generator: torch.Generator | None = None,
-        budget_cost: float = 0.0,
+        budget_cost: float | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | ArrCocCausalLMOutputWithPast:
         r"""
         budget: "auto" (the allocator's tier), "full" (every patch), a tier value in `config.budgets`, a tier
             index, or a list/tensor of those per sample. Anything else raises a ValueError.
-        budget_cost: under "auto", the price of tokens (`ArrCocModel.resolve_budget`): 0 keeps the predicted
-            tier, more buys fewer tokens, less buys more; the user's accuracy-vs-tokens trade-off, no retraining.
+        budget_cost: under "auto", the price of tokens (`ArrCocModel.resolve_budget`): None (default) the model's
+            own (`config.budget_cost`, fitted on validation), 0 the predicted tier, more buys fewer tokens, less buys
+            more; the user's accuracy-vs-tokens trade-off, no retraining.
         selection: "learned" (allocator scores), "uniform" (fixed pooling), "hotspot" (query-agnostic
             saliency top-K), "random", "full" (every patch, whatever the budget) or another method registered in
             `selection.SELECTIONS_TABLE`; None (default): the model's
@@ -691,7 +694,7 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def generate(self, input_ids=None, pixel_values=None, attention_mask=None, budget="auto",
-                 selection=None, patch_features=None, plan=None, group_by_tier=True, budget_cost=0.0, **kwargs):
+                 selection=None, patch_features=None, plan=None, group_by_tier=True, budget_cost=None, **kwargs):
         """Generate with K_i visual tokens per sample. Returns `input_ids` (as given) followed by new tokens,
         so callers strip the prompt by its own length, as with any HF model.
 
@@ -752,6 +755,7 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
 
 
 def _priced_tiers(budget_logits, config, num_patches, budget_cost):
+    budget_cost = config.budget_cost if budget_cost is None else budget_cost
     if not isinstance(budget_cost, (int, float)) or isinstance(budget_cost, bool) or not math.isfinite(budget_cost):
         raise ValueError(f"budget_cost must be a finite number (the price of tokens under budget 'auto'), got "
                          f"{budget_cost!r}.")

@@ -192,3 +192,46 @@ def test_fit_budget_temperature_writes_the_config(tiny):
         assert fit["nll"] <= fit["nll_at_1"] + 1e-9
     finally:
         model.config.budget_temperature = before
+
+
+def test_fit_budget_cost_takes_the_price_furthest_above_the_envelope(tester):
+    """Easy questions (every tier answers) lean to the largest tier, hard ones (only it answers) insist on it: a
+    middle price sends the easy ones to the smallest tier and keeps the hard ones, which no constant policy or mix of
+    two matches at those tokens. Equal margins go to the fewer tokens."""
+    from modeling_arrcoc.training.calibration import fit_budget_cost
+
+    model = tester.get_model()
+    easy, hard = torch.tensor([0.0, 0.0, 2.0]), torch.tensor([-10.0, -10.0, 10.0])
+    logits = torch.stack([easy] * 4 + [hard] * 4)
+    exact = torch.tensor([[True, True, True]] * 4 + [[False, False, True]] * 4)
+    try:
+        fit = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(0.0, 1.0, 20.0))
+        # Tokens 4 / 16 / 64 (100 clamped to the 64 patches): price 1 answers all 8 at (4 * 4 + 4 * 64) / 8 = 34
+        # tokens, where the tiers' envelope (4, 0.5) to (64, 1.0) reads 0.75.
+        assert (fit["budget_cost"], fit["accuracy"], fit["mean_tokens"]) == (1.0, 1.0, 34.0)
+        assert fit["envelope"] == pytest.approx(0.75) and fit["margin"] == pytest.approx(0.25)
+        assert model.config.budget_cost == 1.0
+        assert (model.model.resolve_budget("auto", logits, tester.num_patches)[1] == torch.tensor([0] * 4 + [2] * 4)).all()
+        tie = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(0.0, 20.0))
+        assert tie["budget_cost"] == 20.0 and tie["margin"] == pytest.approx(0.0), "a tie goes to the fewer tokens"
+    finally:
+        model.config.budget_cost = 0.0
+
+
+def test_fit_budget_temperature_fits_the_price_on_the_same_runs(tiny):
+    from modeling_arrcoc.data import render_sample
+    from modeling_arrcoc.data.collator import ArrCocCollator
+    from modeling_arrcoc.training.arguments import ArrCocTrainingArguments
+    from modeling_arrcoc.training.calibration import PRICE_GRID, fit_budget_temperature
+
+    model, processor = tiny
+    rows = [render_sample("local_color", np.random.default_rng(i), 64, 8) for i in range(6)]
+    before = model.config.budget_temperature, model.config.budget_cost
+    try:
+        fit = fit_budget_temperature(model, ArrCocCollator(processor, patch_size=8), rows, batch_size=4, fit_price=True)
+        assert fit["price"]["rows"] == 6 and fit["price"]["budget_cost"] in PRICE_GRID
+        assert model.config.budget_cost == fit["price"]["budget_cost"]
+    finally:
+        model.config.budget_temperature, model.config.budget_cost = before
+    with pytest.raises(ValueError, match="fit_budget_cost fits the price on the rows of fit_budget_temperature"):
+        ArrCocTrainingArguments(output_dir="unused", fit_budget_cost=True, fit_budget_temperature=0)

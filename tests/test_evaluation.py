@@ -604,7 +604,8 @@ def test_token_prices_name_auto_methods_and_trace_its_curve_against_the_frontier
         with pytest.raises(ValueError, match="not a finite number"):
             E.parse_method(bad, BUDGETS)
     names = E.method_names(BUDGETS, "all", baselines=(), budget_costs=(-1, 0, 1))
-    assert names[:3] == ["auto", "auto(cost=-1)", "auto(cost=1)"] and "tier_4" in names and "full" in names
+    # Price 0 is a point of its own: "auto" runs at the model's own price (config.budget_cost), 0 at the predicted tier.
+    assert names[:4] == ["auto", "auto(cost=-1)", "auto(cost=0)", "auto(cost=1)"] and "tier_4" in names and "full" in names
     assert E.method_names(BUDGETS, 16, baselines=(), budget_costs=(1,)) == ["tier_16"], "a fixed tier has no price"
     # A cheap price (4 tokens on every question) and an expensive one (64): with auto, three points of a curve.
     report = measured_report(tiny[0].config)
@@ -620,7 +621,7 @@ def test_token_prices_name_auto_methods_and_trace_its_curve_against_the_frontier
     report = E.build_report(runs, [["1"], ["2"], ["3"], ["4"]], ["local_color"] * 4, "exact_match", tiny[0].config)
     curve = report["auto_curve"]
     assert [p["method"] for p in curve] == ["auto(cost=2)", "auto", "auto(cost=-2)"]  # cheapest first
-    assert [p["budget_cost"] for p in curve] == [2.0, 0.0, -2.0]
+    assert [p["budget_cost"] for p in curve] == [2.0, None, -2.0], "hand-made auto names no price (runner writes it)"
     cheap = curve[0]
     assert (cheap["auto_mean_tokens"], cheap["accuracy"], cheap["frontier_accuracy"]) == (4.0, 0.5, 0.25)
     assert cheap["difference"] == pytest.approx(0.25) and cheap["low"] <= 0.25 <= cheap["high"]
@@ -637,3 +638,16 @@ def test_synthetic_evaluation_can_keep_the_taught_families(tmp_path):
     assert eval_script.families_from("local_color, chart") == ("local_color", "chart")
     with pytest.raises(argparse.ArgumentTypeError, match="unknown synthetic families"):
         eval_script.families_from("local_colour")
+
+
+def test_auto_runs_are_recorded_at_the_models_own_price(tiny):
+    from modeling_arrcoc.evaluation.runner import at_models_price
+
+    model = tiny[0]
+    model.config.budget_cost = 0.014
+    try:
+        assert at_models_price(model, E.parse_method("auto", BUDGETS)).budget_cost == 0.014
+        assert at_models_price(model, E.parse_method("auto(cost=0)", BUDGETS)).budget_cost == 0.0
+        assert at_models_price(model, E.parse_method("tier_4", BUDGETS)).budget_cost is None
+    finally:
+        model.config.budget_cost = 0.0

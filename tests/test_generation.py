@@ -263,6 +263,26 @@ def test_budget_cost_reaches_generate_and_forward_and_is_checked(batch):
     finally:
         hook.remove()
     assert (cheap.budget_tiers == 0).all() and (default.budget_tiers == 2).all()
-    for bad in (float("nan"), "cheap", None):
+    for bad in (float("nan"), "cheap", True):
         with pytest.raises(ValueError, match="budget_cost"):
             model.model.plan_allocation(**inputs, budget="auto", budget_cost=bad)
+
+
+def test_auto_without_a_price_runs_at_the_models_own(batch):
+    """config.budget_cost (fitted on validation) is what "auto" spends when a call names no price; an explicit 0 is
+    still the predicted tier, and a saved checkpoint keeps its price."""
+    tester, model, inputs = batch
+    hook = spread_logits(model, torch.tensor([0.0, 0.2, 1.0] + [0.0] * (len(model.config.budgets) - 3)))
+    try:
+        model.config.budget_cost = 5.0
+        own = model.model.plan_allocation(**inputs, budget="auto").budget_tiers
+        predicted = model.model.plan_allocation(**inputs, budget="auto", budget_cost=0.0).budget_tiers
+        assert torch.equal(generate(model, inputs, budget="auto"), generate(model, inputs, budget="auto", budget_cost=5.0))
+    finally:
+        hook.remove()
+        model.config.budget_cost = 0.0
+    assert (own == 0).all() and (predicted == 2).all()
+    assert type(tester.get_config(budget_cost=0.01)).from_dict(tester.get_config(budget_cost=0.01).to_dict()).budget_cost == 0.01
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="budget_cost"):
+            tester.get_config(budget_cost=bad)

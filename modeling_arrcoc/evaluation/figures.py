@@ -48,7 +48,7 @@ def plot_pareto(report: dict, path) -> Path:
     if "auto" in series:
         (x, y), = series["auto"]
         ax.scatter([x], [y], s=260, marker="*", color="crimson", edgecolor="black", zorder=5,
-                   label="ARR-COC auto (allocator's budget)")
+                   label="ARR-COC auto (allocator's budget at its own price)")
         # The label goes on the side with room: right of the star in the axis' left half (log tokens), else left.
         tokens = [point[0] for points in series.values() for point in points]
         left = math.log(x) > (math.log(min(tokens)) + math.log(max(tokens))) / 2

@@ -55,6 +55,7 @@ def summarize_run(run: MethodRun, scores, tasks, budgets, num_patches) -> dict:
         "latency_ms_per_query": 1000.0 * run.seconds / len(scores),
         "compression_ratio": num_patches / stats["mean"],
         "budget": run.method.budget,
+        **({"budget_cost": run.method.budget_cost} if run.method.budget == "auto" else {}),
         "selection": run.method.selection,
         "num_samples": len(scores),
     }
@@ -218,7 +219,8 @@ def _nearest_in_log2(candidates, tokens, tokens_of):
 
 
 def _priced(runs) -> dict:
-    """ARR-COC's own auto runs, at price 0 and at every token price (`auto(cost=C)`): the points of auto's curve."""
+    """ARR-COC's own auto runs, at the model's own price and at every token price (`auto(cost=C)`): the points of
+    auto's curve."""
     return {name: run for name, run in runs.items() if run.method.kind in ("auto", AUTO_COST)}
 
 
@@ -305,7 +307,7 @@ def frontier(runs, scores, budgets, seed) -> dict | None:
 
 
 def auto_curve(runs, scores, budgets, seed) -> list | None:
-    """Auto at every token price evaluated (`auto(cost=C)`, and auto itself at 0), cheapest first: its cost, mean
+    """Auto at every token price evaluated (`auto(cost=C)`, and auto itself at the model's own price), cheapest first: its cost, mean
     tokens, accuracy and its difference to the constant tiers' envelope at its own mean tokens (paired, with the
     interval). Auto's curve lies above the frontier where those differences are positive. None without a price."""
     priced = _priced(runs)
@@ -360,7 +362,9 @@ def headline(report: dict) -> list:
     auto = methods.get("auto")
     if auto is None:
         return lines
-    lines.append(f"ARR-COC at auto: {auto['accuracy']:.3f} at {auto['mean_visual_tokens']:.1f} mean visual tokens "
+    price = auto.get("budget_cost")
+    own = f" (its own token price {price:g}, fitted on validation)" if price else ""
+    lines.append(f"ARR-COC at auto{own}: {auto['accuracy']:.3f} at {auto['mean_visual_tokens']:.1f} mean visual tokens "
                  f"(n = {n}; 95% bootstrap intervals throughout, differences paired on the same questions).")
     trained = {name: entry for name, entry in (comparisons.get("auto_vs_baseline") or {}).items() if entry["trained"]}
     uniform = sorted((entry["mean_visual_tokens"][1], name) for name, entry in trained.items() if "uniform" in name)
@@ -436,8 +440,8 @@ def headline(report: dict) -> list:
 
 
 def _need_line(need: dict) -> str:
-    """Auto's tiers against the stable tier (what a question needs, a small tier's lucky guess aside), at price 0
-    and at the price that matches it best."""
+    """Auto's tiers against the stable tier (what a question needs, a small tier's lucky guess aside), at the
+    model's own price and at the price that matches it best."""
     matches = {name: entry for name, entry in need["calibration_stable"].items() if entry["exact"] is not None}
     if not matches:
         return "The largest tier answers no question: no stable tier to follow."

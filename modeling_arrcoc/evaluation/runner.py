@@ -4,6 +4,7 @@ checkpoint under evaluation and for other trained checkpoints (baselines trained
 same questions.
 """
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -98,9 +99,17 @@ def run_batch(model, processor, batch: EvalBatch, method: Method, max_new_tokens
     return answers, plan.visual_token_counts.tolist(), plan.budget_tiers.tolist()
 
 
+def at_models_price(model, method: Method) -> Method:
+    """`method` with the token price it runs at written in: "auto" (no price given) runs at the model's own
+    (`config.budget_cost`), which the report then shows beside auto's curve."""
+    if method.budget != "auto" or method.budget_cost is not None:
+        return method
+    return dataclasses.replace(method, budget_cost=float(model.config.budget_cost))
+
+
 def run_methods(model, processor, dataset, methods, batch_size=8, max_new_tokens=16, seed=0, progress=True) -> dict:
     """{method name: MethodRun} over `dataset` (a datasets.Dataset or a list of rows with image and question)."""
-    runs = {method.name: MethodRun(method) for method in methods}
+    runs = {method.name: MethodRun(at_models_price(model, method)) for method in methods}
     generator = torch.Generator().manual_seed(seed)  # random@K draws the same patches on every run
     if methods and len(dataset):
         _warm_up(model, processor, [dataset[i] for i in range(min(batch_size, len(dataset)))], methods[0])
@@ -183,6 +192,7 @@ def _check_same_geometry(config, other, name):
 __all__ = [
     "EvalBatch",
     "TrainedCheckpoint",
+    "at_models_price",
     "eval_batch",
     "evaluate",
     "external_selections",

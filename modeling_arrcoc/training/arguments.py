@@ -139,6 +139,12 @@ class ArrCocTrainingArguments(TrainingArguments):
                        "token price) on this many validation rows against their calibration_target ('loss': the "
                        "oracle-minimal tier); 0 = off."),
     )
+    fit_budget_cost: bool = field(
+        default=False,
+        metadata=_help("With fit_budget_temperature: also fit the model's own token price under 'auto' "
+                       "(config.budget_cost) on the same rows: the price whose answers lie furthest above the "
+                       "constant tiers' envelope (training/calibration.py, fit_budget_cost)."),
+    )
     calibration_max_loss: float | None = field(
         default=None, metadata=_help("Nats/token above which a tier does not answer; unanswered -> smallest tier.")
     )
@@ -343,6 +349,9 @@ class ArrCocTrainingArguments(TrainingArguments):
         if self.calibration_tolerance < 0:
             raise ValueError(f"calibration_tolerance must be >= 0, got {self.calibration_tolerance}.")
         _check_at_least("fit_budget_temperature", self.fit_budget_temperature, 0)
+        if self.fit_budget_cost and not self.fit_budget_temperature:
+            raise ValueError("fit_budget_cost fits the price on the rows of fit_budget_temperature: set "
+                             "fit_budget_temperature to a number of validation rows (> 0).")
         if self.calibration_target not in CALIBRATION_TARGETS:
             raise ValueError(f"calibration_target must be one of {list(CALIBRATION_TARGETS)}, got "
                              f"{self.calibration_target!r}.")

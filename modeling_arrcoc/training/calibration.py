@@ -113,25 +113,65 @@ def tier_targets(losses, exact, target: str, tolerance: float = 0.0, max_loss: f
     return smallest_sufficient_tier(losses, tolerance, max_loss)
 
 
+# The prices `fit_budget_cost` chooses among (nats per doubling of tokens, on the fitted temperature's scale): dense
+# where the demo's curve moves (0 to 0.03), a few below 0 (more tokens than predicted) and up to 0.1 (the smallest
+# tiers).
+PRICE_GRID = (-0.02, -0.015, -0.01, -0.005, 0.0, 0.002, 0.004, 0.006, 0.008, 0.01, 0.012, 0.014, 0.017, 0.02,
+              0.025, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1)
+
+
 @torch.no_grad()
-def fit_budget_temperature(model, collator, rows: list, batch_size: int = 16, target: str = "exact") -> dict:
+def fit_budget_temperature(model, collator, rows: list, batch_size: int = 16, target: str = "exact",
+                           fit_price: bool = False) -> dict:
     """Fit `config.budget_temperature` on held-out `rows` (one question each): the temperature under which the budget
     predictor's tier probabilities best fit each row's calibration target (`target`, as it was trained: "exact" the
     oracle-minimal tier, "accuracy" the answering tiers, "stable" the stable tier; "loss" is fitted to "exact"), by
     `statistics.fit_temperature`. Writes it into `model.config` and returns the fit
     with the number of rows. The predicted tier does not change; a token price then moves questions across tiers
-    one by one."""
-    logits, targets = [], []
+    one by one. With `fit_price`, the same runs then fit the model's own price (`fit_budget_cost`)."""
+    logits, targets, exacts = [], [], []
     for start in range(0, len(rows), batch_size):
         batch = collator(rows[start : start + batch_size])
         inputs = {key: batch[key].to(model.device) for key in ("input_ids", "attention_mask", "labels",
                                                                "pixel_values")}
         plan, losses, exact = tier_runs(model, inputs)  # the plan's budget logits and the oracle, one SAM pass
         logits.append(plan.budget_logits.float())
+        exacts.append(exact)
         targets.append(tier_targets(losses, exact, target if target in ("accuracy", "stable") else "exact"))
     fit = statistics.fit_temperature(torch.cat(logits).cpu().numpy(), torch.cat(targets).cpu().numpy())
     model.config.budget_temperature = fit["temperature"]
-    return {**fit, "rows": len(rows)}
+    fit = {**fit, "rows": len(rows)}
+    if fit_price:
+        fit["price"] = fit_budget_cost(model, torch.cat(logits), torch.cat(exacts), plan.patch_features.shape[1])
+    return fit
+
+
+def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, num_patches: int,
+                    prices=PRICE_GRID) -> dict:
+    """Fit `config.budget_cost`, the model's own price of tokens under "auto", from held-out rows' tier logits and
+    whether each tier answers them exactly ([R, T] each; `tier_runs`), at the model's current temperature.
+
+    Each price in `prices` picks every row's tier by the model's own rule (`resolve_budget`); its accuracy minus the
+    constant tiers' envelope at its mean tokens (`statistics.frontier_at`: any fixed tier or random mix of two that
+    spends no more) is its margin, and the price with the largest margin wins (ties: the fewer tokens). So "auto"
+    sits where the predictor beats every constant policy by most on validation, not where training happened to
+    leave its argmax. Writes it into `model.config` and returns {"budget_cost", "accuracy", "mean_tokens",
+    "envelope", "margin", "rows"}."""
+    exact = exact.float()
+    tokens = torch.tensor([min(k, num_patches) for k in model.config.budgets], dtype=torch.float32)
+    tiers_points = [(float(t), float(a)) for t, a in zip(tokens, exact.mean(0).cpu())]
+    best = None
+    for price in prices:
+        counts, tiers = model.model.resolve_budget("auto", budget_logits, num_patches, float(price))
+        accuracy = float(exact[torch.arange(len(tiers)), tiers.cpu()].mean())
+        mean_tokens = float(counts.float().mean())
+        envelope = statistics.frontier_at(tiers_points, mean_tokens)["value"]
+        point = {"budget_cost": float(price), "accuracy": accuracy, "mean_tokens": mean_tokens,
+                 "envelope": envelope, "margin": accuracy - envelope, "rows": len(tiers)}
+        if best is None or (round(point["margin"], 9), -mean_tokens) > (round(best["margin"], 9), -best["mean_tokens"]):
+            best = point
+    model.config.budget_cost = best["budget_cost"]
+    return best
 
 
 @contextmanager
@@ -158,6 +198,8 @@ def step_tier(seed: int, step: int, num_tiers: int, weights: list[float] | None 
 __all__ = [
     "CALIBRATION_TARGETS",
     "calibration_targets",
+    "PRICE_GRID",
+    "fit_budget_cost",
     "fit_budget_temperature",
     "smallest_exact_tier",
     "answering_tiers",

@@ -292,14 +292,19 @@ def save_final(trainer, collator, eval_dataset, argv: list[str]):
 
 
 def temperature_fit(model, args, eval_dataset, collator):
-    """`fit_budget_temperature` validation rows -> config.budget_temperature (saved with the checkpoint)."""
+    """`fit_budget_temperature` validation rows -> config.budget_temperature, and with `fit_budget_cost`
+    config.budget_cost (saved with the checkpoint)."""
     if not args.fit_budget_temperature or eval_dataset is None or model.config.selection_method != "learned":
         return
     rows = [eval_dataset[i] for i in range(min(args.fit_budget_temperature, len(eval_dataset)))]
-    fit = fit_budget_temperature(model, collator, rows, target=args.calibration_target)
+    fit = fit_budget_temperature(model, collator, rows, target=args.calibration_target, fit_price=args.fit_budget_cost)
     if args.process_index == 0:
         print(f"budget temperature {fit['temperature']:.3g} on {fit['rows']} validation rows (cross-entropy to the "
               f"{args.calibration_target} target {fit['nll']:.3f}, {fit['nll_at_1']:.3f} at 1)")
+        if "price" in fit:
+            price = fit["price"]
+            print(f"budget cost {price['budget_cost']:g}: {price['accuracy']:.3f} at {price['mean_tokens']:.1f} "
+                  f"tokens, {100 * price['margin']:+.1f} points over the constant tiers' envelope")
 
 
 def pickle_free(checkpoint: Path, args):
