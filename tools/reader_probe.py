@@ -6,7 +6,7 @@ tokens, scored on the other half), and where each head of each layer looks from 
 would confuse with it).
 
     python -m tools.reader_probe CHECKPOINT [--pages 8] [--tokens 4] [--variant heldout] [--decode-pages 512]
-                                            [--heldout-factors 48] [--marker-pages 96]
+                                            [--heldout-factors 48] [--marker-pages 96] [--pooled-pages 960]
 
 docs/demo_model.md uses it to show why supervising the attention of layers 1-3 kept the answers at chance: layer 0
 rewrote the visual positions and the digits were gone from them by layer 1.
@@ -264,6 +264,43 @@ def _marker_lookup(model, processor, pages, seed, variant, batch_size) -> dict:
             "pages": pages, "digits": len(labels)}
 
 
+@torch.no_grad()
+def pooled_digit(model, processor, pages: int = 960, seed: int = 77, variant: str = "randomized",
+                 batch_size: int = 16, windows: tuple = (2, 4)) -> dict:
+    """Why uniform pooling reads local_color at chance: the asked digit (the key-coloured cell's), linearly
+    decodable (ridge, 10-way, chance 0.1) from the answer cell's SAM feature alone, from the average of the SAM
+    features of the w x w window holding it (uniform pooling's input: 2x2 at 64 tokens, 4x4 at 16), from that
+    window's pooled token in LLM space (after CLIP and the adapter) and from the cell's own token at full tokens."""
+    grid = model.config.grid_size[1]
+    tiers = {w: model.config.num_patches // (w * w) for w in windows}
+    features = {name: [] for name in ["sam_cell", "llm_full_cell"] + [f"{kind}_{w}x{w}" for w in windows
+                                                                       for kind in ("sam_pool", "llm_pool")]}
+    labels = []
+    for start in range(0, pages, batch_size):
+        rows = [render_sample("local_color", np.random.default_rng([seed, i]), variant=variant)
+                for i in range(start, min(start + batch_size, pages))]
+        patch = rows[0]["image"].width // grid
+        batch = ArrCocCollator(processor)(rows)
+        sam = model.model.get_patch_features(batch["pixel_values"])  # [B, N, C]
+        prompt = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], patch_features=sam)
+        full = model.model.get_image_features(**prompt, budget="full", selection="full").pooler_output
+        pooled = {w: model.model.get_image_features(**prompt, budget=tiers[w], selection="uniform").pooler_output
+                  for w in windows}
+        for b, row in enumerate(rows):
+            r, c = int(row["boxes"][0][1] // patch), int(row["boxes"][0][0] // patch)
+            labels.append(int(row["answers"][0]))
+            features["sam_cell"].append(sam[b, r * grid + c])
+            features["llm_full_cell"].append(full[b, r * grid + c])
+            cells = sam[b].view(grid, grid, -1)
+            for w in windows:
+                top, left = (r // w) * w, (c // w) * w
+                features[f"sam_pool_{w}x{w}"].append(cells[top : top + w, left : left + w].flatten(0, 1).mean(0))
+                features[f"llm_pool_{w}x{w}"].append(pooled[w][b, (r // w) * (grid // w) + c // w])
+    digits = torch.tensor(labels)
+    return {**{name: ridge_accuracy(torch.stack(values), digits) for name, values in features.items()},
+            "pages": pages, "tiers": tiers}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
@@ -277,6 +314,9 @@ def main(argv=None):
                         help="also probe each held-out factor over this many pages (heldout_factors; 48)")
     parser.add_argument("--marker-pages", type=int, default=0,
                         help="also probe local_key's marker lookup over this many pages (marker_lookup; 96)")
+    parser.add_argument("--pooled-pages", type=int, default=0,
+                        help="also probe what uniform pooling keeps of the asked digit over this many pages "
+                             "(pooled_digit; 960)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model, processor = load(args.checkpoint)
@@ -309,6 +349,14 @@ def main(argv=None):
               "chance 0.2:", " ".join(f"{value:.2f}" for value in marker["marker_colour_decodable"]))
         print("  layer 1 head 0 attention mass:",
               ", ".join(f"{name} {value:.3f}" for name, value in marker["attention"].items()))
+    if args.pooled_pages:
+        pooled = pooled_digit(model, processor, args.pooled_pages)
+        print(f"local_color, {pooled['pages']} random-look pages: the asked digit linearly decodable (ridge, chance "
+              f"0.1) from the answer cell's SAM feature {pooled['sam_cell']:.3f}, its full-token LLM-space token "
+              f"{pooled['llm_full_cell']:.3f};")
+        for w, tier in pooled["tiers"].items():
+            print(f"  uniform pooling to {tier} tokens ({w}x{w} cells): the window's mean SAM feature "
+                  f"{pooled[f'sam_pool_{w}x{w}']:.3f}, its pooled LLM-space token {pooled[f'llm_pool_{w}x{w}']:.3f}")
 
 
 if __name__ == "__main__":
