@@ -101,12 +101,14 @@ EVAL_FAMILIES := --synthetic-families local_color,local_key,global_count
 DEMO_CONFIGS := --training-config configs/demo/phase1.yaml --training-config configs/demo/phase2.yaml \
 	--training-config configs/demo/phase3.yaml
 # auto at several token prices (generate's budget_cost, nats per doubling of tokens): auto's own accuracy-vs-tokens
-# curve on the Pareto plot. Chosen on 480 validation questions (eval.py --split validation) of ARR-COC's phase-3
-# checkpoint trained by these phases on the shipped base, to spread the curve between the smallest tier and full:
-# there auto's own price (0) spent 36 tokens, and -0.02, -0.015, 0.003, 0.011, 0.014 and 0.06 spent 142, 57, 28, 18.5,
-# 11.7 and 9.1 (-0.012 gave 43, 0.006-0.008 27, 0.02-0.03 11.7 again: left out as repeats). The jump from 57 to 137
-# tokens lies between -0.015 and -0.018: the tier logits put most questions' second choice at 256.
-BUDGET_COSTS := --budget-costs=-0.02,-0.015,0.003,0.011,0.014,0.06
+# curve on the Pareto plot. "auto" itself runs at the checkpoint's own price (config.budget_cost, fitted on validation
+# at the end of phase 3: configs/demo/phase3.yaml); 0 is the budget predictor's argmax. The others were chosen on 480
+# validation questions (eval.py --split validation) of ARR-COC's phase-3 checkpoint trained by these phases on the
+# shipped base, to spread the curve between the smallest tier and full: there 0 spent 36 tokens, and -0.02, -0.015,
+# 0.003, 0.011, 0.014 and 0.06 spent 142, 57, 28, 18.5, 11.7 and 9.1 (-0.012 gave 43, 0.006-0.008 27, 0.02-0.03 11.7
+# again: left out as repeats). The jump from 57 to 137 tokens lies between -0.015 and -0.018: the tier logits put most
+# questions' second choice at 256.
+BUDGET_COSTS := --budget-costs=-0.02,-0.015,0,0.003,0.011,0.014,0.06
 
 .PHONY: demo-arrcoc demo-uniform demo-full
 ARRCOC_METHOD := relevance_tag=true
