@@ -111,13 +111,7 @@ DEMO_CONFIGS := --training-config configs/demo/phase1.yaml --training-config con
 BUDGET_COSTS := --budget-costs=-0.02,-0.015,0,0.003,0.011,0.014,0.06
 
 .PHONY: demo-arrcoc demo-uniform demo-full
-# ARR-COC's phases draw tier 64 half the time (the other tiers 0.1 each, full tokens 0.2) rather than every tier equally
-# often: its constant-tier ablation (tier 64 only, `make baselines`) read counting 10.6 points better than ARR-COC at
-# tier 64 [+6.3, +14.9] on the test split, and better at tiers 8-16 too; the phases' validation curves agree (counting
-# at tier 64 0.95 against 0.75 after phase 3, about 20 questions). Training counting at tiers below its need taught the
-# reader to guess. Its no-tag and fold ablations share the draw (they ablate the tag and the fold, nothing else).
-ARRCOC_TIERS := 'train_tier_weights={4: 0.1, 8: 0.1, 16: 0.1, 64: 0.5, 256: 0.2}'
-ARRCOC_METHOD := relevance_tag=true $(ARRCOC_TIERS)
+ARRCOC_METHOD := relevance_tag=true
 demo-arrcoc: venv
 	$(call train_method,.,$(ARRCOC_METHOD))
 demo-uniform: venv
@@ -157,8 +151,8 @@ demo: venv
 #   leaving no selection to ablate.
 SALIENCY_METHOD := selection_method=hotspot relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
 RANDOM_METHOD := selection_method=random relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
-NOTAG_METHOD := relevance_tag=false $(ARRCOC_TIERS)
-FOLD_METHOD := relevance_tag=true fold_dropped=true $(ARRCOC_TIERS)
+NOTAG_METHOD := relevance_tag=false
+FOLD_METHOD := relevance_tag=true fold_dropped=true
 CONSTANT_TIER := 64
 CONSTANT_METHOD := relevance_tag=true train_budget=$(CONSTANT_TIER) eval_budget=$(CONSTANT_TIER) calibration_every=0 loss_weight_budget=0.0 \
 	loss_weight_efficiency=0.0
