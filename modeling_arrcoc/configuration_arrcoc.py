@@ -134,7 +134,8 @@ class ArrCocConfig(PreTrainedConfig):
             raise ValueError(f"budgets must be positive, unique and ascending, got {self.budgets}")
         if not (math.isfinite(self.budget_temperature) and self.budget_temperature > 0):
             raise ValueError(f"budget_temperature must be a positive number, got {self.budget_temperature}")
-        if isinstance(self.budget_cost, bool) or not math.isfinite(self.budget_cost):
+        if isinstance(self.budget_cost, bool) or not isinstance(self.budget_cost, (int, float)) \
+                or not math.isfinite(self.budget_cost):
             raise ValueError(f"budget_cost must be a finite number (the price of tokens under 'auto'), got "
                              f"{self.budget_cost!r}")
         for name in ("allocator_hidden_size", "adapter_num_layers", "num_vet_prototypes", "visual_vocab_size"):

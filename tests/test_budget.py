@@ -186,12 +186,14 @@ def test_fit_budget_temperature_writes_the_config(tiny):
     model, processor = tiny
     rows = [render_sample("local_color", np.random.default_rng(i), 64, 8) for i in range(6)]
     before = model.config.budget_temperature
+    model.config.budget_cost = 0.5  # a price fitted on the old temperature's scale
     try:
         fit = fit_budget_temperature(model, ArrCocCollator(processor, patch_size=8), rows, batch_size=4)
         assert fit["rows"] == 6 and model.config.budget_temperature == fit["temperature"] > 0
         assert fit["nll"] <= fit["nll_at_1"] + 1e-9
+        assert model.config.budget_cost == 0.0, "a refitted temperature drops the old price"
     finally:
-        model.config.budget_temperature = before
+        model.config.budget_temperature, model.config.budget_cost = before, 0.0
 
 
 def test_fit_budget_cost_takes_the_price_furthest_above_the_envelope(tester):
@@ -208,12 +210,13 @@ def test_fit_budget_cost_takes_the_price_furthest_above_the_envelope(tester):
         fit = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(0.0, 1.0, 20.0))
         # Tokens 4 / 16 / 64 (100 clamped to the 64 patches): price 1 answers all 8 at (4 * 4 + 4 * 64) / 8 = 34
         # tokens, where the tiers' envelope (4, 0.5) to (64, 1.0) reads 0.75.
-        assert (fit["budget_cost"], fit["accuracy"], fit["mean_tokens"]) == (1.0, 1.0, 34.0)
+        assert (fit["budget_cost"], fit["accuracy"], fit["mean_tokens"], fit["at_edge"]) == (1.0, 1.0, 34.0, False)
         assert fit["envelope"] == pytest.approx(0.75) and fit["margin"] == pytest.approx(0.25)
         assert model.config.budget_cost == 1.0
         assert (model.model.resolve_budget("auto", logits, tester.num_patches)[1] == torch.tensor([0] * 4 + [2] * 4)).all()
         tie = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(0.0, 20.0))
         assert tie["budget_cost"] == 20.0 and tie["margin"] == pytest.approx(0.0), "a tie goes to the fewer tokens"
+        assert tie["at_edge"], "the grid's last price won: the best price may lie beyond it"
     finally:
         model.config.budget_cost = 0.0
 

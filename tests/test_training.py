@@ -847,3 +847,22 @@ def test_llm_attention_scale_scales_the_query_and_key_norms_once():
     assert len(changed) == 2 * scaled.config.text_config.num_hidden_layers
     for name in changed:
         torch.testing.assert_close(scaled.state_dict()[name], 2.0 * plain.state_dict()[name])
+
+
+def test_training_auto_is_the_predicted_tier_whatever_price_the_checkpoint_carries(tmp_path, datasets, processor):
+    """Phase 1 trains at "auto": the budget predictor's own tier. A checkpoint fitted for inference carries a price
+    (config.budget_cost); a phase started from it must not train at that price."""
+    tiers = []
+    for price in (0.0, 100.0):  # 100: at inference every question would take the smallest tier
+        trainer = make_trainer(tmp_path, datasets, processor, calibration_every=0)
+        trainer.model.config.budget_cost = price
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        trainer.model.eval()
+        with torch.no_grad():
+            _, out = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True)
+            priced = trainer.model.model.plan_allocation(input_ids=batch["input_ids"],
+                                                         attention_mask=batch["attention_mask"],
+                                                         pixel_values=batch["pixel_values"]).budget_tiers
+        tiers.append(out.budget_tiers)
+    assert torch.equal(tiers[0], tiers[1])
+    assert (priced == 0).all() and not (tiers[1] == 0).all(), "the price would have moved them: the test can fail"

@@ -49,7 +49,8 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
           "latency_ms_per_query": float,  # wall time per query, SAM + selection + generation, batched
           "compression_ratio": float,     # grid patches / mean_visual_tokens
           "budget": "auto" | "full" | int,# the budget asked for (a tier value)
-          "budget_cost": float,           # auto runs only: the token price it ran at ("auto": the model's own)
+          "budget_cost": float,           # auto runs only: the token price it ran at ("auto": the model's own;
+                                          # null only for a run built by hand, not by the runner)
           "selection": str,               # "learned", "uniform", "hotspot", "random", "full" or "query_sim"
           "num_samples": int,
           "interval": [low, high], "n": int,      # 95% percentile bootstrap interval of accuracy (statistics.py)

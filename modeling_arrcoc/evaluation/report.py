@@ -363,7 +363,7 @@ def headline(report: dict) -> list:
     if auto is None:
         return lines
     price = auto.get("budget_cost")
-    own = f" (its own token price {price:g}, fitted on validation)" if price else ""
+    own = f" (at the model's own token price, config.budget_cost = {price:g})" if price is not None else ""
     lines.append(f"ARR-COC at auto{own}: {auto['accuracy']:.3f} at {auto['mean_visual_tokens']:.1f} mean visual tokens "
                  f"(n = {n}; 95% bootstrap intervals throughout, differences paired on the same questions).")
     trained = {name: entry for name, entry in (comparisons.get("auto_vs_baseline") or {}).items() if entry["trained"]}

@@ -143,6 +143,8 @@ def fit_budget_temperature(model, collator, rows: list, batch_size: int = 16, ta
     fit = {**fit, "rows": len(rows)}
     if fit_price:
         fit["price"] = fit_budget_cost(model, torch.cat(logits), torch.cat(exacts), plan.patch_features.shape[1])
+    else:  # a price is in units of the old temperature's log-probabilities: it does not carry over
+        model.config.budget_cost = 0.0
     return fit
 
 
@@ -156,7 +158,8 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, num
     spends no more) is its margin, and the price with the largest margin wins (ties: the fewer tokens). So "auto"
     sits where the predictor beats every constant policy by most on validation, not where training happened to
     leave its argmax. Writes it into `model.config` and returns {"budget_cost", "accuracy", "mean_tokens",
-    "envelope", "margin", "rows"}."""
+    "envelope", "margin", "rows", "at_edge"}; `at_edge` says the winner is the grid's first or last price (the best
+    price may lie beyond it)."""
     exact = exact.float()
     tokens = torch.tensor([min(k, num_patches) for k in model.config.budgets], dtype=torch.float32)
     tiers_points = [(float(t), float(a)) for t, a in zip(tokens, exact.mean(0).cpu())]
@@ -171,7 +174,7 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, num
         if best is None or (round(point["margin"], 9), -mean_tokens) > (round(best["margin"], 9), -best["mean_tokens"]):
             best = point
     model.config.budget_cost = best["budget_cost"]
-    return best
+    return {**best, "at_edge": best["budget_cost"] in (min(prices), max(prices))}
 
 
 @contextmanager

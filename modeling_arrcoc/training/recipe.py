@@ -304,7 +304,8 @@ def temperature_fit(model, args, eval_dataset, collator):
         if "price" in fit:
             price = fit["price"]
             print(f"budget cost {price['budget_cost']:g}: {price['accuracy']:.3f} at {price['mean_tokens']:.1f} "
-                  f"tokens, {100 * price['margin']:+.1f} points over the constant tiers' envelope")
+                  f"tokens, {100 * price['margin']:+.1f} points over the constant tiers' envelope"
+                  + (" (at the edge of the price grid: the best price may lie beyond it)" if price["at_edge"] else ""))
 
 
 def pickle_free(checkpoint: Path, args):

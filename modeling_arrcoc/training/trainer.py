@@ -234,7 +234,9 @@ class ArrCocTrainer(Trainer):
         if supervise_words:
             extra["output_hidden_states"] = True
         window = answer_window(inputs["labels"]) if self.args.logits_on_labels_only else 0
-        outputs = model(**inputs, budget=budget, logits_to_keep=window, **extra)
+        # Training's "auto" is the predictor's own tier (price 0), whatever price a fitted checkpoint it started from
+        # carries: that price is chosen after training, for inference.
+        outputs = model(**inputs, budget=budget, budget_cost=0.0, logits_to_keep=window, **extra)
         # Every model term the loss table names, by its output field (None where it was not computed).
         components = {name: getattr(outputs, LOSS_TERMS[name].field, None) for name in LOSS_COMPONENTS}
         if supervise_attention:
