@@ -22,6 +22,13 @@ def tier_index(budget, budgets) -> int:
     raise ValueError(budget_error(budget, budgets))
 
 
+def check_budget_cost(value) -> None:
+    """A token price under budget "auto" (the config's own, or a call's) must be a finite number; a bool is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"budget_cost must be a finite number (the price of tokens under budget 'auto'), got "
+                         f"{value!r}.")
+
+
 def budget_error(budget, budgets) -> str:
     return (
         f"Unknown budget {budget!r}: expected 'auto', 'full', a tier value in {list(budgets)}, a tier index in "
@@ -134,10 +141,7 @@ class ArrCocConfig(PreTrainedConfig):
             raise ValueError(f"budgets must be positive, unique and ascending, got {self.budgets}")
         if not (math.isfinite(self.budget_temperature) and self.budget_temperature > 0):
             raise ValueError(f"budget_temperature must be a positive number, got {self.budget_temperature}")
-        if isinstance(self.budget_cost, bool) or not isinstance(self.budget_cost, (int, float)) \
-                or not math.isfinite(self.budget_cost):
-            raise ValueError(f"budget_cost must be a finite number (the price of tokens under 'auto'), got "
-                             f"{self.budget_cost!r}")
+        check_budget_cost(self.budget_cost)
         for name in ("allocator_hidden_size", "adapter_num_layers", "num_vet_prototypes", "visual_vocab_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -188,4 +192,5 @@ class ArrCocConfig(PreTrainedConfig):
         return min(pairs, key=lambda rc: abs(math.log(rc[0] / rc[1]) - math.log(grid[0] / grid[1])))
 
 
-__all__ = ["ArrCocClipVisionConfig", "ArrCocConfig", "SELECTION_METHODS", "budget_error", "tier_index"]
+__all__ = ["ArrCocClipVisionConfig", "ArrCocConfig", "SELECTION_METHODS", "budget_error", "check_budget_cost",
+           "tier_index"]

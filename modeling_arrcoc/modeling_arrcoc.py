@@ -6,7 +6,6 @@ loss terms in `losses`; the names users import from here are re-exported.
 """
 
 import dataclasses
-import math
 
 import torch
 from torch import nn
@@ -28,7 +27,7 @@ from transformers.utils.import_utils import is_tracing
 
 from .adapter_arrcoc import ArrCocQualityAdapter
 from .allocator_arrcoc import ArrCocAllocator, Selection
-from .configuration_arrcoc import ArrCocConfig
+from .configuration_arrcoc import ArrCocConfig, check_budget_cost
 from .generation_arrcoc import check_no_assisted_decoding, generate_by_tier, generation_pad_token_id
 from .layers_arrcoc import ArrCocZeroInitEmbedding, ArrCocZeroInitLinear
 from .losses import (  # noqa: F401  (answer_window and the loss functions are re-exported from here)
@@ -756,9 +755,7 @@ class ArrCocForConditionalGeneration(ArrCocPreTrainedModel, GenerationMixin):
 
 def _priced_tiers(budget_logits, config, num_patches, budget_cost):
     budget_cost = config.budget_cost if budget_cost is None else budget_cost
-    if not isinstance(budget_cost, (int, float)) or isinstance(budget_cost, bool) or not math.isfinite(budget_cost):
-        raise ValueError(f"budget_cost must be a finite number (the price of tokens under budget 'auto'), got "
-                         f"{budget_cost!r}.")
+    check_budget_cost(budget_cost)
     if budget_cost == 0:
         return budget_logits.argmax(-1)  # exactly the predicted tier (no log-softmax round-off)
     tokens = torch.tensor([min(k, num_patches) for k in config.budgets], dtype=torch.float32,

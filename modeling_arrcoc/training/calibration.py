@@ -161,8 +161,8 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, num
     "envelope", "margin", "rows", "at_edge"}; `at_edge` says the winner is the grid's first or last price (the best
     price may lie beyond it)."""
     exact = exact.float()
-    tokens = torch.tensor([min(k, num_patches) for k in model.config.budgets], dtype=torch.float32)
-    tiers_points = [(float(t), float(a)) for t, a in zip(tokens, exact.mean(0).cpu())]
+    tiers_points = [(float(model.config.tier_tokens(tier)), float(accuracy))
+                    for tier, accuracy in enumerate(exact.mean(0).cpu())]
     best = None
     for price in prices:
         counts, tiers = model.model.resolve_budget("auto", budget_logits, num_patches, float(price))
