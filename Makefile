@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch lies on this machine's disk; pinning it keeps pip from pulling a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test demo baselines baselines-eval pretrain presets bench readme app clean
+.PHONY: venv test demo baselines baselines-eval seeds seeds-eval pretrain presets bench readme app clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -193,6 +193,26 @@ baselines: venv
 baselines-eval: venv
 	$(PY) eval.py $(DEMO)/checkpoint --dataset synthetic --split test --budget all --num-samples 1200 $(EVAL_FAMILIES) \
 		$(TRAINED) $(BASELINE_TRAINED) --baselines query_sim $(BUDGET_COSTS) --output-dir $(DEMO)/baselines $(DEMO_CONFIGS)
+
+# The comparison's run-to-run spread (docs/demo_model.md): ARR-COC and the full-resolution reference retrained by the
+# same phases from the same base at other seeds (make demo's are seed 0; the seed moves data order, tier draws and
+# new weights, never the data), each pair measured on make demo's questions; tools.seed_report gives every seed and
+# the spread across them. After make demo; about 35 minutes for two seeds on 2 cores.
+SEEDS ?= 1 2
+seed-arrcoc-%: venv
+	$(call train_method,seeds/$*/arrcoc,$(ARRCOC_METHOD) seed=$*)
+seed-full-%: venv
+	$(call train_method,seeds/$*/full,$(FULL_METHOD) seed=$*)
+seeds: venv
+	$(call started,$(DEMO)/seeds)
+	$(PARALLEL) $(foreach s,$(SEEDS),seed-full-$(s) seed-arrcoc-$(s))
+	$(MAKE) --no-print-directory seeds-eval
+	$(call finished,$(DEMO)/seeds)
+seeds-eval: venv
+	$(foreach s,$(SEEDS),$(PY) eval.py $(DEMO)/seeds/$(s)/arrcoc/phase3/checkpoint --dataset synthetic --split test \
+		--budget all --num-samples 1200 $(EVAL_FAMILIES) --method full=$(DEMO)/seeds/$(s)/full/phase3/checkpoint \
+		--baselines none --output-dir $(DEMO)/seeds/$(s) $(DEMO_CONFIGS) && ) true
+	$(PY) -m tools.seed_report 0=$(DEMO) $(foreach s,$(SEEDS),$(s)=$(DEMO)/seeds/$(s)) --output $(DEMO)/seeds/report.json
 
 bench: venv
 	$(PY) -m bench.run_all

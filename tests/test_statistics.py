@@ -30,10 +30,10 @@ paired_difference = statistics.paired_difference
 
 def test_public_names():
     assert sorted(statistics.__all__) == [
-        "accuracy_with_intervals", "bootstrap_interval", "calibration_vs_constant", "chance_level",
+        "accuracy_with_intervals", "across_seeds", "bootstrap_interval", "calibration_vs_constant", "chance_level",
         "constant_tier_policies", "envelope_vertices", "family_means", "family_router", "fit_temperature",
         "frontier_at", "frontier_difference", "oracle_policy", "oracle_tiers", "paired_difference", "stable_tiers",
-        "tier_tokens"]
+        "t_quantile", "tier_tokens"]
     assert all(callable(getattr(statistics, name)) for name in statistics.__all__)
 
 FAST = {"n_resamples": 500}
@@ -45,6 +45,32 @@ def _binary(n, p, seed):
 
 def _width(interval):
     return interval["high"] - interval["low"]
+
+
+# --------------------------------------------------------------------------------- across seeds
+@pytest.mark.parametrize("df, exact", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (11, 2.2010), (20, 2.0860),
+                                       (30, 2.0423), (120, 1.9799)])
+def test_t_quantile_matches_student_t(df, exact):
+    assert statistics.t_quantile(df) == pytest.approx(exact, abs=3e-3)
+
+
+def test_t_quantile_needs_a_degree_of_freedom():
+    with pytest.raises(ValueError, match="2 seeds"):
+        statistics.t_quantile(0)
+
+
+def test_across_seeds_is_a_t_interval_around_the_mean():
+    spread = statistics.across_seeds([0.80, 0.85, 0.82])
+    assert spread["mean"] == pytest.approx(0.82333, abs=1e-5) and spread["n"] == 3
+    assert spread["std"] == pytest.approx(float(np.std([0.80, 0.85, 0.82], ddof=1)))
+    half = 4.3027 * spread["std"] / math.sqrt(3)
+    assert (spread["low"], spread["high"]) == pytest.approx((spread["mean"] - half, spread["mean"] + half), abs=1e-4)
+    assert (spread["min"], spread["max"]) == (0.80, 0.85)
+    # more seeds with the same spread give a narrower interval
+    wider = statistics.across_seeds([0.80, 0.85])
+    assert wider["high"] - wider["low"] > spread["high"] - spread["low"]
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        statistics.across_seeds([0.8])
 
 
 # --------------------------------------------------------------------------------- bootstrap

@@ -1,0 +1,88 @@
+"""Run-to-run spread: the demo's comparison (ARR-COC at auto against the trained full-resolution reference) trained
+at several seeds and measured on the same questions.
+
+A bootstrap interval over questions says how much one trained model's accuracy would move on other questions; it
+says nothing about how much another training run would move it. On 2 cores one run's float-sum order alone moved
+ARR-COC by up to 4 points (docs/demo_model.md), so a difference of a few points needs several runs. This module
+reads one evaluation per seed (eval.py's eval.json and predictions.jsonl, all on the same questions) and reports:
+
+- per seed: auto's accuracy, tokens and price, the reference's accuracy, their paired difference with its interval
+  over questions, auto's margin over the constant tiers' envelope, and each forced tier's accuracy;
+- across seeds: the mean, sample standard deviation, range and a 95% Student-t interval of each (n = the seeds);
+- pooled: the paired difference of the seed-averaged answers (each question's correctness averaged over the seeds,
+  for auto and for the reference), with a bootstrap interval over questions: the expected model's difference, the
+  run-to-run noise averaged out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import statistics
+from ..metrics import METRICS
+
+def load_run(folder) -> dict:
+    """One seed's evaluation: eval.json and predictions.jsonl from eval.py's --output-dir."""
+    folder = Path(folder)
+    report = json.loads((folder / "eval.json").read_text())
+    with open(folder / "predictions.jsonl") as handle:
+        rows = [json.loads(line) for line in handle]
+    return {"folder": str(folder), "report": report, "rows": rows}
+
+
+def _scores(run: dict, method: str) -> np.ndarray:
+    metric = METRICS[run["report"]["meta"]["metric"]]
+    try:
+        return np.asarray([metric(row["predictions"][method], row["answers"]) for row in run["rows"]], dtype=float)
+    except KeyError:
+        raise ValueError(f"{run['folder']}/predictions.jsonl has no method {method!r}: evaluate it with "
+                         f"that method (eval.py --method / --budget all).") from None
+
+
+def _same_questions(runs: list) -> None:
+    first = [(row["task"], row["question"], row["answers"]) for row in runs[0]["rows"]]
+    for run in runs[1:]:
+        if [(row["task"], row["question"], row["answers"]) for row in run["rows"]] != first:
+            raise ValueError(f"{run['folder']} was evaluated on other questions than {runs[0]['folder']}: the "
+                             "seeds must be measured on the same split, families and number of samples.")
+
+
+def seed_row(seed, run: dict, method: str, reference: str) -> dict:
+    """One seed's numbers (see the module docstring), from its report and its answers."""
+    paired = statistics.paired_difference(_scores(run, method), _scores(run, reference))
+    report = run["report"]
+    auto, ref = report["methods"][method], report["methods"][reference]
+    tiers = {key: value["accuracy"] for key, value in report["methods"].items() if key.startswith("tier_")}
+    frontier = report.get("frontier") or {}
+    return {"seed": seed, "folder": run["folder"], "accuracy": auto["accuracy"],
+            "mean_tokens": auto["mean_visual_tokens"], "budget_cost": auto.get("budget_cost"),
+            "reference_accuracy": ref["accuracy"], "difference": paired["difference"], "low": paired["low"],
+            "high": paired["high"], "accuracy_kept": auto["accuracy"] / ref["accuracy"] if ref["accuracy"] else None,
+            "envelope_margin": frontier.get("difference"), "envelope_low": frontier.get("low"),
+            "envelope_high": frontier.get("high"), "tiers": tiers, "n": len(run["rows"])}
+
+
+def seed_study(runs: dict, method: str = "auto", reference: str = "trained_full") -> dict:
+    """`runs`: seed -> `load_run(...)`, every run on the same questions. Returns {"per_seed", "across", "pooled",
+    "method", "reference"} (module docstring)."""
+    if len(runs) < 2:
+        raise ValueError(f"a seed study needs at least 2 seeds, got {len(runs)}.")
+    ordered = [runs[seed] for seed in sorted(runs)]
+    _same_questions(ordered)
+    per_seed = [seed_row(seed, runs[seed], method, reference) for seed in sorted(runs)]
+    fields = ("accuracy", "mean_tokens", "reference_accuracy", "difference", "accuracy_kept", "envelope_margin")
+    across = {field: statistics.across_seeds([row[field] for row in per_seed]) for field in fields
+              if all(row[field] is not None for row in per_seed)}
+    tier_names = sorted(set.intersection(*(set(row["tiers"]) for row in per_seed)), key=lambda t: int(t[5:]))
+    across["tiers"] = {tier: statistics.across_seeds([row["tiers"][tier] for row in per_seed]) for tier in tier_names}
+    mean_auto = np.mean([_scores(run, method) for run in ordered], axis=0)
+    mean_ref = np.mean([_scores(run, reference) for run in ordered], axis=0)
+    pooled = statistics.paired_difference(mean_auto, mean_ref)
+    pooled.update(accuracy=[float(mean_auto.mean()), float(mean_ref.mean())], seeds=len(ordered))
+    return {"method": method, "reference": reference, "per_seed": per_seed, "across": across, "pooled": pooled}
+
+
+__all__ = ["load_run", "seed_row", "seed_study"]

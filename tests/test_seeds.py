@@ -1,0 +1,67 @@
+"""Tests for modeling_arrcoc/evaluation/seeds.py: the comparison across training seeds, read from eval.py's
+eval.json and predictions.jsonl (written here in that form)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from modeling_arrcoc.evaluation.seeds import load_run, seed_study
+
+
+def _write_run(folder, auto, reference, tiers, questions=None, price=0.1):
+    """One eval.py output folder: `auto`, `reference` and each tier's correctness per question (1 = right)."""
+    folder.mkdir(parents=True)
+    questions = questions or [f"q{i}" for i in range(len(auto))]
+    rows, methods = [], {}
+    scored = {"auto": auto, "trained_full": reference, **{f"tier_{k}": v for k, v in tiers.items()}}
+    for i, question in enumerate(questions):
+        rows.append({"index": i, "task": "local_key", "question": question, "answers": ["7"],
+                     "predictions": {name: "7" if right[i] else "3" for name, right in scored.items()}})
+    for name, right in scored.items():
+        methods[name] = {"accuracy": float(np.mean(right)), "mean_visual_tokens": 8.0 if name == "auto" else 256.0}
+    methods["auto"]["budget_cost"] = price
+    report = {"meta": {"metric": "exact_match"}, "methods": methods,
+              "frontier": {"difference": 0.02, "low": 0.0, "high": 0.04}}
+    (folder / "eval.json").write_text(json.dumps(report))
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def test_seed_study_reports_each_seed_the_spread_and_the_seed_averaged_difference(tmp_path):
+    rng = np.random.default_rng(0)
+    runs = {}
+    for seed, (p_auto, p_ref) in enumerate([(0.8, 0.9), (0.85, 0.9), (0.75, 0.85)]):
+        auto, ref = (rng.random(400) < p_auto).astype(int), (rng.random(400) < p_ref).astype(int)
+        runs[seed] = load_run(_write_run(tmp_path / str(seed), auto, ref, {4: auto, 64: ref}))
+    study = seed_study(runs)
+    per_seed = study["per_seed"]
+    assert [row["seed"] for row in per_seed] == [0, 1, 2] and all(row["n"] == 400 for row in per_seed)
+    for row in per_seed:  # each seed's paired difference is its own two methods' accuracy gap, inside its interval
+        assert row["difference"] == pytest.approx(row["accuracy"] - row["reference_accuracy"])
+        assert row["low"] <= row["difference"] <= row["high"]
+    across = study["across"]["difference"]
+    differences = [row["difference"] for row in per_seed]
+    assert across["mean"] == pytest.approx(np.mean(differences)) and across["n"] == 3
+    assert across["low"] < min(differences) and across["high"] > max(differences)  # t at 2 df is wide
+    assert set(study["across"]["tiers"]) == {"tier_4", "tier_64"}
+    pooled = study["pooled"]
+    assert pooled["difference"] == pytest.approx(np.mean(differences)) and pooled["seeds"] == 3
+    assert pooled["low"] < pooled["difference"] < pooled["high"] < 0  # auto is below the reference here
+
+
+def test_seed_study_refuses_runs_on_other_questions(tmp_path):
+    ones = np.ones(10, dtype=int)
+    first = load_run(_write_run(tmp_path / "a", ones, ones, {4: ones}))
+    other = load_run(_write_run(tmp_path / "b", ones, ones, {4: ones}, questions=[f"x{i}" for i in range(10)]))
+    with pytest.raises(ValueError, match="other questions"):
+        seed_study({0: first, 1: other})
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        seed_study({0: first})
+
+
+def test_seed_study_names_a_method_the_run_lacks(tmp_path):
+    ones = np.ones(10, dtype=int)
+    runs = {seed: load_run(_write_run(tmp_path / str(seed), ones, ones, {4: ones})) for seed in (0, 1)}
+    with pytest.raises(ValueError, match="no method 'trained_uniform'"):
+        seed_study(runs, reference="trained_uniform")
