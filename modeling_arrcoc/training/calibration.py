@@ -115,9 +115,9 @@ def tier_targets(losses, exact, target: str, tolerance: float = 0.0, max_loss: f
 
 # The prices `fit_budget_cost` chooses among (nats per doubling of tokens, on the fitted temperature's scale): dense
 # where the demo's curve moves (0 to 0.03), a few below 0 (more tokens than predicted) and up to 1, where every
-# question of the demo sits at the smallest tier (ARR-COC and its no-tag ablation, 480 validation questions). The grid once stopped at 0.1 and the demo's fit landed on that edge;
-# on 480 validation questions its margin over the envelope kept rising to 0.2, and the no-tag ablation's fit then
-# landed on 0.5.
+# question of the demo sits at the smallest tier (ARR-COC and its no-tag ablation, 480 validation questions). The grid
+# once stopped at 0.1 and the demo's fit landed on that edge; on 480 validation questions its margin over the envelope
+# kept rising to 0.2, and the no-tag ablation's fit then landed on 0.5.
 PRICE_GRID = (-0.02, -0.015, -0.01, -0.005, 0.0, 0.002, 0.004, 0.006, 0.008, 0.01, 0.012, 0.014, 0.017, 0.02,
               0.025, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
               0.7, 1.0)
