@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from modeling_arrcoc.evaluation.seeds import load_run, seed_study
+from modeling_arrcoc.evaluation.seeds import load_run, seed_study, seed_table
 
 
 def _write_run(folder, auto, reference, tiers, questions=None, price=0.1):
@@ -65,3 +65,18 @@ def test_seed_study_names_a_method_the_run_lacks(tmp_path):
     runs = {seed: load_run(_write_run(tmp_path / str(seed), ones, ones, {4: ones})) for seed in (0, 1)}
     with pytest.raises(ValueError, match="no method 'trained_uniform'"):
         seed_study(runs, reference="trained_uniform")
+
+
+def test_seed_table_shows_every_seed_and_the_spread(tmp_path):
+    rng = np.random.default_rng(1)
+    runs = {}
+    for seed in (0, 3):
+        auto, ref = (rng.random(50) < 0.7).astype(int), (rng.random(50) < 0.9).astype(int)
+        runs[seed] = load_run(_write_run(tmp_path / str(seed), auto, ref, {4: auto}, price=0.12))
+    study = seed_study(runs)
+    lines = seed_table(study)
+    assert [line.split(" | ")[0] for line in lines[2:5]] == ["| 0", "| 3", "| mean of 2 seeds"]
+    row = study["per_seed"][1]
+    assert f"| 3 | {row['accuracy']:.3f} | 8.0 (0.12) | {row['reference_accuracy']:.3f} | " in lines[3]
+    pooled = study["pooled"]
+    assert f"difference {100 * pooled['difference']:+.1f} [" in lines[-1] and "over 50 questions" in lines[-1]

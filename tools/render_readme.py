@@ -6,6 +6,7 @@
     docs/results.md (the tables that run past a screen; its figures lie beside it in docs/)
       demo      <- outputs/demo/eval.json                 (make demo)
       baselines <- outputs/demo/baselines/eval.json       (make baselines)
+      seeds     <- outputs/demo/seeds/report.json         (make seeds)
       pretrain  <- pretrained/demo-base/PROVENANCE.json   (make pretrain)
       bench     <- outputs/bench/summary.md               (make bench)
 
@@ -20,10 +21,11 @@ from pathlib import Path
 from modeling_arrcoc.evaluation.model_card import RELEVANCE_TAG
 from modeling_arrcoc.evaluation.readme import fill_blocks
 from modeling_arrcoc.evaluation.report import headline
+from modeling_arrcoc.evaluation.seeds import seed_table
 from modeling_arrcoc.provenance import PROVENANCE, REPO_ROOT as ROOT
 
 # Which page holds which block (tests/test_training.py checks the pages against it).
-PAGES = {"README.md": ("headline", "heatmap"), "docs/results.md": ("demo", "baselines", "pretrain", "bench")}
+PAGES = {"README.md": ("headline", "heatmap"), "docs/results.md": ("demo", "baselines", "seeds", "pretrain", "bench")}
 
 
 def demo_block(report: dict) -> str:
@@ -167,6 +169,11 @@ def blocks() -> dict:
     if baselines.exists():
         out["baselines"] = baselines_block(json.loads(baselines.read_text()),
                                            read_json(ROOT / "outputs/demo/baselines/timing.json"))
+    seeds = read_json(ROOT / "outputs/demo/seeds/report.json")
+    if seeds is not None:
+        took = read_json(ROOT / "outputs/demo/seeds/timing.json")
+        out["seeds"] = "\n".join(seed_table(seeds)) + ("" if took is None else (
+            f"\n\n`make seeds` took {took['seconds'] / 60:.1f} minutes on {took['cores']} cores."))
     heatmap = ROOT / "outputs/demo/heatmaps.png"
     if heatmap.exists():
         shutil.copyfile(heatmap, ROOT / "docs/heatmaps.png")

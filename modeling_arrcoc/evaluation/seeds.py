@@ -85,4 +85,39 @@ def seed_study(runs: dict, method: str = "auto", reference: str = "trained_full"
     return {"method": method, "reference": reference, "per_seed": per_seed, "across": across, "pooled": pooled}
 
 
-__all__ = ["load_run", "seed_row", "seed_study"]
+def seed_table(study: dict) -> list:
+    """The study as markdown lines: one row per seed, the spread across seeds, the seed-averaged difference."""
+    def points(value):
+        return f"{100 * value:+.1f}"
+
+    rows = ["| seed | auto accuracy | auto tokens (price) | reference accuracy | auto minus reference [95% interval] "
+            "| auto over the envelope [95% interval] |", "|---|---|---|---|---|---|"]
+    for row in study["per_seed"]:
+        margin = ("" if row["envelope_margin"] is None else
+                  f"{points(row['envelope_margin'])} [{points(row['envelope_low'])}, {points(row['envelope_high'])}]")
+        rows.append(f"| {row['seed']} | {row['accuracy']:.3f} | {row['mean_tokens']:.1f} ({row['budget_cost']}) | "
+                    f"{row['reference_accuracy']:.3f} | {points(row['difference'])} [{points(row['low'])}, "
+                    f"{points(row['high'])}] | {margin} |")
+    across = study["across"]
+
+    def spread(field, scale=1.0, sign=""):
+        if field not in across:
+            return ""
+        value, digits = across[field], 1 if scale != 1.0 or field == "mean_tokens" else 3
+        mean, low, high = (f"{scale * value[key]:{sign}.{digits}f}" for key in ("mean", "low", "high"))
+        return f"{mean} (sd {scale * value['std']:.{digits}f}; t interval [{low}, {high}])"
+
+    rows.append(f"| mean of {len(study['per_seed'])} seeds | {spread('accuracy')} | {spread('mean_tokens')} | "
+                f"{spread('reference_accuracy')} | {spread('difference', 100, '+')} | "
+                f"{spread('envelope_margin', 100, '+')} |")
+    pooled = study["pooled"]
+    tiers = ", ".join(f"{name[5:]}: {value['mean']:.3f} [{value['min']:.3f}-{value['max']:.3f}]"
+                      for name, value in across.get("tiers", {}).items())
+    summary = (f"Seed-averaged answers (each question's correctness averaged over the {pooled['seeds']} seeds): "
+               f"auto {pooled['accuracy'][0]:.3f}, reference {pooled['accuracy'][1]:.3f}, difference "
+               f"{points(pooled['difference'])} [{points(pooled['low'])}, {points(pooled['high'])}] (paired bootstrap "
+               f"over {pooled['n']} questions). Forced tiers, mean [range] over seeds: {tiers}.")
+    return [*rows, "", summary]
+
+
+__all__ = ["load_run", "seed_row", "seed_study", "seed_table"]
