@@ -111,9 +111,9 @@ DEMO_CONFIGS := --training-config configs/demo/phase1.yaml --training-config con
 # validation questions (eval.py --split validation) of ARR-COC's phase-3 checkpoint trained by these phases on the
 # shipped base, to spread the curve between the smallest tier and full: there 0 spent 36 tokens, and -0.02, -0.015,
 # 0.003, 0.011, 0.014 and 0.06 spent 142, 57, 28, 18.5, 11.7 and 9.1 (-0.012 gave 43, 0.006-0.008 27, 0.02-0.03 11.7
-# again: left out as repeats). The jump from 57 to 137 tokens lies between -0.015 and -0.018: the tier logits put most
-# questions' second choice at 256.
-BUDGET_COSTS := --budget-costs=-0.02,-0.015,0,0.003,0.011,0.014,0.06
+# again: left out as repeats), and 0.2 5.7, between the smallest tiers (0.15 6.7, 0.3 4.7). The jump from 57 to 137
+# tokens lies between -0.015 and -0.018: the tier logits put most questions' second choice at 256.
+BUDGET_COSTS := --budget-costs=-0.02,-0.015,0,0.003,0.011,0.014,0.06,0.2
 
 .PHONY: demo-arrcoc demo-uniform demo-full
 ARRCOC_METHOD := relevance_tag=true
