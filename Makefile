@@ -147,8 +147,8 @@ demo: venv
 
 # The rest of the protocol after `make demo`, each trained by the same three phases from the same base with the
 # same steps, and evaluated with the demo's models on the same questions (query_sim included):
-# - baselines: saliency top-K (VisionZip-style: SAM's query-agnostic hotspots) and random K, trained at every tier
-#   (one K drawn per step), without the tag;
+# - baselines: saliency top-K (VisionZip-style: SAM's query-agnostic hotspots), random K and the learned compressor,
+#   trained at every tier (one K drawn per step), without the tag;
 # - ablations of ARR-COC: no relevance tag; the fold of dropped patches into the kept tokens turned on (off in
 #   ARR-COC and every method since it cost 18 points at tier 4: configs/demo/phase1.yaml); learned selection at one
 #   constant tier, tier 64, the tier nearest auto's mean tokens in the demo (the report also compares the ablation
@@ -156,6 +156,10 @@ demo: venv
 #   leaving no selection to ablate.
 SALIENCY_METHOD := selection_method=hotspot relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
 RANDOM_METHOD := selection_method=random relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
+# The learned compressor: uniform pooling's windows, each mapped by a learned linear layer (per tier, starting as the
+# mean) instead of averaged, as DeepSeek-OCR's and Qwen2-VL's compressors are learned; it trains where the allocator
+# does (phases 1 and 3). The fair fixed-rate baseline: a mean of SAM features loses the digit (docs/demo_model.md).
+COMPRESS_METHOD := selection_method=compress relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
 NOTAG_METHOD := relevance_tag=false
 FOLD_METHOD := relevance_tag=true fold_dropped=true
 CONSTANT_TIER := 64
@@ -163,12 +167,13 @@ CONSTANT_METHOD := relevance_tag=true train_budget=$(CONSTANT_TIER) eval_budget=
 	loss_weight_efficiency=0.0
 # Which runs `make baselines` trains and evaluates; a subset is allowed (make baselines BASELINE_RUNS=no_tag), each run
 # evaluated under its report name.
-BASELINE_RUNS ?= saliency random no_tag fold constant_tier
+BASELINE_RUNS ?= saliency random no_tag fold constant_tier compress
 REPORT_NAME_saliency := saliency_topk
 REPORT_NAME_random := random
 REPORT_NAME_no_tag := ablation_no_tag
 REPORT_NAME_fold := ablation_fold
 REPORT_NAME_constant_tier := ablation_constant_tier
+REPORT_NAME_compress := compressor
 BASELINE_TRAINED := $(foreach run,$(BASELINE_RUNS),--method $(REPORT_NAME_$(run))=$(DEMO)/$(run)/phase3/checkpoint)
 .PHONY: $(addprefix baseline-,$(BASELINE_RUNS))
 baseline-saliency: venv
@@ -181,6 +186,8 @@ baseline-fold: venv
 	$(call train_method,fold,$(FOLD_METHOD))
 baseline-constant_tier: venv
 	$(call train_method,constant_tier,$(CONSTANT_METHOD))
+baseline-compress: venv
+	$(call train_method,compress,$(COMPRESS_METHOD))
 
 baselines: venv
 	$(call started,$(DEMO)/baselines)
