@@ -10,7 +10,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .configuration_arrcoc import ArrCocConfig
-from .layers_arrcoc import ArrCocZeroInitLinear
+from .layers_arrcoc import ArrCocMeanInitLinear, ArrCocZeroInitLinear
+from .selection import selection_method
 
 
 @dataclass
@@ -178,6 +179,43 @@ def top_k_raster(scores: torch.Tensor, counts: torch.Tensor, k_max: int | None =
     return kept_index.clamp(max=num_patches - 1), token_mask
 
 
+class ArrCocWindowCompressor(nn.Module):
+    """A learned fixed-rate compressor (selection "compress"): each of a tier's K tokens is a linear map of its
+    window's SAM features laid side by side (space-to-depth, the cells of uniform pooling's window), one map per tier,
+    as Qwen2-VL's patch merger and DeepSeek-OCR's strided convolutions learn theirs. Initialised to the window's mean,
+    so an untrained compressor is uniform pooling; training can keep what the mean loses (the asked cell's digit:
+    docs/demo_model.md, "Uniform pooling")."""
+
+    def __init__(self, config: ArrCocConfig):
+        super().__init__()
+        grid, channels = tuple(config.grid_size), config.vision_config.output_channels
+        self.windows, merges = {}, {}
+        for value in config.budgets:
+            count = min(value, config.num_patches)
+            if count == config.num_patches:  # every patch its own token: nothing to compress
+                continue
+            rows, cols = config.pool_shape(count)
+            if grid[0] % rows or grid[1] % cols:
+                raise ValueError(f"The learned compressor needs windows that tile the grid: {count} tokens pool a "
+                                 f"{grid[0]}x{grid[1]} grid to {rows}x{cols}, which does not divide it.")
+            self.windows[count] = (rows, cols, grid[0] // rows, grid[1] // cols)
+            merges[str(count)] = ArrCocMeanInitLinear(grid[0] // rows * (grid[1] // cols), channels)
+        self.merges = nn.ModuleDict(merges)
+
+    def forward(self, features: torch.Tensor, count: int) -> torch.Tensor:
+        """[B, N, C] raster patch features -> [B, count, C], tokens in raster order of their windows (as uniform
+        pooling's)."""
+        batch, patches, channels = features.shape
+        if count >= patches:
+            return features
+        if count not in self.windows:
+            raise ValueError(f"The learned compressor has maps for {sorted(self.windows)} tokens (the config's "
+                             f"tiers), not {count}.")
+        rows, cols, height, width = self.windows[count]
+        windows = features.reshape(batch, rows, height, cols, width, channels).permute(0, 1, 3, 2, 4, 5)
+        return self.merges[str(count)](windows.reshape(batch, rows * cols, height * width * channels))
+
+
 class ArrCocAllocator(nn.Module):
     """Hotspot detector + question cross-attention -> patch scores; budget predictor -> tier logits."""
 
@@ -191,6 +229,9 @@ class ArrCocAllocator(nn.Module):
         self.cross_attention = ArrCocCrossAttention(hidden, config.allocator_num_heads)
         self.budget_predictor = ArrCocBudgetPredictor(hidden, tuple(config.budgets))
         self.compression_heads = ArrCocCompressionHeads(channels, hidden, config.fold_dropped)
+        # Only a model trained as the learned-compressor baseline carries one (its parameters grow with the tiers).
+        learned = selection_method(config.selection_method).learned_pooling
+        self.compressor = ArrCocWindowCompressor(config) if learned else None
 
     def forward(self, patch_features, question_embeds, question_mask) -> AllocatorOutput:
         patches = self.patch_proj(patch_features)
@@ -209,6 +250,7 @@ __all__ = [
     "ArrCocCompressionHeads",
     "ArrCocCrossAttention",
     "ArrCocHotspotDetector",
+    "ArrCocWindowCompressor",
     "Selection",
     "relevance_profile",
     "standardize",

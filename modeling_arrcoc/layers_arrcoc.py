@@ -1,5 +1,6 @@
 """Layers shared by the allocator and the quality adapter."""
 
+import torch
 from torch import nn
 
 
@@ -20,4 +21,21 @@ class ArrCocZeroInitEmbedding(nn.Embedding):
         nn.init.zeros_(self.weight)
 
 
-__all__ = ["ArrCocZeroInitEmbedding", "ArrCocZeroInitLinear"]
+class ArrCocMeanInitLinear(nn.Linear):
+    """A bias-free map of `window` C-channel features laid side by side to C channels that starts as their mean (the
+    learned compressor's per-tier map: it starts as uniform pooling). Its own class, for `_init_weights`."""
+
+    def __init__(self, window: int, channels: int):
+        super().__init__(window * channels, channels, bias=False)
+
+    def mean_weights(self) -> torch.Tensor:
+        channels = self.out_features
+        eye = torch.eye(channels, dtype=self.weight.dtype, device=self.weight.device)
+        return eye.repeat(1, self.in_features // channels) / (self.in_features // channels)
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            self.weight.copy_(self.mean_weights())
+
+
+__all__ = ["ArrCocMeanInitLinear", "ArrCocZeroInitEmbedding", "ArrCocZeroInitLinear"]

@@ -157,9 +157,14 @@ def trained_own_budget(training: dict | None, budgets):
 
 
 def unsupported_reason(method: Method, config):
-    """Why `method` cannot run on this checkpoint, or None. Only uniform pooling has a shape constraint."""
-    if not SELECTIONS_TABLE[method.selection].pools:
+    """Why `method` cannot run on this checkpoint, or None. Only pooling has a shape constraint, and the learned
+    compressor runs only through a checkpoint trained with it."""
+    selection = SELECTIONS_TABLE[method.selection]
+    if not selection.pools:
         return None
+    if selection.learned_pooling and not SELECTIONS_TABLE[config.selection_method].learned_pooling:
+        return (f"{method.name} needs a checkpoint trained with selection_method {method.selection} (its learned "
+                f"compressor); this one's is {config.selection_method}.")
     try:
         config.pool_shape(config.num_patches if method.budget == "full" else min(method.budget, config.num_patches))
     except ValueError as error:

@@ -29,7 +29,7 @@ from .adapter_arrcoc import ArrCocQualityAdapter
 from .allocator_arrcoc import ArrCocAllocator, Selection
 from .configuration_arrcoc import ArrCocConfig, check_budget_cost
 from .generation_arrcoc import check_no_assisted_decoding, generate_by_tier, generation_pad_token_id
-from .layers_arrcoc import ArrCocZeroInitEmbedding, ArrCocZeroInitLinear
+from .layers_arrcoc import ArrCocMeanInitLinear, ArrCocZeroInitEmbedding, ArrCocZeroInitLinear
 from .losses import (  # noqa: F401  (answer_window and the loss functions are re-exported from here)
     LOSS_COMPONENTS,
     LOSS_TERMS,
@@ -52,7 +52,7 @@ from .outputs_arrcoc import (
 from .selection import SELECTION_METHODS, SELECTIONS_TABLE, selection_method
 from .splice_arrcoc import check_context_length, check_image_tokens, ones_mask, splice
 
-SELECTIONS = SELECTION_METHODS  # learned, uniform, hotspot, random, full (the config's vocabulary, a live view)
+SELECTIONS = SELECTION_METHODS  # learned, uniform, hotspot, random, full, compress (the config's vocabulary, a live view)
 # The `*_loss` fields ArrCocCausalLMOutputWithPast declares; a term registered after import becomes an extra key.
 _DECLARED_FIELDS = frozenset(field.name for field in dataclasses.fields(ArrCocCausalLMOutputWithPast))
 
@@ -155,6 +155,8 @@ class ArrCocPreTrainedModel(PreTrainedModel):
                 init.zeros_(parameter)
         elif isinstance(module, ArrCocQualityAdapter):
             init.normal_(module.prototypes, std=self.config.initializer_range)
+        elif isinstance(module, ArrCocMeanInitLinear):
+            init.copy_(module.weight, module.mean_weights())
 
 
 class ArrCocModel(ArrCocPreTrainedModel):
@@ -301,16 +303,22 @@ class ArrCocModel(ArrCocPreTrainedModel):
 
     def select(self, plan: ArrCocAllocationPlan) -> Selection:
         """The kept (or pooled) tokens of `plan`: top-K in raster order (dropped patches folded in when
-        `config.fold_dropped`), or DeepSeek-OCR-style uniform pooling."""
-        if SELECTIONS_TABLE[plan.selection].pools:
-            return self._uniform_selection(plan.patch_features, plan.visual_token_counts, plan.static_tokens)
+        `config.fold_dropped`), DeepSeek-OCR-style uniform pooling, or the learned compressor over the same windows."""
+        method = SELECTIONS_TABLE[plan.selection]
+        if method.pools:
+            return self._pooled_selection(plan.patch_features, plan.visual_token_counts, plan.static_tokens,
+                                          learned=method.learned_pooling)
         return self.allocator.compression_heads(plan.patch_features, plan.selection_scores, plan.visual_token_counts,
                                                 static_tokens=plan.static_tokens)
 
-    def _uniform_selection(self, features, counts, static_tokens=None):
-        """DeepSeek-OCR-style fixed compression: average-pool the grid to K cells, whatever the question."""
+    def _pooled_selection(self, features, counts, static_tokens=None, learned=False):
+        """Fixed compression, whatever the question: the grid pooled to K cells, each token the mean of its window's
+        features (uniform) or the learned compressor's map of them (`learned`)."""
         if static_tokens is None and counts.unique().numel() != 1:
             raise ValueError("Uniform pooling takes one budget per batch; group the batch by tier.")
+        if learned and self.allocator.compressor is None:
+            raise ValueError("selection 'compress' needs a checkpoint trained with it (selection_method: compress, "
+                             "which builds the allocator's learned compressor); this one has none.")
         count = int(counts[0]) if static_tokens is None else static_tokens
         grid = self.config.grid_size
         rows, cols = self.config.pool_shape(count)
@@ -318,8 +326,10 @@ class ArrCocModel(ArrCocPreTrainedModel):
         weights = F.adaptive_avg_pool2d(eye, (rows, cols)).flatten(1).T.unsqueeze(0)  # [1, K, N]
         weights = weights.expand(features.shape[0], -1, -1)
         mask = torch.ones(weights.shape[:2], dtype=torch.bool, device=features.device)
-        # Pooling ignores the question, so its tokens carry no relevance score.
-        return Selection(weights @ features, weights, mask, weights.sum(1) > 0, torch.zeros_like(mask, dtype=features.dtype))
+        # Each token stands at its window's positions (the weights) either way; pooling ignores the question, so its
+        # tokens carry no relevance score.
+        tokens = self.allocator.compressor(features, count) if learned else weights @ features
+        return Selection(tokens, weights, mask, weights.sum(1) > 0, torch.zeros_like(mask, dtype=features.dtype))
 
     @can_return_tuple
     def get_image_features(

@@ -32,6 +32,8 @@ class SelectionMethod:
     baseline: its name as a baseline through a checkpoint, `<baseline>@<K>` (None: not a baseline).
     style: its series' matplotlib style on the Pareto plot (color, marker, label).
     every_patch: keeps every patch whatever the budget ("full").
+    learned_pooling: pools like uniform, but each K-token's window goes through the allocator's learned compressor
+        (`ArrCocWindowCompressor`) instead of a mean; only a checkpoint trained with it has one.
     """
 
     name: str
@@ -41,6 +43,7 @@ class SelectionMethod:
     baseline: str | None = None
     style: dict = field(default_factory=dict)
     every_patch: bool = False
+    learned_pooling: bool = False
 
     @property
     def pools(self) -> bool:
@@ -110,13 +113,18 @@ for _method in (
     SelectionMethod("random", scores=random_scores, fixed=True, baseline="random",
                     style=dict(color="tab:gray", marker="x", label="random K")),
     SelectionMethod("full", scores=constant_scores, every_patch=True),
+    # After random: random@K's draws keep their order. A learned fixed-rate compressor (DeepSeek-OCR's convolutional
+    # compressor, Qwen2-VL's patch merger): the fair uniform baseline, since a mean of SAM features loses the digit.
+    SelectionMethod("compress", fixed=True, baseline="compressor", learned_pooling=True,
+                    style=dict(color="tab:brown", marker="P", label="learned compressor (DeepSeek-OCR-style)")),
     SelectionMethod(QUERY_SIM, external=query_similarity_scores, baseline=QUERY_SIM,
                     style=dict(color="tab:purple", marker="D", label="query similarity (SparseVLM-style)")),
 ):
     SELECTIONS_TABLE.register(_method)
 
-SELECTION_METHODS = SELECTIONS_TABLE.names(lambda m: m.trainable)  # learned, uniform, hotspot, random, full
+SELECTION_METHODS = SELECTIONS_TABLE.names(lambda m: m.trainable)  # learned, uniform, hotspot, random, full, compress
 FIXED_SELECTIONS = SELECTIONS_TABLE.names(lambda m: m.fixed)
+POOLING_SELECTIONS = SELECTIONS_TABLE.names(lambda m: m.pools)  # uniform, compress: no ranking, one K per batch
 # Baseline name -> the selection it swaps into the same checkpoint; a model's own selection -> its baseline name.
 BASELINE_SELECTIONS = SELECTIONS_TABLE.mapping(lambda m: m.baseline, lambda m: m.name, lambda m: m.baseline)
 SELECTION_BASELINES = SELECTIONS_TABLE.mapping(lambda m: m.name, lambda m: m.baseline,
@@ -145,6 +153,7 @@ __all__ = [
     "BASELINE_SELECTIONS",
     "BASELINE_STYLES",
     "FIXED_SELECTIONS",
+    "POOLING_SELECTIONS",
     "QUERY_SIM",
     "SELECTIONS_TABLE",
     "SELECTION_BASELINES",

@@ -22,8 +22,10 @@ from modeling_arrcoc.evaluation.report import headline
 BUDGETS = [4, 16, 100]  # the tiny preset's tiers on its 8x8 grid: tier 100 keeps all 64 patches
 NUM_SAMPLES = 6
 ALL_METHODS = ["auto", "tier_4", "tier_16", "tier_100", "full"] + [
-    f"{b}@{k}" for b in ("uniform_pool", "saliency_topk", "random", "query_sim") for k in BUDGETS
+    f"{b}@{k}" for b in ("uniform_pool", "saliency_topk", "random", "compressor", "query_sim") for k in BUDGETS
 ]
+# What runs through a learned checkpoint: the learned compressor needs its own (skipped, with the reason).
+RUN_METHODS = [name for name in ALL_METHODS if not name.startswith("compressor@")]
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +273,8 @@ def test_accuracy_counts_answers_the_model_really_gives(tiny, rows):
 
 def test_cli_report_has_every_method_and_field(cli_run):
     report, out = cli_run
-    assert list(report["methods"]) == ALL_METHODS
+    assert list(report["methods"]) == RUN_METHODS
+    assert sorted(report["skipped"]) == sorted(set(ALL_METHODS) - set(RUN_METHODS))
     fields = {"accuracy", "mean_visual_tokens", "p95_visual_tokens", "per_task", "per_task_visual_tokens", "token_histogram",
               "latency_ms_per_query", "compression_ratio"}
     for name, method in report["methods"].items():
@@ -312,7 +315,7 @@ def test_cli_writes_figures_and_predictions(cli_run):
             assert len(set(np.asarray(image.convert("L")).reshape(-1).tolist())) > 10, "not a blank canvas"
     lines = (out / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == NUM_SAMPLES
-    assert set(json.loads(lines[0])["predictions"]) == set(ALL_METHODS)
+    assert set(json.loads(lines[0])["predictions"]) == set(RUN_METHODS)
 
 
 def test_cli_prints_the_table(checkpoint, cache_dir, tmp_path, capsys):

@@ -149,6 +149,56 @@ def test_a_uniform_checkpoint_generates_with_uniform_pooling_unasked(tester, tmp
     assert not torch.allclose(uniform_logits, logits(loaded, inputs, budget=16, selection="learned"), atol=1e-5)
 
 
+# --- the learned compressor: uniform pooling's windows, a learned map instead of the mean -------------------------
+
+def test_an_untrained_compressor_is_uniform_pooling(tester, tmp_path):
+    """A fresh compressor averages its window, so it starts as uniform pooling; so does one a learned checkpoint
+    grows when it is loaded as the compressor baseline (init_from the base: the missing maps are initialised)."""
+    inputs = tester.prepare_inputs()
+    model = trained_looking(tester.get_model(selection_method="compress", relevance_tag=False))
+    for budget in (4, 16):
+        torch.testing.assert_close(logits(model, inputs, budget=budget),
+                                   logits(model, inputs, budget=budget, selection="uniform"), rtol=0, atol=1e-5)
+    trained_looking(tester.get_model(relevance_tag=False)).save_pretrained(tmp_path)
+    grown = AutoModelForImageTextToText.from_pretrained(tmp_path, selection_method="compress").eval()
+    assert sorted(grown.model.allocator.compressor.windows) == [4, 16]
+    torch.testing.assert_close(logits(grown, inputs, budget=4), logits(grown, inputs, budget=4, selection="uniform"),
+                               rtol=0, atol=1e-5)
+
+
+def test_the_compressor_trains_and_its_checkpoint_keeps_it(tester, tmp_path):
+    """The answer loss reaches the compressor's maps; after a step the tokens are no longer a mean, and a saved
+    checkpoint loads them back (not re-initialised to the mean) and runs them unasked."""
+    inputs = tester.prepare_inputs()
+    model = trained_looking(tester.get_model(selection_method="compress", relevance_tag=False)).train()
+    compressor = model.model.allocator.compressor
+    optimizer = torch.optim.SGD(compressor.parameters(), lr=1.0)
+    model(**inputs, budget=4).loss.backward()
+    assert compressor.merges["4"].weight.grad.abs().sum() > 0
+    optimizer.step()
+    model.eval()
+    assert not torch.allclose(logits(model, inputs, budget=4), logits(model, inputs, budget=4, selection="uniform"),
+                              atol=1e-4)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(logits(loaded, inputs, budget=4), logits(model, inputs, budget=4), rtol=0, atol=0)
+
+
+def test_the_compressor_runs_only_where_it_was_trained(tester):
+    from modeling_arrcoc.methods import Method, unsupported_reason
+
+    model = tester.get_model(relevance_tag=False)  # learned: no compressor
+    inputs = tester.prepare_inputs()
+    with pytest.raises(ValueError, match="needs a checkpoint trained with it"):
+        logits(model, inputs, budget=4, selection="compress")
+    method = Method("compressor@4", 4, "compress", "compressor")
+    assert "needs a checkpoint trained with selection_method compress" in unsupported_reason(method, model.config)
+    trained = tester.get_config(selection_method="compress")
+    assert unsupported_reason(method, trained) is None
+    with pytest.raises(ValueError, match="windows that tile the grid"):
+        ArrCocModelTester(budgets=(4, 12, 100)).get_model(selection_method="compress")  # 12 tokens: 3x4 on 8x8
+
+
 # --- training a baseline: the method goes into the checkpoint's config ------------------------------------------
 
 @pytest.mark.parametrize("values, message", [
@@ -217,6 +267,25 @@ def test_train_main_writes_the_baselines_method_into_its_checkpoint(tmp_path, ca
     assert list(curve["points"][-1]["methods"]) == ["uniform_pool@4", "uniform_pool@16", "uniform_pool@100", "full"]
 
 
+def test_train_main_grows_and_trains_the_compressor_of_a_learned_base(tmp_path, capsys):
+    """`selection_method=compress` on a base without a compressor (every shipped base): the run builds one as uniform
+    pooling, phase 1 trains it with the allocator, and the checkpoint carries it."""
+    config = dict(model_preset="configs/model/tiny", config_overrides={"visual_vocab_size": max(NUM_VISUAL_WORDS, 64)},
+                  synthetic_num_train=8, synthetic_num_validation=4, synthetic_cache_dir=str(tmp_path / "cache"),
+                  synthetic_families=["local_color"], phase="phase1", max_steps=2, per_device_train_batch_size=4,
+                  learning_rate=1e-2, logging_steps=1, report_to="none", disable_tqdm=True,
+                  dataloader_pin_memory=False, save_strategy="no", output_dir=str(tmp_path / "out"))
+    path = tmp_path / "compress.yaml"
+    path.write_text(yaml.safe_dump(config))
+    recipe.main([str(path), "selection_method=compress", "relevance_tag=false", "train_budget=4", "eval_budget=4"])
+    assert "method: selection_method=compress relevance_tag=False" in capsys.readouterr().out
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "out" / "checkpoint")
+    compressor = loaded.model.allocator.compressor
+    assert loaded.config.selection_method == "compress" and sorted(compressor.windows) == [4, 16]
+    moved = [(merge.weight - merge.mean_weights()).abs().max() for merge in compressor.merges.values()]
+    assert max(moved) > 1e-4, "phase 1 trained the compressor away from the mean"
+
+
 def test_fold_dropped_from_the_run_is_written_into_the_model_and_its_checkpoint(tmp_path):
     """The demo's phases turn the fold off on a base trained with it (ARR-COC's default since the fold ablation)."""
     model = ArrCocModelTester().get_model()
@@ -251,11 +320,17 @@ def test_eval_runs_trained_baselines_at_their_own_selection(tmp_path):
                                                      "train_budget": "random", "synthetic_families": ["local_color"]},
                               selection_method="uniform", relevance_tag=False)
     full = save_checkpoint(tmp_path / "full", selection_method="full", relevance_tag=False)
-    argv = [main, "--num-samples", "4", "--batch-size", "4", "--max-new-tokens", "2", "--baselines", "query_sim",
-            "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--quiet",
-            "--heatmaps-per-task", "1", "--method", f"uniform_pool={uniform}", "--method", f"reference={full}"]
+    compress = save_checkpoint(tmp_path / "compress", selection_method="compress", relevance_tag=False)
+    argv = [main, "--num-samples", "4", "--batch-size", "4", "--max-new-tokens", "2", "--baselines",
+            "query_sim,compressor", "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+            "--quiet", "--heatmaps-per-task", "1", "--method", f"uniform_pool={uniform}", "--method",
+            f"reference={full}", "--method", f"compressor={compress}"]
     report = eval_script.main(argv)
     methods = report["methods"]
+    # The learned compressor runs through its own checkpoint only; through ARR-COC's it is skipped, with the reason.
+    assert (methods["trained_compressor@4"]["selection"], methods["trained_compressor@4"]["mean_visual_tokens"]) == (
+        "compress", 4)
+    assert "compressor@4" not in methods and "needs a checkpoint trained with" in report["skipped"]["compressor@4"]
     for k, tokens in ((4, 4), (16, 16), (100, 64)):
         trained = methods[f"trained_uniform_pool@{k}"]
         assert (trained["selection"], trained["budget"], trained["mean_visual_tokens"]) == ("uniform", k, tokens)

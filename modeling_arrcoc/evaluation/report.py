@@ -16,6 +16,7 @@ from .. import statistics
 from ..metrics import METRICS, calibration_stats, normalize_vqa_answer, per_task_mean, token_stats
 from ..methods import AUTO_COST, CORRECT_THRESHOLD, TRAINED_PREFIX, Method
 from ..provenance import git_commit  # re-exported: the report records the evaluating commit
+from ..selection import POOLING_SELECTIONS, SELECTIONS_TABLE
 
 # The headline's token share against the trained full-token reference: the point of auto's price curve with the
 # most tokens within it is reported (issue #21's target: 97% of the reference's accuracy at an eighth of its tokens).
@@ -367,16 +368,19 @@ def headline(report: dict) -> list:
     lines.append(f"ARR-COC at auto{own}: {auto['accuracy']:.3f} at {auto['mean_visual_tokens']:.1f} mean visual tokens "
                  f"(n = {n}; 95% bootstrap intervals throughout, differences paired on the same questions).")
     trained = {name: entry for name, entry in (comparisons.get("auto_vs_baseline") or {}).items() if entry["trained"]}
-    uniform = sorted((entry["mean_visual_tokens"][1], name) for name, entry in trained.items() if "uniform" in name)
-    if uniform:
-        name = uniform[0][1]
-        entry = trained[name]
-        lines.append(f"vs trained uniform pooling (`{name}`, {entry['accuracy'][1]:.3f} at "
-                     f"{entry['mean_visual_tokens'][1]:.0f} tokens, the fewest at or above auto's{weak(entry['accuracy'][1])}): "
-                     f"{_interval(entry)}.")
-    elif any(name.startswith(TRAINED_PREFIX) and "uniform" in name for name in methods):
-        lines.append("No trained uniform-pooling budget spends as many tokens as auto: see "
-                     "`baselines_with_fewer_tokens`.")
+    for selection in POOLING_SELECTIONS:  # uniform pooling, then the learned compressor over the same windows
+        label = SELECTIONS_TABLE[selection].style["label"].split(" (")[0]
+        runs = sorted((entry["mean_visual_tokens"][1], name) for name, entry in trained.items()
+                      if methods[name].get("selection") == selection)
+        if runs:
+            name = runs[0][1]
+            entry = trained[name]
+            lines.append(f"vs trained {label} (`{name}`, {entry['accuracy'][1]:.3f} at "
+                         f"{entry['mean_visual_tokens'][1]:.0f} tokens, the fewest at or above auto's"
+                         f"{weak(entry['accuracy'][1])}): {_interval(entry)}.")
+        elif any(name.startswith(TRAINED_PREFIX) and entry.get("selection") == selection
+                 for name, entry in methods.items()):
+            lines.append(f"No trained {label} budget spends as many tokens as auto: see `baselines_with_fewer_tokens`.")
     for name, entry in (comparisons.get("auto_vs_trained_full") or {}).items():
         lines.append(f"vs the trained full-resolution reference (`{name}`, {entry['accuracy'][1]:.3f} at "
                      f"{entry['mean_visual_tokens'][1]:.0f} tokens{weak(entry['accuracy'][1])}): {_kept(entry)} of its "
