@@ -84,8 +84,8 @@ class ArrCocConfig(PreTrainedConfig):
             "uniform" (DeepSeek-OCR-style average pooling of the grid to K cells), "hotspot" (top-K by the
             allocator's query-independent saliency, VisionZip-style), "random" (K random patches), "full"
             (every patch, whatever the budget) or "compress" (uniform pooling's windows through a learned
-            compressor, which the allocator builds only for this selection), or another name registered in `selection.SELECTIONS_TABLE` (the
-            allowed values are read from it). A baseline trained with its own selection carries it here, so its
+            compressor, which the allocator builds only for this selection), or another name registered in
+            `selection.SELECTIONS_TABLE` (the allowed values are read from it). A baseline trained with its own selection carries it here, so its
             checkpoint runs that selection without being told. (Query similarity, SparseVLM-style, is
             training-free and evaluation-only: it is not a selection a model is trained with.)
         relevance_tag (`bool`): whether the quality adapter adds each kept token's allocator relevance (a bounded

@@ -52,7 +52,7 @@ from .outputs_arrcoc import (
 from .selection import SELECTION_METHODS, SELECTIONS_TABLE, selection_method
 from .splice_arrcoc import check_context_length, check_image_tokens, ones_mask, splice
 
-SELECTIONS = SELECTION_METHODS  # learned, uniform, hotspot, random, full, compress (the config's vocabulary, a live view)
+SELECTIONS = SELECTION_METHODS  # the config's vocabulary (a live view): learned, uniform, hotspot, random, full, ...
 # The `*_loss` fields ArrCocCausalLMOutputWithPast declares; a term registered after import becomes an extra key.
 _DECLARED_FIELDS = frozenset(field.name for field in dataclasses.fields(ArrCocCausalLMOutputWithPast))
 

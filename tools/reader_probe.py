@@ -269,12 +269,16 @@ def pooled_digit(model, processor, pages: int = 960, seed: int = 77, variant: st
                  batch_size: int = 16, windows: tuple = (2, 4)) -> dict:
     """Why uniform pooling reads local_color at chance: the asked digit (the key-coloured cell's), linearly
     decodable (ridge, 10-way, chance 0.1) from the answer cell's SAM feature alone, from the average of the SAM
-    features of the w x w window holding it (uniform pooling's input: 2x2 at 64 tokens, 4x4 at 16), from that
-    window's pooled token in LLM space (after CLIP and the adapter) and from the cell's own token at full tokens."""
+    features of the w x w window holding it (uniform pooling's input: 2x2 at 64 tokens, 4x4 at 16), from the window's
+    features side by side (what a learned compressor sees), from that window's pooled token in LLM space (after CLIP
+    and the adapter) and from the cell's own token at full tokens. A checkpoint with a learned compressor (selection
+    "compress") also gives its compressed token, in SAM space and in LLM space."""
     grid = model.config.grid_size[1]
     tiers = {w: model.config.num_patches // (w * w) for w in windows}
+    compressor = model.model.allocator.compressor
+    kinds = ("sam_pool", "sam_concat", "llm_pool") + (("sam_compress", "llm_compress") if compressor else ())
     features = {name: [] for name in ["sam_cell", "llm_full_cell"] + [f"{kind}_{w}x{w}" for w in windows
-                                                                       for kind in ("sam_pool", "llm_pool")]}
+                                                                       for kind in kinds]}
     labels = []
     for start in range(0, pages, batch_size):
         rows = [render_sample("local_color", np.random.default_rng([seed, i]), variant=variant)
@@ -284,8 +288,13 @@ def pooled_digit(model, processor, pages: int = 960, seed: int = 77, variant: st
         sam = model.model.get_patch_features(batch["pixel_values"])  # [B, N, C]
         prompt = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], patch_features=sam)
         full = model.model.get_image_features(**prompt, budget="full", selection="full").pooler_output
-        pooled = {w: model.model.get_image_features(**prompt, budget=tiers[w], selection="uniform").pooler_output
-                  for w in windows}
+        tokens = {f"llm_pool_{w}": model.model.get_image_features(**prompt, budget=tiers[w], selection="uniform")
+                  .pooler_output for w in windows}
+        if compressor:
+            for w in windows:
+                tokens[f"sam_compress_{w}"] = compressor(sam, tiers[w])
+                tokens[f"llm_compress_{w}"] = model.model.get_image_features(
+                    **prompt, budget=tiers[w], selection="compress").pooler_output
         for b, row in enumerate(rows):
             r, c = int(row["boxes"][0][1] // patch), int(row["boxes"][0][0] // patch)
             labels.append(int(row["answers"][0]))
@@ -294,8 +303,11 @@ def pooled_digit(model, processor, pages: int = 960, seed: int = 77, variant: st
             cells = sam[b].view(grid, grid, -1)
             for w in windows:
                 top, left = (r // w) * w, (c // w) * w
-                features[f"sam_pool_{w}x{w}"].append(cells[top : top + w, left : left + w].flatten(0, 1).mean(0))
-                features[f"llm_pool_{w}x{w}"].append(pooled[w][b, (r // w) * (grid // w) + c // w])
+                window = cells[top : top + w, left : left + w].flatten(0, 1)
+                features[f"sam_pool_{w}x{w}"].append(window.mean(0))
+                features[f"sam_concat_{w}x{w}"].append(window.flatten())
+                for kind in kinds[2:]:
+                    features[f"{kind}_{w}x{w}"].append(tokens[f"{kind}_{w}"][b, (r // w) * (grid // w) + c // w])
     digits = torch.tensor(labels)
     return {**{name: ridge_accuracy(torch.stack(values), digits) for name, values in features.items()},
             "pages": pages, "tiers": tiers}
@@ -354,9 +366,17 @@ def main(argv=None):
         print(f"local_color, {pooled['pages']} random-look pages: the asked digit linearly decodable (ridge, chance "
               f"0.1) from the answer cell's SAM feature {pooled['sam_cell']:.3f}, its full-token LLM-space token "
               f"{pooled['llm_full_cell']:.3f};")
+
+        def compressed(w):  # a checkpoint with a learned compressor (selection "compress") has these too
+            if f"sam_compress_{w}x{w}" not in pooled:
+                return ""
+            return (f"; the learned compressor's token {pooled[f'sam_compress_{w}x{w}']:.3f} in SAM space, "
+                    f"{pooled[f'llm_compress_{w}x{w}']:.3f} in LLM space")
+
         for w, tier in pooled["tiers"].items():
             print(f"  uniform pooling to {tier} tokens ({w}x{w} cells): the window's mean SAM feature "
-                  f"{pooled[f'sam_pool_{w}x{w}']:.3f}, its pooled LLM-space token {pooled[f'llm_pool_{w}x{w}']:.3f}")
+                  f"{pooled[f'sam_pool_{w}x{w}']:.3f}, its pooled LLM-space token {pooled[f'llm_pool_{w}x{w}']:.3f}; "
+                  f"the window's SAM features side by side {pooled[f'sam_concat_{w}x{w}']:.3f}" + compressed(w))
 
 
 if __name__ == "__main__":

@@ -104,8 +104,8 @@ class ArrCocTrainingArguments(TrainingArguments):
         default=None,
         metadata=_help(f"The model's own patch selection, one of {list(SELECTION_METHODS)}, written into the model "
                        "config before training (None: keep the model's). A trained baseline: 'uniform', 'compress', "
-                       "'hotspot' or 'random' train at a fixed K (train_budget: a tier value) or at several (train_budget: "
-                       "random), never 'auto'; 'full' keeps every patch whatever train_budget says."),
+                       "'hotspot' or 'random' train at a fixed K (train_budget: a tier value) or at several "
+                       "(train_budget: random), never 'auto'; 'full' keeps every patch whatever train_budget says."),
     )
     relevance_tag: bool | None = field(
         default=None,
