@@ -269,14 +269,14 @@ def pooled_digit(model, processor, pages: int = 960, seed: int = 77, variant: st
                  batch_size: int = 16, windows: tuple = (2, 4)) -> dict:
     """Why uniform pooling reads local_color at chance: the asked digit (the key-coloured cell's), linearly
     decodable (ridge, 10-way, chance 0.1) from the answer cell's SAM feature alone, from the average of the SAM
-    features of the w x w window holding it (uniform pooling's input: 2x2 at 64 tokens, 4x4 at 16), from the window's
-    features side by side (what a learned compressor sees), from that window's pooled token in LLM space (after CLIP
-    and the adapter) and from the cell's own token at full tokens. A checkpoint with a learned compressor (selection
-    "compress") also gives its compressed token, in SAM space and in LLM space."""
+    features of the w x w window holding it (uniform pooling's input: 2x2 at 64 tokens, 4x4 at 16), from that
+    window's pooled token in LLM space (after CLIP and the adapter) and from the cell's own token at full tokens. A
+    checkpoint with a learned compressor (selection "compress") also gives its compressed token, in SAM space and in
+    LLM space."""
     grid = model.config.grid_size[1]
     tiers = {w: model.config.num_patches // (w * w) for w in windows}
     compressor = model.model.allocator.compressor
-    kinds = ("sam_pool", "sam_concat", "llm_pool") + (("sam_compress", "llm_compress") if compressor else ())
+    kinds = ("sam_pool", "llm_pool") + (("sam_compress", "llm_compress") if compressor else ())
     features = {name: [] for name in ["sam_cell", "llm_full_cell"] + [f"{kind}_{w}x{w}" for w in windows
                                                                        for kind in kinds]}
     labels = []
@@ -303,10 +303,8 @@ def pooled_digit(model, processor, pages: int = 960, seed: int = 77, variant: st
             cells = sam[b].view(grid, grid, -1)
             for w in windows:
                 top, left = (r // w) * w, (c // w) * w
-                window = cells[top : top + w, left : left + w].flatten(0, 1)
-                features[f"sam_pool_{w}x{w}"].append(window.mean(0))
-                features[f"sam_concat_{w}x{w}"].append(window.flatten())
-                for kind in kinds[2:]:
+                features[f"sam_pool_{w}x{w}"].append(cells[top : top + w, left : left + w].flatten(0, 1).mean(0))
+                for kind in kinds[1:]:
                     features[f"{kind}_{w}x{w}"].append(tokens[f"{kind}_{w}"][b, (r // w) * (grid // w) + c // w])
     digits = torch.tensor(labels)
     return {**{name: ridge_accuracy(torch.stack(values), digits) for name, values in features.items()},
@@ -375,8 +373,8 @@ def main(argv=None):
 
         for w, tier in pooled["tiers"].items():
             print(f"  uniform pooling to {tier} tokens ({w}x{w} cells): the window's mean SAM feature "
-                  f"{pooled[f'sam_pool_{w}x{w}']:.3f}, its pooled LLM-space token {pooled[f'llm_pool_{w}x{w}']:.3f}; "
-                  f"the window's SAM features side by side {pooled[f'sam_concat_{w}x{w}']:.3f}" + compressed(w))
+                  f"{pooled[f'sam_pool_{w}x{w}']:.3f}, its pooled LLM-space token {pooled[f'llm_pool_{w}x{w}']:.3f}"
+                  + compressed(w))
 
 
 if __name__ == "__main__":
