@@ -36,8 +36,9 @@ DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its trai
 	out (every method would be at chance on them). The held-out test variant (other shades, layouts, glyph sizes) is \
 	read less well than the training one; the base's stages and the phases on random page looks narrow that gap but do \
 	not close it. Trained uniform pooling does not read at 64 tokens or fewer (a pooled token averages \
-	several cells' SAM features and the asked digit does not survive the average; DeepSeek-OCR's compressor is \
-	learned, this one is not), and at 256 it keeps every patch (the reference's view) but, trained at five budgets of which four \
+	several cells' SAM features and the asked digit does not survive the average), nor does a learned compressor \
+	over the same windows trained by the same phases (make baselines: DeepSeek-OCR trains its compressor through \
+	pretraining, and the base has none), and at 256 uniform pooling keeps every patch (the reference's view) but, trained at five budgets of which four \
 	cannot read, it loses much of its reading on random-look phases; so auto's margin over it says more about that \
 	training than about selection: compare auto with the full-resolution reference. Auto spends at the model's \
 	own token price, fitted on validation (configs/demo/phase3.yaml); its calibration against the oracle-minimal \
@@ -124,12 +125,13 @@ demo-uniform: venv
 demo-full: venv
 	$(call train_method,full,$(FULL_METHOD))
 
-# Wall-clock seconds of a target, written beside its results (docs/results.md quotes them): $(1) folder.
+# Wall-clock seconds of a target, written beside its results (docs/results.md quotes them): $(1) folder. The machine's
+# cores, not OMP_NUM_THREADS's (plain nproc reads it: a target run with OMP_NUM_THREADS=1 said "1 cores").
 define started
 	@mkdir -p $(1) && date +%s > $(1)/started
 endef
 define finished
-	@echo "{\"seconds\": $$(( $$(date +%s) - $$(cat $(1)/started) )), \"cores\": $$(nproc)}" > $(1)/timing.json
+	@echo "{\"seconds\": $$(( $$(date +%s) - $$(cat $(1)/started) )), \"cores\": $$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}" > $(1)/timing.json
 endef
 
 demo: venv
@@ -204,7 +206,7 @@ baselines-eval: venv
 # The comparison's run-to-run spread (docs/demo_model.md): ARR-COC and the full-resolution reference retrained by the
 # same phases from the same base at other seeds (make demo's are seed 0; the seed moves data order, tier draws and
 # new weights, never the data), each pair measured on make demo's questions; tools.seed_report gives every seed and
-# the spread across them. After make demo; about 35 minutes for two seeds on 2 cores.
+# the spread across them. After make demo; 43 minutes for two seeds on 2 cores, measured beside other jobs.
 SEEDS ?= 1 2
 seed-arrcoc-%: venv
 	$(call train_method,seeds/$*/arrcoc,$(ARRCOC_METHOD) seed=$*)
