@@ -31,20 +31,20 @@ BASE := pretrained/demo-base
 DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its training) and its language model reads \
 	local reading and counting at every view without a tag, but not yet as well as a strong reader would: the \
 	full-resolution reference stays below 0.90 on the held-out look (docs/demo_model.md has the curves and the next \
-	levers). Region rows and \
-	charts are not taught: they are in neither the base's reader stage nor the phases, so the evaluation leaves them \
-	out (every method would be at chance on them). The held-out test variant (other shades, layouts, glyph sizes) is \
-	read less well than the training one; the base's stages and the phases on random page looks narrow that gap but do \
-	not close it. Trained uniform pooling does not read at 64 tokens or fewer (a pooled token averages \
-	several cells' SAM features and the asked digit does not survive the average), nor does a learned compressor \
-	over the same windows trained by the same phases (make baselines: DeepSeek-OCR trains its compressor through \
-	pretraining, and the base has none), and at 256 uniform pooling keeps every patch (the reference's view) but, trained at five budgets of which four \
-	cannot read, it loses much of its reading on random-look phases; so auto's margin over it says more about that \
-	training than about selection: compare auto with the full-resolution reference. Auto spends at the model's \
-	own token price, fitted on validation (configs/demo/phase3.yaml); its calibration against the oracle-minimal \
-	tier does not beat always choosing the smallest tier. Each method is one training run: the intervals cover the \
-	questions, not the run, and the same chain trained with two threads instead of one moved ARR-COC by up to 4 \
-	points.
+	levers). Region rows and charts are not taught: they are in neither the base's reader stage nor the phases, so the \
+	evaluation leaves them out (every method would be at chance on them). The held-out test variant (other shades, \
+	layouts, glyph sizes) is read less well than the training one; the base's stages and the phases on random page \
+	looks narrow that gap but do not close it. Trained uniform pooling does not read at 64 tokens or fewer (a pooled \
+	token averages several cells' SAM features and the asked digit does not survive the average), nor does a learned \
+	compressor over the same windows trained by the same phases (make baselines; DeepSeek-OCR trains its compressor \
+	through pretraining, and the base has none); at 256 uniform pooling keeps every patch (the reference's view) but, \
+	trained at five budgets of which four cannot read, it loses much of its reading on random-look phases. So auto's \
+	margin over them says more about their training than about selection: compare auto with the full-resolution \
+	reference. Auto spends at the model's own token price, fitted on validation (configs/demo/phase3.yaml); its \
+	calibration against the oracle-minimal tier does not beat always choosing the smallest tier. Each method here is \
+	one training run and the intervals cover the questions, not the run: retrained at other seeds (make seeds, \
+	docs/results.md) ARR-COC and the reference each move by several points, and ARR-COC trails the reference in \
+	every seed.
 
 # Four stages from random init, no relevance tag anywhere (a method-neutral base): the vision stage (SAM, CLIP,
 # adapter and ARR-COC's allocator; the reader's teacher and the answer boxes), the same vision stage continued on pages
