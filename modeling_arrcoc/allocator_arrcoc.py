@@ -229,9 +229,16 @@ class ArrCocAllocator(nn.Module):
         self.cross_attention = ArrCocCrossAttention(hidden, config.allocator_num_heads)
         self.budget_predictor = ArrCocBudgetPredictor(hidden, tuple(config.budgets))
         self.compression_heads = ArrCocCompressionHeads(channels, hidden, config.fold_dropped)
-        # Only a model trained as the learned-compressor baseline carries one (its parameters grow with the tiers).
-        learned = selection_method(config.selection_method).learned_pooling
-        self.compressor = ArrCocWindowCompressor(config) if learned else None
+        self.compressor = None
+        self.grow_compressor(config)
+
+    def grow_compressor(self, config: ArrCocConfig) -> None:
+        """Build the learned compressor when `config`'s selection pools through one and this allocator has none, on
+        the allocator's device and dtype: at construction, or when a base is loaded as that baseline (it then starts
+        as uniform pooling). Only that baseline carries one: its parameters grow with the tiers."""
+        if self.compressor is None and selection_method(config.selection_method).learned_pooling:
+            weight = self.patch_proj.weight
+            self.compressor = ArrCocWindowCompressor(config).to(device=weight.device, dtype=weight.dtype)
 
     def forward(self, patch_features, question_embeds, question_mask) -> AllocatorOutput:
         patches = self.patch_proj(patch_features)

@@ -85,8 +85,8 @@ class ArrCocConfig(PreTrainedConfig):
             allocator's query-independent saliency, VisionZip-style), "random" (K random patches), "full"
             (every patch, whatever the budget) or "compress" (uniform pooling's windows through a learned
             compressor, which the allocator builds only for this selection), or another name registered in
-            `selection.SELECTIONS_TABLE` (the allowed values are read from it). A baseline trained with its own selection carries it here, so its
-            checkpoint runs that selection without being told. (Query similarity, SparseVLM-style, is
+            `selection.SELECTIONS_TABLE` (the allowed values are read from it). A baseline trained with its own
+            selection carries it here, so its checkpoint runs that selection without being told. (Query similarity, SparseVLM-style, is
             training-free and evaluation-only: it is not a selection a model is trained with.)
         relevance_tag (`bool`): whether the quality adapter adds each kept token's allocator relevance (a bounded
             z-score, `relevance_embedding`) to its LLM-space embedding. Baselines whose selection carries no

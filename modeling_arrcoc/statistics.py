@@ -521,9 +521,8 @@ def fit_temperature(logits, targets, grid=None) -> dict:
 
 
 __all__ = [
-    "across_seeds",
-    "t_quantile",
     "accuracy_with_intervals",
+    "across_seeds",
     "bootstrap_interval",
     "calibration_vs_constant",
     "chance_level",
@@ -538,5 +537,6 @@ __all__ = [
     "oracle_tiers",
     "paired_difference",
     "stable_tiers",
+    "t_quantile",
     "tier_tokens",
 ]

@@ -24,6 +24,7 @@ import numpy as np
 from .. import statistics
 from ..metrics import METRICS
 
+
 def load_run(folder) -> dict:
     """One seed's evaluation: eval.json and predictions.jsonl from eval.py's --output-dir."""
     folder = Path(folder)
@@ -50,9 +51,10 @@ def _same_questions(runs: list) -> None:
                              "seeds must be measured on the same split, families and number of samples.")
 
 
-def seed_row(seed, run: dict, method: str, reference: str) -> dict:
-    """One seed's numbers (see the module docstring), from its report and its answers."""
-    paired = statistics.paired_difference(_scores(run, method), _scores(run, reference))
+def seed_row(seed, run: dict, method: str, reference: str, scores: tuple) -> dict:
+    """One seed's numbers (see the module docstring), from its report and its answers' `scores` (the method's and the
+    reference's per question, `_scores`)."""
+    paired = statistics.paired_difference(*scores)
     report = run["report"]
     auto, ref = report["methods"][method], report["methods"][reference]
     tiers = {key: value["accuracy"] for key, value in report["methods"].items() if key.startswith("tier_")}
@@ -70,18 +72,19 @@ def seed_study(runs: dict, method: str = "auto", reference: str = "trained_full"
     "method", "reference"} (module docstring)."""
     if len(runs) < 2:
         raise ValueError(f"a seed study needs at least 2 seeds, got {len(runs)}.")
-    ordered = [runs[seed] for seed in sorted(runs)]
-    _same_questions(ordered)
-    per_seed = [seed_row(seed, runs[seed], method, reference) for seed in sorted(runs)]
+    seeds = sorted(runs)
+    _same_questions([runs[seed] for seed in seeds])
+    scores = {seed: (_scores(runs[seed], method), _scores(runs[seed], reference)) for seed in seeds}
+    per_seed = [seed_row(seed, runs[seed], method, reference, scores[seed]) for seed in seeds]
     fields = ("accuracy", "mean_tokens", "reference_accuracy", "difference", "accuracy_kept", "envelope_margin")
     across = {field: statistics.across_seeds([row[field] for row in per_seed]) for field in fields
               if all(row[field] is not None for row in per_seed)}
     tier_names = sorted(set.intersection(*(set(row["tiers"]) for row in per_seed)), key=lambda t: int(t[5:]))
     across["tiers"] = {tier: statistics.across_seeds([row["tiers"][tier] for row in per_seed]) for tier in tier_names}
-    mean_auto = np.mean([_scores(run, method) for run in ordered], axis=0)
-    mean_ref = np.mean([_scores(run, reference) for run in ordered], axis=0)
+    mean_auto = np.mean([scores[seed][0] for seed in seeds], axis=0)
+    mean_ref = np.mean([scores[seed][1] for seed in seeds], axis=0)
     pooled = statistics.paired_difference(mean_auto, mean_ref)
-    pooled.update(accuracy=[float(mean_auto.mean()), float(mean_ref.mean())], seeds=len(ordered))
+    pooled.update(accuracy=[float(mean_auto.mean()), float(mean_ref.mean())], seeds=len(seeds))
     return {"method": method, "reference": reference, "per_seed": per_seed, "across": across, "pooled": pooled}
 
 

@@ -28,14 +28,12 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor,
 from transformers import set_seed
 
 from .. import ArrCocConfig, ArrCocForConditionalGeneration, ArrCocImageProcessor, ArrCocProcessor
-from ..allocator_arrcoc import ArrCocWindowCompressor
 from ..components import COMPONENTS_FILE, component_sources, is_components_preset, vision_normalization
 from ..data.collator import ArrCocCollator
 from ..data.recipe import DataArguments, build_datasets, build_mixture
 from ..lora import merge_lora
 from ..methods import learning_curve_methods
 from ..processing_arrcoc import PROMPT_LAYOUTS, prompt_layout_template
-from ..selection import selection_method
 from ..provenance import TRAINING_CONFIG, repo_path
 from .arguments import ArrCocTrainingArguments
 from .calibration import fit_budget_temperature
@@ -207,8 +205,7 @@ def apply_method(model, args) -> str:
     # The compression heads were built from the loaded config: the fold is their flag too (a reload reads config).
     model.model.allocator.compression_heads.fold_dropped = config.fold_dropped
     # Likewise the learned compressor: a base loaded as that baseline grows one, starting as uniform pooling.
-    if selection_method(config.selection_method).learned_pooling and model.model.allocator.compressor is None:
-        model.model.allocator.compressor = ArrCocWindowCompressor(config).to(device=model.device, dtype=model.dtype)
+    model.model.allocator.grow_compressor(config)
     args.check_selection(config.selection_method)
     args.tier_weights(config.budgets)  # a weighted tier the model lacks fails here, before any data is built
     budget = "every patch (train_budget ignored)" if config.selection_method == "full" else args.training_budget
