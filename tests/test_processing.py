@@ -42,6 +42,21 @@ def test_default_pixels_are_unchanged(processor):
         assert np.array_equal(pixels[i], reference_pixels(image)), i  # bit for bit
 
 
+def test_byte_table_gives_every_pixel_its_own_value_under_any_options():
+    """The processor maps bytes through a table of what rescale and normalize make of each value: the same values,
+    bit for bit, as the float steps applied pixel by pixel, with other factors, means, stds and padding too."""
+    options = dict(rescale_factor=0.37, image_mean=[0.1, -0.2, 0.3], image_std=[0.7, 1.3, 0.05], pad_value=0.25)
+    image = page(3, (40, 17))
+    pixels = ArrCocImageProcessor(size=SIZE)(image, **options)["pixel_values"][0].numpy()
+    scale = SIZE / max(image.size)
+    resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
+    canvas = np.full((SIZE, SIZE, 3), 0.25 * 255.0, dtype=np.float32)
+    canvas[: resized.height, : resized.width] = np.asarray(resized, dtype=np.float32)
+    canvas = (canvas.astype(np.float64) * 0.37).astype(np.float32)
+    canvas = (canvas - np.array(options["image_mean"], np.float32)) / np.array(options["image_std"], np.float32)
+    assert np.array_equal(pixels, canvas.transpose(2, 0, 1))
+
+
 def test_image_options_at_init_and_per_call(processor):
     image = page()
     raw = ArrCocImageProcessor(size=SIZE, do_normalize=False)(image)["pixel_values"]
