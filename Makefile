@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch lies on this machine's disk; pinning it keeps pip from pulling a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test demo baselines baselines-eval seeds seeds-eval pretrain presets bench readme app clean
+.PHONY: venv test demo baselines baselines-eval seeds seeds-eval pretrain presets bench sam-bf16 readme app clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -225,6 +225,15 @@ seeds-eval: venv
 
 bench: venv
 	$(PY) -m bench.run_all
+
+# SAM in bf16 (config.vision_autocast_dtype, docs/inference.md) against make demo's float32 run: the same checkpoint
+# and questions, auto and every tier, SAM under bf16 autocast; tools.compare_predictions pairs the two runs'
+# answers and token counts. After make demo; about 2 minutes.
+sam-bf16: venv
+	$(PY) eval.py $(DEMO)/checkpoint --dataset synthetic --split test --budget all --num-samples 1200 $(EVAL_FAMILIES) \
+		--baselines none --budget-costs=0.003 --vision-autocast-dtype bfloat16 --output-dir $(DEMO)/sam_bf16 --quiet
+	$(PY) -m tools.compare_predictions $(DEMO)/predictions.jsonl $(DEMO)/sam_bf16/predictions.jsonl \
+		--methods auto "auto(cost=0.003)" tier_4 tier_8 tier_16 tier_64 tier_256 full --json $(DEMO)/sam_bf16/comparison.json
 
 # The interactive app (docs/app.md) on 127.0.0.1:7860; e.g. make app APP_ARGS="--checkpoint DIR --port 7861".
 app: venv

@@ -85,13 +85,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--heatmaps-per-task", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    parser.add_argument("--vision-autocast-dtype", default=None, choices=("bfloat16", "float16"),
+                        help="Run every checkpoint's SAM under autocast to this dtype (config.vision_autocast_dtype; "
+                             "compare the answers with tools.compare_predictions).")
     return parser.parse_args(argv)
 
 
-def load_checkpoint(path: str, device: str = "cpu"):
-    """Model (float32, eval mode, on `device`) and processor, both from the checkpoint directory."""
+def load_checkpoint(path: str, device: str = "cpu", vision_autocast_dtype=None):
+    """Model (float32, eval mode, on `device`) and processor, both from the checkpoint directory; SAM under autocast
+    to `vision_autocast_dtype` when given (else as the checkpoint's config says)."""
     processor = AutoProcessor.from_pretrained(path)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    overrides = {} if vision_autocast_dtype is None else {"vision_autocast_dtype": vision_autocast_dtype}
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, **overrides).to(device).eval()
     return model, processor
 
 
@@ -130,9 +135,9 @@ def trained_from(text: str) -> tuple:
     return name, path
 
 
-def load_trained(name, path, device, budget, baselines) -> TrainedCheckpoint:
+def load_trained(name, path, device, budget, baselines, vision_autocast_dtype=None) -> TrainedCheckpoint:
     """A trained checkpoint, its methods at its own selection, and what the report records about it."""
-    model, processor = load_checkpoint(path, device)
+    model, processor = load_checkpoint(path, device, vision_autocast_dtype)
     config = model.config
     training = read_training_config(path)
     record = {"checkpoint": str(path), "selection_method": config.selection_method,
@@ -193,7 +198,7 @@ def main(argv=None) -> dict:
     if args.dataset_mixture:
         return evaluate_mixture(args, list(sys.argv[1:] if argv is None else argv))
     start = time.perf_counter()
-    model, processor = load_checkpoint(args.checkpoint, args.device)
+    model, processor = load_checkpoint(args.checkpoint, args.device, args.vision_autocast_dtype)
     vision = model.config.vision_config
     data = load_eval_dataset(args.dataset, args.split, args.num_samples, vision.image_size, vision.patch_size,
                              args.cache_dir, seed=args.synthetic_seed, path=args.dataset_path,
@@ -201,7 +206,8 @@ def main(argv=None) -> dict:
     print(f"{args.checkpoint}: {len(data.dataset)} questions of {args.dataset} ({data.split}), metric {data.metric}")
     baselines = baselines_from(args.baselines)
     methods = method_names(model.config.budgets, args.budget, baselines, args.budget_costs)
-    trained = [load_trained(name, path, args.device, args.budget, baselines) for name, path in args.method]
+    trained = [load_trained(name, path, args.device, args.budget, baselines, args.vision_autocast_dtype)
+               for name, path in args.method]
     meta = {"checkpoint": str(args.checkpoint), "dataset": args.dataset, "dataset_source": data.source,
             "split": data.split, "commit": git_commit(), "evaluated_families": args.synthetic_families,
             "trained_families": trained_families(args.checkpoint, args.training_config)}

@@ -105,6 +105,11 @@ class ArrCocConfig(PreTrainedConfig):
         visual_vocab_size (`int`): size of the visual vocabulary; rows of the visual embedding table (VET).
         tie_word_embeddings (`bool`): tie `lm_head` to the language model's input embeddings.
         initializer_range (`float`): std of the normal init of ArrCoc's own layers (allocator, adapter, heads).
+        vision_autocast_dtype (`str`, *optional*): "bfloat16" or "float16": the SAM vision tower computes under
+            autocast to this dtype, its features cast back to the language model's dtype for everything after it.
+            SAM is the fixed cost of every query (90% of the base preset's prefill at tier 64 on CPU) and is frozen
+            in every phase; bf16 runs it about 2.3x faster on CPUs with AMX (docs/inference.md). None (default):
+            SAM computes in the model's dtype.
     """
 
     model_type = "arrcoc"
@@ -134,6 +139,7 @@ class ArrCocConfig(PreTrainedConfig):
     visual_tokenize_function: Literal["softmax"] = "softmax"
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
+    vision_autocast_dtype: Literal["bfloat16", "float16"] | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

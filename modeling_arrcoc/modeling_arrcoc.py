@@ -5,6 +5,7 @@ splice in `splice_arrcoc`, generation by tier in `generation_arrcoc`, the select
 loss terms in `losses`; the names users import from here are re-exported.
 """
 
+import contextlib
 import dataclasses
 
 import torch
@@ -14,11 +15,7 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.models.clip.modeling_clip import CLIPEncoder
-from transformers.models.sam.modeling_sam import (
-    SamVisionAttention,
-    SamVisionModel,
-    SamVisionSdpaAttention,
-)
+from transformers.models.sam.modeling_sam import SamVisionModel
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.deprecation import deprecate_kwarg
@@ -29,7 +26,13 @@ from .adapter_arrcoc import ArrCocQualityAdapter
 from .allocator_arrcoc import ArrCocAllocator, Selection
 from .configuration_arrcoc import ArrCocConfig, check_budget_cost
 from .generation_arrcoc import check_no_assisted_decoding, generate_by_tier, generation_pad_token_id
-from .layers_arrcoc import ArrCocMeanInitLinear, ArrCocZeroInitEmbedding, ArrCocZeroInitLinear
+from .layers_arrcoc import (
+    SAM_ATTENTION_CLASSES,
+    ArrCocMeanInitLinear,
+    ArrCocZeroInitEmbedding,
+    ArrCocZeroInitLinear,
+    use_sam_attention,
+)
 from .losses import (  # noqa: F401  (answer_window and the loss functions are re-exported from here)
     LOSS_COMPONENTS,
     LOSS_TERMS,
@@ -137,16 +140,13 @@ class ArrCocPreTrainedModel(PreTrainedModel):
         if isinstance(requested, dict):  # {"": top level only, "vision_config": the SAM tree, ...}
             requested = requested.get("vision_config")
             requested = requested.get("") if isinstance(requested, dict) else requested
-        classes = {"eager": SamVisionAttention, "sdpa": SamVisionSdpaAttention}
-        if not isinstance(requested, str) or requested not in classes:
+        if not isinstance(requested, str) or requested not in SAM_ATTENTION_CLASSES:
             return
         for module in self.modules():
             if isinstance(module, SamVisionModel):
                 for config in (module.config, self.config.vision_config):
                     config._attn_implementation_internal = requested
-                for attention in module.modules():
-                    if isinstance(attention, SamVisionAttention):
-                        attention.__class__ = classes[requested]
+        use_sam_attention(self, requested)
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -168,6 +168,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
             # The CLIP encoder is a bare module that from_pretrained never checks: check it here, at load.
             self.get_correct_attn_implementation("flash_attention_2", is_init_check=True)
         self.vision_tower = AutoModel.from_config(config.vision_config)
+        use_sam_attention(self.vision_tower)  # the same attention, its relative positions built faster
         self.allocator = ArrCocAllocator(config)
         self.clip_encoder = ArrCocClipEncoder(config)
         self.quality_adapter = ArrCocQualityAdapter(config)
@@ -181,13 +182,19 @@ class ArrCocModel(ArrCocPreTrainedModel):
         self.language_model.set_input_embeddings(value)
 
     def get_patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """SAM neck features as a raster-ordered patch sequence [B, N, C]. Cache these when SAM is frozen."""
-        return _patch_sequence(self._vision_outputs(pixel_values).last_hidden_state)
+        """SAM neck features as a raster-ordered patch sequence [B, N, C], in the language model's dtype whatever
+        dtype SAM computed in (`config.vision_autocast_dtype`). Cache these when SAM is frozen."""
+        return self._patch_features(self._vision_outputs(pixel_values))
+
+    def _patch_features(self, vision) -> torch.Tensor:
+        return _patch_sequence(vision.last_hidden_state).to(self.get_input_embeddings().weight.dtype)
 
     def _vision_outputs(self, pixel_values, **kwargs):
-        """The vision tower's output (its hidden states / attentions too when `kwargs` or its config ask)."""
+        """The vision tower's output (its hidden states / attentions too when `kwargs` or its config ask), computed
+        under autocast to `config.vision_autocast_dtype` when it is set."""
         _check_pixels(pixel_values)
-        return self.vision_tower(pixel_values=pixel_values, return_dict=True, **kwargs)
+        with _vision_autocast(pixel_values.device, self.config.vision_autocast_dtype):
+            return self.vision_tower(pixel_values=pixel_values, return_dict=True, **kwargs)
 
     def image_token_mask(self, input_ids=None, inputs_embeds=None) -> torch.Tensor:
         """[B, L] where the `<image>` placeholders are: from `input_ids`, or (without them) the positions of
@@ -363,7 +370,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
                 if pixel_values is None:
                     raise ValueError("get_image_features needs pixel_values, patch_features or a plan.")
                 vision = self._vision_outputs(pixel_values, **_vision_kwargs(kwargs))
-                patch_features = _patch_sequence(vision.last_hidden_state)
+                patch_features = self._patch_features(vision)
             plan = self.plan_allocation(
                 input_ids=input_ids, attention_mask=attention_mask, patch_features=patch_features, labels=labels,
                 budget=budget, selection=selection, selection_scores=selection_scores, generator=generator,
@@ -532,6 +539,13 @@ def _vision_kwargs(kwargs):
 
 def _first_given(*values):
     return next((value for value in values if value is not None), None)
+
+
+def _vision_autocast(device, dtype_name):
+    """Autocast for the vision tower (`config.vision_autocast_dtype`), or nothing when it is None."""
+    if dtype_name is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, dtype_name))
 
 
 def _check_pixels(pixel_values):

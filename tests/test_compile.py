@@ -185,3 +185,10 @@ def test_compiled_decode_reads_the_grouped_cache_only_with_the_switch(tester, mo
     graphs, logits, eager = _decode_graphs(model, inputs)
     assert graphs and not _repeats_the_cache(graphs)
     torch.testing.assert_close(logits, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_fixed_tier_forward_with_sam_under_autocast_is_one_graph(tester):
+    """SAM's autocast (`vision_autocast_dtype`) is traced inside the one graph, not a break around it."""
+    model, inputs = tester.get_model(vision_autocast_dtype="bfloat16"), tester.prepare_inputs()
+    explained = _explain(_logits(model, 4, "learned"), **inputs)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

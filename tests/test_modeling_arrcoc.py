@@ -535,3 +535,32 @@ def test_gradient_checkpointing_keeps_the_frozen_sam_out_of_autograd(tester):
         for hook in hooks:
             hook.remove()
     assert seen == {"sam": False, "tokens": True}
+
+
+def test_vision_autocast_runs_sam_in_bfloat16_and_hands_on_the_model_dtype(tester):
+    """`vision_autocast_dtype`: SAM computes in bf16 (its output is bf16), everything after it in the model's fp32,
+    and the answers stay close to an all-fp32 forward of the same weights."""
+    reference, inputs = tester.get_model(), tester.prepare_inputs()
+    model = tester.get_model(vision_autocast_dtype="bfloat16")
+    model.load_state_dict(reference.state_dict())
+    seen = {}
+    hooks = [model.model.vision_tower.register_forward_hook(
+                 lambda module, args, output: seen.__setitem__("sam", output.last_hidden_state.dtype)),
+             model.model.allocator.register_forward_hook(
+                 lambda module, args, output: seen.__setitem__("allocator", args[0].dtype))]
+    with torch.no_grad():
+        try:
+            half = model(**inputs, budget=16)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        full = reference(**inputs, budget=16)
+    assert seen == {"sam": torch.bfloat16, "allocator": torch.float32}
+    assert half.logits.dtype == torch.float32
+    assert not torch.equal(half.logits, full.logits)  # bf16 really ran
+    torch.testing.assert_close(half.logits, full.logits, atol=5e-2, rtol=5e-2)
+
+
+def test_vision_autocast_dtype_is_checked(tester):
+    with pytest.raises(Exception, match="vision_autocast_dtype"):
+        tester.get_config(vision_autocast_dtype="int8")

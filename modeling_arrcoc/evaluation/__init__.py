@@ -114,7 +114,8 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
         "created": str,                   # ISO 8601, UTC
         "metric": str, "correct_threshold": float, "budgets": [int], "fold_dropped": bool, "grid_size": [rows, cols],
         "num_patches": int, "batch_size": int, "max_new_tokens": int, "seed": int, "device": str,
-        "trained_families": [str] | null  # eval.py: from the training YAMLs behind the checkpoint
+        "trained_families": [str] | null, # eval.py: from the training YAMLs behind the checkpoint
+        "vision_autocast_dtype": str | null  # SAM's autocast dtype (config.vision_autocast_dtype), null: none
       }
     }
 

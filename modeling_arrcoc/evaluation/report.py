@@ -112,7 +112,7 @@ def build_report(runs, references, tasks, metric, config, meta=None, correct_thr
                                     forced)
     meta = {**(meta or {}), "metric": metric, "correct_threshold": correct_threshold, "budgets": budgets,
             "fold_dropped": config.fold_dropped, "grid_size": list(config.grid_size), "num_patches": num_patches,
-            "num_samples": len(references)}
+            "num_samples": len(references), "vision_autocast_dtype": config.vision_autocast_dtype}
     trained_families = meta.get("trained_families")
     return {"methods": methods, "calibration": calibration, "per_tier": per_tier, "skipped": skipped or {},
             "meta": meta, "trained_methods": trained or {},

@@ -1,0 +1,77 @@
+"""ArrCoc's SAM attention (layers_arrcoc): transformers' SAM attention with its relative-position bias built by a
+one-hot matmul. The same weights give the same outputs, windowed and global, eager and SDPA."""
+
+import pytest
+import torch
+from transformers import SamVisionConfig, SamVisionModel
+from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionSdpaAttention
+
+from modeling_arrcoc.layers_arrcoc import (
+    SAM_ATTENTION_CLASSES,
+    ArrCocSamAttention,
+    ArrCocSamSdpaAttention,
+    key_one_hot,
+    use_sam_attention,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _sam(implementation):
+    """A small SAM (a 12 x 12 grid: windows of 5 pad it to 15) with non-zero relative positions."""
+    config = SamVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=96,
+                             patch_size=8, output_channels=16, window_size=5, global_attn_indexes=[1],
+                             mlp_dim=64, attn_implementation=implementation)
+    torch.manual_seed(0)
+    model = SamVisionModel(config).eval()
+    for name, parameter in model.named_parameters():
+        if "rel_pos" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("implementation,stock", [("eager", SamVisionAttention), ("sdpa", SamVisionSdpaAttention)])
+def test_one_hot_relative_positions_match_transformers(implementation, stock):
+    model = _sam(implementation)
+    assert {type(m) for m in model.modules() if isinstance(m, SamVisionAttention)} == {stock}
+    pixels = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(pixel_values=pixels, output_attentions=implementation == "eager")
+        use_sam_attention(model)
+        got = model(pixel_values=pixels, output_attentions=implementation == "eager")
+    assert {type(m) for m in model.modules() if isinstance(m, SamVisionAttention)} == {
+        SAM_ATTENTION_CLASSES[implementation]}
+    torch.testing.assert_close(got.last_hidden_state, expected.last_hidden_state, atol=1e-6, rtol=1e-6)
+    if implementation == "eager":  # the attention maps themselves, windowed layer and global layer
+        for mine, theirs in zip(got.attentions, expected.attentions):
+            torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-6)
+
+
+def test_the_bias_itself_equals_the_broadcast_sum():
+    attention = _sam("eager").vision_encoder.layers[1].attn  # the global layer: 12 x 12 queries and keys
+    query = torch.randn(4, 144, 16, generator=torch.Generator().manual_seed(2))
+    expected = SamVisionAttention.get_decomposed_rel_pos(
+        attention, query, attention.rel_pos_h, attention.rel_pos_w, (12, 12), (12, 12))
+    use_sam_attention(attention)
+    got = ArrCocSamAttention.get_decomposed_rel_pos(
+        attention, query, attention.rel_pos_h, attention.rel_pos_w, (12, 12), (12, 12))
+    assert got.shape == expected.shape == (4, 12, 12, 12, 12)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_key_one_hot_marks_each_keys_row_and_column():
+    table = key_one_hot(3, 4, torch.empty(0))
+    assert table.shape == (12, 7) and torch.equal(table.sum(1), torch.full((12,), 2.0))
+    for key in range(12):
+        assert table[key, key // 4] == 1 and table[key, 3 + key % 4] == 1
+
+
+def test_the_model_runs_sam_with_arrcoc_attention_and_follows_the_implementation(tester):
+    model = tester.get_model()
+    kinds = lambda: {type(m) for m in model.model.vision_tower.modules() if isinstance(m, SamVisionAttention)}
+    assert kinds() == {ArrCocSamSdpaAttention}
+    model.set_attn_implementation("eager")
+    assert kinds() == {ArrCocSamAttention}
+    with torch.no_grad():
+        vision = model.model._vision_outputs(tester.prepare_inputs()["pixel_values"], output_attentions=True)
+    assert all(attention is not None for attention in vision.attentions)
