@@ -83,12 +83,31 @@ def add_common_args(parser, repeats: int):
     return parser
 
 
+def add_vision_autocast_arg(parser):
+    """The benchmarks that time SAM take `--vision-autocast` (the others do not: they would ignore it)."""
+    parser.add_argument("--vision-autocast", choices=("bfloat16", "float16"), default=None,
+                        help="run SAM under autocast to this dtype (config.vision_autocast_dtype); the result is "
+                             "written apart, <name>_sam_<dtype>.json")
+    return parser
+
+
+def autocast_suffix(vision_autocast) -> str:
+    """What a result run with SAM under autocast adds to its name (and nothing for the plain run)."""
+    return f"_sam_{vision_autocast}" if vision_autocast else ""
+
+
+def precision(vision_autocast) -> str:
+    """The result's dtype line: float32 weights, SAM computing in `vision_autocast` when set."""
+    return "float32" + (f", SAM under {vision_autocast} autocast" if vision_autocast else "")
+
+
 def load_model(preset, device="cpu", dtype=None, attn_implementation=None, seed: int = 0,
-               needs_processor: bool = True):
+               needs_processor: bool = True, vision_autocast=None):
     """A random-weight model and its processor from a preset: costs do not depend on trained weights. A preset of
     pretrained components (components.json: the base) ships no processor files (its tokenizer would be the text
     checkpoint's): a benchmark that can build its own inputs passes `needs_processor=False` and gets None (see
-    prefill_decode's `query_inputs`); any other gets a clear error."""
+    prefill_decode's `query_inputs`); any other gets a clear error. `vision_autocast`: the model's
+    `vision_autocast_dtype` (SAM's compute dtype)."""
     import modeling_arrcoc  # noqa: F401  registers the Auto classes
     from modeling_arrcoc.components import is_components_preset
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
@@ -99,6 +118,7 @@ def load_model(preset, device="cpu", dtype=None, attn_implementation=None, seed:
         raise ValueError(f"preset {preset}: a preset of pretrained components ships no processor, and this benchmark "
                          "needs one; time it with bench.prefill_decode or bench.base_scale, which build its inputs.")
     config = AutoConfig.from_pretrained(path)
+    config.vision_autocast_dtype = vision_autocast
     torch.manual_seed(seed)
     kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     if dtype is not None:
@@ -277,6 +297,8 @@ __all__ = [
     "OUTPUT_DIR",
     "ROOT",
     "add_common_args",
+    "add_vision_autocast_arg",
+    "autocast_suffix",
     "chat_texts",
     "clock_ratios",
     "clock_stats",
@@ -290,6 +312,7 @@ __all__ = [
     "markdown_table",
     "ms",
     "no_sync",
+    "precision",
     "preset_path",
     "ratio",
     "read_result",

@@ -38,6 +38,7 @@ VARIANTS = ("eager", "compiled")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(parser, repeats=7)
+    common.add_vision_autocast_arg(parser)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--tiers", nargs="+", default=None, help="tiers to time (default: every tier, then full)")
     parser.add_argument("--no-compile", action="store_true", help="eager only")
@@ -168,19 +169,21 @@ def query_inputs(model, processor, rows) -> dict:
 
 
 def run(preset="demo", repeats=7, batch_sizes=(1, 8), tiers=None, compile_model=True, threads=1,
-        backend="inductor", components=False) -> dict:
-    """backend: torch.compile's (the tests use "aot_eager": the same graphs, no code generation)."""
+        backend="inductor", components=False, vision_autocast=None) -> dict:
+    """backend: torch.compile's (the tests use "aot_eager": the same graphs, no code generation).
+    vision_autocast: SAM's compute dtype (`config.vision_autocast_dtype`), None: float32 throughout."""
     if repeats + 3 > STATIC_ROOM:  # compile's first step, the warm-up round and the timed ones each fill a slot
         raise ValueError(f"repeats must be at most {STATIC_ROOM - 3}: the decode step's static cache has "
                          f"{STATIC_ROOM} free positions.")
     common.use_threads(threads)
-    model, processor = common.load_model(preset, needs_processor=False)
+    model, processor = common.load_model(preset, needs_processor=False, vision_autocast=vision_autocast)
     config = model.config
     tiers = [_tier(t) for t in tiers] if tiers else bench_tiers(config)
     tiers = tiers if "full" in tiers else [*tiers, "full"]
     rows = common.synthetic_rows(config, max(batch_sizes))
     variants = VARIANTS if compile_model else ("eager",)
-    result = {"preset": str(preset), "dtype": "float32", "repeats": repeats, "tiers": [str(t) for t in tiers],
+    result = {"preset": str(preset), "dtype": common.precision(vision_autocast), "vision_autocast": vision_autocast,
+              "repeats": repeats, "tiers": [str(t) for t in tiers],
               "prompt": "chat template" if processor is not None else "base_scale's fixed token ids",
               "compile_backend": backend if compile_model else None,
               "num_patches": config.num_patches, "variants": list(variants), "batch_sizes": {}}
@@ -253,17 +256,18 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def result_name(preset) -> str:
-    """outputs/bench/<name>.json: prefill_decode for the demo preset (the default), else one per preset."""
+def result_name(preset, vision_autocast=None) -> str:
+    """outputs/bench/<name>.json: prefill_decode for the demo preset (the default), else one per preset; a run
+    with SAM under autocast apart from the plain one."""
     name = Path(str(preset)).name
-    return NAME if name == "demo" else f"{NAME}_{name}"
+    return (NAME if name == "demo" else f"{NAME}_{name}") + common.autocast_suffix(vision_autocast)
 
 
 def main(argv=None):
     args = parse_args(argv)
     result = run(args.preset, args.repeats, args.batch_sizes, args.tiers, not args.no_compile, args.threads,
-                 components=args.components)
-    common.publish(result_name(args.preset), result, args.output_dir, markdown)
+                 components=args.components, vision_autocast=args.vision_autocast)
+    common.publish(result_name(args.preset, args.vision_autocast), result, args.output_dir, markdown)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ and writes
   each benchmark and the whole run took;
 - outputs/bench/summary.md: a short markdown section generated from summary.json (`make readme` puts it in the
   Performance section of docs/results.md, which the README links).
-The demo preset's benchmarks take about 15 minutes on the 2-core machine (prefill_decode's compiling most of
-it); the base preset's take longer: base_scale about 23 minutes, prefill_decode_base about 30 and decode_gqa about
-8 (each entry's comment), so `make bench` takes about 80 minutes; --quick runs one round of each (a smoke run, not
-a measurement).
+The demo preset's benchmarks take about 7 minutes on the 2-core machine (prefill_decode's compiling most of it);
+the base preset's take longer: base_scale about 8 minutes, prefill_decode_base about 15 (and as long again with SAM
+in bf16) and decode_gqa about 3 (each run's bench_seconds in summary.json), so `make bench` takes about 50 minutes;
+--quick runs one round of each (a smoke run, not a measurement).
 
     python -m bench.run_all [--preset demo] [--quick] [--only token_cost memory ...]
 """
@@ -31,30 +31,43 @@ from modeling_arrcoc.training.phases import COMPONENTS
 FROM_TOKEN_COST = ["--from-json", "{output_dir}/token_cost.json"]
 OVIS25_SCALE = "base_scale_base_ovis25_llm1layers"
 PREFILL_DECODE_BASE = "prefill_decode_base"
+# The same two measurements with SAM under bf16 autocast (config.vision_autocast_dtype): SAM is the fixed cost of
+# every query, and the CPUs with AMX run it about 2.3x faster in bf16.
+SAM_BF16 = ["--vision-autocast", "bfloat16"]
+TOKEN_COST_SAM_BF16 = "token_cost_sam_bfloat16"
+SAM_ATTENTION_BASE = "sam_attention_base"
+PREFILL_DECODE_BASE_SAM_BF16 = "prefill_decode_base_sam_bfloat16"
+BASE_PREFILL = ["--preset", "base", "--threads", "2", "--batch-sizes", "1", "--tiers", "64", "full"]
 # (name, extra arguments, --quick arguments). token_cost runs before allocator_cost, which reuses its timings.
 BENCHES = (
     ("token_cost", ["--repeats", "15"], ["--repeats", "1", "--new-tokens", "2"]),
+    (TOKEN_COST_SAM_BF16, ["--repeats", "15", *SAM_BF16], ["--repeats", "1", "--new-tokens", "2", *SAM_BF16]),
+    # SAM alone: transformers' attention and ArrCoc's, float32 and bf16, the demo preset's and the base's (2 min).
+    ("sam_attention", ["--repeats", "11"], ["--repeats", "1"]),
+    (SAM_ATTENTION_BASE, ["--preset", "base", "--threads", "2", "--batch", "1", "--repeats", "3"],
+     ["--preset", "base", "--threads", "2", "--batch", "1", "--repeats", "1"]),
     ("allocator_cost", FROM_TOKEN_COST, FROM_TOKEN_COST),
     ("prefill_grouping", ["--repeats", "11"], ["--repeats", "1"]),
-    # Prefill and decode apart, eager and compiled at three tiers (about 10 minutes, most of it compiling).
+    # Prefill and decode apart, eager and compiled at three tiers (about 4 minutes, most of it compiling).
     ("prefill_decode", ["--repeats", "5", "--tiers", "4", "64", "full", "--components"],
      ["--repeats", "1", "--tiers", "4", "full", "--batch-sizes", "1", "--no-compile"]),
     ("training_throughput", ["--repeats", "7"], ["--repeats", "1", "--rows", "16"]),
     ("memory", ["--repeats", "3"], ["--repeats", "1"]),
     ("gpu_token_cost", ["--repeats", "10"], ["--repeats", "1", "--new-tokens", "2"]),
-    # The base preset at its true sizes (about 23 minutes on 2 cores with the checkpointed full-token train step); its
+    # The base preset at its true sizes (about 8 minutes on 2 cores with the checkpointed full-token train step); its
     # own thread count and preset come after (and override) the common arguments.
     ("base_scale", ["--preset", "base", "--threads", "2", "--full-train-step", "checkpointed"],
      ["--preset", "base", "--threads", "2", "--items", "forward", "--tiers", "64", "full", "--skip-ovis2"]),
     # Prefill at the base preset's true sizes, batch 1, tier 64 against full tokens, eager and compiled, with each
-    # component's time (#23's CPU target: tier 64's prefill speed-up at least 80% of its FLOP ratio; about 30 minutes
+    # component's time (#23's CPU target: tier 64's prefill speed-up at least 80% of its FLOP ratio; about 15 minutes
     # on 2 cores; batch 8 at full tokens would take 10 minutes a call).
-    (PREFILL_DECODE_BASE, ["--preset", "base", "--threads", "2", "--batch-sizes", "1", "--tiers", "64", "full",
-                           "--repeats", "3", "--components"],
-     ["--preset", "base", "--threads", "2", "--batch-sizes", "1", "--tiers", "64", "full", "--repeats", "1",
-      "--no-compile"]),
+    (PREFILL_DECODE_BASE, [*BASE_PREFILL, "--repeats", "3", "--components"],
+     [*BASE_PREFILL, "--repeats", "1", "--no-compile"]),
+    # The same with SAM in bf16 (about 15 minutes): what the fixed cost becomes when SAM runs at AMX's rate.
+    (PREFILL_DECODE_BASE_SAM_BF16, [*BASE_PREFILL, "--repeats", "3", "--components", *SAM_BF16],
+     [*BASE_PREFILL, "--repeats", "1", "--no-compile", *SAM_BF16]),
     # The base preset's decode step at tier 64 and full tokens: dynamic and static cache, eager, compiled and compiled
-    # with the grouped-query switch (why compiled decode at full tokens ran slower than eager; about 8 minutes).
+    # with the grouped-query switch (why compiled decode at full tokens ran slower than eager; about 3 minutes).
     ("decode_gqa", ["--preset", "base", "--threads", "2", "--tiers", "64", "full", "--repeats", "5"],
      ["--tiers", "4", "full", "--repeats", "1", "--backend", "aot_eager"]),
     # The 2026 preset (DeepSeek-OCR2's SAM, CLIP-L, Ovis2.5-2B): loaded from checkpoints in those formats with its LLM
@@ -64,7 +77,8 @@ BENCHES = (
      ["--preset", "base_ovis25", "--text-layers", "1", "--load-only", "--threads", "1"]),
 )
 # Results named apart from the script that writes them.
-SCRIPTS = {OVIS25_SCALE: "base_scale", PREFILL_DECODE_BASE: "prefill_decode"}
+SCRIPTS = {OVIS25_SCALE: "base_scale", PREFILL_DECODE_BASE: "prefill_decode", TOKEN_COST_SAM_BF16: "token_cost",
+           PREFILL_DECODE_BASE_SAM_BF16: "prefill_decode", SAM_ATTENTION_BASE: "sam_attention"}
 
 
 def parse_args(argv=None):
@@ -138,6 +152,8 @@ def summarize(output_dir, seconds: dict, total_seconds: float | None) -> dict:
         "new_tokens": token_cost["new_tokens"] if token_cost else None,
         "repeats": {name: r.get("repeats") for name, r in results.items() if r},
         "tokens": headline_tokens(token_cost, allocator) if token_cost else None,
+        "tokens_sam_bfloat16": (headline_tokens(results[TOKEN_COST_SAM_BF16], None)
+                                if results[TOKEN_COST_SAM_BF16] else None),
         "flop_model_check": token_cost.get("flop_model_check") if token_cost else None,
         "allocator_target_share": allocator["target_share"] if allocator else None,
         "allocator_scorer_calls": allocator["scorer_calls_per_generate"] if allocator else None,
@@ -149,7 +165,10 @@ def summarize(output_dir, seconds: dict, total_seconds: float | None) -> dict:
         "base_scale": results.get("base_scale"),
         "prefill_decode": results.get("prefill_decode"),
         PREFILL_DECODE_BASE: results.get(PREFILL_DECODE_BASE),
+        PREFILL_DECODE_BASE_SAM_BF16: results.get(PREFILL_DECODE_BASE_SAM_BF16),
         "decode_gqa": results.get("decode_gqa"),
+        "sam_attention": results.get("sam_attention"),
+        SAM_ATTENTION_BASE: results.get(SAM_ATTENTION_BASE),
         "base_scale_ovis25": results.get(OVIS25_SCALE),
     }
     return summary
@@ -186,6 +205,8 @@ def markdown(summary: dict) -> str:
     lines = [_intro(summary)]
     if summary["tokens"]:
         lines += ["", *_token_section(summary)]
+    if summary.get("tokens_sam_bfloat16"):
+        lines += ["", *_sam_bf16_token_section(summary)]
     if summary["training"]:
         lines += ["", *_training_section(summary)]
     if summary["memory"]:
@@ -197,7 +218,12 @@ def markdown(summary: dict) -> str:
                       f"{common.fmt_range(p['speedup'], 2, 'x')}, from cached SAM features "
                       f"{common.fmt_range(p['speedup_cached_sam'], 2, 'x')} (LLM prefill positions "
                       f"{p['llm_prefill_positions']['grouped']} vs {p['llm_prefill_positions']['padded']})."]
-    for name in ("prefill_decode", PREFILL_DECODE_BASE):
+    for name in ("sam_attention", SAM_ATTENTION_BASE):
+        if summary.get(name):
+            from bench.sam_attention import markdown as sam_attention_markdown
+
+            lines += ["", sam_attention_markdown(summary[name]).rstrip()]
+    for name in ("prefill_decode", PREFILL_DECODE_BASE, PREFILL_DECODE_BASE_SAM_BF16):
         if summary.get(name):
             from bench.prefill_decode import markdown as prefill_decode_markdown
 
@@ -258,6 +284,22 @@ def _token_section(summary) -> list:
                       f"{calls['auto']} with `budget=\"auto\"` (tier groups follow one allocation plan), "
                       f"{calls['forced']} at a forced tier."]
     return notes
+
+
+def _sam_bf16_token_section(summary) -> list:
+    """The token-cost table again with SAM under bf16 autocast, beside float32's speed-ups of the same run
+    configuration (each column's ratios are taken within its own run)."""
+    tokens, plain = summary["tokens_sam_bfloat16"], summary["tokens"]
+    largest = max(tokens, key=int)
+    rows = [[tier, common.fmt_range(r["per_query_ms"]), common.fmt_range(r["speedup_vs_full"], 2, "x"),
+             f"{r['ideal_speedup']:.2f}x", f"{100 * r['share_of_ideal']:.0f}%",
+             f"{plain[largest][tier]['speedup_vs_full']['median']:.2f}x" if plain and tier in plain[largest] else "-"]
+            for tier, r in tokens[largest].items()]
+    headers = ["tier", f"ms/query (batch {largest})", "speed-up vs full", "ideal (FLOPs)", "of ideal",
+               "float32's speed-up"]
+    return [f"**Visual tokens vs time, SAM in bf16** (the same `generate` with `vision_autocast_dtype=\"bfloat16\"`: "
+            "SAM computes under bf16 autocast, everything after it in float32; bench/token_cost.py "
+            "`--vision-autocast bfloat16`):", "", common.markdown_table(headers, rows)]
 
 
 def _training_section(summary) -> list:
@@ -328,4 +370,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["BENCHES", "OVIS25_SCALE", "PREFILL_DECODE_BASE", "SCRIPTS", "markdown", "summarize"]
+__all__ = ["BENCHES", "OVIS25_SCALE", "PREFILL_DECODE_BASE", "PREFILL_DECODE_BASE_SAM_BF16", "SAM_ATTENTION_BASE",
+           "SCRIPTS", "TOKEN_COST_SAM_BF16", "markdown", "summarize"]

@@ -21,7 +21,7 @@ import argparse
 import contextlib
 
 from bench import common  # first: it pins the thread count before torch starts its pool
-from bench.flops import STAGES, counted_flops, query_flops, visual_tokens
+from bench.flops import STAGES, counted_flops, query_flops, sam_one_hot_flops, visual_tokens
 
 import torch
 
@@ -34,6 +34,7 @@ TIMED_STAGES = ("processor", "sam", "allocator", "select", "clip", "adapter", "s
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(parser, repeats=7)
+    common.add_vision_autocast_arg(parser)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=8)
     return parser.parse_args(argv)
@@ -186,8 +187,9 @@ def check_flop_model(query: Query, tier, new_tokens) -> dict:
     inputs = query.process()
     batch, width = inputs["input_ids"].shape
     modelled = sum(query_flops(model.config, tier, width, new_tokens, batch).values())
-    return {"tier": tier, "batch": batch, "counted": counted, "modelled": modelled,
-            "modelled_over_counted": modelled / counted}
+    one_hot = batch * sam_one_hot_flops(model.config.vision_config)  # the implementation's, in no stage
+    return {"tier": tier, "batch": batch, "counted": counted, "modelled": modelled, "sam_one_hot": one_hot,
+            "modelled_over_counted": (modelled + one_hot) / counted}
 
 
 @contextlib.contextmanager
@@ -228,12 +230,13 @@ def _decode_matches(query, tier, new_tokens) -> bool:
     return bool(torch.equal(generated.cpu(), staged.cpu()))
 
 
-def run(preset="demo", repeats=7, batch_sizes=(1, 8), new_tokens=8, threads=1) -> dict:
+def run(preset="demo", repeats=7, batch_sizes=(1, 8), new_tokens=8, threads=1, vision_autocast=None) -> dict:
     common.use_threads(threads)
-    model, processor = common.load_model(preset)
+    model, processor = common.load_model(preset, vision_autocast=vision_autocast)
     rows = common.synthetic_rows(model.config, max(batch_sizes))
     result = measure(model, processor, rows, list(batch_sizes), new_tokens, repeats)
-    return {"preset": str(preset), "dtype": "float32", **result}
+    return {"preset": str(preset), "dtype": common.precision(vision_autocast), "vision_autocast": vision_autocast,
+            **result}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -294,8 +297,8 @@ def markdown(result: dict) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    result = run(args.preset, args.repeats, args.batch_sizes, args.new_tokens, args.threads)
-    common.publish(NAME, result, args.output_dir, markdown)
+    result = run(args.preset, args.repeats, args.batch_sizes, args.new_tokens, args.threads, args.vision_autocast)
+    common.publish(NAME + common.autocast_suffix(args.vision_autocast), result, args.output_dir, markdown)
 
 
 if __name__ == "__main__":

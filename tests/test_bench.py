@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bench import (allocator_cost, common, flops, gpu_token_cost, memory, prefill_decode, prefill_grouping, run_all,
+                   sam_attention,
                    token_cost)
 from bench import training_throughput
 from bench.decode_gqa import STATIC_ROOM, DecodeStep
@@ -35,6 +36,9 @@ def results(tmp_path_factory):
         "gpu_token_cost": {"skipped": "no CUDA device"},
         "prefill_decode": prefill_decode.run(TINY, repeats=1, batch_sizes=(2,), tiers=[4], backend="aot_eager",
                                              components=True),
+        run_all.TOKEN_COST_SAM_BF16: token_cost.run(TINY, repeats=1, batch_sizes=(2,), new_tokens=2,
+                                                    vision_autocast="bfloat16"),
+        "sam_attention": sam_attention.run(TINY, batch=2, repeats=1),
     }
     for name, result in produced.items():
         common.write_result(name, result, out)
@@ -196,6 +200,9 @@ def test_run_all_summary_and_markdown(results):
     text = run_all.markdown(run_all.summarize(out, {"token_cost": 1.0}, 1.0))
     assert text.count("Prefill and decode, timed apart") == 2 and "base preset" in text
     assert text.count("components (eager") == 2
+    # SAM alone and the token cost with SAM in bf16 get their blocks.
+    assert "SAM alone" in text and "Visual tokens vs time, SAM in bf16" in text
+    assert "SAM under bfloat16 autocast" in token_cost.markdown(common.read_result(run_all.TOKEN_COST_SAM_BF16, out))
     # Every benchmark's own report renders from its JSON too.
     for module in (token_cost, allocator_cost, training_throughput, memory, prefill_grouping, gpu_token_cost,
                    prefill_decode):
@@ -269,6 +276,35 @@ def test_every_bench_entry_names_a_script():
     preset = extra[extra.index("--preset") + 1]
     assert prefill_decode.result_name(preset) == run_all.PREFILL_DECODE_BASE
     assert prefill_decode.result_name("demo") == prefill_decode.NAME
+    # The runs with SAM under bf16 autocast are written apart, under the names run_all reads.
+    entries = dict((name, args) for name, args, _ in run_all.BENCHES)
+    for name, module in ((run_all.TOKEN_COST_SAM_BF16, token_cost), (run_all.PREFILL_DECODE_BASE_SAM_BF16,
+                                                                      prefill_decode)):
+        args = entries[name]
+        autocast = args[args.index("--vision-autocast") + 1]
+        preset = args[args.index("--preset") + 1] if "--preset" in args else "demo"
+        written = (prefill_decode.result_name(preset, autocast) if module is prefill_decode
+                   else module.NAME + common.autocast_suffix(autocast))
+        assert written == name
+    args = entries[run_all.SAM_ATTENTION_BASE]
+    assert sam_attention.result_name(args[args.index("--preset") + 1]) == run_all.SAM_ATTENTION_BASE
+
+
+def test_sam_attention_variants_compute_the_same_sam(results):
+    """ArrCoc's attention gives transformers' float32 output; bf16 differs a little, and every variant is timed."""
+    variants = results[1]["sam_attention"]["variants"]
+    assert set(variants) == set(sam_attention.VARIANTS)
+    assert variants["transformers_float32"]["max_abs_difference"] == 0.0
+    assert variants["arrcoc_float32"]["max_abs_difference"] < 1e-5
+    assert 0 < variants["arrcoc_bfloat16"]["max_abs_difference"] < 0.5
+    for v in variants.values():
+        _positive_ratio(v["speedup_vs_transformers_float32"])
+
+
+def test_token_cost_with_sam_in_bfloat16_says_so(results):
+    result = results[1][run_all.TOKEN_COST_SAM_BF16]
+    assert result["vision_autocast"] == "bfloat16" and result["dtype"] == "float32, SAM under bfloat16 autocast"
+    assert result["decode_matches_generate"]
 
 
 def test_decode_gqa_times_every_cache_and_variant_and_they_answer_alike(tmp_path):
