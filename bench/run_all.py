@@ -42,9 +42,10 @@ BASE_PREFILL = ["--preset", "base", "--threads", "2", "--batch-sizes", "1", "--t
 BENCHES = (
     ("token_cost", ["--repeats", "15"], ["--repeats", "1", "--new-tokens", "2"]),
     (TOKEN_COST_SAM_BF16, ["--repeats", "15", *SAM_BF16], ["--repeats", "1", "--new-tokens", "2", *SAM_BF16]),
-    # SAM alone: transformers' attention and ArrCoc's, float32 and bf16, the demo preset's and the base's (2 min).
-    ("sam_attention", ["--repeats", "11"], ["--repeats", "1"]),
-    (SAM_ATTENTION_BASE, ["--preset", "base", "--threads", "2", "--batch", "1", "--repeats", "3"],
+    # SAM alone: transformers' attention and ArrCoc's, float32 and bf16, eager and compiled, the demo preset's and the
+    # base's (about 5 min).
+    ("sam_attention", ["--repeats", "11", "--compiled"], ["--repeats", "1"]),
+    (SAM_ATTENTION_BASE, ["--preset", "base", "--threads", "2", "--batch", "1", "--repeats", "3", "--compiled"],
      ["--preset", "base", "--threads", "2", "--batch", "1", "--repeats", "1"]),
     ("allocator_cost", FROM_TOKEN_COST, FROM_TOKEN_COST),
     ("prefill_grouping", ["--repeats", "11"], ["--repeats", "1"]),

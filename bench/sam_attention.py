@@ -7,9 +7,12 @@ cost without changing what it computes:
   values;
 - the compute dtype: `vision_autocast_dtype="bfloat16"` runs SAM under bf16 autocast (AMX on this CPU).
 The four variants (attention x dtype) run on the same weights and pages, interleaved in the same rounds, so their
-ratios come from one run; each variant's largest difference from transformers' float32 output is reported.
+ratios come from one run; each variant's largest difference from transformers' float32 output is reported. With
+--compiled, two more, float32 under `torch.compile`: ArrCoc's attention as shipped (compiled, it keeps
+transformers' broadcast sum, which inductor fuses) and with the one-hot matmul forced (`one_hot_when_compiled`):
+the measurement behind that choice.
 
-    python -m bench.sam_attention [--preset demo] [--batch 8] [--repeats 11]
+    python -m bench.sam_attention [--preset demo] [--batch 8] [--repeats 11] [--compiled]
 
 Random weights, with relative positions drawn non-zero (a trained SAM's are). Writes outputs/bench/sam_attention.json
 (sam_attention_<preset>.json for another preset).
@@ -36,6 +39,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(parser, repeats=11)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--compiled", action="store_true", help="also the two compiled float32 variants")
     return parser.parse_args(argv)
 
 
@@ -72,12 +76,34 @@ def _variant_call(model, pixels, arrcoc: bool, dtype):
     return call
 
 
-def run(preset="demo", batch=8, repeats=11, threads=1) -> dict:
+def _compiled_call(preset, pixels, one_hot: bool, backend: str):
+    """A copy of the SAM with ArrCoc's attention, compiled whole; `one_hot` forces the matmul under compile."""
+    from modeling_arrcoc.layers_arrcoc import use_sam_attention
+
+    model = sam_model(preset)  # the same seed: the same weights as the eager variants'
+    use_sam_attention(model, "sdpa")
+    for module in model.modules():
+        if hasattr(module, "one_hot_when_compiled"):
+            module.one_hot_when_compiled = one_hot
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+
+    def call():
+        with torch.no_grad():
+            return compiled(pixel_values=pixels).last_hidden_state.float()
+
+    return call
+
+
+def run(preset="demo", batch=8, repeats=11, threads=1, compiled=False, backend="inductor") -> dict:
+    """compiled: also time the two compiled float32 variants (backend: torch.compile's; the tests use aot_eager)."""
     common.use_threads(threads)
     model = sam_model(preset)
     size = model.config.image_size
     pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     calls = {name: _variant_call(model, pixels, *spec) for name, spec in VARIANTS.items()}
+    if compiled:
+        calls["arrcoc_float32_compiled"] = _compiled_call(preset, pixels, False, backend)
+        calls["one-hot_float32_compiled"] = _compiled_call(preset, pixels, True, backend)
     reference = calls["transformers_float32"]()
     differences = {name: (call() - reference).abs().max().item() for name, call in calls.items()}
     times = common.interleaved(calls, repeats)
@@ -100,9 +126,10 @@ def markdown(result: dict) -> str:
         f"**SAM alone** (`bench/sam_attention.py`, {result['preset']} preset's SAM: {result['layers']} layers over a "
         f"{result['grid']}x{result['grid']} grid, windows of {result['window']}, global layers "
         f"{result['global_layers']}; batch {result['batch']}, {result['repeats']} interleaved rounds; "
-        f"{common.machine_line(result)}). ArrCoc's attention builds the relative-position bias by a one-hot matmul; "
-        "bfloat16 = under autocast (`vision_autocast_dtype`); difference = largest absolute difference from "
-        "transformers' float32 output.", "",
+        f"{common.machine_line(result)}). ArrCoc's attention builds the relative-position bias by a one-hot matmul "
+        "in eager mode and keeps transformers' broadcast sum under torch.compile (one-hot, compiled: the matmul "
+        "forced there); bfloat16 = under autocast (`vision_autocast_dtype`); difference = largest absolute "
+        "difference from transformers' float32 output.", "",
         common.markdown_table(["attention, dtype", "ms", "speed-up", "max difference"], rows)])
 
 
@@ -113,7 +140,7 @@ def result_name(preset) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    result = run(args.preset, args.batch, args.repeats, args.threads)
+    result = run(args.preset, args.batch, args.repeats, args.threads, args.compiled)
     common.publish(result_name(args.preset), result, args.output_dir, markdown)
 
 

@@ -38,7 +38,7 @@ def results(tmp_path_factory):
                                              components=True),
         run_all.TOKEN_COST_SAM_BF16: token_cost.run(TINY, repeats=1, batch_sizes=(2,), new_tokens=2,
                                                     vision_autocast="bfloat16"),
-        "sam_attention": sam_attention.run(TINY, batch=2, repeats=1),
+        "sam_attention": sam_attention.run(TINY, batch=2, repeats=1, compiled=True, backend="aot_eager"),
     }
     for name, result in produced.items():
         common.write_result(name, result, out)
@@ -293,9 +293,10 @@ def test_every_bench_entry_names_a_script():
 def test_sam_attention_variants_compute_the_same_sam(results):
     """ArrCoc's attention gives transformers' float32 output; bf16 differs a little, and every variant is timed."""
     variants = results[1]["sam_attention"]["variants"]
-    assert set(variants) == set(sam_attention.VARIANTS)
+    assert set(variants) == {*sam_attention.VARIANTS, "arrcoc_float32_compiled", "one-hot_float32_compiled"}
     assert variants["transformers_float32"]["max_abs_difference"] == 0.0
-    assert variants["arrcoc_float32"]["max_abs_difference"] < 1e-5
+    for name in ("arrcoc_float32", "arrcoc_float32_compiled", "one-hot_float32_compiled"):
+        assert variants[name]["max_abs_difference"] < 1e-5, name
     assert 0 < variants["arrcoc_bfloat16"]["max_abs_difference"] < 0.5
     for v in variants.values():
         _positive_ratio(v["speedup_vs_transformers_float32"])

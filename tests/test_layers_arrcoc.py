@@ -75,3 +75,20 @@ def test_the_model_runs_sam_with_arrcoc_attention_and_follows_the_implementation
     with torch.no_grad():
         vision = model.model._vision_outputs(tester.prepare_inputs()["pixel_values"], output_attentions=True)
     assert all(attention is not None for attention in vision.attentions)
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_compiled_sam_matches_eager_either_way(one_hot):
+    """Compiled, the bias is transformers' broadcast sum (inductor fuses it) unless `one_hot_when_compiled`; both
+    give the eager output."""
+    model = _sam("sdpa")
+    use_sam_attention(model)
+    for module in model.modules():
+        if isinstance(module, ArrCocSamSdpaAttention):
+            module.one_hot_when_compiled = one_hot
+    pixels = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = model(pixel_values=pixels).last_hidden_state
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
