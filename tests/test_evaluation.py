@@ -659,7 +659,8 @@ def test_auto_runs_are_recorded_at_the_models_own_price(tiny):
 def test_compare_predictions_pairs_two_runs_on_the_same_questions(tmp_path):
     """tools.compare_predictions: accuracies, the paired difference, and same-answer / same-token shares; files over
     other questions or without a named method are refused."""
-    from tools.compare_predictions import compare, main
+    from modeling_arrcoc.evaluation.agreement import compare_predictions as compare
+    from tools.compare_predictions import main
 
     def rows(answers, tokens, questions=("a", "b", "c", "d")):
         return [{"question": q, "answers": ["1"], "predictions": {"auto": a, "tier_4": "1"},

@@ -7,6 +7,7 @@
       demo      <- outputs/demo/eval.json                 (make demo)
       baselines <- outputs/demo/baselines/eval.json       (make baselines)
       seeds     <- outputs/demo/seeds/report.json         (make seeds)
+      sam_bf16  <- outputs/demo/sam_bf16/comparison.json  (make sam-bf16)
       pretrain  <- pretrained/demo-base/PROVENANCE.json   (make pretrain)
       bench     <- outputs/bench/summary.md               (make bench)
 
@@ -18,6 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from modeling_arrcoc.evaluation.agreement import agreement_table
 from modeling_arrcoc.evaluation.model_card import RELEVANCE_TAG
 from modeling_arrcoc.evaluation.readme import fill_blocks
 from modeling_arrcoc.evaluation.report import headline
@@ -25,7 +27,8 @@ from modeling_arrcoc.evaluation.seeds import seed_table
 from modeling_arrcoc.provenance import PROVENANCE, REPO_ROOT as ROOT
 
 # Which page holds which block (tests/test_training.py checks the pages against it).
-PAGES = {"README.md": ("headline", "heatmap"), "docs/results.md": ("demo", "baselines", "seeds", "pretrain", "bench")}
+PAGES = {"README.md": ("headline", "heatmap"),
+         "docs/results.md": ("demo", "baselines", "seeds", "pretrain", "bench", "sam_bf16")}
 
 
 def demo_block(report: dict) -> str:
@@ -184,6 +187,13 @@ def blocks() -> dict:
     bench = ROOT / "outputs/bench/summary.md"
     if bench.exists():
         out["bench"] = bench.read_text()
+    sam_bf16 = read_json(ROOT / "outputs/demo/sam_bf16/comparison.json")
+    if sam_bf16 is not None:
+        n = next(iter(sam_bf16["methods"].values()))["n"]
+        out["sam_bf16"] = "\n".join([
+            f"`make sam-bf16`: make demo's checkpoint on its {n} test questions, first with SAM in float32 (make "
+            "demo's run), second with SAM under bf16 autocast (`vision_autocast_dtype=\"bfloat16\"`); differences "
+            "paired on the same questions:", "", agreement_table(sam_bf16["methods"])])
     return out
 
 

@@ -122,7 +122,8 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
 Layout: `methods` (the method vocabulary; each selection, the query-similarity baseline's scorer included, is an
 entry of the library's `selection` table), `runner` (running methods over a dataset; `evaluate`), `report` (scores,
 calibration, per-tier buckets, predictions), `datasets` (and the families a checkpoint was trained on), `figures`,
-`model_card`, `readme` (the generated blocks of the markdown pages).
+`model_card`, `readme` (the generated blocks of the markdown pages), `seeds` (the comparison across training seeds),
+`agreement` (two runs of the same questions, answer by answer).
 """
 
 from ..methods import (
