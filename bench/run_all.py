@@ -147,6 +147,8 @@ def summarize(output_dir, seconds: dict, total_seconds: float | None) -> dict:
     summary = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": common.machine_info(),
+        # Each result's own commit: a `--only` rerun leaves the others' results from an earlier commit.
+        "commits": {name: (r.get("machine") or {}).get("commit") for name, r in results.items() if r},
         "total_seconds": total_seconds,
         "bench_seconds": seconds,
         "preset": token_cost["preset"] if token_cost else None,
@@ -247,12 +249,22 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _commits(summary) -> str:
+    """`abc` when every result ran at one commit, else each commit with the results it ran."""
+    by_commit = {}
+    for name, commit in (summary.get("commits") or {}).items():
+        by_commit.setdefault((commit or "unknown")[:10], []).append(name)
+    if len(by_commit) <= 1:
+        m = summary["machine"]
+        return "commit `" + (m.get("commit") or "unknown")[:10] + ("+dirty" if m.get("dirty") else "") + "`"
+    return "commits " + "; ".join(f"`{commit}` ({', '.join(names)})" for commit, names in by_commit.items())
+
+
 def _intro(summary) -> str:
     m = summary["machine"]
-    commit = (m.get("commit") or "unknown")[:10] + ("+dirty" if m.get("dirty") else "")
     took = f" in {summary['total_seconds'] / 60:.1f} min" if summary["total_seconds"] else ""
     return (f"Measured by `make bench`{took} on {m['cpu_count']} CPU cores, {m['torch_threads']} torch thread, "
-            f"float32, torch {m['torch']}, commit `{commit}`; {summary['preset']} preset with random weights (cost "
+            f"float32, torch {m['torch']}, {_commits(summary)}; {summary['preset']} preset with random weights (cost "
             "does not depend on them). Each figure is median [min-max] over interleaved rounds; ratios are taken "
             "per round, variants side by side in one process, because absolute times on this shared machine "
             "vary by +-30% between runs.")

@@ -200,6 +200,12 @@ def test_run_all_summary_and_markdown(results):
     text = run_all.markdown(run_all.summarize(out, {"token_cost": 1.0}, 1.0))
     assert text.count("Prefill and decode, timed apart") == 2 and "base preset" in text
     assert text.count("components (eager") == 2
+    # One commit behind every result: named once; a result from another commit (a --only rerun): each named.
+    assert "commits" not in run_all.markdown(run_all.summarize(out, {}, None)).split("\n")[0]
+    rerun = common.read_result("memory", out)
+    common.write_result("memory", {**rerun, "machine": {**rerun["machine"], "commit": "f" * 40}}, out)
+    assert f"`{'f' * 10}` (memory)" in run_all.markdown(run_all.summarize(out, {}, None)).split("\n")[0]
+    common.write_result("memory", rerun, out)
     # SAM alone and the token cost with SAM in bf16 get their blocks.
     assert "SAM alone" in text and "Visual tokens vs time, SAM in bf16" in text
     assert "SAM under bfloat16 autocast" in token_cost.markdown(common.read_result(run_all.TOKEN_COST_SAM_BF16, out))
