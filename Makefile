@@ -232,7 +232,7 @@ bench: venv
 sam-bf16: venv
 	$(PY) eval.py $(DEMO)/checkpoint --dataset synthetic --split test --budget all --num-samples 1200 $(EVAL_FAMILIES) \
 		--baselines none --budget-costs=0.003 --vision-autocast-dtype bfloat16 --output-dir $(DEMO)/sam_bf16 --quiet
-	$(PY) -m tools.compare_predictions $(DEMO)/predictions.jsonl $(DEMO)/sam_bf16/predictions.jsonl \
+	$(PY) -m tools.compare_predictions $(DEMO) $(DEMO)/sam_bf16 \
 		--methods auto "auto(cost=0.003)" tier_4 tier_8 tier_16 tier_64 tier_256 full --json $(DEMO)/sam_bf16/comparison.json
 
 # The interactive app (docs/app.md) on 127.0.0.1:7860; e.g. make app APP_ARGS="--checkpoint DIR --port 7861".

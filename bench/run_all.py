@@ -32,7 +32,7 @@ FROM_TOKEN_COST = ["--from-json", "{output_dir}/token_cost.json"]
 OVIS25_SCALE = "base_scale_base_ovis25_llm1layers"
 PREFILL_DECODE_BASE = "prefill_decode_base"
 # The same two measurements with SAM under bf16 autocast (config.vision_autocast_dtype): SAM is the fixed cost of
-# every query, and the CPUs with AMX run it about 2.3x faster in bf16.
+# every query, and the CPUs with AMX run it 2.2-2.7x faster in bf16 (bench/sam_attention.py).
 SAM_BF16 = ["--vision-autocast", "bfloat16"]
 TOKEN_COST_SAM_BF16 = "token_cost_sam_bfloat16"
 SAM_ATTENTION_BASE = "sam_attention_base"
@@ -254,7 +254,9 @@ def _commits(summary) -> str:
     by_commit = {}
     for name, commit in (summary.get("commits") or {}).items():
         by_commit.setdefault((commit or "unknown")[:10], []).append(name)
-    if len(by_commit) <= 1:
+    if len(by_commit) == 1:
+        return f"commit `{next(iter(by_commit))}`"
+    if not by_commit:
         m = summary["machine"]
         return "commit `" + (m.get("commit") or "unknown")[:10] + ("+dirty" if m.get("dirty") else "") + "`"
     return "commits " + "; ".join(f"`{commit}` ({', '.join(names)})" for commit, names in by_commit.items())

@@ -107,9 +107,9 @@ class ArrCocConfig(PreTrainedConfig):
         initializer_range (`float`): std of the normal init of ArrCoc's own layers (allocator, adapter, heads).
         vision_autocast_dtype (`str`, *optional*): "bfloat16" or "float16": the SAM vision tower computes under
             autocast to this dtype, its features cast back to the language model's dtype for everything after it.
-            SAM is the fixed cost of every query (90% of the base preset's prefill at tier 64 on CPU) and is frozen
-            in every phase; bf16 runs it about 2.3x faster on CPUs with AMX (docs/inference.md). None (default):
-            SAM computes in the model's dtype.
+            SAM is the fixed cost of every query (90% of the base preset's prefill at tier 64 on CPU); bf16 runs it
+            2.2-2.7x faster on CPUs with AMX (bench/sam_attention.py, docs/inference.md). None (default): SAM
+            computes in the model's dtype.
     """
 
     model_type = "arrcoc"

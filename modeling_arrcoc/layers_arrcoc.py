@@ -45,15 +45,17 @@ class _OneHotRelativePositions:
     per head and runs at memory speed: on CPU it cost more than the attention it biases (0.31 s of each 0.59 s
     global layer of the base preset's SAM). Here [row terms | column terms] multiply the keys' one-hot rows and
     columns in one matmul: each entry is still exactly row + column (the other products are zeros), and GEMM
-    kernels write it faster than the eager broadcast (SAM alone, bench/sam_attention.py). Under torch.compile the
-    broadcast sum stays (see `one_hot_when_compiled`). Weights, names and outputs are transformers'."""
+    kernels write it faster than the eager broadcast (SAM alone, bench/sam_attention.py). Under torch.compile and
+    off the CPU the broadcast sum stays (see `one_hot_when_compiled`). Weights, names and outputs are transformers'."""
 
     # Compiled, transformers' broadcast sum is fused into one pass that writes the bias, faster than the matmul,
     # which stays an external kernel (bench/sam_attention.py times both ways compiled); True takes the matmul there too.
     one_hot_when_compiled = False
 
     def get_decomposed_rel_pos(self, query, rel_pos_h, rel_pos_w, q_size, k_size):
-        if torch.compiler.is_compiling() and not self.one_hot_when_compiled:
+        # On CPU only: that is where it was measured faster, and a GPU's float32 matmul may run in TF32, which
+        # would round the row and column terms (the broadcast sum adds them exactly).
+        if query.device.type != "cpu" or (torch.compiler.is_compiling() and not self.one_hot_when_compiled):
             return super().get_decomposed_rel_pos(query, rel_pos_h, rel_pos_w, q_size, k_size)
         (query_height, query_width), (key_height, key_width) = q_size, k_size
         batch_size, _, dim = query.shape

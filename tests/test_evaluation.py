@@ -657,27 +657,32 @@ def test_auto_runs_are_recorded_at_the_models_own_price(tiny):
 
 
 def test_compare_predictions_pairs_two_runs_on_the_same_questions(tmp_path):
-    """tools.compare_predictions: accuracies, the paired difference, and same-answer / same-token shares; files over
-    other questions or without a named method are refused."""
-    from modeling_arrcoc.evaluation.agreement import compare_predictions as compare
+    """tools.compare_predictions: accuracies by the runs' own metric, the paired difference, and same-answer /
+    same-token shares; runs over other questions, by other metrics or without a named method are refused."""
+    from modeling_arrcoc.evaluation.agreement import compare_runs
+    from modeling_arrcoc.evaluation.seeds import load_run
     from tools.compare_predictions import main
 
-    def rows(answers, tokens, questions=("a", "b", "c", "d")):
-        return [{"question": q, "answers": ["1"], "predictions": {"auto": a, "tier_4": "1"},
+    def run(folder, answers, tokens, questions="abcd", metric="exact_match"):
+        folder = tmp_path / folder
+        folder.mkdir()
+        (folder / "eval.json").write_text(json.dumps({"meta": {"metric": metric}}))
+        rows = [{"task": "t", "question": q, "answers": ["1"], "predictions": {"auto": a, "tier_4": "1"},
                  "visual_token_counts": {"auto": t, "tier_4": 4}} for q, a, t in zip(questions, answers, tokens)]
+        (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return load_run(folder)
 
-    first, second = rows(["1", "1", "2", "2"], [4, 8, 4, 8]), rows(["1", "2", "1", "1"], [4, 8, 16, 8])
-    result = compare(first, second)
+    first, second = run("a", ["1", "1", "2", "2"], [4, 8, 4, 8]), run("b", ["1", "2", "1", "1"], [4, 8, 16, 8])
+    result = compare_runs(first, second)
     assert result["auto"]["accuracy_first"] == 0.5 and result["auto"]["accuracy_second"] == 0.75
-    assert result["auto"]["difference"] == pytest.approx(0.25)
+    assert result["auto"]["difference"] == pytest.approx(0.25) and result["auto"]["metric"] == "exact_match"
     assert result["auto"]["same_answer"] == 0.25 and result["auto"]["same_tokens"] == 0.75
     assert result["tier_4"]["same_answer"] == 1.0 and result["tier_4"]["difference"] == 0.0
-    with pytest.raises(ValueError, match="same questions"):
-        compare(first, rows(["1"] * 4, [4] * 4, questions="abcx"))
+    with pytest.raises(ValueError, match="other questions"):
+        compare_runs(first, run("c", ["1"] * 4, [4] * 4, questions="abcx"))
+    with pytest.raises(ValueError, match="different metrics"):
+        compare_runs(first, run("d", ["1"] * 4, [4] * 4, metric="anls"))
     with pytest.raises(ValueError, match="not in both"):
-        compare(first, second, methods=["tier_8"])
-    paths = [tmp_path / "first.jsonl", tmp_path / "second.jsonl"]
-    for path, records in zip(paths, (first, second)):
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    main([str(paths[0]), str(paths[1]), "--json", str(tmp_path / "out.json")])
+        compare_runs(first, second, methods=["tier_8"])
+    main([str(tmp_path / "a"), str(tmp_path / "b"), "--json", str(tmp_path / "out.json")])
     assert json.loads((tmp_path / "out.json").read_text())["methods"]["auto"]["same_tokens"] == 0.75

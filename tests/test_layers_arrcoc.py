@@ -52,7 +52,6 @@ def test_the_bias_itself_equals_the_broadcast_sum():
     query = torch.randn(4, 144, 16, generator=torch.Generator().manual_seed(2))
     expected = SamVisionAttention.get_decomposed_rel_pos(
         attention, query, attention.rel_pos_h, attention.rel_pos_w, (12, 12), (12, 12))
-    use_sam_attention(attention)
     got = ArrCocSamAttention.get_decomposed_rel_pos(
         attention, query, attention.rel_pos_h, attention.rel_pos_w, (12, 12), (12, 12))
     assert got.shape == expected.shape == (4, 12, 12, 12, 12)
@@ -78,9 +77,14 @@ def test_the_model_runs_sam_with_arrcoc_attention_and_follows_the_implementation
 
 
 @pytest.mark.parametrize("one_hot", [False, True])
-def test_compiled_sam_matches_eager_either_way(one_hot):
+def test_compiled_sam_matches_eager_either_way(one_hot, monkeypatch):
     """Compiled, the bias is transformers' broadcast sum (inductor fuses it) unless `one_hot_when_compiled`; both
-    give the eager output."""
+    give the eager output, and the trace takes the one-hot table only when asked."""
+    from modeling_arrcoc import layers_arrcoc
+
+    calls = []
+    table = layers_arrcoc.key_one_hot
+    monkeypatch.setattr(layers_arrcoc, "key_one_hot", lambda *args: calls.append(args) or table(*args))
     model = _sam("sdpa")
     use_sam_attention(model)
     for module in model.modules():
@@ -90,5 +94,8 @@ def test_compiled_sam_matches_eager_either_way(one_hot):
     torch._dynamo.reset()
     with torch.no_grad():
         eager = model(pixel_values=pixels).last_hidden_state
+        assert calls, "eager on CPU builds the bias with the one-hot table"
+        calls.clear()
         compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(pixel_values=pixels).last_hidden_state
+    assert bool(calls) == one_hot
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)

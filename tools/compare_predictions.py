@@ -1,11 +1,12 @@
-"""Did a change leave the answers alone? Two evaluations' predictions (eval.py's predictions.jsonl) on the same
-questions, method by method: accuracy of each, the paired difference with its 95% interval, and how often the
-answer and the visual-token count are the same (modeling_arrcoc.evaluation.agreement).
+"""Did a change leave the answers alone? Two evaluations (eval.py --output-dir folders: eval.json and
+predictions.jsonl) of the same questions, method by method: each run's accuracy by its own metric, the paired
+difference with its 95% interval, and how often the answer and the visual-token count are the same
+(modeling_arrcoc.evaluation.agreement).
 
-    python -m tools.compare_predictions outputs/demo/predictions.jsonl outputs/demo/sam_bf16/predictions.jsonl \
-        [--methods auto tier_4 ...] [--json outputs/demo/sam_bf16/comparison.json]
+    python -m tools.compare_predictions outputs/demo outputs/demo/sam_bf16 [--methods auto tier_4 ...] \
+        [--json outputs/demo/sam_bf16/comparison.json]
 
-Only the methods both files hold are compared (or those named); files over other questions are refused.
+Only the methods both runs hold are compared (or those named); runs over other questions are refused.
 """
 
 import argparse
@@ -13,19 +14,20 @@ import json
 import sys
 from pathlib import Path
 
-from modeling_arrcoc.evaluation.agreement import agreement_table, compare_predictions, read_predictions
+from modeling_arrcoc.evaluation.agreement import agreement_table, compare_runs
+from modeling_arrcoc.evaluation.seeds import load_run
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("first", type=Path)
-    parser.add_argument("second", type=Path)
+    parser.add_argument("first", type=Path, help="an eval.py output folder")
+    parser.add_argument("second", type=Path, help="another, over the same questions")
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the comparison here")
     args = parser.parse_args(argv)
     try:
-        result = compare_predictions(read_predictions(args.first), read_predictions(args.second), args.methods)
-    except ValueError as error:
+        result = compare_runs(load_run(args.first), load_run(args.second), args.methods)
+    except (ValueError, FileNotFoundError) as error:
         sys.exit(f"compare_predictions: {error}")
     print(f"{args.first} (first) against {args.second} (second), {next(iter(result.values()))['n']} questions:")
     print(agreement_table(result))

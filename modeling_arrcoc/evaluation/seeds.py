@@ -34,7 +34,8 @@ def load_run(folder) -> dict:
     return {"folder": str(folder), "report": report, "rows": rows}
 
 
-def _scores(run: dict, method: str) -> np.ndarray:
+def run_scores(run: dict, method: str) -> np.ndarray:
+    """Each question's score of `method` in a `load_run` run, by the run's own metric (eval.json's meta)."""
     metric = METRICS[run["report"]["meta"]["metric"]]
     try:
         return np.asarray([metric(row["predictions"][method], row["answers"]) for row in run["rows"]], dtype=float)
@@ -43,12 +44,13 @@ def _scores(run: dict, method: str) -> np.ndarray:
                          f"that method (eval.py --method / --budget all).") from None
 
 
-def _same_questions(runs: list) -> None:
+def check_same_questions(runs: list) -> None:
+    """ValueError unless every `load_run` run holds the same (task, question, answers) in the same order."""
     first = [(row["task"], row["question"], row["answers"]) for row in runs[0]["rows"]]
     for run in runs[1:]:
         if [(row["task"], row["question"], row["answers"]) for row in run["rows"]] != first:
             raise ValueError(f"{run['folder']} was evaluated on other questions than {runs[0]['folder']}: the "
-                             "seeds must be measured on the same split, families and number of samples.")
+                             "runs must be measured on the same split, families and number of samples.")
 
 
 def seed_row(seed, run: dict, method: str, reference: str, scores: tuple) -> dict:
@@ -73,8 +75,8 @@ def seed_study(runs: dict, method: str = "auto", reference: str = "trained_full"
     if len(runs) < 2:
         raise ValueError(f"a seed study needs at least 2 seeds, got {len(runs)}.")
     seeds = sorted(runs)
-    _same_questions([runs[seed] for seed in seeds])
-    scores = {seed: (_scores(runs[seed], method), _scores(runs[seed], reference)) for seed in seeds}
+    check_same_questions([runs[seed] for seed in seeds])
+    scores = {seed: (run_scores(runs[seed], method), run_scores(runs[seed], reference)) for seed in seeds}
     per_seed = [seed_row(seed, runs[seed], method, reference, scores[seed]) for seed in seeds]
     fields = ("accuracy", "mean_tokens", "reference_accuracy", "difference", "accuracy_kept", "envelope_margin")
     across = {field: statistics.across_seeds([row[field] for row in per_seed]) for field in fields
@@ -123,4 +125,4 @@ def seed_table(study: dict) -> list:
     return [*rows, "", summary]
 
 
-__all__ = ["load_run", "seed_row", "seed_study", "seed_table"]
+__all__ = ["check_same_questions", "load_run", "run_scores", "seed_row", "seed_study", "seed_table"]

@@ -82,7 +82,8 @@ class SamFeatureCache:
         return handle.get_tensor(str(row))
 
     def _open(self, model, pixel_values: torch.Tensor):
-        digest = sam_fingerprint(model.model.vision_tower, tuple(pixel_values.shape[1:]), self.dtype)
+        digest = sam_fingerprint(model.model.vision_tower, tuple(pixel_values.shape[1:]), self.dtype,
+                                 model.config.vision_autocast_dtype)
         self.directory = os.path.join(self.cache_dir, digest)
         os.makedirs(self.directory, exist_ok=True)
         for name in sorted(os.listdir(self.directory)):
@@ -108,9 +109,11 @@ class SamFeatureCache:
         self.signatures.clear()
 
 
-def sam_fingerprint(vision_tower, pixel_shape: tuple, dtype: torch.dtype) -> str:
-    """A hash of the vision tower's weights, the pixel input shape and the cache dtype."""
-    digest = hashlib.sha256(f"{tuple(pixel_shape)}|{dtype}".encode())
+def sam_fingerprint(vision_tower, pixel_shape: tuple, dtype: torch.dtype, autocast_dtype=None) -> str:
+    """A hash of the vision tower's weights, the pixel input shape, the cache dtype and the dtype SAM computes in
+    (`config.vision_autocast_dtype`): features computed under bf16 autocast are not a float32 run's."""
+    autocast = f"|autocast {autocast_dtype}" if autocast_dtype else ""  # float32 caches keep their fingerprint
+    digest = hashlib.sha256(f"{tuple(pixel_shape)}|{dtype}{autocast}".encode())
     for name, tensor in sorted(vision_tower.state_dict().items()):
         tensor = tensor.detach().to("cpu").contiguous()
         digest.update(f"|{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
