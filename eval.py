@@ -24,6 +24,7 @@ import yaml
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_arrcoc  # noqa: F401  (registers ArrCoc with the Auto classes)
+from modeling_arrcoc.configuration_arrcoc import VISION_AUTOCAST_DTYPES
 from modeling_arrcoc.data.recipe import data_arguments
 from modeling_arrcoc.data.synthetic import FAMILIES
 from modeling_arrcoc.evaluation import (
@@ -85,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--heatmaps-per-task", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
-    parser.add_argument("--vision-autocast-dtype", default=None, choices=("bfloat16", "float16"),
+    parser.add_argument("--vision-autocast-dtype", default=None, choices=VISION_AUTOCAST_DTYPES,
                         help="Run every checkpoint's SAM under autocast to this dtype (config.vision_autocast_dtype; "
                              "compare the answers with tools.compare_predictions).")
     return parser.parse_args(argv)

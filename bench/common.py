@@ -85,7 +85,9 @@ def add_common_args(parser, repeats: int):
 
 def add_vision_autocast_arg(parser):
     """The benchmarks that time SAM take `--vision-autocast` (the others do not: they would ignore it)."""
-    parser.add_argument("--vision-autocast", choices=("bfloat16", "float16"), default=None,
+    from modeling_arrcoc.configuration_arrcoc import VISION_AUTOCAST_DTYPES
+
+    parser.add_argument("--vision-autocast", choices=VISION_AUTOCAST_DTYPES, default=None,
                         help="run SAM under autocast to this dtype (config.vision_autocast_dtype); the result is "
                              "written apart, <name>_sam_<dtype>.json")
     return parser

@@ -10,6 +10,10 @@ from transformers.configuration_utils import SubConfigSpec
 from .selection import SELECTION_METHODS, check_selection_method
 
 
+# The dtypes SAM may compute in under autocast (`ArrCocConfig.vision_autocast_dtype`; eval.py and bench/ offer these).
+VISION_AUTOCAST_DTYPES = ("bfloat16", "float16")
+
+
 def tier_index(budget, budgets) -> int:
     """The tier rule: an integer budget is a tier value when it is in `budgets`, else a tier index; anything else
     is an error naming what is accepted. (The config's `tier_index` and the evaluation's method names use this.)"""
@@ -139,7 +143,7 @@ class ArrCocConfig(PreTrainedConfig):
     visual_tokenize_function: Literal["softmax"] = "softmax"
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
-    vision_autocast_dtype: Literal["bfloat16", "float16"] | None = None
+    vision_autocast_dtype: Literal[VISION_AUTOCAST_DTYPES] | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -199,5 +203,5 @@ class ArrCocConfig(PreTrainedConfig):
         return min(pairs, key=lambda rc: abs(math.log(rc[0] / rc[1]) - math.log(grid[0] / grid[1])))
 
 
-__all__ = ["ArrCocClipVisionConfig", "ArrCocConfig", "SELECTION_METHODS", "budget_error", "check_budget_cost",
-           "tier_index"]
+__all__ = ["ArrCocClipVisionConfig", "ArrCocConfig", "SELECTION_METHODS", "VISION_AUTOCAST_DTYPES", "budget_error",
+           "check_budget_cost", "tier_index"]
