@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import itertools
 import re
 import time
 from pathlib import Path
@@ -471,6 +472,20 @@ def test_randomized_pages_vary_their_look_but_never_take_the_heldout_values(tmp_
     assert [suite[split][0]["variant"] for split in synthetic.SPLITS] == ["randomized", "randomized", "heldout"]
     with pytest.raises(ValueError, match="train_variant"):
         SyntheticConfig(train_variant="fancy")
+
+
+def test_randomized_key_shades_contain_the_heldout_shades_and_keep_names_apart():
+    """The training look's key shades (standard shade +- key_jitter per channel) cover the held-out variant's kind of
+    change: every held-out shade lies strictly inside its name's range (at a jitter of 30, green, blue and purple
+    fell outside). And the ranges of any two names are disjoint in some channel, so a jittered shade still has one
+    name."""
+    jitter = STYLES["randomized"].key_jitter
+    standard = {name: np.array(shade, np.float32) for name, shade in KEY_COLORS["standard"].items()}
+    for name, shade in KEY_COLORS["heldout"].items():
+        assert np.all(np.abs(np.array(shade, np.float32) - standard[name]) < jitter), name
+    for first, second in itertools.combinations(standard, 2):
+        gap = np.abs(standard[first] - standard[second]) - 2 * jitter  # > 0: the two ranges cannot meet there
+        assert gap.max() > 0, (first, second)
 
 
 def test_half_pixel_looks_fill_the_gaps_between_whole_pixels():
