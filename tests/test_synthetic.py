@@ -528,8 +528,12 @@ def test_heldout_factor_probe_changes_one_factor_and_restores_the_look():
     the replaced value, and the look (and its cached glyph bank) is the held-out one again after, even on error."""
     from tools.reader_probe import HELDOUT_FACTORS, heldout_look
 
-    fields = {field.name for field in dataclasses.fields(STYLES["heldout"])}
+    fields = {field.name for field in dataclasses.fields(STYLES["heldout"])} | {"key_colours"}
     assert all(set(change) <= fields for change in HELDOUT_FACTORS.values())
+    shades = dict(KEY_COLORS["heldout"])
+    with heldout_look(**HELDOUT_FACTORS["standard key shades"]):
+        assert KEY_COLORS["heldout"] == KEY_COLORS["standard"]
+    assert KEY_COLORS["heldout"] == shades
     original = _sample("local_color", 3, "heldout")
     bank = synthetic._glyph_bank(PATCH, "heldout").masks.copy()
     with heldout_look(**HELDOUT_FACTORS["standard glyph sizes and offsets"]):
@@ -542,3 +546,23 @@ def test_heldout_factor_probe_changes_one_factor_and_restores_the_look():
         raise RuntimeError("probe failed")
     np.testing.assert_array_equal(synthetic._glyph_bank(PATCH, "heldout").masks, bank)
     assert np.array_equal(np.asarray(_sample("local_color", 3, "heldout")["image"]), np.asarray(original["image"]))
+
+
+def test_heldout_accuracy_answers_the_same_questions_per_factor_and_pairs_them(tiny):
+    """tools/reader_probe --heldout-accuracy: every factor answers the same held-out test questions (so the paired
+    difference against the held-out look is reported), except the layout, which redraws the pages and is left
+    unpaired; each row's accuracy is the mean of its families' answers."""
+    from tools.reader_probe import HELDOUT_FACTORS, heldout_accuracy, heldout_accuracy_table
+
+    model, processor = tiny
+    rows = heldout_accuracy(model, processor, questions=6, families=("local_color", "global_count"))
+    assert [row["factor"] for row in rows] == list(HELDOUT_FACTORS)
+    by_name = {row["factor"]: row for row in rows}
+    assert by_name["held-out look"]["paired"] is None and by_name["standard layout (uniform)"]["paired"] is None
+    shades = by_name["standard key shades"]["paired"]
+    assert shades["n"] == 6 and shades["accuracy_first"] == pytest.approx(by_name["held-out look"]["mean"])
+    assert shades["accuracy_second"] == pytest.approx(by_name["standard key shades"]["mean"])
+    assert set(by_name["held-out look"]["families"]) == {"local_color", "global_count"}
+    assert KEY_COLORS["heldout"] != KEY_COLORS["standard"], "the look is restored after"
+    table = heldout_accuracy_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "other pages" in table

@@ -7,14 +7,23 @@ would confuse with it).
 
     python -m tools.reader_probe CHECKPOINT [--pages 8] [--tokens 4] [--variant heldout] [--decode-pages 512]
                                             [--heldout-factors 48] [--marker-pages 96] [--pooled-pages 960]
+                                            [--heldout-accuracy 1200]
 
 docs/demo_model.md uses it to show why supervising the attention of layers 1-3 kept the answers at chance: layer 0
 rewrote the visual positions and the digits were gone from them by layer 1.
+
+`--heldout-accuracy N` answers which factor of the held-out look costs answers: N held-out test questions of the
+families the base is taught, at full tokens, once as they are and once per factor of HELDOUT_FACTORS set back to the
+standard look's value, accuracy per family with intervals and, where the factor keeps the questions (all but the
+layout), the paired difference against the held-out look.
 """
 
 import argparse
 import contextlib
 import dataclasses
+import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +35,10 @@ from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.data import synthetic
 from modeling_arrcoc.data.synthetic import DARK_WORD, FIRST_KEY_WORD, question_key_span
 from modeling_arrcoc.data.targets import answer_patch_targets
+from modeling_arrcoc.evaluation import evaluate, load_eval_dataset
+from modeling_arrcoc.evaluation.agreement import compare_runs
+from modeling_arrcoc.evaluation.seeds import check_same_questions, run_scores
+from modeling_arrcoc.statistics import bootstrap_interval
 from modeling_arrcoc.training.reader import (answer_prediction_positions, llm_attention_loss, sparse_view_scores,
                                              spliced_layout)
 
@@ -168,19 +181,23 @@ HELDOUT_FACTORS = {
     "standard ink (0-60)": {"ink_range": _STANDARD.ink_range, "ink_spread": _STANDARD.ink_spread},
     "standard page colours": {"background": _STANDARD.background},
     "standard layout (uniform)": {"layouts": _STANDARD.layouts},
+    "standard key shades": {"key_colours": synthetic.KEY_COLORS["standard"]},
 }
 
 
 @contextlib.contextmanager
-def heldout_look(**change):
-    """Held-out pages with some of their look replaced, restored after (the glyph bank is cached per look)."""
-    original = synthetic.STYLES["heldout"]
+def heldout_look(key_colours: dict | None = None, **change):
+    """Held-out pages with some of their look replaced (fields of the look, and `key_colours` the named shades),
+    restored after (the glyph bank is cached per look)."""
+    original, shades = synthetic.STYLES["heldout"], synthetic.KEY_COLORS["heldout"]
     synthetic.STYLES["heldout"] = dataclasses.replace(original, **change)
+    if key_colours is not None:
+        synthetic.KEY_COLORS["heldout"] = dict(key_colours)
     synthetic._glyph_bank.cache_clear()
     try:
         yield
     finally:
-        synthetic.STYLES["heldout"] = original
+        synthetic.STYLES["heldout"], synthetic.KEY_COLORS["heldout"] = original, shades
         synthetic._glyph_bank.cache_clear()
 
 
@@ -195,6 +212,56 @@ def heldout_factors(model, processor, pages: int = 48) -> dict:
         result[name] = {"digit_decodable_at_input": probed["glyph_decodable_per_layer_input"][0],
                         "first_answer_token_accuracy": probed["first_answer_token_accuracy"]}
     return result
+
+
+HELDOUT_ACCURACY_FAMILIES = ("local_color", "local_key", "global_count")  # the families the base is taught
+
+
+def heldout_accuracy(model, processor, questions: int = 1200, families=HELDOUT_ACCURACY_FAMILIES) -> list:
+    """Which factor of the held-out look costs answers: for the held-out look and each of HELDOUT_FACTORS, the same
+    `questions` held-out test questions (the split eval.py reads) answered at full tokens. Rows: {"factor", "mean",
+    "low", "high", "n", "families": accuracy per family, "paired": the paired difference against the held-out look
+    (agreement.compare_runs), or None where the factor redraws the pages (the layout) or for the look itself}."""
+    vision = model.config.vision_config
+    runs = {}
+    for name, change in HELDOUT_FACTORS.items():
+        # A fresh dataset cache: the suite's cache key (the generator's text) does not see a look changed at run time.
+        with heldout_look(**change), tempfile.TemporaryDirectory() as folder:
+            data = load_eval_dataset("synthetic", "test", questions, vision.image_size, vision.patch_size,
+                                     cache_dir=folder, families=families)
+            predictions = Path(folder) / "predictions.jsonl"
+            evaluate(model, processor, data.dataset, data.metric, ["full"], calibration=False, progress=False,
+                     predictions_path=predictions)
+            rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+        runs[name] = {"folder": name, "report": {"meta": {"metric": data.metric}}, "rows": rows}
+    return [_factor_row(name, run, runs["held-out look"]) for name, run in runs.items()]
+
+
+def _factor_row(name: str, run: dict, held_out: dict) -> dict:
+    scores, tasks = run_scores(run, "full"), [row["task"] for row in run["rows"]]
+    row = {"factor": name, **bootstrap_interval(scores), "paired": None,
+           "families": {task: float(np.mean(scores[np.array(tasks) == task])) for task in sorted(set(tasks))}}
+    if run is not held_out:
+        try:
+            check_same_questions([held_out, run])
+        except ValueError:
+            return row  # another page draw: only the unpaired intervals compare
+        row["paired"] = compare_runs(held_out, run, ["full"])["full"]
+    return row
+
+
+def heldout_accuracy_table(rows: list) -> str:
+    """`heldout_accuracy`'s rows as a markdown table."""
+    families = list(rows[0]["families"])
+    lines = ["| set back to the standard look | full tokens (95% interval) | " + " | ".join(families)
+             + " | paired vs the held-out look (points) |", "|---" * (3 + len(families)) + "|"]
+    for row in rows:
+        paired = row["paired"]
+        difference = ("" if row["factor"] == "held-out look" else "other pages" if paired is None else
+                      f"{100 * paired['difference']:+.1f} [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}]")
+        lines.append(f"| {row['factor']} | {row['mean']:.3f} [{row['low']:.3f}, {row['high']:.3f}] | "
+                     + " | ".join(f"{row['families'][f]:.3f}" for f in families) + f" | {difference} |")
+    return "\n".join(lines)
 
 
 def _patch_targets(boxes_per_row: list, rows: list, patch: int) -> torch.Tensor:
@@ -322,6 +389,9 @@ def main(argv=None):
                         help="also probe the lookup's two hops over this many pages (colour_decodability; 512+)")
     parser.add_argument("--heldout-factors", type=int, default=0,
                         help="also probe each held-out factor over this many pages (heldout_factors; 48)")
+    parser.add_argument("--heldout-accuracy", type=int, default=0,
+                        help="also answer this many held-out test questions per held-out factor (heldout_accuracy; "
+                             "1200)")
     parser.add_argument("--marker-pages", type=int, default=0,
                         help="also probe local_key's marker lookup over this many pages (marker_lookup; 96)")
     parser.add_argument("--pooled-pages", type=int, default=0,
@@ -351,6 +421,10 @@ def main(argv=None):
         for name, values in heldout_factors(model, processor, args.heldout_factors).items():
             print(f"  {name:34s} digit decodable at the LLM's input {values['digit_decodable_at_input']:.3f}, "
                   f"first answer token right {values['first_answer_token_accuracy']:.2f}")
+    if args.heldout_accuracy:
+        rows = heldout_accuracy(model, processor, args.heldout_accuracy)
+        print(f"{rows[0]['n']} held-out test questions at full tokens, one factor set back to the standard look's:")
+        print(heldout_accuracy_table(rows))
     if args.marker_pages:
         marker = marker_lookup(model, processor, args.marker_pages, variant=args.variant)
         print(f"local_key, {marker['pages']} pages, full tokens; first answer token:",
