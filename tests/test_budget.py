@@ -221,6 +221,34 @@ def test_fit_budget_cost_takes_the_price_furthest_above_the_envelope(tester):
         model.config.budget_cost = 0.0
 
 
+def test_fit_budget_cost_accuracy_floor_keeps_the_default_near_the_best_tier(tester):
+    """A price that sends easy and borderline questions to the smallest tier together can gain margin over the
+    envelope while losing a question: with an accuracy floor it may not win; with a lower floor it may; when no
+    price reaches the floor the most accurate one wins."""
+    from modeling_arrcoc.training.calibration import fit_budget_cost
+
+    model = tester.get_model()
+    lean_large, insist = torch.tensor([0.0, 0.0, 2.0]), torch.tensor([-10.0, -10.0, 10.0])
+    logits = torch.stack([lean_large] * 5 + [insist] * 3)
+    # 4 easy rows every tier answers, 1 borderline row only the largest tier answers (same logits as the easy
+    # ones), 3 hard rows only the largest tier answers. Tiers read 0.5 / 0.5 / 1.0.
+    exact = torch.tensor([[True, True, True]] * 4 + [[False, False, True]] * 4)
+    try:
+        # Price 1: 7 of 8 at 26.5 tokens, envelope 0.6875, margin 0.1875; price 0: all 8 at 64 tokens, margin 0.
+        free = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(0.0, 1.0))
+        assert (free["budget_cost"], free["accuracy"], free["floor"], free["unconstrained"]) == (1.0, 0.875, None, 1.0)
+        assert free["margin"] == pytest.approx(0.1875)
+        kept = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(0.0, 1.0), accuracy_floor=0.97)
+        assert (kept["budget_cost"], kept["accuracy"], kept["unconstrained"]) == (0.0, 1.0, 1.0)
+        assert kept["floor"] == pytest.approx(0.97) and model.config.budget_cost == 0.0
+        low = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(0.0, 1.0), accuracy_floor=0.85)
+        assert low["budget_cost"] == 1.0
+        none = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(1.0, 20.0), accuracy_floor=0.97)
+        assert (none["budget_cost"], none["accuracy"]) == (1.0, 0.875), "no price reaches the floor: the most accurate"
+    finally:
+        model.config.budget_cost = 0.0
+
+
 def test_fit_budget_temperature_fits_the_price_on_the_same_runs(tiny):
     from modeling_arrcoc.data import render_sample
     from modeling_arrcoc.data.collator import ArrCocCollator
@@ -238,3 +266,8 @@ def test_fit_budget_temperature_fits_the_price_on_the_same_runs(tiny):
         model.config.budget_temperature, model.config.budget_cost = before
     with pytest.raises(ValueError, match="fit_budget_cost fits the price on the rows of fit_budget_temperature"):
         ArrCocTrainingArguments(output_dir="unused", fit_budget_cost=True, fit_budget_temperature=0)
+    with pytest.raises(ValueError, match="fit_budget_accuracy_floor is a share"):
+        ArrCocTrainingArguments(output_dir="unused", fit_budget_accuracy_floor=0.97)  # without fit_budget_cost
+    with pytest.raises(ValueError, match="fit_budget_accuracy_floor is a share"):
+        ArrCocTrainingArguments(output_dir="unused", fit_budget_cost=True, fit_budget_temperature=8,
+                                fit_budget_accuracy_floor=1.5)

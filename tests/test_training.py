@@ -634,6 +634,27 @@ def assert_same_run(single, losses, checkpoint, atol):
         torch.testing.assert_close(p, expected[name], rtol=0, atol=atol, msg=name)
 
 
+def test_budget_fit_takes_validation_rows_beyond_max_eval_samples(tmp_path, data_args, monkeypatch):
+    """The trainer evaluates the first max_eval_samples validation rows; the budget fit after training takes its
+    fit_budget_temperature rows from the whole split (more rows, a steadier price), with the accuracy floor passed
+    on."""
+    seen = {}
+
+    def record(model, collator, rows, **kwargs):
+        seen.update(rows=[row["question"] for row in rows], **kwargs)
+        return {"temperature": 1.0, "nll": 0.0, "nll_at_1": 0.0, "rows": len(rows)}
+
+    monkeypatch.setattr(recipe, "fit_budget_temperature", record)
+    config = tiny_yaml(tmp_path / "phase3.yaml", data_args, phase="phase3", max_steps=1, max_eval_samples=2,
+                       eval_strategy="steps", eval_steps=1, fit_budget_temperature=6, fit_budget_cost=True,
+                       fit_budget_accuracy_floor=0.97)
+    trainer = recipe.main([config])
+    assert len(trainer.eval_dataset) == 2 and len(seen["rows"]) == 6
+    validation = recipe.build_datasets(data_args, trainer.model.config)[1]
+    assert seen["rows"] == [validation[i]["question"] for i in range(6)]
+    assert seen["accuracy_floor"] == 0.97 and seen["fit_price"] is True
+
+
 def test_train_main_from_components(tmp_path, data_args, datasets):
     """The base preset's path (components.json: SAM, CLIP and Qwen3 checkpoints) on tiny local checkpoints."""
     from transformers import AutoTokenizer, CLIPVisionModel, Qwen3ForCausalLM, SamVisionModel

@@ -75,7 +75,7 @@ def build_datasets(data_args: DataArguments, model_config):
         evaluation = load_hub_dataset(data_args.dataset, split=split, path=data_args.dataset_path) if split else None
     if data_args.streaming and isinstance(train, datasets.Dataset):
         train = train.to_iterable_dataset()
-    return train, _at_most(evaluation, data_args.max_eval_samples)
+    return train, at_most(evaluation, data_args.max_eval_samples)
 
 
 def build_mixture(data_args: DataArguments, model_config):
@@ -106,10 +106,11 @@ def build_mixture(data_args: DataArguments, model_config):
         parts = [p if isinstance(p, datasets.IterableDataset) else p.to_iterable_dataset() for p in parts]
     train = interleave_sources(parts, sources, data_args.mixture_seed, data_args.mixture_stopping_strategy)
     evaluation = datasets.concatenate_datasets(evaluations) if evaluations else None
-    return train, _at_most(evaluation, data_args.max_eval_samples)
+    return train, at_most(evaluation, data_args.max_eval_samples)
 
 
-def _at_most(evaluation, max_samples):
+def at_most(evaluation, max_samples):
+    """The first `max_samples` rows of an evaluation set (None: all of it, or no set)."""
     if evaluation is None or max_samples is None:
         return evaluation
     return evaluation.select(range(min(max_samples, len(evaluation))))
@@ -126,4 +127,4 @@ def check_visual_words(config):
         )
 
 
-__all__ = ["DataArguments", "build_datasets", "build_mixture", "check_visual_words", "data_arguments"]
+__all__ = ["DataArguments", "at_most", "build_datasets", "build_mixture", "check_visual_words", "data_arguments"]

@@ -145,6 +145,11 @@ class ArrCocTrainingArguments(TrainingArguments):
                        "(config.budget_cost) on the same rows: the price whose answers lie furthest above the "
                        "constant tiers' envelope (training/calibration.py, fit_budget_cost)."),
     )
+    fit_budget_accuracy_floor: float | None = field(
+        default=None,
+        metadata=_help("With fit_budget_cost: only prices whose accuracy on those rows keeps this share of the best "
+                       "constant tier's compete (e.g. 0.97); null = the margin alone decides."),
+    )
     calibration_max_loss: float | None = field(
         default=None, metadata=_help("Nats/token above which a tier does not answer; unanswered -> smallest tier.")
     )
@@ -349,6 +354,11 @@ class ArrCocTrainingArguments(TrainingArguments):
         if self.calibration_tolerance < 0:
             raise ValueError(f"calibration_tolerance must be >= 0, got {self.calibration_tolerance}.")
         _check_at_least("fit_budget_temperature", self.fit_budget_temperature, 0)
+        if self.fit_budget_accuracy_floor is not None and not (
+                self.fit_budget_cost and 0 < self.fit_budget_accuracy_floor <= 1):
+            raise ValueError("fit_budget_accuracy_floor is a share in (0, 1] of the best constant tier's accuracy and "
+                             f"needs fit_budget_cost: true, got {self.fit_budget_accuracy_floor!r} with fit_budget_cost="
+                             f"{self.fit_budget_cost}.")
         if self.fit_budget_cost and not self.fit_budget_temperature:
             raise ValueError("fit_budget_cost fits the price on the rows of fit_budget_temperature: set "
                              "fit_budget_temperature to a number of validation rows (> 0).")

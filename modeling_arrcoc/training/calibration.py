@@ -125,13 +125,14 @@ PRICE_GRID = (-0.02, -0.015, -0.01, -0.005, 0.0, 0.002, 0.004, 0.006, 0.008, 0.0
 
 @torch.no_grad()
 def fit_budget_temperature(model, collator, rows: list, batch_size: int = 16, target: str = "exact",
-                           fit_price: bool = False) -> dict:
+                           fit_price: bool = False, accuracy_floor: float | None = None) -> dict:
     """Fit `config.budget_temperature` on held-out `rows` (one question each): the temperature under which the budget
     predictor's tier probabilities best fit each row's calibration target (`target`, as it was trained: "exact" the
     oracle-minimal tier, "accuracy" the answering tiers, "stable" the stable tier; "loss" is fitted to "exact"), by
     `statistics.fit_temperature`. Writes it into `model.config` and returns the fit
     with the number of rows. The predicted tier does not change; a token price then moves questions across tiers
-    one by one. With `fit_price`, the same runs then fit the model's own price (`fit_budget_cost`)."""
+    one by one. With `fit_price`, the same runs then fit the model's own price (`fit_budget_cost`, under
+    `accuracy_floor`)."""
     logits, targets, exacts = [], [], []
     for start in range(0, len(rows), batch_size):
         batch = collator(rows[start : start + batch_size])
@@ -145,14 +146,15 @@ def fit_budget_temperature(model, collator, rows: list, batch_size: int = 16, ta
     model.config.budget_temperature = fit["temperature"]
     fit = {**fit, "rows": len(rows)}
     if fit_price:
-        fit["price"] = fit_budget_cost(model, torch.cat(logits), torch.cat(exacts), plan.patch_features.shape[1])
+        fit["price"] = fit_budget_cost(model, torch.cat(logits), torch.cat(exacts), plan.patch_features.shape[1],
+                                       accuracy_floor=accuracy_floor)
     else:  # a price is in units of the old temperature's log-probabilities: it does not carry over
         model.config.budget_cost = 0.0
     return fit
 
 
 def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, num_patches: int,
-                    prices=PRICE_GRID) -> dict:
+                    prices=PRICE_GRID, accuracy_floor: float | None = None) -> dict:
     """Fit `config.budget_cost`, the model's own price of tokens under "auto", from held-out rows' tier logits and
     whether each tier answers them exactly ([R, T] each; `tier_runs`), at the model's current temperature.
 
@@ -160,24 +162,36 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, num
     constant tiers' envelope at its mean tokens (`statistics.frontier_at`: any fixed tier or random mix of two that
     spends no more) is its margin, and the price with the largest margin wins (ties: the fewer tokens). So "auto"
     sits where the predictor beats every constant policy by most on validation, not where training happened to
-    leave its argmax. Writes it into `model.config` and returns {"budget_cost", "accuracy", "mean_tokens",
-    "envelope", "margin", "rows", "at_edge"}; `at_edge` says the winner is the grid's first or last price (the best
-    price may lie beyond it)."""
+    leave its argmax. With `accuracy_floor` (a share, e.g. 0.97), only prices whose accuracy keeps that share of the
+    best constant tier's compete (if none does, the most accurate price wins): the default must not buy its margin
+    by reading much worse than the model can (#21 asks auto to keep 97% of the full-resolution reference). Writes it
+    into `model.config` and returns {"budget_cost", "accuracy", "mean_tokens", "envelope", "margin", "rows",
+    "at_edge", "floor", "unconstrained"}; `at_edge` says the winner is the grid's first or last price (the best price
+    may lie beyond it), `unconstrained` is the price the margin alone would choose."""
     exact = exact.float()
     tiers_points = [(float(model.config.tier_tokens(tier)), float(accuracy))
                     for tier, accuracy in enumerate(exact.mean(0).cpu())]
-    best = None
+    points = []
     for price in prices:
         counts, tiers = model.model.resolve_budget("auto", budget_logits, num_patches, float(price))
         accuracy = float(exact[torch.arange(len(tiers)), tiers.cpu()].mean())
         mean_tokens = float(counts.float().mean())
         envelope = statistics.frontier_at(tiers_points, mean_tokens)["value"]
-        point = {"budget_cost": float(price), "accuracy": accuracy, "mean_tokens": mean_tokens,
-                 "envelope": envelope, "margin": accuracy - envelope, "rows": len(tiers)}
-        if best is None or (round(point["margin"], 9), -mean_tokens) > (round(best["margin"], 9), -best["mean_tokens"]):
-            best = point
+        points.append({"budget_cost": float(price), "accuracy": accuracy, "mean_tokens": mean_tokens,
+                       "envelope": envelope, "margin": accuracy - envelope, "rows": len(tiers)})
+    unconstrained = max(points, key=_margin_first)
+    floor = None if accuracy_floor is None else accuracy_floor * max(accuracy for _, accuracy in tiers_points)
+    eligible = points if floor is None else [p for p in points if p["accuracy"] >= floor - 1e-9]
+    best = max(eligible, key=_margin_first) if eligible else max(
+        points, key=lambda p: (round(p["accuracy"], 9), -p["mean_tokens"]))
     model.config.budget_cost = best["budget_cost"]
-    return {**best, "at_edge": best["budget_cost"] in (min(prices), max(prices))}
+    return {**best, "at_edge": best["budget_cost"] in (min(prices), max(prices)), "floor": floor,
+            "unconstrained": unconstrained["budget_cost"]}
+
+
+def _margin_first(point: dict) -> tuple:
+    """The price rule's order: the largest margin over the envelope, then the fewer tokens."""
+    return round(point["margin"], 9), -point["mean_tokens"]
 
 
 @contextmanager

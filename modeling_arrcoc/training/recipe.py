@@ -30,7 +30,7 @@ from transformers import set_seed
 from .. import ArrCocConfig, ArrCocForConditionalGeneration, ArrCocImageProcessor, ArrCocProcessor
 from ..components import COMPONENTS_FILE, component_sources, is_components_preset, vision_normalization
 from ..data.collator import ArrCocCollator
-from ..data.recipe import DataArguments, build_datasets, build_mixture
+from ..data.recipe import DataArguments, at_most, build_datasets, build_mixture
 from ..lora import merge_lora
 from ..methods import learning_curve_methods
 from ..processing_arrcoc import PROMPT_LAYOUTS, prompt_layout_template
@@ -244,15 +244,17 @@ def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else list(argv)
     model_args, data_args, args = parse_config(argv)
     set_seed(args.seed)
-    trainer, collator, eval_dataset = build_trainer(model_args, data_args, args)
+    trainer, collator, validation = build_trainer(model_args, data_args, args)
     resume = args.resume_from_checkpoint  # a checkpoint directory, or "last" for the newest in output_dir
     trainer.train(resume_from_checkpoint=True if resume in (True, "last", "true") else resume)
-    save_final(trainer, collator, eval_dataset, argv)
+    save_final(trainer, collator, validation, argv)
     return trainer
 
 
 def build_trainer(model_args, data_args, args):
-    """(trainer, collator, eval dataset) of a run: model -> method -> phase -> data -> ArrCocTrainer."""
+    """(trainer, collator, validation split) of a run: model -> method -> phase -> data -> ArrCocTrainer. The trainer
+    and the learning curves evaluate the split's first max_eval_samples rows; the budget fit after training may take
+    more of it (fit_budget_temperature rows)."""
     model, processor = build_model_and_processor(model_args)
     method = apply_method(model, args)
     if args.process_index == 0:
@@ -262,7 +264,8 @@ def build_trainer(model_args, data_args, args):
                 lora_dropout=args.lora_dropout, lora_target_modules=tuple(args.lora_target_modules))
     print_trainable(model, args)
 
-    train_dataset, eval_dataset = build_datasets(data_args, model.config)
+    train_dataset, validation = build_datasets(dataclasses.replace(data_args, max_eval_samples=None), model.config)
+    eval_dataset = at_most(validation, data_args.max_eval_samples)
     check_streaming(train_dataset, args)
     train_dataset = add_alignment_targets(train_dataset, args, model.config)
     collator = ArrCocCollator(processor, patch_size=model.config.vision_config.patch_size,
@@ -275,17 +278,17 @@ def build_trainer(model_args, data_args, args):
     trainer = ArrCocTrainer(model=model, args=args, data_collator=collator, train_dataset=train_dataset,
                             eval_dataset=eval_dataset if args.eval_strategy != "no" else None,
                             processing_class=processor, callbacks=curves)
-    return trainer, collator, eval_dataset
+    return trainer, collator, validation
 
 
-def save_final(trainer, collator, eval_dataset, argv: list[str]):
+def save_final(trainer, collator, validation, argv: list[str]):
     """The final checkpoint in output_dir/checkpoint: LoRA merged, the budget temperature fitted, weights and
     processor, the arguments as JSON and the resolved YAML beside them."""
     args = trainer.args
     final = Path(args.output_dir) / "checkpoint"
     merge_lora(trainer.model)  # a plain checkpoint: LoRA (if any) folded into the LLM weights
     one_question = dataclasses.replace(collator, questions_per_image=1, question_keys=False)  # as evaluation asks
-    temperature_fit(trainer.model, args, eval_dataset, one_question)
+    temperature_fit(trainer.model, args, validation, one_question)
     trainer.save_model(str(final))  # safetensors weights + the processor, on the main process
     if args.process_index == 0:
         pickle_free(final, args)
@@ -293,13 +296,14 @@ def save_final(trainer, collator, eval_dataset, argv: list[str]):
         print(f"saved {final}")
 
 
-def temperature_fit(model, args, eval_dataset, collator):
-    """`fit_budget_temperature` validation rows -> config.budget_temperature, and with `fit_budget_cost`
+def temperature_fit(model, args, validation, collator):
+    """The first `fit_budget_temperature` validation rows -> config.budget_temperature, and with `fit_budget_cost`
     config.budget_cost (saved with the checkpoint)."""
-    if not args.fit_budget_temperature or eval_dataset is None or model.config.selection_method != "learned":
+    if not args.fit_budget_temperature or validation is None or model.config.selection_method != "learned":
         return
-    rows = [eval_dataset[i] for i in range(min(args.fit_budget_temperature, len(eval_dataset)))]
-    fit = fit_budget_temperature(model, collator, rows, target=args.calibration_target, fit_price=args.fit_budget_cost)
+    rows = [validation[i] for i in range(min(args.fit_budget_temperature, len(validation)))]
+    fit = fit_budget_temperature(model, collator, rows, target=args.calibration_target, fit_price=args.fit_budget_cost,
+                                 accuracy_floor=args.fit_budget_accuracy_floor)
     if args.process_index == 0:
         print(f"budget temperature {fit['temperature']:.3g} on {fit['rows']} validation rows (cross-entropy to the "
               f"{args.calibration_target} target {fit['nll']:.3f}, {fit['nll_at_1']:.3f} at 1)")
@@ -307,6 +311,8 @@ def temperature_fit(model, args, eval_dataset, collator):
             price = fit["price"]
             print(f"budget cost {price['budget_cost']:g}: {price['accuracy']:.3f} at {price['mean_tokens']:.1f} "
                   f"tokens, {100 * price['margin']:+.1f} points over the constant tiers' envelope"
+                  + (f" (accuracy floor {price['floor']:.3f}; the margin alone would choose {price['unconstrained']:g})"
+                     if price["floor"] is not None else "")
                   + (" (at the edge of the price grid: the best price may lie beyond it)" if price["at_edge"] else ""))
 
 
