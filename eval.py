@@ -86,17 +86,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--heatmaps-per-task", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
-    parser.add_argument("--vision-autocast-dtype", default=None, choices=VISION_AUTOCAST_DTYPES,
+    parser.add_argument("--vision-autocast-dtype", default=None, choices=(*VISION_AUTOCAST_DTYPES, NO_AUTOCAST),
                         help="Run every checkpoint's SAM under autocast to this dtype (config.vision_autocast_dtype; "
-                             "compare the answers with tools.compare_predictions).")
+                             f"compare the answers with tools.compare_predictions); '{NO_AUTOCAST}' runs it in the "
+                             "weights' dtype even where a checkpoint's config sets one. Default: as each config says.")
     return parser.parse_args(argv)
+
+
+NO_AUTOCAST = "none"  # --vision-autocast-dtype's value that turns a checkpoint's autocast off
 
 
 def load_checkpoint(path: str, device: str = "cpu", vision_autocast_dtype=None):
     """Model (float32, eval mode, on `device`) and processor, both from the checkpoint directory; SAM under autocast
-    to `vision_autocast_dtype` when given (else as the checkpoint's config says)."""
+    to `vision_autocast_dtype` when given, with none for NO_AUTOCAST (else as the checkpoint's config says)."""
     processor = AutoProcessor.from_pretrained(path)
-    overrides = {} if vision_autocast_dtype is None else {"vision_autocast_dtype": vision_autocast_dtype}
+    overrides = {} if vision_autocast_dtype is None else {
+        "vision_autocast_dtype": None if vision_autocast_dtype == NO_AUTOCAST else vision_autocast_dtype}
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, **overrides).to(device).eval()
     return model, processor
 

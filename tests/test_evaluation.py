@@ -686,3 +686,22 @@ def test_compare_predictions_pairs_two_runs_on_the_same_questions(tmp_path):
         compare_runs(first, second, methods=["tier_8"])
     main([str(tmp_path / "a"), str(tmp_path / "b"), "--json", str(tmp_path / "out.json")])
     assert json.loads((tmp_path / "out.json").read_text())["methods"]["auto"]["same_tokens"] == 0.75
+
+
+def test_eval_vision_autocast_option_sets_or_clears_the_checkpoints_own(tmp_path, tester):
+    """--vision-autocast-dtype: a dtype puts SAM under autocast, 'none' turns a checkpoint's own setting off, and
+    leaving it out keeps what the checkpoint's config says."""
+    from transformers import AutoProcessor
+
+    from conftest import TINY_PRESET
+
+    model = tester.get_model()
+    model.config.vision_autocast_dtype = "bfloat16"
+    model.save_pretrained(tmp_path)
+    AutoProcessor.from_pretrained(TINY_PRESET).save_pretrained(tmp_path)
+    assert eval_script.parse_args([str(tmp_path), "--vision-autocast-dtype", "none"]).vision_autocast_dtype == "none"
+    for option, expected in ((None, "bfloat16"), ("none", None), ("float16", "float16")):
+        loaded, _ = eval_script.load_checkpoint(str(tmp_path), vision_autocast_dtype=option)
+        assert loaded.config.vision_autocast_dtype == expected, option
+    with pytest.raises(SystemExit):
+        eval_script.parse_args([str(tmp_path), "--vision-autocast-dtype", "float64"])
