@@ -102,7 +102,8 @@ class ArrCocConfig(PreTrainedConfig):
         budget_cost (`float`): the model's own price of tokens under budget "auto", used when a call gives none
             (`ArrCocModel.resolve_budget`): 0 keeps the predicted tier. Fitted with the temperature at the end of
             training (`fit_budget_cost`): of a grid of prices, the one whose validation answers lie furthest above
-            the constant tiers' envelope at their mean tokens. The demo's "auto" is this price.
+            the constant tiers' envelope at their mean tokens, among those that keep a share of the best constant
+            tier's accuracy when an accuracy floor is set (the demo's: 97%). The demo's "auto" is this price.
         adapter_num_layers (`int`): prototype cross-attention layers in the quality adapter.
         adapter_num_heads (`int`): heads of those layers.
         num_vet_prototypes (`int`): learnable prototypes the visual tokens attend to.

@@ -243,8 +243,19 @@ def test_fit_budget_cost_accuracy_floor_keeps_the_default_near_the_best_tier(tes
         assert kept["floor"] == pytest.approx(0.97) and model.config.budget_cost == 0.0
         low = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(0.0, 1.0), accuracy_floor=0.85)
         assert low["budget_cost"] == 1.0
-        none = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(1.0, 20.0), accuracy_floor=0.97)
-        assert (none["budget_cost"], none["accuracy"]) == (1.0, 0.875), "no price reaches the floor: the most accurate"
+        assert kept["met_floor"] and low["met_floor"]
+        # No price reaches the floor: the most accurate wins even where another has the larger margin. An odd row
+        # the predictor sends to the middle tier, which misses it: price 0 reads 7 of 8 at 58 tokens (margin
+        # -0.075, below the envelope), price 1 reads 6 of 8 at 20.5 tokens (margin +0.1125).
+        odd_logits = torch.cat([logits, torch.tensor([[0.0, 5.0, 0.0]])])[[0, 1, 2, 3, 4, 5, 6, 8]]
+        none = fit_budget_cost(model, odd_logits, exact, tester.num_patches, prices=(0.0, 1.0), accuracy_floor=0.97)
+        assert (none["budget_cost"], none["accuracy"], none["met_floor"], none["unconstrained"]) == (0.0, 0.875, False, 1.0)
+        assert none["margin"] == pytest.approx(-0.075)
+        from modeling_arrcoc.training.recipe import _price_notes
+
+        notes = " ".join(_price_notes({**none, "at_edge": False}))
+        assert "reached by no price" in notes and "below the envelope" in notes and "choose 1" in notes
+        assert _price_notes({**free, "at_edge": False}) == []
     finally:
         model.config.budget_cost = 0.0
 

@@ -12,10 +12,11 @@ would confuse with it).
 docs/demo_model.md uses it to show why supervising the attention of layers 1-3 kept the answers at chance: layer 0
 rewrote the visual positions and the digits were gone from them by layer 1.
 
-`--heldout-accuracy N` answers which factor of the held-out look costs answers: N held-out test questions of the
-families the base is taught, at full tokens, once as they are and once per factor of HELDOUT_FACTORS set back to the
-standard look's value, accuracy per family with intervals and, where the factor keeps the questions (all but the
-layout), the paired difference against the held-out look.
+`--heldout-accuracy N` answers which factor of the held-out look costs answers: N held-out questions of the
+families the base is taught (drawn with --heldout-seed, 1: not the test questions eval.py reports), at full tokens,
+once as they are and once per factor of HELDOUT_FACTORS set back to the standard look's value, accuracy per family
+with intervals and, where the factor keeps the questions (all but the layout), the paired difference against the
+held-out look.
 """
 
 import argparse
@@ -217,9 +218,12 @@ def heldout_factors(model, processor, pages: int = 48) -> dict:
 HELDOUT_ACCURACY_FAMILIES = ("local_color", "local_key", "global_count")  # the families the base is taught
 
 
-def heldout_accuracy(model, processor, questions: int = 1200, families=HELDOUT_ACCURACY_FAMILIES) -> list:
+def heldout_accuracy(model, processor, questions: int = 1200, families=HELDOUT_ACCURACY_FAMILIES,
+                     seed: int = 1) -> list:
     """Which factor of the held-out look costs answers: for the held-out look and each of HELDOUT_FACTORS, the same
-    `questions` held-out test questions (the split eval.py reads) answered at full tokens. Rows: {"factor", "mean",
+    `questions` held-out test questions answered at full tokens. They are drawn with `seed`: 1 by default, other
+    pages than the test questions eval.py reports (seed 0), so that a choice made from this probe is not made on
+    the reported questions. Rows: {"factor", "mean",
     "low", "high", "n", "families": accuracy per family, "paired": the paired difference against the held-out look
     (agreement.compare_runs), or None where the factor redraws the pages (the layout) or for the look itself}."""
     vision = model.config.vision_config
@@ -228,7 +232,7 @@ def heldout_accuracy(model, processor, questions: int = 1200, families=HELDOUT_A
         # A fresh dataset cache: the suite's cache key (the generator's text) does not see a look changed at run time.
         with heldout_look(**change), tempfile.TemporaryDirectory() as folder:
             data = load_eval_dataset("synthetic", "test", questions, vision.image_size, vision.patch_size,
-                                     cache_dir=folder, families=families)
+                                     cache_dir=folder, seed=seed, families=families)
             predictions = Path(folder) / "predictions.jsonl"
             evaluate(model, processor, data.dataset, data.metric, ["full"], calibration=False, progress=False,
                      predictions_path=predictions)
@@ -390,8 +394,9 @@ def main(argv=None):
     parser.add_argument("--heldout-factors", type=int, default=0,
                         help="also probe each held-out factor over this many pages (heldout_factors; 48)")
     parser.add_argument("--heldout-accuracy", type=int, default=0,
-                        help="also answer this many held-out test questions per held-out factor (heldout_accuracy; "
-                             "1200)")
+                        help="also answer this many held-out questions per held-out factor (heldout_accuracy; 1200)")
+    parser.add_argument("--heldout-seed", type=int, default=1,
+                        help="the pages --heldout-accuracy draws (1: not the test questions eval.py reports, seed 0)")
     parser.add_argument("--marker-pages", type=int, default=0,
                         help="also probe local_key's marker lookup over this many pages (marker_lookup; 96)")
     parser.add_argument("--pooled-pages", type=int, default=0,
@@ -422,7 +427,7 @@ def main(argv=None):
             print(f"  {name:34s} digit decodable at the LLM's input {values['digit_decodable_at_input']:.3f}, "
                   f"first answer token right {values['first_answer_token_accuracy']:.2f}")
     if args.heldout_accuracy:
-        rows = heldout_accuracy(model, processor, args.heldout_accuracy)
+        rows = heldout_accuracy(model, processor, args.heldout_accuracy, seed=args.heldout_seed)
         print(f"{rows[0]['n']} held-out test questions at full tokens, one factor set back to the standard look's:")
         print(heldout_accuracy_table(rows))
     if args.marker_pages:

@@ -136,8 +136,9 @@ class ArrCocTrainingArguments(TrainingArguments):
     fit_budget_temperature: int = field(
         default=0,
         metadata=_help("After training, fit the budget predictor's temperature (config.budget_temperature, used by a "
-                       "token price) on this many validation rows against their calibration_target ('loss': the "
-                       "oracle-minimal tier); 0 = off."),
+                       "token price) on the first this many rows of the whole validation split (max_eval_samples "
+                       "does not cut them) against their calibration_target ('loss': the oracle-minimal tier); "
+                       "0 = off."),
     )
     fit_budget_cost: bool = field(
         default=False,

@@ -164,10 +164,12 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, num
     sits where the predictor beats every constant policy by most on validation, not where training happened to
     leave its argmax. With `accuracy_floor` (a share, e.g. 0.97), only prices whose accuracy keeps that share of the
     best constant tier's compete (if none does, the most accurate price wins): the default must not buy its margin
-    by reading much worse than the model can (#21 asks auto to keep 97% of the full-resolution reference). Writes it
-    into `model.config` and returns {"budget_cost", "accuracy", "mean_tokens", "envelope", "margin", "rows",
-    "at_edge", "floor", "unconstrained"}; `at_edge` says the winner is the grid's first or last price (the best price
-    may lie beyond it), `unconstrained` is the price the margin alone would choose."""
+    by reading much worse than the model can (the model's own best tier on validation stands in for #21's
+    full-resolution reference, which phase 3 does not have). The winner's margin may then be below 0: a constant
+    tier beats it there. Writes it into `model.config` and returns {"budget_cost", "accuracy", "mean_tokens",
+    "envelope", "margin", "rows", "at_edge", "floor", "met_floor", "unconstrained"}; `at_edge` says the winner is the
+    grid's first or last price (the best price may lie beyond it), `met_floor` whether any price reached the floor,
+    `unconstrained` the price the margin alone would choose."""
     exact = exact.float()
     tiers_points = [(float(model.config.tier_tokens(tier)), float(accuracy))
                     for tier, accuracy in enumerate(exact.mean(0).cpu())]
@@ -186,7 +188,7 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, num
         points, key=lambda p: (round(p["accuracy"], 9), -p["mean_tokens"]))
     model.config.budget_cost = best["budget_cost"]
     return {**best, "at_edge": best["budget_cost"] in (min(prices), max(prices)), "floor": floor,
-            "unconstrained": unconstrained["budget_cost"]}
+            "met_floor": bool(eligible), "unconstrained": unconstrained["budget_cost"]}
 
 
 def _margin_first(point: dict) -> tuple:

@@ -311,9 +311,22 @@ def temperature_fit(model, args, validation, collator):
             price = fit["price"]
             print(f"budget cost {price['budget_cost']:g}: {price['accuracy']:.3f} at {price['mean_tokens']:.1f} "
                   f"tokens, {100 * price['margin']:+.1f} points over the constant tiers' envelope"
-                  + (f" (accuracy floor {price['floor']:.3f}; the margin alone would choose {price['unconstrained']:g})"
-                     if price["floor"] is not None else "")
-                  + (" (at the edge of the price grid: the best price may lie beyond it)" if price["at_edge"] else ""))
+                  + "".join(f" ({note})" for note in _price_notes(price)))
+
+
+def _price_notes(price: dict) -> list:
+    """What a reader of the fitted price should know: the floor and whether it bound, a margin below the envelope,
+    a price at the grid's edge."""
+    notes = []
+    if price["floor"] is not None:
+        reached = "" if price["met_floor"] else ", reached by no price: the most accurate wins"
+        notes.append(f"accuracy floor {price['floor']:.3f}{reached}; the margin alone would choose "
+                     f"{price['unconstrained']:g}")
+    if price["margin"] < 0:
+        notes.append("below the envelope: a constant tier beats it there")
+    if price["at_edge"]:
+        notes.append("at the edge of the price grid: the best price may lie beyond it")
+    return notes
 
 
 def pickle_free(checkpoint: Path, args):
