@@ -474,16 +474,12 @@ def test_randomized_pages_vary_their_look_but_never_take_the_heldout_values(tmp_
         SyntheticConfig(train_variant="fancy")
 
 
-def test_randomized_key_shades_contain_the_heldout_shades_and_keep_names_apart():
-    """The training look's key shades (standard shade +- key_jitter per channel) cover the held-out variant's kind of
-    change: every held-out shade lies strictly inside its name's range (at a jitter of 30, green, blue and purple
-    fell outside). And the ranges of any two names stay apart: at least 12 grey levels between the nearest shades two
-    names can take (red and orange, blue and purple come closest, 14 apart in one channel), so a jittered shade
-    still has one name."""
+def test_randomized_key_shades_keep_their_names_apart():
+    """The training look's key shades (standard shade +- key_jitter per channel) of any two names stay at least 12
+    grey levels apart, so a jittered shade still has one name (docs/demo_model.md, "The held-out shades", widened the
+    jitter to 48, where red and orange, blue and purple came within 14)."""
     jitter = STYLES["randomized"].key_jitter
     standard = {name: np.array(shade, np.float32) for name, shade in KEY_COLORS["standard"].items()}
-    for name, shade in KEY_COLORS["heldout"].items():
-        assert np.all(np.abs(np.array(shade, np.float32) - standard[name]) < jitter), name
     for first, second in itertools.combinations(standard, 2):
         gap = np.clip(np.abs(standard[first] - standard[second]) - 2 * jitter, 0, None)  # per channel, 0 if they meet
         assert np.sqrt((gap ** 2).sum()) >= 12, (first, second)

@@ -167,11 +167,11 @@ STYLES = {
         ink_spread=50.0,
         background=((250, 250, 250), (244, 244, 244), (255, 255, 255)),
         background_tint=28.0,
-        # Wide enough that every held-out shade lies inside its name's range (they sit up to 45 from the standard
-        # shade in a channel; at 30, green, blue and purple fell outside and held-out local_color read 0.81 against
-        # 0.93 with standard shades, docs/demo_model.md "The held-out shades"), narrow enough that no two names'
-        # ranges meet (tests/test_synthetic.py).
-        key_jitter=48.0,
+        # The held-out shades sit up to 45 from the standard ones in a channel, so some (green, blue, purple) lie
+        # outside this range. A base pretrained at 48, which holds them all, read held-out local_color 6 points
+        # better and counting 6 points worse, the same overall: kept at 30 (docs/demo_model.md, "The held-out
+        # shades").
+        key_jitter=30.0,
         layouts=("uniform", "long_lines"),
         density=(0.6, 0.78),
         bar_colors=("#1f77b4", "#4a6fa5", "#2b5d8a", "#17becf", "#e377c2", "#bcbd22"),
