@@ -428,7 +428,8 @@ def main(argv=None):
                   f"first answer token right {values['first_answer_token_accuracy']:.2f}")
     if args.heldout_accuracy:
         rows = heldout_accuracy(model, processor, args.heldout_accuracy, seed=args.heldout_seed)
-        print(f"{rows[0]['n']} held-out test questions at full tokens, one factor set back to the standard look's:")
+        print(f"{rows[0]['n']} held-out questions (test split, seed {args.heldout_seed}) at full tokens, one factor set "
+              "back to the standard look's:")
         print(heldout_accuracy_table(rows))
     if args.marker_pages:
         marker = marker_lookup(model, processor, args.marker_pages, variant=args.variant)
