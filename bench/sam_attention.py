@@ -81,10 +81,7 @@ def _compiled_call(preset, pixels, one_hot: bool, backend: str):
     from modeling_arrcoc.layers_arrcoc import use_sam_attention
 
     model = sam_model(preset)  # the same seed: the same weights as the eager variants'
-    use_sam_attention(model, "sdpa")
-    for module in model.modules():
-        if hasattr(module, "one_hot_when_compiled"):
-            module.one_hot_when_compiled = one_hot
+    use_sam_attention(model, "sdpa", one_hot_when_compiled=one_hot)
     compiled = torch.compile(model, fullgraph=True, backend=backend)
 
     def call():

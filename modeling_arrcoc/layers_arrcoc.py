@@ -85,16 +85,19 @@ class ArrCocSamSdpaAttention(_OneHotRelativePositions, SamVisionSdpaAttention):
 SAM_ATTENTION_CLASSES = {"eager": ArrCocSamAttention, "sdpa": ArrCocSamSdpaAttention}
 
 
-def use_sam_attention(module: nn.Module, implementation: str | None = None) -> None:
+def use_sam_attention(module: nn.Module, implementation: str | None = None,
+                      one_hot_when_compiled: bool | None = None) -> None:
     """Every transformers SAM attention under `module` becomes ArrCoc's class for `implementation` ("eager" or
     "sdpa"; None: the kind it already is), in place: the classes share their weights. Other vision towers are left
-    as they are."""
+    as they are. `one_hot_when_compiled`, when given, is set on each of them (None: each keeps its own)."""
     for sam in module.modules():
         if isinstance(sam, SamVisionModel):
             for attention in sam.modules():
                 if isinstance(attention, SamVisionAttention):
                     kind = implementation or ("sdpa" if isinstance(attention, SamVisionSdpaAttention) else "eager")
                     attention.__class__ = SAM_ATTENTION_CLASSES[kind]
+                    if one_hot_when_compiled is not None:
+                        attention.one_hot_when_compiled = one_hot_when_compiled
 
 
 __all__ = ["ArrCocMeanInitLinear", "ArrCocSamAttention", "ArrCocSamSdpaAttention", "ArrCocZeroInitEmbedding",

@@ -86,10 +86,8 @@ def test_compiled_sam_matches_eager_either_way(one_hot, monkeypatch):
     table = layers_arrcoc.key_one_hot
     monkeypatch.setattr(layers_arrcoc, "key_one_hot", lambda *args: calls.append(args) or table(*args))
     model = _sam("sdpa")
-    use_sam_attention(model)
-    for module in model.modules():
-        if isinstance(module, ArrCocSamSdpaAttention):
-            module.one_hot_when_compiled = one_hot
+    use_sam_attention(model, one_hot_when_compiled=one_hot)
+    assert all(m.one_hot_when_compiled == one_hot for m in model.modules() if isinstance(m, ArrCocSamSdpaAttention))
     pixels = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(3))
     torch._dynamo.reset()
     with torch.no_grad():
