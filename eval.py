@@ -46,6 +46,9 @@ from modeling_arrcoc.methods import parse_cost, trained_own_budget
 from modeling_arrcoc.provenance import git_commit, read_training_config, repo_path
 
 
+NO_AUTOCAST = "none"  # --vision-autocast-dtype's value that turns a checkpoint's autocast off
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="Checkpoint directory with the model and its processor.")
@@ -91,9 +94,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                              f"compare the answers with tools.compare_predictions); '{NO_AUTOCAST}' runs it in the "
                              "weights' dtype even where a checkpoint's config sets one. Default: as each config says.")
     return parser.parse_args(argv)
-
-
-NO_AUTOCAST = "none"  # --vision-autocast-dtype's value that turns a checkpoint's autocast off
 
 
 def load_checkpoint(path: str, device: str = "cpu", vision_autocast_dtype=None):

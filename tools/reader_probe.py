@@ -223,9 +223,9 @@ def heldout_accuracy(model, processor, questions: int = 1200, families=HELDOUT_A
     """Which factor of the held-out look costs answers: for the held-out look and each of HELDOUT_FACTORS, the same
     `questions` held-out test questions answered at full tokens. They are drawn with `seed`: 1 by default, other
     pages than the test questions eval.py reports (seed 0), so that a choice made from this probe is not made on
-    the reported questions. Rows: {"factor", "mean",
-    "low", "high", "n", "families": accuracy per family, "paired": the paired difference against the held-out look
-    (agreement.compare_runs), or None where the factor redraws the pages (the layout) or for the look itself}."""
+    the reported questions. Rows: {"factor", "mean", "low", "high", "n", "families": accuracy per family, "paired":
+    the paired difference against the held-out look (agreement.compare_runs), or None where the factor redraws the
+    pages (the layout) or for the look itself}."""
     vision = model.config.vision_config
     runs = {}
     for name, change in HELDOUT_FACTORS.items():
