@@ -480,9 +480,37 @@ def test_randomized_key_shades_keep_their_names_apart():
     jitter to 48, where red and orange, blue and purple came within 14)."""
     jitter = STYLES["randomized"].key_jitter
     standard = {name: np.array(shade, np.float32) for name, shade in KEY_COLORS["standard"].items()}
+    gaps = []
     for first, second in itertools.combinations(standard, 2):
         gap = np.clip(np.abs(standard[first] - standard[second]) - 2 * jitter, 0, None)  # per channel, 0 if they meet
-        assert np.sqrt((gap ** 2).sum()) >= 12, (first, second)
+        gaps.append(np.sqrt((gap ** 2).sum()))
+        assert gaps[-1] >= synthetic.MIN_KEY_SHADE_GAP, (first, second)
+    assert synthetic.key_shade_gap(jitter) == pytest.approx(min(gaps))
+    assert 12 <= synthetic.key_shade_gap(48) < 15  # red/orange and blue/purple at 14
+
+
+def test_key_jitter_moves_the_training_shades_only(tmp_path):
+    """SyntheticConfig.key_jitter (train.py's synthetic_key_jitter) replaces the randomized look's shade range on the
+    training and validation pages; the rows are otherwise the same draws, and the test pages keep their shades."""
+    def shades(jitter):
+        suite = make_synthetic_suite(cache_dir=str(tmp_path / str(jitter)), num_train=6, num_validation=2, num_test=4,
+                                     train_variant="randomized", key_jitter=jitter, families=("local_color",))
+        return suite
+
+    default, wide = shades(None), shades(48.0)
+    for split in ("train", "validation"):
+        assert default[split]["question"] == wide[split]["question"]
+        assert default[split]["answers"] == wide[split]["answers"]
+        pixels = [np.asarray(row["image"], np.int16) for row in (default[split][0], wide[split][0])]
+        assert np.abs(pixels[0] - pixels[1]).max() > 0  # the key shades moved
+    assert [np.asarray(row["image"]).tobytes() for row in default["test"]] == \
+        [np.asarray(row["image"]).tobytes() for row in wide["test"]]
+    with pytest.raises(ValueError, match="within"):
+        SyntheticConfig(train_variant="randomized", key_jitter=60.0)
+    with pytest.raises(ValueError, match="train_variant"):
+        SyntheticConfig(key_jitter=30.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        SyntheticConfig(train_variant="randomized", key_jitter=-1.0)
 
 
 def test_half_pixel_looks_fill_the_gaps_between_whole_pixels():

@@ -9,6 +9,7 @@ import runpy
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -449,6 +450,24 @@ def test_recorded_stages_are_read_by_the_recipes_own_keys(tmp_path):
     data = data_arguments({"synthetic_families": ["chart"], "phase": "phase1", INIT_FROM: None})
     assert data.synthetic_families == ["chart"] and data.dataset == recipe.DataArguments().dataset
     assert stages_up_to({INIT_FROM: str(tmp_path / "not-recorded")}) is None
+
+
+def test_a_yamls_key_jitter_reaches_the_training_pages(tmp_path):
+    """`synthetic_key_jitter` (a data key) moves the randomized look's shades of the pages a run trains and
+    validates on; on the standard look it is refused by name."""
+    config = AutoConfig.from_pretrained(TINY_PRESET, **TINY_OVERRIDES)
+
+    def pages(**keys):
+        data = recipe.DataArguments(synthetic_num_train=2, synthetic_num_validation=2, synthetic_families=["local_color"],
+                                    synthetic_cache_dir=str(tmp_path / str(keys)), **keys)
+        train, validation = recipe.build_datasets(data, config)
+        return [np.asarray(row["image"], np.int16) for row in (train[0], validation[0])]
+
+    default = pages(synthetic_train_variant="randomized")
+    wide = pages(synthetic_train_variant="randomized", synthetic_key_jitter=48.0)
+    assert all(np.abs(a - b).max() > 0 for a, b in zip(default, wide))
+    with pytest.raises(ValueError, match="key_jitter"):
+        pages(synthetic_key_jitter=48.0)
 
 
 def test_tier_grouped_batches(datasets):

@@ -30,6 +30,9 @@ class DataArguments:
     synthetic_train_variant: str = field(default="standard", metadata={
         "help": "Look of the training and validation pages: 'standard', or 'randomized' (each page draws glyph "
                 "sizes, offsets, shades, tint and layout from wide ranges; see data/synthetic.py)."})
+    synthetic_key_jitter: float | None = field(default=None, metadata={
+        "help": "The randomized look's key-shade jitter per channel (None: data/synthetic.py's own); training and "
+                "validation pages only."})
     synthetic_cache_dir: str | None = field(default=None, metadata={"help": "datasets cache for the suite."})
     learning_curve_every: int = field(default=0, metadata={
         "help": "Every N steps, score held-out rows at every tier (curves.py) into output_dir/learning_curve.json."})
@@ -62,7 +65,7 @@ def build_datasets(data_args: DataArguments, model_config):
             image_size=model_config.vision_config.image_size, patch_size=model_config.vision_config.patch_size,
             num_train=data_args.synthetic_num_train, num_validation=data_args.synthetic_num_validation, num_test=1,
             seed=data_args.synthetic_seed, families=tuple(data_args.synthetic_families),
-            train_variant=data_args.synthetic_train_variant,
+            train_variant=data_args.synthetic_train_variant, key_jitter=data_args.synthetic_key_jitter,
         ), cache_dir=data_args.synthetic_cache_dir)
         train, evaluation = suite["train"], suite["validation"]
         check_visual_words(model_config)

@@ -169,8 +169,8 @@ STYLES = {
         background_tint=28.0,
         # The held-out shades sit up to 45 from the standard ones in a channel, so some (green, blue, purple) lie
         # outside this range. A base pretrained at 48, which holds them all, read held-out local_color 6 points
-        # better and counting 6 points worse, the same overall: kept at 30 (docs/demo_model.md, "The held-out
-        # shades").
+        # better and counting 6 points worse, the same overall; at 48 in the reader's looks stage only, no better than
+        # the same steps at 30: kept at 30 (docs/demo_model.md, "The held-out shades"; SyntheticConfig.key_jitter).
         key_jitter=30.0,
         layouts=("uniform", "long_lines"),
         density=(0.6, 0.78),
@@ -214,6 +214,9 @@ class SyntheticConfig:
     family_weights: tuple | None = None  # None: uniform over families
     test_variant: str = "heldout"
     train_variant: str = "standard"  # "randomized": training pages of random look (validation follows it)
+    # The randomized look's key-shade jitter per channel (None: STYLES["randomized"].key_jitter), for its training and
+    # validation pages only; the test pages keep their variant's shades.
+    key_jitter: float | None = None
 
     def __post_init__(self):
         self.families = tuple(self.families)
@@ -239,6 +242,30 @@ def _check_config(config: SyntheticConfig) -> None:
     for name in ("test_variant", "train_variant"):
         if getattr(config, name) not in VARIANTS:
             raise ValueError(f"{name} must be one of {VARIANTS}, got {getattr(config, name)!r}")
+    if config.key_jitter is not None:
+        _check_key_jitter(config)
+
+
+# A jittered shade must still have one name: the ranges of any two names' shades stay this far apart (Euclidean, in
+# grey levels; at 48 red and orange, blue and purple come within 14).
+MIN_KEY_SHADE_GAP = 12.0
+
+
+def key_shade_gap(key_jitter: float) -> float:
+    """The smallest distance between the shade ranges (standard shade +- key_jitter per channel) of two names."""
+    shades = {name: np.array(shade, np.float32) for name, shade in KEY_COLORS["standard"].items()}
+    gaps = [np.clip(np.abs(shades[a] - shades[b]) - 2 * key_jitter, 0, None) for a in shades for b in shades if a < b]
+    return float(min(np.sqrt((gap ** 2).sum()) for gap in gaps))
+
+
+def _check_key_jitter(config: SyntheticConfig) -> None:
+    if config.train_variant != "randomized":
+        raise ValueError(f"key_jitter moves the randomized look's shades; train_variant is {config.train_variant!r}")
+    if config.key_jitter < 0:
+        raise ValueError(f"key_jitter must be >= 0, got {config.key_jitter}")
+    if key_shade_gap(config.key_jitter) < MIN_KEY_SHADE_GAP:
+        raise ValueError(f"key_jitter {config.key_jitter} lets two colour names' shades come within "
+                         f"{key_shade_gap(config.key_jitter):.1f} grey levels (at least {MIN_KEY_SHADE_GAP:g})")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -344,11 +371,12 @@ class _Page:
         return self.key_colours[name]
 
 
-def _page_look(rng: np.random.Generator, style: _Style, variant: str) -> dict:
+def _page_look(rng: np.random.Generator, style: _Style, variant: str, key_jitter: float | None = None) -> dict:
     """Per-page draws of the variant's look: page colour, key-colour shades, distractor grey range."""
     background = np.array(style.background[rng.integers(len(style.background))], np.float32)
     background = background - rng.uniform(0, style.background_tint, size=3).astype(np.float32)
-    shift = rng.uniform(-style.key_jitter, style.key_jitter, size=(len(COLOR_NAMES), 3))
+    jitter = style.key_jitter if key_jitter is None else key_jitter
+    shift = rng.uniform(-jitter, jitter, size=(len(COLOR_NAMES), 3))
     key_colours = {
         name: np.clip(np.array(KEY_COLORS[variant][name], np.float32) + shift[i], 0, 255).astype(np.float32)
         for i, name in enumerate(COLOR_NAMES)
@@ -357,7 +385,8 @@ def _page_look(rng: np.random.Generator, style: _Style, variant: str) -> dict:
     return {"background": background, "key_colours": key_colours, "ink_range": (low, low + style.ink_spread)}
 
 
-def _new_page(rng: np.random.Generator, image_size: int, patch: int, variant: str) -> _Page:
+def _new_page(rng: np.random.Generator, image_size: int, patch: int, variant: str,
+              key_jitter: float | None = None) -> _Page:
     grid = image_size // patch
     style = STYLES[variant]
     page = _Page(
@@ -370,7 +399,7 @@ def _new_page(rng: np.random.Generator, image_size: int, patch: int, variant: st
         ink=np.zeros((grid, grid, 3), np.float32),
         key=np.full((grid, grid), -1, np.int64),
         reserved=np.zeros((grid, grid), bool),
-        **_page_look(rng, style, variant),
+        **_page_look(rng, style, variant, key_jitter),
     )
     _fill_distractors(page)
     return page
@@ -606,8 +635,10 @@ def render_sample(
     image_size: int = 256,
     patch_size: int = 16,
     variant: str = "standard",
+    key_jitter: float | None = None,
 ) -> dict:
-    """One synthetic row in the common schema; ``image`` is an RGB PIL image of image_size x image_size."""
+    """One synthetic row in the common schema; ``image`` is an RGB PIL image of image_size x image_size.
+    ``key_jitter`` replaces the variant's key-shade jitter (None: the variant's own)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if family == "chart":
@@ -615,7 +646,7 @@ def render_sample(
         words = [[-100, -100]] * (image_size // patch_size) ** 2  # charts have no per-cell reading labels
     elif family in _PAGE_FAMILIES:
         _check_geometry(image_size, patch_size)
-        page = _new_page(rng, image_size, patch_size, variant)
+        page = _new_page(rng, image_size, patch_size, variant, key_jitter)
         qas = _PAGE_FAMILIES[family](page)
         pixels = _render_page(page)
         words = visual_words(page).tolist()
@@ -772,7 +803,8 @@ def _generate_rows(config: dict, split: str, variant: str, indices: list) -> Ite
         for index in range(*chunk):
             rng = sample_rng(config["seed"], split, index)
             family = _family_of(rng, config["families"], config["family_weights"])
-            row = render_sample(family, rng, config["image_size"], config["patch_size"], variant)
+            jitter = config["key_jitter"] if split != "test" else None  # the test pages keep their own shades
+            row = render_sample(family, rng, config["image_size"], config["patch_size"], variant, jitter)
             yield {**row, "image": _png(row["image"])}
 
 
@@ -858,6 +890,7 @@ __all__ = [
     "FIRST_KEY_WORD",
     "KEY_COLORS",
     "LAYOUTS",
+    "MIN_KEY_SHADE_GAP",
     "NUM_VISUAL_WORDS",
     "QUESTION_TEMPLATES",
     "STYLES",
@@ -866,6 +899,7 @@ __all__ = [
     "VARIANTS",
     "corpus_text",
     "glyph_templates",
+    "key_shade_gap",
     "make_synthetic_suite",
     "pooled_view",
     "question_key_span",
