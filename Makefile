@@ -44,7 +44,8 @@ DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its trai
 	calibration against the oracle-minimal tier does not beat always choosing the smallest tier. Each method here is \
 	one training run and the intervals cover the questions, not the run: retrained at other seeds (make seeds, \
 	docs/results.md) ARR-COC and the reference each move by several points, and so does the gap between them: a \
-	chain trained at one commit gave auto below the reference at every seed, another level with it.
+	chain whose first phases were trained at an earlier commit gave auto below the reference at every seed, one \
+	trained wholly at one commit level with it or above on average (docs/results.md).
 
 # Four stages from random init, no relevance tag anywhere (a method-neutral base): the vision stage (SAM, CLIP,
 # adapter and ARR-COC's allocator; the reader's teacher and the answer boxes), the same vision stage continued on pages

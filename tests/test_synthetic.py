@@ -509,8 +509,9 @@ def test_key_jitter_moves_the_training_shades_only(tmp_path):
         SyntheticConfig(train_variant="randomized", key_jitter=60.0)
     with pytest.raises(ValueError, match="train_variant"):
         SyntheticConfig(key_jitter=30.0)
-    with pytest.raises(ValueError, match=">= 0"):
-        SyntheticConfig(train_variant="randomized", key_jitter=-1.0)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match=">= 0"):
+            SyntheticConfig(train_variant="randomized", key_jitter=bad)
 
 
 def test_half_pixel_looks_fill_the_gaps_between_whole_pixels():

@@ -253,16 +253,17 @@ MIN_KEY_SHADE_GAP = 12.0
 
 def key_shade_gap(key_jitter: float) -> float:
     """The smallest distance between the shade ranges (standard shade +- key_jitter per channel) of two names."""
-    shades = {name: np.array(shade, np.float32) for name, shade in KEY_COLORS["standard"].items()}
+    shades = {name: np.array(shade, np.float32) for name, shade in KEY_COLORS["randomized"].items()}
     gaps = [np.clip(np.abs(shades[a] - shades[b]) - 2 * key_jitter, 0, None) for a in shades for b in shades if a < b]
     return float(min(np.sqrt((gap ** 2).sum()) for gap in gaps))
 
 
 def _check_key_jitter(config: SyntheticConfig) -> None:
     if config.train_variant != "randomized":
-        raise ValueError(f"key_jitter moves the randomized look's shades; train_variant is {config.train_variant!r}")
-    if config.key_jitter < 0:
-        raise ValueError(f"key_jitter must be >= 0, got {config.key_jitter}")
+        raise ValueError(f"key_jitter (synthetic_key_jitter) moves the randomized look's shades: set train_variant "
+                         f"(synthetic_train_variant) to 'randomized', not {config.train_variant!r}")
+    if not config.key_jitter >= 0:  # NaN fails this too
+        raise ValueError(f"key_jitter must be a number >= 0, got {config.key_jitter}")
     if key_shade_gap(config.key_jitter) < MIN_KEY_SHADE_GAP:
         raise ValueError(f"key_jitter {config.key_jitter} lets two colour names' shades come within "
                          f"{key_shade_gap(config.key_jitter):.1f} grey levels (at least {MIN_KEY_SHADE_GAP:g})")
