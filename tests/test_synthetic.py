@@ -505,6 +505,8 @@ def test_key_jitter_moves_the_training_shades_only(tmp_path):
         assert np.abs(pixels[0] - pixels[1]).max() > 0  # the key shades moved
     assert [np.asarray(row["image"]).tobytes() for row in default["test"]] == \
         [np.asarray(row["image"]).tobytes() for row in wide["test"]]
+    assert default["test"]._fingerprint == wide["test"]._fingerprint  # one cached test split, whatever the jitter
+    assert default["train"]._fingerprint != wide["train"]._fingerprint
     with pytest.raises(ValueError, match="within"):
         SyntheticConfig(train_variant="randomized", key_jitter=60.0)
     with pytest.raises(ValueError, match="train_variant"):

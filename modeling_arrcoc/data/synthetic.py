@@ -264,9 +264,10 @@ def _check_key_jitter(config: SyntheticConfig) -> None:
                          f"(synthetic_train_variant) to 'randomized', not {config.train_variant!r}")
     if not config.key_jitter >= 0:  # NaN fails this too
         raise ValueError(f"key_jitter must be a number >= 0, got {config.key_jitter}")
-    if key_shade_gap(config.key_jitter) < MIN_KEY_SHADE_GAP:
-        raise ValueError(f"key_jitter {config.key_jitter} lets two colour names' shades come within "
-                         f"{key_shade_gap(config.key_jitter):.1f} grey levels (at least {MIN_KEY_SHADE_GAP:g})")
+    gap = key_shade_gap(config.key_jitter)
+    if gap < MIN_KEY_SHADE_GAP:
+        raise ValueError(f"key_jitter {config.key_jitter} lets two colour names' shades come within {gap:.1f} grey "
+                         f"levels (at least {MIN_KEY_SHADE_GAP:g})")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -804,15 +805,17 @@ def _generate_rows(config: dict, split: str, variant: str, indices: list) -> Ite
         for index in range(*chunk):
             rng = sample_rng(config["seed"], split, index)
             family = _family_of(rng, config["families"], config["family_weights"])
-            jitter = config["key_jitter"] if split != "test" else None  # the test pages keep their own shades
-            row = render_sample(family, rng, config["image_size"], config["patch_size"], variant, jitter)
+            row = render_sample(family, rng, config["image_size"], config["patch_size"], variant, config["key_jitter"])
             yield {**row, "image": _png(row["image"])}
 
 
 def _split_plan(config: SyntheticConfig) -> dict:
+    """split -> (rows, variant, key_jitter): the training look and its shade jitter on train and validation pages;
+    the test pages keep their own variant's shades."""
     sizes = {"train": config.num_train, "validation": config.num_validation, "test": config.num_test}
-    variants = {"train": config.train_variant, "validation": config.train_variant, "test": config.test_variant}
-    return {split: (sizes[split], variants[split]) for split in SPLITS}
+    training_look = (config.train_variant, config.key_jitter)
+    looks = {"train": training_look, "validation": training_look, "test": (config.test_variant, None)}
+    return {split: (sizes[split], *looks[split]) for split in SPLITS}
 
 
 def _chunks(count: int, num_chunks: int) -> list:
@@ -826,8 +829,9 @@ def _fingerprint(config_dict: dict, split: str, variant: str, count: int, versio
 
 
 def _build_split(config: SyntheticConfig, split: str, cache_dir, num_proc) -> datasets.Dataset:
-    count, variant = _split_plan(config)[split]
-    config_dict = dataclasses.asdict(config)
+    count, variant, key_jitter = _split_plan(config)[split]
+    # What this split draws: a test split's rows and cache do not depend on the training look's jitter.
+    config_dict = {**dataclasses.asdict(config), "key_jitter": key_jitter}
     version = _source_version()
     shards = max(1, num_proc or 1)
     return datasets.Dataset.from_generator(
