@@ -86,7 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--synthetic-families", default=None, type=families_from, metavar="F1,F2,...",
                         help="Synthetic task families to evaluate (default: all; make demo: the ones the base reads).")
     parser.add_argument("--cache-dir", default=None, help="datasets cache for the synthetic suite.")
-    parser.add_argument("--heatmaps-per-task", type=int, default=2)
+    parser.add_argument("--heatmaps-per-task", type=count_from, default=2,
+                        help="Heatmap rows per task family in heatmaps.png; 0 draws none (no heatmaps.png).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
     parser.add_argument("--vision-autocast-dtype", default=None, choices=(*VISION_AUTOCAST_DTYPES, NO_AUTOCAST),
@@ -123,6 +124,16 @@ def costs_from(text: str) -> tuple:
         return tuple(parse_cost(c, "--budget-costs") for c in text.split(",") if c.strip())
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def count_from(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number 0 or more, not {text!r}")
+    return value
 
 
 def budget_from(text: str):
@@ -223,14 +234,16 @@ def main(argv=None) -> dict:
                       predictions_path=output_dir / "predictions.jsonl", trained=trained)
     save_report(report, output_dir / "eval.json")
     plot_pareto(report, output_dir / "pareto.png")
-    plot_heatmaps(model, processor, data.dataset, output_dir / "heatmaps.png", per_task=args.heatmaps_per_task)
+    if args.heatmaps_per_task:
+        plot_heatmaps(model, processor, data.dataset, output_dir / "heatmaps.png", per_task=args.heatmaps_per_task)
     print(format_table(report))
     if report["calibration"]:
         print("calibration:", json.dumps(report["calibration"]))
     if args.model_card:
         write_model_card(report, args.model_card, model_card_extra(args))
     elapsed = time.perf_counter() - start
-    print(f"wrote {output_dir}/eval.json, pareto.png, heatmaps.png, predictions.jsonl in {elapsed:.1f} s")
+    figures = "pareto.png, heatmaps.png" if args.heatmaps_per_task else "pareto.png"
+    print(f"wrote {output_dir}/eval.json, {figures}, predictions.jsonl in {elapsed:.1f} s")
     return report
 
 

@@ -321,8 +321,9 @@ def test_cli_writes_figures_and_predictions(cli_run):
 def test_cli_prints_the_table(checkpoint, cache_dir, tmp_path, capsys):
     eval_script.main([str(checkpoint), "--num-samples", "2", "--budget", "16", "--baselines", "none",
                       "--no-calibration", "--max-new-tokens", "1", "--output-dir", str(tmp_path), "--cache-dir",
-                      cache_dir, "--quiet", "--heatmaps-per-task", "1"])
+                      cache_dir, "--quiet", "--heatmaps-per-task", "0"])
     printed = capsys.readouterr().out
+    assert not (tmp_path / "heatmaps.png").exists(), "--heatmaps-per-task 0 draws no heatmaps"
     first_words = [line.split()[0] for line in printed.splitlines() if line.strip()]
     table_rows = [word for word in first_words if word in ALL_METHODS]
     assert table_rows == ["tier_16"]
@@ -641,6 +642,10 @@ def test_synthetic_evaluation_can_keep_the_taught_families(tmp_path):
     assert eval_script.families_from("local_color, chart") == ("local_color", "chart")
     with pytest.raises(argparse.ArgumentTypeError, match="unknown synthetic families"):
         eval_script.families_from("local_colour")
+    assert eval_script.count_from("0") == 0 and eval_script.count_from("3") == 3
+    for bad in ("-1", "two", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="0 or more"):
+            eval_script.count_from(bad)
 
 
 def test_auto_runs_are_recorded_at_the_models_own_price(tiny):
