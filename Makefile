@@ -43,9 +43,9 @@ DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its trai
 	reference. Auto spends at the model's own token price, fitted on validation (configs/demo/phase3.yaml); its \
 	calibration against the oracle-minimal tier does not beat always choosing the smallest tier. Each method here is \
 	one training run and the intervals cover the questions, not the run: retrained at other seeds (make seeds, \
-	docs/results.md) ARR-COC and the reference each move by several points, and so does the gap between them: a \
-	chain whose first phases were trained at an earlier commit gave auto below the reference at every seed, one \
-	trained wholly at one commit level with it or above on average (docs/results.md).
+	docs/results.md) ARR-COC and the reference each move by several points, and so does the gap between them (an \
+	earlier chain of three seeds put auto below the reference at every seed; a two-sided Welch test over the seeds \
+	does not separate the two chains: docs/results.md).
 
 # Four stages from random init, no relevance tag anywhere (a method-neutral base): the vision stage (SAM, CLIP,
 # adapter and ARR-COC's allocator; the reader's teacher and the answer boxes), the same vision stage continued on pages
