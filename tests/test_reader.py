@@ -16,6 +16,7 @@ from modeling_arrcoc.data.collator import ArrCocCollator, row_turns
 from modeling_arrcoc.data.synthetic import COLOR_NAMES, COUNT_FAMILIES
 from modeling_arrcoc.training.phases import apply_phase
 from modeling_arrcoc.training.reader import (
+    count_target_kl,
     answer_prediction_positions,
     curriculum_tier_cap,
     llm_attention_loss,
@@ -364,22 +365,51 @@ def test_reader_stage_trains_a_step_in_each_view(views, tmp_path, datasets, proc
 
 
 def test_count_sink_changes_the_attention_loss_of_count_rows_only(tmp_path, datasets, processor):  # noqa: F811
-    """The trainer hands the collator's count flags to the attention loss only with llm_attention_count_sink; the
-    same batch's loss then differs exactly when it holds a count question."""
+    """The trainer hands the collator's count flags to the attention loss only with llm_attention_count_sink (and
+    the sink's weight with them); the same batch's loss then differs exactly when it holds a count question."""
     losses, counts = [], []
-    for sink in (False, True):
+    for sink, weight in ((False, 1.0), (True, 1.0), (True, 6.0)):
         torch.manual_seed(0)
         trainer, _ = _reader_batch(tmp_path, datasets, processor, tiny_model(), loss_weight_llm_attention=1.0,
-                                   llm_attention_layers=[1], llm_attention_count_sink=sink)
+                                   llm_attention_layers=[1], llm_attention_count_sink=sink,
+                                   llm_attention_count_sink_weight=weight)
         batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
         counts.append(bool(batch["count_answers"].any()))
         trainer.model.train()
         trainer.compute_loss(trainer.model, dict(batch))
         losses.append(trainer._metrics["train"]["llm_attention_loss"][-1])
-    assert counts == [True, True], "the tiny train split's first batch should hold a count question"
+    assert counts == [True, True, True], "the tiny train split's first batch should hold a count question"
     assert losses[0] != pytest.approx(losses[1])
+    assert losses[2] != pytest.approx(losses[1]), "the sink's weight reaches the trainer's attention loss"
     with pytest.raises(ValueError, match="count_sink"):
         make_args(tmp_path, "pretrain", llm_attention_count_sink=True)
+
+
+def test_count_target_weights_the_sink():
+    """The count target's KL is 0 exactly at shares (1, ..., 1, w)/(n + w) and positive elsewhere; w = 1 is the uniform
+    target of before; a heavier sink spreads the shares of 8 and 9 counted tokens apart."""
+    for n in (1, 8, 9):
+        for w in (1.0, 6.0):
+            at_target = torch.cat([torch.ones(n), torch.tensor([w])]) / (n + w)
+            assert count_target_kl(at_target, w).item() == pytest.approx(0.0, abs=1e-6)
+            uniform = torch.full((n + 1,), 1.0 / (n + 1))
+            if w != 1.0:
+                assert count_target_kl(uniform, w).item() > 1e-3
+            assert count_target_kl(uniform, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    skewed = torch.tensor([0.5, 0.2, 0.3])
+    assert count_target_kl(skewed, 1.0).item() == pytest.approx(-torch.log(skewed).mean().item() - np.log(3))
+    def share(n, w):
+        return w / (n + w)
+    assert share(8, 6.0) - share(9, 6.0) > 2 * (share(8, 1.0) - share(9, 1.0))
+
+
+def test_count_sink_weight_is_checked(tmp_path):
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="positive finite"):
+            make_args(tmp_path, "pretrain", loss_weight_llm_attention=1.0, llm_attention_count_sink=True,
+                      llm_attention_count_sink_weight=bad)
+    with pytest.raises(ValueError, match="needs llm_attention_count_sink"):
+        make_args(tmp_path, "pretrain", loss_weight_llm_attention=1.0, llm_attention_count_sink_weight=6.0)
 
 
 def test_query_side_attention_loss_trains_a_step(tmp_path, datasets, processor):  # noqa: F811

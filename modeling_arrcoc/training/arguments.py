@@ -204,6 +204,12 @@ class ArrCocTrainingArguments(TrainingArguments):
                        "1/(n+1) carries n, where mass on the counted tokens alone averages them and loses n. Needs "
                        "loss_weight_llm_attention > 0."),
     )
+    llm_attention_count_sink_weight: float = field(
+        default=1.0,
+        metadata=_help("With llm_attention_count_sink: the sink's weight w against each counted token's 1 in the count "
+                       "target, whose sink share w/(n+w) then carries n (1: uniform, 1/(n+1), whose shares at 8 and 9 lie "
+                       "0.011 apart; docs/demo_model.md, \"Counting\")."),
+    )
     llm_attention_count_head: int = field(
         default=0,
         metadata=_help("With llm_attention_count_sink: the head of each supervised layer whose attention the count target "
@@ -390,6 +396,12 @@ class ArrCocTrainingArguments(TrainingArguments):
         if self.llm_attention_count_sink and not self.loss_weight_llm_attention:
             raise ValueError("llm_attention_count_sink changes the attention loss's target for counts: it needs "
                              "loss_weight_llm_attention > 0.")
+        if not (math.isfinite(self.llm_attention_count_sink_weight) and self.llm_attention_count_sink_weight > 0):
+            raise ValueError("llm_attention_count_sink_weight must be a positive finite number, got "
+                             f"{self.llm_attention_count_sink_weight}.")
+        if self.llm_attention_count_sink_weight != 1.0 and not self.llm_attention_count_sink:
+            raise ValueError("llm_attention_count_sink_weight weights the count target's sink: it needs "
+                             "llm_attention_count_sink=true.")
         if self.llm_attention_count_head and self.llm_attention_query_side:
             raise ValueError("llm_attention_query_side recomputes head 0 only; llm_attention_count_head must be 0 with it.")
         if self.llm_attention_query_side and not self.loss_weight_llm_attention:

@@ -129,15 +129,17 @@ def query_side_attentions(language_model, hidden_states, layers, head, input_ids
 
 def llm_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
                        token_sources, turn_targets, head: int = 0,
-                       count_rows: torch.Tensor | None = None, count_head: int | None = None) -> torch.Tensor | None:
+                       count_rows: torch.Tensor | None = None, count_head: int | None = None,
+                       count_sink_weight: float = 1.0) -> torch.Tensor | None:
     """Cross-entropy of one head's attention (per supervised layer) from each answer-predicting position over the
     visual tokens, against that turn's answer patches: -log(attention mass on the answer's tokens).
 
     A count is different: attention with all its mass on n answer tokens averages them, and the average of n equal
     tokens does not depend on n. For rows in `count_rows` ([B] bool; the collator's `count_answers`) the target is
     instead uniform over the n answer tokens and the answer-predicting position itself, a sink whose share 1/(n+1)
-    is the count; the loss is the KL divergence from that target (0 when attention matches it). `count_head` (default
-    `head`) is the head supervised for counts: one head holding both patterns gave up part of the cell lookup.
+    is the count; the loss is the KL divergence from that target (0 when attention matches it). `count_sink_weight`
+    w weights the sink against each counted token (share w/(n+w); 1: uniform, `count_target_kl`). `count_head`
+    (default `head`) is the head supervised for counts: one head holding both patterns gave up part of the cell lookup.
 
     attentions: per supervised layer, attention probabilities [B, H, L, L] over the spliced sequence (the language
         model's own, indexed by layer; or `query_side_attentions`' one head, with head 0).
@@ -154,7 +156,7 @@ def llm_attention_loss(attentions, layers, input_ids, attention_mask, labels, im
         return first_visual[b] + torch.nonzero(on_answer).flatten()
 
     return _turn_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
-                                turn_targets.shape[1], answer_tokens, head, count_rows, count_head)
+                                turn_targets.shape[1], answer_tokens, head, count_rows, count_head, count_sink_weight)
 
 
 def question_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
@@ -178,9 +180,23 @@ def question_attention_loss(attentions, layers, input_ids, attention_mask, label
                                 turn_key_tokens.shape[1], key_tokens, head)
 
 
+def count_target_kl(weights: torch.Tensor, sink_weight: float = 1.0) -> torch.Tensor:
+    """KL(target || attention) for a count: `weights` is the attention on the n counted tokens, then on the sink (the
+    answer-predicting position). The target gives each counted token 1 and the sink `sink_weight`, normalised, so the
+    sink's share is w/(n+w). With w = 1 the shares of 8 and 9 squares (1/9, 1/10) lie 0.011 apart, and the base read
+    8 as 9 on every question (docs/demo_model.md, "Counting"); w near the largest counts spreads the top apart."""
+    log_weights = torch.log(weights.clamp(min=1e-6))
+    if sink_weight == 1.0:  # uniform: KL = -mean log p - log |target|
+        return -log_weights.mean() - math.log(weights.numel())
+    target = torch.ones_like(weights)
+    target[-1] = sink_weight
+    target = target / target.sum()
+    return (target * (target.log() - log_weights)).sum()
+
+
 def _turn_attention_loss(attentions, layers, input_ids, attention_mask, labels, image_token_id, visual_mask,
                          num_turns: int, targets, head: int, count_rows=None,
-                         count_head: int | None = None) -> torch.Tensor | None:
+                         count_head: int | None = None, count_sink_weight: float = 1.0) -> torch.Tensor | None:
     """Mean over turns and layers of -log(head `head`'s attention mass, from the turn's answer-predicting position,
     on the spliced positions `targets(b, turn, layout)` gives), or for `count_rows` the KL divergence from uniform
     over those positions and the query itself (`llm_attention_loss`); turns without targets are skipped."""
@@ -200,8 +216,8 @@ def _turn_attention_loss(attentions, layers, input_ids, attention_mask, labels, 
             supervised = count_head if counting and count_head is not None else head
             for layer in layers:
                 weights = attentions[layer][b, supervised, query, where].float()
-                if counting:  # KL(uniform over `where` || attention) = -mean log p - log |where|
-                    terms.append(-torch.log(weights.clamp(min=1e-6)).mean() - math.log(where.numel()))
+                if counting:
+                    terms.append(count_target_kl(weights, count_sink_weight))
                 else:
                     terms.append(-torch.log(weights.sum().clamp(min=1e-6)))
     return torch.stack(terms).mean() if terms else None
@@ -256,6 +272,7 @@ def scale_attention_logits(language_model, scale: float) -> int:
 __all__ = [
     "VIEWS",
     "answer_prediction_positions",
+    "count_target_kl",
     "curriculum_tier_cap",
     "llm_attention_loss",
     "question_attention_loss",

@@ -275,7 +275,8 @@ class ArrCocTrainer(Trainer):
                                   model.config.image_token_id, image.visual_token_mask, image.token_sources,
                                   turn_targets, head=0,
                                   count_rows=count_rows if self.args.llm_attention_count_sink else None,
-                                  count_head=self.args.llm_attention_count_head)
+                                  count_head=self.args.llm_attention_count_head,
+                                  count_sink_weight=self.args.llm_attention_count_sink_weight)
 
     def view_for(self, mode: str) -> str | None:
         """This training step's view (reader.py), or None: the model's own selection at the phase's budget."""
