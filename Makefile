@@ -164,8 +164,9 @@ COMPRESS_METHOD := selection_method=compress relevance_tag=false train_budget=ra
 NOTAG_METHOD := relevance_tag=false
 FOLD_METHOD := relevance_tag=true fold_dropped=true
 CONSTANT_TIER := 64
-CONSTANT_METHOD := relevance_tag=true train_budget=$(CONSTANT_TIER) eval_budget=$(CONSTANT_TIER) calibration_every=0 loss_weight_budget=0.0 fit_budget_cost=false \
-	loss_weight_efficiency=0.0
+# No learned budget, so no price to fit: phase 3's accuracy floor for the fit goes with it.
+CONSTANT_METHOD := relevance_tag=true train_budget=$(CONSTANT_TIER) eval_budget=$(CONSTANT_TIER) calibration_every=0 \
+	loss_weight_budget=0.0 fit_budget_cost=false fit_budget_accuracy_floor=null loss_weight_efficiency=0.0
 # Which runs `make baselines` trains and evaluates; a subset is allowed (make baselines BASELINE_RUNS=no_tag), each run
 # evaluated under its report name.
 BASELINE_RUNS ?= saliency random no_tag fold constant_tier compress
