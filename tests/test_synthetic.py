@@ -594,3 +594,18 @@ def test_heldout_accuracy_answers_the_same_questions_per_factor_and_pairs_them(t
     assert KEY_COLORS["heldout"] != KEY_COLORS["standard"], "the look is restored after"
     table = heldout_accuracy_table(rows)
     assert table.count("\n") == len(rows) + 1 and "other pages" in table
+
+
+def test_count_sink_shares_cover_every_question_by_true_count(tiny):
+    """tools/reader_probe --count-questions: each validation count question lands under its true count once, with
+    one sink share per head of the supervised layer (an attention weight) and its greedy answer counted."""
+    from tools.reader_probe import count_sink_shares
+
+    model, processor = tiny
+    heads = model.config.text_config.num_attention_heads
+    shares = count_sink_shares(model, processor, questions=6, batch_size=4)
+    assert sum(row["questions"] for row in shares.values()) == 6
+    for n, row in shares.items():
+        assert 1 <= n <= 9 and row["target"] == pytest.approx(1 / (n + 1))
+        assert len(row["sink_share"]) == heads and all(0.0 <= value <= 1.0 for value in row["sink_share"])
+        assert sum(row["answers"].values()) == row["questions"]

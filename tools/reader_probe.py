@@ -7,7 +7,7 @@ would confuse with it).
 
     python -m tools.reader_probe CHECKPOINT [--pages 8] [--tokens 4] [--variant heldout] [--decode-pages 512]
                                             [--heldout-factors 48] [--marker-pages 96] [--pooled-pages 960]
-                                            [--heldout-accuracy 1200]
+                                            [--heldout-accuracy 1200] [--count-questions 360]
 
 docs/demo_model.md uses it to show why supervising the attention of layers 1-3 kept the answers at chance: layer 0
 rewrote the visual positions and the digits were gone from them by layer 1.
@@ -17,6 +17,10 @@ families the base is taught (drawn with --heldout-seed, 1: not the test question
 once as they are and once per factor of HELDOUT_FACTORS set back to the standard look's value, accuracy per family
 with intervals and, where the factor keeps the questions (all but the layout), the paired difference against the
 held-out look.
+
+`--count-questions N` shows how counts are read: per true count, the share of attention the supervised layer's heads
+give from the answer-predicting position to itself (the count target's sink, whose target share is 1/(n+1)), its
+spread, and the answers.
 """
 
 import argparse
@@ -39,6 +43,7 @@ from modeling_arrcoc.data.targets import answer_patch_targets
 from modeling_arrcoc.evaluation import evaluate, load_eval_dataset
 from modeling_arrcoc.evaluation.agreement import compare_runs
 from modeling_arrcoc.evaluation.seeds import check_same_questions, run_scores
+from modeling_arrcoc.explanation import prompt_batch
 from modeling_arrcoc.statistics import bootstrap_interval
 from modeling_arrcoc.training.reader import (answer_prediction_positions, llm_attention_loss, sparse_view_scores,
                                              spliced_layout)
@@ -241,6 +246,36 @@ def heldout_accuracy(model, processor, questions: int = 1200, families=HELDOUT_A
     return [_factor_row(name, run, runs["held-out look"]) for name, run in runs.items()]
 
 
+@torch.no_grad()
+def count_sink_shares(model, processor, questions: int = 360, split: str = "validation", layer: int = 1,
+                      batch_size: int = 8) -> dict:
+    """How the count target's sink carries n: on `questions` global_count questions of `split` at full tokens, the
+    attention each head of `layer` (the supervised one) gives from the answer-predicting position to itself, and the
+    greedy first answer token, per true count. {n: {"questions", "sink_share": [per head, mean], "sink_share_sd":
+    [per head], "target": 1/(n+1), "answers": {token: count}}}. A readout can only tell n from n+1 where their
+    shares lie further apart than their spread."""
+    vision = model.config.vision_config
+    data = load_eval_dataset("synthetic", split, questions, vision.image_size, vision.patch_size,
+                             families=("global_count",)).dataset
+    shares, answers = {}, {}
+    with eager_attention(model):
+        for start in range(0, len(data), batch_size):
+            rows = [data[i] for i in range(start, min(start + batch_size, len(data)))]
+            inputs = prompt_batch(processor, [row["image"] for row in rows], [row["question"] for row in rows])
+            outputs = model(**inputs, budget="full", output_attentions=True)
+            sink = outputs.attentions[layer][:, :, -1, -1]  # [B, H]: prompts are left-padded, the last position answers
+            first = outputs.logits[:, -1].argmax(-1)
+            for row, share, token in zip(rows, sink, first):
+                n = int(row["answers"][0])
+                shares.setdefault(n, []).append(share)
+                answer = processor.tokenizer.decode([int(token)]).strip()
+                answers.setdefault(n, {})[answer] = answers.setdefault(n, {}).get(answer, 0) + 1
+    return {n: {"questions": len(shares[n]), "sink_share": torch.stack(shares[n]).mean(0).tolist(),
+                "sink_share_sd": torch.stack(shares[n]).std(0, unbiased=False).tolist(), "target": 1 / (n + 1),
+                "answers": dict(sorted(answers[n].items(), key=lambda item: -item[1]))}
+            for n in sorted(shares)}
+
+
 def _factor_row(name: str, run: dict, held_out: dict) -> dict:
     scores, tasks = run_scores(run, "full"), [row["task"] for row in run["rows"]]
     row = {"factor": name, **bootstrap_interval(scores), "paired": None,
@@ -399,6 +434,9 @@ def main(argv=None):
                         help="the pages --heldout-accuracy draws (1: not the test questions eval.py reports, seed 0)")
     parser.add_argument("--marker-pages", type=int, default=0,
                         help="also probe local_key's marker lookup over this many pages (marker_lookup; 96)")
+    parser.add_argument("--count-questions", type=int, default=0,
+                        help="also measure the count target's sink share per true count over this many validation "
+                             "global_count questions (count_sink_shares; 360)")
     parser.add_argument("--pooled-pages", type=int, default=0,
                         help="also probe what uniform pooling keeps of the asked digit over this many pages "
                              "(pooled_digit; 960)")
@@ -439,6 +477,13 @@ def main(argv=None):
               "chance 0.2:", " ".join(f"{value:.2f}" for value in marker["marker_colour_decodable"]))
         print("  layer 1 head 0 attention mass:",
               ", ".join(f"{name} {value:.3f}" for name, value in marker["attention"].items()))
+    if args.count_questions:
+        print(f"global_count, validation, full tokens: layer 1's attention from the answer-predicting position to "
+              "itself (the count target's sink), per head, by true count; greedy first answer token:")
+        for n, row in count_sink_shares(model, processor, args.count_questions).items():
+            print(f"  {n} ({row['questions']} questions): " + " ".join(f"{v:.3f}" for v in row["sink_share"])
+                  + f" (head 0 sd {row['sink_share_sd'][0]:.3f}; target 1/(n+1) {row['target']:.3f}); answers "
+                  + ", ".join(f"{token} {count}" for token, count in row["answers"].items()))
     if args.pooled_pages:
         pooled = pooled_digit(model, processor, args.pooled_pages)
         print(f"local_color, {pooled['pages']} random-look pages: the asked digit linearly decodable (ridge, chance "
