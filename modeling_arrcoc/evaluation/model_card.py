@@ -204,6 +204,21 @@ def _limitations(report, extra) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _whose_methods(report) -> str:
+    """Which rows are this checkpoint and which are others: untrained baselines run through this checkpoint (a
+    diagnostic), `trained_*` rows are other checkpoints on the same questions."""
+    trained = report.get("trained_methods") or {}
+    others = [name for name in report["methods"] if name.startswith("trained_")]
+    through = [name for name in report["methods"] if "@" in name and not name.startswith("trained_")]
+    parts = []
+    if through:
+        parts.append(" Baselines without a `trained_` prefix run through this same checkpoint at the same budgets.")
+    if others or trained:
+        parts.append(" `trained_*` rows are other checkpoints, each trained by the same phases with its own selection, "
+                     "evaluated on the same questions.")
+    return "".join(parts)
+
+
 def _evaluation(report) -> str:
     meta = report["meta"]
     header = (
@@ -211,7 +226,7 @@ def _evaluation(report) -> str:
         f"{meta['num_samples']} questions; metric: {meta['metric']}. Checkpoint `{meta.get('checkpoint')}`, code "
         f"commit `{meta.get('commit')}`, evaluated {meta.get('created')} on {meta.get('device')} (batch "
         f"{meta.get('batch_size')}, greedy, at most {meta.get('max_new_tokens')} new tokens). Visual tokens are the "
-        "model's measured `visual_token_counts`; baselines run through this same checkpoint at the same budgets."
+        f"model's measured `visual_token_counts`.{_whose_methods(report)}"
     )
     parts = ["## Evaluation", header, _methods_table(report["methods"]), _per_task_table(report["methods"])]
     if report.get("calibration"):

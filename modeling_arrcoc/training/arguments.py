@@ -207,8 +207,8 @@ class ArrCocTrainingArguments(TrainingArguments):
     llm_attention_count_sink_weight: float = field(
         default=1.0,
         metadata=_help("With llm_attention_count_sink: the sink's weight w against each counted token's 1 in the count "
-                       "target, whose sink share w/(n+w) then carries n (1: uniform, 1/(n+1), whose shares at 8 and 9 lie "
-                       "0.011 apart; docs/demo_model.md, \"Counting\")."),
+                       "target, whose sink share w/(n+w) then carries n (1: uniform, 1/(n+1), whose shares at 8 and 9 "
+                       "lie 0.011 apart; docs/demo_model.md, \"Count 8 is read as 9\")."),
     )
     llm_attention_count_head: int = field(
         default=0,
