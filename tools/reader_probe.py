@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import tempfile
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -257,7 +258,7 @@ def count_sink_shares(model, processor, questions: int = 360, split: str = "vali
     vision = model.config.vision_config
     data = load_eval_dataset("synthetic", split, questions, vision.image_size, vision.patch_size,
                              families=("global_count",)).dataset
-    shares, answers = {}, {}
+    shares, answers = defaultdict(list), defaultdict(Counter)
     with eager_attention(model):
         for start in range(0, len(data), batch_size):
             rows = [data[i] for i in range(start, min(start + batch_size, len(data)))]
@@ -267,13 +268,15 @@ def count_sink_shares(model, processor, questions: int = 360, split: str = "vali
             first = outputs.logits[:, -1].argmax(-1)
             for row, share, token in zip(rows, sink, first):
                 n = int(row["answers"][0])
-                shares.setdefault(n, []).append(share)
-                answer = processor.tokenizer.decode([int(token)]).strip()
-                answers.setdefault(n, {})[answer] = answers.setdefault(n, {}).get(answer, 0) + 1
-    return {n: {"questions": len(shares[n]), "sink_share": torch.stack(shares[n]).mean(0).tolist(),
-                "sink_share_sd": torch.stack(shares[n]).std(0, unbiased=False).tolist(), "target": 1 / (n + 1),
-                "answers": dict(sorted(answers[n].items(), key=lambda item: -item[1]))}
-            for n in sorted(shares)}
+                shares[n].append(share)
+                answers[n][processor.tokenizer.decode([int(token)]).strip()] += 1
+    result = {}
+    for n in sorted(shares):
+        per_page = torch.stack(shares[n])  # [questions, H]
+        result[n] = {"questions": len(per_page), "sink_share": per_page.mean(0).tolist(),
+                     "sink_share_sd": per_page.std(0, unbiased=False).tolist(), "target": 1 / (n + 1),
+                     "answers": dict(answers[n].most_common())}
+    return result
 
 
 def _factor_row(name: str, run: dict, held_out: dict) -> dict:

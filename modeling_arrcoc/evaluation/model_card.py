@@ -207,13 +207,12 @@ def _limitations(report, extra) -> str:
 def _whose_methods(report) -> str:
     """Which rows are this checkpoint and which are others: untrained baselines run through this checkpoint (a
     diagnostic), `trained_*` rows are other checkpoints on the same questions."""
-    trained = report.get("trained_methods") or {}
     others = [name for name in report["methods"] if name.startswith("trained_")]
     through = [name for name in report["methods"] if "@" in name and not name.startswith("trained_")]
     parts = []
     if through:
         parts.append(" Baselines without a `trained_` prefix run through this same checkpoint at the same budgets.")
-    if others or trained:
+    if others:
         parts.append(" `trained_*` rows are other checkpoints, each trained by the same phases with its own selection, "
                      "evaluated on the same questions.")
     return "".join(parts)
