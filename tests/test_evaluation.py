@@ -17,7 +17,7 @@ import eval as eval_script
 from modeling_arrcoc import evaluation as E
 from modeling_arrcoc.explanation import prompt_batch
 from modeling_arrcoc.evaluation.model_card import write_model_card
-from modeling_arrcoc.evaluation.report import headline
+from modeling_arrcoc.evaluation.report import headline, more_tokens, more_tokens_line, own_budgets
 
 BUDGETS = [4, 16, 100]  # the tiny preset's tiers on its 8x8 grid: tier 100 keeps all 64 patches
 NUM_SAMPLES = 6
@@ -594,10 +594,33 @@ def test_need_counts_a_lucky_small_tier_as_no_need(tiny):
     assert need["calibration_stable"]["auto"]["n_no_oracle"] == 1
 
 
+def test_more_tokens_pairs_every_forced_budget_and_flags_a_larger_one_below_a_smaller(tiny):
+    report = measured_report(tiny[0].config)
+    check = report["more_tokens"]
+    # Tiers 4, 16, 100 (64 tokens): every pair, larger minus smaller, on the same questions; none hurts.
+    assert [(p["smaller"], p["larger"]) for p in check["pairs"]] == [
+        ("tier_4", "tier_16"), ("tier_4", "tier_100"), ("tier_16", "tier_100")]
+    assert [p["difference"] for p in check["pairs"]] == pytest.approx([0.5, 0.75, 0.25])
+    assert check["hurts"] == [] and check["worst"]["larger"] == "tier_100" and check["worst"]["smaller"] == "tier_16"
+    assert "none below 0 beyond its interval; lowest tier_100 minus tier_16 +25.0 points" in " ".join(headline(report))
+    # 200 questions where tier 16 misses 30 that tier 4 answers: its whole interval lies below 0.
+    small, large = [1.0] * 200, [0.0] * 30 + [1.0] * 170
+    check = more_tokens({"tier_4": small, "tier_16": large, "full": small})
+    assert [(p["smaller"], p["larger"]) for p in check["hurts"]] == [("tier_4", "tier_16")]
+    assert check["hurts"][0]["high"] < 0 and check["worst"] is check["hurts"][0]
+    assert "1 below 0 beyond their interval (tier_16 minus tier_4 -15.0 points" in more_tokens_line(check)
+    assert more_tokens({"tier_4": small}) is None, "one budget: nothing to pair"
+    # Full ties the largest tier's tokens and keeps its place after it.
+    methods = {"full": {"mean_visual_tokens": 256.0}, "auto": {"mean_visual_tokens": 9.0},
+               "tier_256": {"mean_visual_tokens": 256.0}, "tier_8": {"mean_visual_tokens": 8.0}}
+    assert own_budgets(methods) == ["tier_8", "tier_256", "full"]
+
+
 def test_a_report_without_auto_has_no_comparisons(tiny):
     runs = {"tier_4": hand_run("tier_4", BUDGETS, ["1", "x"], [4, 4], [0, 0])}
     report = E.build_report(runs, [["1"], ["2"]], ["a", "a"], "exact_match", tiny[0].config)
     assert (report["comparisons"], report["policies"], report["frontier"]) == (None, None, None)
+    assert report["more_tokens"] is None
     assert report["methods"]["tier_4"]["n"] == 2
 
 

@@ -80,3 +80,16 @@ def test_seed_table_shows_every_seed_and_the_spread(tmp_path):
     assert f"| 3 | {row['accuracy']:.3f} | 8.0 (0.12) | {row['reference_accuracy']:.3f} | " in lines[3]
     pooled = study["pooled"]
     assert f"difference {100 * pooled['difference']:+.1f} [" in lines[-1] and "over 50 questions" in lines[-1]
+
+
+def test_seed_table_names_a_seed_where_a_larger_tier_scores_below_a_smaller(tmp_path):
+    ones, worse = np.ones(200, dtype=int), np.r_[np.zeros(30, dtype=int), np.ones(170, dtype=int)]
+    runs = {0: load_run(_write_run(tmp_path / "0", ones, ones, {4: ones, 16: ones})),
+            1: load_run(_write_run(tmp_path / "1", ones, ones, {4: ones, 16: worse}))}
+    study = seed_study(runs)
+    assert study["per_seed"][0]["more_tokens"]["hurts"] == []
+    hurts = study["per_seed"][1]["more_tokens"]["hurts"]
+    assert [(p["smaller"], p["larger"], p["difference"]) for p in hurts] == [("tier_4", "tier_16", -0.15)]
+    lines = seed_table(study)
+    assert lines[-2].startswith("- Seed 0: More tokens") and "none below 0" in lines[-2]
+    assert lines[-1].startswith("- Seed 1: More tokens") and "(tier_16 minus tier_4 -15.0 points [" in lines[-1]

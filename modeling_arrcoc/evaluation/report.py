@@ -118,6 +118,7 @@ def build_report(runs, references, tasks, metric, config, meta=None, correct_thr
             "meta": meta, "trained_methods": trained or {},
             "comparisons": comparisons(runs, scores, methods, seed),
             "policies": policies(runs, scores, budgets, oracles, correct_threshold, seed, tasks),
+            "more_tokens": more_tokens({name: scores[name] for name in own_budgets(methods)}, seed),
             "frontier": frontier(runs, scores, budgets, seed),
             "auto_curve": auto_curve(runs, scores, budgets, seed),
             "chance": statistics.chance_level([refs[0] for refs in references], tasks, _chance_key(metric)),
@@ -234,6 +235,38 @@ def _own_run_at(run, runs, tier) -> bool:
 
 def _forced_tiers(runs, budgets) -> list:
     return [f"tier_{value}" for value in budgets if f"tier_{value}" in runs]
+
+
+def own_budgets(methods: dict) -> list:
+    """ARR-COC's forced budgets in a report's `methods` (each `tier_K`, then `full`), by mean tokens; a tie keeps
+    that order."""
+    names = [*(name for name in methods if name.startswith("tier_")), *(["full"] if "full" in methods else [])]
+    return sorted(names, key=lambda name: methods[name]["mean_visual_tokens"])
+
+
+def more_tokens(ordered: dict, seed: int = 0) -> dict | None:
+    """Whether more tokens ever hurt. `ordered`: {budget's method name: per-question scores}, fewest tokens first.
+    For every pair, the larger budget's accuracy minus the smaller's, paired on the same questions; "hurts" lists the
+    pairs whose whole interval lies below 0 (the larger scores below the smaller by more than the interval), "worst"
+    is the pair with the lowest difference. None with fewer than two budgets."""
+    names = list(ordered)
+    if len(names) < 2:
+        return None
+    pairs = [{"smaller": small, "larger": large,
+              **statistics.paired_difference(ordered[large], ordered[small], seed=seed)}
+             for i, small in enumerate(names) for large in names[i + 1:]]
+    return {"pairs": pairs, "hurts": [pair for pair in pairs if pair["high"] < 0],
+            "worst": min(pairs, key=lambda pair: pair["difference"])}
+
+
+def more_tokens_line(entry: dict) -> str:
+    """The check in one sentence (the headline and the seed study)."""
+    worst = entry["worst"]
+    hurts = "; ".join(f"{pair['larger']} minus {pair['smaller']} {_interval(pair)}" for pair in entry["hurts"])
+    return (f"More tokens, every pair of forced budgets (larger minus smaller, {len(entry['pairs'])} pairs): "
+            + (f"{len(entry['hurts'])} below 0 beyond their interval ({hurts})" if hurts else
+               "none below 0 beyond its interval")
+            + f"; lowest {worst['larger']} minus {worst['smaller']} {_interval(worst)}.")
 
 
 def policies(runs, scores, budgets, oracles, threshold, seed, tasks) -> dict | None:
@@ -433,6 +466,8 @@ def headline(report: dict) -> list:
     need = (report.get("policies") or {}).get("need")
     if need:
         lines.append(_need_line(need))
+    if report.get("more_tokens"):
+        lines.append(more_tokens_line(report["more_tokens"]))
     chance = (report.get("chance") or {}).get("per_task")
     if chance:
         lines.append("Chance (the most common answer per family): " + ", ".join(
@@ -498,6 +533,9 @@ def write_predictions(runs: dict, dataset, path) -> Path:
 __all__ = [
     "headline",
     "MethodRun",
+    "more_tokens",
+    "more_tokens_line",
+    "own_budgets",
     "build_report",
     "comparisons",
     "format_table",

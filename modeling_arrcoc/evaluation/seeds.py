@@ -7,7 +7,8 @@ ARR-COC by up to 4 points (docs/demo_model.md), so a difference of a few points 
 reads one evaluation per seed (eval.py's eval.json and predictions.jsonl, all on the same questions) and reports:
 
 - per seed: auto's accuracy, tokens and price, the reference's accuracy, their paired difference with its interval
-  over questions, auto's margin over the constant tiers' envelope, and each forced tier's accuracy;
+  over questions, auto's margin over the constant tiers' envelope, each forced tier's accuracy, and whether more
+  tokens ever hurt (every pair of forced budgets, paired: `report.more_tokens`);
 - across seeds: the mean, sample standard deviation, range and a 95% Student-t interval of each (n = the seeds);
 - pooled: the paired difference of the seed-averaged answers (each question's correctness averaged over the seeds,
   for auto and for the reference), with a bootstrap interval over questions: the expected model's difference, the
@@ -23,6 +24,7 @@ import numpy as np
 
 from .. import statistics
 from ..metrics import METRICS
+from .report import more_tokens, more_tokens_line, own_budgets
 
 
 def load_run(folder) -> dict:
@@ -66,7 +68,8 @@ def seed_row(seed, run: dict, method: str, reference: str, scores: tuple) -> dic
             "reference_accuracy": ref["accuracy"], "difference": paired["difference"], "low": paired["low"],
             "high": paired["high"], "accuracy_kept": auto["accuracy"] / ref["accuracy"] if ref["accuracy"] else None,
             "envelope_margin": frontier.get("difference"), "envelope_low": frontier.get("low"),
-            "envelope_high": frontier.get("high"), "tiers": tiers, "n": len(run["rows"])}
+            "envelope_high": frontier.get("high"), "tiers": tiers, "n": len(run["rows"]),
+            "more_tokens": more_tokens({name: run_scores(run, name) for name in own_budgets(report["methods"])})}
 
 
 def seed_study(runs: dict, method: str = "auto", reference: str = "trained_full") -> dict:
@@ -122,7 +125,9 @@ def seed_table(study: dict) -> list:
                f"auto {pooled['accuracy'][0]:.3f}, reference {pooled['accuracy'][1]:.3f}, difference "
                f"{points(pooled['difference'])} [{points(pooled['low'])}, {points(pooled['high'])}] (paired bootstrap "
                f"over {pooled['n']} questions). Forced tiers, mean [range] over seeds: {tiers}.")
-    return [*rows, "", summary]
+    checks = [f"- Seed {row['seed']}: {more_tokens_line(row['more_tokens'])}" for row in study["per_seed"]
+              if row["more_tokens"]]
+    return [*rows, "", summary, *([""] + checks if checks else [])]
 
 
 __all__ = ["check_same_questions", "load_run", "run_scores", "seed_row", "seed_study", "seed_table"]
