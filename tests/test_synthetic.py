@@ -609,3 +609,15 @@ def test_count_sink_shares_cover_every_question_by_true_count(tiny):
         assert 1 <= n <= 9 and row["target"] == pytest.approx(1 / (n + 1))
         assert len(row["sink_share"]) == heads and all(0.0 <= value <= 1.0 for value in row["sink_share"])
         assert sum(row["answers"].values()) == row["questions"]
+
+
+@pytest.mark.parametrize("option, value, message", [("--count-questions", "-3", "expected at least 0, got -3"),
+                                                    ("--pages", "0", "expected at least 1, got 0"),
+                                                    ("--marker-pages", "many", "expected an integer, got 'many'")])
+def test_reader_probe_refuses_a_count_below_its_minimum_by_name(option, value, message, capsys):
+    from tools.reader_probe import main
+
+    with pytest.raises(SystemExit):
+        main(["no/such/checkpoint", option, value])  # refused while parsing, before any checkpoint is read
+    error = capsys.readouterr().err
+    assert option in error and message in error

@@ -420,27 +420,40 @@ def pooled_digit(model, processor, pages: int = 960, seed: int = 77, variant: st
             "pages": pages, "tiers": tiers}
 
 
+def _at_least(minimum: int):
+    """An argparse type: an integer of at least `minimum` (a page or question count), refused by name otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected at least {minimum}, got {value}")
+        return value
+    return parse
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
-    parser.add_argument("--pages", type=int, default=8)
+    parser.add_argument("--pages", type=_at_least(1), default=8)
     parser.add_argument("--tokens", type=int, default=None, help="the sparse view at this many tokens (default: all)")
     parser.add_argument("--variant", default="standard", choices=VARIANTS,
                         help="page look ('heldout' is the test split's)")
-    parser.add_argument("--decode-pages", type=int, default=0,
+    parser.add_argument("--decode-pages", type=_at_least(0), default=0,
                         help="also probe the lookup's two hops over this many pages (colour_decodability; 512+)")
-    parser.add_argument("--heldout-factors", type=int, default=0,
+    parser.add_argument("--heldout-factors", type=_at_least(0), default=0,
                         help="also probe each held-out factor over this many pages (heldout_factors; 48)")
-    parser.add_argument("--heldout-accuracy", type=int, default=0,
+    parser.add_argument("--heldout-accuracy", type=_at_least(0), default=0,
                         help="also answer this many held-out questions per held-out factor (heldout_accuracy; 1200)")
     parser.add_argument("--heldout-seed", type=int, default=1,
                         help="the pages --heldout-accuracy draws (1: not the test questions eval.py reports, seed 0)")
-    parser.add_argument("--marker-pages", type=int, default=0,
+    parser.add_argument("--marker-pages", type=_at_least(0), default=0,
                         help="also probe local_key's marker lookup over this many pages (marker_lookup; 96)")
-    parser.add_argument("--count-questions", type=int, default=0,
+    parser.add_argument("--count-questions", type=_at_least(0), default=0,
                         help="also measure the count target's sink share per true count over this many validation "
                              "global_count questions (count_sink_shares; 360)")
-    parser.add_argument("--pooled-pages", type=int, default=0,
+    parser.add_argument("--pooled-pages", type=_at_least(0), default=0,
                         help="also probe what uniform pooling keeps of the asked digit over this many pages "
                              "(pooled_digit; 960)")
     args = parser.parse_args(argv)

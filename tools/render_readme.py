@@ -3,6 +3,7 @@
     README.md
       headline  <- outputs/demo/eval.json                 (make demo)
       heatmap   <- outputs/demo/heatmaps.png -> docs/heatmaps.png
+    docs/app_screenshot.png <- outputs/app/app_screenshot.png (tests/test_app.py's browser round trip)
     docs/results.md (the tables that run past a screen; its figures lie beside it in docs/)
       demo      <- outputs/demo/eval.json                 (make demo)
       baselines <- outputs/demo/baselines/eval.json       (make baselines)
@@ -181,6 +182,9 @@ def blocks() -> dict:
     if heatmap.exists():
         shutil.copyfile(heatmap, ROOT / "docs/heatmaps.png")
         out["heatmap"] = "![where each question pulled its tokens from](docs/heatmaps.png)"
+    screenshot = ROOT / "outputs/app/app_screenshot.png"
+    if screenshot.exists():  # README and docs/app.md show it; no block, the figure alone
+        shutil.copyfile(screenshot, ROOT / "docs/app_screenshot.png")
     provenance = read_json(ROOT / "pretrained/demo-base" / PROVENANCE)
     if provenance is not None:
         out["pretrain"] = pretrain_block(provenance) + curve_figures(provenance)
