@@ -602,18 +602,28 @@ def test_more_tokens_pairs_every_forced_budget_and_flags_a_larger_one_below_a_sm
         ("tier_4", "tier_16"), ("tier_4", "tier_100"), ("tier_16", "tier_100")]
     assert [p["difference"] for p in check["pairs"]] == pytest.approx([0.5, 0.75, 0.25])
     assert check["hurts"] == [] and check["worst"]["larger"] == "tier_100" and check["worst"]["smaller"] == "tier_16"
-    assert "none below 0 beyond its interval; lowest tier_100 minus tier_16 +25.0 points" in " ".join(headline(report))
-    # 200 questions where tier 16 misses 30 that tier 4 answers: its whole interval lies below 0.
-    small, large = [1.0] * 200, [0.0] * 30 + [1.0] * 170
-    check = more_tokens({"tier_4": small, "tier_16": large, "full": small})
+    assert "no pair below 0 beyond its interval; lowest tier_100 minus tier_16 +25.0 points" in " ".join(
+        headline(report))
+    # 200 questions: tier 16 misses 30 that tier 4 answers (its whole interval below 0); tier 64 misses 2 of them
+    # (below 0, but its interval reaches over 0: not flagged, yet the lowest pair but one).
+    small, large, slightly = [1.0] * 200, [0.0] * 30 + [1.0] * 170, [0.0] * 2 + [1.0] * 198
+    check = more_tokens({"tier_4": small, "tier_16": large, "tier_64": slightly})
     assert [(p["smaller"], p["larger"]) for p in check["hurts"]] == [("tier_4", "tier_16")]
-    assert check["hurts"][0]["high"] < 0 and check["worst"] is check["hurts"][0]
-    assert "1 below 0 beyond their interval (tier_16 minus tier_4 -15.0 points" in more_tokens_line(check)
+    crossing = next(p for p in check["pairs"] if p["larger"] == "tier_64" and p["smaller"] == "tier_4")
+    assert crossing["difference"] < 0 <= crossing["high"] and crossing not in check["hurts"]
+    assert check["worst"] == check["hurts"][0]
+    line = more_tokens_line(check)
+    assert "1 pair below 0 beyond its interval (tier_16 minus tier_4 -15.0 points [" in line and "lowest" not in line
+    check = more_tokens({"tier_4": small, "tier_64": slightly})
+    assert check["hurts"] == [] and "lowest tier_64 minus tier_4 -1.0 points" in more_tokens_line(check)
     assert more_tokens({"tier_4": small}) is None, "one budget: nothing to pair"
-    # Full ties the largest tier's tokens and keeps its place after it.
+    # By tokens; full beside the tier that keeps every patch is the same budget, not more tokens.
     methods = {"full": {"mean_visual_tokens": 256.0}, "auto": {"mean_visual_tokens": 9.0},
-               "tier_256": {"mean_visual_tokens": 256.0}, "tier_8": {"mean_visual_tokens": 8.0}}
-    assert own_budgets(methods) == ["tier_8", "tier_256", "full"]
+               "tier_256": {"mean_visual_tokens": 256.0}, "tier_64": {"mean_visual_tokens": 64.0},
+               "tier_8": {"mean_visual_tokens": 8.0}}
+    assert own_budgets(methods) == ["tier_8", "tier_64", "tier_256"]
+    methods["full"]["mean_visual_tokens"] = 300.0
+    assert own_budgets(methods) == ["tier_8", "tier_64", "tier_256", "full"]
 
 
 def test_a_report_without_auto_has_no_comparisons(tiny):

@@ -611,9 +611,11 @@ def test_count_sink_shares_cover_every_question_by_true_count(tiny):
         assert sum(row["answers"].values()) == row["questions"]
 
 
-@pytest.mark.parametrize("option, value, message", [("--count-questions", "-3", "expected at least 0, got -3"),
-                                                    ("--pages", "0", "expected at least 1, got 0"),
-                                                    ("--marker-pages", "many", "expected an integer, got 'many'")])
+@pytest.mark.parametrize("option, value, message", [
+    ("--count-questions", "-3", "expected a whole number 0 or more, not '-3'"),
+    ("--pages", "0", "expected a whole number 1 or more, not '0'"),
+    ("--tokens", "-4", "expected a whole number 1 or more, not '-4'"),
+    ("--marker-pages", "many", "expected a whole number 0 or more, not 'many'")])
 def test_reader_probe_refuses_a_count_below_its_minimum_by_name(option, value, message, capsys):
     from tools.reader_probe import main
 

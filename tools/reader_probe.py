@@ -426,9 +426,9 @@ def _at_least(minimum: int):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected at least {minimum}, got {value}")
+            value = minimum - 1
+        if value < minimum:  # worded as eval.py's counts are
+            raise argparse.ArgumentTypeError(f"expected a whole number {minimum} or more, not {text!r}")
         return value
     return parse
 
@@ -437,7 +437,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--pages", type=_at_least(1), default=8)
-    parser.add_argument("--tokens", type=int, default=None, help="the sparse view at this many tokens (default: all)")
+    parser.add_argument("--tokens", type=_at_least(1), default=None, help="the sparse view at this many tokens (default: all)")
     parser.add_argument("--variant", default="standard", choices=VARIANTS,
                         help="page look ('heldout' is the test split's)")
     parser.add_argument("--decode-pages", type=_at_least(0), default=0,

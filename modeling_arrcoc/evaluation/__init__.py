@@ -92,7 +92,8 @@ Report (``eval.json``; all keys are strings, numbers plain JSON numbers, fractio
                                                                            # null unless auto and every tier ran
       "more_tokens": {"pairs": [{"smaller", "larger", "difference", "low", "high", "n"}],  # larger - smaller,
                       "hurts": [... pairs with high < 0], "worst": {... the lowest difference}} | null,
-                                          # every pair of ARR-COC's forced budgets (tier_K, full), by mean tokens
+                                          # every pair of ARR-COC's forced budgets (tier_K, full), by mean
+                                          # tokens; full beside a tier with the same tokens is that tier
       "frontier": {"difference", "low", "high", "n", "lower_tier", "upper_tier", "weight", "auto_mean_tokens",
                    "frontier_accuracy", "extrapolated"} | null,  # auto - constant tiers' envelope at auto's tokens
       "auto_curve": [{"method", "budget_cost", "accuracy", ... as frontier}] | null,  # auto at each token price

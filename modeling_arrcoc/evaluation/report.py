@@ -1,7 +1,8 @@
 """The evaluation report (format in the package docstring) from per-sample runs: scores, token statistics, budget
 calibration, per-tier buckets, and predictions.jsonl; and the measurement a reviewer asks for (`statistics`):
 accuracy intervals, paired comparisons of auto with the forced tiers, the baselines and the trained full-token
-reference, tier policies, the envelope of constant tier policies, chance and the families training never saw.
+reference, tier policies, the envelope of constant tier policies, whether more tokens ever hurt (every pair of
+forced budgets), chance and the families training never saw.
 """
 
 import json
@@ -238,17 +239,22 @@ def _forced_tiers(runs, budgets) -> list:
 
 
 def own_budgets(methods: dict) -> list:
-    """ARR-COC's forced budgets in a report's `methods` (each `tier_K`, then `full`), by mean tokens; a tie keeps
-    that order."""
+    """ARR-COC's forced budgets in a report's `methods` (each `tier_K`, then `full`), by mean tokens, one per token
+    count: a budget that spends what a smaller-named one spends (full beside a tier that keeps every patch) is the
+    same budget, not more tokens, so the first of them stands for both."""
     names = [*(name for name in methods if name.startswith("tier_")), *(["full"] if "full" in methods else [])]
-    return sorted(names, key=lambda name: methods[name]["mean_visual_tokens"])
+    kept = []
+    for name in sorted(names, key=lambda name: methods[name]["mean_visual_tokens"]):
+        if not kept or methods[name]["mean_visual_tokens"] > methods[kept[-1]]["mean_visual_tokens"] + 1e-9:
+            kept.append(name)
+    return kept
 
 
 def more_tokens(ordered: dict, seed: int = 0) -> dict | None:
-    """Whether more tokens ever hurt. `ordered`: {budget's method name: per-question scores}, fewest tokens first.
-    For every pair, the larger budget's accuracy minus the smaller's, paired on the same questions; "hurts" lists the
-    pairs whose whole interval lies below 0 (the larger scores below the smaller by more than the interval), "worst"
-    is the pair with the lowest difference. None with fewer than two budgets."""
+    """Whether more tokens ever hurt. `ordered`: {budget's method name: per-question scores}, fewest tokens first
+    (`own_budgets`). For every pair, the larger budget's accuracy minus the smaller's, paired on the same questions;
+    "hurts" lists the pairs whose whole interval lies below 0 (the larger scores below the smaller by more than the
+    interval), "worst" is the pair with the lowest difference. None with fewer than two budgets."""
     names = list(ordered)
     if len(names) < 2:
         return None
@@ -260,13 +266,15 @@ def more_tokens(ordered: dict, seed: int = 0) -> dict | None:
 
 
 def more_tokens_line(entry: dict) -> str:
-    """The check in one sentence (the headline and the seed study)."""
-    worst = entry["worst"]
-    hurts = "; ".join(f"{pair['larger']} minus {pair['smaller']} {_interval(pair)}" for pair in entry["hurts"])
+    """The check in one sentence (the headline and the seed study): the pairs below 0 beyond their interval, and
+    the lowest pair when it is not one of them."""
+    worst, hurts = entry["worst"], entry["hurts"]
+    listed = "; ".join(f"{pair['larger']} minus {pair['smaller']} {_interval(pair)}" for pair in hurts)
+    found = (f"{len(hurts)} pair{'s' * (len(hurts) > 1)} below 0 beyond {'their intervals' if len(hurts) > 1 else 'its interval'}"
+             f" ({listed})" if hurts else "no pair below 0 beyond its interval")
+    lowest = "" if worst in hurts else f"; lowest {worst['larger']} minus {worst['smaller']} {_interval(worst)}"
     return (f"More tokens, every pair of forced budgets (larger minus smaller, {len(entry['pairs'])} pairs): "
-            + (f"{len(entry['hurts'])} below 0 beyond their interval ({hurts})" if hurts else
-               "none below 0 beyond its interval")
-            + f"; lowest {worst['larger']} minus {worst['smaller']} {_interval(worst)}.")
+            f"{found}{lowest}.")
 
 
 def policies(runs, scores, budgets, oracles, threshold, seed, tasks) -> dict | None:
@@ -385,7 +393,8 @@ def headline(report: dict) -> list:
     reference (auto, and the point of auto's price curve with the most tokens within an eighth of the reference's),
     vs each ablation (at auto and at the point of auto's price curve nearest its tokens), vs the constant
     tiers' envelope, auto's curve over token prices, the family router (what allocation by family alone reaches),
-    calibration vs the best constant tier, the need (the stable tier), chance and unseen families."""
+    calibration vs the best constant tier, the need (the stable tier), whether more tokens ever hurt, chance and
+    unseen families."""
     comparisons, lines = report.get("comparisons") or {}, []
     methods, n = report["methods"], report["meta"].get("num_samples")
     chance = ((report.get("chance") or {}).get("overall") or {}).get("majority")
@@ -533,14 +542,14 @@ def write_predictions(runs: dict, dataset, path) -> Path:
 __all__ = [
     "headline",
     "MethodRun",
-    "more_tokens",
-    "more_tokens_line",
-    "own_budgets",
     "build_report",
     "comparisons",
     "format_table",
     "frontier",
     "git_commit",
+    "more_tokens",
+    "more_tokens_line",
+    "own_budgets",
     "per_tier_buckets",
     "policies",
     "sample_scores",

@@ -69,7 +69,8 @@ def seed_row(seed, run: dict, method: str, reference: str, scores: tuple) -> dic
             "high": paired["high"], "accuracy_kept": auto["accuracy"] / ref["accuracy"] if ref["accuracy"] else None,
             "envelope_margin": frontier.get("difference"), "envelope_low": frontier.get("low"),
             "envelope_high": frontier.get("high"), "tiers": tiers, "n": len(run["rows"]),
-            "more_tokens": more_tokens({name: run_scores(run, name) for name in own_budgets(report["methods"])})}
+            "more_tokens": more_tokens({name: run_scores(run, name) for name in own_budgets(report["methods"])},
+                                       seed=report["meta"].get("seed", 0))}
 
 
 def seed_study(runs: dict, method: str = "auto", reference: str = "trained_full") -> dict:
@@ -94,7 +95,8 @@ def seed_study(runs: dict, method: str = "auto", reference: str = "trained_full"
 
 
 def seed_table(study: dict) -> list:
-    """The study as markdown lines: one row per seed, the spread across seeds, the seed-averaged difference."""
+    """The study as markdown lines: one row per seed, the spread across seeds, the seed-averaged difference, and one
+    bullet per seed on whether more tokens ever hurt."""
     def points(value):
         return f"{100 * value:+.1f}"
 
@@ -126,7 +128,7 @@ def seed_table(study: dict) -> list:
                f"{points(pooled['difference'])} [{points(pooled['low'])}, {points(pooled['high'])}] (paired bootstrap "
                f"over {pooled['n']} questions). Forced tiers, mean [range] over seeds: {tiers}.")
     checks = [f"- Seed {row['seed']}: {more_tokens_line(row['more_tokens'])}" for row in study["per_seed"]
-              if row["more_tokens"]]
+              if row.get("more_tokens")]  # a report.json written before the check has none
     return [*rows, "", summary, *([""] + checks if checks else [])]
 
 
