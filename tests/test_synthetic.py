@@ -609,6 +609,9 @@ def test_count_sink_shares_cover_every_question_by_true_count(tiny):
         assert 1 <= n <= 9 and row["target"] == pytest.approx(1 / (n + 1))
         assert len(row["sink_share"]) == heads and all(0.0 <= value <= 1.0 for value in row["sink_share"])
         assert sum(row["answers"].values()) == row["questions"]
+    weighted = count_sink_shares(model, processor, questions=6, batch_size=4, sink_weight=6.0)
+    for n, row in weighted.items():  # the same attention, the weighted target w/(n+w) beside it
+        assert row["target"] == pytest.approx(6 / (n + 6)) and row["sink_share"] == shares[n]["sink_share"]
 
 
 @pytest.mark.parametrize("option, value, message", [

@@ -249,12 +249,13 @@ def heldout_accuracy(model, processor, questions: int = 1200, families=HELDOUT_A
 
 @torch.no_grad()
 def count_sink_shares(model, processor, questions: int = 360, split: str = "validation", layer: int = 1,
-                      batch_size: int = 8) -> dict:
+                      batch_size: int = 8, sink_weight: float = 1.0) -> dict:
     """How the count target's sink carries n: on `questions` global_count questions of `split` at full tokens, the
     attention each head of `layer` (the supervised one) gives from the answer-predicting position to itself, and the
     greedy first answer token, per true count. {n: {"questions", "sink_share": [per head, mean], "sink_share_sd":
-    [per head], "target": 1/(n+1), "answers": {token: count}}}. A readout can only tell n from n+1 where their
-    shares lie further apart than their spread."""
+    [per head], "target": w/(n+w), "answers": {token: count}}}, w the `sink_weight` the checkpoint was trained with
+    (`llm_attention_count_sink_weight`; a checkpoint does not record it). A readout can only tell n from n+1 where
+    their shares lie further apart than their spread."""
     vision = model.config.vision_config
     data = load_eval_dataset("synthetic", split, questions, vision.image_size, vision.patch_size,
                              families=("global_count",)).dataset
@@ -274,7 +275,7 @@ def count_sink_shares(model, processor, questions: int = 360, split: str = "vali
     for n in sorted(shares):
         per_page = torch.stack(shares[n])  # [questions, H]
         result[n] = {"questions": len(per_page), "sink_share": per_page.mean(0).tolist(),
-                     "sink_share_sd": per_page.std(0, unbiased=False).tolist(), "target": 1 / (n + 1),
+                     "sink_share_sd": per_page.std(0, unbiased=False).tolist(), "target": sink_weight / (n + sink_weight),
                      "answers": dict(answers[n].most_common())}
     return result
 
@@ -453,6 +454,9 @@ def main(argv=None):
     parser.add_argument("--count-questions", type=_at_least(0), default=0,
                         help="also measure the count target's sink share per true count over this many validation "
                              "global_count questions (count_sink_shares; 360)")
+    parser.add_argument("--count-sink-weight", type=float, default=1.0,
+                        help="the sink weight the checkpoint was trained with (llm_attention_count_sink_weight): "
+                             "the target share w/(n+w) printed beside each count's (default 1: 1/(n+1))")
     parser.add_argument("--pooled-pages", type=_at_least(0), default=0,
                         help="also probe what uniform pooling keeps of the asked digit over this many pages "
                              "(pooled_digit; 960)")
@@ -496,9 +500,11 @@ def main(argv=None):
     if args.count_questions:
         print(f"global_count, validation, full tokens: layer 1's attention from the answer-predicting position to "
               "itself (the count target's sink), per head, by true count; greedy first answer token:")
-        for n, row in count_sink_shares(model, processor, args.count_questions).items():
+        shares = count_sink_shares(model, processor, args.count_questions, sink_weight=args.count_sink_weight)
+        for n, row in shares.items():
             print(f"  {n} ({row['questions']} questions): " + " ".join(f"{v:.3f}" for v in row["sink_share"])
-                  + f" (head 0 sd {row['sink_share_sd'][0]:.3f}; target 1/(n+1) {row['target']:.3f}); answers "
+                  + f" (head 0 sd {row['sink_share_sd'][0]:.3f}; target w/(n+w) at w = {args.count_sink_weight:g}: "
+                  f"{row['target']:.3f}); answers "
                   + ", ".join(f"{token} {count}" for token, count in row["answers"].items()))
     if args.pooled_pages:
         pooled = pooled_digit(model, processor, args.pooled_pages)
