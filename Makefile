@@ -25,8 +25,9 @@ test: venv
 	$(PY) -m tools.fetch_transformers_tests
 	$(PY) -m pytest -q tests
 
-# The shipped base the demo starts from (made by `make pretrain` at b30db2f, which takes longer than the demo; rerun from
-# scratch at 28a97ac its reader stage did not break its plateau: docs/demo_model.md, "The reader stage rerun").
+# The shipped base the demo starts from (made by `make pretrain` at b30db2f, which takes longer than the demo; rerun once
+# from scratch at 28a97ac, with the reader stage on one thread, it did not break the full-token plateau:
+# docs/demo_model.md, "The reader stage rerun").
 BASE := pretrained/demo-base
 # Stated on the model card (no numbers: those come from eval.json); revised when make demo's results change.
 DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its training) and its language model reads \
