@@ -24,6 +24,7 @@ import yaml
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_arrcoc  # noqa: F401  (registers ArrCoc with the Auto classes)
+from modeling_arrcoc.cli import whole_number
 from modeling_arrcoc.configuration_arrcoc import VISION_AUTOCAST_DTYPES
 from modeling_arrcoc.data.recipe import data_arguments
 from modeling_arrcoc.data.synthetic import FAMILIES
@@ -86,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--synthetic-families", default=None, type=families_from, metavar="F1,F2,...",
                         help="Synthetic task families to evaluate (default: all; make demo: the ones the base reads).")
     parser.add_argument("--cache-dir", default=None, help="datasets cache for the synthetic suite.")
-    parser.add_argument("--heatmaps-per-task", type=count_from, default=2,
+    parser.add_argument("--heatmaps-per-task", type=whole_number(0), default=2,
                         help="Heatmap rows per task family in heatmaps.png; 0 draws none (no heatmaps.png).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
@@ -124,16 +125,6 @@ def costs_from(text: str) -> tuple:
         return tuple(parse_cost(c, "--budget-costs") for c in text.split(",") if c.strip())
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def count_from(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number 0 or more, not {text!r}")
-    return value
 
 
 def budget_from(text: str):

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 import eval as eval_script
 from modeling_arrcoc import evaluation as E
+from modeling_arrcoc.cli import whole_number
 from modeling_arrcoc.explanation import prompt_batch
 from modeling_arrcoc.evaluation.model_card import write_model_card
 from modeling_arrcoc.evaluation.report import headline, more_tokens, more_tokens_line, own_budgets
@@ -675,10 +676,11 @@ def test_synthetic_evaluation_can_keep_the_taught_families(tmp_path):
     assert eval_script.families_from("local_color, chart") == ("local_color", "chart")
     with pytest.raises(argparse.ArgumentTypeError, match="unknown synthetic families"):
         eval_script.families_from("local_colour")
-    assert eval_script.count_from("0") == 0 and eval_script.count_from("3") == 3
+    count = whole_number(0)  # eval.py's --heatmaps-per-task
+    assert count("0") == 0 and count("3") == 3
     for bad in ("-1", "two", "1.5"):
         with pytest.raises(argparse.ArgumentTypeError, match="0 or more"):
-            eval_script.count_from(bad)
+            count(bad)
 
 
 def test_auto_runs_are_recorded_at_the_models_own_price(tiny):

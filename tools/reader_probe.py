@@ -36,6 +36,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
+from modeling_arrcoc.cli import whole_number
 from modeling_arrcoc.data import COLOR_NAMES, VARIANTS, render_sample
 from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.data import synthetic
@@ -421,43 +422,31 @@ def pooled_digit(model, processor, pages: int = 960, seed: int = 77, variant: st
             "pages": pages, "tiers": tiers}
 
 
-def _at_least(minimum: int):
-    """An argparse type: an integer of at least `minimum` (a page or question count), refused by name otherwise."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:  # worded as eval.py's counts are
-            raise argparse.ArgumentTypeError(f"expected a whole number {minimum} or more, not {text!r}")
-        return value
-    return parse
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
-    parser.add_argument("--pages", type=_at_least(1), default=8)
-    parser.add_argument("--tokens", type=_at_least(1), default=None, help="the sparse view at this many tokens (default: all)")
+    parser.add_argument("--pages", type=whole_number(1), default=8)
+    parser.add_argument("--tokens", type=whole_number(1), default=None,
+                        help="the sparse view at this many tokens (default: all)")
     parser.add_argument("--variant", default="standard", choices=VARIANTS,
                         help="page look ('heldout' is the test split's)")
-    parser.add_argument("--decode-pages", type=_at_least(0), default=0,
+    parser.add_argument("--decode-pages", type=whole_number(0), default=0,
                         help="also probe the lookup's two hops over this many pages (colour_decodability; 512+)")
-    parser.add_argument("--heldout-factors", type=_at_least(0), default=0,
+    parser.add_argument("--heldout-factors", type=whole_number(0), default=0,
                         help="also probe each held-out factor over this many pages (heldout_factors; 48)")
-    parser.add_argument("--heldout-accuracy", type=_at_least(0), default=0,
+    parser.add_argument("--heldout-accuracy", type=whole_number(0), default=0,
                         help="also answer this many held-out questions per held-out factor (heldout_accuracy; 1200)")
     parser.add_argument("--heldout-seed", type=int, default=1,
                         help="the pages --heldout-accuracy draws (1: not the test questions eval.py reports, seed 0)")
-    parser.add_argument("--marker-pages", type=_at_least(0), default=0,
+    parser.add_argument("--marker-pages", type=whole_number(0), default=0,
                         help="also probe local_key's marker lookup over this many pages (marker_lookup; 96)")
-    parser.add_argument("--count-questions", type=_at_least(0), default=0,
+    parser.add_argument("--count-questions", type=whole_number(0), default=0,
                         help="also measure the count target's sink share per true count over this many validation "
                              "global_count questions (count_sink_shares; 360)")
     parser.add_argument("--count-sink-weight", type=float, default=1.0,
                         help="the sink weight the checkpoint was trained with (llm_attention_count_sink_weight): "
                              "the target share w/(n+w) printed beside each count's (default 1: 1/(n+1))")
-    parser.add_argument("--pooled-pages", type=_at_least(0), default=0,
+    parser.add_argument("--pooled-pages", type=whole_number(0), default=0,
                         help="also probe what uniform pooling keeps of the asked digit over this many pages "
                              "(pooled_digit; 960)")
     args = parser.parse_args(argv)
