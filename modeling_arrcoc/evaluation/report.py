@@ -270,8 +270,12 @@ def more_tokens_line(entry: dict) -> str:
     the lowest pair when it is not one of them."""
     worst, hurts = entry["worst"], entry["hurts"]
     listed = "; ".join(f"{pair['larger']} minus {pair['smaller']} {_interval(pair)}" for pair in hurts)
-    found = (f"{len(hurts)} pair{'s' * (len(hurts) > 1)} below 0 beyond {'their intervals' if len(hurts) > 1 else 'its interval'}"
-             f" ({listed})" if hurts else "no pair below 0 beyond its interval")
+    if not hurts:
+        found = "no pair below 0 beyond its interval"
+    elif len(hurts) == 1:
+        found = f"1 pair below 0 beyond its interval ({listed})"
+    else:
+        found = f"{len(hurts)} pairs below 0 beyond their intervals ({listed})"
     lowest = "" if worst in hurts else f"; lowest {worst['larger']} minus {worst['smaller']} {_interval(worst)}"
     return (f"More tokens, every pair of forced budgets (larger minus smaller, {len(entry['pairs'])} pairs): "
             f"{found}{lowest}.")
