@@ -2,6 +2,7 @@
 trains on (full, sparse answer + distractors, pooled), the distractor curriculum and the language model's attention
 supervision. Tiny preset, CPU."""
 
+import argparse
 import dataclasses
 
 import numpy as np
@@ -11,6 +12,7 @@ from transformers import AutoProcessor
 
 from conftest import TINY_PRESET
 
+from modeling_arrcoc.cli import positive_number
 from modeling_arrcoc.data import render_sample
 from modeling_arrcoc.data.collator import ArrCocCollator, row_turns
 from modeling_arrcoc.data.synthetic import COLOR_NAMES, COUNT_FAMILIES
@@ -411,6 +413,11 @@ def test_count_sink_weight_is_checked(tmp_path):
                       llm_attention_count_sink_weight=bad)
     with pytest.raises(ValueError, match="needs llm_attention_count_sink"):
         make_args(tmp_path, "pretrain", loss_weight_llm_attention=1.0, llm_attention_count_sink_weight=6.0)
+    # reader_probe's --count-sink-weight refuses what training refuses, by the same test
+    assert positive_number("6") == 6.0
+    for bad in ("0", "-1", "nan", "inf", "six"):
+        with pytest.raises(argparse.ArgumentTypeError, match="positive finite"):
+            positive_number(bad)
 
 
 def test_query_side_attention_loss_trains_a_step(tmp_path, datasets, processor):  # noqa: F811

@@ -36,7 +36,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
-from modeling_arrcoc.cli import whole_number
+from modeling_arrcoc.cli import positive_number, whole_number
 from modeling_arrcoc.data import COLOR_NAMES, VARIANTS, render_sample
 from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.data import synthetic
@@ -443,7 +443,7 @@ def main(argv=None):
     parser.add_argument("--count-questions", type=whole_number(0), default=0,
                         help="also measure the count target's sink share per true count over this many validation "
                              "global_count questions (count_sink_shares; 360)")
-    parser.add_argument("--count-sink-weight", type=float, default=1.0,
+    parser.add_argument("--count-sink-weight", type=positive_number, default=1.0,
                         help="the sink weight the checkpoint was trained with (llm_attention_count_sink_weight): "
                              "the target share w/(n+w) printed beside each count's (default 1: 1/(n+1))")
     parser.add_argument("--pooled-pages", type=whole_number(0), default=0,

@@ -11,6 +11,7 @@ import torch
 import yaml
 from transformers import TrainingArguments
 
+from ..cli import is_positive_finite
 from ..lora import DEFAULT_TARGET_MODULES
 from ..losses import LOSS_TERMS, TRAINER_TERMS, WEIGHTED_TERMS
 from ..provenance import TRAINING_CONFIG  # re-exported: where train.py saves the resolved YAML
@@ -396,7 +397,7 @@ class ArrCocTrainingArguments(TrainingArguments):
         if self.llm_attention_count_sink and not self.loss_weight_llm_attention:
             raise ValueError("llm_attention_count_sink changes the attention loss's target for counts: it needs "
                              "loss_weight_llm_attention > 0.")
-        if not (math.isfinite(self.llm_attention_count_sink_weight) and self.llm_attention_count_sink_weight > 0):
+        if not is_positive_finite(self.llm_attention_count_sink_weight):
             raise ValueError("llm_attention_count_sink_weight must be a positive finite number, got "
                              f"{self.llm_attention_count_sink_weight}.")
         if self.llm_attention_count_sink_weight != 1.0 and not self.llm_attention_count_sink:
