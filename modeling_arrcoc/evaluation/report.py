@@ -353,9 +353,10 @@ def frontier(runs, scores, budgets, seed) -> dict | None:
 
 
 def auto_curve(runs, scores, budgets, seed) -> list | None:
-    """Auto at every token price evaluated (`auto(cost=C)`, and auto itself at the model's own price), cheapest first: its cost, mean
-    tokens, accuracy and its difference to the constant tiers' envelope at its own mean tokens (paired, with the
-    interval). Auto's curve lies above the frontier where those differences are positive. None without a price."""
+    """Auto at every token price evaluated (`auto(cost=C)`, and auto itself at the model's own price), cheapest first:
+    its cost, mean tokens, accuracy and its difference to the constant tiers' envelope at its own mean tokens (paired,
+    with the interval). Auto's curve lies above the frontier where those differences are positive. None without a
+    price."""
     priced = _priced(runs)
     if len(priced) < 2 or not _forced_tiers(runs, budgets):
         return None
@@ -404,7 +405,9 @@ def headline(report: dict) -> list:
     chance = ((report.get("chance") or {}).get("overall") or {}).get("majority")
 
     def weak(accuracy):  # a comparison against a model at chance says little about the method
-        return f" - at or below chance ({chance:.2f}): it did not learn to answer" if chance and accuracy <= chance else ""
+        if chance and accuracy <= chance:
+            return f" - at or below chance ({chance:.2f}): it did not learn to answer"
+        return ""
 
     auto = methods.get("auto")
     if auto is None:
@@ -462,8 +465,8 @@ def headline(report: dict) -> list:
         lines.append(f"Auto's own curve (token price swept at inference, {len(curve)} points from "
                      f"{curve[0]['auto_mean_tokens']:.1f} to {curve[-1]['auto_mean_tokens']:.1f} mean tokens): above "
                      f"the envelope of constant tiers with an interval above 0 at {above} of {len(curve)} points; "
-                     + "; ".join(f"{point['method']} {point['accuracy']:.3f} at {point['auto_mean_tokens']:.1f} tokens, "
-                                 f"{_interval(point)}" for point in curve) + ".")
+                     + "; ".join(f"{point['method']} {point['accuracy']:.3f} at {point['auto_mean_tokens']:.1f} "
+                                 f"tokens, {_interval(point)}" for point in curve) + ".")
     router = (report.get("policies") or {}).get("family_router")
     if router:
         tiers = ", ".join(f"{family} {tier}" for family, tier in sorted(router["tiers"].items()))
@@ -475,7 +478,8 @@ def headline(report: dict) -> list:
     if calibration and calibration.get("exact") is not None:
         lines.append(f"Budget calibration: auto's tier equals the oracle-minimal tier on {calibration['exact']:.2f} "
                      f"of the {calibration['n']} questions some tier answers; always tier index "
-                     f"{calibration['constant_tier']} scores {calibration['constant_exact']:.2f} on the same questions.")
+                     f"{calibration['constant_tier']} scores {calibration['constant_exact']:.2f} on the same "
+                     "questions.")
     need = (report.get("policies") or {}).get("need")
     if need:
         lines.append(_need_line(need))
