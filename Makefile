@@ -88,9 +88,10 @@ DEMO_STEPS_3 := max_steps=150
 FIXED_EVAL_BUDGET := 16
 UNIFORM_METHOD := selection_method=uniform relevance_tag=false train_budget=random eval_budget=$(FIXED_EVAL_BUDGET)
 FULL_METHOD := selection_method=full relevance_tag=false
-# $(1): name under outputs/demo/ ("." for ARR-COC itself), $(2): train.py overrides that define the method.
+# $(1): name under outputs/demo/ ("." for ARR-COC itself), $(2): train.py overrides that define the method. Phase 1
+# starts from $(BASE), so `make demo BASE=... DEMO=...` reruns the comparison on another base.
 define train_method
-	$(PY) train.py configs/demo/phase1.yaml output_dir=$(DEMO)/$(1)/phase1 $(DEMO_STEPS_1) $(2)
+	$(PY) train.py configs/demo/phase1.yaml init_from=$(BASE) output_dir=$(DEMO)/$(1)/phase1 $(DEMO_STEPS_1) $(2)
 	$(PY) train.py configs/demo/phase2.yaml init_from=$(DEMO)/$(1)/phase1/checkpoint output_dir=$(DEMO)/$(1)/phase2 \
 		$(DEMO_STEPS_2) $(2)
 	$(PY) train.py configs/demo/phase3.yaml init_from=$(DEMO)/$(1)/phase2/checkpoint output_dir=$(DEMO)/$(1)/phase3 \
