@@ -885,6 +885,22 @@ def test_render_readme_pages_hold_exactly_the_blocks_it_fills(tmp_path):
         fill_blocks(page, {"b": "body"})
 
 
+def test_render_readme_refuses_a_source_older_than_the_base(tmp_path):
+    """A result written before the shipped base was exported cannot come from it: its block turns into a note to
+    rerun its target (the base before's numbers never stand beside the current base's), while a newer one renders."""
+    import os
+    from tools.render_readme import older_than_base, stale_block
+
+    source = tmp_path / "eval.json"
+    source.write_text("{}")
+    os.utime(source, (1_700_000_000, 1_700_000_000))  # 2023-11-14
+    assert older_than_base(source, {"exported": "2026-12-05T17:17:07+00:00"})
+    assert not older_than_base(source, {"exported": "2023-11-01T00:00:00+00:00"})
+    assert not older_than_base(source, {})  # a base without an export time: nothing to compare
+    note = stale_block("baselines", {"exported": "2026-12-05T17:17:07+00:00"})
+    assert "`make baselines`" in note and "2026-12-05" in note
+
+
 def test_prompt_layout_sets_the_processors_chat_template(datasets):
     """`prompt_layout: question_first` gives a processor whose collated prompts hold each question before its image,
     and the model trains on them (finite loss, gradient to the language model)."""

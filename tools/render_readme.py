@@ -12,12 +12,15 @@
       pretrain  <- pretrained/demo-base/PROVENANCE.json   (make pretrain)
       bench     <- outputs/bench/summary.md               (make bench)
 
-A block whose source is missing is left as it is, so no number in either page is ever typed by hand.
+A block whose source is missing is left as it is, so no number in either page is ever typed by hand. A source written
+before the shipped base was exported (PROVENANCE.json's `exported`) cannot come from that base: its block says to
+rerun its target instead of showing the base before's numbers beside the current one's.
 """
 
 import json
 import shutil
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from modeling_arrcoc.evaluation.agreement import agreement_table
@@ -157,11 +160,34 @@ def curve_figures(provenance: dict) -> str:
     return "\n\n" + "\n".join(figures) if figures else ""
 
 
+def older_than_base(source: Path, provenance: dict | None) -> bool:
+    """True when `source` was written before the shipped base was exported: it cannot come from that base (a run
+    from the base before it), so its block must not stand beside the current base's numbers."""
+    exported = (provenance or {}).get("exported")
+    return exported is not None and source.stat().st_mtime < datetime.fromisoformat(exported).timestamp()
+
+
+def stale_block(target: str, provenance: dict) -> str:
+    return (f"*(not yet rerun on the current base, exported {provenance['exported'][:10]}: `make {target}` writes this "
+            f"block; its last results, on the base before, are in this page's git history)*")
+
+
 def blocks() -> dict:
-    """Every block whose source exists, by name (copying the figures the blocks show into docs/)."""
+    """Every block whose source exists, by name (copying the figures the blocks show into docs/). A source older than
+    the shipped base gives its block a note to rerun it instead of its numbers."""
     out = {}
+    provenance = read_json(ROOT / "pretrained/demo-base" / PROVENANCE)
+
+    def fresh(source: Path, names: tuple, target: str) -> bool:
+        if not source.exists():
+            return False
+        if older_than_base(source, provenance):
+            out.update({name: stale_block(target, provenance) for name in names})
+            return False
+        return True
+
     demo = ROOT / "outputs/demo/eval.json"
-    if demo.exists():
+    if fresh(demo, ("demo", "headline", "heatmap"), "demo"):
         report = json.loads(demo.read_text())
         took = read_json(ROOT / "outputs/demo/timing.json")
         out["demo"] = demo_block(report) + ("" if took is None else (
@@ -169,35 +195,35 @@ def blocks() -> dict:
         ))
         out["headline"] = headline_block(report)
         shutil.copyfile(ROOT / "outputs/demo/pareto.png", ROOT / "docs/pareto.png")
+        heatmap = ROOT / "outputs/demo/heatmaps.png"
+        if heatmap.exists():
+            shutil.copyfile(heatmap, ROOT / "docs/heatmaps.png")
+            out["heatmap"] = "![where each question pulled its tokens from](docs/heatmaps.png)"
     baselines = ROOT / "outputs/demo/baselines/eval.json"
-    if baselines.exists():
+    if fresh(baselines, ("baselines",), "baselines"):
         out["baselines"] = baselines_block(json.loads(baselines.read_text()),
                                            read_json(ROOT / "outputs/demo/baselines/timing.json"))
-    seeds = read_json(ROOT / "outputs/demo/seeds/report.json")
-    if seeds is not None:
+    seeds = ROOT / "outputs/demo/seeds/report.json"
+    if fresh(seeds, ("seeds",), "seeds"):
         took = read_json(ROOT / "outputs/demo/seeds/timing.json")
-        out["seeds"] = "\n".join(seed_table(seeds)) + ("" if took is None else (
+        out["seeds"] = "\n".join(seed_table(read_json(seeds))) + ("" if took is None else (
             f"\n\n`make seeds` took {took['seconds'] / 60:.1f} minutes on {took['cores']} cores."))
-    heatmap = ROOT / "outputs/demo/heatmaps.png"
-    if heatmap.exists():
-        shutil.copyfile(heatmap, ROOT / "docs/heatmaps.png")
-        out["heatmap"] = "![where each question pulled its tokens from](docs/heatmaps.png)"
     screenshot = ROOT / "outputs/app/app_screenshot.png"
     if screenshot.exists():  # README and docs/app.md show it; no block, the figure alone
         shutil.copyfile(screenshot, ROOT / "docs/app_screenshot.png")
-    provenance = read_json(ROOT / "pretrained/demo-base" / PROVENANCE)
     if provenance is not None:
         out["pretrain"] = pretrain_block(provenance) + curve_figures(provenance)
     bench = ROOT / "outputs/bench/summary.md"
     if bench.exists():
         out["bench"] = bench.read_text()
-    sam_bf16 = read_json(ROOT / "outputs/demo/sam_bf16/comparison.json")
-    if sam_bf16 is not None:
-        n = next(iter(sam_bf16["methods"].values()))["n"]
+    sam_bf16 = ROOT / "outputs/demo/sam_bf16/comparison.json"
+    if fresh(sam_bf16, ("sam_bf16",), "sam-bf16"):
+        comparison = read_json(sam_bf16)
+        n = next(iter(comparison["methods"].values()))["n"]
         out["sam_bf16"] = "\n".join([
             f"`make sam-bf16`: make demo's checkpoint on its {n} test questions, first with SAM in float32 (make "
             "demo's run), second with SAM under bf16 autocast (`vision_autocast_dtype=\"bfloat16\"`); differences "
-            "paired on the same questions:", "", agreement_table(sam_bf16["methods"])])
+            "paired on the same questions:", "", agreement_table(comparison["methods"])])
     return out
 
 
