@@ -623,12 +623,13 @@ def test_train_main_smoke(tmp_path, data_args, datasets):
 
     run_curve = tmp_path / "out" / "learning_curve.json"
     export_main([str(final), str(tmp_path / "base"), "--config", config, "--curve", str(run_curve),
-                 "--config", config, "--curve", str(run_curve)])
+                 "--config", config, "--curve", str(run_curve), "--note", "stage 2 rerun by hand"])
     with pytest.raises(SystemExit):  # a stage without its curve is refused, not exported half-recorded
         export_main([str(final), str(tmp_path / "bad"), "--config", config, "--config", config, "--curve", str(run_curve)])
     assert not (tmp_path / "bad").exists()
     provenance = json.loads((tmp_path / "base" / "PROVENANCE.json").read_text())
     assert [stage["start_step"] for stage in provenance["stages"]] == [0, 8]
+    assert provenance["note"] == "stage 2 rerun by hand"  # how it was run, where not one make pretrain
     assert [point["step"] for point in provenance["learning_curve"]["points"]] == [4, 8, 12, 16]
     assert 0 < max_weight_difference(final, tmp_path / "base") < 1e-2  # float16 storage rounds, nothing else
     report_main(["--stage", f"pretrain={tmp_path / 'base' / 'PROVENANCE.json'}",

@@ -23,11 +23,13 @@ import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
 from modeling_arrcoc.provenance import PROVENANCE, git_commit, stage_record, stage_start_steps
 
 
-def provenance(source: Path, configs: list[Path], curves: list[Path]) -> dict:
+def provenance(source: Path, configs: list[Path], curves: list[Path], note: str | None = None) -> dict:
     """The command, commit and, per training stage (config i produced curve i), its YAML and held-out curve.
-    `learning_curve` joins the stages' curves on one step axis (stage 2's steps follow stage 1's)."""
+    `learning_curve` joins the stages' curves on one step axis (stage 2's steps follow stage 1's). `note` says how
+    the stages were run where that was not one `make pretrain` at this commit."""
     record = {
         "command": "make pretrain",
+        **({"note": note} if note else {}),
         "source_checkpoint": str(source),
         "commit": git_commit(),
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -48,7 +50,7 @@ def provenance(source: Path, configs: list[Path], curves: list[Path]) -> dict:
     return record
 
 
-def export(source: Path, target: Path, configs: list[Path], curves: list[Path]):
+def export(source: Path, target: Path, configs: list[Path], curves: list[Path], note: str | None = None):
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(source)
     staging = target.with_name(target.name + ".tmp")
@@ -57,7 +59,7 @@ def export(source: Path, target: Path, configs: list[Path], curves: list[Path]):
     processor.save_pretrained(staging)
     for code in staging.glob("*.py"):
         code.unlink()  # the base is read with the package imported; no stale copies of its source
-    (staging / PROVENANCE).write_text(json.dumps(provenance(source, configs, curves), indent=2) + "\n")
+    (staging / PROVENANCE).write_text(json.dumps(provenance(source, configs, curves, note), indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)  # the shipped base is replaced whole or not at all
 
@@ -68,6 +70,7 @@ def main(argv=None):
     parser.add_argument("target", type=Path)
     parser.add_argument("--config", type=Path, action="append", default=[], help="each training stage's YAML, in order")
     parser.add_argument("--curve", type=Path, action="append", default=[], help="the learning_curve.json of each stage")
+    parser.add_argument("--note", help="how the stages were run, where that was not one make pretrain at this commit")
     args = parser.parse_args(argv)
     if len(args.config) != len(args.curve):
         parser.error(f"one --curve per --config (the stage's learning curve): got {len(args.config)} configs and "
@@ -75,7 +78,7 @@ def main(argv=None):
     missing = [str(path) for path in args.config + args.curve if not path.exists()]
     if missing:
         parser.error(f"not found: {', '.join(missing)}")
-    export(args.source, args.target, args.config, args.curve)
+    export(args.source, args.target, args.config, args.curve, args.note)
     print(f"exported {args.source} -> {args.target}")
 
 
