@@ -276,8 +276,8 @@ def count_sink_shares(model, processor, questions: int = 360, split: str = "vali
     for n in sorted(shares):
         per_page = torch.stack(shares[n])  # [questions, H]
         result[n] = {"questions": len(per_page), "sink_share": per_page.mean(0).tolist(),
-                     "sink_share_sd": per_page.std(0, unbiased=False).tolist(), "target": sink_weight / (n + sink_weight),
-                     "answers": dict(answers[n].most_common())}
+                     "sink_share_sd": per_page.std(0, unbiased=False).tolist(),
+                     "target": sink_weight / (n + sink_weight), "answers": dict(answers[n].most_common())}
     return result
 
 
