@@ -224,7 +224,8 @@ def test_fit_budget_cost_takes_the_price_furthest_above_the_envelope(tester):
 def test_fit_budget_cost_accuracy_floor_keeps_the_default_near_the_best_tier(tester):
     """A price that sends easy and borderline questions to the smallest tier together can gain margin over the
     envelope while losing a question: with an accuracy floor it may not win; with a lower floor it may; when no
-    price reaches the floor the most accurate one wins."""
+    price on or above the envelope reaches the floor, the margin alone decides (a price under the envelope is
+    beaten by a constant policy, however accurate)."""
     from modeling_arrcoc.training.calibration import fit_budget_cost
 
     model = tester.get_model()
@@ -244,17 +245,22 @@ def test_fit_budget_cost_accuracy_floor_keeps_the_default_near_the_best_tier(tes
         low = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(0.0, 1.0), accuracy_floor=0.85)
         assert low["budget_cost"] == 1.0
         assert kept["met_floor"] and low["met_floor"]
-        # No price reaches the floor: the most accurate wins even where another has the larger margin. An odd row
-        # the predictor sends to the middle tier, which misses it: price 0 reads 7 of 8 at 58 tokens (margin
-        # -0.075, below the envelope), price 1 reads 6 of 8 at 20.5 tokens (margin +0.1125).
+        # An odd row the predictor sends to the middle tier, which misses it: price 0 reads 7 of 8 at 58 tokens
+        # (margin -0.075, below the envelope), price 1 reads 6 of 8 at 20.5 tokens (margin +0.1125).
         odd_logits = torch.cat([logits, torch.tensor([[0.0, 5.0, 0.0]])])[[0, 1, 2, 3, 4, 5, 6, 8]]
+        # At a floor of 0.85 price 0 reaches it but lies under the envelope: a mix of tiers 16 and 64 reads more at
+        # its 58 tokens. It does not win; nothing else reaches the floor, so the margin decides.
+        under = fit_budget_cost(model, odd_logits, exact, tester.num_patches, prices=(0.0, 1.0), accuracy_floor=0.85)
+        assert (under["budget_cost"], under["accuracy"], under["met_floor"]) == (1.0, 0.75, False)
+        assert under["margin"] == pytest.approx(0.1125) and model.config.budget_cost == 1.0
         none = fit_budget_cost(model, odd_logits, exact, tester.num_patches, prices=(0.0, 1.0), accuracy_floor=0.97)
-        assert (none["budget_cost"], none["accuracy"], none["met_floor"], none["unconstrained"]) == (0.0, 0.875, False, 1.0)
-        assert none["margin"] == pytest.approx(-0.075)
+        assert (none["budget_cost"], none["met_floor"], none["unconstrained"]) == (1.0, False, 1.0)
         from modeling_arrcoc.training.recipe import _price_notes
 
         notes = " ".join(_price_notes({**none, "at_edge": False}))
-        assert "reached by no price" in notes and "below the envelope" in notes and "choose 1" in notes
+        assert "reached by no price on or above the envelope" in notes and "choose 1" in notes
+        below = _price_notes({**none, "margin": -0.075, "at_edge": False})
+        assert "below the envelope" in " ".join(below)
         assert _price_notes({**free, "at_edge": False}) == []
     finally:
         model.config.budget_cost = 0.0

@@ -163,13 +163,16 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, num
     spends no more) is its margin, and the price with the largest margin wins (ties: the fewer tokens). So "auto"
     sits where the predictor beats every constant policy by most on validation, not where training happened to
     leave its argmax. With `accuracy_floor` (a share, e.g. 0.97), only prices whose accuracy keeps that share of the
-    best constant tier's compete (if none does, the most accurate price wins): the default must not buy its margin
-    by reading much worse than the model can (the model's own best tier on validation stands in for #21's
-    full-resolution reference, which phase 3 does not have). The winner's margin may then be below 0: a constant
-    tier beats it there. Writes it into `model.config` and returns {"budget_cost", "accuracy", "mean_tokens",
-    "envelope", "margin", "rows", "at_edge", "floor", "met_floor", "unconstrained"}; `at_edge` says the winner is the
-    grid's first or last price (the best price may lie beyond it), `met_floor` whether any price reached the floor,
-    `unconstrained` the price the margin alone would choose."""
+    best constant tier's compete: the default must not buy its margin by reading much worse than the model can (the
+    model's own best tier on validation stands in for #21's full-resolution reference, which phase 3 does not have).
+    A price below the envelope never competes under the floor: a constant tier, or a mix of two, reads better at no
+    more tokens, so it buys its accuracy worse than a constant policy would (the demo's fit on the candidate base
+    once chose such a price, -0.01 at 177 tokens, 1.2 points under the envelope, docs/demo_model.md). If no price on
+    or above the envelope reaches the floor, the margin alone decides. Writes it into `model.config` and returns
+    {"budget_cost", "accuracy", "mean_tokens", "envelope", "margin", "rows", "at_edge", "floor", "met_floor",
+    "unconstrained"}; `at_edge` says the winner is the grid's first or last price (the best price may lie beyond it),
+    `met_floor` whether a price on or above the envelope reached the floor, `unconstrained` the price the margin
+    alone would choose."""
     exact = exact.float()
     tiers_points = [(float(model.config.tier_tokens(tier)), float(accuracy))
                     for tier, accuracy in enumerate(exact.mean(0).cpu())]
@@ -183,9 +186,9 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, num
                        "envelope": envelope, "margin": accuracy - envelope, "rows": len(tiers)})
     unconstrained = max(points, key=_margin_first)
     floor = None if accuracy_floor is None else accuracy_floor * max(accuracy for _, accuracy in tiers_points)
-    eligible = points if floor is None else [p for p in points if p["accuracy"] >= floor - 1e-9]
-    best = max(eligible, key=_margin_first) if eligible else max(
-        points, key=lambda p: (round(p["accuracy"], 9), -p["mean_tokens"]))
+    eligible = points if floor is None else [
+        p for p in points if p["accuracy"] >= floor - 1e-9 and p["margin"] >= -1e-9]
+    best = max(eligible, key=_margin_first) if eligible else unconstrained
     model.config.budget_cost = best["budget_cost"]
     return {**best, "at_edge": best["budget_cost"] in (min(prices), max(prices)), "floor": floor,
             "met_floor": bool(eligible), "unconstrained": unconstrained["budget_cost"]}

@@ -319,7 +319,8 @@ def _price_notes(price: dict) -> list:
     a price at the grid's edge."""
     notes = []
     if price["floor"] is not None:
-        reached = "" if price["met_floor"] else ", reached by no price: the most accurate wins"
+        reached = "" if price["met_floor"] else (", reached by no price on or above the envelope: the margin "
+                                                 "alone decides")
         notes.append(f"accuracy floor {price['floor']:.3f}{reached}; the margin alone would choose "
                      f"{price['unconstrained']:g}")
     if price["margin"] < 0:
