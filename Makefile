@@ -25,11 +25,10 @@ test: venv
 	$(PY) -m tools.fetch_transformers_tests
 	$(PY) -m pytest -q tests
 
-# The shipped base the demo starts from: one `make pretrain` at b30db2f, with the visual words at 0.1 (its
-# PROVENANCE.json). make pretrain's recipe has them at 1.0 since a rerun from scratch at 0.1 stayed on the full-token
-# plateau; that rerun's reader at 1.0 reads the held-out look better alone, but its counting did not survive the
-# demo's phases (the reference fell from 0.843 to 0.748), so it is not shipped (docs/demo_model.md, "What kept the
-# rerun on the plateau"). make pretrain takes longer than the demo.
+# The shipped base the demo starts from: make pretrain's recipe with the visual words at 1.0, stages 1-2 at 28a97ac
+# and 3-4 at 3c6ec50 (its PROVENANCE.json). The base before it (b30db2f's, visual words at 0.1) was one lucky run: a
+# rerun from scratch at 0.1 stayed on the full-token plateau (docs/demo_model.md, "What kept the rerun on the
+# plateau"). make pretrain takes longer than the demo.
 BASE := pretrained/demo-base
 # Stated on the model card (no numbers: those come from eval.json); revised when make demo's results change.
 DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its training) and its language model reads \
