@@ -111,14 +111,11 @@ DEMO_CONFIGS := --training-config configs/demo/phase1.yaml --training-config con
 # auto at several token prices (generate's budget_cost, nats per doubling of tokens): auto's own accuracy-vs-tokens
 # curve on the Pareto plot. "auto" itself runs at the checkpoint's own price (config.budget_cost, fitted on validation
 # at the end of phase 3: configs/demo/phase3.yaml); 0 is the budget predictor's argmax. The others were chosen on 480
-# validation questions (eval.py --split validation --budget auto) of ARR-COC's phase-3 checkpoint trained by these
-# phases on the shipped base (make demo at commit 2a18670), to spread the curve between the smallest tier and full
-# with one pass per distinct point: there -0.012, -0.009, -0.008, -0.007 and -0.006 spent 137, 116, 53, 30 and 29
-# tokens. -0.02 and -0.015 (153 and 149 tokens) and 0.003 and 0.011 (29 and 28) were dropped because on the test
-# questions they spent their neighbours' tokens (a cost cut, chosen on the test questions' token counts, not their
-# answers); 0, 0.014, 0.06 and 0.2 spent 29, 19, 9.6 and 5.8 there. The tier logits put most questions'
-# second choice at 256, so the curve climbs steeply below 0.
-BUDGET_COSTS := --budget-costs=-0.009,-0.008,0,0.014,0.06,0.2
+# validation questions (eval.py --split validation --budget auto --num-samples 480 $(EVAL_FAMILIES)) of ARR-COC's
+# phase-3 checkpoint of make demo at 9f3a2fe, to spread the curve between the smallest tier and full (#22): there
+# -0.002, 0, 0.002, 0.003, 0.004 and 0.014 spent 113, 73, 35, 17, 10 and about 8 tokens, and the fitted 0.08 5.7; 0.2
+# spent 4.5 on the test questions of the chain before. Chosen on validation questions' token counts, not their answers.
+BUDGET_COSTS := --budget-costs=-0.002,0,0.002,0.003,0.004,0.014,0.2
 
 .PHONY: demo-arrcoc demo-uniform demo-full
 ARRCOC_METHOD := relevance_tag=true
