@@ -40,8 +40,8 @@ DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its trai
 	looks narrow that gap but do not close it. Trained uniform pooling does not read at 64 tokens or fewer (a pooled \
 	token averages several cells' SAM features and the asked digit does not survive the average), nor, on the previous \
 	base, did a learned compressor over the same windows trained by the same phases (make baselines, not yet rerun on \
-	this base; DeepSeek-OCR trains its compressor through pretraining, and the base has none); at 256 uniform pooling keeps every patch (the reference's view) but, \
-	trained at five budgets of which four cannot read, it loses much of its reading on random-look phases. So auto's \
+	this base; DeepSeek-OCR trains its compressor through pretraining, and the base has none); at 256 uniform \
+	pooling keeps every patch (the reference's view) but, trained at five budgets of which four cannot read, it loses much of its reading on random-look phases. So auto's \
 	margin over them says more about their training than about selection: compare auto with the full-resolution \
 	reference. Auto spends at the model's own token price, fitted on validation (configs/demo/phase3.yaml); its \
 	calibration against the oracle-minimal tier does not beat always choosing the smallest tier. Each method here is \
