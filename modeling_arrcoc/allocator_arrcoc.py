@@ -72,7 +72,12 @@ class ArrCocBudgetPredictor(nn.Module):
     """Tier logits from the question-conditioned page summary and the question's relevance profile: the share of
     the patch-score distribution each tier's top-K would keep (how many patches matter for this question: one cell,
     a row, every square of a colour). The profile enters through a zero-initialised layer, so a checkpoint saved
-    before it predicts exactly as before until it trains."""
+    before it predicts exactly as before until it trains.
+
+    It reads its inputs detached: the budget's losses (calibration, efficiency) train this head alone and never move
+    the page and question features it shares with the answer path. Undetached, phase 3's calibration loss reached SAM,
+    the question embeddings and the relevance scores, and at one seed cost the reader its counting at every tier,
+    full tokens included (docs/demo_model.md, "The budget's loss stays in its head")."""
 
     def __init__(self, hidden_size: int, budgets: tuple):
         super().__init__()
@@ -84,6 +89,7 @@ class ArrCocBudgetPredictor(nn.Module):
         self.profile = ArrCocZeroInitLinear(len(budgets), len(budgets))
 
     def forward(self, contextual, question, question_mask, patch_scores=None):
+        contextual, question = contextual.detach(), question.detach()
         weights = question_mask.to(question.dtype).unsqueeze(-1)
         question_summary = (question * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         logits = self.mlp(torch.cat([contextual.mean(1), question_summary], dim=-1))

@@ -46,6 +46,19 @@ def test_profile_layer_starts_at_zero_and_then_moves_the_tiers(tester):
     torch.testing.assert_close(again.budget_logits, plan.budget_logits)
 
 
+def test_budget_loss_trains_the_predictor_alone(tester):
+    """The budget's losses reach the predictor's own weights and nothing they share with the answer path: SAM, the
+    allocator's scoring layers and the question embeddings keep no gradient from the tier logits."""
+    model = tester.get_model()
+    model.train()
+    inputs = tester.prepare_inputs()
+    plan = model.plan_allocation(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                 pixel_values=inputs["pixel_values"])
+    plan.budget_logits.logsumexp(-1).sum().backward()
+    moved = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert moved and all(".budget_predictor." in name for name in moved), sorted(moved)
+
+
 def test_smallest_exact_tier():
     exact = torch.tensor([[False, True, True], [True, True, True], [False, False, True], [False, False, False]])
     assert smallest_exact_tier(exact).tolist() == [1, 0, 2, 0]
