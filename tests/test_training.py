@@ -76,7 +76,8 @@ def make_args(tmp_path, phase="phase1", **overrides):
 def make_trainer(tmp_path, datasets, processor, phase="phase1", model=None, callbacks=None, **overrides):
     model = tiny_model() if model is None else model
     args = make_args(tmp_path, phase, **overrides)
-    apply_phase(model, phase, sam_unfreeze_last_n=args.sam_unfreeze_last_n, lora_rank=args.lora_rank)
+    apply_phase(model, phase, sam_unfreeze_last_n=args.sam_unfreeze_last_n, lora_rank=args.lora_rank,
+                freeze_vision_tower=args.freeze_vision_tower)
     return ArrCocTrainer(model=model, args=args, data_collator=ArrCocCollator(processor, patch_size=8),
                          train_dataset=datasets[0], eval_dataset=datasets[1], processing_class=processor,
                          callbacks=callbacks)
@@ -108,8 +109,13 @@ def test_phase_options():
     assert all(p.requires_grad for p in layers[-1].parameters())
     assert not any(p.requires_grad for p in layers[0].parameters())
     assert not model.model.allocator.patch_proj.weight.requires_grad
+    apply_phase(model, "phase3", freeze_vision_tower=True)
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+    assert all(p.requires_grad for p in model.model.allocator.parameters())
     with pytest.raises(ValueError, match="not an option of phase1"):
         apply_phase(model, "phase1", llm_unfreeze_last_n=1)
+    with pytest.raises(ValueError, match="not an option of phase2"):
+        apply_phase(model, "phase2", freeze_vision_tower=True)
     with pytest.raises(ValueError, match="Unknown phase"):
         apply_phase(model, "phase9")
 
@@ -167,6 +173,20 @@ def test_param_group_coverage_assertion(tmp_path, datasets, processor):
     apply_phase(trainer.model, "phase1")
     with pytest.raises(AssertionError, match="frozen or foreign"):
         check_param_groups(trainer.model, groups)
+
+
+def test_phase3_with_a_frozen_sam_trains_from_cached_features(tmp_path, datasets, processor):
+    """freeze_vision_tower leaves SAM exactly as it was while phase 3 trains the rest, and lets SAM's features be
+    cached; without it phase 3 trains SAM and refuses the cache."""
+    trainer = make_trainer(tmp_path, datasets, processor, "phase3", freeze_vision_tower=True, cache_sam_features=True)
+    before = snapshot(trainer.model)
+    trainer.train()
+    after = snapshot(trainer.model)
+    sam = [n for n in before if ".vision_tower." in n]
+    assert sam and all(torch.equal(before[n], after[n]) for n in sam)
+    assert any(not torch.equal(before[n], after[n]) for n in before if ".language_model." in n)
+    with pytest.raises(ValueError, match="freeze_vision_tower"):
+        make_args(tmp_path, "phase3", cache_sam_features=True)
 
 
 def test_trainer_refuses_a_model_the_phase_was_not_applied_to(tmp_path, processor):

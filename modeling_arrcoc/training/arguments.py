@@ -54,6 +54,7 @@ class ArrCocTrainingArguments(TrainingArguments):
     phase: str = field(default="phase1", metadata=_help(f"Curriculum phase, one of {list(PHASES)} (phases.py)."))
     sam_unfreeze_last_n: int = field(default=0, metadata=_help("phase1: also train the last N SAM blocks + neck."))
     llm_unfreeze_last_n: int = field(default=0, metadata=_help("phase2: also train the last N LLM layers + norm."))
+    freeze_vision_tower: bool = field(default=False, metadata=_help("phase3: leave SAM frozen (the demo's phase 3)."))
     lora_rank: int = field(default=0, metadata=_help("phase2: LoRA rank on the LLM (0 = no LoRA); merged at save."))
     lora_alpha: int = field(default=16, metadata=_help("LoRA scaling numerator (scale = alpha / rank)."))
     lora_dropout: float = field(default=0.0, metadata=_help("Dropout on the LoRA branch."))
@@ -294,7 +295,8 @@ class ArrCocTrainingArguments(TrainingArguments):
 
     def _check_phase_and_budget(self):
         check_phase(self.phase, sam_unfreeze_last_n=self.sam_unfreeze_last_n,
-                    llm_unfreeze_last_n=self.llm_unfreeze_last_n, lora_rank=self.lora_rank)
+                    llm_unfreeze_last_n=self.llm_unfreeze_last_n, lora_rank=self.lora_rank,
+                    freeze_vision_tower=self.freeze_vision_tower)
         _check_budget("train_budget", self.train_budget, ("phase",) + BUDGET_MODES)
         _check_budget("eval_budget", self.eval_budget, EVAL_BUDGETS)
         if self.group_by_tier and self.training_budget != "heuristic":
@@ -302,7 +304,8 @@ class ArrCocTrainingArguments(TrainingArguments):
                              f"'heuristic' (got {self.training_budget!r}).")
         if self.cache_sam_features and self._trains_sam():
             raise ValueError(f"cache_sam_features needs a frozen SAM, but {self.phase} with "
-                             f"sam_unfreeze_last_n={self.sam_unfreeze_last_n} trains it.")
+                             f"sam_unfreeze_last_n={self.sam_unfreeze_last_n} trains it (phase3: freeze_vision_tower "
+                             f"leaves it frozen).")
         if self.sam_cache_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"sam_cache_dtype must be 'float32' or 'bfloat16', got {self.sam_cache_dtype!r}.")
         if self.selection_method is not None:
@@ -331,7 +334,8 @@ class ArrCocTrainingArguments(TrainingArguments):
                 )
 
     def _trains_sam(self) -> bool:
-        return "vision_tower" in PHASES[self.phase].trains or self.sam_unfreeze_last_n > 0
+        trained = "vision_tower" in PHASES[self.phase].trains and not self.freeze_vision_tower
+        return trained or self.sam_unfreeze_last_n > 0
 
     def _check_alignment_targets(self):
         if self.alignment_targets not in ALIGNMENT_TARGETS:

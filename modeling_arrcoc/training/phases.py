@@ -45,7 +45,8 @@ PHASES = {
     ),
     # Every tier, not auto's: trained at its own predicted tiers, phase 3 narrowed the reading to them
     # (docs/demo_model.md, "Phase 3 now trains every tier"); the budget predictor still learns from calibration.
-    "phase3": PhaseSpec(COMPONENTS, "random", (), "everything, per-component learning rates, every tier"),
+    "phase3": PhaseSpec(COMPONENTS, "random", ("freeze_vision_tower",),
+                        "everything, per-component learning rates, every tier"),
 }
 
 
@@ -73,20 +74,23 @@ def component_parameters(model) -> dict[str, list[nn.Parameter]]:
 
 def apply_phase(model, phase: str, *, sam_unfreeze_last_n: int = 0, llm_unfreeze_last_n: int = 0,
                 lora_rank: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
-                lora_target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES) -> PhaseSpec:
+                lora_target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES,
+                freeze_vision_tower: bool = False) -> PhaseSpec:
     """Freeze / unfreeze `model` in place for `phase` (a key of `PHASES`) and return its spec.
 
     sam_unfreeze_last_n (phase1): also train the last N SAM blocks and the SAM neck that follows them.
     llm_unfreeze_last_n (phase2): also train the last N decoder layers and the final norm of the LLM.
     lora_rank (phase2): inject LoRA adapters (PEFT) of this rank into the LLM's `lora_target_modules`; merge
         them with `merge_lora` before saving a plain checkpoint.
+    freeze_vision_tower (phase3): leave SAM frozen while everything else trains (the demo's phase 3: trained in
+        150 steps beside the sparse tiers, SAM cost ARR-COC its reading at every tier; docs/demo_model.md).
     """
     spec = check_phase(phase, sam_unfreeze_last_n=sam_unfreeze_last_n, llm_unfreeze_last_n=llm_unfreeze_last_n,
-                        lora_rank=lora_rank)
+                        lora_rank=lora_rank, freeze_vision_tower=freeze_vision_tower)
     model.requires_grad_(False)
     modules = component_modules(model)
     for name in spec.trains:
-        modules[name].requires_grad_(True)
+        modules[name].requires_grad_(name != "vision_tower" or not freeze_vision_tower)
     if sam_unfreeze_last_n:
         _unfreeze_last(modules["vision_tower"].vision_encoder.layers, sam_unfreeze_last_n, "SAM blocks")
         modules["vision_tower"].vision_encoder.neck.requires_grad_(True)

@@ -72,8 +72,9 @@ def _check_phase_applied(model, args):
     """Components the phase trains are fully trainable; the others are frozen unless a phase option opens them."""
     spec = PHASES[args.phase]
     optional = {"vision_tower": args.sam_unfreeze_last_n, "language_model": args.llm_unfreeze_last_n or args.lora_rank}
+    trains = [name for name in spec.trains if not (name == "vision_tower" and args.freeze_vision_tower)]
     for name, (trainable, total) in trainable_parameter_counts(model).items():
-        expected = total if name in spec.trains else None if optional.get(name) else 0
+        expected = total if name in trains else None if optional.get(name) else 0
         if expected is not None and trainable != expected:
             raise ValueError(
                 f"{name} has {trainable:,} of {total:,} parameters trainable, which is not {args.phase}: call "
