@@ -77,7 +77,7 @@ class ArrCocBudgetPredictor(nn.Module):
     It reads its inputs detached: the budget's losses (calibration, efficiency) train this head alone and never move
     the page and question features it shares with the answer path. Undetached, phase 3's calibration loss reached SAM,
     the question embeddings and the relevance scores, and at one seed cost the reader its counting at every tier,
-    full tokens included (docs/demo_model.md, "The budget's loss stays in its head")."""
+    full tokens included (docs/demo_model.md, "What phase 3 cost ARR-COC")."""
 
     def __init__(self, hidden_size: int, budgets: tuple):
         super().__init__()
