@@ -16,7 +16,7 @@ from ..lora import DEFAULT_TARGET_MODULES
 from ..losses import LOSS_TERMS, TRAINER_TERMS, WEIGHTED_TERMS
 from ..provenance import TRAINING_CONFIG  # re-exported: where train.py saves the resolved YAML
 from ..selection import FIXED_SELECTIONS, SELECTION_METHODS
-from .phases import BUDGET_MODES, COMPONENTS, PHASES, check_phase
+from .phases import BUDGET_MODES, COMPONENTS, PHASES, check_phase, trained_components
 from .calibration import CALIBRATION_TARGETS
 from .reader import VIEWS
 from .teacher import ALIGNMENT_TARGETS, SCORINGS
@@ -334,7 +334,7 @@ class ArrCocTrainingArguments(TrainingArguments):
                 )
 
     def _trains_sam(self) -> bool:
-        trained = "vision_tower" in PHASES[self.phase].trains and not self.freeze_vision_tower
+        trained = "vision_tower" in trained_components(self.phase, self.freeze_vision_tower)
         return trained or self.sam_unfreeze_last_n > 0
 
     def _check_alignment_targets(self):

@@ -72,6 +72,11 @@ def component_parameters(model) -> dict[str, list[nn.Parameter]]:
     return owned
 
 
+def trained_components(phase: str, freeze_vision_tower: bool = False) -> tuple[str, ...]:
+    """The components `phase` trains in full: its row of the table, less SAM under `freeze_vision_tower`."""
+    return tuple(name for name in PHASES[phase].trains if not (freeze_vision_tower and name == "vision_tower"))
+
+
 def apply_phase(model, phase: str, *, sam_unfreeze_last_n: int = 0, llm_unfreeze_last_n: int = 0,
                 lora_rank: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
                 lora_target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES,
@@ -89,8 +94,8 @@ def apply_phase(model, phase: str, *, sam_unfreeze_last_n: int = 0, llm_unfreeze
                         lora_rank=lora_rank, freeze_vision_tower=freeze_vision_tower)
     model.requires_grad_(False)
     modules = component_modules(model)
-    for name in spec.trains:
-        modules[name].requires_grad_(name != "vision_tower" or not freeze_vision_tower)
+    for name in trained_components(phase, freeze_vision_tower):
+        modules[name].requires_grad_(True)
     if sam_unfreeze_last_n:
         _unfreeze_last(modules["vision_tower"].vision_encoder.layers, sam_unfreeze_last_n, "SAM blocks")
         modules["vision_tower"].vision_encoder.neck.requires_grad_(True)
@@ -142,6 +147,7 @@ __all__ = [
     "PHASES",
     "PhaseSpec",
     "apply_phase",
+    "trained_components",
     "check_phase",
     "component_modules",
     "component_parameters",
