@@ -110,14 +110,13 @@ DEMO_CONFIGS := --training-config configs/demo/phase1.yaml --training-config con
 	--training-config configs/demo/phase3.yaml
 # auto at several token prices (generate's budget_cost, nats per doubling of tokens): auto's own accuracy-vs-tokens
 # curve on the Pareto plot. "auto" itself runs at the checkpoint's own price (config.budget_cost, fitted on validation
-# at the end of phase 3: configs/demo/phase3.yaml); 0 is the budget predictor's argmax. The others were chosen on 480
-# validation questions (eval.py --split validation --budget auto --num-samples 480 $(EVAL_FAMILIES)) of ARR-COC's
-# phase-3 checkpoint of make demo at 9f3a2fe, to spread the curve between the smallest tier and full (#22): there
-# -0.002, 0, 0.002, 0.003, 0.004 and 0.014 spent 113, 73, 35, 17, 10 and about 8 tokens, and the fitted 0.08 5.7; 0.2
-# spent 4.5 on the test questions of the chain before. Chosen on validation questions' token counts, not their answers.
-# On 4aff10e's checkpoint (SAM frozen in phase 3) the same prices spend 82, 72, 65, 61, 59, 34 and 5 tokens on the test
-# questions: the stretch between auto's 5.8 and 34 is empty again, to be rechosen on this checkpoint's validation.
-BUDGET_COSTS := --budget-costs=-0.002,0,0.002,0.003,0.004,0.014,0.2
+# at the end of phase 3: configs/demo/phase3.yaml); 0 is the budget predictor's argmax. The others were chosen on the
+# token counts (not the answers) of 480 validation questions ($(EVAL_FAMILIES), pages of the training looks) under
+# ARR-COC's checkpoint of make demo at 4aff10e with its budget head refitted on 1500 training rows (fit_budget_head),
+# to spread the curve between the smallest tier and full (#22): -0.02, -0.005, 0, 0.008, 0.02, 0.05, 0.1, 0.4 and 1
+# spent 166, 81, 52, 27, 15, 10.5, 7.9, 5.5 and 4.4 tokens there. A price is in units of the fitted temperature's
+# log-probabilities, so a retrained checkpoint may spend other tokens at the same prices.
+BUDGET_COSTS := --budget-costs=-0.02,-0.005,0,0.008,0.02,0.05,0.1,0.4,1
 
 .PHONY: demo-arrcoc demo-uniform demo-full
 ARRCOC_METHOD := relevance_tag=true
@@ -168,9 +167,10 @@ COMPRESS_METHOD := selection_method=compress relevance_tag=false train_budget=ra
 NOTAG_METHOD := relevance_tag=false
 FOLD_METHOD := relevance_tag=true fold_dropped=true
 CONSTANT_TIER := 64
-# No learned budget, so no price to fit: phase 3's accuracy floor for the fit goes with it.
+# No learned budget, so no head or price to fit: phase 3's floor and margin for the fit go with it.
 CONSTANT_METHOD := relevance_tag=true train_budget=$(CONSTANT_TIER) eval_budget=$(CONSTANT_TIER) calibration_every=0 \
-	loss_weight_budget=0.0 fit_budget_cost=false fit_budget_accuracy_floor=null loss_weight_efficiency=0.0
+	loss_weight_budget=0.0 fit_budget_cost=false fit_budget_accuracy_floor=null fit_budget_min_margin=null \
+	fit_budget_head=0 loss_weight_efficiency=0.0
 # Which runs `make baselines` trains and evaluates; a subset is allowed (make baselines BASELINE_RUNS=no_tag), each run
 # evaluated under its report name.
 BASELINE_RUNS ?= saliency random no_tag fold constant_tier compress

@@ -89,13 +89,22 @@ class ArrCocBudgetPredictor(nn.Module):
         self.profile = ArrCocZeroInitLinear(len(budgets), len(budgets))
 
     def forward(self, contextual, question, question_mask, patch_scores=None):
+        return self.head(*self.features(contextual, question, question_mask, patch_scores))
+
+    def features(self, contextual, question, question_mask, patch_scores=None) -> tuple:
+        """What the head reads, detached: ([B, 2H] the page's and the question's pooled summaries, [B, T] the
+        relevance profile or None without scores). Small and fixed-size, so many rows' worth can be kept and the
+        head refitted on them alone (training/calibration.py, `fit_budget_head`)."""
         contextual, question = contextual.detach(), question.detach()
         weights = question_mask.to(question.dtype).unsqueeze(-1)
         question_summary = (question * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        logits = self.mlp(torch.cat([contextual.mean(1), question_summary], dim=-1))
-        if patch_scores is None:
-            return logits
-        return logits + self.profile(relevance_profile(patch_scores, self.budgets).to(logits.dtype))
+        summary = torch.cat([contextual.mean(1), question_summary], dim=-1)
+        return summary, None if patch_scores is None else relevance_profile(patch_scores, self.budgets)
+
+    def head(self, summary, profile=None):
+        """Tier logits [B, T] from `features`."""
+        logits = self.mlp(summary)
+        return logits if profile is None else logits + self.profile(profile.to(logits.dtype))
 
 
 def relevance_profile(patch_scores: torch.Tensor, budgets) -> torch.Tensor:

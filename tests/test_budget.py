@@ -301,3 +301,103 @@ def test_fit_budget_temperature_fits_the_price_on_the_same_runs(tiny):
     with pytest.raises(ValueError, match="fit_budget_accuracy_floor is a share"):
         ArrCocTrainingArguments(output_dir="unused", fit_budget_cost=True, fit_budget_temperature=8,
                                 fit_budget_accuracy_floor=1.5)
+
+
+def test_fit_budget_cost_min_margin_takes_the_most_accurate_price_above_it(tester):
+    """With a required margin, the most accurate price at least that far above the envelope wins, where the margin
+    rule takes the fewer tokens and reads less; when no price reaches it, the margin rule decides."""
+    from modeling_arrcoc.training.calibration import fit_budget_cost
+    from modeling_arrcoc.training.recipe import _price_notes
+
+    model = tester.get_model()
+    lean, insist = torch.tensor([0.0, 1.5, 2.0]), torch.tensor([-10.0, -10.0, 10.0])
+    logits = torch.stack([lean] * 10 + [insist] * 6)
+    # 8 easy rows every tier answers, 1 the middle tier reads, 7 only the largest (1 of them leaning with the easy).
+    # Tier tokens 4 / 16 / 64 read 0.5 / 0.5625 / 1.0. Price 0: all at tier 2, 16 of 16 at 64 tokens (margin 0);
+    # 0.5: the 10 leaning rows at tier 1, 15 of 16 at 34 tokens (envelope 0.75); 1: them at tier 0, 14 of 16 at
+    # 26.5 tokens (envelope 0.6875). Both margins are 0.1875.
+    exact = torch.tensor([[True, True, True]] * 8 + [[False, True, True]] + [[False, False, True]] * 7)
+    prices = (0.0, 0.5, 1.0)
+    try:
+        largest = fit_budget_cost(model, logits, exact, tester.num_patches, prices=prices)
+        assert (largest["budget_cost"], largest["accuracy"], largest["met_margin"]) == (1.0, 0.875, False)
+        required = fit_budget_cost(model, logits, exact, tester.num_patches, prices=prices, min_margin=0.03)
+        assert (required["budget_cost"], required["accuracy"], required["mean_tokens"]) == (0.5, 0.9375, 34.0)
+        assert required["margin"] == pytest.approx(0.1875) and required["met_margin"]
+        assert model.config.budget_cost == 0.5 and required["unconstrained"] == 1.0
+        assert "the most accurate price at least 3 points" in " ".join(_price_notes(required))
+        unreachable = fit_budget_cost(model, logits, exact, tester.num_patches, prices=prices, min_margin=0.5)
+        assert (unreachable["budget_cost"], unreachable["met_margin"]) == (1.0, False)
+        assert "the largest margin wins" in " ".join(_price_notes(unreachable))
+    finally:
+        model.config.budget_cost = 0.0
+
+
+def test_budget_predictor_head_reads_its_features(tester):
+    """The predictor is its head over its features: refitting the head on kept features is refitting the predictor."""
+    model = tester.get_model()
+    inputs = tester.prepare_inputs()
+    predictor = model.model.allocator.budget_predictor
+    with torch.no_grad():
+        predictor.profile.weight.normal_()  # a profile layer that has trained
+    seen = {}
+    hook = predictor.register_forward_hook(
+        lambda module, args, kwargs, output: seen.update(args=args, kwargs=kwargs, output=output), with_kwargs=True)
+    try:
+        model.plan_allocation(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                              pixel_values=inputs["pixel_values"])
+    finally:
+        hook.remove()
+    summary, profile = predictor.features(*seen["args"], **seen["kwargs"])
+    assert summary.shape == (inputs["input_ids"].shape[0], 2 * model.config.allocator_hidden_size)
+    assert profile is not None and not summary.requires_grad
+    torch.testing.assert_close(predictor.head(summary, profile), seen["output"], rtol=0, atol=0)
+
+
+def test_fit_budget_head_learns_from_many_rows_and_moves_nothing_else(tiny):
+    """`budget_head_runs` keeps what the head read and every tier's outcome per row; `fit_budget_head` then fits
+    the head alone to those rows' targets: its loss falls, every other weight stays bit for bit, and the head's
+    frozen flags come back as they were."""
+    from modeling_arrcoc.data import render_sample
+    from modeling_arrcoc.data.collator import ArrCocCollator
+    from modeling_arrcoc.training.calibration import budget_head_runs, fit_budget_head
+
+    model, processor = tiny
+    rows = [render_sample(family, np.random.default_rng(i), 64, 8)
+            for i, family in enumerate(["local_color", "global_count"] * 3)]
+    tiers = len(model.config.budgets)
+    runs = budget_head_runs(model, ArrCocCollator(processor, patch_size=8), rows, batch_size=4, target="exact")
+    assert runs["summary"].shape == (6, 2 * model.config.allocator_hidden_size)
+    assert runs["profile"].shape == runs["logits"].shape == runs["exact"].shape == (6, tiers)
+    assert runs["targets"].shape == (6,)
+    # Targets no random head predicts: half the rows one tier, half another, told apart by their features.
+    runs["targets"] = torch.tensor([0, tiers - 1] * 3)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    head = model.model.allocator.budget_predictor
+    for parameter in head.parameters():
+        parameter.requires_grad_(False)  # a phase that froze it
+    try:
+        fit = fit_budget_head(model, runs, epochs=200, learning_rate=1e-2, batch_size=4)
+        assert fit["rows"] == 6 and fit["loss_after"] < 0.5 * fit["loss_before"]
+        refit = head.head(runs["summary"], runs["profile"]).argmax(-1)
+        assert refit.tolist() == runs["targets"].tolist()
+        assert not any(parameter.requires_grad for parameter in head.parameters())
+        for name, parameter in model.named_parameters():
+            if ".budget_predictor." not in name:
+                assert torch.equal(parameter, before[name]), name
+        assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if ".budget_predictor." in n)
+    finally:
+        model.load_state_dict(before, strict=False)
+        for parameter in head.parameters():
+            parameter.requires_grad_(True)
+
+
+def test_budget_head_arguments():
+    from modeling_arrcoc.training.arguments import ArrCocTrainingArguments
+
+    with pytest.raises(ValueError, match="fit_budget_min_margin is a share"):
+        ArrCocTrainingArguments(output_dir="unused", fit_budget_min_margin=0.03)  # without fit_budget_cost
+    with pytest.raises(ValueError, match="fit_budget_head"):
+        ArrCocTrainingArguments(output_dir="unused", fit_budget_head=-1)
+    with pytest.raises(ValueError, match="fit_budget_head_epochs"):
+        ArrCocTrainingArguments(output_dir="unused", fit_budget_head=10, fit_budget_head_epochs=0)

@@ -728,6 +728,28 @@ def test_compare_predictions_pairs_two_runs_on_the_same_questions(tmp_path):
     assert json.loads((tmp_path / "out.json").read_text())["methods"]["auto"]["same_tokens"] == 0.75
 
 
+def test_per_answer_splits_a_family_by_its_answer(tmp_path, capsys):
+    """tools.per_answer: one family's questions grouped by reference answer (counts in numeric order), each method's
+    accuracy and mean tokens per group; tokens are shown only where they vary; a family the run lacks is refused."""
+    from modeling_arrcoc.evaluation.seeds import load_run
+    from tools.per_answer import main, per_answer
+
+    (tmp_path / "eval.json").write_text(json.dumps({"meta": {"metric": "exact_match"}}))
+    cases = [("count", "10", "10", 16), ("count", "9", "8", 8), ("count", "9", "9", 16), ("count", "2", "2", 4),
+             ("color", "3", "3", 4)]
+    rows = [{"task": task, "question": f"q{i}", "answers": [answer], "predictions": {"auto": said, "tier_8": answer},
+             "visual_token_counts": {"auto": tokens, "tier_8": 8}} for i, (task, answer, said, tokens) in enumerate(cases)]
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    table = per_answer(load_run(tmp_path), "count", ["auto", "tier_8"])
+    assert [(row["answer"], row["n"]) for row in table] == [("2", 1), ("9", 2), ("10", 1)]
+    assert table[1]["auto"] == (0.5, 12.0) and table[1]["tier_8"] == (1.0, 8.0)
+    main([str(tmp_path), "--family", "count", "--methods", "auto", "tier_8"])
+    printed = capsys.readouterr().out
+    assert "auto tokens" in printed and "tier_8 tokens" not in printed and "| 9 | 2 | 0.50 | 1.00 | 12.0 |" in printed
+    with pytest.raises(SystemExit, match="no 'chart' questions"):
+        main([str(tmp_path), "--family", "chart"])
+
+
 def test_eval_vision_autocast_option_sets_or_clears_the_checkpoints_own(tmp_path, tester):
     """--vision-autocast-dtype: a dtype puts SAM under autocast, 'none' turns a checkpoint's own setting off, and
     leaving it out keeps what the checkpoint's config says."""

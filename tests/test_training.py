@@ -724,6 +724,39 @@ def test_budget_fit_takes_validation_rows_beyond_max_eval_samples(tmp_path, data
     assert seen["accuracy_floor"] == 0.97 and seen["fit_price"] is True
 
 
+def test_budget_head_is_refitted_on_training_rows_before_the_temperature(tmp_path, data_args, monkeypatch):
+    """fit_budget_head takes the first rows of the training split, every tier run on each, and refits the head
+    before the temperature and price are fitted on validation rows for the head that ships; the required margin is
+    passed on."""
+    calls = []
+    real_runs, real_fit = recipe.budget_head_runs, recipe.fit_budget_head
+
+    def runs(model, collator, rows, **kwargs):
+        calls.append(("runs", [row["question"] for row in rows], kwargs))
+        return real_runs(model, collator, rows, **kwargs)
+
+    def fit(model, runs, **kwargs):
+        calls.append(("head", runs["targets"].shape[0], kwargs))
+        return real_fit(model, runs, **kwargs)
+
+    def temperature(model, collator, rows, **kwargs):
+        calls.append(("temperature", len(rows), kwargs))
+        return {"temperature": 1.0, "nll": 0.0, "nll_at_1": 0.0, "rows": len(rows)}
+
+    monkeypatch.setattr(recipe, "budget_head_runs", runs)
+    monkeypatch.setattr(recipe, "fit_budget_head", fit)
+    monkeypatch.setattr(recipe, "fit_budget_temperature", temperature)
+    config = tiny_yaml(tmp_path / "phase3.yaml", data_args, phase="phase3", max_steps=1, fit_budget_head=3,
+                       fit_budget_head_epochs=2, calibration_target="accuracy", fit_budget_temperature=4,
+                       fit_budget_cost=True, fit_budget_min_margin=0.03)
+    trainer = recipe.main([config])
+    assert [call[0] for call in calls] == ["runs", "head", "temperature"]
+    train = recipe.build_datasets(data_args, trainer.model.config)[0]
+    assert calls[0][1] == [train[i]["question"] for i in range(3)] and calls[0][2]["target"] == "accuracy"
+    assert calls[1][1] == 3 and calls[1][2]["epochs"] == 2
+    assert calls[2][1] == 4 and calls[2][2]["min_margin"] == 0.03
+
+
 def test_train_main_from_components(tmp_path, data_args, datasets):
     """The base preset's path (components.json: SAM, CLIP and Qwen3 checkpoints) on tiny local checkpoints."""
     from transformers import AutoTokenizer, CLIPVisionModel, Qwen3ForCausalLM, SamVisionModel

@@ -135,6 +135,15 @@ class ArrCocTrainingArguments(TrainingArguments):
                        "exactly: the predictor learns how often each tier answers) or 'stable' (the smallest tier "
                        "from which every larger tier answers: the evaluation's need; training/calibration.py)."),
     )
+    fit_budget_head: int = field(
+        default=0,
+        metadata=_help("After training, before the temperature: refit the budget predictor's head on every tier's "
+                       "outcome for the first this many training rows, against calibration_target "
+                       "(training/calibration.py, fit_budget_head; the rest of the model is unchanged); 0 = off."),
+    )
+    fit_budget_head_epochs: int = field(
+        default=100, metadata=_help("With fit_budget_head: passes over those rows (AdamW, learning rate 1e-3).")
+    )
     fit_budget_temperature: int = field(
         default=0,
         metadata=_help("After training, fit the budget predictor's temperature (config.budget_temperature, used by a "
@@ -152,6 +161,12 @@ class ArrCocTrainingArguments(TrainingArguments):
         default=None,
         metadata=_help("With fit_budget_cost: only prices whose accuracy on those rows keeps this share of the best "
                        "constant tier's compete (e.g. 0.97); null = the margin alone decides."),
+    )
+    fit_budget_min_margin: float | None = field(
+        default=None,
+        metadata=_help("With fit_budget_cost: the price must lie at least this far above the constant tiers' "
+                       "envelope on those rows (e.g. 0.03), and the most accurate such price wins; null = the "
+                       "largest margin wins (training/calibration.py, fit_budget_cost)."),
     )
     calibration_max_loss: float | None = field(
         default=None, metadata=_help("Nats/token above which a tier does not answer; unanswered -> smallest tier.")
@@ -366,11 +381,18 @@ class ArrCocTrainingArguments(TrainingArguments):
         if self.calibration_tolerance < 0:
             raise ValueError(f"calibration_tolerance must be >= 0, got {self.calibration_tolerance}.")
         _check_at_least("fit_budget_temperature", self.fit_budget_temperature, 0)
+        _check_at_least("fit_budget_head", self.fit_budget_head, 0)
+        _check_at_least("fit_budget_head_epochs", self.fit_budget_head_epochs, 1)
         if self.fit_budget_accuracy_floor is not None and not (
                 self.fit_budget_cost and 0 < self.fit_budget_accuracy_floor <= 1):
             raise ValueError("fit_budget_accuracy_floor is a share in (0, 1] of the best constant tier's accuracy and "
                              f"needs fit_budget_cost: true, got {self.fit_budget_accuracy_floor!r} with fit_budget_cost="
                              f"{self.fit_budget_cost}.")
+        if self.fit_budget_min_margin is not None and not (
+                self.fit_budget_cost and 0 <= self.fit_budget_min_margin < 1):
+            raise ValueError("fit_budget_min_margin is a share of questions in [0, 1) above the constant tiers' "
+                             f"envelope and needs fit_budget_cost: true, got {self.fit_budget_min_margin!r} with "
+                             f"fit_budget_cost={self.fit_budget_cost}.")
         if self.fit_budget_cost and not self.fit_budget_temperature:
             raise ValueError("fit_budget_cost fits the price on the rows of fit_budget_temperature: set "
                              "fit_budget_temperature to a number of validation rows (> 0).")

@@ -124,37 +124,96 @@ PRICE_GRID = (-0.02, -0.015, -0.01, -0.005, 0.0, 0.002, 0.004, 0.006, 0.008, 0.0
 
 
 @torch.no_grad()
+def budget_head_runs(model, collator, rows: list, batch_size: int = 16, target: str = "exact",
+                     tolerance: float = 0.0, max_loss: float | None = None) -> dict:
+    """Every tier on `rows` (one question each, `collator` batches them), one SAM pass a batch (`tier_runs`):
+    {"summary" [R, 2H] and "profile" [R, T] (or None), what the budget predictor's head read (its `features`), "logits"
+    [R, T] what it predicted, "exact" [R, T] whether each tier answers, "targets" each row's `calibration_target`
+    ([R] or [R, T], `tier_targets` under `target`)}. The rows the head is refitted on (`fit_budget_head`) and the
+    temperature and price are fitted on (`fit_budget_temperature`)."""
+    predictor = model.model.allocator.budget_predictor
+    captured, summaries, profiles, logits, exacts, targets = [], [], [], [], [], []
+    hook = predictor.register_forward_hook(
+        lambda module, args, kwargs, output: captured.append(module.features(*args, **kwargs)), with_kwargs=True)
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = collator(rows[start : start + batch_size])
+            inputs = {key: batch[key].to(model.device) for key in ("input_ids", "attention_mask", "labels",
+                                                                   "pixel_values")}
+            captured.clear()
+            plan, losses, exact = tier_runs(model, inputs)
+            summary, profile = captured[0]  # the plan's pass: the tier runs follow its plan, the allocator ran once
+            summaries.append(summary)
+            profiles.append(profile)
+            logits.append(plan.budget_logits.float())
+            exacts.append(exact)
+            targets.append(tier_targets(losses, exact, target, tolerance, max_loss))
+    finally:
+        hook.remove()
+    return {"summary": torch.cat(summaries), "profile": None if profiles[0] is None else torch.cat(profiles),
+            "logits": torch.cat(logits), "exact": torch.cat(exacts), "targets": torch.cat(targets)}
+
+
+def fit_budget_head(model, runs: dict, epochs: int, learning_rate: float = 1e-3, batch_size: int = 64,
+                    seed: int = 0) -> dict:
+    """Refit the budget predictor's head on `runs` (`budget_head_runs`, over training rows): its tier logits against
+    each row's calibration target by the trainer's budget loss (`F.cross_entropy`), AdamW for `epochs` passes in a
+    seeded order. Training calibrates the head on a few rows every few steps, while its inputs move with the model;
+    here it sees every tier's outcome on many rows of the finished model, so it can learn what only many rows show
+    (a count of 9 needs more tokens than a count of 3, docs/demo_model.md). Nothing else changes: the head reads
+    detached features, so every forced tier answers as before. Returns {"rows", "epochs", "loss_before",
+    "loss_after"} (the mean loss on `runs`)."""
+    head = model.model.allocator.budget_predictor
+    summary, profile, targets = runs["summary"], runs["profile"], runs["targets"]
+
+    def loss_on(index):
+        logits = head.head(summary[index], None if profile is None else profile[index])
+        return F.cross_entropy(logits.float(), targets[index])
+
+    everything = torch.arange(len(targets))
+    with _eval_mode(head), torch.no_grad():
+        before = float(loss_on(everything))
+    parameters = list(head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+    order = torch.Generator().manual_seed(seed)
+    # the phase may have frozen the head: it trains here whatever its flags were, which then return
+    with _train_mode(head), torch.enable_grad(), _requires_grad(parameters):
+        for _ in range(epochs):
+            for index in torch.randperm(len(targets), generator=order).split(batch_size):
+                optimizer.zero_grad(set_to_none=True)
+                loss_on(index).backward()
+                optimizer.step()
+    with _eval_mode(head), torch.no_grad():
+        after = float(loss_on(everything))
+    return {"rows": len(targets), "epochs": epochs, "loss_before": before, "loss_after": after}
+
+
+@torch.no_grad()
 def fit_budget_temperature(model, collator, rows: list, batch_size: int = 16, target: str = "exact",
-                           fit_price: bool = False, accuracy_floor: float | None = None) -> dict:
+                           fit_price: bool = False, accuracy_floor: float | None = None,
+                           min_margin: float | None = None) -> dict:
     """Fit `config.budget_temperature` on held-out `rows` (one question each): the temperature under which the budget
     predictor's tier probabilities best fit each row's calibration target (`target`, as it was trained: "exact" the
     oracle-minimal tier, "accuracy" the answering tiers, "stable" the stable tier; "loss" is fitted to "exact"), by
     `statistics.fit_temperature`. Writes it into `model.config` and returns the fit
     with the number of rows. The predicted tier does not change; a token price then moves questions across tiers
     one by one. With `fit_price`, the same runs then fit the model's own price (`fit_budget_cost`, under
-    `accuracy_floor`)."""
-    logits, targets, exacts = [], [], []
-    for start in range(0, len(rows), batch_size):
-        batch = collator(rows[start : start + batch_size])
-        inputs = {key: batch[key].to(model.device) for key in ("input_ids", "attention_mask", "labels",
-                                                               "pixel_values")}
-        plan, losses, exact = tier_runs(model, inputs)  # the plan's budget logits and the oracle, one SAM pass
-        logits.append(plan.budget_logits.float())
-        exacts.append(exact)
-        targets.append(tier_targets(losses, exact, target if target in ("accuracy", "stable") else "exact"))
-    fit = statistics.fit_temperature(torch.cat(logits).cpu().numpy(), torch.cat(targets).cpu().numpy())
+    `accuracy_floor` and `min_margin`)."""
+    runs = budget_head_runs(model, collator, rows, batch_size,
+                            target=target if target in ("accuracy", "stable") else "exact")
+    fit = statistics.fit_temperature(runs["logits"].cpu().numpy(), runs["targets"].cpu().numpy())
     model.config.budget_temperature = fit["temperature"]
     fit = {**fit, "rows": len(rows)}
     if fit_price:
-        fit["price"] = fit_budget_cost(model, torch.cat(logits), torch.cat(exacts), plan.patch_features.shape[1],
-                                       accuracy_floor=accuracy_floor)
+        fit["price"] = fit_budget_cost(model, runs["logits"], runs["exact"], model.config.num_patches,
+                                       accuracy_floor=accuracy_floor, min_margin=min_margin)
     else:  # a price is in units of the old temperature's log-probabilities: it does not carry over
         model.config.budget_cost = 0.0
     return fit
 
 
 def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, num_patches: int,
-                    prices=PRICE_GRID, accuracy_floor: float | None = None) -> dict:
+                    prices=PRICE_GRID, accuracy_floor: float | None = None, min_margin: float | None = None) -> dict:
     """Fit `config.budget_cost`, the model's own price of tokens under "auto", from held-out rows' tier logits and
     whether each tier answers them exactly ([R, T] each; `tier_runs`), at the model's current temperature.
 
@@ -168,11 +227,19 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, num
     A price below the envelope never competes under the floor: a constant tier, or a mix of two, reads better at no
     more tokens, so it buys its accuracy worse than a constant policy would (the demo's fit on the candidate base
     once chose such a price, -0.01 at 177 tokens, 1.2 points under the envelope, docs/demo_model.md). If no price on
-    or above the envelope reaches the floor, the margin alone decides. Writes it into `model.config` and returns
-    {"budget_cost", "accuracy", "mean_tokens", "envelope", "margin", "rows", "at_edge", "floor", "met_floor",
-    "unconstrained"}; `at_edge` says the winner is the grid's first or last price (the best price may lie beyond it),
-    `met_floor` whether a price on or above the envelope reached the floor, `unconstrained` the price the margin
-    alone would choose."""
+    or above the envelope reaches the floor, the margin alone decides.
+
+    With `min_margin` (e.g. 0.03, #22's target) the margin is a requirement instead of the objective: among the
+    prices at least that far above the envelope (and over the floor), the most accurate wins (ties: the fewer
+    tokens). The largest margin sits at the fewest tokens the validation pages can afford, and validation pages wear
+    the training looks: on the demo it sent counts of 8 and 9 to 8 tokens, which read them there and not on the
+    held-out look (docs/demo_model.md). If no price reaches `min_margin`, the rule above decides.
+
+    Writes the price into `model.config` and returns {"budget_cost", "accuracy", "mean_tokens", "envelope",
+    "margin", "rows", "at_edge", "floor", "met_floor", "min_margin", "met_margin", "unconstrained"}; `at_edge` says
+    the winner is the grid's first or last price (the best price may lie beyond it), `met_floor` whether a price on
+    or above the envelope reached the floor, `met_margin` whether one of those reached `min_margin`,
+    `unconstrained` the price the margin alone would choose."""
     exact = exact.float()
     tiers_points = [(float(model.config.tier_tokens(tier)), float(accuracy))
                     for tier, accuracy in enumerate(exact.mean(0).cpu())]
@@ -188,15 +255,47 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, num
     floor = None if accuracy_floor is None else accuracy_floor * max(accuracy for _, accuracy in tiers_points)
     eligible = points if floor is None else [
         p for p in points if p["accuracy"] >= floor - 1e-9 and p["margin"] >= -1e-9]
-    best = max(eligible, key=_margin_first) if eligible else unconstrained
+    wide = [] if min_margin is None else [p for p in eligible if p["margin"] >= min_margin - 1e-9]
+    if wide:
+        best = max(wide, key=_accuracy_first)
+    else:
+        best = max(eligible, key=_margin_first) if eligible else unconstrained
     model.config.budget_cost = best["budget_cost"]
     return {**best, "at_edge": best["budget_cost"] in (min(prices), max(prices)), "floor": floor,
-            "met_floor": bool(eligible), "unconstrained": unconstrained["budget_cost"]}
+            "met_floor": bool(eligible), "min_margin": min_margin, "met_margin": bool(wide),
+            "unconstrained": unconstrained["budget_cost"]}
 
 
 def _margin_first(point: dict) -> tuple:
     """The price rule's order: the largest margin over the envelope, then the fewer tokens."""
     return round(point["margin"], 9), -point["mean_tokens"]
+
+
+def _accuracy_first(point: dict) -> tuple:
+    """The order under a required margin: the most accurate, then the fewer tokens."""
+    return round(point["accuracy"], 9), -point["mean_tokens"]
+
+
+@contextmanager
+def _requires_grad(parameters):
+    flags = [parameter.requires_grad for parameter in parameters]
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(parameters, flags):
+            parameter.requires_grad_(flag)
+
+
+@contextmanager
+def _train_mode(model):
+    was_training = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 @contextmanager
@@ -224,7 +323,9 @@ __all__ = [
     "CALIBRATION_TARGETS",
     "calibration_targets",
     "PRICE_GRID",
+    "budget_head_runs",
     "fit_budget_cost",
+    "fit_budget_head",
     "fit_budget_temperature",
     "smallest_exact_tier",
     "answering_tiers",

@@ -15,6 +15,7 @@ Relative paths in a YAML (presets, `init_from`, a teacher) resolve against the r
 
 import dataclasses
 import difflib
+import itertools
 import json
 import sys
 import typing
@@ -36,7 +37,7 @@ from ..methods import learning_curve_methods
 from ..processing_arrcoc import PROMPT_LAYOUTS, prompt_layout_template
 from ..provenance import TRAINING_CONFIG, repo_path
 from .arguments import ArrCocTrainingArguments
-from .calibration import fit_budget_temperature
+from .calibration import budget_head_runs, fit_budget_head, fit_budget_temperature
 from .curves import LearningCurve, LearningCurveCallback
 from .phases import apply_phase, trainable_parameter_counts
 from .reader import scale_attention_logits
@@ -289,12 +290,27 @@ def save_final(trainer, collator, validation, argv: list[str]):
     final = Path(args.output_dir) / "checkpoint"
     merge_lora(trainer.model)  # a plain checkpoint: LoRA (if any) folded into the LLM weights
     one_question = dataclasses.replace(collator, questions_per_image=1, question_keys=False)  # as evaluation asks
+    head_fit(trainer.model, args, trainer.train_dataset, one_question)
     temperature_fit(trainer.model, args, validation, one_question)
     trainer.save_model(str(final))  # safetensors weights + the processor, on the main process
     if args.process_index == 0:
         pickle_free(final, args)
         save_training_config(final, argv)
         print(f"saved {final}")
+
+
+def head_fit(model, args, train_dataset, collator):
+    """The budget predictor's head refitted on every tier's outcome for the first `fit_budget_head` training rows
+    (before the temperature and price, which are fitted on validation for the head that ships)."""
+    if not args.fit_budget_head or model.config.selection_method != "learned":
+        return
+    rows = list(itertools.islice(iter(train_dataset), args.fit_budget_head))
+    runs = budget_head_runs(model, collator, rows, target=args.calibration_target,
+                            tolerance=args.calibration_tolerance, max_loss=args.calibration_max_loss)
+    fit = fit_budget_head(model, runs, epochs=args.fit_budget_head_epochs, seed=args.seed)
+    if args.process_index == 0:
+        print(f"budget head refitted on {fit['rows']} training rows x {fit['epochs']} passes (calibration loss "
+              f"{fit['loss_before']:.3f} -> {fit['loss_after']:.3f})")
 
 
 def temperature_fit(model, args, validation, collator):
@@ -304,7 +320,7 @@ def temperature_fit(model, args, validation, collator):
         return
     rows = [validation[i] for i in range(min(args.fit_budget_temperature, len(validation)))]
     fit = fit_budget_temperature(model, collator, rows, target=args.calibration_target, fit_price=args.fit_budget_cost,
-                                 accuracy_floor=args.fit_budget_accuracy_floor)
+                                 accuracy_floor=args.fit_budget_accuracy_floor, min_margin=args.fit_budget_min_margin)
     if args.process_index == 0:
         print(f"budget temperature {fit['temperature']:.3g} on {fit['rows']} validation rows (cross-entropy to the "
               f"{args.calibration_target} target {fit['nll']:.3f}, {fit['nll_at_1']:.3f} at 1)")
@@ -316,14 +332,18 @@ def temperature_fit(model, args, validation, collator):
 
 
 def _price_notes(price: dict) -> list:
-    """What a reader of the fitted price should know: the floor and whether it bound, a margin below the envelope,
-    a price at the grid's edge."""
+    """What a reader of the fitted price should know: the floor and whether it bound, the required margin and
+    whether a price met it, a margin below the envelope, a price at the grid's edge."""
     notes = []
     if price["floor"] is not None:
         reached = "" if price["met_floor"] else (", reached by no price on or above the envelope: the margin "
                                                  "alone decides")
         notes.append(f"accuracy floor {price['floor']:.3f}{reached}; the margin alone would choose "
                      f"{price['unconstrained']:g}")
+    if price["min_margin"] is not None:
+        notes.append(f"the most accurate price at least {100 * price['min_margin']:g} points above the envelope"
+                     if price["met_margin"] else
+                     f"no price {100 * price['min_margin']:g} points above the envelope: the largest margin wins")
     if price["margin"] < 0:
         notes.append("below the envelope: a constant tier beats it there")
     if price["at_edge"]:
