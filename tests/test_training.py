@@ -757,6 +757,27 @@ def test_budget_head_is_refitted_on_training_rows_before_the_temperature(tmp_pat
     assert calls[2][1] == 4 and calls[2][2]["min_margin"] == 0.03
 
 
+def test_fit_only_refits_the_budget_of_a_trained_checkpoint_and_trains_nothing(tmp_path, data_args):
+    """fit_only=true: no training step; init_from's weights saved as they were except the budget head, which the
+    post-training fit moved, with the temperature and price fitted after it. Without init_from it is refused."""
+    trained = recipe.main([tiny_yaml(tmp_path / "phase1.yaml", data_args, max_steps=2)])
+    source = tmp_path / "out" / "checkpoint"
+    config = tiny_yaml(tmp_path / "fit.yaml", data_args, phase="phase3", init_from=str(source), fit_only=True,
+                       fit_budget_head=6, fit_budget_head_epochs=3, calibration_target="loss",  # a random
+                       # model answers nothing exactly: the loss target still names a tier per row
+                       fit_budget_temperature=4, fit_budget_cost=True, output_dir=str(tmp_path / "fitted"))
+    trainer = recipe.main([config])
+    assert trainer.state.global_step == 0 and trained.state.global_step == 2
+    before = AutoModelForImageTextToText.from_pretrained(source)
+    after = AutoModelForImageTextToText.from_pretrained(tmp_path / "fitted" / "checkpoint")
+    expected = dict(before.named_parameters())
+    moved = [name for name, p in after.named_parameters() if not torch.equal(p, expected[name])]
+    assert moved and all(".budget_predictor." in name for name in moved), moved
+    assert after.config.budget_temperature != before.config.budget_temperature or after.config.budget_cost != 0
+    with pytest.raises(ValueError, match="fit_only fits the budget of a trained model: set init_from"):
+        recipe.main([tiny_yaml(tmp_path / "bad.yaml", data_args, fit_only=True)])
+
+
 def test_train_main_from_components(tmp_path, data_args, datasets):
     """The base preset's path (components.json: SAM, CLIP and Qwen3 checkpoints) on tiny local checkpoints."""
     from transformers import AutoTokenizer, CLIPVisionModel, Qwen3ForCausalLM, SamVisionModel

@@ -135,6 +135,12 @@ class ArrCocTrainingArguments(TrainingArguments):
                        "exactly: the predictor learns how often each tier answers) or 'stable' (the smallest tier "
                        "from which every larger tier answers: the evaluation's need; training/calibration.py)."),
     )
+    fit_only: bool = field(
+        default=False,
+        metadata=_help("Train nothing: run only the fits that follow training (fit_budget_head, "
+                       "fit_budget_temperature, fit_budget_cost) on init_from's checkpoint and save it as the final "
+                       "checkpoint: a trained model's budget refitted without retraining it."),
+    )
     fit_budget_head: int = field(
         default=0,
         metadata=_help("After training, before the temperature: refit the budget predictor's head on every tier's "

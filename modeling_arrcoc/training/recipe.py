@@ -241,13 +241,17 @@ def print_trainable(model, args):
 
 def main(argv: list[str] | None = None):
     """train.py: the YAML and its key=value overrides (sys.argv when `argv` is None) -> a trained final checkpoint
-    in output_dir/checkpoint. Returns the trainer (tests and tools read its state)."""
+    in output_dir/checkpoint (with `fit_only`, init_from's weights with only the post-training fits redone). Returns
+    the trainer (tests and tools read its state)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     model_args, data_args, args = parse_config(argv)
     set_seed(args.seed)
+    if args.fit_only and not model_args.init_from:
+        raise ValueError("fit_only fits the budget of a trained model: set init_from to its checkpoint.")
     trainer, collator, validation = build_trainer(model_args, data_args, args)
-    resume = args.resume_from_checkpoint  # a checkpoint directory, or "last" for the newest in output_dir
-    trainer.train(resume_from_checkpoint=True if resume in (True, "last", "true") else resume)
+    if not args.fit_only:
+        resume = args.resume_from_checkpoint  # a checkpoint directory, or "last" for the newest in output_dir
+        trainer.train(resume_from_checkpoint=True if resume in (True, "last", "true") else resume)
     save_final(trainer, collator, validation, argv)
     return trainer
 
