@@ -220,14 +220,14 @@ def test_fit_budget_cost_takes_the_price_furthest_above_the_envelope(tester):
     logits = torch.stack([easy] * 4 + [hard] * 4)
     exact = torch.tensor([[True, True, True]] * 4 + [[False, False, True]] * 4)
     try:
-        fit = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(0.0, 1.0, 20.0))
+        fit = fit_budget_cost(model, logits, exact, prices=(0.0, 1.0, 20.0))
         # Tokens 4 / 16 / 64 (100 clamped to the 64 patches): price 1 answers all 8 at (4 * 4 + 4 * 64) / 8 = 34
         # tokens, where the tiers' envelope (4, 0.5) to (64, 1.0) reads 0.75.
         assert (fit["budget_cost"], fit["accuracy"], fit["mean_tokens"], fit["at_edge"]) == (1.0, 1.0, 34.0, False)
         assert fit["envelope"] == pytest.approx(0.75) and fit["margin"] == pytest.approx(0.25)
         assert model.config.budget_cost == 1.0
         assert (model.model.resolve_budget("auto", logits, tester.num_patches)[1] == torch.tensor([0] * 4 + [2] * 4)).all()
-        tie = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(0.0, 20.0))
+        tie = fit_budget_cost(model, logits, exact, prices=(0.0, 20.0))
         assert tie["budget_cost"] == 20.0 and tie["margin"] == pytest.approx(0.0), "a tie goes to the fewer tokens"
         assert tie["at_edge"], "the grid's last price won: the best price may lie beyond it"
     finally:
@@ -249,13 +249,13 @@ def test_fit_budget_cost_accuracy_floor_keeps_the_default_near_the_best_tier(tes
     exact = torch.tensor([[True, True, True]] * 4 + [[False, False, True]] * 4)
     try:
         # Price 1: 7 of 8 at 26.5 tokens, envelope 0.6875, margin 0.1875; price 0: all 8 at 64 tokens, margin 0.
-        free = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(0.0, 1.0))
+        free = fit_budget_cost(model, logits, exact, prices=(0.0, 1.0))
         assert (free["budget_cost"], free["accuracy"], free["floor"], free["unconstrained"]) == (1.0, 0.875, None, 1.0)
         assert free["margin"] == pytest.approx(0.1875)
-        kept = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(0.0, 1.0), accuracy_floor=0.97)
+        kept = fit_budget_cost(model, logits, exact, prices=(0.0, 1.0), accuracy_floor=0.97)
         assert (kept["budget_cost"], kept["accuracy"], kept["unconstrained"]) == (0.0, 1.0, 1.0)
         assert kept["floor"] == pytest.approx(0.97) and model.config.budget_cost == 0.0
-        low = fit_budget_cost(model, logits, exact, tester.num_patches, prices=(0.0, 1.0), accuracy_floor=0.85)
+        low = fit_budget_cost(model, logits, exact, prices=(0.0, 1.0), accuracy_floor=0.85)
         assert low["budget_cost"] == 1.0
         assert kept["met_floor"] and low["met_floor"]
         # An odd row the predictor sends to the middle tier, which misses it: price 0 reads 7 of 8 at 58 tokens
@@ -263,10 +263,10 @@ def test_fit_budget_cost_accuracy_floor_keeps_the_default_near_the_best_tier(tes
         odd_logits = torch.cat([logits, torch.tensor([[0.0, 5.0, 0.0]])])[[0, 1, 2, 3, 4, 5, 6, 8]]
         # At a floor of 0.85 price 0 reaches it but lies under the envelope: a mix of tiers 16 and 64 reads more at
         # its 58 tokens. It does not win; nothing else reaches the floor, so the margin decides.
-        under = fit_budget_cost(model, odd_logits, exact, tester.num_patches, prices=(0.0, 1.0), accuracy_floor=0.85)
+        under = fit_budget_cost(model, odd_logits, exact, prices=(0.0, 1.0), accuracy_floor=0.85)
         assert (under["budget_cost"], under["accuracy"], under["met_floor"]) == (1.0, 0.75, False)
         assert under["margin"] == pytest.approx(0.1125) and model.config.budget_cost == 1.0
-        none = fit_budget_cost(model, odd_logits, exact, tester.num_patches, prices=(0.0, 1.0), accuracy_floor=0.97)
+        none = fit_budget_cost(model, odd_logits, exact, prices=(0.0, 1.0), accuracy_floor=0.97)
         assert (none["budget_cost"], none["met_floor"], none["unconstrained"]) == (1.0, False, 1.0)
         from modeling_arrcoc.training.recipe import _price_notes
 
@@ -319,14 +319,14 @@ def test_fit_budget_cost_min_margin_takes_the_most_accurate_price_above_it(teste
     exact = torch.tensor([[True, True, True]] * 8 + [[False, True, True]] + [[False, False, True]] * 7)
     prices = (0.0, 0.5, 1.0)
     try:
-        largest = fit_budget_cost(model, logits, exact, tester.num_patches, prices=prices)
+        largest = fit_budget_cost(model, logits, exact, prices=prices)
         assert (largest["budget_cost"], largest["accuracy"], largest["met_margin"]) == (1.0, 0.875, False)
-        required = fit_budget_cost(model, logits, exact, tester.num_patches, prices=prices, min_margin=0.03)
+        required = fit_budget_cost(model, logits, exact, prices=prices, min_margin=0.03)
         assert (required["budget_cost"], required["accuracy"], required["mean_tokens"]) == (0.5, 0.9375, 34.0)
         assert required["margin"] == pytest.approx(0.1875) and required["met_margin"]
         assert model.config.budget_cost == 0.5 and required["unconstrained"] == 1.0
         assert "the most accurate price at least 3 points" in " ".join(_price_notes(required))
-        unreachable = fit_budget_cost(model, logits, exact, tester.num_patches, prices=prices, min_margin=0.5)
+        unreachable = fit_budget_cost(model, logits, exact, prices=prices, min_margin=0.5)
         assert (unreachable["budget_cost"], unreachable["met_margin"]) == (1.0, False)
         assert "the largest margin wins" in " ".join(_price_notes(unreachable))
     finally:
@@ -352,6 +352,13 @@ def test_budget_predictor_head_reads_its_features(tester):
     assert summary.shape == (inputs["input_ids"].shape[0], 2 * model.config.allocator_hidden_size)
     assert profile is not None and not summary.requires_grad
     torch.testing.assert_close(predictor.head(summary, profile), seen["output"], rtol=0, atol=0)
+    # and the predictor computes what it did before it had a head: pooled page and question, plus the profile layer
+    contextual, question, mask = seen["args"]
+    weights = mask.to(question.dtype).unsqueeze(-1)
+    pooled = torch.cat([contextual.mean(1), (question * weights).sum(1) / weights.sum(1).clamp(min=1.0)], dim=-1)
+    written_out = predictor.mlp(pooled) + predictor.profile(relevance_profile(seen["kwargs"]["patch_scores"],
+                                                                              predictor.budgets))
+    torch.testing.assert_close(seen["output"], written_out, rtol=0, atol=0)
 
 
 def test_fit_budget_head_learns_from_many_rows_and_moves_nothing_else(tiny):
@@ -370,10 +377,11 @@ def test_fit_budget_head_learns_from_many_rows_and_moves_nothing_else(tiny):
     assert runs["summary"].shape == (6, 2 * model.config.allocator_hidden_size)
     assert runs["profile"].shape == runs["logits"].shape == runs["exact"].shape == (6, tiers)
     assert runs["targets"].shape == (6,)
+    head = model.model.allocator.budget_predictor
+    torch.testing.assert_close(head.head(runs["summary"], runs["profile"]).float(), runs["logits"])  # what it read
     # Targets no random head predicts: half the rows one tier, half another, told apart by their features.
     runs["targets"] = torch.tensor([0, tiers - 1] * 3)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    head = model.model.allocator.budget_predictor
     for parameter in head.parameters():
         parameter.requires_grad_(False)  # a phase that froze it
     try:
@@ -400,4 +408,11 @@ def test_budget_head_arguments():
     with pytest.raises(ValueError, match="fit_budget_head"):
         ArrCocTrainingArguments(output_dir="unused", fit_budget_head=-1)
     with pytest.raises(ValueError, match="fit_budget_head_epochs"):
-        ArrCocTrainingArguments(output_dir="unused", fit_budget_head=10, fit_budget_head_epochs=0)
+        ArrCocTrainingArguments(output_dir="unused", fit_budget_head=10, fit_budget_head_epochs=0,
+                                fit_budget_temperature=8)
+    with pytest.raises(ValueError, match="fit_budget_head needs fit_budget_temperature"):
+        ArrCocTrainingArguments(output_dir="unused", fit_budget_head=10)
+    with pytest.raises(ValueError, match="needs at least one row"):
+        from modeling_arrcoc.training.calibration import budget_head_runs
+
+        budget_head_runs(None, None, [])

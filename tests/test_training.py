@@ -757,9 +757,10 @@ def test_budget_head_is_refitted_on_training_rows_before_the_temperature(tmp_pat
     assert calls[2][1] == 4 and calls[2][2]["min_margin"] == 0.03
 
 
-def test_fit_only_refits_the_budget_of_a_trained_checkpoint_and_trains_nothing(tmp_path, data_args):
+def test_fit_only_refits_the_budget_of_a_trained_checkpoint_and_trains_nothing(tmp_path, data_args, capsys):
     """fit_only=true: no training step; init_from's weights saved as they were except the budget head, which the
-    post-training fit moved, with the temperature and price fitted after it. Without init_from it is refused."""
+    post-training fit moved, with the temperature and price fitted after it. Refused without init_from, without a
+    fit to run and with a resume (and, untested here, under a distributed launcher)."""
     trained = recipe.main([tiny_yaml(tmp_path / "phase1.yaml", data_args, max_steps=2)])
     source = tmp_path / "out" / "checkpoint"
     config = tiny_yaml(tmp_path / "fit.yaml", data_args, phase="phase3", init_from=str(source), fit_only=True,
@@ -773,9 +774,15 @@ def test_fit_only_refits_the_budget_of_a_trained_checkpoint_and_trains_nothing(t
     expected = dict(before.named_parameters())
     moved = [name for name, p in after.named_parameters() if not torch.equal(p, expected[name])]
     assert moved and all(".budget_predictor." in name for name in moved), moved
-    assert after.config.budget_temperature != before.config.budget_temperature or after.config.budget_cost != 0
+    printed = capsys.readouterr().out
+    assert "budget head refitted on 6 training rows x 3 passes" in printed and "budget temperature" in printed
     with pytest.raises(ValueError, match="fit_only fits the budget of a trained model: set init_from"):
         recipe.main([tiny_yaml(tmp_path / "bad.yaml", data_args, fit_only=True)])
+    checkpoint = f"init_from={source}"
+    with pytest.raises(ValueError, match="would only copy the checkpoint"):
+        recipe.main([tiny_yaml(tmp_path / "bad.yaml", data_args, fit_only=True), checkpoint])
+    with pytest.raises(ValueError, match="nothing to resume"):
+        recipe.main([config, "resume_from_checkpoint=last"])
 
 
 def test_train_main_from_components(tmp_path, data_args, datasets):

@@ -148,7 +148,7 @@ class ArrCocTrainingArguments(TrainingArguments):
                        "(training/calibration.py, fit_budget_head; the rest of the model is unchanged); 0 = off."),
     )
     fit_budget_head_epochs: int = field(
-        default=100, metadata=_help("With fit_budget_head: passes over those rows (AdamW, learning rate 1e-3).")
+        default=100, metadata=_help("With fit_budget_head: passes over those rows (training/calibration.py).")
     )
     fit_budget_temperature: int = field(
         default=0,
@@ -389,6 +389,9 @@ class ArrCocTrainingArguments(TrainingArguments):
         _check_at_least("fit_budget_temperature", self.fit_budget_temperature, 0)
         _check_at_least("fit_budget_head", self.fit_budget_head, 0)
         _check_at_least("fit_budget_head_epochs", self.fit_budget_head_epochs, 1)
+        if self.fit_budget_head and not self.fit_budget_temperature:
+            raise ValueError("fit_budget_head needs fit_budget_temperature > 0: a temperature and price fitted to the "
+                             "old head are in units of its log-probabilities, not the refitted head's.")
         if self.fit_budget_accuracy_floor is not None and not (
                 self.fit_budget_cost and 0 < self.fit_budget_accuracy_floor <= 1):
             raise ValueError("fit_budget_accuracy_floor is a share in (0, 1] of the best constant tier's accuracy and "

@@ -17,11 +17,13 @@ Four targets, `calibration_target` in the arguments:
   answer says nothing (weight 0).
 """
 
+import copy
 import random
 from contextlib import contextmanager
 
 import torch
 from torch.nn import functional as F
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .. import statistics
 from ..losses import answer_window
@@ -131,6 +133,8 @@ def budget_head_runs(model, collator, rows: list, batch_size: int = 16, target: 
     [R, T] what it predicted, "exact" [R, T] whether each tier answers, "targets" each row's `calibration_target`
     ([R] or [R, T], `tier_targets` under `target`)}. The rows the head is refitted on (`fit_budget_head`) and the
     temperature and price are fitted on (`fit_budget_temperature`)."""
+    if not rows:
+        raise ValueError("budget_head_runs needs at least one row: the split is empty or shorter than asked.")
     predictor = model.model.allocator.budget_predictor
     captured, summaries, profiles, logits, exacts, targets = [], [], [], [], [], []
     hook = predictor.register_forward_hook(
@@ -160,31 +164,35 @@ def fit_budget_head(model, runs: dict, epochs: int, learning_rate: float = 1e-3,
     each row's calibration target by the trainer's budget loss (`F.cross_entropy`), AdamW for `epochs` passes in a
     seeded order. Training calibrates the head on a few rows every few steps, while its inputs move with the model;
     here it sees every tier's outcome on many rows of the finished model, so it can learn what only many rows show
-    (a count of 9 needs more tokens than a count of 3, docs/demo_model.md). Nothing else changes: the head reads
-    detached features, so every forced tier answers as before. Returns {"rows", "epochs", "loss_before",
-    "loss_after"} (the mean loss on `runs`)."""
-    head = model.model.allocator.budget_predictor
-    summary, profile, targets = runs["summary"], runs["profile"], runs["targets"]
+    (a count of 9 needs more tokens than a count of 3, docs/demo_model.md, "The budget head refitted"). Nothing else
+    changes: the head reads detached features, so every forced tier answers as before. The fit trains a float32
+    copy and loads its weights back: the live parameters may be frozen, in bf16, or hooked by a distributed
+    engine. Returns {"rows", "epochs", "loss_before", "loss_after"} (the mean loss on `runs`)."""
+    if is_deepspeed_zero3_enabled():
+        raise ValueError("fit_budget_head refits whole weights and ZeRO-3 shards them: refit the saved checkpoint "
+                         "afterwards on one process (train.py CONFIG init_from=CHECKPOINT fit_only=true).")
+    predictor = model.model.allocator.budget_predictor
+    fitted = copy.deepcopy(predictor).float().requires_grad_(True)
+    summary, profile, targets = runs["summary"].float(), runs["profile"], runs["targets"]
 
     def loss_on(index):
-        logits = head.head(summary[index], None if profile is None else profile[index])
-        return F.cross_entropy(logits.float(), targets[index])
+        logits = fitted.head(summary[index], None if profile is None else profile[index].float())
+        return F.cross_entropy(logits, targets[index])
 
     everything = torch.arange(len(targets))
-    with _eval_mode(head), torch.no_grad():
+    with torch.no_grad():
         before = float(loss_on(everything))
-    parameters = list(head.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(fitted.parameters(), lr=learning_rate, weight_decay=0.0)
     order = torch.Generator().manual_seed(seed)
-    # the phase may have frozen the head: it trains here whatever its flags were, which then return
-    with _train_mode(head), torch.enable_grad(), _requires_grad(parameters):
+    with torch.enable_grad():
         for _ in range(epochs):
             for index in torch.randperm(len(targets), generator=order).split(batch_size):
                 optimizer.zero_grad(set_to_none=True)
                 loss_on(index).backward()
                 optimizer.step()
-    with _eval_mode(head), torch.no_grad():
+    with torch.no_grad():
         after = float(loss_on(everything))
+        predictor.load_state_dict(fitted.state_dict())  # cast back to the live head's dtype, in place
     return {"rows": len(targets), "epochs": epochs, "loss_before": before, "loss_after": after}
 
 
@@ -205,15 +213,15 @@ def fit_budget_temperature(model, collator, rows: list, batch_size: int = 16, ta
     model.config.budget_temperature = fit["temperature"]
     fit = {**fit, "rows": len(rows)}
     if fit_price:
-        fit["price"] = fit_budget_cost(model, runs["logits"], runs["exact"], model.config.num_patches,
-                                       accuracy_floor=accuracy_floor, min_margin=min_margin)
+        fit["price"] = fit_budget_cost(model, runs["logits"], runs["exact"], accuracy_floor=accuracy_floor,
+                                       min_margin=min_margin)
     else:  # a price is in units of the old temperature's log-probabilities: it does not carry over
         model.config.budget_cost = 0.0
     return fit
 
 
-def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, num_patches: int,
-                    prices=PRICE_GRID, accuracy_floor: float | None = None, min_margin: float | None = None) -> dict:
+def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, prices=PRICE_GRID,
+                    accuracy_floor: float | None = None, min_margin: float | None = None) -> dict:
     """Fit `config.budget_cost`, the model's own price of tokens under "auto", from held-out rows' tier logits and
     whether each tier answers them exactly ([R, T] each; `tier_runs`), at the model's current temperature.
 
@@ -245,7 +253,7 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, num
                     for tier, accuracy in enumerate(exact.mean(0).cpu())]
     points = []
     for price in prices:
-        counts, tiers = model.model.resolve_budget("auto", budget_logits, num_patches, float(price))
+        counts, tiers = model.model.resolve_budget("auto", budget_logits, model.config.num_patches, float(price))
         accuracy = float(exact[torch.arange(len(tiers)), tiers.cpu()].mean())
         mean_tokens = float(counts.float().mean())
         envelope = statistics.frontier_at(tiers_points, mean_tokens)["value"]
@@ -277,28 +285,6 @@ def _accuracy_first(point: dict) -> tuple:
 
 
 @contextmanager
-def _requires_grad(parameters):
-    flags = [parameter.requires_grad for parameter in parameters]
-    for parameter in parameters:
-        parameter.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for parameter, flag in zip(parameters, flags):
-            parameter.requires_grad_(flag)
-
-
-@contextmanager
-def _train_mode(model):
-    was_training = model.training
-    model.train()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-@contextmanager
 def _eval_mode(model):
     was_training = model.training
     model.eval()
@@ -306,6 +292,12 @@ def _eval_mode(model):
         yield
     finally:
         model.train(was_training)
+
+
+def predicts_budget(model) -> bool:
+    """Whether the model's selection follows its budget predictor (the learned selection): only then is there a
+    budget to calibrate, refit or price; a baseline's selection follows no predicted budget."""
+    return model.config.selection_method == "learned"
 
 
 def step_tier(seed: int, step: int, num_tiers: int, weights: list[float] | None = None) -> int:
@@ -327,6 +319,7 @@ __all__ = [
     "fit_budget_cost",
     "fit_budget_head",
     "fit_budget_temperature",
+    "predicts_budget",
     "smallest_exact_tier",
     "answering_tiers",
     "stable_tier_weights",

@@ -37,7 +37,7 @@ from ..methods import learning_curve_methods
 from ..processing_arrcoc import PROMPT_LAYOUTS, prompt_layout_template
 from ..provenance import TRAINING_CONFIG, repo_path
 from .arguments import ArrCocTrainingArguments
-from .calibration import budget_head_runs, fit_budget_head, fit_budget_temperature
+from .calibration import budget_head_runs, fit_budget_head, fit_budget_temperature, predicts_budget
 from .curves import LearningCurve, LearningCurveCallback
 from .phases import apply_phase, trainable_parameter_counts
 from .reader import scale_attention_logits
@@ -246,14 +246,27 @@ def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else list(argv)
     model_args, data_args, args = parse_config(argv)
     set_seed(args.seed)
-    if args.fit_only and not model_args.init_from:
-        raise ValueError("fit_only fits the budget of a trained model: set init_from to its checkpoint.")
+    if args.fit_only:
+        check_fit_only(model_args, args)
     trainer, collator, validation = build_trainer(model_args, data_args, args)
     if not args.fit_only:
         resume = args.resume_from_checkpoint  # a checkpoint directory, or "last" for the newest in output_dir
         trainer.train(resume_from_checkpoint=True if resume in (True, "last", "true") else resume)
     save_final(trainer, collator, validation, argv)
     return trainer
+
+
+def check_fit_only(model_args, args):
+    """fit_only fits the budget of one trained checkpoint, on one process, and needs a fit to run."""
+    if not model_args.init_from:
+        raise ValueError("fit_only fits the budget of a trained model: set init_from to its checkpoint.")
+    if not (args.fit_budget_head or args.fit_budget_temperature):
+        raise ValueError("fit_only with neither fit_budget_head nor fit_budget_temperature set would only copy the "
+                         "checkpoint: set the fits to run.")
+    if args.resume_from_checkpoint:
+        raise ValueError("fit_only trains nothing, so there is nothing to resume: drop resume_from_checkpoint.")
+    if args.deepspeed or args.world_size > 1:
+        raise ValueError("fit_only runs on one process without DeepSpeed: run `python train.py ...`, not a launcher.")
 
 
 def build_trainer(model_args, data_args, args):
@@ -306,7 +319,7 @@ def save_final(trainer, collator, validation, argv: list[str]):
 def head_fit(model, args, train_dataset, collator):
     """The budget predictor's head refitted on every tier's outcome for the first `fit_budget_head` training rows
     (before the temperature and price, which are fitted on validation for the head that ships)."""
-    if not args.fit_budget_head or model.config.selection_method != "learned":
+    if not args.fit_budget_head or not predicts_budget(model):
         return
     rows = list(itertools.islice(iter(train_dataset), args.fit_budget_head))
     runs = budget_head_runs(model, collator, rows, target=args.calibration_target,
@@ -320,7 +333,7 @@ def head_fit(model, args, train_dataset, collator):
 def temperature_fit(model, args, validation, collator):
     """The first `fit_budget_temperature` validation rows -> config.budget_temperature, and with `fit_budget_cost`
     config.budget_cost (saved with the checkpoint)."""
-    if not args.fit_budget_temperature or validation is None or model.config.selection_method != "learned":
+    if not args.fit_budget_temperature or validation is None or not predicts_budget(model):
         return
     rows = [validation[i] for i in range(min(args.fit_budget_temperature, len(validation)))]
     fit = fit_budget_temperature(model, collator, rows, target=args.calibration_target, fit_price=args.fit_budget_cost,

@@ -52,7 +52,7 @@ from transformers.utils import logging
 from ..data.sampler import IndexedCollator, TierGroupedBatchSampler, curriculum_indices, question_tiers, with_sample_index
 from ..losses import LOSS_COMPONENTS, LOSS_TERMS, WEIGHTED_TERMS, answer_window, token_targets, weighted_loss
 from .arguments import COMPONENTS, ArrCocTrainingArguments
-from .calibration import calibration_targets, step_tier
+from .calibration import calibration_targets, predicts_budget, step_tier
 from .guards import NonFiniteGuard, NonFiniteLossError, SamFeatureCache, last_checkpoint
 from .optim import check_param_groups, component_param_groups
 from .phases import component_parameters, trainable_parameter_counts, trained_components
@@ -345,7 +345,7 @@ class ArrCocTrainer(Trainer):
 
     def _calibration_due(self, model) -> bool:
         every = self.args.calibration_every
-        if not every or self.state.global_step % every or model.config.selection_method != "learned":
+        if not every or self.state.global_step % every or not predicts_budget(model):
             return False  # a baseline's selection follows no predicted budget: nothing to calibrate
         return any(p.requires_grad for p in model.model.allocator.budget_predictor.parameters())
 
