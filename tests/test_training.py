@@ -485,6 +485,15 @@ def test_makefile_methods_parse_with_every_demo_phase():
                                  *overrides])
 
 
+def test_the_model_cards_limitation_reaches_eval_whole():
+    """make passes the card's limitation to eval.py whole: a '#' in a Makefile variable starts a comment, and one
+    once cut the card's text mid-sentence ("...within the 3 points issue")."""
+    printed = subprocess.run(["make", "-n", "--no-print-directory", "demo-eval"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout
+    limitation = re.search(r'--limitation "([^"]*)"', printed).group(1)
+    assert limitation.endswith(".") and len(limitation) > 200, limitation[-80:]
+
+
 # --- data: grouped batches, cached SAM features -------------------------------------------------------------------
 
 
