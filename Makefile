@@ -38,9 +38,9 @@ DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its trai
 	evaluation leaves them out (every method would be at chance on them). The held-out test variant (other shades, \
 	layouts, glyph sizes) is read less well than the training one; the base's stages and the phases on random page \
 	looks narrow that gap but do not close it. Trained uniform pooling does not read at 64 tokens or fewer (a pooled \
-	token averages several cells' SAM features and the asked digit does not survive the average), and a learned \
-	compressor over the same windows trained by the same phases does not either (make baselines; DeepSeek-OCR trains \
-	its compressor through pretraining, and the base has none); at 256 uniform pooling keeps every patch (the \
+	token averages several cells' SAM features and the asked digit does not survive the average); make baselines \
+	compares a learned compressor over the same windows, trained by the same phases (docs/results.md; DeepSeek-OCR \
+	trains its compressor through pretraining, and the base has none); at 256 uniform pooling keeps every patch (the \
 	reference's view) but, trained at five budgets of which four cannot read, it loses much of its reading on \
 	random-look phases. So auto's margin over them says more about their training than about selection: compare auto \
 	with the full-resolution reference. Auto spends at the model's own token price, fitted on validation pages of the \
