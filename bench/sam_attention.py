@@ -2,11 +2,12 @@
 
 SAM runs once per page whatever the tier, so at small tiers it is most of the prefill (#23). Two things change its
 cost without changing what it computes:
-- the relative-position bias: transformers builds it as a broadcast sum of row and column terms, ArrCoc's SAM
-  attention (modeling_arrcoc/layers_arrcoc.py) as one matmul with the keys' one-hot rows and columns, the same
-  values;
-- the compute dtype: `vision_autocast_dtype="bfloat16"` runs SAM under bf16 autocast (AMX on this CPU).
-The four variants (attention x dtype) run on the same weights and pages, interleaved in the same rounds, so their
+- the relative-position bias: transformers builds it whole as a broadcast sum of row and column terms; ArrCoc's SAM
+  attention (modeling_arrcoc/layers_arrcoc.py) in inference sums it for a block of queries at a time and runs
+  SDPA on each block while its bias is in cache ("arrcoc"), and in training builds it whole by one matmul with the
+  keys' one-hot rows and columns ("one-hot": that path timed in inference), the same values each way;
+- the compute dtype: `vision_autocast_dtype="bfloat16"` runs SAM under bf16 autocast (AMX where the CPU has it).
+The five variants (attention x dtype) run on the same weights and pages, interleaved in the same rounds, so their
 ratios come from one run; each variant's largest difference from transformers' float32 output is reported. With
 --compiled, two more, float32 under `torch.compile`: ArrCoc's attention as shipped (compiled, it keeps
 transformers' broadcast sum, which inductor fuses) and with the one-hot matmul forced (`one_hot_when_compiled`):
@@ -27,11 +28,12 @@ from bench import common  # first: it pins the thread count before torch starts 
 import torch
 
 NAME = "sam_attention"
-VARIANTS = {  # name: (ArrCoc's attention, autocast dtype)
-    "transformers_float32": (False, None),
-    "arrcoc_float32": (True, None),
-    "transformers_bfloat16": (False, torch.bfloat16),
-    "arrcoc_bfloat16": (True, torch.bfloat16),
+VARIANTS = {  # name: (ArrCoc's attention: "blockwise" / "one-hot" / None for transformers', autocast dtype)
+    "transformers_float32": (None, None),
+    "one-hot_float32": ("one-hot", None),
+    "arrcoc_float32": ("blockwise", None),
+    "transformers_bfloat16": (None, torch.bfloat16),
+    "arrcoc_bfloat16": ("blockwise", torch.bfloat16),
 }
 
 
@@ -56,15 +58,18 @@ def sam_model(preset, seed: int = 0):
     return model
 
 
-def _variant_call(model, pixels, arrcoc: bool, dtype):
+def _variant_call(model, pixels, arrcoc: str | None, dtype):
     from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionSdpaAttention
 
-    from modeling_arrcoc.layers_arrcoc import use_sam_attention
+    from modeling_arrcoc.layers_arrcoc import ArrCocSamSdpaAttention, use_sam_attention
 
     def call():
         # The attention class is swapped in place before each call (the weights are shared), as the model does once.
         if arrcoc:
             use_sam_attention(model, "sdpa")
+            for module in model.modules():
+                if isinstance(module, ArrCocSamSdpaAttention):
+                    module.blockwise_in_inference = arrcoc == "blockwise"
         else:
             for module in model.modules():
                 if isinstance(module, SamVisionAttention):
@@ -123,10 +128,11 @@ def markdown(result: dict) -> str:
         f"**SAM alone** (`bench/sam_attention.py`, {result['preset']} preset's SAM: {result['layers']} layers over a "
         f"{result['grid']}x{result['grid']} grid, windows of {result['window']}, global layers "
         f"{result['global_layers']}; batch {result['batch']}, {result['repeats']} interleaved rounds; "
-        f"{common.machine_line(result)}). ArrCoc's attention builds the relative-position bias by a one-hot matmul "
-        "in eager mode and keeps transformers' broadcast sum under torch.compile (one-hot, compiled: the matmul "
-        "forced there); bfloat16 = under autocast (`vision_autocast_dtype`); difference = largest absolute "
-        "difference from transformers' float32 output.", "",
+        f"{common.machine_line(result)}). ArrCoc's attention in eager inference sums the relative-position bias "
+        "for a block of queries at a time and runs SDPA on each block (arrcoc); one-hot: its training path, the "
+        "whole bias by a one-hot matmul; under torch.compile it keeps transformers' broadcast sum (one-hot, "
+        "compiled: the matmul forced there); bfloat16 = under autocast (`vision_autocast_dtype`); difference = "
+        "largest absolute difference from transformers' float32 output.", "",
         common.markdown_table(["attention, dtype", "ms", "speed-up", "max difference"], rows)])
 
 

@@ -1,6 +1,7 @@
 """Layers shared by the allocator and the quality adapter, and the SAM attention ArrCoc runs its vision tower with."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionModel, SamVisionSdpaAttention
 
@@ -58,13 +59,20 @@ class _OneHotRelativePositions:
         if query.device.type != "cpu" or (torch.compiler.is_compiling() and not self.one_hot_when_compiled):
             return super().get_decomposed_rel_pos(query, rel_pos_h, rel_pos_w, q_size, k_size)
         (query_height, query_width), (key_height, key_width) = q_size, k_size
-        batch_size, _, dim = query.shape
-        grid = query.reshape(batch_size, query_height, query_width, dim)
-        rows = torch.einsum("bhwc,hkc->bhwk", grid, self.get_rel_pos(query_height, key_height, rel_pos_h))
-        cols = torch.einsum("bhwc,wkc->bhwk", grid, self.get_rel_pos(query_width, key_width, rel_pos_w))
-        terms = torch.cat([rows, cols], dim=-1).reshape(batch_size, query_height * query_width, -1)
+        rows, cols = relative_terms(self, query, rel_pos_h, rel_pos_w, q_size, k_size)
+        terms = torch.cat([rows, cols], dim=-1).reshape(query.shape[0], query_height * query_width, -1)
         return (terms @ key_one_hot(key_height, key_width, terms).T).reshape(
-            batch_size, query_height, query_width, key_height, key_width)
+            query.shape[0], query_height, query_width, key_height, key_width)
+
+
+def relative_terms(attention, query, rel_pos_h, rel_pos_w, q_size, k_size):
+    """The row and column terms of a SAM attention's bias, transformers' einsums over [B, qh * qw, C] queries:
+    [B, qh, qw, kh] and [B, qh, qw, kw]."""
+    (query_height, query_width), (key_height, key_width) = q_size, k_size
+    grid = query.reshape(query.shape[0], query_height, query_width, query.shape[-1])
+    rows = torch.einsum("bhwc,hkc->bhwk", grid, attention.get_rel_pos(query_height, key_height, rel_pos_h))
+    cols = torch.einsum("bhwc,wkc->bhwk", grid, attention.get_rel_pos(query_width, key_width, rel_pos_w))
+    return rows, cols
 
 
 def key_one_hot(height, width, like) -> torch.Tensor:
@@ -79,7 +87,55 @@ class ArrCocSamAttention(_OneHotRelativePositions, SamVisionAttention):
 
 
 class ArrCocSamSdpaAttention(_OneHotRelativePositions, SamVisionSdpaAttention):
-    """Transformers' SDPA SAM attention with the one-hot relative positions."""
+    """Transformers' SDPA SAM attention. In inference on CPU (eager, no gradient) the bias is never written whole:
+    `blockwise_biased_attention` sums it for a block of queries at a time, each block while it is still in cache,
+    and runs the same SDPA on it. A global layer of the base preset's SAM otherwise writes and reads back a 4096 x
+    4096 bias per head (805 MB), which cost more than the attention's arithmetic (bench/sam_attention.py). Every
+    query row is computed as before, from the same bias values over all the keys, so the output is the same up to
+    the kernel's rounding (on the base preset's SAM, bit for bit: bench/sam_attention.py reports the difference).
+    Training, torch.compile and other devices take the path above (the one-hot bias, or transformers' own)."""
+
+    # False: inference too takes the one-hot bias (bench/sam_attention.py times both ways).
+    blockwise_in_inference = True
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions=False):
+        if (not self.blockwise_in_inference or not self.use_rel_pos or output_attentions
+                or hidden_states.device.type != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling()):
+            return super().forward(hidden_states, output_attentions)
+        batch, height, width, _ = hidden_states.shape
+        heads = self.num_attention_heads
+        qkv = self.qkv(hidden_states).reshape(batch, height * width, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv.reshape(3, batch * heads, height * width, -1).unbind(0)
+        rows, cols = relative_terms(self, query, self.rel_pos_h, self.rel_pos_w, (height, width), (height, width))
+        output = blockwise_biased_attention(query, key, value, rows.flatten(1, 2), cols.flatten(1, 2))
+        output = output.view(batch, heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
+        return self.proj(output), None
+
+
+# Bias entries summed per block (4 MiB in float32): small enough to be read back from cache by the attention.
+BIAS_BLOCK_ELEMENTS = 1 << 20
+
+
+def blockwise_biased_attention(query, key, value, rows, cols, block_elements: int = BIAS_BLOCK_ELEMENTS):
+    """SDPA of [G, Q, D] queries over [G, K, D] keys and values (G: batch x heads) with the decomposed bias
+    rows[g, q, kh] + cols[g, q, kw] on key (kh, kw) (keys raster-ordered, K = kh x kw), computed for blocks of
+    groups and queries whose bias has at most `block_elements` entries. Each block's bias is transformers' broadcast
+    sum, and each query row still attends to every key, so each row is what one SDPA over the whole bias gives (up
+    to rounding where a block's size sends the kernel down another vector path)."""
+    groups, queries, keys = query.shape[0], query.shape[1], key.shape[1]
+    if queries * keys <= block_elements:
+        group_step, query_step = max(1, block_elements // (queries * keys)), queries
+    else:
+        group_step, query_step = 1, max(1, block_elements // keys)
+    output = torch.empty(groups, queries, value.shape[-1], dtype=query.dtype, device=query.device)
+    for g in range(0, groups, group_step):
+        g_end = min(groups, g + group_step)
+        for q in range(0, queries, query_step):
+            q_end = min(queries, q + query_step)
+            bias = (rows[g:g_end, q:q_end, :, None] + cols[g:g_end, q:q_end, None, :]).flatten(-2)
+            output[g:g_end, q:q_end] = F.scaled_dot_product_attention(
+                query[None, g:g_end, q:q_end], key[None, g:g_end], value[None, g:g_end], attn_mask=bias[None])[0]
+    return output
 
 
 SAM_ATTENTION_CLASSES = {"eager": ArrCocSamAttention, "sdpa": ArrCocSamSdpaAttention}
@@ -101,4 +157,5 @@ def use_sam_attention(module: nn.Module, implementation: str | None = None,
 
 
 __all__ = ["ArrCocMeanInitLinear", "ArrCocSamAttention", "ArrCocSamSdpaAttention", "ArrCocZeroInitEmbedding",
-           "ArrCocZeroInitLinear", "SAM_ATTENTION_CLASSES", "key_one_hot", "use_sam_attention"]
+           "ArrCocZeroInitLinear", "BIAS_BLOCK_ELEMENTS", "SAM_ATTENTION_CLASSES", "blockwise_biased_attention",
+           "key_one_hot", "relative_terms", "use_sam_attention"]

@@ -301,7 +301,7 @@ def test_sam_attention_variants_compute_the_same_sam(results):
     variants = results[1]["sam_attention"]["variants"]
     assert set(variants) == {*sam_attention.VARIANTS, "arrcoc_float32_compiled", "one-hot_float32_compiled"}
     assert variants["transformers_float32"]["max_abs_difference"] == 0.0
-    for name in ("arrcoc_float32", "arrcoc_float32_compiled", "one-hot_float32_compiled"):
+    for name in ("arrcoc_float32", "one-hot_float32", "arrcoc_float32_compiled", "one-hot_float32_compiled"):
         assert variants[name]["max_abs_difference"] < 1e-5, name
     assert 0 < variants["arrcoc_bfloat16"]["max_abs_difference"] < 0.5
     for v in variants.values():

@@ -1,5 +1,6 @@
 """ArrCoc's SAM attention (layers_arrcoc): transformers' SAM attention with its relative-position bias built by a
-one-hot matmul. The same weights give the same outputs, windowed and global, eager and SDPA."""
+one-hot matmul, or (SDPA, inference on CPU) summed block by block. The same weights give the same outputs, windowed
+and global, eager and SDPA, with and without gradient."""
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from transformers.models.sam.modeling_sam import SamVisionAttention, SamVisionSd
 
 from modeling_arrcoc.layers_arrcoc import (
     SAM_ATTENTION_CLASSES,
+    blockwise_biased_attention,
     ArrCocSamAttention,
     ArrCocSamSdpaAttention,
     key_one_hot,
@@ -30,12 +32,14 @@ def _sam(implementation):
     return model
 
 
+@pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("implementation,stock", [("eager", SamVisionAttention), ("sdpa", SamVisionSdpaAttention)])
-def test_one_hot_relative_positions_match_transformers(implementation, stock):
+def test_one_hot_relative_positions_match_transformers(implementation, stock, grad):
+    """Without gradient the SDPA class sums its bias block by block; with it (training) it takes the one-hot bias."""
     model = _sam(implementation)
     assert {type(m) for m in model.modules() if isinstance(m, SamVisionAttention)} == {stock}
     pixels = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         expected = model(pixel_values=pixels, output_attentions=implementation == "eager")
         use_sam_attention(model)
         got = model(pixel_values=pixels, output_attentions=implementation == "eager")
@@ -76,10 +80,44 @@ def test_the_model_runs_sam_with_arrcoc_attention_and_follows_the_implementation
     assert all(attention is not None for attention in vision.attentions)
 
 
+def test_blockwise_attention_gives_every_row_what_one_sdpa_gives():
+    """Blocks of groups (a whole bias fits) and blocks of queries (it does not), ragged at the end: each row is what
+    the single SDPA over the whole broadcast bias gives (up to the kernel's rounding: a one-query block may take
+    another vector path)."""
+    generator = torch.Generator().manual_seed(4)
+    groups, key_height, key_width, queries, dim = 5, 3, 4, 7, 8
+    query, key, value = (torch.randn(groups, length, dim, generator=generator)
+                         for length in (queries, key_height * key_width, key_height * key_width))
+    rows = torch.randn(groups, queries, key_height, generator=generator)
+    cols = torch.randn(groups, queries, key_width, generator=generator)
+    bias = (rows[..., :, None] + cols[..., None, :]).flatten(-2)
+    expected = torch.nn.functional.scaled_dot_product_attention(query[None], key[None], value[None],
+                                                                attn_mask=bias[None])[0]
+    for block in (1, 12, 30, 2 * queries * 12, 10_000):  # one query; queries of one group; groups of 2; 5
+        got = blockwise_biased_attention(query, key, value, rows, cols, block_elements=block)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_sdpa_attention_sums_its_bias_by_blocks_only_in_inference(monkeypatch):
+    from modeling_arrcoc import layers_arrcoc
+
+    calls = []
+    blockwise = layers_arrcoc.blockwise_biased_attention
+    monkeypatch.setattr(layers_arrcoc, "blockwise_biased_attention", lambda *a, **k: calls.append(1) or blockwise(*a, **k))
+    model = _sam("sdpa")
+    use_sam_attention(model)
+    pixels = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(5))
+    model(pixel_values=pixels).last_hidden_state.sum().backward()
+    assert not calls and model.vision_encoder.layers[1].attn.rel_pos_h.grad is not None
+    with torch.no_grad():
+        model(pixel_values=pixels)
+    assert len(calls) == 2  # the windowed layer and the global one
+
+
 @pytest.mark.parametrize("one_hot", [False, True])
 def test_compiled_sam_matches_eager_either_way(one_hot, monkeypatch):
     """Compiled, the bias is transformers' broadcast sum (inductor fuses it) unless `one_hot_when_compiled`; both
-    give the eager output, and the trace takes the one-hot table only when asked."""
+    give the eager output (inference: blockwise), and the trace takes the one-hot table only when asked."""
     from modeling_arrcoc import layers_arrcoc
 
     calls = []
@@ -90,10 +128,13 @@ def test_compiled_sam_matches_eager_either_way(one_hot, monkeypatch):
     assert all(m.one_hot_when_compiled == one_hot for m in model.modules() if isinstance(m, ArrCocSamSdpaAttention))
     pixels = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(3))
     torch._dynamo.reset()
+    eager_with_grad = model(pixel_values=pixels).last_hidden_state
+    assert calls, "eager on CPU with gradient builds the bias with the one-hot table"
+    calls.clear()
     with torch.no_grad():
         eager = model(pixel_values=pixels).last_hidden_state
-        assert calls, "eager on CPU builds the bias with the one-hot table"
-        calls.clear()
+        assert not calls, "eager inference sums the bias by blocks"
+        torch.testing.assert_close(eager, eager_with_grad, atol=1e-6, rtol=1e-6)
         compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(pixel_values=pixels).last_hidden_state
     assert bool(calls) == one_hot
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
