@@ -727,6 +727,46 @@ def test_compare_predictions_pairs_two_runs_on_the_same_questions(tmp_path):
     main([str(tmp_path / "a"), str(tmp_path / "b"), "--json", str(tmp_path / "out.json")])
     assert json.loads((tmp_path / "out.json").read_text())["methods"]["auto"]["same_tokens"] == 0.75
 
+    # Two methods of one run, paired on the same questions; one family's questions only.
+    within = compare_runs(first, first, methods=["tier_4:auto"])["tier_4:auto"]
+    assert within["accuracy_first"] == 1.0 and within["accuracy_second"] == 0.5 and within["same_tokens"] == 0.5
+    mixed = run("e", ["1", "2", "1", "1"], [4, 8, 16, 8])
+    for row in mixed["rows"][:2]:
+        row["task"] = "count"
+    first["rows"][0]["task"] = first["rows"][1]["task"] = "count"
+    counted = compare_runs(first, mixed, methods=["auto"], family="count")["auto"]
+    assert counted["n"] == 2 and counted["accuracy_first"] == 1.0 and counted["accuracy_second"] == 0.5
+    with pytest.raises(ValueError, match="no 'chart' questions"):
+        compare_runs(first, mixed, family="chart")
+    with pytest.raises(ValueError, match="not in both"):
+        compare_runs(second, second, methods=["auto:tier_8"])
+
+
+def test_kept_cells_counts_what_each_ranking_keeps(checkpoint, cache_dir, tmp_path):
+    """tools.kept_cells: the answer's cells (local_key's markers too) and the page's keyed cells among the top K of a
+    ranking; on a saved checkpoint both rankings, shares in [0, 1], never fewer with more K, all at every patch."""
+    from tools.kept_cells import kept_shares, main, question_cells
+
+    row = {"task": "local_key", "boxes": [[16.0, 8.0, 24.0, 16.0]], "extra_boxes": [[[0.0, 24.0, 8.0, 32.0]]]}
+    cells = question_cells(row, patch_size=8)
+    assert cells == {"answer": {(1, 2)}, "with marker": {(1, 2), (1, 1)}, "keyed": {(1, 2), (1, 1), (3, 0)}}
+    scores = np.zeros(16)  # a 4 x 4 grid, raster order: (1, 2) is patch 6, (1, 1) patch 5, (3, 0) patch 12
+    scores[[6, 12, 5]] = [3.0, 2.0, 1.0]
+    shares = kept_shares(scores, cells, ks=(1, 2, 3), grid_width=4)
+    assert shares[1] == {"answer": 1.0, "with marker": 0.5, "keyed": pytest.approx(1 / 3)}
+    assert shares[2] == {"answer": 1.0, "with marker": 0.5, "keyed": pytest.approx(2 / 3)}
+    assert shares[3] == {"answer": 1.0, "with marker": 1.0, "keyed": 1.0}
+
+    result = main([str(checkpoint), "--method", f"copy={checkpoint}", "--num-samples", "6", "--ks", "1", "64",
+                   "--cache-dir", cache_dir, "--json", str(tmp_path / "kept.json")])
+    assert sum(block["n"] for block in result.values()) == 6
+    for block in result.values():
+        assert set(block) == {"n", "arrcoc:learned", "arrcoc:hotspot", "copy:learned", "copy:hotspot"}
+        for by_k in (v for k, v in block.items() if k != "n"):
+            for measure, share in by_k[1].items():
+                assert 0.0 <= share <= by_k[64][measure] == 1.0
+    assert json.loads((tmp_path / "kept.json").read_text())["num_samples"] == 6
+
 
 def test_per_answer_splits_a_family_by_its_answer(tmp_path, capsys):
     """tools.per_answer: one family's questions grouped by reference answer (counts in numeric order), each method's
