@@ -9,10 +9,9 @@ Counting rules (forward pass, batch of B samples, FLOPs = 2 x multiply-adds, as 
 - SAM: patch embedding, per layer QKV + output projection + MLP + attention (windowed layers attend inside
   window x window tiles of the grid padded to a multiple of the window; global layers over all N patches) +
   decomposed relative positions (each query against the rows and columns of its window), the neck (1x1 conv,
-  3x3 conv). Independent of the budget K. The implementation builds each relative-position bias by a matmul of
-  the [row | column] terms with the keys' one-hot rows and columns (layers_arrcoc; faster on CPU than
-  transformers' broadcast sum): its multiplications by zero are counted apart (`sam_one_hot_flops`), in the check
-  against torch's counter but not in any stage, so no ideal speed-up moves with how the bias is built.
+  3x3 conv). Independent of the budget K. In inference the implementation sums each relative-position bias by
+  blocks (layers_arrcoc), which adds no multiplications; in training it builds the bias by a matmul with the keys'
+  one-hot rows and columns, whose multiplications by zero no stage here counts.
 - Allocator (N patches, Q question tokens): patch and question projections, hotspot MLP, question-to-patch
   cross-attention (O(N Q)), budget predictor. Independent of K. Its compression heads (counted as the "select"
   stage) keep the top K; with `fold_dropped` (off by default) they also fold every dropped patch into its most
@@ -71,22 +70,6 @@ def _sam_attention(grid, width, window, is_global, rel_pos) -> int:
     tokens = side * side
     relative = 2 * tokens * (2 * side) * width if rel_pos else 0  # q against side rows + side columns
     return tiles * (attention(tokens, tokens, width) + relative)
-
-
-def sam_one_hot_flops(vision_config) -> int:
-    """The one-hot bias matmuls of one image's SAM attention: [queries, 2 x side] x [2 x side, keys] per head and
-    tile. Work the implementation does (torch counts it) that the decomposed bias itself does not need."""
-    vc = vision_config
-    if not vc.use_rel_pos:
-        return 0
-    grid, total = grid_of(vc), 0
-    for layer in range(vc.num_hidden_layers):
-        if layer in vc.global_attn_indexes or vc.window_size == 0:
-            tiles, side = 1, grid
-        else:
-            tiles, side = (math.ceil(grid / vc.window_size)) ** 2, vc.window_size
-        total += tiles * vc.num_attention_heads * linear(side * side, 2 * side, side * side)
-    return total
 
 
 def allocator_flops(config, question_tokens) -> int:
@@ -207,7 +190,6 @@ __all__ = [
     "lm_head_flops",
     "query_flops",
     "sam_flops",
-    "sam_one_hot_flops",
     "select_flops",
     "training_lm_head_flops",
     "visual_tokens",
