@@ -9,7 +9,7 @@ selection) and its hotspot scores alone (the query-agnostic saliency baseline's 
   own answer and the extra questions' answers, with their markers): what a query-agnostic ranking can keep.
 
 If the query-agnostic ranking already keeps every answer cell at some K, question-aware selection cannot read better
-there by what it keeps (docs/demo_model.md, "Saliency at 16 tokens").
+there by what it keeps (docs/demo_model.md, "Another CPU, the same commit").
 
     python -m tools.kept_cells outputs/demo/checkpoint --method saliency=outputs/demo/saliency/phase3/checkpoint \
         --num-samples 1200 --synthetic-families local_color,local_key,global_count --ks 4 8 16 64 [--json FILE]
@@ -18,6 +18,7 @@ Rows are the synthetic test split at the checkpoints' geometry (eval.py's questi
 """
 
 import argparse
+import collections
 import json
 import sys
 from pathlib import Path
@@ -29,7 +30,6 @@ from modeling_arrcoc.evaluation.datasets import load_eval_dataset
 from modeling_arrcoc.explanation import prompt_batch
 
 MARKER_FAMILIES = ("local_key", "region_row")  # an answer digit's marker square sits left of its run
-RANKINGS = ("learned", "hotspot")
 
 
 def box_cells(boxes, patch_size: int) -> set:
@@ -77,27 +77,22 @@ def kept_cells(models: dict, processor, dataset, ks, batch_size: int = 16) -> di
     """{family: {"n", f"{name}:{ranking}": {k: {measure: mean share}}}} over `dataset`'s rows for each named model."""
     config = next(iter(models.values())).config
     patch, grid_width = config.vision_config.patch_size, config.grid_size[1]
-    sums = {}
+    counts, shares = collections.Counter(), collections.defaultdict(list)
     for start in range(0, len(dataset), batch_size):
         rows = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
         scores = {f"{name}:{kind}": values for name, model in models.items()
                   for kind, values in rankings(model, processor, rows).items()}
         for j, row in enumerate(rows):
-            family = sums.setdefault(row["task"], {"n": 0})
-            family["n"] += 1
+            counts[row["task"]] += 1
             cells = question_cells(row, patch)
             for key, values in scores.items():
-                for k, shares in kept_shares(values[j], cells, ks, grid_width).items():
-                    for measure, share in shares.items():
-                        family.setdefault(key, {}).setdefault(k, {}).setdefault(measure, 0.0)
-                        family[key][k][measure] += share
-    for family in sums.values():
-        for key, by_k in family.items():
-            if key != "n":
-                for shares in by_k.values():
-                    for measure in shares:
-                        shares[measure] /= family["n"]
-    return sums
+                for k, by_measure in kept_shares(values[j], cells, ks, grid_width).items():
+                    for measure, share in by_measure.items():
+                        shares[row["task"], key, k, measure].append(share)
+    result = {family: {"n": n} for family, n in counts.items()}
+    for (family, key, k, measure), values in shares.items():
+        result[family].setdefault(key, {}).setdefault(k, {})[measure] = float(np.mean(values))
+    return result
 
 
 def format_table(result: dict) -> str:
@@ -116,7 +111,8 @@ def _load(path):
 
     import modeling_arrcoc  # noqa: F401  (registers the Auto classes)
 
-    return AutoModelForImageTextToText.from_pretrained(path).eval()
+    # float32, as eval.py loads a checkpoint: the rankings are the ones its evaluation ranked by.
+    return AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
 
 
 def main(argv=None):

@@ -8,7 +8,6 @@ keeps one task family's questions. tools.compare_predictions is its command; `ma
 use it. The runs are read and checked as the seed study reads them (`seeds`).
 """
 
-
 from ..statistics import paired_difference
 from .seeds import check_same_questions, run_scores
 
