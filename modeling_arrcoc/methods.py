@@ -109,15 +109,16 @@ FULL_TOKENS = Method("full", "full", "full", "full")  # every patch, no ranking 
 
 
 def learning_curve_methods(budgets, include_full=True, selection="learned") -> list:
-    """The methods of a learning-curve point: ARR-COC at auto and at each forced tier, next to uniform pooling at
-    the same tiers (and full tokens). A model trained with another `selection` (a baseline) is scored with its
-    own: that selection at each tier (and full tokens), or full tokens alone for a "full" model."""
+    """The methods of a learning-curve point: ARR-COC at auto and at each forced tier (and full tokens). A model
+    trained with another `selection` (a baseline) is scored with its own: that selection at each tier (and full
+    tokens), or full tokens alone for a "full" model. Uniform pooling through ARR-COC's own reader is a diagnostic
+    (make baselines), not a curve of make demo's: the trained uniform-pooling baseline has its own."""
     if selection == "full":
         return [FULL_TOKENS]
     if selection != "learned":
         own = [parse_method(f"{SELECTION_BASELINES[selection]}@{k}", budgets) for k in budgets]
         return own + ([FULL_TOKENS] if include_full else [])
-    names = ["auto"] + [f"tier_{k}" for k in budgets] + [f"uniform_pool@{k}" for k in budgets]
+    names = ["auto"] + [f"tier_{k}" for k in budgets]
     return [parse_method(name, budgets) for name in names + (["full"] if include_full else [])]
 
 

@@ -626,6 +626,37 @@ def tiny_yaml(path, data_args, **values):
     return str(path)
 
 
+def test_prepare_data_renders_in_parallel_what_a_run_then_reads_from_the_cache(tmp_path, data_args, datasets):
+    from tools.prepare_data import main as prepare
+
+    cache = tmp_path / "cache"
+    config = tiny_yaml(tmp_path / "phase1.yaml", data_args, synthetic_cache_dir=str(cache))
+    prepare([config, "--num-proc", "2"])
+    files = sorted(path.name for path in cache.rglob("*.arrow"))
+    assert files, "the pages were rendered into the run's cache"
+    _, run_data, _ = recipe.parse_config([config])
+    train, validation = recipe.build_datasets(run_data, AutoConfig.from_pretrained(TINY_PRESET, **TINY_OVERRIDES))
+    assert sorted(path.name for path in cache.rglob("*.arrow")) == files, "the run rendered nothing again"
+    assert train[:]["question"] == datasets[0][:]["question"] and validation[:]["answers"] == datasets[1][:]["answers"]
+    assert train[5]["image"].tobytes() == datasets[0][5]["image"].tobytes()
+
+
+def test_a_curve_point_scores_every_method_from_one_sam_pass_exactly_as_from_the_pixels(tmp_path, datasets, processor):
+    from modeling_arrcoc.methods import learning_curve_methods
+    from modeling_arrcoc.training.curves import LearningCurve, score_batches
+
+    model = tiny_model().train()
+    collator = ArrCocCollator(processor, patch_size=8)
+    rows = [datasets[1][i] for i in range(8)]
+    batches = [{**collator(rows[i:i + 4]), "task": [r["task"] for r in rows[i:i + 4]]} for i in (0, 4)]
+    methods = learning_curve_methods(model.config.budgets)
+    from_pixels = {m.name: score_batches(model, batches, m.budget, m.selection) for m in methods}
+    sam_passes = count_sam_forwards(model)
+    shared = LearningCurve(tmp_path / "curve.json").add(0, model, batches, methods)
+    assert shared == from_pixels and sam_passes["n"] == len(batches)
+    assert model.training, "the point leaves the model as it found it"
+
+
 def test_train_main_smoke(tmp_path, data_args, datasets):
     # 8 steps x 4 rows > 24 rows: the second epoch reads SAM features from the cache.
     config = tiny_yaml(tmp_path / "phase1.yaml", data_args, cache_sam_features=True, max_steps=8,
@@ -642,7 +673,8 @@ def test_train_main_smoke(tmp_path, data_args, datasets):
     assert any("eval_answer_loss" in h for h in history) and any("budget_loss" in h for h in history)
     assert trainer.feature_cache.hits > 0
     curve = json.loads((tmp_path / "out" / "learning_curve.json").read_text())
-    assert [point["step"] for point in curve["points"]] == [4, 8] and "uniform_pool@16" in curve["points"][0]["methods"]
+    assert [point["step"] for point in curve["points"]] == [4, 8]
+    assert list(curve["points"][0]["methods"]) == ["auto", "tier_4", "tier_16", "tier_100", "full"]
 
     # A base exported from two training stages (as make pretrain does), then the demo's combined report: the
     # base's stages and this run's curve on one step axis.

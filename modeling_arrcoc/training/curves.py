@@ -36,6 +36,23 @@ def score_batches(model, batches, budget, selection) -> dict:
 _MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "labels", "patch_features")
 
 
+@torch.no_grad()
+def with_patch_features(model, batches) -> list:
+    """`batches` with SAM's features in place of their pixels, computed once for all the methods a curve point
+    scores (the model does not change within a point). It is the call the model's own forward makes
+    (`get_patch_features`, in eval mode, on the same batch), so every method scores exactly as from the pixels."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for batch in batches:
+        batch = dict(batch)
+        if "pixel_values" in batch:
+            batch["patch_features"] = model.model.get_patch_features(batch.pop("pixel_values"))
+        out.append(batch)
+    model.train(was_training)
+    return out
+
+
 def _exact_matches(predictions, labels) -> list[bool]:
     """Per sample: every answer token is the argmax. `predictions` [B, W] and `labels` [B, W] cover the same last
     W positions; position t predicts label t + 1."""
@@ -80,6 +97,7 @@ class LearningCurve:
     points: list = field(default_factory=list)
 
     def add(self, step: int, model, batches, methods: list[Method]):
+        batches = with_patch_features(model, batches) if len(methods) > 1 else batches
         summaries = {m.name: score_batches(model, batches, m.budget, m.selection) for m in methods}
         self.points.append({"step": step, "methods": summaries})
         write_json_atomic(self.path, {"points": self.points})
@@ -135,4 +153,5 @@ __all__ = [
     "plot_learning_curve",
     "write_json_atomic",
     "score_batches",
+    "with_patch_features",
 ]
