@@ -56,8 +56,9 @@ def data_arguments(values: dict) -> DataArguments:
     return DataArguments(**{key: value for key, value in values.items() if key in names})
 
 
-def build_datasets(data_args: DataArguments, model_config):
-    """(train, eval) datasets in the common row schema; synthetic pages match the model's SAM geometry."""
+def build_datasets(data_args: DataArguments, model_config, num_proc: int | None = None):
+    """(train, eval) datasets in the common row schema; synthetic pages match the model's SAM geometry. `num_proc`
+    renders synthetic pages in that many processes (the same rows and cache)."""
     if data_args.dataset_mixture:
         return build_mixture(data_args, model_config)
     if data_args.dataset == "synthetic":
@@ -66,7 +67,7 @@ def build_datasets(data_args: DataArguments, model_config):
             num_train=data_args.synthetic_num_train, num_validation=data_args.synthetic_num_validation, num_test=1,
             seed=data_args.synthetic_seed, families=tuple(data_args.synthetic_families),
             train_variant=data_args.synthetic_train_variant, key_jitter=data_args.synthetic_key_jitter,
-        ), cache_dir=data_args.synthetic_cache_dir)
+        ), cache_dir=data_args.synthetic_cache_dir, num_proc=num_proc)
         train, evaluation = suite["train"], suite["validation"]
         check_visual_words(model_config)
     else:
