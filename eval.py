@@ -63,7 +63,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="'all' (auto, every tier, full), 'auto', 'full' or a tier (value or index).")
     parser.add_argument("--budget-costs", default="", type=costs_from, metavar="C1,C2,...",
                         help="Also run auto at each token price (auto(cost=C), generate's budget_cost): 0 is the "
-                             "predicted tier, more buys fewer tokens, less buys more. Traces auto's own curve.")
+                             "predicted tier, more buys fewer tokens, less buys more. Traces auto's own curve. A "
+                             "price changes only each question's tier, so its answers are read from the forced tiers' "
+                             "answers at the tiers it picks (not timed); auto itself is generated and eval.json "
+                             "says how many of its answers that reading reproduces (answers_match_tiers).")
+    parser.add_argument("--measure-prices", action="store_true",
+                        help="Generate (and time) auto at every --budget-costs price instead of reading the tiers.")
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help=f"Comma-separated subset of {','.join(BASELINES)}, or 'none'.")
     parser.add_argument("--method", action="append", default=[], type=trained_from, metavar="NAME=CHECKPOINT",
@@ -222,7 +227,8 @@ def main(argv=None) -> dict:
     output_dir = Path(args.output_dir)
     report = evaluate(model, processor, data.dataset, data.metric, methods, args.batch_size, args.max_new_tokens,
                       calibration=not args.no_calibration, seed=args.seed, meta=meta, progress=not args.quiet,
-                      predictions_path=output_dir / "predictions.jsonl", trained=trained)
+                      predictions_path=output_dir / "predictions.jsonl", trained=trained,
+                      measure_prices=args.measure_prices)
     save_report(report, output_dir / "eval.json")
     plot_pareto(report, output_dir / "pareto.png")
     if args.heatmaps_per_task:

@@ -195,6 +195,34 @@ def test_auto_matches_model_generate_with_mixed_tiers(tiny, rows):
     assert auto.predictions == [a.strip() for a in answers]
 
 
+def test_the_price_sweep_read_from_the_forced_tiers_is_what_generating_it_gives(tiny, rows, tmp_path):
+    model, processor = tiny
+    names = ["auto", "auto(cost=0.5)", "auto(cost=60)", "auto(cost=-1)", "tier_4", "tier_16", "tier_100"]
+    methods = [E.parse_method(name, BUDGETS) for name in names]
+    hook = mixed_tiers(model)
+    try:
+        read = E.run_methods(model, processor, rows, methods, batch_size=4, max_new_tokens=3, progress=False)
+        generated = E.run_methods(model, processor, rows, methods, batch_size=4, max_new_tokens=3, progress=False,
+                                  measure_prices=True)
+        report = E.evaluate(model, processor, rows, methods=names, batch_size=4, max_new_tokens=3, progress=False)
+    finally:
+        hook.remove()
+    assert len({tuple(read[name].budget_tiers) for name in names[:4]}) > 1, "the prices should move some tiers"
+    for name in names:
+        assert (read[name].predictions, read[name].visual_token_counts, read[name].budget_tiers) == (
+            generated[name].predictions, generated[name].visual_token_counts, generated[name].budget_tiers), name
+    assert [read[name].seconds is None for name in names] == [False, True, True, True, False, False, False]
+    assert all(generated[name].seconds > 0 for name in names)
+    assert read["auto"].tier_check == generated["auto"].tier_check == [NUM_SAMPLES, NUM_SAMPLES]
+    priced, auto = report["methods"]["auto(cost=0.5)"], report["methods"]["auto"]
+    assert priced["latency_ms_per_query"] is None and priced["answers_from_tiers"]
+    assert auto["answers_match_tiers"] == {"same": NUM_SAMPLES, "n": NUM_SAMPLES} and auto["latency_ms_per_query"] > 0
+    assert E.format_table(report).splitlines()[3].split()[-1] == "tiers"
+    card = write_model_card(report, tmp_path / "card.md").read_text()
+    assert f"and {NUM_SAMPLES} of its {NUM_SAMPLES} answers equal that reading" in card
+    assert "| auto(cost=0.5) |" in card and card.split("| auto(cost=0.5) |")[1].split("\n")[0].endswith("| n/a |")
+
+
 @pytest.mark.parametrize("name, selection, budget", [("uniform_pool@16", "uniform", 16), ("tier_100", "learned", 100),
                                                      ("saliency_topk@4", "hotspot", 4), ("full", "learned", "full")])
 def test_token_counts_are_the_models_visual_token_counts(tiny, rows, name, selection, budget):

@@ -255,7 +255,18 @@ def _methods_table(methods) -> str:
          _fmt(m["latency_ms_per_query"], ".1f")]
         for name, m in methods.items()
     ]
-    return "### Accuracy and visual tokens\n\n" + _table(header, rows)
+    return "### Accuracy and visual tokens\n\n" + _table(header, rows) + _from_tiers_note(methods)
+
+
+def _from_tiers_note(methods) -> str:
+    """Why the price sweep has no latency: its answers were read from the forced tiers (eval.py --budget-costs)."""
+    if not any(m.get("answers_from_tiers") for m in methods.values()):
+        return ""
+    check = next((m["answers_match_tiers"] for m in methods.values() if "answers_match_tiers" in m), None)
+    tail = (f" auto at the model's own price was generated, and {check['same']} of its {check['n']} answers equal "
+            "that reading." if check else "")
+    return ("\n\nA token price changes only which tier each question gets, so the answers of auto at a chosen price "
+            "(auto(cost=C)) are the forced tiers' answers at the tiers it picks, and it has no latency (n/a);" + tail)
 
 
 def _per_task_table(methods) -> str:

@@ -32,7 +32,22 @@ class MethodRun:
     predictions: list = field(default_factory=list)
     visual_token_counts: list = field(default_factory=list)
     budget_tiers: list = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float | None = 0.0  # None: answers read from the forced tiers' runs, not generated (runner.py)
+    # auto at its own price: how many of its answers the forced tiers' answers at its tiers reproduce, of how many
+    tier_check: list | None = None
+
+    def add(self, predictions, counts, tiers, seconds):
+        """One batch's results; `seconds` None for a run read from the forced tiers."""
+        self.predictions += predictions
+        self.visual_token_counts += counts
+        self.budget_tiers += tiers
+        self.seconds = None if seconds is None else self.seconds + seconds
+
+    def check_tiers(self, derived: list):
+        """Compare the last batch's answers with `derived`, the forced tiers' answers at this run's tiers."""
+        mine = self.predictions[-len(derived):]
+        same, n = self.tier_check or (0, 0)
+        self.tier_check = [same + sum(a == b for a, b in zip(mine, derived)), n + len(derived)]
 
 
 def sample_scores(metric: str, predictions, references) -> list:
@@ -54,7 +69,10 @@ def summarize_run(run: MethodRun, scores, tasks, budgets, num_patches) -> dict:
         "per_task_visual_tokens": per_task_mean(run.visual_token_counts, tasks),
         "token_histogram": stats["histogram"],
         "tier_histogram": {str(budgets[t]): tier_counts[t] for t in sorted(tier_counts)},
-        "latency_ms_per_query": 1000.0 * run.seconds / len(scores),
+        # a run read from the forced tiers was not timed (runner.py's derive_from_tiers)
+        "latency_ms_per_query": None if run.seconds is None else 1000.0 * run.seconds / len(scores),
+        **({"answers_from_tiers": True} if run.seconds is None else {}),
+        **({"answers_match_tiers": {"same": run.tier_check[0], "n": run.tier_check[1]}} if run.tier_check else {}),
         "compression_ratio": num_patches / stats["mean"],
         "budget": run.method.budget,
         **({"budget_cost": run.method.budget_cost} if run.method.budget == "auto" else {}),
@@ -529,8 +547,12 @@ def format_table(report: dict) -> str:
     lines = [header, "-" * len(header)]
     for name, m in report["methods"].items():
         lines.append(f"{name:<22}{m['accuracy']:>10.3f}{m['mean_visual_tokens']:>10.1f}"
-                     f"{m['p95_visual_tokens']:>10.1f}{m['latency_ms_per_query']:>10.1f}")
+                     f"{m['p95_visual_tokens']:>10.1f}{_milliseconds(m['latency_ms_per_query']):>10}")
     return "\n".join(lines)
+
+
+def _milliseconds(value) -> str:
+    return "tiers" if value is None else f"{value:.1f}"  # None: a price read from the forced tiers, not timed
 
 
 def write_predictions(runs: dict, dataset, path) -> Path:

@@ -13,7 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..explanation import prompt_batch
-from ..methods import CORRECT_THRESHOLD, SYNTHETIC_METRIC, Method, method_names, parse_method, unsupported_reason
+from ..methods import (AUTO_COST, CORRECT_THRESHOLD, SYNTHETIC_METRIC, Method, method_names, parse_method,
+                       unsupported_reason)
 from ..selection import SELECTIONS_TABLE
 from .report import MethodRun, build_report, column, git_commit, write_predictions
 
@@ -107,28 +108,73 @@ def at_models_price(model, method: Method) -> Method:
     return dataclasses.replace(method, budget_cost=float(model.config.budget_cost))
 
 
-def run_methods(model, processor, dataset, methods, batch_size=8, max_new_tokens=16, seed=0, progress=True) -> dict:
-    """{method name: MethodRun} over `dataset` (a datasets.Dataset or a list of rows with image and question)."""
+def run_methods(model, processor, dataset, methods, batch_size=8, max_new_tokens=16, seed=0, progress=True,
+                measure_prices=False) -> dict:
+    """{method name: MethodRun} over `dataset` (a datasets.Dataset or a list of rows with image and question).
+
+    Auto at a chosen token price (`auto(cost=C)`, the price sweep) changes only which tier each question gets, so
+    unless `measure_prices`, its answers are read from the forced tiers' answers on the same batch at the tier the
+    price picks (`derive_from_tiers`) instead of being generated again, when every tier of its selection is run
+    too. "auto" itself, at the model's own price, is always generated, and its run records how many of its answers
+    the same reading gives (the check that the reading holds on these questions)."""
     runs = {method.name: MethodRun(at_models_price(model, method)) for method in methods}
     generator = torch.Generator().manual_seed(seed)  # random@K draws the same patches on every run
-    if methods and len(dataset):
-        _warm_up(model, processor, [dataset[i] for i in range(min(batch_size, len(dataset)))], methods[0])
-    external = external_selections(methods)
+    budgets = model.config.budgets
+    derived = [] if measure_prices else [m for m in methods if derivable(m, methods, budgets)]
+    measured = [m for m in methods if m not in derived]
+    checked = [m for m in measured if m.kind == "auto" and derivable(as_priced(m), methods, budgets)]
+    if measured and len(dataset):
+        _warm_up(model, processor, [dataset[i] for i in range(min(batch_size, len(dataset)))], measured[0])
+    external = external_selections(measured)
     starts = range(0, len(dataset), batch_size)
     for start in tqdm(starts, desc="evaluating", unit="batch", disable=not progress):
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         # SAM (and external scoring) run once per batch; each method is charged their time, as a query pays it.
         batch, shared = eval_batch(model, processor, rows, external)
-        for method in methods:
+        for method in measured:
             begin = time.perf_counter()
             predictions, counts, tiers = run_batch(model, processor, batch, method, max_new_tokens, generator)
             _synchronize(model)
-            run = runs[method.name]
-            run.seconds += shared["sam"] + shared.get(method.selection, 0.0) + time.perf_counter() - begin
-            run.predictions += predictions
-            run.visual_token_counts += counts
-            run.budget_tiers += tiers
+            runs[method.name].add(predictions, counts, tiers,
+                                  shared["sam"] + shared.get(method.selection, 0.0) + time.perf_counter() - begin)
+        for method in derived:
+            runs[method.name].add(*derive_from_tiers(model, batch, method, runs, generator), seconds=None)
+        for method in checked:
+            runs[method.name].check_tiers(derive_from_tiers(model, batch, as_priced(method), runs, generator)[0])
     return runs
+
+
+def derivable(method: Method, methods, budgets) -> bool:
+    """Whether `method` is auto at a chosen price and every tier in `budgets` is among `methods`, forced at the same
+    selection."""
+    forced = {m.budget for m in methods if m.kind == "tier" and m.selection == method.selection}
+    return method.kind == AUTO_COST and forced >= set(budgets)
+
+
+def as_priced(method: Method) -> Method:
+    """Auto at its own price as a point of the price sweep (what `derive_from_tiers` reads)."""
+    return dataclasses.replace(method, kind=AUTO_COST)
+
+
+@torch.no_grad()
+def derive_from_tiers(model, batch: EvalBatch, method: Method, runs: dict, generator) -> tuple:
+    """(answers, visual token counts, tier indices) of auto at `method`'s price on `batch`: the allocator plans the
+    tiers (as generate would), and each question's answer is the one its forced tier gave on this batch, already in
+    `runs` (the batch's rows are the last of each forced tier's run)."""
+    plan = method_plan(model, batch, method, generator)
+    budgets = list(model.config.budgets)
+    forced = {m.method.budget: m for m in runs.values() if m.method.kind == "tier"
+              and m.method.selection == method.selection}
+    size, answers, counts, tiers = len(batch.input_ids), [], [], plan.budget_tiers.tolist()
+    for i, (tier, count) in enumerate(zip(tiers, plan.visual_token_counts.tolist())):
+        run = forced[budgets[tier]]
+        row = len(run.predictions) - size + i
+        if run.visual_token_counts[row] != count:
+            raise RuntimeError(f"{method.name}: question {row} would spend {count} tokens at tier {budgets[tier]}, "
+                               f"the forced tier spent {run.visual_token_counts[row]}; run with measure_prices.")
+        answers.append(run.predictions[row])
+        counts.append(count)
+    return answers, counts, tiers
 
 
 def _synchronize(model):
@@ -146,11 +192,12 @@ def _warm_up(model, processor, rows, method):
 
 def evaluate(model, processor, dataset, metric=SYNTHETIC_METRIC, methods=None, batch_size=8, max_new_tokens=16,
              calibration=True, seed=0, correct_threshold=CORRECT_THRESHOLD, meta=None, progress=True,
-             predictions_path=None, trained=()) -> dict:
+             predictions_path=None, trained=(), measure_prices=False) -> dict:
     """Run `methods` (names; default: auto, every tier, full and every baseline at every tier) over `dataset` and
     return the report. With `calibration`, `auto` and every `tier_<K>` are added if missing. `trained`:
     `TrainedCheckpoint`s whose methods run on the same rows (their checkpoints must share this one's grid and
-    tiers). Per-sample answers go to `predictions_path` (JSON lines) when given."""
+    tiers). Per-sample answers go to `predictions_path` (JSON lines) when given. `measure_prices`: generate auto at
+    every price instead of reading the sweep from the forced tiers (`run_methods`)."""
     if len(dataset) == 0:
         raise ValueError("The evaluation dataset is empty; check --split and --num-samples.")
     config = model.config
@@ -161,14 +208,15 @@ def evaluate(model, processor, dataset, metric=SYNTHETIC_METRIC, methods=None, b
     skipped = {m.name: unsupported_reason(m, config) for m in parsed if unsupported_reason(m, config)}
     runnable = [m for m in parsed if m.name not in skipped]
     model.eval()
-    runs = run_methods(model, processor, dataset, runnable, batch_size, max_new_tokens, seed, progress)
+    runs = run_methods(model, processor, dataset, runnable, batch_size, max_new_tokens, seed, progress, measure_prices)
     for other in trained:
         _check_same_geometry(config, other.model.config, other.name)
         reasons = {m.name: unsupported_reason(m, other.model.config) for m in other.methods}
         skipped.update({name: why for name, why in reasons.items() if why})
         other.model.eval()
         own = [m for m in other.methods if not reasons[m.name]]
-        runs.update(run_methods(other.model, other.processor, dataset, own, batch_size, max_new_tokens, seed, progress))
+        runs.update(run_methods(other.model, other.processor, dataset, own, batch_size, max_new_tokens, seed, progress,
+                                measure_prices))
     if predictions_path is not None:
         write_predictions(runs, dataset, predictions_path)
     meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),
@@ -192,7 +240,10 @@ def _check_same_geometry(config, other, name):
 __all__ = [
     "EvalBatch",
     "TrainedCheckpoint",
+    "as_priced",
     "at_models_price",
+    "derivable",
+    "derive_from_tiers",
     "eval_batch",
     "evaluate",
     "external_selections",
