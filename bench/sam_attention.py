@@ -9,9 +9,9 @@ cost without changing what it computes:
 - the compute dtype: `vision_autocast_dtype="bfloat16"` runs SAM under bf16 autocast (AMX where the CPU has it).
 The five variants (attention x dtype) run on the same weights and pages, interleaved in the same rounds, so their
 ratios come from one run; each variant's largest difference from transformers' float32 output is reported. With
---compiled, two more, float32 under `torch.compile`: ArrCoc's attention as shipped (compiled, it keeps
-transformers' broadcast sum, which inductor fuses) and with the one-hot matmul forced (`one_hot_when_compiled`):
-the measurement behind that choice.
+--compiled, three more, float32 under `torch.compile`: ArrCoc's attention as shipped (compiled, inference calls the
+eager blocks as one operator), with transformers' broadcast sum instead (`blockwise_when_compiled=False`, which
+inductor fuses) and with the one-hot matmul (`one_hot_when_compiled`): the measurements behind that choice.
 
     python -m bench.sam_attention [--preset demo] [--batch 8] [--repeats 11] [--compiled]
 
@@ -81,12 +81,13 @@ def _variant_call(model, pixels, arrcoc: str | None, dtype):
     return call
 
 
-def _compiled_call(preset, pixels, one_hot: bool, backend: str):
-    """A copy of the SAM with ArrCoc's attention, compiled whole; `one_hot` forces the matmul under compile."""
+def _compiled_call(preset, pixels, one_hot: bool, backend: str, blockwise: bool = True):
+    """A copy of the SAM with ArrCoc's attention, compiled whole; `blockwise` (as shipped) calls the eager blocks as
+    one operator, else the bias is built whole: transformers' broadcast sum, or with `one_hot` the matmul."""
     from modeling_arrcoc.layers_arrcoc import use_sam_attention
 
     model = sam_model(preset)  # the same seed: the same weights as the eager variants'
-    use_sam_attention(model, "sdpa", one_hot_when_compiled=one_hot)
+    use_sam_attention(model, "sdpa", one_hot_when_compiled=one_hot, blockwise_when_compiled=blockwise)
     compiled = torch.compile(model, fullgraph=True, backend=backend)
 
     def call():
@@ -105,7 +106,8 @@ def run(preset="demo", batch=8, repeats=11, threads=1, compiled=False, backend="
     calls = {name: _variant_call(model, pixels, *spec) for name, spec in VARIANTS.items()}
     if compiled:
         calls["arrcoc_float32_compiled"] = _compiled_call(preset, pixels, False, backend)
-        calls["one-hot_float32_compiled"] = _compiled_call(preset, pixels, True, backend)
+        calls["broadcast_float32_compiled"] = _compiled_call(preset, pixels, False, backend, blockwise=False)
+        calls["one-hot_float32_compiled"] = _compiled_call(preset, pixels, True, backend, blockwise=False)
     reference = calls["transformers_float32"]()
     differences = {name: (call() - reference).abs().max().item() for name, call in calls.items()}
     times = common.interleaved(calls, repeats)
@@ -130,8 +132,8 @@ def markdown(result: dict) -> str:
         f"{result['global_layers']}; batch {result['batch']}, {result['repeats']} interleaved rounds; "
         f"{common.machine_line(result)}). ArrCoc's attention in eager inference sums the relative-position bias "
         "for a block of queries at a time and runs SDPA on each block (arrcoc); one-hot: its training path, the "
-        "whole bias by a one-hot matmul; under torch.compile it keeps transformers' broadcast sum (one-hot, "
-        "compiled: the matmul forced there); bfloat16 = under autocast (`vision_autocast_dtype`); difference = "
+        "whole bias by a one-hot matmul; compiled: inference calls the blocks as one operator (broadcast, "
+        "compiled: transformers' sum instead, fused by inductor; one-hot, compiled: the matmul); bfloat16 = under autocast (`vision_autocast_dtype`); difference = "
         "largest absolute difference from transformers' float32 output.", "",
         common.markdown_table(["attention, dtype", "ms", "speed-up", "max difference"], rows)])
 

@@ -93,21 +93,28 @@ class ArrCocSamSdpaAttention(_OneHotRelativePositions, SamVisionSdpaAttention):
     4096 bias per head (805 MB), which cost more than the attention's arithmetic (bench/sam_attention.py). Every
     query row is computed as before, from the same bias values over all the keys, so the output is the same up to
     the kernel's rounding (on the base preset's SAM, bit for bit: bench/sam_attention.py reports the difference).
-    Training, torch.compile and other devices take the path above (the one-hot bias, or transformers' own)."""
+    Compiled, inference calls the same blocks as one operator. Training and other devices take the path above (the
+    one-hot bias, or transformers' own)."""
 
     # False: inference too takes the one-hot bias (bench/sam_attention.py times both ways).
     blockwise_in_inference = True
+    # Compiled inference calls the blocks as one opaque operator (`blockwise_attention_op`, no graph break) rather
+    # than inductor's fused broadcast sum, slower on the base preset's SAM (bench/sam_attention.py); False: the sum.
+    blockwise_when_compiled = True
 
     def forward(self, hidden_states: torch.Tensor, output_attentions=False):
+        compiling = torch.compiler.is_compiling()
         if (not self.blockwise_in_inference or not self.use_rel_pos or output_attentions
-                or hidden_states.device.type != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling()):
+                or hidden_states.device.type != "cpu" or torch.is_grad_enabled()
+                or (compiling and not self.blockwise_when_compiled)):
             return super().forward(hidden_states, output_attentions)
         batch, height, width, _ = hidden_states.shape
         heads = self.num_attention_heads
         qkv = self.qkv(hidden_states).reshape(batch, height * width, 3, heads, -1).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.reshape(3, batch * heads, height * width, -1).unbind(0)
         rows, cols = relative_terms(self, query, self.rel_pos_h, self.rel_pos_w, (height, width), (height, width))
-        output = blockwise_biased_attention(query, key, value, rows.flatten(1, 2), cols.flatten(1, 2))
+        attend = blockwise_attention_op if compiling else blockwise_biased_attention
+        output = attend(query, key, value, rows.flatten(1, 2), cols.flatten(1, 2))
         output = output.view(batch, heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
         return self.proj(output), None
 
@@ -138,14 +145,28 @@ def blockwise_biased_attention(query, key, value, rows, cols, block_elements: in
     return output
 
 
+@torch.library.custom_op("arrcoc::blockwise_biased_attention", mutates_args=())
+def blockwise_attention_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: torch.Tensor,
+                           cols: torch.Tensor) -> torch.Tensor:
+    """`blockwise_biased_attention` as one opaque operator: a compiled graph calls the eager blocks whole (no graph
+    break) instead of unrolling them."""
+    return blockwise_biased_attention(query, key, value, rows, cols)
+
+
+@blockwise_attention_op.register_fake
+def _(query, key, value, rows, cols):
+    return query.new_empty(query.shape[0], query.shape[1], value.shape[-1])
+
+
 SAM_ATTENTION_CLASSES = {"eager": ArrCocSamAttention, "sdpa": ArrCocSamSdpaAttention}
 
 
 def use_sam_attention(module: nn.Module, implementation: str | None = None,
-                      one_hot_when_compiled: bool | None = None) -> None:
+                      one_hot_when_compiled: bool | None = None, blockwise_when_compiled: bool | None = None) -> None:
     """Every transformers SAM attention under `module` becomes ArrCoc's class for `implementation` ("eager" or
     "sdpa"; None: the kind it already is), in place: the classes share their weights. Other vision towers are left
-    as they are. `one_hot_when_compiled`, when given, is set on each of them (None: each keeps its own)."""
+    as they are. `one_hot_when_compiled` and `blockwise_when_compiled`, when given, are set on each of them (None:
+    each keeps its own)."""
     for sam in module.modules():
         if isinstance(sam, SamVisionModel):
             for attention in sam.modules():
@@ -154,8 +175,11 @@ def use_sam_attention(module: nn.Module, implementation: str | None = None,
                     attention.__class__ = SAM_ATTENTION_CLASSES[kind]
                     if one_hot_when_compiled is not None:
                         attention.one_hot_when_compiled = one_hot_when_compiled
+                    if blockwise_when_compiled is not None and kind == "sdpa":
+                        attention.blockwise_when_compiled = blockwise_when_compiled
 
 
 __all__ = ["ArrCocMeanInitLinear", "ArrCocSamAttention", "ArrCocSamSdpaAttention", "ArrCocZeroInitEmbedding",
-           "ArrCocZeroInitLinear", "BIAS_BLOCK_ELEMENTS", "SAM_ATTENTION_CLASSES", "blockwise_biased_attention",
+           "ArrCocZeroInitLinear", "BIAS_BLOCK_ELEMENTS", "SAM_ATTENTION_CLASSES", "blockwise_attention_op",
+           "blockwise_biased_attention",
            "key_one_hot", "relative_terms", "use_sam_attention"]

@@ -116,15 +116,16 @@ def test_sdpa_attention_sums_its_bias_by_blocks_only_in_inference(monkeypatch):
 
 @pytest.mark.parametrize("one_hot", [False, True])
 def test_compiled_sam_matches_eager_either_way(one_hot, monkeypatch):
-    """Compiled, the bias is transformers' broadcast sum (inductor fuses it) unless `one_hot_when_compiled`; both
-    give the eager output (inference: blockwise), and the trace takes the one-hot table only when asked."""
+    """Compiled without the blocks, the bias is transformers' broadcast sum (inductor fuses it) unless
+    `one_hot_when_compiled`; both give the eager output (inference: blockwise), and the trace takes the one-hot
+    table only when asked."""
     from modeling_arrcoc import layers_arrcoc
 
     calls = []
     table = layers_arrcoc.key_one_hot
     monkeypatch.setattr(layers_arrcoc, "key_one_hot", lambda *args: calls.append(args) or table(*args))
     model = _sam("sdpa")
-    use_sam_attention(model, one_hot_when_compiled=one_hot)
+    use_sam_attention(model, one_hot_when_compiled=one_hot, blockwise_when_compiled=False)
     assert all(m.one_hot_when_compiled == one_hot for m in model.modules() if isinstance(m, ArrCocSamSdpaAttention))
     pixels = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(3))
     torch._dynamo.reset()
@@ -138,3 +139,31 @@ def test_compiled_sam_matches_eager_either_way(one_hot, monkeypatch):
         compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(pixel_values=pixels).last_hidden_state
     assert bool(calls) == one_hot
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_a_compiled_sam_calls_the_eager_blocks_as_one_operator(monkeypatch):
+    """Compiled inference (`blockwise_when_compiled`, the default) calls the blocks through one custom operator: one
+    graph, no break, the blocks run as in eager (the same attention output), the eager output overall."""
+    from modeling_arrcoc import layers_arrcoc
+
+    calls = []
+    blockwise = layers_arrcoc.blockwise_biased_attention
+    monkeypatch.setattr(layers_arrcoc, "blockwise_biased_attention", lambda *a, **k: calls.append(1) or blockwise(*a, **k))
+    model = _sam("sdpa")
+    use_sam_attention(model)
+    assert all(m.blockwise_when_compiled for m in model.modules() if isinstance(m, ArrCocSamSdpaAttention))
+    pixels = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(4))
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = model(pixel_values=pixels).last_hidden_state
+        calls.clear()
+        explained = torch._dynamo.explain(model)(pixel_values=pixels)
+        assert explained.graph_count == 1 and explained.graph_break_count == 0
+        calls.clear()
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(pixel_values=pixels).last_hidden_state
+    assert len(calls) == 2, "the windowed layer's blocks and the global one's, each called once"
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    query, key, value = torch.randn(3, 4, 12, 8).unbind(0)
+    rows, cols = torch.randn(4, 12, 3), torch.randn(4, 12, 4)  # 12 keys on a 3 x 4 grid
+    torch.testing.assert_close(layers_arrcoc.blockwise_attention_op(query, key, value, rows, cols),
+                               blockwise(query, key, value, rows, cols), atol=0, rtol=0)
