@@ -299,9 +299,10 @@ def test_every_bench_entry_names_a_script():
 def test_sam_attention_variants_compute_the_same_sam(results):
     """ArrCoc's attention gives transformers' float32 output; bf16 differs a little, and every variant is timed."""
     variants = results[1]["sam_attention"]["variants"]
-    assert set(variants) == {*sam_attention.VARIANTS, "arrcoc_float32_compiled", "one-hot_float32_compiled"}
+    compiled = ("arrcoc_float32_compiled", "broadcast_float32_compiled", "one-hot_float32_compiled")
+    assert set(variants) == {*sam_attention.VARIANTS, *compiled}
     assert variants["transformers_float32"]["max_abs_difference"] == 0.0
-    for name in ("arrcoc_float32", "one-hot_float32", "arrcoc_float32_compiled", "one-hot_float32_compiled"):
+    for name in ("arrcoc_float32", "one-hot_float32", *compiled):
         assert variants[name]["max_abs_difference"] < 1e-5, name
     assert 0 < variants["arrcoc_bfloat16"]["max_abs_difference"] < 0.5
     for v in variants.values():
