@@ -120,9 +120,10 @@ def run_methods(model, processor, dataset, methods, batch_size=8, max_new_tokens
     runs = {method.name: MethodRun(at_models_price(model, method)) for method in methods}
     generator = torch.Generator().manual_seed(seed)  # random@K draws the same patches on every run
     budgets = model.config.budgets
-    derived = [] if measure_prices else [m for m in methods if derivable(m, methods, budgets)]
+    readable = [m for m in methods if m.kind in ("auto", AUTO_COST) and tiers_forced(m, methods, budgets)]
+    derived = [] if measure_prices else [m for m in readable if m.kind == AUTO_COST]
     measured = [m for m in methods if m not in derived]
-    checked = [m for m in measured if m.kind == "auto" and derivable(as_priced(m), methods, budgets)]
+    checked = [m for m in readable if m.kind == "auto"]
     if measured and len(dataset):
         _warm_up(model, processor, [dataset[i] for i in range(min(batch_size, len(dataset)))], measured[0])
     external = external_selections(measured)
@@ -139,42 +140,44 @@ def run_methods(model, processor, dataset, methods, batch_size=8, max_new_tokens
                                   shared["sam"] + shared.get(method.selection, 0.0) + time.perf_counter() - begin)
         for method in derived:
             runs[method.name].add(*derive_from_tiers(model, batch, method, runs, generator), seconds=None)
-        for method in checked:
-            runs[method.name].check_tiers(derive_from_tiers(model, batch, as_priced(method), runs, generator)[0])
+        for method in checked:  # its tiers are already planned: read the forced tiers' answers at them
+            run, last = runs[method.name], slice(-len(rows), None)
+            run.check_tiers(tier_answers(model, runs, method, run.budget_tiers[last], run.visual_token_counts[last]))
     return runs
 
 
-def derivable(method: Method, methods, budgets) -> bool:
-    """Whether `method` is auto at a chosen price and every tier in `budgets` is among `methods`, forced at the same
-    selection."""
+def tiers_forced(method: Method, methods, budgets) -> bool:
+    """Whether every tier in `budgets` is among `methods`, forced at `method`'s selection (so that auto's answers
+    can be read from them)."""
     forced = {m.budget for m in methods if m.kind == "tier" and m.selection == method.selection}
-    return method.kind == AUTO_COST and forced >= set(budgets)
-
-
-def as_priced(method: Method) -> Method:
-    """Auto at its own price as a point of the price sweep (what `derive_from_tiers` reads)."""
-    return dataclasses.replace(method, kind=AUTO_COST)
+    return forced >= set(budgets)
 
 
 @torch.no_grad()
 def derive_from_tiers(model, batch: EvalBatch, method: Method, runs: dict, generator) -> tuple:
     """(answers, visual token counts, tier indices) of auto at `method`'s price on `batch`: the allocator plans the
-    tiers (as generate would), and each question's answer is the one its forced tier gave on this batch, already in
-    `runs` (the batch's rows are the last of each forced tier's run)."""
+    tiers (as generate would), and each question's answer is the one its forced tier gave on this batch
+    (`tier_answers`)."""
     plan = method_plan(model, batch, method, generator)
+    tiers, counts = plan.budget_tiers.tolist(), plan.visual_token_counts.tolist()
+    return tier_answers(model, runs, method, tiers, counts), counts, tiers
+
+
+def tier_answers(model, runs: dict, method: Method, tiers: list, counts: list) -> list:
+    """The answers the forced tiers of `method`'s selection gave the last batch's questions, each at its tier in
+    `tiers` (indices), already in `runs`; `counts` (the visual tokens planned) must be what the forced tier spent."""
     budgets = list(model.config.budgets)
     forced = {m.method.budget: m for m in runs.values() if m.method.kind == "tier"
               and m.method.selection == method.selection}
-    size, answers, counts, tiers = len(batch.input_ids), [], [], plan.budget_tiers.tolist()
-    for i, (tier, count) in enumerate(zip(tiers, plan.visual_token_counts.tolist())):
+    answers = []
+    for i, (tier, count) in enumerate(zip(tiers, counts)):
         run = forced[budgets[tier]]
-        row = len(run.predictions) - size + i
+        row = len(run.predictions) - len(tiers) + i
         if run.visual_token_counts[row] != count:
             raise RuntimeError(f"{method.name}: question {row} would spend {count} tokens at tier {budgets[tier]}, "
                                f"the forced tier spent {run.visual_token_counts[row]}; run with measure_prices.")
         answers.append(run.predictions[row])
-        counts.append(count)
-    return answers, counts, tiers
+    return answers
 
 
 def _synchronize(model):
@@ -240,9 +243,7 @@ def _check_same_geometry(config, other, name):
 __all__ = [
     "EvalBatch",
     "TrainedCheckpoint",
-    "as_priced",
     "at_models_price",
-    "derivable",
     "derive_from_tiers",
     "eval_batch",
     "evaluate",
@@ -250,4 +251,6 @@ __all__ = [
     "method_plan",
     "run_batch",
     "run_methods",
+    "tier_answers",
+    "tiers_forced",
 ]
