@@ -248,19 +248,11 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, pri
     the winner is the grid's first or last price (the best price may lie beyond it), `met_floor` whether a price on
     or above the envelope reached the floor, `met_margin` whether one of those reached `min_margin`,
     `unconstrained` the price the margin alone would choose."""
-    exact = exact.float()
-    tiers_points = [(float(model.config.tier_tokens(tier)), float(accuracy))
-                    for tier, accuracy in enumerate(exact.mean(0).cpu())]
-    points = []
-    for price in prices:
-        counts, tiers = model.model.resolve_budget("auto", budget_logits, model.config.num_patches, float(price))
-        accuracy = float(exact[torch.arange(len(tiers)), tiers.cpu()].mean())
-        mean_tokens = float(counts.float().mean())
-        envelope = statistics.frontier_at(tiers_points, mean_tokens)["value"]
-        points.append({"budget_cost": float(price), "accuracy": accuracy, "mean_tokens": mean_tokens,
-                       "envelope": envelope, "margin": accuracy - envelope, "rows": len(tiers)})
+    points = [{key: value for key, value in point.items() if key != "tiers"}
+              for point in price_points(model, budget_logits, exact, prices)]
     unconstrained = max(points, key=_margin_first)
-    floor = None if accuracy_floor is None else accuracy_floor * max(accuracy for _, accuracy in tiers_points)
+    best_tier = float(exact.float().mean(0).max())
+    floor = None if accuracy_floor is None else accuracy_floor * best_tier
     eligible = points if floor is None else [
         p for p in points if p["accuracy"] >= floor - 1e-9 and p["margin"] >= -1e-9]
     wide = [] if min_margin is None else [p for p in eligible if p["margin"] >= min_margin - 1e-9]
@@ -272,6 +264,27 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, pri
     return {**best, "at_edge": best["budget_cost"] in (min(prices), max(prices)), "floor": floor,
             "met_floor": bool(eligible), "min_margin": min_margin, "met_margin": bool(wide),
             "unconstrained": unconstrained["budget_cost"]}
+
+
+def price_points(model, budget_logits: torch.Tensor, exact: torch.Tensor, prices) -> list[dict]:
+    """What each token price does on held-out rows ([R, T] tier logits and whether each tier answers them exactly;
+    `tier_runs`), at the model's current temperature: every row's tier by the model's own rule (`resolve_budget`),
+    then {"budget_cost", "accuracy", "mean_tokens", "envelope" (the constant tiers' envelope at those tokens,
+    `statistics.frontier_at`: any fixed tier or random mix of two that spends no more), "margin", "rows", "tiers"
+    ([R], each row's tier)}. The price fit chooses among these points; tools/price_sweep.py shows them."""
+    exact = exact.float()
+    tiers_points = [(float(model.config.tier_tokens(tier)), float(accuracy))
+                    for tier, accuracy in enumerate(exact.mean(0).cpu())]
+    points = []
+    for price in prices:
+        counts, tiers = model.model.resolve_budget("auto", budget_logits, model.config.num_patches, float(price))
+        tiers = tiers.cpu()
+        accuracy = float(exact[torch.arange(len(tiers)), tiers].mean())
+        mean_tokens = float(counts.float().mean())
+        envelope = statistics.frontier_at(tiers_points, mean_tokens)["value"]
+        points.append({"budget_cost": float(price), "accuracy": accuracy, "mean_tokens": mean_tokens,
+                       "envelope": envelope, "margin": accuracy - envelope, "rows": len(tiers), "tiers": tiers})
+    return points
 
 
 def _margin_first(point: dict) -> tuple:
@@ -320,6 +333,7 @@ __all__ = [
     "fit_budget_head",
     "fit_budget_temperature",
     "predicts_budget",
+    "price_points",
     "smallest_exact_tier",
     "answering_tiers",
     "stable_tier_weights",
