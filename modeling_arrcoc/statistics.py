@@ -315,6 +315,23 @@ def tier_tokens(tiers: Sequence[int | None], counts_by_tier) -> list:
     return [None if t is None else float(counts[int(t), i]) for i, t in enumerate(tiers)]
 
 
+def family_need(correct_by_tier, counts_by_tier, tasks: Sequence[Hashable], spent: dict | None = None,
+                seed: int = 0) -> dict:
+    """What each task family needs, in tokens, and what each policy in `spent` ({name: tokens per sample}) spent:
+    ``{"oracle_minimal", "stable", "spent": {name: ...}}``, each ``{family: {"mean", "low", "high", "n"}}``
+    (`family_means`). The oracle-minimal need is on the samples some tier answers, the stable tier's and every spent
+    mean on the samples the largest tier answers, so the two compare sample by sample. eval.json's `policies.need`
+    on test questions; tools/price_sweep.py on validation rows."""
+    stable = stable_tiers(correct_by_tier)
+    kept = [tier is not None for tier in stable]
+    return {
+        "oracle_minimal": family_means(tier_tokens(oracle_tiers(correct_by_tier), counts_by_tier), tasks, seed=seed),
+        "stable": family_means(tier_tokens(stable, counts_by_tier), tasks, seed=seed),
+        "spent": {name: family_means([t if k else None for t, k in zip(tokens, kept)], tasks, seed=seed)
+                  for name, tokens in (spent or {}).items()},
+    }
+
+
 def oracle_policy(correct_by_tier, counts_by_tier) -> dict:
     """The oracle router: per sample, the smallest tier that answers correctly. An upper bound for any router
     over these tiers (best accuracy, and the fewest tokens at that accuracy).
@@ -529,6 +546,7 @@ __all__ = [
     "constant_tier_policies",
     "envelope_vertices",
     "family_means",
+    "family_need",
     "family_router",
     "fit_temperature",
     "frontier_at",

@@ -31,7 +31,7 @@ paired_difference = statistics.paired_difference
 def test_public_names():
     assert sorted(statistics.__all__) == [
         "accuracy_with_intervals", "across_seeds", "bootstrap_interval", "calibration_vs_constant", "chance_level",
-        "constant_tier_policies", "envelope_vertices", "family_means", "family_router", "fit_temperature",
+        "constant_tier_policies", "envelope_vertices", "family_means", "family_need", "family_router", "fit_temperature",
         "frontier_at", "frontier_difference", "oracle_policy", "oracle_tiers", "paired_difference", "stable_tiers",
         "t_quantile", "tier_tokens"]
     assert all(callable(getattr(statistics, name)) for name in statistics.__all__)
@@ -288,6 +288,19 @@ def test_stable_tier_ignores_a_lucky_smaller_tier():
     assert statistics.stable_tiers([[1, 1], [1, 1], [0, 1], [1, 1], [1, 0]]) == [3, None]
     with pytest.raises(ValueError, match="length mismatch"):
         statistics.stable_tiers([[1, 0], [1]])
+
+
+def test_family_need_sets_what_each_policy_spent_beside_the_need():
+    # oracle tiers [0, 1, 2, None, 0] -> tokens 64, 144, 256, -, 64; stable tiers [None, 1, 2, None, 2]: spent means
+    # are taken on samples 1, 2 and 4 only (the largest tier answers them), the oracle-minimal need on 0, 1, 2 and 4.
+    tasks = ["a", "a", "b", "b", "b"]
+    need = statistics.family_need(CORRECT, COUNTS, tasks, {"cheap": [4, 8, 16, 32, 64]}, seed=0)
+    assert need["oracle_minimal"]["a"]["mean"] == 104.0 and need["oracle_minimal"]["a"]["n"] == 2
+    assert need["oracle_minimal"]["b"]["mean"] == 160.0 and need["oracle_minimal"]["b"]["n"] == 2
+    assert need["stable"]["a"]["mean"] == 144.0 and need["stable"]["b"]["mean"] == 256.0
+    assert need["spent"]["cheap"]["a"]["mean"] == 8.0 and need["spent"]["cheap"]["a"]["n"] == 1
+    assert need["spent"]["cheap"]["b"]["mean"] == 40.0 and need["spent"]["cheap"]["b"]["n"] == 2
+    assert statistics.family_need(CORRECT, COUNTS, tasks)["spent"] == {}
 
 
 def test_tier_tokens_and_family_means():

@@ -30,17 +30,13 @@ def sweep_table(points: list, exact: np.ndarray, tier_tokens: list, tasks: list)
     """Rows of the sweep from `price_points`' points ([R] tiers each) and the runs' `exact` [R, T]: {"need": {family:
     {"mean", "low", "high", "n"}}, "rows": [{"budget_cost", "accuracy", "mean_tokens", "margin", "families": {family:
     mean tokens}}]}."""
-    correct = exact.T != 0
     counts = np.tile(np.asarray(tier_tokens, dtype=float)[:, None], (1, len(tasks)))
-    need = statistics.family_means(statistics.tier_tokens(statistics.oracle_tiers(correct), counts), tasks)
-    kept = [tier is not None for tier in statistics.stable_tiers(correct)]
-    rows = []
-    for point in points:
-        spent = [float(tier_tokens[int(t)]) if k else None for t, k in zip(point["tiers"], kept)]
-        families = {family: value["mean"] for family, value in statistics.family_means(spent, tasks).items()}
-        rows.append({key: point[key] for key in ("budget_cost", "accuracy", "mean_tokens", "margin")}
-                    | {"families": families})
-    return {"need": need, "rows": rows}
+    spent = {index: [float(tier_tokens[int(t)]) for t in point["tiers"]] for index, point in enumerate(points)}
+    need = statistics.family_need(exact.T != 0, counts, tasks, spent)
+    rows = [{key: point[key] for key in ("budget_cost", "accuracy", "mean_tokens", "margin")}
+            | {"families": {family: value["mean"] for family, value in need["spent"][index].items()}}
+            for index, point in enumerate(points)]
+    return {"need": need["oracle_minimal"], "rows": rows}
 
 
 def format_table(table: dict) -> str:

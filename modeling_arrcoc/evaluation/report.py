@@ -321,11 +321,11 @@ def policies(runs, scores, budgets, oracles, threshold, seed, tasks) -> dict | N
                    "n": len(scores["auto"])}
     return {"constant": constant, "best_constant": best, "oracle": oracle, "auto": auto_policy,
             "calibration": statistics.calibration_vs_constant(auto.budget_tiers, oracles, seed=seed),
-            "need": _need(runs, oracles, statistics.stable_tiers(correct), counts, tasks, seed),
+            "need": _need(runs, correct, counts, tasks, seed),
             "family_router": _family_router(runs, scores, budgets, names, tasks, seed)}
 
 
-def _need(runs, oracles, stable, counts, tasks, seed) -> dict:
+def _need(runs, correct, counts, tasks, seed) -> dict:
     """What each question needs and what auto (at every token price) spent: per family, the mean tokens of the
     oracle-minimal tier (on the questions some tier answers), of the stable tier and of each priced auto run (both on
     the questions the largest tier answers, so the two compare question by question), with intervals; and each
@@ -333,20 +333,16 @@ def _need(runs, oracles, stable, counts, tasks, seed) -> dict:
     over and under it. The stable tier is the smallest from which every larger tier answers: a small tier's lucky
     guess is not a need (one unlucky miss at a larger tier raises it, and a guess at the largest still counts)."""
     priced = _priced(runs)
-    kept = [tier is not None for tier in stable]
+    stable = statistics.stable_tiers(correct)
 
     def stable_match(run):
         over_under = calibration_stats(run.budget_tiers, stable)
         return {**statistics.calibration_vs_constant(run.budget_tiers, stable, seed=seed),
                 "over": over_under["over"], "under": over_under["under"]}
 
-    return {
-        "oracle_minimal": statistics.family_means(statistics.tier_tokens(oracles, counts), tasks, seed=seed),
-        "stable": statistics.family_means(statistics.tier_tokens(stable, counts), tasks, seed=seed),
-        "spent": {name: statistics.family_means([t if k else None for t, k in zip(run.visual_token_counts, kept)],
-                                                tasks, seed=seed) for name, run in priced.items()},
-        "calibration_stable": {name: stable_match(run) for name, run in priced.items()},
-    }
+    spent = {name: run.visual_token_counts for name, run in priced.items()}
+    return {**statistics.family_need(correct, counts, tasks, spent, seed=seed),
+            "calibration_stable": {name: stable_match(run) for name, run in priced.items()}}
 
 
 def _family_router(runs, scores, budgets, names, tasks, seed) -> dict:
