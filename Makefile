@@ -45,9 +45,9 @@ DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its trai
 	random-look phases. So auto's margin over them says more about their training than about selection: compare auto \
 	with the full-resolution reference. Auto spends at the model's own token price, fitted on validation pages of the \
 	training looks (configs/demo/phase3.yaml) after its budget head was refitted on every tier's outcome for 1000 \
-	training rows; its tier matches the oracle-minimal tier less often than always choosing the smallest tier, \
-	because on this reader the local families read alike at every tier from 4 to 64, and counting spends a little \
-	under what the held-out look needs, which is more than the training looks need. Each method here is one training \
+	training rows. Its tier matches the oracle-minimal tier less often than always choosing the smallest tier, \
+	because on this reader the local families read alike at every tier from 4 to 64. Counting spends a little under \
+	what the held-out look needs, which is more than the training looks need. Each method here is one training \
 	run and the intervals cover the questions, not the run: retrained at other seeds (make seeds, docs/results.md) \
 	ARR-COC and the reference each move by several points, and so does the gap between them. More tokens can hurt: \
 	in some runs ARR-COC at full tokens reads below its own tier 64.

@@ -851,37 +851,44 @@ def test_model_card_says_which_rows_are_this_checkpoint():
 
 def test_price_sweep_sets_each_familys_tokens_beside_its_need():
     """tools.price_sweep: per price, each family's mean tokens on the rows the largest tier answers; the need is the
-    oracle-minimal tier's tokens on the rows some tier answers; a family inside its need interval is starred."""
+    oracle-minimal tier's tokens on the rows some tier answers; a family inside its need interval is starred, one the
+    largest tier never answers is n/a, and the fit's price is marked."""
     from tools.price_sweep import format_table, sweep_table
 
-    # 3 tiers (4, 8, 16 tokens); rows 0-1 family "a", rows 2-4 family "b"; row 4 is answered by no tier.
-    exact = np.array([[1, 1, 1], [0, 1, 1], [0, 0, 1], [0, 0, 1], [0, 0, 0]])
-    tasks = ["a", "a", "b", "b", "b"]
+    # 3 tiers (4, 8, 16 tokens); rows 0-1 family "a", rows 2-4 family "b", row 5 family "c"; rows 4-5: no tier answers.
+    exact = np.array([[1, 1, 1], [0, 1, 1], [0, 0, 1], [0, 0, 1], [0, 0, 0], [0, 1, 0]])
+    tasks = ["a", "a", "b", "b", "b", "c"]
     points = [{"budget_cost": 0.1, "accuracy": 0.4, "mean_tokens": 6.4, "margin": 0.01,
-               "tiers": np.array([0, 1, 1, 2, 0])},
-              {"budget_cost": 1.0, "accuracy": 0.2, "mean_tokens": 4.0, "margin": 0.0, "tiers": np.zeros(5, int)}]
-    table = sweep_table(points, exact, [4, 8, 16], tasks)
+               "counts": np.array([4, 8, 8, 16, 4, 4])},
+              {"budget_cost": 1.0, "accuracy": 0.2, "mean_tokens": 4.0, "margin": 0.0, "counts": np.full(6, 4)}]
+    table = sweep_table(points, exact, [4, 8, 16], tasks, chosen=0.1)
     assert table["need"]["a"]["mean"] == 6.0 and table["need"]["a"]["n"] == 2  # tiers 0 and 1: 4 and 8 tokens
     assert table["need"]["b"]["mean"] == 16.0 and table["need"]["b"]["n"] == 2  # row 4 has no oracle tier
-    assert table["rows"][0]["families"] == {"a": 6.0, "b": 12.0}  # row 4 left out: the largest tier misses it
-    assert table["rows"][1]["families"] == {"a": 4.0, "b": 4.0}
+    assert table["rows"][0]["families"] == {"a": 6.0, "b": 12.0, "c": None}  # rows 4, 5 left out: tier 16 misses them
+    assert table["rows"][1]["families"] == {"a": 4.0, "b": 4.0, "c": None}
+    assert [row["chosen"] for row in table["rows"]] == [True, False]
     text = format_table(table)
-    assert "| 0.1 | 0.400 | 6.4 | +1.0 | 6.0* | 12.0 |" in text
-    assert "| 1 | 0.200 | 4.0 | +0.0 | 4.0* | 4.0 |" in text
-    assert text.splitlines()[-1].startswith("| need (oracle-minimal) | | | | 6.0 [4.0, 8.0] | 16.0 [16.0, 16.0] |")
+    assert "| 0.1 <- fit | 0.400 | 6.4 | +1.0 | 6.0* | 12.0 | n/a |" in text
+    assert "| 1 | 0.200 | 4.0 | +0.0 | 4.0* | 4.0 | n/a |" in text
+    assert text.splitlines()[-1] == "| need (oracle-minimal) | | | | 6.0 [4.0, 8.0] | 16.0 [16.0, 16.0] | 8.0 [8.0, 8.0] |"
 
 
 def test_price_sweep_runs_on_a_saved_checkpoint(checkpoint, cache_dir, tmp_path, capsys):
-    """tools.price_sweep end to end: a saved checkpoint and a phase YAML's data keys give one row per price, each
-    with every family's tokens, and the need row."""
+    """tools.price_sweep end to end: a saved checkpoint and a phase YAML's data keys give one row per price, the
+    fit's rule marks exactly one of them, and bad prices or row counts are refused by name."""
     from tools.price_sweep import main
 
     config = tmp_path / "phase.yaml"
     config.write_text(f"dataset: synthetic\nsynthetic_num_train: 4\nsynthetic_cache_dir: {cache_dir}\n"
                       f"output_dir: {tmp_path / 'out'}\n")
-    table = main([str(checkpoint), str(config), "--rows", "6", "--prices", "0,1"])
-    assert [row["budget_cost"] for row in table["rows"]] == [0.0, 1.0]
-    assert all(set(row["families"]) == set(table["need"]) for row in table["rows"])
+    table = main([str(checkpoint), str(config), "--rows", "6", "--prices", "0,1,50"])
+    assert [row["budget_cost"] for row in table["rows"]] == [0.0, 1.0, 50.0]
+    assert sum(row["chosen"] for row in table["rows"]) == 1
+    assert table["rows"][-1]["mean_tokens"] <= table["rows"][0]["mean_tokens"], "a higher price buys no more tokens"
     assert sum(need["n"] for need in table["need"].values()) <= 6
     printed = capsys.readouterr().out
-    assert "6 validation rows" in printed and "| need (oracle-minimal) |" in printed
+    assert "6 validation rows" in printed and "| need (oracle-minimal) |" in printed and "<- fit" in printed
+    for bad in (["--prices", "0,,1"], ["--prices", "0,inf"], ["--rows", "0"]):
+        with pytest.raises(SystemExit):
+            main([str(checkpoint), str(config), *bad])
+        assert f"argument {bad[0]}" in capsys.readouterr().err

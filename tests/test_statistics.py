@@ -31,9 +31,9 @@ paired_difference = statistics.paired_difference
 def test_public_names():
     assert sorted(statistics.__all__) == [
         "accuracy_with_intervals", "across_seeds", "bootstrap_interval", "calibration_vs_constant", "chance_level",
-        "constant_tier_policies", "envelope_vertices", "family_means", "family_need", "family_router", "fit_temperature",
-        "frontier_at", "frontier_difference", "oracle_policy", "oracle_tiers", "paired_difference", "stable_tiers",
-        "t_quantile", "tier_tokens"]
+        "constant_tier_policies", "envelope_vertices", "family_means", "family_need", "family_router",
+        "fit_temperature", "frontier_at", "frontier_difference", "oracle_policy", "oracle_tiers", "paired_difference",
+        "stable_tiers", "t_quantile", "tier_tokens"]
     assert all(callable(getattr(statistics, name)) for name in statistics.__all__)
 
 FAST = {"n_resamples": 500}

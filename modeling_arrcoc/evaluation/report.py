@@ -341,7 +341,7 @@ def _need(runs, correct, counts, tasks, seed) -> dict:
                 "over": over_under["over"], "under": over_under["under"]}
 
     spent = {name: run.visual_token_counts for name, run in priced.items()}
-    return {**statistics.family_need(correct, counts, tasks, spent, seed=seed),
+    return {**statistics.family_need(correct, counts, tasks, spent=spent, seed=seed),
             "calibration_stable": {name: stable_match(run) for name, run in priced.items()}}
 
 

@@ -248,11 +248,23 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, pri
     the winner is the grid's first or last price (the best price may lie beyond it), `met_floor` whether a price on
     or above the envelope reached the floor, `met_margin` whether one of those reached `min_margin`,
     `unconstrained` the price the margin alone would choose."""
-    points = [{key: value for key, value in point.items() if key != "tiers"}
-              for point in price_points(model, budget_logits, exact, prices)]
+    points = price_points(model, budget_logits, exact, prices)
+    choice = select_price(points, best_tier_accuracy=float(exact.float().mean(0).max()),
+                          accuracy_floor=accuracy_floor, min_margin=min_margin)
+    model.config.budget_cost = choice["budget_cost"]
+    return choice
+
+
+def select_price(points: list, best_tier_accuracy: float, accuracy_floor: float | None = None,
+                 min_margin: float | None = None) -> dict:
+    """`fit_budget_cost`'s rule over `price_points`' points: with `min_margin`, the most accurate price at least that
+    far above the envelope and over the floor (`accuracy_floor` x `best_tier_accuracy`, prices under the envelope
+    excluded); else, or if none reaches it, the largest margin among those over the floor; else the largest margin.
+    Returns the chosen point (without its per-row "tiers" and "counts") with the fit's flags."""
+    points = [{key: value for key, value in point.items() if key not in ("tiers", "counts")} for point in points]
+    prices = [point["budget_cost"] for point in points]
     unconstrained = max(points, key=_margin_first)
-    best_tier = float(exact.float().mean(0).max())
-    floor = None if accuracy_floor is None else accuracy_floor * best_tier
+    floor = None if accuracy_floor is None else accuracy_floor * best_tier_accuracy
     eligible = points if floor is None else [
         p for p in points if p["accuracy"] >= floor - 1e-9 and p["margin"] >= -1e-9]
     wide = [] if min_margin is None else [p for p in eligible if p["margin"] >= min_margin - 1e-9]
@@ -260,7 +272,6 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, pri
         best = max(wide, key=_accuracy_first)
     else:
         best = max(eligible, key=_margin_first) if eligible else unconstrained
-    model.config.budget_cost = best["budget_cost"]
     return {**best, "at_edge": best["budget_cost"] in (min(prices), max(prices)), "floor": floor,
             "met_floor": bool(eligible), "min_margin": min_margin, "met_margin": bool(wide),
             "unconstrained": unconstrained["budget_cost"]}
@@ -271,7 +282,8 @@ def price_points(model, budget_logits: torch.Tensor, exact: torch.Tensor, prices
     `tier_runs`), at the model's current temperature: every row's tier by the model's own rule (`resolve_budget`),
     then {"budget_cost", "accuracy", "mean_tokens", "envelope" (the constant tiers' envelope at those tokens,
     `statistics.frontier_at`: any fixed tier or random mix of two that spends no more), "margin", "rows", "tiers"
-    ([R], each row's tier)}. The price fit chooses among these points; tools/price_sweep.py shows them."""
+    and "counts" ([R] each: every row's tier and tokens)}. The price fit chooses among these points (`select_price`);
+    tools/price_sweep.py shows them."""
     exact = exact.float()
     tiers_points = [(float(model.config.tier_tokens(tier)), float(accuracy))
                     for tier, accuracy in enumerate(exact.mean(0).cpu())]
@@ -283,7 +295,8 @@ def price_points(model, budget_logits: torch.Tensor, exact: torch.Tensor, prices
         mean_tokens = float(counts.float().mean())
         envelope = statistics.frontier_at(tiers_points, mean_tokens)["value"]
         points.append({"budget_cost": float(price), "accuracy": accuracy, "mean_tokens": mean_tokens,
-                       "envelope": envelope, "margin": accuracy - envelope, "rows": len(tiers), "tiers": tiers})
+                       "envelope": envelope, "margin": accuracy - envelope, "rows": len(tiers), "tiers": tiers,
+                       "counts": counts.cpu()})
     return points
 
 
@@ -334,6 +347,7 @@ __all__ = [
     "fit_budget_temperature",
     "predicts_budget",
     "price_points",
+    "select_price",
     "smallest_exact_tier",
     "answering_tiers",
     "stable_tier_weights",
