@@ -485,6 +485,19 @@ def test_makefile_methods_parse_with_every_demo_phase():
                                  *overrides])
 
 
+def test_the_demo_phases_share_their_pages_and_fit_the_price_on_all_of_them():
+    """make demo renders the phases' pages once (tools.prepare_data with phase 1's data keys), so every phase must
+    read the same keys; phase 3 fits the budget's temperature and price on the whole validation split (on 256 rows
+    three prices tied to the question and the tie, not accuracy, chose the price: docs/demo_model.md)."""
+    parsed = [recipe.parse_config([str(ROOT / f"configs/demo/phase{number}.yaml"), "output_dir=/tmp/unused"])
+              for number in (1, 2, 3)]
+    keys = [{key: value for key, value in dataclasses.asdict(data).items() if key.startswith("synthetic_")}
+            for _, data, _ in parsed]
+    assert keys[0] == keys[1] == keys[2]
+    _, data, args = parsed[2]
+    assert args.fit_budget_cost and args.fit_budget_temperature == data.synthetic_num_validation >= 1000
+
+
 def test_the_model_cards_limitation_reaches_eval_whole():
     """make passes the card's limitation to eval.py whole: a '#' in a Makefile variable starts a comment, and one
     once cut the card's text mid-sentence ("...within the 3 points issue")."""
