@@ -375,3 +375,19 @@ def test_prefill_decode_steps_a_static_cache_the_prefill_wrote(tiny):
     torch.testing.assert_close(static, dynamic, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="static cache"):
         prefill_decode.run(TINY, repeats=STATIC_ROOM)
+
+
+def test_prefill_profile_names_the_attention_and_matmul_calls_of_each_variant():
+    """bench.prefill_profile: one profiled prefill eager and one compiled (aot_eager here), each with its wall time
+    and its attention and matrix-product calls by input shape; the two variants run the same attention calls."""
+    from bench import prefill_profile
+
+    result = prefill_profile.run(TINY, tier="full", backend="aot_eager")
+    assert set(result["variants"]) == {"eager", "compiled"}
+    for variant in result["variants"].values():
+        assert variant["wall_s"] > 0 and variant["rows"]
+        assert all(any(name in op for name in prefill_profile.SHOWN) and calls > 0 for op, calls, _, _ in variant["rows"])
+    attention = {name: sum(calls for op, calls, _, _ in variant["rows"] if "attention" in op)
+                 for name, variant in result["variants"].items()}
+    assert attention["eager"] == attention["compiled"] > 0
+    assert "tier full" in prefill_profile.format_report(result)
