@@ -17,7 +17,6 @@ from bench.prefill_decode import query_inputs
 
 import torch
 
-NAME = "prefill_profile"
 SHOWN = ("flash_attention", "scaled_dot_product", "aten::mm", "aten::addmm", "aten::bmm")
 
 

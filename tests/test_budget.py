@@ -213,7 +213,7 @@ def test_fit_budget_cost_takes_the_price_furthest_above_the_envelope(tester):
     """Easy questions (every tier answers) lean to the largest tier, hard ones (only it answers) insist on it: a
     middle price sends the easy ones to the smallest tier and keeps the hard ones, which no constant policy or mix of
     two matches at those tokens. Equal margins go to the fewer tokens."""
-    from modeling_arrcoc.training.calibration import fit_budget_cost, price_points, select_price
+    from modeling_arrcoc.training.calibration import fit_budget_cost, price_choice, price_points, select_price
 
     model = tester.get_model()
     easy, hard = torch.tensor([0.0, 0.0, 2.0]), torch.tensor([-10.0, -10.0, 10.0])
@@ -231,6 +231,7 @@ def test_fit_budget_cost_takes_the_price_furthest_above_the_envelope(tester):
         points = price_points(model, logits, exact, prices=(0.0, 1.0, 20.0))
         assert points[1]["tiers"].tolist() == [0] * 4 + [2] * 4 and points[1]["counts"].tolist() == [4] * 4 + [64] * 4
         assert select_price(points, best_tier_accuracy=1.0)["budget_cost"] == 1.0, "the fit's own rule"
+        assert price_choice(model, logits, exact, prices=(0.0, 1.0, 20.0))[1] == fit, "what the fit chose and wrote"
         tie = fit_budget_cost(model, logits, exact, prices=(0.0, 20.0))
         assert tie["budget_cost"] == 20.0 and tie["margin"] == pytest.approx(0.0), "a tie goes to the fewer tokens"
         assert tie["at_edge"], "the grid's last price won: the best price may lie beyond it"

@@ -9,7 +9,7 @@ own temperature (`price_points`, as `fit_budget_cost` does). Per price: accuracy
 constant tiers' envelope, and each family's mean tokens; the last row gives each family's need, the mean tokens of
 its oracle-minimal tier with its 95% interval, as eval.json's `policies.need` does on test questions (tokens spent on
 the rows the largest tier answers, need on the rows some tier answers). A family whose tokens lie inside its interval
-is marked with *; the price the YAML's rule chooses on these rows (`select_price`, under its
+is marked with *; the price the YAML's rule chooses on these rows (`price_choice`, under its
 `fit_budget_accuracy_floor` and `fit_budget_min_margin`) with "<- fit". The validation rows wear the training look:
 on a look training never showed, the need can be larger (docs/demo_model.md).
 """
@@ -22,7 +22,7 @@ import modeling_arrcoc  # noqa: F401  (registers ArrCoc with the Auto classes)
 from modeling_arrcoc import statistics
 from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.data.recipe import build_datasets
-from modeling_arrcoc.training.calibration import PRICE_GRID, budget_head_runs, price_points, select_price
+from modeling_arrcoc.training.calibration import PRICE_GRID, budget_head_runs, price_choice
 from modeling_arrcoc.training.recipe import build_model_and_processor, parse_config
 
 
@@ -98,9 +98,9 @@ def main(argv=None) -> dict:
     rows = [validation[i] for i in range(min(args.rows, len(validation)))]
     collator = ArrCocCollator(processor, patch_size=model.config.vision_config.patch_size)
     runs = budget_head_runs(model, collator, rows)
-    points = price_points(model, runs["logits"], runs["exact"], prices=args.prices)
-    choice = select_price(points, best_tier_accuracy=float(runs["exact"].float().mean(0).max()),
-                          accuracy_floor=training.fit_budget_accuracy_floor, min_margin=training.fit_budget_min_margin)
+    points, choice = price_choice(model, runs["logits"], runs["exact"], prices=args.prices,
+                                  accuracy_floor=training.fit_budget_accuracy_floor,
+                                  min_margin=training.fit_budget_min_margin)
     tokens = [model.config.tier_tokens(tier) for tier in range(runs["exact"].shape[1])]
     table = sweep_table(points, runs["exact"].cpu().numpy(), tokens, [row["task"] for row in rows],
                         chosen=choice["budget_cost"])

@@ -248,11 +248,21 @@ def fit_budget_cost(model, budget_logits: torch.Tensor, exact: torch.Tensor, pri
     the winner is the grid's first or last price (the best price may lie beyond it), `met_floor` whether a price on
     or above the envelope reached the floor, `met_margin` whether one of those reached `min_margin`,
     `unconstrained` the price the margin alone would choose."""
+    _, choice = price_choice(model, budget_logits, exact, prices=prices, accuracy_floor=accuracy_floor,
+                             min_margin=min_margin)
+    model.config.budget_cost = choice["budget_cost"]
+    return choice
+
+
+def price_choice(model, budget_logits: torch.Tensor, exact: torch.Tensor, prices=PRICE_GRID,
+                 accuracy_floor: float | None = None, min_margin: float | None = None) -> tuple:
+    """(`price_points` at each price, the point `select_price` chooses among them): the fit's whole decision, the
+    floor taken from the best constant tier on these rows. `fit_budget_cost` writes the choice into the config;
+    tools/price_sweep.py shows every point and marks it."""
     points = price_points(model, budget_logits, exact, prices)
     choice = select_price(points, best_tier_accuracy=float(exact.float().mean(0).max()),
                           accuracy_floor=accuracy_floor, min_margin=min_margin)
-    model.config.budget_cost = choice["budget_cost"]
-    return choice
+    return points, choice
 
 
 def select_price(points: list, best_tier_accuracy: float, accuracy_floor: float | None = None,
@@ -346,6 +356,7 @@ __all__ = [
     "fit_budget_head",
     "fit_budget_temperature",
     "predicts_budget",
+    "price_choice",
     "price_points",
     "select_price",
     "smallest_exact_tier",
