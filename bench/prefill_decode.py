@@ -62,6 +62,7 @@ class Phases:
         from transformers import StaticCache
 
         self.model, self.inputs, self.tier = model, inputs, tier
+        self.prompt = without_all_ones_mask(inputs)
         self.forward = model if compiled is None else compiled
         self.switched = compiled is not None
         # The prompt's <image> becomes the tier's K visual tokens in every row (decode_bytes counts the same cache).
@@ -72,7 +73,7 @@ class Phases:
         self.decoder = DecodeStep(cache, first.logits[:, -1:].argmax(-1), length, kind="static")
 
     def prefill(self):
-        return self._call(lambda: self.forward(**self.inputs, budget=self.tier, use_cache=True,
+        return self._call(lambda: self.forward(**self.prompt, budget=self.tier, use_cache=True,
                                                logits_to_keep=1).logits)
 
     def decode_step(self):
@@ -81,6 +82,15 @@ class Phases:
     @torch.no_grad()
     def _call(self, call):
         return common.with_switch(call) if self.switched else call()
+
+
+def without_all_ones_mask(inputs) -> dict:
+    """The prefill's inputs as a caller compiling the forward passes them (docs/inference.md): an attention mask
+    with nothing masked is left out, read here once on the host, so the compiled prefill runs the language model
+    with SDPA's `is_causal` instead of an [L, L] mask. Eager and compiled get the same inputs."""
+    if bool(inputs["attention_mask"].all()):
+        return {key: value for key, value in inputs.items() if key != "attention_mask"}
+    return inputs
 
 
 def decode_bytes(config, tier, text_width, batch, bytes_per_value=4) -> int:
@@ -193,6 +203,7 @@ def run(preset="demo", repeats=7, batch_sizes=(1, 8), tiers=None, compile_model=
         raw = measure_batch(model, inputs, tiers, repeats, compile_model, backend=backend, components=components)
         result["batch_sizes"][str(batch)] = {
             "text_width": width, "compile_seconds": raw["compile_seconds"],
+            "prefill_attention_mask": "given" if "attention_mask" in without_all_ones_mask(inputs) else "left out",
             "tiers": {str(t): tier_report(config, raw["times"], t, width, batch, variants) for t in tiers},
         }
         if raw["components"]:
@@ -246,7 +257,10 @@ def markdown(result: dict) -> str:
              + (f" Prompt: {result['prompt']}." if result.get("prompt") else "")]
     for batch, part in result["batch_sizes"].items():
         for phase in ("prefill", "decode"):
-            lines += ["", f"Batch {batch}, {phase}:", "", phase_table(part, phase, variants)]
+            mask = part.get("prefill_attention_mask")
+            note = ("" if phase == "decode" or mask is None else
+                    " (no padding: attention mask left out, SDPA causal)" if mask == "left out" else " (padded)")
+            lines += ["", f"Batch {batch}, {phase}{note}:", "", phase_table(part, phase, variants)]
         if part.get("components"):
             lines += ["", f"Batch {batch}, components (eager, ms, share of their sum):", "",
                       components_table(part["components"])]
@@ -275,4 +289,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["COMPONENTS", "NAME", "Phases", "component_report", "components_table", "decode_bytes", "markdown",
-           "measure_batch", "query_inputs", "result_name", "run"]
+           "measure_batch", "query_inputs", "result_name", "run", "without_all_ones_mask"]

@@ -388,6 +388,18 @@ class ArrCocModel(ArrCocPreTrainedModel):
             kept_patch_mask=chosen.kept_patch_mask, token_sources=chosen.position_weights.argmax(-1), plan=plan,
         )
 
+    def _plain_causal_prefill(self, caller_mask, plan, cache) -> bool:
+        """Whether the spliced prompt needs no attention mask but causality: the caller passed no `attention_mask`
+        (unpadded rows), the tier is fixed (every row keeps the same K, so the splice pads nothing), nothing is
+        cached yet, and every layer of the language model is SDPA's full causal attention. transformers finds this
+        itself in eager mode by reading the mask; while compiling under torch < 2.14 it never does
+        (`masking_utils._ignore_causal_mask_sdpa`) and builds an [L, L] mask, which keeps SDPA off its causal
+        kernel: 13.7 s of the base preset's 33 s compiled attention at full tokens (docs/results.md)."""
+        text = self.config.text_config
+        return (caller_mask is None and plan is not None and plan.static_tokens is not None
+                and _cache_known_empty(cache) and text._attn_implementation == "sdpa"
+                and set(getattr(text, "layer_types", None) or ["full_attention"]) == {"full_attention"})
+
     def splice(self, input_ids, attention_mask, image: ArrCocImageFeaturesOutput, labels=None, inputs_embeds=None
                ) -> tuple:
         """(inputs_embeds, attention_mask, position_ids, labels): each sample's text with its K_i visual embeddings
@@ -488,7 +500,7 @@ class ArrCocModel(ArrCocPreTrainedModel):
         """
         if input_ids is None and inputs_embeds is None:
             raise ValueError("You must specify input_ids or inputs_embeds.")
-        multimodal = None
+        multimodal, caller_mask = None, attention_mask
         if pixel_values is not None or patch_features is not None or plan is not None:
             vision_kwargs = _vision_kwargs(kwargs)
             plan_kwargs = vision_kwargs if plan is not None else dict(
@@ -512,6 +524,8 @@ class ArrCocModel(ArrCocPreTrainedModel):
             # context (prompt + max_new_tokens) before its first step.
             past_length = cache.get_seq_length() if cache is not None else 0
             check_context_length(length=past_length + inputs_embeds.shape[1], text_config=self.config.text_config)
+        if multimodal is not None and self._plain_causal_prefill(caller_mask, multimodal.image.plan, cache):
+            attention_mask = {"full_attention": None}  # per layer type: SDPA then runs with is_causal, no mask
         outputs = self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             use_cache=use_cache, return_dict=True, **kwargs,
@@ -530,6 +544,12 @@ class ArrCocModel(ArrCocPreTrainedModel):
 def _patch_sequence(features):
     """[B, C, H, W] feature map -> [B, H*W, C] raster-ordered patch sequence."""
     return features.flatten(2).transpose(1, 2)
+
+
+def _cache_known_empty(cache) -> bool:
+    """Nothing cached yet, known on the host: a static cache's filled length is a tensor once written (unknown)."""
+    length = 0 if cache is None else cache.get_seq_length()
+    return isinstance(length, int) and length == 0
 
 
 def _vision_kwargs(kwargs):

@@ -256,6 +256,16 @@ def test_prefill_decode_builds_inputs_for_a_preset_without_a_processor(tmp_path)
     assert logits.shape[:2] == (3, 1) and torch.isfinite(logits).all()
 
 
+def test_prefill_leaves_out_a_mask_that_masks_nothing():
+    """The compiled prefill gets `is_causal` only without a mask (tests/test_compile.py): an all-ones mask is left
+    out, a padded batch keeps its own."""
+    ids = torch.ones(2, 3, dtype=torch.long)
+    unpadded = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    assert set(prefill_decode.without_all_ones_mask(unpadded)) == {"input_ids"}
+    padded = {"input_ids": ids, "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]])}
+    assert prefill_decode.without_all_ones_mask(padded) is padded
+
+
 def test_decode_bytes_are_weights_plus_cache(tiny):
     """One decode step reads the weights once and the KV cache at its length: the gap between two tiers is the
     cache of the visual tokens they differ by, nothing else."""
@@ -352,7 +362,7 @@ def test_prefill_decode_compiled_calls_run_with_the_switch(monkeypatch):
             return types.SimpleNamespace(logits=torch.zeros(1, 1, 3))
 
     phases = prefill_decode.Phases.__new__(prefill_decode.Phases)
-    phases.inputs, phases.tier, phases.forward = {}, 4, Recorder()
+    phases.prompt, phases.tier, phases.forward = {}, 4, Recorder()
     for switched in (False, True):
         phases.switched = switched
         phases.prefill()
@@ -379,15 +389,19 @@ def test_prefill_decode_steps_a_static_cache_the_prefill_wrote(tiny):
 
 def test_prefill_profile_names_the_attention_and_matmul_calls_of_each_variant():
     """bench.prefill_profile: one profiled prefill eager and one compiled (aot_eager here), each with its wall time
-    and its attention and matrix-product calls by input shape; the two variants run the same attention calls."""
+    and its attention and matrix-product calls by input shape; the two variants run the same attention calls, with
+    the same masks."""
     from bench import prefill_profile
 
-    result = prefill_profile.run(TINY, tier="full", backend="aot_eager")
+    result = prefill_profile.run(TINY, tier="full", backend="aot_eager", top=100)  # every row: a top-12 cut by time is noisy
     assert set(result["variants"]) == {"eager", "compiled"}
     for variant in result["variants"].values():
         assert variant["wall_s"] > 0 and variant["rows"]
         assert all(any(name in op for name in prefill_profile.SHOWN) and calls > 0 for op, calls, _, _ in variant["rows"])
-    attention = {name: sum(calls for op, calls, _, _ in variant["rows"] if "attention" in op)
+    # The attention kernels' calls with their input shapes, mask included: compiled runs the very calls eager does.
+    # Before the language model got `is_causal` while compiling (#23), its calls carried a [1, 1, L, L] mask here.
+    attention = {name: sorted((calls, str(shapes)) for op, calls, _, shapes in variant["rows"]
+                              if op.startswith("aten::_scaled_dot_product"))
                  for name, variant in result["variants"].items()}
-    assert attention["eager"] == attention["compiled"] > 0
+    assert attention["eager"] == attention["compiled"] and attention["eager"]
     assert "tier full" in prefill_profile.format_report(result)

@@ -2,6 +2,8 @@
 the host (`ArrCocAllocationPlan.static_tokens`), so Dynamo traces one graph with no break, and the compiled forward
 answers as the eager one. Under "auto" the token count is data: generate runs one static plan per tier group."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -192,3 +194,63 @@ def test_fixed_tier_forward_with_sam_under_autocast_is_one_graph(tester):
     model, inputs = tester.get_model(vision_autocast_dtype="bfloat16"), tester.prepare_inputs()
     explained = _explain(_logits(model, 4, "learned"), **inputs)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def _sdpa_calls(model, inputs, budget):
+    """(is_causal, has a mask) of each SDPA call in the one graph of a compiled forward at `budget`, and its logits."""
+    graphs = []
+
+    def capture(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda **kw: model(**kw, budget=budget, use_cache=False).logits, fullgraph=True,
+                             backend=capture)
+    with torch.no_grad():
+        logits = compiled(**inputs)
+    calls = [(bool(node.kwargs.get("is_causal", False)), node.kwargs.get("attn_mask") is not None)
+             for graph in graphs for node in graph.graph.nodes
+             if node.target is torch.nn.functional.scaled_dot_product_attention]
+    return calls, logits
+
+
+@pytest.mark.parametrize("budget", [4, "full"])
+def test_unpadded_fixed_tier_prefill_compiles_without_a_causal_mask(tester, budget):
+    """#23: with no attention_mask (unpadded rows) at a fixed tier, every language-model layer's SDPA runs with
+    `is_causal` and no [L, L] mask, also traced (transformers builds the mask whenever it compiles under torch < 2.14);
+    the logits are those of the eager forward given the all-ones mask. Given a mask, the compiled graph keeps it."""
+    model = tester.get_model()
+    inputs = tester.prepare_inputs(prompt_lengths=(4, 4, 4))
+    inputs.pop("labels")
+    assert bool(inputs["attention_mask"].all())
+    layers = model.config.text_config.num_hidden_layers
+    with torch.no_grad():
+        eager = model(**inputs, budget=budget, use_cache=False).logits
+    masked_calls, masked_logits = _sdpa_calls(model, inputs, budget)
+    assert sum(causal for causal, _ in masked_calls) == 0 and sum(mask for _, mask in masked_calls) >= layers
+    unmasked = {key: value for key, value in inputs.items() if key != "attention_mask"}
+    calls, logits = _sdpa_calls(model, unmasked, budget)
+    assert sum(causal and not mask for causal, mask in calls) == layers
+    torch.testing.assert_close(logits, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(masked_logits, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_or_cached_prefill_keeps_its_mask(tester):
+    """Only a fixed tier over an empty cache is a plain causal prompt: under "auto" rows keep different K (the splice
+    pads), and after a cached prefix `is_causal`'s upper-left alignment would hide the cache from the prompt."""
+    from transformers import DynamicCache
+
+    from modeling_arrcoc.modeling_arrcoc import _cache_known_empty
+
+    model = tester.get_model()
+    base = model.model
+    plan = base.plan_allocation(pixel_values=tester.prepare_inputs()["pixel_values"], budget=4)
+    assert base._plain_causal_prefill(None, plan, None)
+    assert not base._plain_causal_prefill(torch.ones(3, 4, dtype=torch.long), plan, None)
+    assert not base._plain_causal_prefill(None, dataclasses.replace(plan, static_tokens=None), None)
+    cache = DynamicCache(config=model.config.text_config)
+    assert _cache_known_empty(None) and _cache_known_empty(cache)
+    text = model.config.text_config
+    shape = (1, text.num_key_value_heads, 2, text.head_dim)
+    cache.update(torch.zeros(shape), torch.zeros(shape), layer_idx=0)
+    assert not _cache_known_empty(cache) and not base._plain_causal_prefill(None, plan, cache)
