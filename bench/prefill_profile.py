@@ -6,7 +6,9 @@ One prefill (`model(**inputs, budget=tier, use_cache=True, logits_to_keep=1)`, p
 compiled (`fullgraph=True`), each after a warm call, under torch.profiler. Prints each variant's wall time and the
 attention and matrix-product calls grouped by input shape, the rows that name a fixed cost (#23). `--switch` runs the
 compiled call with the grouped-query switch on, as prefill_decode does. What it found at full tokens on the base
-preset (docs/results.md, "#23's item 4"): compiled, the language model's attention gets a materialized causal mask.
+preset (docs/results.md, "Why compiled lost at full tokens"): compiled, the language model's attention got a
+materialized causal mask. An unpadded prompt now runs without one (its inputs leave out an all-ones mask, as
+prefill_decode's do), and the two variants' attention calls match.
 """
 
 import argparse
