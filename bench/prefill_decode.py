@@ -4,8 +4,8 @@ The two phases have different limits, so each stands beside its own ideal:
 - prefill: pixels to the first token's logits (SAM, the allocator, selection, CLIP, the adapter, the splice and the
   language model over the spliced prompt, with its KV cache built): one `model(**inputs, budget=tier,
   use_cache=True, logits_to_keep=1)` call. Its ideal speed-up over full tokens is the FLOP ratio (bench/flops.py).
-- decode: one cached step of the language model (one new token per sample) after that prefill, in a static cache
-  the prefill wrote (the route docs/inference.md documents; the default dynamic cache copies itself at every step,
+- decode: a cached step of the language model (one new token per sample) after that prefill, timed as the mean of
+  `DECODE_STEPS` steps back to back, in a static cache the prefill wrote (the route docs/inference.md documents; the default dynamic cache copies itself at every step,
   bench/decode_gqa.py). It reads every weight of the language model and the whole KV cache once, and does little
   arithmetic: its ideal speed-up is the ratio of bytes read per step, weights plus the KV cache at the tier's K
   tokens.
@@ -33,6 +33,10 @@ import torch
 
 NAME = "prefill_decode"
 VARIANTS = ("eager", "compiled")
+# Cached steps per timed decode call, reported per step. Back to back, as generate runs them: a single step timed
+# right after a 10-second prefill measured the wait after the prefill too (compiled at tier 64 on the base preset:
+# 0.67x eager in wall time, level in CPU time; 1.11x faster with its steps back to back, docs/results.md).
+DECODE_STEPS = 4
 
 
 def parse_args(argv=None):
@@ -78,6 +82,10 @@ class Phases:
 
     def decode_step(self):
         return self._call(lambda: self.decoder.step(self.forward))
+
+    def decode_steps(self, steps=DECODE_STEPS):
+        """`steps` cached steps back to back (the last one's logits)."""
+        return self._call(lambda: [self.decoder.step(self.forward) for _ in range(steps)][-1])
 
     @torch.no_grad()
     def _call(self, call):
@@ -127,13 +135,17 @@ def measure_batch(model, inputs, tiers, repeats, compile_model, warmup=1, backen
             compile_seconds[str(tier)] = time.perf_counter() - start
         for variant, phases in variants.items():
             calls[("prefill", variant, tier)] = phases.prefill
-            calls[("decode", variant, tier)] = phases.decode_step
+            calls[("decode", variant, tier)] = phases.decode_steps
     staged = {tier: [] for tier in tiers}
     if components:
         query = Query(model, inputs=inputs)
         for tier in tiers:  # new_tokens=2: the prefill's first token, then one cached decode step
             calls[("components", "eager", tier)] = lambda tier=tier: staged[tier].append(query.stages(tier, 2)[1])
     times = common.interleaved(calls, repeats, warmup=warmup)
+    for (phase, _, _), clocks in times.items():
+        if phase == "decode":  # per step
+            for clock, values in clocks.items():
+                clocks[clock] = [value / DECODE_STEPS for value in values]
     return {"times": times, "compile_seconds": compile_seconds,
             "components": {tier: rounds[warmup:] for tier, rounds in staged.items() if rounds}}
 
@@ -182,9 +194,9 @@ def run(preset="demo", repeats=7, batch_sizes=(1, 8), tiers=None, compile_model=
         backend="inductor", components=False, vision_autocast=None) -> dict:
     """backend: torch.compile's (the tests use "aot_eager": the same graphs, no code generation).
     vision_autocast: SAM's compute dtype (`config.vision_autocast_dtype`), None: float32 throughout."""
-    if repeats + 3 > STATIC_ROOM:  # compile's first step, the warm-up round and the timed ones each fill a slot
-        raise ValueError(f"repeats must be at most {STATIC_ROOM - 3}: the decode step's static cache has "
-                         f"{STATIC_ROOM} free positions.")
+    if 1 + (repeats + 1) * DECODE_STEPS > STATIC_ROOM:  # compile's first step, then each round's steps fill slots
+        raise ValueError(f"repeats must be at most {(STATIC_ROOM - 1) // DECODE_STEPS - 1}: the decode steps' static "
+                         f"cache has {STATIC_ROOM} free positions, {DECODE_STEPS} steps a round.")
     common.use_threads(threads)
     model, processor = common.load_model(preset, needs_processor=False, vision_autocast=vision_autocast)
     config = model.config
@@ -251,7 +263,7 @@ def markdown(result: dict) -> str:
              f"{result['dtype']}, random weights, {result['repeats']} interleaved rounds, medians; "
              f"{common.machine_line(result)}). Prefill = pixels to the first token (vision, allocation, LLM over "
              "the prompt, cache built); its ideal speed-up is the FLOP ratio. Decode = one cached step in a static "
-             "cache; its ideal is the ratio of bytes read (LLM weights + KV cache at K tokens). Compiled = "
+             f"cache (the mean of {DECODE_STEPS} back to back); its ideal is the ratio of bytes read (LLM weights + KV cache at K tokens). Compiled = "
              f"`torch.compile(fullgraph=True)` at the tier, traced and run with `{common.FORCE_GQA}=1` "
              "(docs/inference.md)."
              + (f" Prompt: {result['prompt']}." if result.get("prompt") else "")]
@@ -288,5 +300,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["COMPONENTS", "NAME", "Phases", "component_report", "components_table", "decode_bytes", "markdown",
+__all__ = ["COMPONENTS", "DECODE_STEPS", "NAME", "Phases", "component_report", "components_table", "decode_bytes", "markdown",
            "measure_batch", "query_inputs", "result_name", "run", "without_all_ones_mask"]

@@ -383,8 +383,12 @@ def test_prefill_decode_steps_a_static_cache_the_prefill_wrote(tiny):
         first = model(**inputs, budget=4, use_cache=True, logits_to_keep=1)
     dynamic = DecodeStep(first.cache, first.logits[:, -1:].argmax(-1), first.cache.get_seq_length()).step(model)
     torch.testing.assert_close(static, dynamic, atol=1e-5, rtol=1e-5)
+    # A timed decode call is DECODE_STEPS steps back to back, each in the next slot; the room is checked for them.
+    phases.decode_steps()
+    assert phases.decoder.next == start + 1 + prefill_decode.DECODE_STEPS
+    most = (STATIC_ROOM - 1) // prefill_decode.DECODE_STEPS - 1
     with pytest.raises(ValueError, match="static cache"):
-        prefill_decode.run(TINY, repeats=STATIC_ROOM)
+        prefill_decode.run(TINY, repeats=most + 1)
 
 
 def test_prefill_profile_names_the_attention_and_matmul_calls_of_each_variant():
