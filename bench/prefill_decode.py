@@ -5,8 +5,8 @@ The two phases have different limits, so each stands beside its own ideal:
   language model over the spliced prompt, with its KV cache built): one `model(**inputs, budget=tier,
   use_cache=True, logits_to_keep=1)` call. Its ideal speed-up over full tokens is the FLOP ratio (bench/flops.py).
 - decode: a cached step of the language model (one new token per sample) after that prefill, timed as the mean of
-  `DECODE_STEPS` steps back to back, in a static cache the prefill wrote (the route docs/inference.md documents; the default dynamic cache copies itself at every step,
-  bench/decode_gqa.py). It reads every weight of the language model and the whole KV cache once, and does little
+  `DECODE_STEPS` steps back to back, in a static cache the prefill wrote (the route docs/inference.md documents; the
+  default dynamic cache copies itself at every step, bench/decode_gqa.py). It reads every weight of the language model and the whole KV cache once, and does little
   arithmetic: its ideal speed-up is the ratio of bytes read per step, weights plus the KV cache at the tier's K
   tokens.
 Each call runs eager and compiled (`torch.compile(fullgraph=True)`: at a fixed tier the forward is one graph,
@@ -80,9 +80,6 @@ class Phases:
         return self._call(lambda: self.forward(**self.prompt, budget=self.tier, use_cache=True,
                                                logits_to_keep=1).logits)
 
-    def decode_step(self):
-        return self._call(lambda: self.decoder.step(self.forward))
-
     def decode_steps(self, steps=DECODE_STEPS):
         """`steps` cached steps back to back (the last one's logits)."""
         return self._call(lambda: [self.decoder.step(self.forward) for _ in range(steps)][-1])
@@ -131,7 +128,7 @@ def measure_batch(model, inputs, tiers, repeats, compile_model, warmup=1, backen
             variants["compiled"] = Phases(model, inputs, tier, compiled)
             start = time.perf_counter()
             variants["compiled"].prefill()
-            variants["compiled"].decode_step()
+            variants["compiled"].decode_steps(1)
             compile_seconds[str(tier)] = time.perf_counter() - start
         for variant, phases in variants.items():
             calls[("prefill", variant, tier)] = phases.prefill
@@ -263,7 +260,8 @@ def markdown(result: dict) -> str:
              f"{result['dtype']}, random weights, {result['repeats']} interleaved rounds, medians; "
              f"{common.machine_line(result)}). Prefill = pixels to the first token (vision, allocation, LLM over "
              "the prompt, cache built); its ideal speed-up is the FLOP ratio. Decode = one cached step in a static "
-             f"cache (the mean of {DECODE_STEPS} back to back); its ideal is the ratio of bytes read (LLM weights + KV cache at K tokens). Compiled = "
+             f"cache (the mean of {DECODE_STEPS} back to back); its ideal is the ratio of bytes read (LLM weights + "
+             "KV cache at K tokens). Compiled = "
              f"`torch.compile(fullgraph=True)` at the tier, traced and run with `{common.FORCE_GQA}=1` "
              "(docs/inference.md)."
              + (f" Prompt: {result['prompt']}." if result.get("prompt") else "")]
@@ -300,5 +298,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["COMPONENTS", "DECODE_STEPS", "NAME", "Phases", "component_report", "components_table", "decode_bytes", "markdown",
-           "measure_batch", "query_inputs", "result_name", "run", "without_all_ones_mask"]
+__all__ = ["COMPONENTS", "DECODE_STEPS", "NAME", "Phases", "component_report", "components_table", "decode_bytes",
+           "markdown", "measure_batch", "query_inputs", "result_name", "run", "without_all_ones_mask"]

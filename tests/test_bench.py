@@ -377,7 +377,7 @@ def test_prefill_decode_steps_a_static_cache_the_prefill_wrote(tiny):
     phases = prefill_decode.Phases(model, inputs, 4)
     assert type(phases.decoder.cache).__name__ == "StaticCache"
     start = phases.decoder.next
-    static = phases.decode_step()
+    static = phases.decode_steps(1)
     assert phases.decoder.next == start + 1  # written in place, one position further
     with torch.no_grad():
         first = model(**inputs, budget=4, use_cache=True, logits_to_keep=1)
@@ -397,7 +397,8 @@ def test_prefill_profile_names_the_attention_and_matmul_calls_of_each_variant():
     the same masks."""
     from bench import prefill_profile
 
-    result = prefill_profile.run(TINY, tier="full", backend="aot_eager", top=100)  # every row: a top-12 cut by time is noisy
+    # Every row: a top-12 cut by time is noisy.
+    result = prefill_profile.run(TINY, tier="full", backend="aot_eager", top=100)
     assert set(result["variants"]) == {"eager", "compiled"}
     for variant in result["variants"].values():
         assert variant["wall_s"] > 0 and variant["rows"]

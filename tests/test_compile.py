@@ -148,13 +148,19 @@ def test_compiled_static_cache_generate_matches_eager(tester, budget):
     assert torch.equal(compiled, eager)
 
 
-def _decode_graphs(model, inputs):
-    """The FX graphs Dynamo hands its backend for one compiled decode step after a tier-4 prefill."""
+def _capturing_backend():
+    """(graphs, backend): a torch.compile backend that keeps the FX graphs Dynamo hands it and runs them as traced."""
     graphs = []
 
     def capture(graph_module, example_inputs):
         graphs.append(graph_module)
         return graph_module.forward
+    return graphs, capture
+
+
+def _decode_graphs(model, inputs):
+    """The FX graphs Dynamo hands its backend for one compiled decode step after a tier-4 prefill."""
+    graphs, capture = _capturing_backend()
     cache, token, mask = _prefilled(model, inputs)
     with torch.no_grad():
         torch._dynamo.reset()
@@ -198,11 +204,7 @@ def test_fixed_tier_forward_with_sam_under_autocast_is_one_graph(tester):
 
 def _sdpa_calls(model, inputs, budget):
     """(is_causal, has a mask) of each SDPA call in the one graph of a compiled forward at `budget`, and its logits."""
-    graphs = []
-
-    def capture(graph_module, example_inputs):
-        graphs.append(graph_module)
-        return graph_module.forward
+    graphs, capture = _capturing_backend()
     torch._dynamo.reset()
     compiled = torch.compile(lambda **kw: model(**kw, budget=budget, use_cache=False).logits, fullgraph=True,
                              backend=capture)
