@@ -704,8 +704,8 @@ def visual_words(page: _Page) -> np.ndarray:
 def corpus_text() -> str:
     """Text covering every question template, colour name, bar label and answer string (tokenizer training).
 
-    Region answers are 3-digit strings; a tokenizer for this demo should split digits individually so the
-    model reads them digit by digit rather than as 1000 separate tokens.
+    Region answers are 3-digit strings; the demo's tokenizer splits digits individually
+    (`tokenization_arrcoc.digit_splitting_pre_tokenizer`), so the model reads them digit by digit, one cell a token.
     """
     lines = []
     for template in QUESTION_TEMPLATES["local_color"] + QUESTION_TEMPLATES["local_key"]:
