@@ -25,15 +25,17 @@ test: venv
 	$(PY) -m tools.fetch_transformers_tests
 	$(PY) -m pytest -q tests
 
-# The shipped base the demo starts from: make pretrain's four stages in one run on the AMD EPYC VM (its PROVENANCE.json),
-# the count sink weighted 6 in stages 3-4. A rerun from scratch with the visual words at 0.1 stayed on the full-token
-# plateau (docs/demo_model.md, "What kept the rerun on the plateau"). make pretrain takes longer than the demo.
+# The shipped base the demo starts from: make pretrain's four stages in one run on the AMD EPYC VM (its
+# PROVENANCE.json), the count sink weighted 6 in stages 3-4. A rerun from scratch with the visual words at 0.1
+# stayed on the full-token plateau (docs/demo_model.md, "What kept the rerun on the plateau"). make pretrain takes
+# longer than the demo.
 BASE := pretrained/demo-base
 # Stated on the model card (no numbers: those come from eval.json); revised when make demo's results change.
 DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its training) and its language model reads \
 	local reading and counting at every view without a tag, but not yet as well as a strong reader would: on the \
 	held-out look the base itself reads local reading under the 0.95 issue 21 asks of it, and a page of 8 squares \
-	is still often counted as 9 (docs/demo_model.md has the curves and the next levers). Region rows and charts are not taught: they are in neither the base's reader stage nor the phases, so the \
+	is still often counted as 9 (docs/demo_model.md has the curves and the next levers). Region rows and charts \
+	are not taught: they are in neither the base's reader stage nor the phases, so the \
 	evaluation leaves them out (every method would be at chance on them). The held-out test variant (other shades, \
 	layouts, glyph sizes) is read less well than the training one; the base's stages and the phases on random page \
 	looks narrow that gap but do not close it. Trained uniform pooling does not read at 64 tokens or fewer (a pooled \
@@ -45,8 +47,8 @@ DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its trai
 	with the full-resolution reference. Auto spends at the model's own token price, fitted on validation pages of the \
 	training looks (configs/demo/phase3.yaml) after its budget head was refitted on every tier's outcome for 1000 \
 	training rows. Its tier matches the oracle-minimal tier less often than always choosing the smallest tier, \
-	because on this reader the local families read alike at every tier from 4 to 64. Counting spends \
-	within what the held-out look needs; local reading under it. Each method here is one training \
+	because on this reader the local families read alike at every tier from 4 to 64. Counting spends within what \
+	the held-out look needs; local reading under it. Each method here is one training \
 	run and the intervals cover the questions, not the run: retrained at other seeds (make seeds, docs/results.md) \
 	ARR-COC and the reference each move by several points, and so does the gap between them. More tokens can hurt: \
 	in some runs ARR-COC at full tokens reads below its own tier 64.

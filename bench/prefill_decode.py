@@ -6,9 +6,9 @@ The two phases have different limits, so each stands beside its own ideal:
   use_cache=True, logits_to_keep=1)` call. Its ideal speed-up over full tokens is the FLOP ratio (bench/flops.py).
 - decode: a cached step of the language model (one new token per sample) after that prefill, timed as the mean of
   `DECODE_STEPS` steps back to back, in a static cache the prefill wrote (the route docs/inference.md documents; the
-  default dynamic cache copies itself at every step, bench/decode_gqa.py). It reads every weight of the language model and the whole KV cache once, and does little
-  arithmetic: its ideal speed-up is the ratio of bytes read per step, weights plus the KV cache at the tier's K
-  tokens.
+  default dynamic cache copies itself at every step, bench/decode_gqa.py). It reads every weight of the language
+  model and the whole KV cache once, and does little arithmetic: its ideal speed-up is the ratio of bytes read per
+  step, weights plus the KV cache at the tier's K tokens.
 Each call runs eager and compiled (`torch.compile(fullgraph=True)`: at a fixed tier the forward is one graph,
 docs/inference.md; with the grouped-query switch on, as that page advises), every variant of every tier interleaved
 in the same rounds, so the ratios come from one run.
