@@ -47,13 +47,15 @@ DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its trai
 	with the full-resolution reference. Auto spends at the model's own token price, fitted on validation pages of the \
 	training looks (configs/demo/phase3.yaml) after its budget head was refitted on every tier's outcome for 1000 \
 	training rows. Its tier matches the oracle-minimal tier less often than always choosing the smallest tier, \
-	because on this reader the local families read alike at every tier from 4 to 256. Counting spends within what \
-	the held-out look needs; local reading spends 4 to 5 tokens, under a need whose mean a few questions answered \
-	only at larger tiers dominate (docs/demo_model.md). Each method here is one training \
-	run and the intervals cover the questions, not the run: retrained at other seeds (make seeds, docs/results.md) \
-	ARR-COC and the reference each move by several points, and so does the gap between them. In earlier chains \
-	more tokens could hurt (ARR-COC at full tokens below its own tier 64); on this chain no seed shows it beyond \
-	the interval.
+	because on this reader the local families read alike at every tier from 4 to 256. Counting spends 16 tokens \
+	on every page, more than the held-out look's oracle-minimal need; local reading spends 4 to 6 tokens, at or \
+	just under a need whose mean a few questions answered only at larger tiers dominate (docs/demo_model.md). \
+	ARR-COC reads 2 to 3 points under the reference at every seed: its phase 3 moves its reader (CLIP, the adapter, \
+	the LLM, at a small rate) and that costs counting, which the reference's does not (docs/demo_model.md has the \
+	measurement and the next step). Each method here is one training run and the intervals cover the questions, not \
+	the run: retrained at other seeds (make seeds, docs/results.md) each model moves by up to 3 points. In earlier \
+	chains more tokens could hurt (ARR-COC at full tokens below its own tier 64); on this chain no seed shows it \
+	beyond the interval.
 
 # Four stages from random init, no relevance tag anywhere (a method-neutral base): the vision stage (SAM, CLIP,
 # adapter and ARR-COC's allocator; the reader's teacher and the answer boxes), the same vision stage continued on pages
