@@ -23,7 +23,8 @@ from modeling_arrcoc.data.collator import ArrCocCollator
 from modeling_arrcoc.data.sampler import TierGroupedBatchSampler, measure_padding_share, question_tiers
 from modeling_arrcoc.data.synthetic import NUM_VISUAL_WORDS
 from modeling_arrcoc.lora import merge_lora
-from modeling_arrcoc.training.phases import PHASES, apply_phase, component_parameters, trainable_parameter_counts
+from modeling_arrcoc.training.phases import (PHASES, READER, apply_phase, component_parameters,
+                                             trainable_parameter_counts)
 from modeling_arrcoc.training.arguments import ArrCocTrainingArguments
 from modeling_arrcoc.training.calibration import smallest_sufficient_tier
 from modeling_arrcoc.training.guards import NonFiniteLossError, SamFeatureCache
@@ -76,8 +77,7 @@ def make_args(tmp_path, phase="phase1", **overrides):
 def make_trainer(tmp_path, datasets, processor, phase="phase1", model=None, callbacks=None, **overrides):
     model = tiny_model() if model is None else model
     args = make_args(tmp_path, phase, **overrides)
-    apply_phase(model, phase, sam_unfreeze_last_n=args.sam_unfreeze_last_n, lora_rank=args.lora_rank,
-                freeze_vision_tower=args.freeze_vision_tower)
+    apply_phase(model, phase, **args.phase_options)
     return ArrCocTrainer(model=model, args=args, data_collator=ArrCocCollator(processor, patch_size=8),
                          train_dataset=datasets[0], eval_dataset=datasets[1], processing_class=processor,
                          callbacks=callbacks)
@@ -112,6 +112,15 @@ def test_phase_options():
     apply_phase(model, "phase3", freeze_vision_tower=True)
     assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
     assert all(p.requires_grad for p in model.model.allocator.parameters())
+    apply_phase(model, "phase3", freeze_vision_tower=True, freeze_reader=True)
+    counts = trainable_parameter_counts(model)
+    assert counts["allocator"][0] == counts["allocator"][1] > 0
+    assert all(counts[name][0] == 0 for name in counts if name != "allocator")
+    apply_phase(model, "phase3", freeze_reader=True)
+    assert all(p.requires_grad for p in model.model.vision_tower.parameters())
+    assert not any(p.requires_grad for p in model.model.clip_encoder.parameters())
+    with pytest.raises(ValueError, match="not an option of phase2"):
+        apply_phase(model, "phase2", freeze_reader=True)
     with pytest.raises(ValueError, match="not an option of phase1"):
         apply_phase(model, "phase1", llm_unfreeze_last_n=1)
     with pytest.raises(ValueError, match="not an option of phase2"):
@@ -187,6 +196,21 @@ def test_phase3_with_a_frozen_sam_trains_from_cached_features(tmp_path, datasets
     assert any(not torch.equal(before[n], after[n]) for n in before if ".language_model." in n)
     with pytest.raises(ValueError, match="freeze_vision_tower"):
         make_args(tmp_path, "phase3", cache_sam_features=True)
+
+
+def test_phase3_with_a_frozen_reader_trains_the_allocator_only(tmp_path, datasets, processor):
+    """freeze_reader leaves CLIP, the adapter, the LLM and lm_head exactly as phase 2 left them while the allocator
+    trains; the answer loss still reaches the allocator through the frozen reader."""
+    trainer = make_trainer(tmp_path, datasets, processor, "phase3", freeze_vision_tower=True, freeze_reader=True,
+                           cache_sam_features=True)
+    assert trainer.args.trained_components == ("allocator",)
+    before = snapshot(trainer.model)
+    trainer.train()
+    after = snapshot(trainer.model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(".allocator." in n for n in changed)
+    group_names = {group["name"].split(":")[0] for group in trainer.optimizer.param_groups}
+    assert not group_names & set(READER)
 
 
 def test_trainer_refuses_a_model_the_phase_was_not_applied_to(tmp_path, processor):

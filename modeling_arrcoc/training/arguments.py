@@ -55,6 +55,7 @@ class ArrCocTrainingArguments(TrainingArguments):
     sam_unfreeze_last_n: int = field(default=0, metadata=_help("phase1: also train the last N SAM blocks + neck."))
     llm_unfreeze_last_n: int = field(default=0, metadata=_help("phase2: also train the last N LLM layers + norm."))
     freeze_vision_tower: bool = field(default=False, metadata=_help("phase3: leave SAM frozen (the demo's phase 3)."))
+    freeze_reader: bool = field(default=False, metadata=_help("phase3: leave CLIP, the adapter and the LLM frozen."))
     lora_rank: int = field(default=0, metadata=_help("phase2: LoRA rank on the LLM (0 = no LoRA); merged at save."))
     lora_alpha: int = field(default=16, metadata=_help("LoRA scaling numerator (scale = alpha / rank)."))
     lora_dropout: float = field(default=0.0, metadata=_help("Dropout on the LoRA branch."))
@@ -317,7 +318,7 @@ class ArrCocTrainingArguments(TrainingArguments):
     def _check_phase_and_budget(self):
         check_phase(self.phase, sam_unfreeze_last_n=self.sam_unfreeze_last_n,
                     llm_unfreeze_last_n=self.llm_unfreeze_last_n, lora_rank=self.lora_rank,
-                    freeze_vision_tower=self.freeze_vision_tower)
+                    freeze_vision_tower=self.freeze_vision_tower, freeze_reader=self.freeze_reader)
         _check_budget("train_budget", self.train_budget, ("phase",) + BUDGET_MODES)
         _check_budget("eval_budget", self.eval_budget, EVAL_BUDGETS)
         if self.group_by_tier and self.training_budget != "heuristic":
@@ -354,8 +355,22 @@ class ArrCocTrainingArguments(TrainingArguments):
                     "fixed K)" + (" or 'random' (several Ks, one drawn per step)." if name == "train_budget" else ".")
                 )
 
+    @property
+    def phase_options(self) -> dict:
+        """This run's keyword options of `phases.apply_phase`: every caller applies the phase with the same ones."""
+        return dict(sam_unfreeze_last_n=self.sam_unfreeze_last_n, llm_unfreeze_last_n=self.llm_unfreeze_last_n,
+                    lora_rank=self.lora_rank, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                    lora_target_modules=tuple(self.lora_target_modules),
+                    freeze_vision_tower=self.freeze_vision_tower, freeze_reader=self.freeze_reader)
+
+    @property
+    def trained_components(self) -> tuple[str, ...]:
+        """The components this run's phase trains in full, after its freeze options (phases.trained_components)."""
+        return trained_components(self.phase, freeze_vision_tower=self.freeze_vision_tower,
+                                  freeze_reader=self.freeze_reader)
+
     def _trains_sam(self) -> bool:
-        trained = "vision_tower" in trained_components(self.phase, self.freeze_vision_tower)
+        trained = "vision_tower" in self.trained_components
         return trained or self.sam_unfreeze_last_n > 0
 
     def _check_alignment_targets(self):

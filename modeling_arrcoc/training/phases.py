@@ -15,6 +15,8 @@ from torch import nn
 from ..lora import DEFAULT_TARGET_MODULES, inject_lora
 
 COMPONENTS = ("vision_tower", "allocator", "clip_encoder", "quality_adapter", "language_model", "lm_head")
+# The components that read the selected tokens: everything downstream of the allocator's choice.
+READER = ("clip_encoder", "quality_adapter", "language_model", "lm_head")
 BUDGET_MODES = ("auto", "random", "heuristic", "full")
 
 
@@ -45,7 +47,7 @@ PHASES = {
     ),
     # Every tier, not auto's: trained at its own predicted tiers, phase 3 narrowed the reading to them
     # (docs/demo_model.md, "Phase 3 now trains every tier"); the budget predictor still learns from calibration.
-    "phase3": PhaseSpec(COMPONENTS, "random", ("freeze_vision_tower",),
+    "phase3": PhaseSpec(COMPONENTS, "random", ("freeze_vision_tower", "freeze_reader"),
                         "everything, per-component learning rates, every tier"),
 }
 
@@ -72,15 +74,18 @@ def component_parameters(model) -> dict[str, list[nn.Parameter]]:
     return owned
 
 
-def trained_components(phase: str, freeze_vision_tower: bool = False) -> tuple[str, ...]:
-    """The components `phase` trains in full: its row of the table, less SAM under `freeze_vision_tower`."""
-    return tuple(name for name in PHASES[phase].trains if not (freeze_vision_tower and name == "vision_tower"))
+def trained_components(phase: str, *, freeze_vision_tower: bool = False, freeze_reader: bool = False
+                       ) -> tuple[str, ...]:
+    """The components `phase` trains in full: its row of the table, less SAM under `freeze_vision_tower` and less
+    the reader (`READER`) under `freeze_reader`."""
+    frozen = (("vision_tower",) if freeze_vision_tower else ()) + (READER if freeze_reader else ())
+    return tuple(name for name in PHASES[phase].trains if name not in frozen)
 
 
 def apply_phase(model, phase: str, *, sam_unfreeze_last_n: int = 0, llm_unfreeze_last_n: int = 0,
                 lora_rank: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
                 lora_target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES,
-                freeze_vision_tower: bool = False) -> PhaseSpec:
+                freeze_vision_tower: bool = False, freeze_reader: bool = False) -> PhaseSpec:
     """Freeze / unfreeze `model` in place for `phase` (a key of `PHASES`) and return its spec.
 
     sam_unfreeze_last_n (phase1): also train the last N SAM blocks and the SAM neck that follows them.
@@ -89,12 +94,15 @@ def apply_phase(model, phase: str, *, sam_unfreeze_last_n: int = 0, llm_unfreeze
         them with `merge_lora` before saving a plain checkpoint.
     freeze_vision_tower (phase3): leave SAM frozen while everything else trains (the demo's phase 3: trained in
         150 steps beside the sparse tiers, SAM cost ARR-COC its reading at every tier; docs/demo_model.md).
+    freeze_reader (phase3): leave the reader (`READER`: CLIP, the adapter, the LLM and lm_head) as phase 2 left it,
+        so that phase 3 trains the allocator and its budget only (the demo's phase 3: even at 1e-5 the reader's
+        training cost ARR-COC its held-out counting; docs/demo_model.md).
     """
     spec = check_phase(phase, sam_unfreeze_last_n=sam_unfreeze_last_n, llm_unfreeze_last_n=llm_unfreeze_last_n,
-                        lora_rank=lora_rank, freeze_vision_tower=freeze_vision_tower)
+                        lora_rank=lora_rank, freeze_vision_tower=freeze_vision_tower, freeze_reader=freeze_reader)
     model.requires_grad_(False)
     modules = component_modules(model)
-    for name in trained_components(phase, freeze_vision_tower):
+    for name in trained_components(phase, freeze_vision_tower=freeze_vision_tower, freeze_reader=freeze_reader):
         modules[name].requires_grad_(True)
     if sam_unfreeze_last_n:
         _unfreeze_last(modules["vision_tower"].vision_encoder.layers, sam_unfreeze_last_n, "SAM blocks")
@@ -146,6 +154,7 @@ __all__ = [
     "COMPONENTS",
     "PHASES",
     "PhaseSpec",
+    "READER",
     "apply_phase",
     "trained_components",
     "check_phase",

@@ -277,10 +277,7 @@ def build_trainer(model_args, data_args, args):
     method = apply_method(model, args)
     if args.process_index == 0:
         print(method)
-    apply_phase(model, args.phase, sam_unfreeze_last_n=args.sam_unfreeze_last_n,
-                llm_unfreeze_last_n=args.llm_unfreeze_last_n, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-                lora_dropout=args.lora_dropout, lora_target_modules=tuple(args.lora_target_modules),
-                freeze_vision_tower=args.freeze_vision_tower)
+    apply_phase(model, args.phase, **args.phase_options)
     print_trainable(model, args)
 
     train_dataset, validation = build_datasets(dataclasses.replace(data_args, max_eval_samples=None), model.config)

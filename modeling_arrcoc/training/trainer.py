@@ -55,7 +55,7 @@ from .arguments import COMPONENTS, ArrCocTrainingArguments
 from .calibration import calibration_targets, predicts_budget, step_tier
 from .guards import NonFiniteGuard, NonFiniteLossError, SamFeatureCache, last_checkpoint
 from .optim import check_param_groups, component_param_groups
-from .phases import component_parameters, trainable_parameter_counts, trained_components
+from .phases import component_parameters, trainable_parameter_counts
 from .reader import (curriculum_tier_cap, llm_attention_loss, query_side_attentions, question_attention_loss,
                      sparse_view_scores, step_view, visual_words_loss)
 
@@ -71,7 +71,7 @@ def _check_layers(model, name: str, layers: list):
 def _check_phase_applied(model, args):
     """Components the phase trains are fully trainable; the others are frozen unless a phase option opens them."""
     optional = {"vision_tower": args.sam_unfreeze_last_n, "language_model": args.llm_unfreeze_last_n or args.lora_rank}
-    trains = trained_components(args.phase, args.freeze_vision_tower)
+    trains = args.trained_components
     for name, (trainable, total) in trainable_parameter_counts(model).items():
         expected = total if name in trains else None if optional.get(name) else 0
         if expected is not None and trainable != expected:
