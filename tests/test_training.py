@@ -2,6 +2,7 @@
 tier-grouped batches, cached SAM features, 2-process DDP. Tiny preset (64 px, 8 px patches), a few steps each."""
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -198,17 +199,22 @@ def test_phase3_with_a_frozen_sam_trains_from_cached_features(tmp_path, datasets
         make_args(tmp_path, "phase3", cache_sam_features=True)
 
 
-def test_phase3_with_a_frozen_reader_trains_the_allocator_only(tmp_path, datasets, processor):
+@pytest.mark.parametrize("selection", ["learned", "full"])
+def test_phase3_with_a_frozen_reader_trains_the_allocator_only(tmp_path, datasets, processor, selection):
     """freeze_reader leaves CLIP, the adapter, the LLM and lm_head exactly as phase 2 left them while the allocator
-    trains; the answer loss still reaches the allocator through the frozen reader."""
-    trainer = make_trainer(tmp_path, datasets, processor, "phase3", freeze_vision_tower=True, freeze_reader=True,
-                           cache_sam_features=True)
+    trains; the answer loss still reaches ARR-COC's allocator through the frozen reader. The full-resolution reference
+    (its allocator selects nothing) trains through the same phase without error, its reader untouched."""
+    model = tiny_model()
+    model.config.selection_method = selection
+    trainer = make_trainer(tmp_path, datasets, processor, "phase3", model=model, freeze_vision_tower=True,
+                           freeze_reader=True, cache_sam_features=True)
     assert trainer.args.trained_components == ("allocator",)
     before = snapshot(trainer.model)
     trainer.train()
     after = snapshot(trainer.model)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
-    assert changed and all(".allocator." in n for n in changed)
+    assert all(".allocator." in n for n in changed)
+    assert changed or selection == "full"
     group_names = {group["name"].split(":")[0] for group in trainer.optimizer.param_groups}
     assert not group_names & set(READER)
 
@@ -217,6 +223,18 @@ def test_trainer_refuses_a_model_the_phase_was_not_applied_to(tmp_path, processo
     with pytest.raises(ValueError, match="call apply_phase"):
         ArrCocTrainer(model=tiny_model(), args=make_args(tmp_path, "phase1"),
                       data_collator=ArrCocCollator(processor, patch_size=8))
+    model = tiny_model()
+    apply_phase(model, "phase3")  # the reader trains: not the run's freeze_reader
+    with pytest.raises(ValueError, match="clip_encoder has .* trainable, which is not phase3"):
+        ArrCocTrainer(model=model, args=make_args(tmp_path, "phase3", freeze_reader=True),
+                      data_collator=ArrCocCollator(processor, patch_size=8))
+
+
+def test_phase_options_are_apply_phases_options(tmp_path):
+    """Every keyword option of apply_phase comes from the run's arguments, so that no caller drops one."""
+    options = inspect.signature(apply_phase).parameters
+    keyword = {name for name, p in options.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(make_args(tmp_path, "phase3").phase_options) == keyword
 
 
 def test_tied_lm_head_is_grouped_once(tester):

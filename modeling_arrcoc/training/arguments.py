@@ -55,7 +55,7 @@ class ArrCocTrainingArguments(TrainingArguments):
     sam_unfreeze_last_n: int = field(default=0, metadata=_help("phase1: also train the last N SAM blocks + neck."))
     llm_unfreeze_last_n: int = field(default=0, metadata=_help("phase2: also train the last N LLM layers + norm."))
     freeze_vision_tower: bool = field(default=False, metadata=_help("phase3: leave SAM frozen (the demo's phase 3)."))
-    freeze_reader: bool = field(default=False, metadata=_help("phase3: leave CLIP, the adapter and the LLM frozen."))
+    freeze_reader: bool = field(default=False, metadata=_help("phase3: leave CLIP, the adapter, LLM, lm_head frozen."))
     lora_rank: int = field(default=0, metadata=_help("phase2: LoRA rank on the LLM (0 = no LoRA); merged at save."))
     lora_alpha: int = field(default=16, metadata=_help("LoRA scaling numerator (scale = alpha / rank)."))
     lora_dropout: float = field(default=0.0, metadata=_help("Dropout on the LoRA branch."))
