@@ -48,14 +48,14 @@ DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its trai
 	on validation pages of the training looks after its budget head was refitted on every tier's outcome for 1000 \
 	training rows. Its tier matches the oracle-minimal tier less often than always choosing the smallest tier, \
 	because on this reader the local families read alike at every tier from 4 to 256. Counting spends more tokens \
-	than local reading, within its oracle-minimal need in this run; local reading spends the smallest tier, at or \
-	just under a need whose mean a few questions answered only at larger tiers dominate (docs/demo_model.md). \
-	ARR-COC at auto reads one to five points under the reference at each seed (make seeds): part of it is its reader \
-	after phase 2 (at full tokens it reads under the reference at two of the three seeds, mostly counting), part its \
-	budget (at one seed auto spends fewer tokens on counting than that family needs). Each method here is one \
-	training run and the intervals cover the questions, not the run: retrained at other seeds (make seeds, \
-	docs/results.md) each model moves by a point or more. In earlier chains more tokens could hurt (ARR-COC at full \
-	tokens below its own tier 64); on this chain no seed shows it beyond the interval.
+	than local reading, within its oracle-minimal need in this run; local reading spends the smallest tier on nearly \
+	every page, at or just under a need whose mean a few questions answered only at larger tiers dominate \
+	(docs/demo_model.md). ARR-COC at auto reads one to five points under the reference at each seed (make seeds): \
+	part of it is its reader after phase 2 (at full tokens it reads under the reference at every seed, by up to two \
+	points, mostly counting), part its budget (at one seed auto spends fewer tokens on counting than that family \
+	needs). Each method here is one training run and the intervals cover the questions, not the run: retrained at \
+	other seeds (make seeds, docs/results.md) each model moves by a point or more. In earlier chains more tokens \
+	could hurt (ARR-COC at full tokens below its own tier 64); on this chain no seed shows it beyond the interval.
 
 # Four stages from random init, no relevance tag anywhere (a method-neutral base): the vision stage (SAM, CLIP,
 # adapter and ARR-COC's allocator; the reader's teacher and the answer boxes), the same vision stage continued on pages
