@@ -151,7 +151,8 @@ demo-data: venv
 # chain (the longest) on one core; ARR-COC's chain, then uniform's phases 2-3 on the other. Whole chains per core
 # would put ARR-COC's and uniform's together (the longer pair, 30.2 minutes on the AMD VM against the reference's
 # 25.5); this moves uniform's phase 1 beside the reference. Each training is single-threaded and its own, so the
-# schedule changes no number.
+# schedule changes no number. Since phase 2 draws full tokens on half its steps, the ARR-COC lane is the longer one
+# (38 minutes against 32 on a slow day, docs/demo_model.md, "Phase 2 with full tokens on half its draws").
 # (ARR-COC's chain waits for the pages only; uniform's phases 2-3 wait for it and for uniform's phase 1.)
 .PHONY: demo-lane-reference demo-lane-arrcoc demo-arrcoc-chain demo-uniform-phase1
 demo-uniform-phase1: demo-data
