@@ -49,15 +49,15 @@ DEMO_LIMITATION := The demo base is method-neutral (no relevance tag in its trai
 	looks after its budget head was refitted on every tier's outcome for 1000 training rows. Its tier matches the \
 	oracle-minimal tier less often than always choosing the smallest tier: the local families read alike at every tier \
 	from 4 to 256, and on counting the smallest tier that answers partly rewards a habit of the reader (at 4 tokens it \
-	answers 5 for every page of 4 or more squares), which no budget can foresee (docs/demo_model.md). Counting spends \
-	more tokens than local reading, and every family spends within its oracle-minimal need in this run (at one other \
-	seed local_color spends just under its need). Across three seeds (make seeds) ARR-COC at auto reads from 0.3 points \
-	above the reference to 4.3 under it, 1.9 under on average; where it falls behind, part is its reader after phase 2 \
-	(at full tokens up to 2.2 points under that seed's reference, on counting) and part its budget (on counting auto \
-	spends 8 tokens on pages that need 16). Each method here is one training run and the intervals cover the questions, \
-	not the run: retrained at other seeds (make seeds, docs/results.md) each model moves by a point or more. In earlier \
-	chains more tokens could hurt (ARR-COC at full tokens below its own tier 64); on this chain no seed shows it beyond \
-	the interval.
+	answers 5 on nearly every page of 4 or more squares), which no budget can foresee (docs/demo_model.md). Counting \
+	spends more tokens than local reading, and every family spends within its oracle-minimal need in this run (at one \
+	other seed local_color spends just under its need). Across three seeds (make seeds) ARR-COC at auto reads from 0.3 \
+	points above the reference to 4.3 under it, 1.9 under on average; where it falls behind, part is its reader after \
+	phase 2 (at full tokens up to 2.2 points under that seed's reference, on counting) and part its budget (on pages of \
+	8 or 9 squares auto spends 16 tokens, where more read better). Each method here is one training run and the \
+	intervals cover the questions, not the run: retrained at other seeds (make seeds, docs/results.md) each model moves \
+	by a point or more. In earlier chains more tokens could hurt (ARR-COC at full tokens below its own tier 64); on \
+	this chain no seed shows it beyond the interval.
 
 # Four stages from random init, no relevance tag anywhere (a method-neutral base): the vision stage (SAM, CLIP,
 # adapter and ARR-COC's allocator; the reader's teacher and the answer boxes), the same vision stage continued on pages
@@ -256,7 +256,7 @@ baselines-eval: venv
 # The comparison's run-to-run spread (docs/demo_model.md): ARR-COC and the full-resolution reference retrained by the
 # same phases from the same base at other seeds (make demo's are seed 0; the seed moves data order, tier draws and
 # new weights, never the data), each pair measured on make demo's questions; tools.seed_report gives every seed and
-# the spread across them. After make demo; 41 minutes for two seeds on 2 cores, nothing else running.
+# the spread across them. After make demo; 60 minutes for two seeds on 2 cores, nothing else running (a slow day).
 SEEDS ?= 1 2
 seed-arrcoc-%: venv
 	$(call train_method,seeds/$*/arrcoc,$(ARRCOC_METHOD) seed=$*)
